@@ -1,0 +1,194 @@
+#include "request_table.h"
+
+#include <algorithm>
+
+namespace disagmoe {
+
+namespace {
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+}  // namespace
+
+std::string entry_name(const BatchView& batch, int64_t i) {
+  return "req_ids[" + str(i) + "]=" + str(batch.req_ids[i]) +
+         (i < batch.num_prefill ? " (prefill entry)" : " (decode entry)");
+}
+
+RequestTable::RequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t page_size)
+    : max_reqs_(max_reqs),
+      max_seq_len_(max_seq_len),
+      page_size_(page_size),
+      ids_(max_reqs < 1 ? 1 : max_reqs) {
+  if (max_reqs < 1) throw std::invalid_argument("max_reqs=" + str(max_reqs) + " must be >= 1");
+  if (max_seq_len < 1)
+    throw std::invalid_argument("max_seq_len=" + str(max_seq_len) + " must be >= 1");
+  if (page_size < 1) throw std::invalid_argument("page_size=" + str(page_size) + " must be >= 1");
+  id_of_row_.resize(max_reqs);
+  seq_lens_.resize(max_reqs);
+  seen_.resize(max_reqs);
+  new_entries_.reserve(max_reqs);
+  reset();
+}
+
+void RequestTable::reset() {
+  ids_.clear();
+  std::fill(seq_lens_.begin(), seq_lens_.end(), 0);
+  free_rows_.resize(max_reqs_);
+  // A stack: row 0 is handed out first.
+  for (int64_t i = 0; i < max_reqs_; ++i) free_rows_[i] = static_cast<int32_t>(max_reqs_ - 1 - i);
+}
+
+std::vector<int64_t> RequestTable::req_ids() const {
+  std::vector<int64_t> out;
+  for (int64_t row = 0; row < max_reqs_; ++row)
+    if (seq_lens_[row] > 0) out.push_back(id_of_row_[row]);
+  return out;
+}
+
+void RequestTable::check_shape(const char* op, const BatchView& batch) const {
+  if (batch.num_prefill < 0 || batch.num_prefill > batch.size)
+    throw std::invalid_argument(std::string(op) + ": num_prefill_seqs=" + str(batch.num_prefill) +
+                                " is outside [0, len(req_ids)=" + str(batch.size) + "]");
+  if (batch.num_prefill_lens != batch.num_prefill)
+    throw std::invalid_argument(std::string(op) + ": len(init_prefill_lens)=" +
+                                str(batch.num_prefill_lens) + " differs from num_prefill_seqs=" +
+                                str(batch.num_prefill));
+  for (int64_t i = 0; i < batch.num_prefill; ++i)
+    if (batch.prefill_lens[i] < 1)
+      throw std::invalid_argument(std::string(op) + ": init_prefill_lens[" + str(i) +
+                                  "]=" + str(batch.prefill_lens[i]) + " is below 1 (for " +
+                                  entry_name(batch, i) + ")");
+}
+
+void RequestTable::mark_once(const char* op, const BatchView& batch, int64_t i, int32_t row) {
+  if (seen_[row] == stamp_)
+    throw std::invalid_argument(std::string(op) + ": request id " + str(batch.req_ids[i]) +
+                                " appears more than once in req_ids (again at index " + str(i) +
+                                ")");
+  seen_[row] = stamp_;
+}
+
+void RequestTable::check_new_ids_distinct(const char* op, const BatchView& batch,
+                                          const std::vector<int64_t>& new_entries) const {
+  if (new_entries.size() < 2) return;
+  std::vector<int64_t> ids;
+  ids.reserve(new_entries.size());
+  for (int64_t i : new_entries) ids.push_back(batch.req_ids[i]);
+  std::sort(ids.begin(), ids.end());
+  auto dup = std::adjacent_find(ids.begin(), ids.end());
+  if (dup != ids.end())
+    throw std::invalid_argument(std::string(op) + ": request id " + str(*dup) +
+                                " appears more than once in req_ids");
+}
+
+static void next_stamp(uint32_t& stamp, std::vector<uint32_t>& seen) {
+  if (++stamp == 0) {
+    std::fill(seen.begin(), seen.end(), 0);
+    stamp = 1;
+  }
+}
+
+int64_t RequestTable::update(const char* op, const BatchView& batch, int64_t num_free_pages,
+                             const StepPlan& plan) {
+  check_shape(op, batch);
+  next_stamp(stamp_, seen_);
+  new_entries_.clear();
+  int64_t total_pages = 0;
+  for (int64_t i = 0; i < batch.size; ++i) {
+    int32_t row = ids_.find(batch.req_ids[i]);
+    int64_t old_len = 0;
+    if (row < 0) {
+      if (i >= batch.num_prefill)
+        throw UnknownRequest(std::string(op) + ": " + entry_name(batch, i) +
+                             " is not a running request");
+      new_entries_.push_back(i);
+    } else {
+      mark_once(op, batch, i, row);
+      old_len = seq_lens_[row];
+    }
+    int64_t new_len = old_len + query_len(batch, i);
+    if (new_len > max_seq_len_)
+      throw CacheExhausted(std::string(op) + ": " + entry_name(batch, i) + " would hold " +
+                           str(new_len) + " tokens, over max_seq_len=" + str(max_seq_len_));
+    plan.rows[i] = row;
+    plan.old_lens[i] = static_cast<int32_t>(old_len);
+    plan.new_lens[i] = static_cast<int32_t>(new_len);
+    plan.page_offsets[i] = static_cast<int32_t>(total_pages);
+    total_pages += pages_of(new_len) - pages_of(old_len);
+  }
+  plan.page_offsets[batch.size] = static_cast<int32_t>(total_pages);
+  check_new_ids_distinct(op, batch, new_entries_);
+  if (static_cast<int64_t>(new_entries_.size()) > num_free_rows())
+    throw CacheExhausted(std::string(op) + ": the batch starts " + str(new_entries_.size()) +
+                         " new requests but only " + str(num_free_rows()) + " of " +
+                         str(max_reqs_) + " request rows are free");
+  if (total_pages > num_free_pages)
+    throw CacheExhausted(std::string(op) + ": the batch needs " + str(total_pages) +
+                         " free blocks of " + str(page_size_) + " slots but only " +
+                         str(num_free_pages) + " are free");
+  for (int64_t i : new_entries_) {
+    int32_t row = free_rows_.back();
+    free_rows_.pop_back();
+    ids_.insert(batch.req_ids[i], row);
+    id_of_row_[row] = batch.req_ids[i];
+    plan.rows[i] = row;
+  }
+  for (int64_t i = 0; i < batch.size; ++i) seq_lens_[plan.rows[i]] = plan.new_lens[i];
+  return total_pages;
+}
+
+BatchStats RequestTable::lookup(const char* op, const BatchView& batch, const BatchLookup& out) {
+  check_shape(op, batch);
+  next_stamp(stamp_, seen_);
+  BatchStats stats;
+  for (int64_t i = 0; i < batch.size; ++i) {
+    int32_t row = ids_.find(batch.req_ids[i]);
+    if (row < 0)
+      throw UnknownRequest(std::string(op) + ": " + entry_name(batch, i) +
+                           " is not a running request");
+    mark_once(op, batch, i, row);
+    int64_t seq_len = seq_lens_[row];
+    int64_t q = query_len(batch, i);
+    if (q > seq_len)
+      throw std::invalid_argument(std::string(op) + ": " + entry_name(batch, i) + " queries " +
+                                  str(q) + " tokens but the request holds only " + str(seq_len));
+    out.rows[i] = row;
+    out.seq_lens[i] = static_cast<int32_t>(seq_len);
+    out.query_lens[i] = static_cast<int32_t>(q);
+    stats.num_tokens += q;
+    stats.max_query_len = std::max(stats.max_query_len, q);
+    stats.max_seq_len = std::max(stats.max_seq_len, seq_len);
+    if (i < batch.num_prefill) {
+      stats.max_prefill_seq_len = std::max(stats.max_prefill_seq_len, seq_len);
+    } else {
+      stats.max_decode_seq_len = std::max(stats.max_decode_seq_len, seq_len);
+      stats.max_decode_query_len = 1;
+    }
+  }
+  return stats;
+}
+
+void RequestTable::release(const char* op, const int64_t* req_ids, int64_t n, int32_t* rows,
+                           int32_t* lens) {
+  next_stamp(stamp_, seen_);
+  for (int64_t i = 0; i < n; ++i) {
+    int32_t row = ids_.find(req_ids[i]);
+    if (row < 0)
+      throw UnknownRequest(std::string(op) + ": request id " + str(req_ids[i]) +
+                           " is not a running request");
+    if (seen_[row] == stamp_)
+      throw std::invalid_argument(std::string(op) + ": request id " + str(req_ids[i]) +
+                                  " appears more than once");
+    seen_[row] = stamp_;
+    rows[i] = row;
+    lens[i] = seq_lens_[row];
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    ids_.erase(req_ids[i]);
+    seq_lens_[rows[i]] = 0;
+    free_rows_.push_back(rows[i]);
+  }
+}
+
+}  // namespace disagmoe

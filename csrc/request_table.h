@@ -1,0 +1,116 @@
+// Host-side books of the running requests: which row each request holds,
+// how many tokens it has, and which rows are free. Both backends keep these
+// books on the host; they differ only in where the block tables live.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "flat_id_map.h"
+
+namespace disagmoe {
+
+// The pool, the request rows or max_seq_len cannot hold a batch (KVCacheExhausted).
+struct CacheExhausted : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A request id the books do not hold (KeyError).
+struct UnknownRequest : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// One step's batch as flat arrays; entries [0, num_prefill) are prefill entries.
+struct BatchView {
+  const int64_t* req_ids;
+  int64_t size;
+  int64_t num_prefill;
+  const int64_t* prefill_lens;
+  int64_t num_prefill_lens;
+};
+
+// Per-entry arrays that update() fills, each of batch size (page_offsets: size + 1).
+struct StepPlan {
+  int32_t* rows;
+  int32_t* old_lens;
+  int32_t* new_lens;
+  int32_t* page_offsets;  // exclusive prefix sum of the pages each entry adds
+};
+
+// Per-entry arrays that lookup() fills, each of batch size.
+struct BatchLookup {
+  int32_t* rows;
+  int32_t* seq_lens;
+  int32_t* query_lens;
+};
+
+// The host integers of FlashAttention metadata, known without touching the device.
+struct BatchStats {
+  int64_t num_tokens = 0;
+  int64_t max_query_len = 0;
+  int64_t max_seq_len = 0;
+  int64_t max_prefill_seq_len = 0;
+  int64_t max_decode_seq_len = 0;
+  int64_t max_decode_query_len = 0;
+};
+
+class RequestTable {
+ public:
+  RequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t page_size);
+
+  // First-layer step: checks the whole batch, then registers new requests and
+  // advances every length. Returns the number of pages the batch adds. Throws
+  // (changing nothing) on a malformed batch or when rows, max_seq_len or
+  // num_free_pages cannot hold it.
+  int64_t update(const char* op, const BatchView& batch, int64_t num_free_pages,
+                 const StepPlan& plan);
+
+  // Any-layer read: rows, current lengths and query lengths of a batch whose
+  // requests are all registered. Throws on a malformed batch.
+  BatchStats lookup(const char* op, const BatchView& batch, const BatchLookup& out);
+
+  // Forgets the requests and returns their rows and lengths in `rows`/`lens`.
+  void release(const char* op, const int64_t* req_ids, int64_t n, int32_t* rows,
+               int32_t* lens);
+
+  void reset();
+
+  int64_t max_reqs() const { return max_reqs_; }
+  int64_t max_seq_len() const { return max_seq_len_; }
+  int64_t page_size() const { return page_size_; }
+  int64_t num_reqs() const { return ids_.size(); }
+  int64_t num_free_rows() const { return static_cast<int64_t>(free_rows_.size()); }
+  int64_t pages_of(int64_t tokens) const { return (tokens + page_size_ - 1) / page_size_; }
+
+  // -1 when the request is unknown.
+  int32_t row_of(int64_t req_id) const { return ids_.find(req_id); }
+  int32_t seq_len_of_row(int32_t row) const { return seq_lens_[row]; }
+  std::vector<int64_t> req_ids() const;
+
+ private:
+  void check_shape(const char* op, const BatchView& batch) const;
+  // Marks `row` as seen in this batch; throws if an earlier entry had it.
+  void mark_once(const char* op, const BatchView& batch, int64_t i, int32_t row);
+  void check_new_ids_distinct(const char* op, const BatchView& batch,
+                              const std::vector<int64_t>& new_entries) const;
+  int64_t query_len(const BatchView& batch, int64_t i) const {
+    return i < batch.num_prefill ? batch.prefill_lens[i] : 1;
+  }
+
+  int64_t max_reqs_;
+  int64_t max_seq_len_;
+  int64_t page_size_;
+  FlatIdMap ids_;
+  std::vector<int64_t> id_of_row_;  // meaningful only for live rows
+  std::vector<int32_t> seq_lens_;   // a row is live while its length is above 0
+  std::vector<int32_t> free_rows_;  // a stack
+  std::vector<uint32_t> seen_;      // per row: the batch stamp that last saw it
+  uint32_t stamp_ = 0;
+  std::vector<int64_t> new_entries_;  // scratch: entries of unknown requests
+};
+
+std::string entry_name(const BatchView& batch, int64_t i);
+
+}  // namespace disagmoe

@@ -1,0 +1,23 @@
+"""KV-cache block management for the attention workers of disaggregated MoE serving.
+
+Two backends implement one contract (`BlockManager`): `CPUBlockManager` keeps
+block tables in a C++ core on the host and copies metadata to the device;
+`GPUBlockManager` keeps them in device-resident pools and builds the metadata
+on the device.
+"""
+
+from disagmoe.batch import BatchMetadata
+from disagmoe.block_manager import (BACKENDS, BlockManager, CPUBlockManager, GPUBlockManager,
+                                    MemoryFootprint, PagedTokenToKVPoolAllocator, ReqToTokenPool,
+                                    TokenToKVPoolAllocator)
+from disagmoe.config import CacheConfig, ModelConfig
+from disagmoe.errors import KVCacheExhausted
+from disagmoe.metadata import PAD_BLOCK_ID, FlashAttentionMetadata
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS", "PAD_BLOCK_ID", "BatchMetadata", "BlockManager", "CPUBlockManager", "CacheConfig",
+    "FlashAttentionMetadata", "GPUBlockManager", "KVCacheExhausted", "MemoryFootprint",
+    "ModelConfig", "PagedTokenToKVPoolAllocator", "ReqToTokenPool", "TokenToKVPoolAllocator",
+]

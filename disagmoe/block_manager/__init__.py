@@ -1,0 +1,12 @@
+"""Block managers: the contract (`base`) and its two backends (`cpu`, `gpu`)."""
+
+from disagmoe.block_manager.base import BlockManager, MemoryFootprint
+from disagmoe.block_manager.cpu import CPUBlockManager
+from disagmoe.block_manager.gpu import GPUBlockManager
+from disagmoe.block_manager.mem_pool import (PagedTokenToKVPoolAllocator, ReqToTokenPool,
+                                             TokenToKVPoolAllocator)
+
+BACKENDS = {"cpu": CPUBlockManager, "gpu": GPUBlockManager}
+
+__all__ = ["BACKENDS", "BlockManager", "CPUBlockManager", "GPUBlockManager", "MemoryFootprint",
+           "PagedTokenToKVPoolAllocator", "ReqToTokenPool", "TokenToKVPoolAllocator"]

@@ -1,0 +1,146 @@
+"""The block-manager contract that both backends implement.
+
+Every attention step calls `update_block_table(batch)` and then
+`pack_flash_attn_metadata(batch)`. The contract (shared/design.md) is written
+here once; the backends do not repeat it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import torch
+
+from disagmoe.batch import BatchMetadata
+from disagmoe.config import CacheConfig, ModelConfig
+from disagmoe.metadata import FlashAttentionMetadata
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """`None` means the CUDA device when there is one, else torch's CPU device."""
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+@dataclass(frozen=True)
+class MemoryFootprint:
+    """Bytes a manager's state holds on its device and on the host."""
+
+    device_bytes: int
+    host_bytes: int
+
+
+class BlockManager(ABC):
+    """KV-cache slots for one attention worker.
+
+    A slot is one token's index in the KV-cache pool, `0 <= slot < capacity`;
+    a block is `block_size` consecutive slots, `slot = block * block_size + offset`.
+
+    Every method that raises leaves the manager exactly as it was.
+    """
+
+    backend: ClassVar[str]
+    default_block_size: ClassVar[int]
+
+    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
+                 max_running_reqs: int, device: torch.device | str | None = None) -> None:
+        if max_running_reqs < 1:
+            raise ValueError(f"max_running_reqs={max_running_reqs} must be >= 1")
+        self.model_config = model_config
+        self.cache_config = cache_config
+        self.block_size = cache_config.block_size or self.default_block_size
+        self.num_blocks = cache_config.num_gpu_blocks
+        self.max_running_reqs = max_running_reqs
+        self.max_seq_len = model_config.max_seq_len
+        self.device = resolve_device(device)
+        self._first_layer = model_config.layer_ids[0]
+        self._layer_ids = frozenset(model_config.layer_ids)
+
+    @property
+    def capacity(self) -> int:
+        """Slots in the pool."""
+        return self.num_blocks * self.block_size
+
+    def _is_first_layer(self, batch: BatchMetadata) -> bool:
+        layer_id = batch.layer_id
+        if layer_id == self._first_layer:
+            return True
+        if layer_id not in self._layer_ids:
+            raise ValueError(f"layer_id={layer_id!r} is not one of this worker's layers "
+                             f"{sorted(self._layer_ids)}")
+        return False
+
+    @abstractmethod
+    def update_block_table(self, batch: BatchMetadata) -> None:
+        """Reserves a slot for every token this step adds, and sets `batch.seq_lens`.
+
+        At the first layer (`batch.layer_id == model_config.layer_ids[0]`):
+        a prefill entry of an unknown request gets positions [0, n); of a known
+        request holding c tokens (chunked prefill), positions [c, c + n); a
+        decode entry holding c tokens gets position c. At other layers nothing
+        is reserved and the lengths are the ones the first layer set.
+        A slot, once given to a token, never moves until its request is released.
+
+        Raises:
+            KVCacheExhausted: the pool, the request rows or max_seq_len cannot
+                hold the batch.
+            ValueError: a malformed batch (duplicate ids, len(init_prefill_lens)
+                != num_prefill_seqs, a length < 1, an unknown layer, ...).
+            KeyError: a decode entry (or any entry at a later layer) names an
+                unknown request.
+        """
+
+    @abstractmethod
+    def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
+        """Builds the batch's FlashAttention metadata on the manager's device.
+
+        `block_tables` is int32 [B, W] with W = ceil(max seq_len / block_size),
+        padded with PAD_BLOCK_ID; `slot_mapping` is int64, the slot of every query
+        token entry by entry, positions ascending; for query token t of entry i at
+        position p: slot_mapping[t] == block_tables[i, p // bs] * bs + p % bs.
+        The tensors stay valid until the next call (see FlashAttentionMetadata).
+
+        Raises: ValueError / KeyError as `update_block_table`.
+        """
+
+    @abstractmethod
+    def release_seqs(self, req_ids: Sequence[int]) -> None:
+        """Returns every slot and request row of these requests to the pool.
+
+        Raises: KeyError naming an unknown request; ValueError on a repeated id.
+        """
+
+    @abstractmethod
+    def reset_state(self) -> None:
+        """Back to empty, as after construction."""
+
+    @abstractmethod
+    def num_free_slots(self) -> int:
+        """Slots not owned by any request."""
+
+    @abstractmethod
+    def num_running_reqs(self) -> int:
+        """Requests holding slots."""
+
+    @abstractmethod
+    def seq_len(self, req_id: int) -> int:
+        """Tokens the request holds. Raises KeyError for an unknown request."""
+
+    @abstractmethod
+    def token_slots(self, req_id: int) -> list[int]:
+        """The slot of each of the request's tokens, positions ascending."""
+
+    @abstractmethod
+    def check_integrity(self) -> None:
+        """Raises AssertionError unless: no slot is owned twice, free + owned ==
+        capacity, and the host books agree with the device state."""
+
+    @abstractmethod
+    def memory_footprint(self) -> MemoryFootprint:
+        """Bytes of the manager's persistent state, on the device and on the host."""

@@ -1,0 +1,107 @@
+"""The `cpu` backend: block tables kept by the C++ core on the host.
+
+`pack_flash_attn_metadata` has the core write every array straight into one
+persistent (pinned, on CUDA) staging buffer, then issues one non-blocking copy
+into a persistent device buffer whose views are the metadata tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from disagmoe import _C
+from disagmoe.batch import BatchMetadata
+from disagmoe.block_manager.base import BlockManager, MemoryFootprint
+from disagmoe.config import CacheConfig, ModelConfig
+from disagmoe.metadata import FlashAttentionMetadata, MetadataBuffer
+
+
+class CPUBlockManager(BlockManager):
+    backend = "cpu"
+    default_block_size = 16
+
+    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
+                 max_running_reqs: int, device: torch.device | str | None = None) -> None:
+        super().__init__(model_config, cache_config, max_running_reqs, device)
+        self._core = _C.BlockManager(self.block_size, self.num_blocks, self.max_seq_len,
+                                     max_running_reqs)
+        # Sized for the largest decode step; prefill steps grow it on demand.
+        nbytes = _C.metadata_layout(max_running_reqs, self._core.max_blocks_per_seq,
+                                    max_running_reqs)[-1]
+        on_cuda = self.device.type == "cuda"
+        self._staging = MetadataBuffer(nbytes, torch.device("cpu"), pin_memory=on_cuda)
+        self._staging_np = self._staging.bytes.numpy()
+        # On a CPU device the staging buffer is the metadata buffer.
+        self._metadata = MetadataBuffer(nbytes, self.device) if on_cuda else self._staging
+        self._copy_done = torch.cuda.Event() if on_cuda else None
+
+    def update_block_table(self, batch: BatchMetadata) -> None:
+        batch.seq_lens = self._core.update_block_table(
+            batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens,
+            self._is_first_layer(batch))
+
+    def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
+        if self._copy_done is not None:
+            self._copy_done.synchronize()  # the last copy out of the staging buffer is done
+        args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
+        written, layout, stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np)
+        if not written:
+            self._staging.reserve(layout[-1])
+            self._staging_np = self._staging.bytes.numpy()
+            written, layout, stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np)
+        batch_size, width, num_tokens = layout[:3]
+        _, slots, seq, ctx, qsl, ssl, tables = self._metadata.views(batch_size, width, num_tokens)
+        if self._copy_done is not None:
+            nbytes = layout[-1]
+            self._metadata.bytes[:nbytes].copy_(self._staging.bytes[:nbytes], non_blocking=True)
+            self._copy_done.record()
+        num_decodes = batch_size - batch.num_prefill_seqs
+        _, max_query_len, _, max_prefill_seq_len, max_decode_seq_len, max_decode_query_len = stats
+        return FlashAttentionMetadata(
+            num_prefills=batch.num_prefill_seqs,
+            num_prefill_tokens=num_tokens - num_decodes,
+            num_decode_tokens=num_decodes,
+            seq_lens=seq_lens,
+            seq_lens_tensor=seq,
+            context_lens_tensor=ctx,
+            query_start_loc=qsl,
+            seq_start_loc=ssl,
+            max_query_len=max_query_len,
+            max_prefill_seq_len=max_prefill_seq_len,
+            max_decode_seq_len=max_decode_seq_len,
+            max_decode_query_len=max_decode_query_len,
+            block_tables=tables,
+            slot_mapping=slots,
+            block_size=self.block_size,
+        )
+
+    def release_seqs(self, req_ids: Sequence[int]) -> None:
+        self._core.batch_release(list(req_ids))
+
+    def reset_state(self) -> None:
+        self._core.reset()
+
+    def num_free_slots(self) -> int:
+        return self._core.num_free_blocks() * self.block_size
+
+    def num_running_reqs(self) -> int:
+        return self._core.num_reqs
+
+    def seq_len(self, req_id: int) -> int:
+        return self._core.seq_len(req_id)
+
+    def token_slots(self, req_id: int) -> list[int]:
+        blocks, bs = self._core.block_ids(req_id), self.block_size
+        return [blocks[p // bs] * bs + p % bs for p in range(self._core.seq_len(req_id))]
+
+    def check_integrity(self) -> None:
+        problem = self._core.check_integrity()
+        if problem:
+            raise AssertionError(f"CPUBlockManager: {problem}")
+
+    def memory_footprint(self) -> MemoryFootprint:
+        table_bytes = 4 * (self.max_running_reqs * self._core.max_blocks_per_seq + self.num_blocks)
+        device_bytes = self._metadata.nbytes if self._metadata is not self._staging else 0
+        return MemoryFootprint(device_bytes=device_bytes, host_bytes=table_bytes + self._staging.nbytes)

@@ -1,0 +1,117 @@
+"""The `gpu` backend's step kernels in Triton: one launch per operation.
+
+One program per batch entry. Every per-step scalar (batch size, stack height,
+output offsets) is read from the staged header on the device, never passed as
+an argument, so a launch can be captured in a CUDA graph and replayed for any
+batch up to its grid size, and no batch size or length compiles a new kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from disagmoe.block_manager.staging import HEADER
+from disagmoe.metadata import PAD_BLOCK_ID, MetadataBuffer
+
+
+@triton.jit
+def _update_block_table_kernel(staged_ptr, free_pages_ptr, req_to_token_ptr, r2t_row_stride,
+                               stride, HEADER_WORDS: tl.constexpr, PAGE_SIZE: tl.constexpr,
+                               BLOCK: tl.constexpr):
+    i = tl.program_id(0)
+    batch_size = tl.load(staged_ptr)
+    height = tl.load(staged_ptr + 1)
+    valid = i < batch_size
+    args = staged_ptr + HEADER_WORDS
+    row = tl.load(args + i, mask=valid, other=0)
+    old = tl.load(args + stride + i, mask=valid, other=0)
+    new = tl.load(args + 2 * stride + i, mask=valid, other=0)
+    offset = tl.load(args + 3 * stride + i, mask=valid, other=0)
+    first_new = (old + PAGE_SIZE - 1) // PAGE_SIZE
+    row_ptr = req_to_token_ptr + row.to(tl.int64) * r2t_row_stride
+    for start in range(old, new, BLOCK):
+        pos = start + tl.arange(0, BLOCK)
+        mask = pos < new
+        page_idx = pos // PAGE_SIZE
+        is_new = page_idx >= first_new
+        rank = offset + page_idx - first_new  # among the pages this step takes
+        new_page = tl.load(free_pages_ptr + (height - 1 - rank), mask=mask & is_new, other=0)
+        old_first = tl.load(row_ptr + page_idx * PAGE_SIZE, mask=mask & (page_idx < first_new),
+                            other=0)
+        page = tl.where(is_new, new_page, old_first // PAGE_SIZE)
+        tl.store(row_ptr + pos, page * PAGE_SIZE + pos % PAGE_SIZE, mask=mask)
+
+
+@triton.jit
+def _pack_flash_attn_metadata_kernel(staged_ptr, req_to_token_ptr, r2t_row_stride, out32_ptr,
+                                     out64_ptr, stride, HEADER_WORDS: tl.constexpr,
+                                     PAGE_SIZE: tl.constexpr, PAD: tl.constexpr,
+                                     BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr,
+                                     BLOCK_T: tl.constexpr):
+    i = tl.program_id(0)
+    batch_size = tl.load(staged_ptr)
+    width = tl.load(staged_ptr + 1)
+    slot_off = tl.load(staged_ptr + 2)  # int64 words
+    seq_off = tl.load(staged_ptr + 3)  # int32 words from here on
+    ctx_off = tl.load(staged_ptr + 4)
+    qsl_off = tl.load(staged_ptr + 5)
+    ssl_off = tl.load(staged_ptr + 6)
+    bt_off = tl.load(staged_ptr + 7)
+    valid = i < batch_size
+    args = staged_ptr + HEADER_WORDS
+
+    # Exclusive prefix sums: each program adds up the entries before its own.
+    js = tl.arange(0, BLOCK_B)
+    in_batch = js < batch_size
+    seqs = tl.load(args + stride + js, mask=in_batch, other=0)
+    queries = tl.load(args + 2 * stride + js, mask=in_batch, other=0)
+    q_start = tl.sum(tl.where(js < i, queries, 0), axis=0)
+    s_start = tl.sum(tl.where(js < i, seqs, 0), axis=0)
+
+    row = tl.load(args + i, mask=valid, other=0)
+    seq = tl.load(args + stride + i, mask=valid, other=0)
+    query = tl.load(args + 2 * stride + i, mask=valid, other=0)
+    context = seq - query
+    tl.store(out32_ptr + seq_off + i, seq, mask=valid)
+    tl.store(out32_ptr + ctx_off + i, context, mask=valid)
+    tl.store(out32_ptr + qsl_off + i, q_start, mask=valid)
+    tl.store(out32_ptr + ssl_off + i, s_start, mask=valid)
+    last = i == batch_size - 1
+    tl.store(out32_ptr + qsl_off + batch_size, q_start + query, mask=last)
+    tl.store(out32_ptr + ssl_off + batch_size, s_start + seq, mask=last)
+
+    row_ptr = req_to_token_ptr + row.to(tl.int64) * r2t_row_stride
+    num_pages = (seq + PAGE_SIZE - 1) // PAGE_SIZE
+    table_row = out32_ptr + bt_off + i * width
+    for c in range(0, tl.where(valid, width, 0), BLOCK_W):
+        cols = c + tl.arange(0, BLOCK_W)
+        owned = cols < num_pages
+        first = tl.load(row_ptr + cols * PAGE_SIZE, mask=owned, other=0)
+        tl.store(table_row + cols, tl.where(owned, first // PAGE_SIZE, PAD), mask=cols < width)
+    for t in range(0, query, BLOCK_T):
+        ts = t + tl.arange(0, BLOCK_T)
+        mask = ts < query
+        slots = tl.load(row_ptr + context + ts, mask=mask, other=0)
+        tl.store(out64_ptr + slot_off + q_start + ts, slots.to(tl.int64), mask=mask)
+
+
+def update_block_table(staged: torch.Tensor, host: np.ndarray, stride: int, batch_size: int,
+                       free_pages: torch.Tensor, req_to_token: torch.Tensor, page_size: int,
+                       grid: int | None = None) -> None:
+    """As kernels_torch.update_block_table; `grid` >= batch_size pads the launch."""
+    _update_block_table_kernel[(grid or batch_size,)](
+        staged, free_pages, req_to_token, req_to_token.stride(0), stride,
+        HEADER_WORDS=HEADER, PAGE_SIZE=page_size, BLOCK=256)
+
+
+def pack_flash_attn_metadata(staged: torch.Tensor, stride: int, buffer: MetadataBuffer,
+                             req_to_token: torch.Tensor, page_size: int, max_batch_size: int,
+                             grid: int) -> None:
+    """As kernels_torch.pack_flash_attn_metadata, reading shapes and offsets from the header."""
+    _pack_flash_attn_metadata_kernel[(grid,)](
+        staged, req_to_token, req_to_token.stride(0), buffer.int32, buffer.int64, stride,
+        HEADER_WORDS=HEADER, PAGE_SIZE=page_size, PAD=PAD_BLOCK_ID,
+        BLOCK_B=triton.next_power_of_2(max(16, max_batch_size)), BLOCK_W=128, BLOCK_T=128)

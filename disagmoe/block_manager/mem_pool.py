@@ -1,0 +1,93 @@
+"""Device-resident pools of the `gpu` backend, in the SGLang style.
+
+`ReqToTokenPool` maps each running request's row to the slot of each of its
+tokens; `TokenToKVPoolAllocator` (one slot per page) and
+`PagedTokenToKVPoolAllocator` (pages of `page_size` slots) keep the free pages
+as a device stack. Host integers mirror every count that a shape depends on,
+so no step reads the device back.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from disagmoe import _C
+
+
+class ReqToTokenPool:
+    """`req_to_token[row, pos]`: the slot of token `pos` of the request in `row`.
+
+    The host books (request id -> row, lengths, free rows) are a
+    `_C.RequestTable`; the table itself is an int32 device tensor.
+    """
+
+    def __init__(self, size: int, max_context_len: int, page_size: int,
+                 device: torch.device) -> None:
+        self.size = size
+        self.max_context_len = max_context_len
+        self.books = _C.RequestTable(size, max_context_len, page_size)
+        self.req_to_token = torch.zeros(size, max_context_len, dtype=torch.int32, device=device)
+
+    def clear(self) -> None:
+        self.books.reset()
+
+    @property
+    def nbytes(self) -> int:
+        return self.req_to_token.numel() * self.req_to_token.element_size()
+
+
+class PagedTokenToKVPoolAllocator:
+    """Free pages of `page_size` slots, as a stack on the device.
+
+    The stack's height is a host integer: taking k pages moves it down by k
+    (the m-th page taken is `free_pages[height - 1 - m]`), freeing pushes.
+    """
+
+    def __init__(self, num_pages: int, page_size: int, device: torch.device) -> None:
+        if num_pages < 1 or page_size < 1:
+            raise ValueError(f"num_pages={num_pages} and page_size={page_size} must be >= 1")
+        self.num_pages = num_pages
+        self.page_size = page_size
+        self.device = device
+        self.free_pages = torch.empty(num_pages, dtype=torch.int32, device=device)
+        self.clear()
+
+    def clear(self) -> None:
+        # Taking from the top hands out page 0 first, as the C++ core does.
+        torch.arange(self.num_pages - 1, -1, -1, dtype=torch.int32, out=self.free_pages)
+        self.num_free_pages = self.num_pages
+
+    def available_size(self) -> int:
+        """Free slots."""
+        return self.num_free_pages * self.page_size
+
+    def take(self, num_pages: int) -> int:
+        """Takes `num_pages` pages off the stack; returns the height before.
+
+        The caller (a kernel) reads them as `free_pages[height - 1 - m]`.
+        """
+        if num_pages > self.num_free_pages:
+            raise ValueError(f"take: {num_pages} pages asked, {self.num_free_pages} free")
+        height = self.num_free_pages
+        self.num_free_pages -= num_pages
+        return height
+
+    def free(self, pages: torch.Tensor) -> None:
+        """Pushes `pages` (int32, on the device), in order."""
+        count = pages.numel()
+        if count > self.num_pages - self.num_free_pages:
+            raise ValueError(f"free: {count} pages pushed, only "
+                             f"{self.num_pages - self.num_free_pages} are taken")
+        self.free_pages[self.num_free_pages:self.num_free_pages + count].copy_(pages)
+        self.num_free_pages += count
+
+    @property
+    def nbytes(self) -> int:
+        return self.free_pages.numel() * self.free_pages.element_size()
+
+
+class TokenToKVPoolAllocator(PagedTokenToKVPoolAllocator):
+    """Free slots, one per page (SGLang's token-level allocator)."""
+
+    def __init__(self, size: int, device: torch.device) -> None:
+        super().__init__(size, 1, device)

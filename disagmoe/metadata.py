@@ -1,0 +1,99 @@
+"""FlashAttention metadata and the persistent buffer both backends write it into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from disagmoe import _C
+
+PAD_BLOCK_ID: int = _C.PAD_BLOCK_ID
+"""Block id in `block_tables` past each row's last block."""
+
+
+@dataclass
+class FlashAttentionMetadata:
+    """One step's attention metadata, with vLLM's field names.
+
+    Tensors live on the manager's device and are views of its persistent
+    metadata buffer: they stay valid until the next `pack_flash_attn_metadata`
+    call on the same manager (clone them to keep them longer).
+    """
+
+    num_prefills: int
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    seq_lens: list[int]
+    seq_lens_tensor: torch.Tensor  # int32 [P+D]
+    context_lens_tensor: torch.Tensor  # int32 [P+D]
+    query_start_loc: torch.Tensor  # int32 [P+D+1]
+    seq_start_loc: torch.Tensor  # int32 [P+D+1]
+    max_query_len: int
+    max_prefill_seq_len: int
+    max_decode_seq_len: int
+    max_decode_query_len: int
+    block_tables: torch.Tensor  # int32 [P+D, W], padded with PAD_BLOCK_ID
+    slot_mapping: torch.Tensor  # int64 [num tokens]
+    block_size: int
+
+
+class MetadataBuffer:
+    """A byte buffer holding the metadata arrays as `_C.metadata_layout` lays them out.
+
+    Views are cached per (batch size, width, token count), so a step whose shape
+    was seen before builds no tensor. The buffer grows on demand; growing drops
+    the cached views (and is the only allocation on the step path).
+    """
+
+    _MAX_CACHED_SHAPES = 256
+
+    def __init__(self, nbytes: int, device: torch.device, pin_memory: bool = False) -> None:
+        self.device = device
+        self.pin_memory = pin_memory
+        self._allocate(nbytes)
+
+    def _allocate(self, nbytes: int) -> None:
+        nbytes = (max(nbytes, 64) + 7) // 8 * 8
+        self.bytes = torch.empty(nbytes, dtype=torch.uint8, device=self.device,
+                                 pin_memory=self.pin_memory)
+        self.int32 = self.bytes.view(torch.int32)
+        self.int64 = self.bytes.view(torch.int64)
+        self._views: dict[tuple[int, int, int], tuple] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return self.bytes.numel()
+
+    def reserve(self, nbytes: int) -> bool:
+        """Makes room for `nbytes`; True when the buffer was replaced."""
+        if nbytes <= self.nbytes:
+            return False
+        self._allocate(nbytes + nbytes // 2)
+        return True
+
+    def views(self, batch_size: int, width: int, num_tokens: int) -> tuple:
+        """(layout, slot_mapping, seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables)."""
+        key = (batch_size, width, num_tokens)
+        cached = self._views.get(key)
+        if cached is None:
+            cached = self._make_views(*key)
+            if len(self._views) >= self._MAX_CACHED_SHAPES:
+                self._views.clear()
+            self._views[key] = cached
+        return cached
+
+    def _make_views(self, batch_size: int, width: int, num_tokens: int) -> tuple:
+        layout = _C.metadata_layout(batch_size, width, num_tokens)
+        _, _, _, slots, seq, ctx, qsl, ssl, bt, nbytes = layout
+        self.reserve(nbytes)
+        i32 = self.int32
+        return (
+            layout,
+            self.int64[slots // 8: slots // 8 + num_tokens],
+            i32[seq // 4: seq // 4 + batch_size],
+            i32[ctx // 4: ctx // 4 + batch_size],
+            i32[qsl // 4: qsl // 4 + batch_size + 1],
+            i32[ssl // 4: ssl // 4 + batch_size + 1],
+            i32[bt // 4: bt // 4 + batch_size * width].view(batch_size, width),
+        )
