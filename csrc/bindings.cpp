@@ -67,15 +67,17 @@ void bind_request_table(py::module_& m) {
             const char* op = "lookup";
             BatchView b = batch_args.read(op, req_ids, num_prefill, lens);
             auto out = out_buffer<int32_t>(op, "out", out_buf);
-            check_stride(op, stride, 3, b.size, out.size);
-            BatchLookup l{out.data, out.data + stride, out.data + 2 * stride};
+            check_stride(op, stride, 5, b.size, out.size);
+            BatchLookup l{out.data, out.data + stride, out.data + 2 * stride, out.data + 3 * stride,
+                          out.data + 4 * stride};
             BatchStats s = t.lookup(op, b, l);
             return py::make_tuple(stats_tuple(s), to_list(l.seq_lens, b.size));
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
           py::arg("out"), py::arg("stride"),
-          "Reads a batch of running requests: writes rows, lengths and query lengths at\n"
-          "out[0], out[stride], out[2 * stride]. Returns (stats, lengths as a list), stats\n"
+          "Reads a batch of running requests: writes rows, lengths, query lengths and the\n"
+          "exclusive prefix sums of query lengths and of lengths at out[k * stride],\n"
+          "k = 0..4. Returns (stats, lengths as a list), stats\n"
           "being (num_tokens, max_query_len, max_seq_len, max_prefill_seq_len,\n"
           "max_decode_seq_len, max_decode_query_len).")
       .def(

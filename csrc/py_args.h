@@ -97,10 +97,32 @@ OutBuffer<T> out_buffer(const char* op, const char* what, py::buffer buf) {
   return {static_cast<T*>(info.ptr), static_cast<int64_t>(info.size)};
 }
 
+// Python ints for 0..kCachedInts-1, made once: lengths are small non-negative
+// ints, and building a list of them then costs a reference count each
+// instead of an allocation each.
+constexpr int32_t kCachedInts = 1 << 16;
+
+inline PyObject* cached_int(int32_t v) {
+  static std::vector<PyObject*> cache;
+  if (v < 0 || v >= kCachedInts) return PyLong_FromLong(v);
+  if (cache.empty()) cache.assign(kCachedInts, nullptr);
+  PyObject*& slot = cache[v];
+  if (!slot && !(slot = PyLong_FromLong(v))) return nullptr;
+  Py_INCREF(slot);
+  return slot;
+}
+
 inline py::list to_list(const int32_t* values, int64_t n) {
   PyObject* list = PyList_New(n);
   if (!list) throw py::error_already_set();
-  for (int64_t i = 0; i < n; ++i) PyList_SET_ITEM(list, i, PyLong_FromLong(values[i]));
+  for (int64_t i = 0; i < n; ++i) {
+    PyObject* item = cached_int(values[i]);
+    if (!item) {
+      Py_DECREF(list);
+      throw py::error_already_set();
+    }
+    PyList_SET_ITEM(list, i, item);
+  }
   return py::reinterpret_steal<py::list>(list);
 }
 

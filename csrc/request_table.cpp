@@ -142,6 +142,7 @@ BatchStats RequestTable::lookup(const char* op, const BatchView& batch, const Ba
   check_shape(op, batch);
   next_stamp(stamp_, seen_);
   BatchStats stats;
+  int64_t seq_total = 0;
   for (int64_t i = 0; i < batch.size; ++i) {
     int32_t row = ids_.find(batch.req_ids[i]);
     if (row < 0)
@@ -156,6 +157,11 @@ BatchStats RequestTable::lookup(const char* op, const BatchView& batch, const Ba
     out.rows[i] = row;
     out.seq_lens[i] = static_cast<int32_t>(seq_len);
     out.query_lens[i] = static_cast<int32_t>(q);
+    if (out.query_starts) {
+      out.query_starts[i] = static_cast<int32_t>(stats.num_tokens);
+      out.seq_starts[i] = static_cast<int32_t>(seq_total);
+    }
+    seq_total += seq_len;
     stats.num_tokens += q;
     stats.max_query_len = std::max(stats.max_query_len, q);
     stats.max_seq_len = std::max(stats.max_seq_len, seq_len);

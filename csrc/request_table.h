@@ -39,11 +39,14 @@ struct StepPlan {
   int32_t* page_offsets;  // exclusive prefix sum of the pages each entry adds
 };
 
-// Per-entry arrays that lookup() fills, each of batch size.
+// Per-entry arrays that lookup() fills, each of batch size; the two exclusive
+// prefix sums are optional (null: not written).
 struct BatchLookup {
   int32_t* rows;
   int32_t* seq_lens;
   int32_t* query_lens;
+  int32_t* query_starts = nullptr;
+  int32_t* seq_starts = nullptr;
 };
 
 // The host integers of FlashAttention metadata, known without touching the device.

@@ -4,7 +4,8 @@ The C++ request books (`_C.RequestTable`) check each batch and mirror every
 length on the host, so shapes never need a device read. Each step stages its
 small per-entry integers in one pinned buffer, sends them with one
 non-blocking copy, and runs one kernel: Triton on CUDA (replayed from a CUDA
-graph per batch-size bucket), plain torch operations elsewhere.
+graph per batch-size bucket), plain torch operations elsewhere. The Triton
+kernels skip even the copy: they read the pinned inputs over the bus.
 """
 
 from __future__ import annotations
@@ -37,14 +38,16 @@ def _triton_available() -> bool:
 
 class GPUBlockManager(BlockManager):
     """`kernels`: "triton" (CUDA only), "torch" (any device) or "auto" (triton
-    where it can run). `cuda_graphs` replays the Triton launches from graphs."""
+    where it can run). `cuda_graphs` replays the Triton launches (and the copy
+    of their inputs) from graphs. `zero_copy` lets the Triton kernels read
+    their inputs from pinned host memory instead of a device copy."""
 
     backend = "gpu"
     default_block_size = 1
 
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
                  max_running_reqs: int, device: torch.device | str | None = None,
-                 kernels: str = "auto", cuda_graphs: bool = True) -> None:
+                 kernels: str = "auto", cuda_graphs: bool = True, zero_copy: bool = False) -> None:
         super().__init__(model_config, cache_config, max_running_reqs, device)
         if kernels not in KERNELS:
             raise ValueError(f"kernels={kernels!r} is not one of {KERNELS}")
@@ -61,9 +64,10 @@ class GPUBlockManager(BlockManager):
         self.allocator = (TokenToKVPoolAllocator(self.num_blocks, self.device) if self.block_size == 1
                           else PagedTokenToKVPoolAllocator(self.num_blocks, self.block_size, self.device))
         self._stride = max_running_reqs + 1
-        self._plan = Staging(HEADER + 4 * self._stride, self.device)  # update's inputs
-        self._lookup = Staging(HEADER + 3 * self._stride, self.device)  # pack's inputs
-        self._scratch = np.empty(3 * self._stride, dtype=np.int32)  # host-only lookups
+        zero_copy = zero_copy and kernels == "triton"
+        self._plan = Staging(HEADER + 4 * self._stride, self.device, zero_copy)  # update's inputs
+        self._lookup = Staging(HEADER + 5 * self._stride, self.device, zero_copy)  # pack's inputs
+        self._scratch = np.empty(5 * self._stride, dtype=np.int32)  # host-only lookups
         max_width = -(-self.max_seq_len // self.block_size)
         nbytes = _C.metadata_layout(max_running_reqs, max_width, max_running_reqs)[-1]
         self._metadata = MetadataBuffer(nbytes, self.device)
@@ -87,13 +91,13 @@ class GPUBlockManager(BlockManager):
         if batch_size:
             host[0] = batch_size
             host[1] = self.allocator.take(num_pages)
-            staged = self._plan.upload()
             if self.kernels == "torch":
-                kernels_torch.update_block_table(staged, host, self._stride, batch_size,
+                kernels_torch.update_block_table(self._plan.upload(), host, self._stride, batch_size,
                                                  self.allocator.free_pages,
                                                  self.req_to_token_pool.req_to_token, self.block_size)
             else:
-                self._launch("update", batch_size, staged)
+                self._launch("update", batch_size, self._plan)
+            self._plan.enqueued()
         batch.seq_lens = seq_lens
 
     def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
@@ -106,13 +110,14 @@ class GPUBlockManager(BlockManager):
         width = -(-max_seq_len // self.block_size)
         views = self._metadata.views(batch_size, width, num_tokens)
         host[:8] = self._header(views[0])
-        staged = self._lookup.upload()
         if self.kernels == "torch" or batch_size == 0:
-            kernels_torch.pack_flash_attn_metadata(staged, self._stride, batch_size, width, num_tokens,
+            kernels_torch.pack_flash_attn_metadata(self._lookup.upload(), self._stride, batch_size,
+                                                   width, num_tokens,
                                                    self.req_to_token_pool.req_to_token,
                                                    self.block_size, views)
         else:
-            self._launch("pack", batch_size, staged)
+            self._launch("pack", batch_size, self._lookup)
+        self._lookup.enqueued()
         _, slots, seq, ctx, qsl, ssl, tables = views
         num_decodes = batch_size - batch.num_prefill_seqs
         return FlashAttentionMetadata(
@@ -142,21 +147,22 @@ class GPUBlockManager(BlockManager):
             self._headers[layout] = header
         return header
 
-    def _launch(self, op: str, batch_size: int, staged: torch.Tensor) -> None:
+    def _launch(self, op: str, batch_size: int, staging: Staging) -> None:
         if not self.cuda_graphs:
-            self._run_kernel(op, batch_size, staged)
+            self._run_kernel(op, batch_size, staging.upload())
             return
         bucket = 1 << max(0, batch_size - 1).bit_length()  # the next power of two
         key = (op, bucket, self._metadata.bytes.data_ptr())
         graph = self._graphs.get(key)
-        if graph is None:
-            self._run_kernel(op, bucket, staged)  # compiles; programs past batch_size do nothing
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._run_kernel(op, bucket, staged)
-            self._graphs[key] = graph
-        else:
+        if graph is not None:
             graph.replay()
+            return
+        # This step runs eagerly (and compiles); programs past batch_size do nothing.
+        self._run_kernel(op, bucket, staging.upload())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._run_kernel(op, bucket, staging.upload())
+        self._graphs[key] = graph
 
     def _run_kernel(self, op: str, grid: int, staged: torch.Tensor) -> None:
         r2t = self.req_to_token_pool.req_to_token
@@ -165,7 +171,7 @@ class GPUBlockManager(BlockManager):
                                             r2t, self.block_size, grid=grid)
         else:
             self._triton.pack_flash_attn_metadata(staged, self._stride, self._metadata, r2t,
-                                                  self.block_size, self.max_running_reqs, grid)
+                                                  self.block_size, grid)
 
     # -- lifecycle and inspection ----------------------------------------------
 
@@ -206,6 +212,6 @@ class GPUBlockManager(BlockManager):
 
     def memory_footprint(self) -> MemoryFootprint:
         device = (self.req_to_token_pool.nbytes + self.allocator.nbytes + self._metadata.nbytes
-                  + self._plan.nbytes + self._lookup.nbytes)
-        host = self._plan.nbytes + self._lookup.nbytes if self.device.type == "cuda" else 0
+                  + self._plan.device_bytes + self._lookup.device_bytes)
+        host = self._plan.host_bytes + self._lookup.host_bytes if self.device.type == "cuda" else 0
         return MemoryFootprint(device_bytes=device, host_bytes=host)

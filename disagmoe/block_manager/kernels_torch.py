@@ -50,19 +50,22 @@ def update_block_table(staged: torch.Tensor, host: np.ndarray, stride: int, batc
 def pack_flash_attn_metadata(staged: torch.Tensor, stride: int, batch_size: int, width: int,
                              num_tokens: int, req_to_token: torch.Tensor, page_size: int,
                              views: tuple) -> None:
-    """Fills the metadata views from the staged lookup (rows, lengths, query lengths)."""
+    """Fills the metadata views from the staged lookup (rows, lengths, query
+    lengths, and the exclusive prefix sums of both)."""
     _, slots, seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables = views
     query_start_loc[:1].zero_()
     seq_start_loc[:1].zero_()
     if batch_size == 0:
         return
     device = req_to_token.device
-    rows, seq, query = (_column(staged, stride, k, batch_size) for k in range(3))
+    rows, seq, query, starts, seq_starts = (_column(staged, stride, k, batch_size) for k in range(5))
     context = seq - query
     seq_lens.copy_(seq)
     context_lens.copy_(context)
-    query_start_loc[1:].copy_(torch.cumsum(query, 0))
-    seq_start_loc[1:].copy_(torch.cumsum(seq, 0))
+    query_start_loc[:-1].copy_(starts)
+    query_start_loc[-1:].copy_(starts[-1:] + query[-1:])
+    seq_start_loc[:-1].copy_(seq_starts)
+    seq_start_loc[-1:].copy_(seq_starts[-1:] + seq[-1:])
     cols = torch.arange(width, device=device)
     first_slots = (cols * page_size).clamp(max=req_to_token.shape[1] - 1)
     pages = req_to_token[rows[:, None], first_slots[None, :]] // page_size
@@ -70,6 +73,5 @@ def pack_flash_attn_metadata(staged: torch.Tensor, stride: int, batch_size: int,
     block_tables.copy_(torch.where(cols[None, :] < num_pages[:, None], pages, PAD_BLOCK_ID))
     entry = torch.repeat_interleave(torch.arange(batch_size, device=device), query,
                                     output_size=num_tokens)
-    starts = torch.cumsum(query, 0) - query
     pos = context[entry] + torch.arange(num_tokens, device=device) - starts[entry]
     slots.copy_(req_to_token[rows[entry], pos])

@@ -1,6 +1,7 @@
 """The `gpu` backend's step kernels in Triton: one launch per operation.
 
-One program per batch entry. Every per-step scalar (batch size, stack height,
+One program per batch entry; the staged inputs may sit in pinned host memory
+(each program reads a few words of it). Every per-step scalar (batch size, stack height,
 output offsets) is read from the staged header on the device, never passed as
 an argument, so a launch can be captured in a CUDA graph and replayed for any
 batch up to its grid size, and no batch size or length compiles a new kernel.
@@ -49,8 +50,7 @@ def _update_block_table_kernel(staged_ptr, free_pages_ptr, req_to_token_ptr, r2t
 def _pack_flash_attn_metadata_kernel(staged_ptr, req_to_token_ptr, r2t_row_stride, out32_ptr,
                                      out64_ptr, stride, HEADER_WORDS: tl.constexpr,
                                      PAGE_SIZE: tl.constexpr, PAD: tl.constexpr,
-                                     BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr,
-                                     BLOCK_T: tl.constexpr):
+                                     BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr):
     i = tl.program_id(0)
     batch_size = tl.load(staged_ptr)
     width = tl.load(staged_ptr + 1)
@@ -63,17 +63,11 @@ def _pack_flash_attn_metadata_kernel(staged_ptr, req_to_token_ptr, r2t_row_strid
     valid = i < batch_size
     args = staged_ptr + HEADER_WORDS
 
-    # Exclusive prefix sums: each program adds up the entries before its own.
-    js = tl.arange(0, BLOCK_B)
-    in_batch = js < batch_size
-    seqs = tl.load(args + stride + js, mask=in_batch, other=0)
-    queries = tl.load(args + 2 * stride + js, mask=in_batch, other=0)
-    q_start = tl.sum(tl.where(js < i, queries, 0), axis=0)
-    s_start = tl.sum(tl.where(js < i, seqs, 0), axis=0)
-
     row = tl.load(args + i, mask=valid, other=0)
     seq = tl.load(args + stride + i, mask=valid, other=0)
     query = tl.load(args + 2 * stride + i, mask=valid, other=0)
+    q_start = tl.load(args + 3 * stride + i, mask=valid, other=0)
+    s_start = tl.load(args + 4 * stride + i, mask=valid, other=0)
     context = seq - query
     tl.store(out32_ptr + seq_off + i, seq, mask=valid)
     tl.store(out32_ptr + ctx_off + i, context, mask=valid)
@@ -108,10 +102,8 @@ def update_block_table(staged: torch.Tensor, host: np.ndarray, stride: int, batc
 
 
 def pack_flash_attn_metadata(staged: torch.Tensor, stride: int, buffer: MetadataBuffer,
-                             req_to_token: torch.Tensor, page_size: int, max_batch_size: int,
-                             grid: int) -> None:
+                             req_to_token: torch.Tensor, page_size: int, grid: int) -> None:
     """As kernels_torch.pack_flash_attn_metadata, reading shapes and offsets from the header."""
     _pack_flash_attn_metadata_kernel[(grid,)](
         staged, req_to_token, req_to_token.stride(0), buffer.int32, buffer.int64, stride,
-        HEADER_WORDS=HEADER, PAGE_SIZE=page_size, PAD=PAD_BLOCK_ID,
-        BLOCK_B=triton.next_power_of_2(max(16, max_batch_size)), BLOCK_W=128, BLOCK_T=128)
+        HEADER_WORDS=HEADER, PAGE_SIZE=page_size, PAD=PAD_BLOCK_ID, BLOCK_W=128, BLOCK_T=128)

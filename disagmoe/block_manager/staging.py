@@ -1,4 +1,4 @@
-"""Small int32 step inputs staged on the host and sent to the device in one copy."""
+"""Small int32 step inputs staged on the host for the device to read."""
 
 from __future__ import annotations
 
@@ -10,32 +10,47 @@ HEADER = 16
 
 
 class Staging:
-    """A pinned host buffer, its device twin and the event of the last copy.
+    """A pinned host buffer of step inputs and the event of its last reader.
 
-    `host()` waits until the last copy out of the host buffer is done, so the
-    caller may overwrite it; `upload()` sends it with one non-blocking copy.
-    On a CPU device the host buffer is the device buffer and nothing is copied.
+    `host()` waits until the device has finished reading the buffer, so the
+    caller may overwrite it. `device_view()` is what kernels read: with
+    `zero_copy` the pinned buffer itself (the kernel reads host memory over
+    the bus, no copy is issued), otherwise a device twin filled by one
+    non-blocking copy. `enqueued()` marks the readers as enqueued. On a CPU
+    device the host buffer is the device buffer.
     """
 
-    def __init__(self, size: int, device: torch.device) -> None:
+    def __init__(self, size: int, device: torch.device, zero_copy: bool = False) -> None:
         on_cuda = device.type == "cuda"
         self._host = torch.zeros(size, dtype=torch.int32, pin_memory=on_cuda)
-        self.device_tensor = torch.zeros(size, dtype=torch.int32, device=device) if on_cuda else self._host
+        self._copy = on_cuda and not zero_copy
+        self._device = torch.zeros(size, dtype=torch.int32, device=device) if self._copy else self._host
         self.array: np.ndarray = self._host.numpy()
         self.args: np.ndarray = self.array[HEADER:]  # where the C++ books write
-        self._copied = torch.cuda.Event() if on_cuda else None
+        self._read = torch.cuda.Event() if on_cuda else None
 
     def host(self) -> np.ndarray:
-        if self._copied is not None:
-            self._copied.synchronize()
+        if self._read is not None:
+            self._read.synchronize()
         return self.array
 
+    def device_view(self) -> torch.Tensor:
+        """The buffer kernels read; its address never changes."""
+        return self._device
+
     def upload(self) -> torch.Tensor:
-        if self._copied is not None:
-            self.device_tensor.copy_(self._host, non_blocking=True)
-            self._copied.record()
-        return self.device_tensor
+        if self._copy:
+            self._device.copy_(self._host, non_blocking=True)
+        return self._device
+
+    def enqueued(self) -> None:
+        if self._read is not None:
+            self._read.record()
 
     @property
-    def nbytes(self) -> int:
+    def device_bytes(self) -> int:
+        return self._device.numel() * 4 if self._copy else 0
+
+    @property
+    def host_bytes(self) -> int:
         return self._host.numel() * 4

@@ -1,0 +1,124 @@
+"""Floors and per-operation timings of both backends, side by side in one process.
+
+Measures the machine's floor (a bare device synchronise, one tiny kernel plus
+the synchronise) and, for each grid point, the median of `--iterations` calls
+of each case on each backend, every call ending with the device synchronised.
+Used to write docs/performance.md; `python -m disagmoe.bench` is the user-facing table.
+
+    python scripts/perf_probe.py --batch-sizes 16 256 --seq-lens 1024 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import disagmoe as dm
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_us(fn, before, device, iterations: int) -> float:
+    samples = []
+    for _ in range(iterations):
+        before()
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1e6
+
+
+def floors(device: torch.device, iterations: int) -> dict:
+    x = torch.zeros(1, device=device)
+    nothing = lambda: None
+    return {
+        "bare_sync_us": median_us(nothing, nothing, device, iterations),
+        "one_launch_us": median_us(lambda: x.add_(1), nothing, device, iterations),
+        "eight_launches_us": median_us(lambda: [x.add_(1) for _ in range(8)], nothing, device, iterations),
+    }
+
+
+def make(backend: str, device, max_seq_len: int, max_reqs: int, num_slots: int, **kw):
+    cls = dm.BACKENDS[backend]
+    block_size = cls.default_block_size
+    model = dm.ModelConfig(layer_ids=[0, 1], max_seq_len=max_seq_len, max_batch_size_attn=max_reqs)
+    cache = dm.CacheConfig(block_size, -(-num_slots // block_size))
+    return cls(model, cache, max_reqs, device=device, **kw)
+
+
+def time_cases(manager, device, batch_size: int, seq_len: int, iterations: int) -> dict:
+    ids = list(range(batch_size))
+    prefill = lambda: dm.BatchMetadata(0, ids, batch_size, [seq_len] * batch_size)
+    decode0 = dm.BatchMetadata(0, ids, 0, [])
+    decode1 = dm.BatchMetadata(1, ids, 0, [])
+    out = {}
+    # Prefill: every timed call starts from an empty manager.
+    out["prefill_update_us"] = median_us(lambda: manager.update_block_table(prefill()),
+                                         manager.reset_state, device, iterations)
+    manager.reset_state()
+    manager.update_block_table(prefill())
+    for _ in range(3):  # warm-up: compile, capture
+        manager.update_block_table(decode0)
+        manager.pack_flash_attn_metadata(decode0)
+    nothing = lambda: None
+    out["decode_update_us"] = median_us(lambda: manager.update_block_table(decode0), nothing, device, iterations)
+    out["later_layer_update_us"] = median_us(lambda: manager.update_block_table(decode1), nothing, device, iterations)
+    out["decode_pack_us"] = median_us(lambda: manager.pack_flash_attn_metadata(decode0), nothing, device, iterations)
+    out["decode_step_us"] = median_us(lambda: (manager.update_block_table(decode0),
+                                               manager.pack_flash_attn_metadata(decode0)),
+                                      nothing, device, iterations)
+    manager.reset_state()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--variants", nargs="+", default=["cpu", "gpu-triton-graphs", "gpu-triton", "gpu-torch"])
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    device = dm.block_manager.base.resolve_device(None)
+    max_reqs = max(args.batch_sizes)
+    max_seq_len = max(args.seq_lens) + 4 * args.iterations + 64
+    num_slots = max_reqs * max_seq_len
+    kinds = {"cpu": ("cpu", {}), "gpu-torch": ("gpu", {"kernels": "torch"}),
+             "gpu-triton": ("gpu", {"kernels": "triton", "cuda_graphs": False}),
+             "gpu-triton-graphs": ("gpu", {"kernels": "triton", "cuda_graphs": True}),
+             "gpu-triton-graphs-zero-copy": ("gpu", {"kernels": "triton", "cuda_graphs": True,
+                                                     "zero_copy": True})}
+    managers = {v: make(*kinds[v][:1], device, max_seq_len, max_reqs, num_slots, **kinds[v][1])
+                for v in args.variants}
+    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "floors": floors(device, 2000), "points": []}
+    try:
+        import triton
+        report["triton"] = triton.__version__
+    except ImportError:
+        pass
+    print(json.dumps({k: v for k, v in report.items() if k != "points"}))
+    cases = ["prefill_update_us", "decode_update_us", "later_layer_update_us", "decode_pack_us", "decode_step_us"]
+    print(f"{'B':>4} {'S':>5} {'variant':<28} " + " ".join(f"{c[:-3]:>20}" for c in cases))
+    for b in args.batch_sizes:
+        for s in args.seq_lens:
+            for variant, manager in managers.items():
+                t = time_cases(manager, device, b, s, args.iterations)
+                report["points"].append({"batch_size": b, "seq_len": s, "variant": variant, **t})
+                print(f"{b:>4} {s:>5} {variant:<28} " + " ".join(f"{t[c]:>20.1f}" for c in cases), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
