@@ -12,7 +12,7 @@ PAD_BLOCK_ID: int = _C.PAD_BLOCK_ID
 """Block id in `block_tables` past each row's last block."""
 
 
-@dataclass
+@dataclass(slots=True)
 class FlashAttentionMetadata:
     """One step's attention metadata, with vLLM's field names.
 
@@ -73,7 +73,8 @@ class MetadataBuffer:
         return True
 
     def views(self, batch_size: int, width: int, num_tokens: int) -> tuple:
-        """(layout, slot_mapping, seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables)."""
+        """(layout, slot_mapping, seq_lens, context_lens, query_start_loc, seq_start_loc,
+        block_tables, used) where `used` is the buffer's first layout-nbytes bytes."""
         key = (batch_size, width, num_tokens)
         cached = self._views.get(key)
         if cached is None:
@@ -96,4 +97,5 @@ class MetadataBuffer:
             i32[qsl // 4: qsl // 4 + batch_size + 1],
             i32[ssl // 4: ssl // 4 + batch_size + 1],
             i32[bt // 4: bt // 4 + batch_size * width].view(batch_size, width),
+            self.bytes[:nbytes],
         )

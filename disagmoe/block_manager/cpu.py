@@ -14,6 +14,7 @@ import torch
 from disagmoe import _C
 from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager.base import BlockManager, MemoryFootprint
+from disagmoe.block_manager.staging import DeviceDone
 from disagmoe.config import CacheConfig, ModelConfig
 from disagmoe.metadata import FlashAttentionMetadata, MetadataBuffer
 
@@ -35,7 +36,7 @@ class CPUBlockManager(BlockManager):
         self._staging_np = self._staging.bytes.numpy()
         # On a CPU device the staging buffer is the metadata buffer.
         self._metadata = MetadataBuffer(nbytes, self.device) if on_cuda else self._staging
-        self._copy_done = torch.cuda.Event() if on_cuda else None
+        self._copy_done = DeviceDone(self.device) if on_cuda else None
 
     def update_block_table(self, batch: BatchMetadata) -> None:
         batch.seq_lens = self._core.update_block_table(
@@ -44,7 +45,7 @@ class CPUBlockManager(BlockManager):
 
     def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
         if self._copy_done is not None:
-            self._copy_done.synchronize()  # the last copy out of the staging buffer is done
+            self._copy_done.wait()  # the last copy out of the staging buffer is done
         args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
         written, layout, stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np)
         if not written:
@@ -52,10 +53,9 @@ class CPUBlockManager(BlockManager):
             self._staging_np = self._staging.bytes.numpy()
             written, layout, stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np)
         batch_size, width, num_tokens = layout[:3]
-        _, slots, seq, ctx, qsl, ssl, tables = self._metadata.views(batch_size, width, num_tokens)
+        _, slots, seq, ctx, qsl, ssl, tables, used = self._metadata.views(batch_size, width, num_tokens)
         if self._copy_done is not None:
-            nbytes = layout[-1]
-            self._metadata.bytes[:nbytes].copy_(self._staging.bytes[:nbytes], non_blocking=True)
+            used.copy_(self._staging.views(batch_size, width, num_tokens)[-1], non_blocking=True)
             self._copy_done.record()
         num_decodes = batch_size - batch.num_prefill_seqs
         _, max_query_len, _, max_prefill_seq_len, max_decode_seq_len, max_decode_query_len = stats

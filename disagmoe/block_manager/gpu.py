@@ -118,7 +118,7 @@ class GPUBlockManager(BlockManager):
         else:
             self._launch("pack", batch_size, self._lookup)
         self._lookup.enqueued()
-        _, slots, seq, ctx, qsl, ssl, tables = views
+        _, slots, seq, ctx, qsl, ssl, tables, _ = views
         num_decodes = batch_size - batch.num_prefill_seqs
         return FlashAttentionMetadata(
             num_prefills=batch.num_prefill_seqs,

@@ -52,7 +52,7 @@ def pack_flash_attn_metadata(staged: torch.Tensor, stride: int, batch_size: int,
                              views: tuple) -> None:
     """Fills the metadata views from the staged lookup (rows, lengths, query
     lengths, and the exclusive prefix sums of both)."""
-    _, slots, seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables = views
+    _, slots, seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables, _ = views
     query_start_loc[:1].zero_()
     seq_start_loc[:1].zero_()
     if batch_size == 0:

@@ -9,6 +9,32 @@ HEADER = 16
 """int32 words before the per-entry arrays; kernels read their scalars there."""
 
 
+class DeviceDone:
+    """An event marking when the device has finished with a host buffer.
+
+    `record()` records it on the current stream. Looking the current stream up
+    through torch.cuda.current_stream() costs microseconds per call, so the
+    stream object is cached and refreshed only when the raw current stream
+    changes (the same raw query Triton's launcher uses).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._event = torch.cuda.Event()
+        self._index = device.index
+        self._raw = None
+        self._stream = None
+
+    def record(self) -> None:
+        raw = torch._C._cuda_getCurrentRawStream(self._index)
+        if raw != self._raw:
+            self._stream = torch.cuda.current_stream(self._index)
+            self._raw = raw
+        self._event.record(self._stream)
+
+    def wait(self) -> None:
+        self._event.synchronize()
+
+
 class Staging:
     """A pinned host buffer of step inputs and the event of its last reader.
 
@@ -27,11 +53,11 @@ class Staging:
         self._device = torch.zeros(size, dtype=torch.int32, device=device) if self._copy else self._host
         self.array: np.ndarray = self._host.numpy()
         self.args: np.ndarray = self.array[HEADER:]  # where the C++ books write
-        self._read = torch.cuda.Event() if on_cuda else None
+        self._read = DeviceDone(device) if on_cuda else None
 
     def host(self) -> np.ndarray:
         if self._read is not None:
-            self._read.synchronize()
+            self._read.wait()
         return self.array
 
     def device_view(self) -> torch.Tensor:
