@@ -25,14 +25,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_us(fn, before, device, iterations: int) -> float:
+def median_us(fn, before, device, iterations: int, manager=None) -> float:
+    done = manager.synchronize if manager is not None else (lambda: sync(device))
     samples = []
     for _ in range(iterations):
         before()
-        sync(device)
+        done()
         t0 = time.perf_counter()
         fn()
-        sync(device)
+        done()
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples) * 1e6
 
@@ -63,19 +64,20 @@ def time_cases(manager, device, batch_size: int, seq_len: int, iterations: int) 
     out = {}
     # Prefill: every timed call starts from an empty manager.
     out["prefill_update_us"] = median_us(lambda: manager.update_block_table(prefill()),
-                                         manager.reset_state, device, iterations)
+                                         manager.reset_state, device, iterations, manager)
     manager.reset_state()
     manager.update_block_table(prefill())
     for _ in range(3):  # warm-up: compile, capture
         manager.update_block_table(decode0)
         manager.pack_flash_attn_metadata(decode0)
     nothing = lambda: None
-    out["decode_update_us"] = median_us(lambda: manager.update_block_table(decode0), nothing, device, iterations)
-    out["later_layer_update_us"] = median_us(lambda: manager.update_block_table(decode1), nothing, device, iterations)
-    out["decode_pack_us"] = median_us(lambda: manager.pack_flash_attn_metadata(decode0), nothing, device, iterations)
-    out["decode_step_us"] = median_us(lambda: (manager.update_block_table(decode0),
-                                               manager.pack_flash_attn_metadata(decode0)),
-                                      nothing, device, iterations)
+    timed = {"decode_update_us": lambda: manager.update_block_table(decode0),
+             "later_layer_update_us": lambda: manager.update_block_table(decode1),
+             "decode_pack_us": lambda: manager.pack_flash_attn_metadata(decode0),
+             "decode_step_us": lambda: (manager.update_block_table(decode0),
+                                        manager.pack_flash_attn_metadata(decode0))}
+    for name, fn in timed.items():
+        out[name] = median_us(fn, nothing, device, iterations, manager)
     manager.reset_state()
     return out
 

@@ -109,6 +109,12 @@ class BlockManager(ABC):
         Raises: ValueError / KeyError as `update_block_table`.
         """
 
+    def synchronize(self) -> None:
+        """Blocks until the device has finished all work this manager issued
+        or deferred (benchmarks end every timed call with it)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     @abstractmethod
     def release_seqs(self, req_ids: Sequence[int]) -> None:
         """Returns every slot and request row of these requests to the pool.

@@ -3,9 +3,15 @@
 The C++ request books (`_C.RequestTable`) check each batch and mirror every
 length on the host, so shapes never need a device read. Each step stages its
 small per-entry integers in one pinned buffer, sends them with one
-non-blocking copy, and runs one kernel: Triton on CUDA (replayed from a CUDA
-graph per batch-size bucket), plain torch operations elsewhere. The Triton
-kernels skip even the copy: they read the pinned inputs over the bus.
+non-blocking copy, and runs one kernel per operation: Triton on CUDA, plain
+torch operations elsewhere.
+
+With Triton, a first-layer `update_block_table` is deferred: its plan waits
+in the staging buffer, and the `pack_flash_attn_metadata` that follows sends
+both inputs in one copy and runs both kernels, replayed from one CUDA graph
+per batch-size bucket. Any other call that touches the device tables (another
+update, release, inspection) launches a deferred update first, so every
+observable result is as if it had run at once.
 """
 
 from __future__ import annotations
@@ -64,9 +70,11 @@ class GPUBlockManager(BlockManager):
         self.allocator = (TokenToKVPoolAllocator(self.num_blocks, self.device) if self.block_size == 1
                           else PagedTokenToKVPoolAllocator(self.num_blocks, self.block_size, self.device))
         self._stride = max_running_reqs + 1
-        zero_copy = zero_copy and kernels == "triton"
-        self._plan = Staging(HEADER + 4 * self._stride, self.device, zero_copy)  # update's inputs
-        self._lookup = Staging(HEADER + 5 * self._stride, self.device, zero_copy)  # pack's inputs
+        # Region 0: update's plan; region 1: pack's lookup.
+        self._staging = Staging([HEADER + 4 * self._stride, HEADER + 5 * self._stride], self.device,
+                                zero_copy and kernels == "triton")
+        self._plan, self._lookup = self._staging.arrays
+        self._pending_update = 0  # batch size of a staged update not yet launched
         self._scratch = np.empty(5 * self._stride, dtype=np.int32)  # host-only lookups
         max_width = -(-self.max_seq_len // self.block_size)
         nbytes = _C.metadata_layout(max_running_reqs, max_width, max_running_reqs)[-1]
@@ -84,40 +92,45 @@ class GPUBlockManager(BlockManager):
         if not self._is_first_layer(batch):
             _, batch.seq_lens = self._books.lookup(*args, self._scratch, self._stride)
             return
-        host = self._plan.host()
+        self.flush()  # the staged plan is about to be rewritten
+        self._staging.host()
         num_pages, seq_lens = self._books.update_block_table(
-            *args, self.allocator.num_free_pages, self._plan.args, self._stride)
+            *args, self.allocator.num_free_pages, self._staging.args[0], self._stride)
         batch_size = len(seq_lens)
         if batch_size:
-            host[0] = batch_size
-            host[1] = self.allocator.take(num_pages)
-            if self.kernels == "torch":
-                kernels_torch.update_block_table(self._plan.upload(), host, self._stride, batch_size,
-                                                 self.allocator.free_pages,
-                                                 self.req_to_token_pool.req_to_token, self.block_size)
+            self._plan[0] = batch_size
+            self._plan[1] = self.allocator.take(num_pages)
+            if self.kernels == "triton":
+                self._pending_update = batch_size
             else:
-                self._launch("update", batch_size, self._plan)
-            self._plan.enqueued()
+                self._staging.upload()
+                kernels_torch.update_block_table(self._staging.device_views[0], self._plan, self._stride,
+                                                 batch_size, self.allocator.free_pages,
+                                                 self.req_to_token_pool.req_to_token, self.block_size)
+                self._staging.enqueued()
         batch.seq_lens = seq_lens
 
     def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
-        host = self._lookup.host()
+        self._staging.host()
         stats, seq_lens = self._books.lookup(batch.req_ids, batch.num_prefill_seqs,
-                                             batch.init_prefill_lens, self._lookup.args, self._stride)
+                                             batch.init_prefill_lens, self._staging.args[1], self._stride)
         num_tokens, max_query_len, max_seq_len, max_prefill_seq_len, max_decode_seq_len, \
             max_decode_query_len = stats
         batch_size = len(seq_lens)
         width = -(-max_seq_len // self.block_size)
         views = self._metadata.views(batch_size, width, num_tokens)
-        host[:8] = self._header(views[0])
-        if self.kernels == "torch" or batch_size == 0:
-            kernels_torch.pack_flash_attn_metadata(self._lookup.upload(), self._stride, batch_size,
-                                                   width, num_tokens,
+        self._lookup[:8] = self._header(views[0])
+        if self.kernels == "triton" and batch_size:
+            self._launch(self._pending_update, batch_size)
+            self._pending_update = 0
+        else:
+            self.flush()
+            self._staging.upload()
+            kernels_torch.pack_flash_attn_metadata(self._staging.device_views[1], self._stride,
+                                                   batch_size, width, num_tokens,
                                                    self.req_to_token_pool.req_to_token,
                                                    self.block_size, views)
-        else:
-            self._launch("pack", batch_size, self._lookup)
-        self._lookup.enqueued()
+        self._staging.enqueued()
         _, slots, seq, ctx, qsl, ssl, tables, _ = views
         num_decodes = batch_size - batch.num_prefill_seqs
         return FlashAttentionMetadata(
@@ -147,36 +160,52 @@ class GPUBlockManager(BlockManager):
             self._headers[layout] = header
         return header
 
-    def _launch(self, op: str, batch_size: int, staging: Staging) -> None:
+    def synchronize(self) -> None:
+        self.flush()
+        super().synchronize()
+
+    def flush(self) -> None:
+        """Launches a deferred update, if any (see the module docstring)."""
+        if self._pending_update:
+            self._launch(self._pending_update, 0)
+            self._pending_update = 0
+            self._staging.enqueued()
+
+    def _launch(self, update_size: int, pack_size: int) -> None:
+        """One copy of the staged inputs, then the update and/or pack kernel
+        (a size of 0 skips it); from a CUDA graph per pair of size buckets."""
         if not self.cuda_graphs:
-            self._run_kernel(op, batch_size, staging.upload())
+            self._run_kernels(update_size, pack_size)
             return
-        bucket = 1 << max(0, batch_size - 1).bit_length()  # the next power of two
-        key = (op, bucket, self._metadata.bytes.data_ptr())
+        buckets = tuple(1 << max(0, n - 1).bit_length() if n else 0 for n in (update_size, pack_size))
+        key = (buckets, self._metadata.bytes.data_ptr())
         graph = self._graphs.get(key)
         if graph is not None:
             graph.replay()
             return
-        # This step runs eagerly (and compiles); programs past batch_size do nothing.
-        self._run_kernel(op, bucket, staging.upload())
+        # This step runs eagerly (and compiles); programs past a batch's size do nothing.
+        self._run_kernels(*buckets)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._run_kernel(op, bucket, staging.upload())
+            self._run_kernels(*buckets)
         self._graphs[key] = graph
 
-    def _run_kernel(self, op: str, grid: int, staged: torch.Tensor) -> None:
+    def _run_kernels(self, update_grid: int, pack_grid: int) -> None:
+        self._staging.upload()
+        plan, lookup = self._staging.device_views
         r2t = self.req_to_token_pool.req_to_token
-        if op == "update":
-            self._triton.update_block_table(staged, None, self._stride, grid, self.allocator.free_pages,
-                                            r2t, self.block_size, grid=grid)
-        else:
-            self._triton.pack_flash_attn_metadata(staged, self._stride, self._metadata, r2t,
-                                                  self.block_size, grid)
+        if update_grid:
+            self._triton.update_block_table(plan, self._stride, update_grid, self.allocator.free_pages,
+                                            r2t, self.block_size)
+        if pack_grid:
+            self._triton.pack_flash_attn_metadata(lookup, self._stride, self._metadata, r2t,
+                                                  self.block_size, pack_grid)
 
     # -- lifecycle and inspection ----------------------------------------------
 
     def release_seqs(self, req_ids: Sequence[int]) -> None:
         rows, lens = self._books.release(list(req_ids))
+        self.flush()  # its kernel reads stack entries that these pages will overwrite
         counts = (np.asarray(lens, dtype=np.int64) + self.block_size - 1) // self.block_size
         total = int(counts.sum())
         if total == 0:
@@ -189,6 +218,7 @@ class GPUBlockManager(BlockManager):
         self.allocator.free(pages)
 
     def reset_state(self) -> None:
+        self._pending_update = 0  # its plan is moot: every table is cleared
         self.req_to_token_pool.clear()
         self.allocator.clear()
 
@@ -204,14 +234,16 @@ class GPUBlockManager(BlockManager):
     def token_slots(self, req_id: int) -> list[int]:
         seq_len = self._books.seq_len(req_id)
         row = self._books.row_of(req_id)
+        self.flush()
         return self.req_to_token_pool.req_to_token[row, :seq_len].tolist()
 
     def check_integrity(self) -> None:
         from disagmoe.block_manager.integrity import check_paged_state
+        self.flush()
         check_paged_state(self)
 
     def memory_footprint(self) -> MemoryFootprint:
         device = (self.req_to_token_pool.nbytes + self.allocator.nbytes + self._metadata.nbytes
-                  + self._plan.device_bytes + self._lookup.device_bytes)
-        host = self._plan.host_bytes + self._lookup.host_bytes if self.device.type == "cuda" else 0
+                  + self._staging.device_bytes)
+        host = self._staging.host_bytes if self.device.type == "cuda" else 0
         return MemoryFootprint(device_bytes=device, host_bytes=host)

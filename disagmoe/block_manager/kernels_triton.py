@@ -9,7 +9,6 @@ batch up to its grid size, and no batch size or length compiles a new kernel.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -92,18 +91,18 @@ def _pack_flash_attn_metadata_kernel(staged_ptr, req_to_token_ptr, r2t_row_strid
         tl.store(out64_ptr + slot_off + q_start + ts, slots.to(tl.int64), mask=mask)
 
 
-def update_block_table(staged: torch.Tensor, host: np.ndarray, stride: int, batch_size: int,
-                       free_pages: torch.Tensor, req_to_token: torch.Tensor, page_size: int,
-                       grid: int | None = None) -> None:
-    """As kernels_torch.update_block_table; `grid` >= batch_size pads the launch."""
-    _update_block_table_kernel[(grid or batch_size,)](
+def update_block_table(staged: torch.Tensor, stride: int, grid: int, free_pages: torch.Tensor,
+                       req_to_token: torch.Tensor, page_size: int) -> None:
+    """As kernels_torch.update_block_table, for up to `grid` entries (the header says how many)."""
+    _update_block_table_kernel[(grid,)](
         staged, free_pages, req_to_token, req_to_token.stride(0), stride,
         HEADER_WORDS=HEADER, PAGE_SIZE=page_size, BLOCK=256)
 
 
 def pack_flash_attn_metadata(staged: torch.Tensor, stride: int, buffer: MetadataBuffer,
                              req_to_token: torch.Tensor, page_size: int, grid: int) -> None:
-    """As kernels_torch.pack_flash_attn_metadata, reading shapes and offsets from the header."""
+    """As kernels_torch.pack_flash_attn_metadata, for up to `grid` entries, reading
+    shapes and offsets from the header."""
     _pack_flash_attn_metadata_kernel[(grid,)](
         staged, req_to_token, req_to_token.stride(0), buffer.int32, buffer.int64, stride,
         HEADER_WORDS=HEADER, PAGE_SIZE=page_size, PAD=PAD_BLOCK_ID, BLOCK_W=128, BLOCK_T=128)

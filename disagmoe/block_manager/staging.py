@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -36,38 +38,36 @@ class DeviceDone:
 
 
 class Staging:
-    """A pinned host buffer of step inputs and the event of its last reader.
+    """Pinned host regions of step inputs, one device twin, one reader event.
 
-    `host()` waits until the device has finished reading the buffer, so the
-    caller may overwrite it. `device_view()` is what kernels read: with
-    `zero_copy` the pinned buffer itself (the kernel reads host memory over
-    the bus, no copy is issued), otherwise a device twin filled by one
-    non-blocking copy. `enqueued()` marks the readers as enqueued. On a CPU
-    device the host buffer is the device buffer.
+    Each region starts with a HEADER of scalars. `host()` waits until the
+    device has finished reading the buffer, so the caller may overwrite it.
+    `upload()` sends every region with one non-blocking copy (with `zero_copy`
+    nothing is copied: kernels read the pinned memory over the bus);
+    `device_views` are what kernels read, at fixed addresses. `enqueued()`
+    marks the readers as enqueued. On a CPU device the host buffer is the
+    device buffer.
     """
 
-    def __init__(self, size: int, device: torch.device, zero_copy: bool = False) -> None:
+    def __init__(self, sizes: Sequence[int], device: torch.device, zero_copy: bool = False) -> None:
         on_cuda = device.type == "cuda"
-        self._host = torch.zeros(size, dtype=torch.int32, pin_memory=on_cuda)
+        self._host = torch.zeros(sum(sizes), dtype=torch.int32, pin_memory=on_cuda)
         self._copy = on_cuda and not zero_copy
-        self._device = torch.zeros(size, dtype=torch.int32, device=device) if self._copy else self._host
-        self.array: np.ndarray = self._host.numpy()
-        self.args: np.ndarray = self.array[HEADER:]  # where the C++ books write
+        self._device = torch.zeros_like(self._host, device=device) if self._copy else self._host
+        starts = np.cumsum([0, *sizes])
+        whole = self._host.numpy()
+        self.arrays = [whole[a:b] for a, b in zip(starts, starts[1:])]
+        self.args = [array[HEADER:] for array in self.arrays]  # where the C++ books write
+        self.device_views = [self._device[a:b] for a, b in zip(starts, starts[1:])]
         self._read = DeviceDone(device) if on_cuda else None
 
-    def host(self) -> np.ndarray:
+    def host(self) -> None:
         if self._read is not None:
             self._read.wait()
-        return self.array
 
-    def device_view(self) -> torch.Tensor:
-        """The buffer kernels read; its address never changes."""
-        return self._device
-
-    def upload(self) -> torch.Tensor:
+    def upload(self) -> None:
         if self._copy:
             self._device.copy_(self._host, non_blocking=True)
-        return self._device
 
     def enqueued(self) -> None:
         if self._read is not None:
