@@ -2,6 +2,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+
 #include "block_manager.h"
 #include "py_args.h"
 
@@ -49,7 +51,7 @@ void bind_request_table(py::module_& m) {
             const char* op = "update_block_table";
             BatchView b = batch_args.read(op, req_ids, num_prefill, lens);
             auto out = out_buffer<int32_t>(op, "plan", plan);
-            check_stride(op, stride, 4, b.size, out.size);
+            check_stride(op, stride, 4, std::min(b.size, t.max_reqs()), out.size);
             StepPlan p{out.data, out.data + stride, out.data + 2 * stride, out.data + 3 * stride};
             int64_t pages = t.update(op, b, num_free_pages, p);
             return py::make_tuple(pages, to_list(p.new_lens, b.size));
@@ -63,21 +65,21 @@ void bind_request_table(py::module_& m) {
       .def(
           "lookup",
           [](RequestTable& t, py::handle req_ids, int64_t num_prefill, py::handle lens,
-             py::buffer out_buf, int64_t stride) {
-            const char* op = "lookup";
+             py::buffer out_buf, int64_t stride, const std::string& op_name) {
+            const char* op = op_name.c_str();
             BatchView b = batch_args.read(op, req_ids, num_prefill, lens);
             auto out = out_buffer<int32_t>(op, "out", out_buf);
-            check_stride(op, stride, 5, b.size, out.size);
+            check_stride(op, stride, 5, std::min(b.size, t.max_reqs()), out.size);
             BatchLookup l{out.data, out.data + stride, out.data + 2 * stride, out.data + 3 * stride,
                           out.data + 4 * stride};
             BatchStats s = t.lookup(op, b, l);
             return py::make_tuple(stats_tuple(s), to_list(l.seq_lens, b.size));
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
-          py::arg("out"), py::arg("stride"),
+          py::arg("out"), py::arg("stride"), py::arg("op") = "lookup",
           "Reads a batch of running requests: writes rows, lengths, query lengths and the\n"
           "exclusive prefix sums of query lengths and of lengths at out[k * stride],\n"
-          "k = 0..4. Returns (stats, lengths as a list), stats\n"
+          "k = 0..4; errors name `op`. Returns (stats, lengths as a list), stats\n"
           "being (num_tokens, max_query_len, max_seq_len, max_prefill_seq_len,\n"
           "max_decode_seq_len, max_decode_query_len).")
       .def(

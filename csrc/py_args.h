@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cctype>
+#include <climits>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -45,6 +46,9 @@ inline void read_ints(const char* op, const char* what, py::handle obj, std::vec
       throw py::type_error(std::string(op) + ": " + what +
                            " must be a 1-D integer array, got format '" + info.format +
                            "' with " + std::to_string(info.ndim) + " dimensions");
+    if (info.format[0] == '>' || info.format[0] == '!')
+      throw py::type_error(std::string(op) + ": " + what +
+                           " must be in native byte order, got format '" + info.format + "'");
     out.resize(info.shape[0]);
     const char* base = static_cast<const char*>(info.ptr);
     for (py::ssize_t i = 0; i < info.shape[0]; ++i) {
@@ -53,7 +57,12 @@ inline void read_ints(const char* op, const char* what, py::handle obj, std::vec
         case 1: out[i] = std::islower(kind) ? *reinterpret_cast<const int8_t*>(p) : *reinterpret_cast<const uint8_t*>(p); break;
         case 2: out[i] = std::islower(kind) ? *reinterpret_cast<const int16_t*>(p) : *reinterpret_cast<const uint16_t*>(p); break;
         case 4: out[i] = std::islower(kind) ? *reinterpret_cast<const int32_t*>(p) : *reinterpret_cast<const uint32_t*>(p); break;
-        default: out[i] = *reinterpret_cast<const int64_t*>(p);
+        default:
+          if (!std::islower(kind) && *reinterpret_cast<const uint64_t*>(p) > INT64_MAX)
+            throw py::value_error(std::string(op) + ": " + what + "[" + std::to_string(i) + "]=" +
+                                  std::to_string(*reinterpret_cast<const uint64_t*>(p)) +
+                                  " does not fit in int64");
+          out[i] = *reinterpret_cast<const int64_t*>(p);
       }
     }
     return;

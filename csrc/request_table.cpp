@@ -92,6 +92,10 @@ static void next_stamp(uint32_t& stamp, std::vector<uint32_t>& seen) {
 int64_t RequestTable::update(const char* op, const BatchView& batch, int64_t num_free_pages,
                              const StepPlan& plan) {
   check_shape(op, batch);
+  // Every entry holds a row after a first-layer step (plans are sized for max_reqs).
+  if (batch.size > max_reqs_)
+    throw CacheExhausted(std::string(op) + ": the batch holds " + str(batch.size) +
+                         " requests but there are only " + str(max_reqs_) + " request rows");
   next_stamp(stamp_, seen_);
   new_entries_.clear();
   int64_t total_pages = 0;
@@ -138,6 +142,8 @@ int64_t RequestTable::update(const char* op, const BatchView& batch, int64_t num
   return total_pages;
 }
 
+// Writes at most max_reqs entries: the entry past them cannot be a distinct
+// running request, so the loop throws before writing it.
 BatchStats RequestTable::lookup(const char* op, const BatchView& batch, const BatchLookup& out) {
   check_shape(op, batch);
   next_stamp(stamp_, seen_);

@@ -44,6 +44,7 @@ class CPUBlockManager(BlockManager):
             self._is_first_layer(batch))
 
     def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
+        self._is_first_layer(batch)  # rejects an unknown layer
         if self._copy_done is not None:
             self._copy_done.wait()  # the last copy out of the staging buffer is done
         args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)

@@ -90,7 +90,8 @@ class GPUBlockManager(BlockManager):
     def update_block_table(self, batch: BatchMetadata) -> None:
         args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
         if not self._is_first_layer(batch):
-            _, batch.seq_lens = self._books.lookup(*args, self._scratch, self._stride)
+            _, batch.seq_lens = self._books.lookup(*args, self._scratch, self._stride,
+                                                   "update_block_table")
             return
         self.flush()  # the staged plan is about to be rewritten
         self._staging.host()
@@ -111,9 +112,11 @@ class GPUBlockManager(BlockManager):
         batch.seq_lens = seq_lens
 
     def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
+        self._is_first_layer(batch)  # rejects an unknown layer
         self._staging.host()
         stats, seq_lens = self._books.lookup(batch.req_ids, batch.num_prefill_seqs,
-                                             batch.init_prefill_lens, self._staging.args[1], self._stride)
+                                             batch.init_prefill_lens, self._staging.args[1], self._stride,
+                                             "pack_flash_attn_metadata")
         num_tokens, max_query_len, max_seq_len, max_prefill_seq_len, max_decode_seq_len, \
             max_decode_query_len = stats
         batch_size = len(seq_lens)
