@@ -15,8 +15,8 @@ namespace disagmoe {
 
 namespace py = pybind11;
 
-// Reads a list or tuple of ints, or a 1-D integer buffer (numpy, torch CPU
-// tensor), into `out`. Throws TypeError naming the bad element.
+// Reads a list or tuple of ints, or a 1-D integer buffer (a numpy array), into
+// `out`. Throws TypeError naming the bad element.
 inline void read_ints(const char* op, const char* what, py::handle obj, std::vector<int64_t>& out) {
   PyObject* o = obj.ptr();
   if (PyList_Check(o) || PyTuple_Check(o)) {

@@ -103,9 +103,16 @@ int64_t RequestTable::update(const char* op, const BatchView& batch, int64_t num
     int32_t row = ids_.find(batch.req_ids[i]);
     int64_t old_len = 0;
     if (row < 0) {
-      if (i >= batch.num_prefill)
+      if (i >= batch.num_prefill) {
+        for (int64_t j : new_entries_)
+          if (batch.req_ids[j] == batch.req_ids[i])
+            throw std::invalid_argument(std::string(op) + ": request id " +
+                                        str(batch.req_ids[i]) +
+                                        " appears more than once in req_ids (again at index " +
+                                        str(i) + ")");
         throw UnknownRequest(std::string(op) + ": " + entry_name(batch, i) +
                              " is not a running request");
+      }
       new_entries_.push_back(i);
     } else {
       mark_once(op, batch, i, row);

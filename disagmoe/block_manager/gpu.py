@@ -189,7 +189,10 @@ class GPUBlockManager(BlockManager):
         # This step runs eagerly (and compiles); programs past a batch's size do nothing.
         self._run_kernels(*buckets)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # Relaxed: a garbage collection (or another thread) may free CUDA objects, such
+        # as a dead manager's graphs, while this capture is under way; the default
+        # mode would then invalidate the capture.
+        with torch.cuda.graph(graph, capture_error_mode="relaxed"):
             self._run_kernels(*buckets)
         self._graphs[key] = graph
 

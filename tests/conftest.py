@@ -1,0 +1,37 @@
+"""Fixtures shared by the test modules: `backend` and the `make_manager` factory.
+
+Every test that takes `make_manager` runs once per backend configuration of
+`backends.BACKENDS`: `cpu` and `gpu-torch` everywhere, and on a CUDA machine
+also `cpu-cuda`, `gpu-triton-graphs`, `gpu-triton` and `gpu-torch-cuda`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from backends import BACKENDS, Backend  # noqa: E402
+
+settings.register_profile(
+    "disagmoe", max_examples=25, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "disagmoe"))
+
+
+# Session scope: the factory holds no state, and hypothesis accepts it in @given tests.
+@pytest.fixture(scope="session", params=BACKENDS, ids=[b.id for b in BACKENDS])
+def backend(request) -> Backend:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def make_manager(backend: Backend):
+    """`make_manager(block_size=4, num_blocks=32, max_running_reqs=8, max_seq_len=64,
+    layer_ids=LAYER_IDS)`: a fresh manager of the parametrised backend."""
+    return backend.make
