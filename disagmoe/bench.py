@@ -126,14 +126,15 @@ class DecodeState:
         self.manager.update_block_table(self.first)
         self.steps += 1
 
-    def warm_up(self) -> None:
-        """Runs every benchmarked operation once (Triton compiles, CUDA graphs are
-        captured, buffers reach their size), then rebuilds the state."""
-        self.manager.update_block_table(self.first)
-        self.manager.pack_flash_attn_metadata(self.first)
-        self.manager.update_block_table(self.later)
-        self.manager.reset_state()
-        self.manager.update_block_table(prefill_batch(self.batch_size, self.seq_len))
+    def warm_up(self, steps: int = DECODE_STEPS) -> None:
+        """Takes `steps` whole decode steps (update at the first and a later layer, pack):
+        Triton compiles, CUDA graphs are captured, buffers reach their size, caches warm.
+        Then rebuilds the state."""
+        for _ in range(steps):
+            self.make_room()
+            self.step()
+            self.manager.pack_flash_attn_metadata(self.first)
+            self.manager.update_block_table(self.later)
         self.rebuild()
 
 
@@ -196,10 +197,11 @@ def _no_label(name: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _timed(call: Callable[[], object], device: torch.device) -> float:
+def _timed(call: Callable[[], object], manager: BlockManager) -> float:
+    """Seconds of `call` until the device has finished its work, deferred work included."""
     start = time.perf_counter()
     call()
-    synchronize(device)
+    manager.synchronize()
     return time.perf_counter() - start
 
 
@@ -217,10 +219,10 @@ def time_decode_steps(states: dict[str, DecodeState], iterations: int,
             with label(f"setup: {backend} make_room"):
                 state.make_room()
             with label(f"timed: {backend} update_block_table"):
-                samples[backend]["update_block_table"].append(_timed(state.step, state.device))
+                samples[backend]["update_block_table"].append(_timed(state.step, state.manager))
             pack = lambda: state.manager.pack_flash_attn_metadata(state.first)  # noqa: E731
             with label(f"timed: {backend} pack_flash_attn_metadata"):
-                samples[backend]["pack_flash_attn_metadata"].append(_timed(pack, state.device))
+                samples[backend]["pack_flash_attn_metadata"].append(_timed(pack, state.manager))
     return samples
 
 

@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = dm.block_manager.base.resolve_device(None)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # as disagmoe.bench: small ops gain nothing from more
     max_reqs = max(args.batch_sizes)
     max_seq_len = max(args.seq_lens) + 4 * args.iterations + 64
     num_slots = max_reqs * max_seq_len

@@ -1,0 +1,1 @@
+"""asv benchmarks of disagmoe's block managers; see docs/benchmarking.md."""

@@ -1,0 +1,46 @@
+"""Memory each backend's manager holds, and the device the suite ran on.
+
+For every grid point, `memory_footprint()` of the manager that the timing
+benchmarks use (block_size = backend default: cpu 16, gpu 1; pool of
+B * (seq_len + 16) slots; max_seq_len = seq_len + 16), after its decode state
+ran every benchmarked operation: `device_bytes` (on the default device: CUDA
+if any, else torch's CPU device) and `host_bytes`. Measured in one process.
+
+`Device.track_on_cuda` says where everything ran: 1 on CUDA, 0 on torch's CPU
+device (a machine without CUDA: the `gpu` backend then runs its torch kernels
+on the host, and its timings say nothing about a GPU).
+"""
+
+from .common import BACKENDS, BATCH_SIZES, SEQ_LENS, measure_footprints
+
+
+def setup_cache():
+    measured = measure_footprints()
+    print(f"bench_memory: measured on {measured['device']}")
+    return measured
+
+
+setup_cache.timeout = 600
+
+
+class MemoryFootprint:
+    params = (BACKENDS, BATCH_SIZES, SEQ_LENS)
+    param_names = ["backend", "batch_size", "seq_len"]
+    unit = "bytes"
+    processes = 1
+
+    def track_device_bytes(self, cache, backend, batch_size, seq_len):
+        return cache["footprints"][(backend, batch_size, seq_len)]["device_bytes"]
+
+    def track_host_bytes(self, cache, backend, batch_size, seq_len):
+        return cache["footprints"][(backend, batch_size, seq_len)]["host_bytes"]
+
+
+class Device:
+    unit = "1 = CUDA, 0 = torch CPU device"
+    processes = 1
+
+    def track_on_cuda(self, cache):
+        return int(cache["on_cuda"])
+
+    track_on_cuda.pretty_name = "device of both backends: 1 = CUDA, 0 = torch's CPU device (no GPU)"

@@ -1,0 +1,46 @@
+"""Speedup of the `gpu` backend over the `cpu` backend, per operation and grid point.
+
+One process times both backends side by side, interleaved, for every grid
+point (see `common.measure_inverse_speedups`): one decode step of B requests
+holding `seq_len` tokens, `update_block_table` at the first layer then
+`pack_flash_attn_metadata`, each call synchronised, on the default device
+(CUDA if any, else torch's CPU device). Block size: each backend's default
+(cpu 16, gpu 1).
+
+asv counts a higher value as worse and has no switch to say otherwise, so the
+tracked value is the inverse of the speedup: GPU time / CPU time (unit "x",
+lower is better; speedup = 1 / value). A drop in speedup is a rise here, which
+`asv continuous` and `asv publish` report as a regression. Each value is the
+median of 9 rounds of 20 steps, the rounds being asv's samples.
+"""
+
+from .common import BATCH_SIZES, SEQ_LENS, measure_inverse_speedups
+
+
+class InverseSpeedup:
+    params = (BATCH_SIZES, SEQ_LENS)
+    param_names = ["batch_size", "seq_len"]
+    unit = "x"
+    processes = 1
+    timeout = 600
+
+    def setup_cache(self):
+        measured = measure_inverse_speedups()
+        print(f"InverseSpeedup: measured on {measured['device']}")
+        return measured
+
+    def _ratios(self, cache, op, batch_size, seq_len):
+        # A dict with samples: asv stores their median with confidence intervals.
+        return {"samples": cache["ratios"][(batch_size, seq_len)][op], "number": 1}
+
+    def track_update_block_table(self, cache, batch_size, seq_len):
+        return self._ratios(cache, "update_block_table", batch_size, seq_len)
+
+    track_update_block_table.pretty_name = ("update_block_table (decode, first layer): GPU time / CPU time "
+                                            "= 1 / speedup, lower is better")
+
+    def track_pack_flash_attn_metadata(self, cache, batch_size, seq_len):
+        return self._ratios(cache, "pack_flash_attn_metadata", batch_size, seq_len)
+
+    track_pack_flash_attn_metadata.pretty_name = ("pack_flash_attn_metadata (decode): GPU time / CPU time "
+                                                  "= 1 / speedup, lower is better")

@@ -1,0 +1,54 @@
+"""update_block_table: the slots of one step, on each backend.
+
+Three cases, as DisagMoE's own benchmark times them, for B requests
+(`batch_size`) of `seq_len` tokens on the default device (CUDA if any, else
+torch's CPU device, where the `gpu` backend runs its torch kernels):
+
+- prefill: B new requests of `seq_len` tokens each, on an empty manager;
+- decode at the first layer: each request holds `seq_len` tokens and gets one
+  more slot (lengths then grow; after 16 steps the state is rebuilt in setup);
+- decode at a later layer: lookups of the lengths the first layer set.
+
+Config: block_size is the backend's default (cpu 16, gpu 1); the pool holds
+B * (seq_len + 16) slots, and max_seq_len = seq_len + 16 covers every decode
+step a state takes. State is prepared in `setup`, never timed; every timed
+call ends with the device synchronised.
+"""
+
+from .common import StepTiming, decode_state
+
+
+class UpdateBlockTablePrefill(StepTiming):
+    def setup(self, backend, batch_size, seq_len):
+        from disagmoe.bench import prefill_batch
+
+        self.manager = decode_state(backend, batch_size, seq_len, owner="prefill").manager
+        self.manager.reset_state()  # the previous call's requests go back to the pool
+        self.batch = prefill_batch(batch_size, seq_len)
+        self.manager.synchronize()
+
+    def time_update_block_table(self, backend, batch_size, seq_len):
+        self.manager.update_block_table(self.batch)
+        self.manager.synchronize()
+
+
+class UpdateBlockTableDecode(StepTiming):
+    def setup(self, backend, batch_size, seq_len):
+        self.state = decode_state(backend, batch_size, seq_len)
+        self.state.make_room()  # rebuilt after 16 steps: never past max_seq_len
+
+    def time_update_block_table(self, backend, batch_size, seq_len):
+        self.state.step()
+        self.state.manager.synchronize()
+
+
+class UpdateBlockTableDecodeLaterLayer(StepTiming):
+    def setup(self, backend, batch_size, seq_len):
+        self.state = decode_state(backend, batch_size, seq_len)
+        if self.state.steps == 0:  # the first layer's step comes first
+            self.state.step()
+            self.state.manager.synchronize()
+
+    def time_update_block_table(self, backend, batch_size, seq_len):
+        self.state.manager.update_block_table(self.state.later)
+        self.state.manager.synchronize()

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# asv on the offline GPU machine (shared/gpu-box.md): torch preinstalled in a virtual
+# environment, no package index, asv and its needs brought as wheels in .wheels/.
+#
+#   scripts/asv_gpu.sh run                      # any asv command line
+#   scripts/asv_gpu.sh continuous main HEAD
+#   scripts/asv_gpu.sh publish
+#
+# Installs asv from the wheels into .asv/tools once (put on PYTHONPATH), then runs it with
+#   VIRTUALENV_SYSTEM_SITE_PACKAGES=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=<wheels>
+#   DISAGMOE_TORCH_SITE=<the site-packages folder holding $PYTHON's torch>
+# and, for `run` and `continuous`, --machine named after the card (override: ASV_MACHINE).
+# PYTHON (default python3) is the interpreter with torch; DISAGMOE_WHEELS, DISAGMOE_ASV_TOOLS
+# move the folders.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python=${PYTHON:-python3}
+wheels=${DISAGMOE_WHEELS:-$root/.wheels}
+tools=${DISAGMOE_ASV_TOOLS:-$root/.asv/tools}
+
+if ! PYTHONPATH="$tools" "$python" -c "import asv, asv_runner, virtualenv" 2>/dev/null; then
+  [ -d "$wheels" ] || { echo "asv_gpu.sh: no wheel folder $wheels (docs/benchmarking.md says how to fill it)" >&2; exit 2; }
+  "$python" -m pip install -q --no-index --find-links "$wheels" --target "$tools" \
+    asv==0.6.6 asv-runner==0.3.2 virtualenv "importlib-metadata==8.7.0"
+fi
+
+export PYTHONPATH="$tools${PYTHONPATH:+:$PYTHONPATH}"
+export VIRTUALENV_SYSTEM_SITE_PACKAGES=1 PIP_NO_INDEX=1 PIP_FIND_LINKS="$wheels"
+export DISAGMOE_TORCH_SITE=${DISAGMOE_TORCH_SITE:-$("$python" -c \
+  'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')}
+
+if [ -z "${ASV_MACHINE:-}" ]; then
+  card=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")')
+  if [ -n "$card" ]; then
+    ASV_MACHINE=$(echo "$card" | tr 'A-Z' 'a-z' | sed -e 's/^nvidia //' -e 's/[^a-z0-9]\+/-/g' -e 's/-$//')
+  else
+    ASV_MACHINE="cpu-$(hostname -s)"
+  fi
+fi
+
+case "${1:-}" in
+  run|continuous)
+    if [[ " $* " != *" --machine"* && " $* " != *" -m "* ]]; then
+      "$python" -m asv machine --yes --machine "$ASV_MACHINE" >/dev/null
+      cmd=$1; shift
+      set -- "$cmd" --machine "$ASV_MACHINE" "$@"
+    fi ;;
+esac
+echo "asv_gpu.sh: machine $ASV_MACHINE, torch from $DISAGMOE_TORCH_SITE, wheels from $wheels" >&2
+exec "$python" -m asv "$@"
