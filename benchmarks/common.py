@@ -71,13 +71,6 @@ def decode_state(backend: str, batch_size: int, seq_len: int, owner: str = "deco
     return _states[key]
 
 
-def synchronize(device) -> None:
-    if device.type == "cuda":
-        import torch
-
-        torch.cuda.synchronize(device)
-
-
 def measure_inverse_speedups(rounds: int = 9, iterations: int = 20, warmup: int = 5) -> dict:
     """GPU time over CPU time of each decode-step operation, for the whole grid in one process.
 

@@ -66,11 +66,6 @@ def limit_cpu_threads(device: torch.device) -> None:
         torch.set_num_threads(1)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_manager(backend: str, batch_size: int, seq_len: int, device: torch.device | str | None = None,
                  block_size: int | None = None) -> BlockManager:
     """A manager sized for B requests of up to `seq_len + DECODE_STEPS` tokens.
@@ -115,7 +110,7 @@ class DecodeState:
         self.manager.reset_state()
         self.manager.update_block_table(prefill_batch(self.batch_size, self.seq_len))
         self.steps = 0
-        synchronize(self.device)
+        self.manager.synchronize()  # deferred work included: the next timed call starts clean
 
     def make_room(self) -> None:
         if self.steps >= DECODE_STEPS:

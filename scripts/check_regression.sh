@@ -5,7 +5,7 @@
 # and committed as "baseline", so uncommitted work is what gets checked):
 #   1. commit "slowdown" on baseline: pack_flash_attn_metadata of one backend (default gpu)
 #      made 25% slower: a wrapper appended to disagmoe/block_manager/<backend>.py times each
-#      call (synchronising the device on CUDA) and busy-waits a quarter of that duration.
+#      call up to manager.synchronize() and busy-waits a quarter of that duration.
 #      `asv continuous baseline slowdown` must flag that backend's pack (its
 #      PackFlashAttnMetadataDecode points or, for gpu, the pack speedup in InverseSpeedup)
 #      and exit non-zero;
@@ -78,16 +78,13 @@ cat >> "$repo/disagmoe/block_manager/$backend.py" <<EOF
 # a quarter of the call's own duration.
 import time as _time  # noqa: E402
 
-import torch as _torch  # noqa: E402
-
 _pack_flash_attn_metadata = $class.pack_flash_attn_metadata
 
 
 def _slow_pack_flash_attn_metadata(self, batch):
     start = _time.perf_counter()
     metadata = _pack_flash_attn_metadata(self, batch)
-    if self.device.type == "cuda":
-        _torch.cuda.synchronize(self.device)
+    self.synchronize()  # the call's whole duration, device work included
     until = start + 1.25 * (_time.perf_counter() - start)
     while _time.perf_counter() < until:
         pass
