@@ -122,14 +122,15 @@ class DecodeState:
         self.steps += 1
 
     def warm_up(self, steps: int = DECODE_STEPS) -> None:
-        """Takes `steps` whole decode steps (update at the first and a later layer, pack):
-        Triton compiles, CUDA graphs are captured, buffers reach their size, caches warm.
-        Then rebuilds the state."""
+        """Takes `steps` decode steps as the timed calls do (first-layer update, pack,
+        later-layer update, each synchronised): Triton compiles, CUDA graphs are
+        captured, buffers reach their size, caches warm. Then rebuilds the state."""
         for _ in range(steps):
             self.make_room()
-            self.step()
-            self.manager.pack_flash_attn_metadata(self.first)
-            self.manager.update_block_table(self.later)
+            for call in (self.step, lambda: self.manager.pack_flash_attn_metadata(self.first),
+                         lambda: self.manager.update_block_table(self.later)):
+                call()
+                self.manager.synchronize()
         self.rebuild()
 
 

@@ -10,6 +10,11 @@
 #   asv    the asv suite on HEAD (scripts/asv_gpu.sh) and asv publish; results copied out
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# A working tree whose git directory arrived without its history (seen on the lent
+# machine) is given one from a bundle made beforehand: git bundle create .scratch/repo.bundle --all
+if ! git rev-parse -q --verify HEAD >/dev/null 2>&1 && [ -f .scratch/repo.bundle ]; then
+  rm -rf .git && git clone -q --bare .scratch/repo.bundle .git && git config --bool core.bare false && git reset -q
+fi
 out=${OUT:-$PWD/out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -25,8 +30,8 @@ for stage in "$@"; do
     cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" | tee "$out/cli.log" ;;
     asv) scripts/asv_gpu.sh run --show-stderr HEAD^! 2>&1 | tee "$out/asv.log" | tail -40
          scripts/asv_gpu.sh publish >/dev/null 2>&1
-         machine=$(ls results 2>/dev/null | grep -v benchmarks.json | head -1)
-         for f in results/"$machine"/*.json; do cp "$f" "$out/asv-$(basename "$f")"; done ;;
+         machine=$(ls .asv/results 2>/dev/null | grep -v benchmarks.json | head -1)
+         for f in .asv/results/"$machine"/*.json; do cp "$f" "$out/asv-$(basename "$f")"; done ;;
     *) echo "gpu_run.sh: unknown stage $stage" >&2; status=2 ;;
   esac
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
