@@ -80,7 +80,8 @@ class GPUBlockManager(BlockManager):
         nbytes = _C.metadata_layout(max_running_reqs, max_width, max_running_reqs)[-1]
         self._metadata = MetadataBuffer(nbytes, self.device)
         self._headers: dict[tuple, np.ndarray] = {}
-        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # per bucket pair
+        self._graphs_address = 0  # of the metadata buffer the graphs write
         if kernels == "triton":
             from disagmoe.block_manager import kernels_triton
             self._triton = kernels_triton
@@ -157,6 +158,8 @@ class GPUBlockManager(BlockManager):
     def _header(self, layout: tuple) -> np.ndarray:
         header = self._headers.get(layout)
         if header is None:
+            if len(self._headers) >= 256:  # bounded, as the metadata views
+                self._headers.clear()
             batch_size, width, _, slots, seq, ctx, qsl, ssl, tables, _ = layout
             header = np.array([batch_size, width, slots // 8, seq // 4, ctx // 4, qsl // 4,
                                ssl // 4, tables // 4], dtype=np.int32)
@@ -181,8 +184,11 @@ class GPUBlockManager(BlockManager):
             self._run_kernels(update_size, pack_size)
             return
         buckets = tuple(1 << max(0, n - 1).bit_length() if n else 0 for n in (update_size, pack_size))
-        key = (buckets, self._metadata.bytes.data_ptr())
-        graph = self._graphs.get(key)
+        address = self._metadata.bytes.data_ptr()
+        if address != self._graphs_address:  # the buffer grew: graphs write the old one
+            self._graphs.clear()
+            self._graphs_address = address
+        graph = self._graphs.get(buckets)
         if graph is not None:
             graph.replay()
             return
@@ -194,7 +200,7 @@ class GPUBlockManager(BlockManager):
         # mode would then invalidate the capture.
         with torch.cuda.graph(graph, capture_error_mode="relaxed"):
             self._run_kernels(*buckets)
-        self._graphs[key] = graph
+        self._graphs[buckets] = graph
 
     def _run_kernels(self, update_grid: int, pack_grid: int) -> None:
         self._staging.upload()
