@@ -15,16 +15,14 @@ step a state takes. State is prepared in `setup`, never timed; every timed
 call ends with the device synchronised.
 """
 
-from .common import StepTiming, decode_state
+from .common import StepTiming, decode_state, workloads
 
 
 class UpdateBlockTablePrefill(StepTiming):
     def setup(self, backend, batch_size, seq_len):
-        from disagmoe.bench import prefill_batch
-
         self.manager = decode_state(backend, batch_size, seq_len, owner="prefill").manager
         self.manager.reset_state()  # the previous call's requests go back to the pool
-        self.batch = prefill_batch(batch_size, seq_len)
+        self.batch = workloads().prefill_batch(batch_size, seq_len)
         self.manager.synchronize()
 
     def time_update_block_table(self, backend, batch_size, seq_len):

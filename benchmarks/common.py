@@ -3,7 +3,7 @@
 Importing this module does not import torch: the track_ benchmarks only read
 numbers that one setup_cache process measured, so their many processes start
 in a fraction of a second. The workloads themselves come from the installed
-package (`disagmoe.bench`), the same ones `python -m disagmoe.bench` times.
+package (`disagmoe.workloads`), the same ones `python -m disagmoe.bench` times.
 """
 
 from __future__ import annotations
@@ -43,15 +43,18 @@ class StepTiming:
     timeout = 300  # a cold Triton cache compiles on the first call
 
 
-def _bench():
-    """`disagmoe.bench` of the installed commit, never a copy found elsewhere (an
+def workloads():
+    """The workloads module of the installed commit, never a copy found elsewhere (an
     editable install of another checkout would otherwise fill in for a commit
     that predates it)."""
     import disagmoe
-    from disagmoe import bench
 
+    try:
+        from disagmoe import workloads as bench
+    except ImportError:  # commits before the split kept the workloads in disagmoe.bench
+        from disagmoe import bench
     if os.path.dirname(bench.__file__) != os.path.dirname(disagmoe.__file__):
-        raise ImportError(f"disagmoe.bench comes from {bench.__file__}, not from the installed "
+        raise ImportError(f"{bench.__name__} comes from {bench.__file__}, not from the installed "
                           f"disagmoe ({disagmoe.__file__}): this commit predates the benchmark workloads")
     return bench
 
@@ -60,12 +63,12 @@ _states: dict = {}
 
 
 def decode_state(backend: str, batch_size: int, seq_len: int, owner: str = "decode"):
-    """This process's warmed-up `disagmoe.bench.DecodeState` for the grid point, built
+    """This process's warmed-up `disagmoe.workloads.DecodeState` for the grid point, built
     on first use on the default device (CUDA if any, else torch's CPU device).
     A benchmark that empties the manager passes its own `owner`."""
     key = (owner, backend, batch_size, seq_len)
     if key not in _states:
-        bench = _bench()
+        bench = workloads()
         bench.limit_cpu_threads(bench.default_device())
         _states[key] = bench.decode_state(backend, batch_size, seq_len)
     return _states[key]
@@ -80,7 +83,7 @@ def measure_inverse_speedups(rounds: int = 9, iterations: int = 20, warmup: int 
     """
     import statistics
 
-    bench = _bench()
+    bench = workloads()
     device = bench.default_device()
     bench.limit_cpu_threads(device)
     ratios = {}
@@ -100,7 +103,7 @@ def measure_inverse_speedups(rounds: int = 9, iterations: int = 20, warmup: int 
 def measure_footprints() -> dict:
     """`memory_footprint()` of each backend's manager for every grid point, once its
     decode state has run every benchmarked operation (buffers at their size)."""
-    bench = _bench()
+    bench = workloads()
 
     device = bench.default_device()
     footprints = {}
