@@ -37,6 +37,33 @@ class FlashAttentionMetadata:
     slot_mapping: torch.Tensor  # int64 [num tokens]
     block_size: int
 
+    @classmethod
+    def from_step(cls, batch, stats: tuple, seq_lens: list[int], views: tuple,
+                  block_size: int) -> FlashAttentionMetadata:
+        """Assembles a batch's metadata from the C++ batch stats (see
+        `_C.RequestTable.lookup`) and the filled `MetadataBuffer.views`."""
+        num_tokens, max_query_len, _, max_prefill_seq_len, max_decode_seq_len, \
+            max_decode_query_len = stats
+        _, slots, seq, ctx, qsl, ssl, tables, _ = views
+        num_decodes = len(seq_lens) - batch.num_prefill_seqs
+        return cls(
+            num_prefills=batch.num_prefill_seqs,
+            num_prefill_tokens=num_tokens - num_decodes,
+            num_decode_tokens=num_decodes,
+            seq_lens=seq_lens,
+            seq_lens_tensor=seq,
+            context_lens_tensor=ctx,
+            query_start_loc=qsl,
+            seq_start_loc=ssl,
+            max_query_len=max_query_len,
+            max_prefill_seq_len=max_prefill_seq_len,
+            max_decode_seq_len=max_decode_seq_len,
+            max_decode_query_len=max_decode_query_len,
+            block_tables=tables,
+            slot_mapping=slots,
+            block_size=block_size,
+        )
+
 
 class MetadataBuffer:
     """A byte buffer holding the metadata arrays as `_C.metadata_layout` lays them out.

@@ -54,29 +54,11 @@ class CPUBlockManager(BlockManager):
             self._staging_np = self._staging.bytes.numpy()
             written, layout, stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np)
         batch_size, width, num_tokens = layout[:3]
-        _, slots, seq, ctx, qsl, ssl, tables, used = self._metadata.views(batch_size, width, num_tokens)
+        views = self._metadata.views(batch_size, width, num_tokens)
         if self._copy_done is not None:
-            used.copy_(self._staging.views(batch_size, width, num_tokens)[-1], non_blocking=True)
+            views[-1].copy_(self._staging.views(batch_size, width, num_tokens)[-1], non_blocking=True)
             self._copy_done.record()
-        num_decodes = batch_size - batch.num_prefill_seqs
-        _, max_query_len, _, max_prefill_seq_len, max_decode_seq_len, max_decode_query_len = stats
-        return FlashAttentionMetadata(
-            num_prefills=batch.num_prefill_seqs,
-            num_prefill_tokens=num_tokens - num_decodes,
-            num_decode_tokens=num_decodes,
-            seq_lens=seq_lens,
-            seq_lens_tensor=seq,
-            context_lens_tensor=ctx,
-            query_start_loc=qsl,
-            seq_start_loc=ssl,
-            max_query_len=max_query_len,
-            max_prefill_seq_len=max_prefill_seq_len,
-            max_decode_seq_len=max_decode_seq_len,
-            max_decode_query_len=max_decode_query_len,
-            block_tables=tables,
-            slot_mapping=slots,
-            block_size=self.block_size,
-        )
+        return FlashAttentionMetadata.from_step(batch, stats, seq_lens, views, self.block_size)
 
     def release_seqs(self, req_ids: Sequence[int]) -> None:
         self._core.batch_release(list(req_ids))

@@ -118,8 +118,7 @@ class GPUBlockManager(BlockManager):
         stats, seq_lens = self._books.lookup(batch.req_ids, batch.num_prefill_seqs,
                                              batch.init_prefill_lens, self._staging.args[1], self._stride,
                                              "pack_flash_attn_metadata")
-        num_tokens, max_query_len, max_seq_len, max_prefill_seq_len, max_decode_seq_len, \
-            max_decode_query_len = stats
+        num_tokens, max_seq_len = stats[0], stats[2]
         batch_size = len(seq_lens)
         width = -(-max_seq_len // self.block_size)
         views = self._metadata.views(batch_size, width, num_tokens)
@@ -135,25 +134,7 @@ class GPUBlockManager(BlockManager):
                                                    self.req_to_token_pool.req_to_token,
                                                    self.block_size, views)
         self._staging.enqueued()
-        _, slots, seq, ctx, qsl, ssl, tables, _ = views
-        num_decodes = batch_size - batch.num_prefill_seqs
-        return FlashAttentionMetadata(
-            num_prefills=batch.num_prefill_seqs,
-            num_prefill_tokens=num_tokens - num_decodes,
-            num_decode_tokens=num_decodes,
-            seq_lens=seq_lens,
-            seq_lens_tensor=seq,
-            context_lens_tensor=ctx,
-            query_start_loc=qsl,
-            seq_start_loc=ssl,
-            max_query_len=max_query_len,
-            max_prefill_seq_len=max_prefill_seq_len,
-            max_decode_seq_len=max_decode_seq_len,
-            max_decode_query_len=max_decode_query_len,
-            block_tables=tables,
-            slot_mapping=slots,
-            block_size=self.block_size,
-        )
+        return FlashAttentionMetadata.from_step(batch, stats, seq_lens, views, self.block_size)
 
     def _header(self, layout: tuple) -> np.ndarray:
         header = self._headers.get(layout)
