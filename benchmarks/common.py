@@ -1,14 +1,23 @@
 """What the asv suite shares: the grid, the timing knobs and the per-process state.
 
-Importing this module does not import torch: the track_ benchmarks only read
-numbers that one setup_cache process measured, so their many processes start
-in a fraction of a second. The workloads themselves come from the installed
-package (`disagmoe.workloads`), the same ones `python -m disagmoe.bench` times.
+asv runs the suite through its fork server (asv.conf.json: `launch_method:
+forkserver`): one process imports the benchmark modules, then forks a child for
+every benchmark and grid point. Importing this module imports torch and the
+installed package once, in that server, so that no child pays for it (about 2 s
+a process, the suite's main cost under `spawn`). Nothing here touches CUDA: the
+server must never initialise it, since CUDA does not survive a fork; each child
+initialises its own on first use, and `check_fork_safe` turns a broken fork into
+a clear error. `asv run --launch-method spawn` still works (a fresh interpreter
+per benchmark, several times slower). The workloads themselves come from the
+installed package (`disagmoe.workloads`), the same ones `python -m
+disagmoe.bench` times.
 """
 
 from __future__ import annotations
 
 import os
+
+import torch
 
 
 def _grid(variable: str, default: list[int]) -> list[int]:
@@ -28,10 +37,10 @@ class StepTiming:
 
     asv_runner re-runs `setup` before every timed call (with `number = 1`,
     older asv_runner versions do too: once per sample of one call), so each
-    call starts from the state `setup` leaves. Every process measures one grid
-    point of one backend; importing torch dominates its cost, so a few dozen
-    one-call samples are enough and asv's time-based warm-up is off (`setup`
-    warms up explicitly: Triton compiles, CUDA graphs are captured).
+    call starts from the state `setup` leaves. Every forked child measures one
+    grid point of one backend: 10 to 40 one-call samples, asv's time-based
+    warm-up off (`setup` warms up explicitly: Triton compiles, CUDA graphs are
+    captured).
     """
 
     params = (BACKENDS, BATCH_SIZES, SEQ_LENS)
@@ -59,6 +68,22 @@ def workloads():
     return bench
 
 
+def check_fork_safe() -> None:
+    """Raise if this process was forked from one that had initialised CUDA (the fork
+    server must only import torch: a CUDA call there breaks every child)."""
+    if torch.cuda._is_in_bad_fork():
+        raise RuntimeError("CUDA was initialised in asv's fork server before it forked this benchmark; "
+                           "nothing at benchmark import time may touch CUDA (or run asv with "
+                           "--launch-method spawn)")
+
+
+try:  # the server imports the package once for all children; a commit that lacks it fails later, per benchmark
+    workloads()
+except ImportError:
+    pass
+if torch.cuda.is_initialized():  # pragma: no cover - a guard on the package's import
+    raise RuntimeError("importing the benchmarked package initialised CUDA: asv's fork server cannot fork that")
+
 _states: dict = {}
 
 
@@ -68,6 +93,7 @@ def decode_state(backend: str, batch_size: int, seq_len: int, owner: str = "deco
     A benchmark that empties the manager passes its own `owner`."""
     key = (owner, backend, batch_size, seq_len)
     if key not in _states:
+        check_fork_safe()
         bench = workloads()
         bench.limit_cpu_threads(bench.default_device())
         _states[key] = bench.decode_state(backend, batch_size, seq_len)
@@ -83,6 +109,7 @@ def measure_inverse_speedups(rounds: int = 9, iterations: int = 20, warmup: int 
     """
     import statistics
 
+    check_fork_safe()
     bench = workloads()
     device = bench.default_device()
     bench.limit_cpu_threads(device)
@@ -103,8 +130,8 @@ def measure_inverse_speedups(rounds: int = 9, iterations: int = 20, warmup: int 
 def measure_footprints() -> dict:
     """`memory_footprint()` of each backend's manager for every grid point, once its
     decode state has run every benchmarked operation (buffers at their size)."""
+    check_fork_safe()
     bench = workloads()
-
     device = bench.default_device()
     footprints = {}
     for backend in BACKENDS:

@@ -1,45 +1,54 @@
 #!/usr/bin/env bash
 # Proves that the asv suite reports a real regression and stays quiet without one.
 #
-# In a scratch clone under /tmp of this checkout (HEAD, with the working tree laid over it
-# and committed as "baseline", so uncommitted work is what gets checked):
-#   1. commit "slowdown" on baseline: pack_flash_attn_metadata of one backend (default gpu)
-#      made 25% slower: a wrapper appended to disagmoe/block_manager/<backend>.py times each
-#      call up to manager.synchronize() and busy-waits a quarter of that duration.
-#      `asv continuous baseline slowdown` must flag that backend's pack (its
-#      PackFlashAttnMetadataDecode points or, for gpu, the pack speedup in InverseSpeedup)
+# In a scratch clone under /tmp of this checkout (HEAD with the working tree laid over it,
+# committed as "baseline", so uncommitted work is what gets checked):
+#   1. for each slowed operation and backend chosen: a commit on baseline that makes that
+#      one operation of that one backend PCT% slower (a wrapper appended to
+#      disagmoe/block_manager/<backend>.py times each call up to manager.synchronize() and
+#      busy-waits PCT% of that duration). `asv continuous baseline slowdown` over that
+#      operation's benchmarks must flag every grid point of the slowed backend's benchmarks
 #      and exit non-zero;
-#   2. an empty commit on baseline: `asv continuous baseline empty` must flag no regression
-#      and exit 0.
-# Exits 0 when both hold, 1 otherwise.
+#   2. N empty commits on baseline: `asv continuous baseline empty` over the --bench
+#      benchmarks must flag nothing and exit 0, each time.
+# Exits 0 when every check holds, 1 otherwise.
 #
-#   scripts/check_regression.sh [--backend gpu|cpu] [--bench REGEX] [--rounds N]
-#                               [--factor F] [--machine NAME] [--keep]
+#   scripts/check_regression.sh [--backend gpu|cpu|both] [--op pack|update|both]
+#                               [--slowdown PCT] [--identical N] [--bench REGEX]
+#                               [--rounds N] [--factor F] [--machine NAME] [--keep]
 #
-# --backend the backend slowed down (default gpu: a slower gpu backend is also a drop of the
-#           speedup, which InverseSpeedup must report)
-# --bench   benchmarks to run (default "PackFlashAttnMetadataDecode|InverseSpeedup"; "." for
-#           all). On a shared or virtual machine, where one process can run 1.5-2x slower
-#           than the next, only InverseSpeedup (both backends timed in one process) is steady:
-#           --bench InverseSpeedup
-# --rounds  processes per benchmark and commit, the two commits taking turns (asv's
-#           --interleave-rounds; default 5)
-# --factor  asv's threshold (default 1.1, asv's own)
-# --keep    keep the scratch clone (its .asv/ holds the results)
+# --backend   the backend slowed down (default gpu)
+# --op        the operation slowed down (default pack): pack_flash_attn_metadata, or
+#             update_block_table (all three UpdateBlockTable* benchmarks time it)
+# --slowdown  how much slower, in percent (default 25)
+# --identical how many empty commits to check (default 1; 0 skips the check)
+# --bench     benchmarks of the identical-commit check (default "." : the whole suite);
+#             a slowdown check runs its operation's benchmarks and InverseSpeedup
+# --rounds    processes per benchmark and commit, the two commits taking turns (asv's
+#             --interleave-rounds; default 3)
+# --factor    asv's threshold (default 1.1, asv's own)
+# --keep      keep the scratch clone (its results/ holds the results)
 # The grid is batch sizes 16 256 x seq lens 128 1024 unless DISAGMOE_BENCH_BATCH_SIZES /
 # DISAGMOE_BENCH_SEQ_LENS say otherwise (docs/benchmarking.md).
 # On the offline GPU machine: ASV="$PWD/scripts/asv_gpu.sh" scripts/check_regression.sh
 set -uo pipefail
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-backend=gpu
-bench="PackFlashAttnMetadataDecode|InverseSpeedup"
-rounds=5
+. "$src/scripts/lib/scratch.sh"
+backends=gpu
+ops=pack
+slowdown=25
+identical=1
+bench=.
+rounds=3
 factor=1.1
 machine=${ASV_MACHINE:-regression-check-$(hostname -s)}
 keep=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --backend) backend=$2; shift 2 ;;
+    --backend) backends=$2; shift 2 ;;
+    --op) ops=$2; shift 2 ;;
+    --slowdown) slowdown=$2; shift 2 ;;
+    --identical) identical=$2; shift 2 ;;
     --bench) bench=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --factor) factor=$2; shift 2 ;;
@@ -48,95 +57,123 @@ while [ $# -gt 0 ]; do
     *) echo "check_regression.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-case "$backend" in
-  cpu) class=CPUBlockManager ;;
-  gpu) class=GPUBlockManager ;;
-  *) echo "check_regression.sh: --backend is cpu or gpu, not $backend" >&2; exit 2 ;;
-esac
+[ "$backends" = both ] && backends="cpu gpu"
+[ "$ops" = both ] && ops="update pack"
+for b in $backends; do
+  case "$b" in cpu|gpu) ;; *) echo "check_regression.sh: --backend is cpu, gpu or both, not $b" >&2; exit 2 ;; esac
+done
+for o in $ops; do
+  case "$o" in update|pack) ;; *) echo "check_regression.sh: --op is update, pack or both, not $o" >&2; exit 2 ;; esac
+done
+[[ "$slowdown" =~ ^[0-9]+$ && "$identical" =~ ^[0-9]+$ && "$rounds" =~ ^[1-9][0-9]*$ ]] ||
+  { echo "check_regression.sh: --slowdown, --identical and --rounds take whole numbers" >&2; exit 2; }
 read -r -a asv <<< "${ASV:-asv}"
 export DISAGMOE_BENCH_BATCH_SIZES=${DISAGMOE_BENCH_BATCH_SIZES:-16 256}
 export DISAGMOE_BENCH_SEQ_LENS=${DISAGMOE_BENCH_SEQ_LENS:-128 1024}
 scratch=$(mktemp -d /tmp/disagmoe-regression.XXXXXX)
-repo=$scratch/repo
 [ "$keep" = 1 ] || trap 'rm -rf "$scratch"' EXIT
-git_() { git -C "$repo" -c user.name=check_regression -c user.email=check@regression.invalid "$@"; }
+scratch_clone "$src" "$scratch/repo" || exit 1
+base=$(scratch_git rev-parse HEAD)
 
-# The clone: HEAD, then the working tree (tracked and untracked, not ignored) over it.
-git clone -q "$src" "$repo" || exit 1
-git_ ls-files -z | (cd "$repo" && xargs -0 rm -f)
-(cd "$src" && git ls-files -z --cached --others --exclude-standard |
-  while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
-  tar --null -T - -cf -) | tar -xf - -C "$repo"
-git_ add -A && git_ commit -q --allow-empty -m "baseline: working tree of $src"
-base=$(git_ rev-parse HEAD)
+method_of() { [ "$1" = pack ] && echo pack_flash_attn_metadata || echo update_block_table; }
+class_of() { [ "$1" = cpu ] && echo CPUBlockManager || echo GPUBlockManager; }
+benchmarks_of() {  # the benchmarks that time an operation (asv --bench regex)
+  [ "$1" = pack ] && echo "PackFlashAttnMetadataDecode|InverseSpeedup" ||
+    echo "UpdateBlockTable|InverseSpeedup"
+}
+expected_of() {  # rows that must be flagged: op backend -> regex over asv's table rows
+  local rows
+  [ "$1" = pack ] && rows="PackFlashAttnMetadataDecode" || rows="UpdateBlockTable[A-Za-z]*"
+  echo "${rows}\.time_$(method_of "$1")\('$2'"
+}
 
-git_ checkout -q -b slowdown
-cat >> "$repo/disagmoe/block_manager/$backend.py" <<EOF
+slowdown_commit() {  # backend op -> the commit's hash
+  local backend=$1 op=$2 method class
+  method=$(method_of "$op"); class=$(class_of "$backend")
+  scratch_git checkout -q -B "slow-$backend-$op" "$base"
+  cat >> "$scratch_repo/disagmoe/block_manager/$backend.py" <<EOF
 
 
-# Artificial regression (scripts/check_regression.sh): 25% slower, by busy-waiting
-# a quarter of the call's own duration.
+# Artificial regression (scripts/check_regression.sh): $method $slowdown% slower,
+# by busy-waiting $slowdown% of the call's own duration.
 import time as _time  # noqa: E402
 
-_pack_flash_attn_metadata = $class.pack_flash_attn_metadata
+_original_$method = $class.$method
 
 
-def _slow_pack_flash_attn_metadata(self, batch):
+def _slow_$method(self, batch):
     start = _time.perf_counter()
-    metadata = _pack_flash_attn_metadata(self, batch)
+    result = _original_$method(self, batch)
     self.synchronize()  # the call's whole duration, device work included
-    until = start + 1.25 * (_time.perf_counter() - start)
+    until = start + (1 + $slowdown / 100) * (_time.perf_counter() - start)
     while _time.perf_counter() < until:
         pass
-    return metadata
+    return result
 
 
-$class.pack_flash_attn_metadata = _slow_pack_flash_attn_metadata
+$class.$method = _slow_$method
 EOF
-git_ commit -q -am "slowdown: $backend pack_flash_attn_metadata 25% slower"
-slow=$(git_ rev-parse HEAD)
-git_ checkout -q -b empty "$base" && git_ commit -q --allow-empty -m "empty commit"
-empty=$(git_ rev-parse HEAD)
+  scratch_git commit -q -am "slowdown: $backend $method $slowdown% slower" && scratch_git rev-parse HEAD
+}
 
-cd "$repo" || exit 1
+cd "$scratch_repo" || exit 1
 "${asv[@]}" machine --yes --machine "$machine" >/dev/null || exit 1
-echo "scratch clone $repo; machine $machine; slowed: $backend; bench '$bench'; $rounds rounds; factor $factor"
-echo "grid: batch sizes $DISAGMOE_BENCH_BATCH_SIZES x seq lens $DISAGMOE_BENCH_SEQ_LENS"
-echo "baseline $base, slowdown $slow, empty $empty"
+echo "scratch clone $scratch_repo; machine $machine; $rounds rounds; factor $factor"
+echo "grid: batch sizes $DISAGMOE_BENCH_BATCH_SIZES x seq lens $DISAGMOE_BENCH_SEQ_LENS; baseline $base"
 
-continuous() {  # base head log -> asv's exit code; prints its table and verdict
+continuous() {  # bench base head log -> asv's exit code; prints its table and verdict
   local start=$SECONDS rc
-  "${asv[@]}" continuous --factor "$factor" --machine "$machine" --bench "$bench" \
-    --interleave-rounds -a rounds="$rounds" "$1" "$2" > "$3" 2>&1
+  "${asv[@]}" continuous --factor "$factor" --machine "$machine" --bench "$1" \
+    --interleave-rounds -a rounds="$rounds" "$2" "$3" > "$4" 2>&1
   rc=$?
-  grep -E '^\| |SOME BENCHMARKS|BENCHMARKS NOT|PERFORMANCE' "$3"
+  grep -E '^\| |SOME BENCHMARKS|BENCHMARKS NOT|PERFORMANCE' "$4"
   echo "asv continuous exit code: $rc ($((SECONDS - start)) s)"
   return $rc
 }
 worse() { grep -E '^\| \+' "$1"; }  # asv's rows of benchmarks that got worse
-expected="PackFlashAttnMetadataDecode\.time_pack_flash_attn_metadata\('$backend'"
-[ "$backend" = gpu ] && expected="$expected|InverseSpeedup\.track_pack_flash_attn_metadata"
+points() {  # how many grid points one backend's benchmarks of an op have
+  local classes=1 nb nl
+  [ "$1" = update ] && classes=3
+  nb=$(tr ',' ' ' <<< "$DISAGMOE_BENCH_BATCH_SIZES" | wc -w)
+  nl=$(tr ',' ' ' <<< "$DISAGMOE_BENCH_SEQ_LENS" | wc -w)
+  echo $((nb * nl * classes))
+}
 
 ok=1
-echo; echo "== 1. baseline -> slowdown: expect the $backend pack flagged, exit non-zero"
-continuous "$base" "$slow" "$scratch/slowdown.log"; rc=$?
-if [ $rc -ne 0 ] && worse "$scratch/slowdown.log" | grep -qE "$expected"; then
-  echo "PASS: the slowdown is reported ($(worse "$scratch/slowdown.log" | grep -cE "$expected") benchmarks)"
-  others=$(worse "$scratch/slowdown.log" | grep -vcE "$expected")
-  [ "$others" -gt 0 ] && echo "note: $others other benchmarks flagged as worse too"
-else
-  echo "FAIL: expected the $backend pack flagged and a non-zero exit"; ok=0
-  tail -40 "$scratch/slowdown.log"
-fi
+n=0
+for backend in $backends; do
+  for op in $ops; do
+    n=$((n + 1))
+    slow=$(slowdown_commit "$backend" "$op") || { echo "FAIL: could not commit the slowdown"; exit 1; }
+    log="$scratch/slowdown-$backend-$op.log"
+    expected=$(expected_of "$op" "$backend")
+    echo; echo "== $n. baseline -> $backend $(method_of "$op") $slowdown% slower ($slow):" \
+      "expect all $(points "$op") of its grid points flagged, exit non-zero"
+    continuous "$(benchmarks_of "$op")" "$base" "$slow" "$log"; rc=$?
+    flagged=$(worse "$log" | grep -cE "$expected")
+    if [ $rc -ne 0 ] && [ "$flagged" -eq "$(points "$op")" ]; then
+      echo "PASS: the slowdown is reported at $flagged of $(points "$op") grid points"
+    else
+      echo "FAIL: $flagged of $(points "$op") grid points flagged, exit code $rc"; ok=0
+    fi
+    others=$(worse "$log" | grep -vcE "$expected")
+    [ "$others" -gt 0 ] && echo "note: $others other rows flagged as worse too"
+  done
+done
 
-echo; echo "== 2. baseline -> empty commit: expect no regression, exit 0"
-continuous "$base" "$empty" "$scratch/identical.log"; rc=$?
-if [ $rc -eq 0 ] && [ -z "$(worse "$scratch/identical.log")" ]; then
-  echo "PASS: no regression reported"
-else
-  echo "FAIL: identical commits reported a regression (exit $rc)"; ok=0
-  tail -40 "$scratch/identical.log"
-fi
+for i in $(seq 1 "$identical"); do
+  scratch_git checkout -q -B "empty-$i" "$base" && scratch_git commit -q --allow-empty -m "empty commit $i"
+  empty=$(scratch_git rev-parse HEAD)
+  log="$scratch/identical-$i.log"
+  echo; echo "== identical commits, try $i of $identical: baseline -> empty commit $empty, bench '$bench':" \
+    "expect no regression, exit 0"
+  continuous "$bench" "$base" "$empty" "$log"; rc=$?
+  if [ $rc -eq 0 ] && [ -z "$(worse "$log")" ]; then
+    echo "PASS: no regression reported"
+  else
+    echo "FAIL: identical commits reported $(worse "$log" | wc -l) regressions (exit $rc)"; ok=0
+  fi
+done
 
 [ "$keep" = 1 ] && echo "kept $scratch"
 [ $ok = 1 ] && { echo; echo "check_regression: OK"; exit 0; }

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# One visit to the offline GPU machine: build, then the stages named on the command line,
-# each writing its log and results under $OUT (default: ./out).
+# One visit to the offline GPU machine: build, then the stages named on the command line.
+# Each stage writes its logs and results into $OUT/gpu-run (default ./out/gpu-run), and
+# after each stage that folder is packed into $OUT/gpu-run.tar.gz, so that a visit cut
+# short still brings back what it finished.
 #
 #   scripts/gpu_run.sh tests probe cli asv
 #
-#   tests  the GPU test modules (set TESTS to choose others; "tests" for the whole suite)
-#   probe  scripts/perf_probe.py: floors and every case of both backends, whole grid
-#   cli    python -m disagmoe.bench, whole grid, JSON beside the table
-#   asv    the asv suite on HEAD (scripts/asv_gpu.sh) and asv publish; results copied out
+#   tests     the whole test suite, one pytest process per module, 8 at a time
+#             (TESTS="tests/test_x.py ..." picks modules)
+#   probe     scripts/perf_probe.py: floors and every case of all variants, whole grid
+#   cli       python -m disagmoe.bench, whole grid, JSON beside the table
+#   asv       the suite on HEAD (scripts/gpu_history.sh HEAD^!): results/<card>/, the site
+#   quick     asv run --quick over the whole grid on HEAD, results discarded (its duration)
+#   history   scripts/gpu_history.sh: the commits of the history rule not yet measured
+#   noise     scripts/asv_noise.sh: the whole suite 3 times, each benchmark's spread
+#   verdicts  scripts/check_regression.sh: a 20% slowdown of each operation of each
+#             backend, and 3 identical-commit checks (grid B 16 256 x L 128 1024)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # A working tree whose git directory arrived without its history (seen on the lent
@@ -15,25 +23,43 @@ cd "$(dirname "$0")/.."
 if ! git rev-parse -q --verify HEAD >/dev/null 2>&1 && [ -f .scratch/repo.bundle ]; then
   rm -rf .git && git clone -q --bare .scratch/repo.bundle .git && git config --bool core.bare false && git reset -q
 fi
-out=${OUT:-$PWD/out}
+top=${OUT:-$PWD/out}
+out=$top/gpu-run
 mkdir -p "$out"
+pack() { tar -czf "$top/gpu-run.tar.gz" -C "$top" gpu-run; }
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v "^WARNING" | tail -3
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+git log -1 --format='HEAD %H %s' | tee -a "$out/gpu.txt"
+asv=$PWD/scripts/asv_gpu.sh
 status=0
 for stage in "$@"; do
-  echo "== $stage"
+  echo "== $stage ($(date -u +%T))"
+  start=$SECONDS
   case "$stage" in
-    tests) python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_gpu_sync_free.py tests/test_pack_flash_attn_metadata.py tests/test_attention.py} 2>&1 | tee "$out/tests.log" | tail -5 ;;
+    tests) ls ${TESTS:-tests/test_*.py} | xargs -P 8 -I{} sh -c \
+             'python3 -m pytest -q -p no:cacheprovider {} > "$0/tests-$(basename {} .py).log" 2>&1;
+              echo "{}: exit $? $(tail -1 "$0/tests-$(basename {} .py).log")"' "$out" | tee "$out/tests.txt"
+           ! grep -qv ": exit 0 " "$out/tests.txt" ;;
     probe) python3 scripts/perf_probe.py --batch-sizes 16 32 64 128 256 --seq-lens 128 256 512 1024 \
-             --iterations 200 --json "$out/probe.json" 2>&1 | tee "$out/probe.log" ;;
-    cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" | tee "$out/cli.log" ;;
-    asv) scripts/asv_gpu.sh run --show-stderr HEAD^! 2>&1 | tee "$out/asv.log" | tail -40
-         scripts/asv_gpu.sh publish >/dev/null 2>&1
-         machine=$(ls .asv/results 2>/dev/null | grep -v benchmarks.json | head -1)
-         for f in .asv/results/"$machine"/*.json; do cp "$f" "$out/asv-$(basename "$f")"; done ;;
-    *) echo "gpu_run.sh: unknown stage $stage" >&2; status=2 ;;
+             --iterations 200 --json "$out/probe.json" > "$out/probe.log" 2>&1 &&
+           python3 scripts/perf_report.py "$out/probe.json" > "$out/probe-report.md" && tail -25 "$out/probe-report.md" ;;
+    cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;
+    asv) scripts/gpu_history.sh HEAD^! > "$out/asv.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/asv.log"
+         cp -r results "$out/results"; [ $rc = 0 ] ;;
+    quick) "$asv" run --quick --dry-run HEAD^! > "$out/quick.log" 2>&1; rc=$?; tail -3 "$out/quick.log"; [ $rc = 0 ] ;;
+    history) scripts/gpu_history.sh > "$out/history.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/history.log"
+             rm -rf "$out/results"; cp -r results "$out/results"; [ $rc = 0 ] ;;
+    noise) ASV=$asv scripts/asv_noise.sh --out "$out/noise" ${NOISE_ARGS:-} > "$out/noise.log" 2>&1; rc=$?
+           grep -E "^run |grid points|^spread" "$out/noise.log"; [ $rc = 0 ] ;;
+    verdicts) ASV=$asv scripts/check_regression.sh --backend both --op both --slowdown 20 --identical 3 \
+                ${VERDICT_ARGS:-} > "$out/verdicts.log" 2>&1; rc=$?
+              grep -E "^== |^PASS|^FAIL|^note|exit code|check_regression" "$out/verdicts.log"; [ $rc = 0 ] ;;
+    *) echo "gpu_run.sh: unknown stage $stage" >&2; false ;;
   esac
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  rc=$?
+  echo "-- $stage: exit $rc, $((SECONDS - start)) s" | tee -a "$out/stages.txt"
+  [ $rc = 0 ] || status=1
+  pack
 done
 exit $status
