@@ -54,18 +54,22 @@ class StepTiming:
 
 def workloads():
     """The workloads module of the installed commit, never a copy found elsewhere (an
-    editable install of another checkout would otherwise fill in for a commit
-    that predates it)."""
+    editable install of another checkout, visible through the system site-packages,
+    would otherwise fill in for a commit that predates it)."""
+    import importlib
+
     import disagmoe
 
-    try:
-        from disagmoe import workloads as bench
-    except ImportError:  # commits before the split kept the workloads in disagmoe.bench
-        from disagmoe import bench
-    if os.path.dirname(bench.__file__) != os.path.dirname(disagmoe.__file__):
-        raise ImportError(f"{bench.__name__} comes from {bench.__file__}, not from the installed "
-                          f"disagmoe ({disagmoe.__file__}): this commit predates the benchmark workloads")
-    return bench
+    package = os.path.dirname(disagmoe.__file__)
+    # commits before the split kept the workloads in disagmoe.bench
+    for name in ("workloads", "bench"):
+        if os.path.exists(os.path.join(package, name + ".py")):
+            bench = importlib.import_module("disagmoe." + name)
+            if os.path.dirname(bench.__file__) != package:
+                raise ImportError(f"{bench.__name__} comes from {bench.__file__}, not from the installed "
+                                  f"disagmoe ({disagmoe.__file__})")
+            return bench
+    raise ImportError(f"the installed disagmoe ({disagmoe.__file__}) predates the benchmark workloads")
 
 
 def check_fork_safe() -> None:
