@@ -8,6 +8,8 @@
 #   scripts/gpu_history.sh HEAD^!          # one commit (any asv range: main~5..main, HASH^!)
 #   scripts/gpu_history.sh --list          # print the commits the rule picks, run nothing
 #   scripts/gpu_history.sh --out DIR ...   # also pack results and site into DIR
+#   scripts/gpu_history.sh -a rounds=1     # arguments after the range (or instead of it,
+#                                          # starting with -) go to asv run
 #
 # The history rule: every commit of main from the first that holds the suite
 # (asv.conf.json) on, that changes what the suite measures: csrc/, disagmoe/, setup.py or
@@ -29,24 +31,20 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-# A working tree whose git directory arrived without its history (seen on the lent
-# machine) is given one from a bundle made beforehand: git bundle create .scratch/repo.bundle --all
-if ! git rev-parse -q --verify HEAD >/dev/null 2>&1 && [ -f .scratch/repo.bundle ]; then
-  rm -rf .git && git clone -q --bare .scratch/repo.bundle .git && git config --bool core.bare false && git reset -q
-fi
+. scripts/lib/git_from_bundle.sh
 
 history_commits() {
   local first
   first=$(git log --reverse --format=%H main -- asv.conf.json | head -1)
   [ -n "$first" ] || { echo "gpu_history.sh: no commit of main holds asv.conf.json" >&2; return 1; }
-  git log --reverse --format=%H "$first^..main" -- csrc disagmoe setup.py pyproject.toml
+  git log --format=%H "$first^..main" -- csrc disagmoe setup.py pyproject.toml  # newest first
 }
 
-if [ $# -eq 0 ]; then
+if [ $# -eq 0 ] || [[ "$1" == -* ]]; then
   hashes=$(mktemp)
   history_commits > "$hashes" || exit 1
   if [ "$list" = 1 ]; then git log --no-walk=unsorted --format='%h %ad %s' --date=short $(cat "$hashes"); exit 0; fi
-  set -- "HASHFILE:$hashes" --skip-existing-commits
+  set -- "HASHFILE:$hashes" --skip-existing-commits "$@"
   echo "gpu_history.sh: $(wc -l < "$hashes") commits by the history rule (--list shows them)"
 fi
 

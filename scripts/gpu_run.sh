@@ -15,14 +15,12 @@
 #   history   scripts/gpu_history.sh: the commits of the history rule not yet measured
 #   noise     scripts/asv_noise.sh: the whole suite 3 times, each benchmark's spread
 #   verdicts  scripts/check_regression.sh: a 20% slowdown of each operation of each
-#             backend, and 3 identical-commit checks (grid B 16 256 x L 128 1024)
+#             backend, and 3 identical-commit checks, 2 interleaved rounds, on the grid
+#             VERDICT_BATCH_SIZES (default "16 256") x VERDICT_SEQ_LENS (default 1024)
+# HISTORY_ARGS, NOISE_ARGS and VERDICT_ARGS add arguments to those stages' scripts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-# A working tree whose git directory arrived without its history (seen on the lent
-# machine) is given one from a bundle made beforehand: git bundle create .scratch/repo.bundle --all
-if ! git rev-parse -q --verify HEAD >/dev/null 2>&1 && [ -f .scratch/repo.bundle ]; then
-  rm -rf .git && git clone -q --bare .scratch/repo.bundle .git && git config --bool core.bare false && git reset -q
-fi
+. scripts/lib/git_from_bundle.sh
 top=${OUT:-$PWD/out}
 out=$top/gpu-run
 mkdir -p "$out"
@@ -48,11 +46,12 @@ for stage in "$@"; do
     asv) scripts/gpu_history.sh HEAD^! > "$out/asv.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/asv.log"
          cp -r results "$out/results"; [ $rc = 0 ] ;;
     quick) "$asv" run --quick --dry-run HEAD^! > "$out/quick.log" 2>&1; rc=$?; tail -3 "$out/quick.log"; [ $rc = 0 ] ;;
-    history) scripts/gpu_history.sh > "$out/history.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/history.log"
+    history) scripts/gpu_history.sh ${HISTORY_ARGS:-} > "$out/history.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/history.log"
              rm -rf "$out/results"; cp -r results "$out/results"; [ $rc = 0 ] ;;
     noise) ASV=$asv scripts/asv_noise.sh --out "$out/noise" ${NOISE_ARGS:-} > "$out/noise.log" 2>&1; rc=$?
            grep -E "^run |grid points|^spread" "$out/noise.log"; [ $rc = 0 ] ;;
-    verdicts) ASV=$asv scripts/check_regression.sh --backend both --op both --slowdown 20 --identical 3 \
+    verdicts) DISAGMOE_BENCH_BATCH_SIZES=${VERDICT_BATCH_SIZES:-16 256} DISAGMOE_BENCH_SEQ_LENS=${VERDICT_SEQ_LENS:-1024} \
+              ASV=$asv scripts/check_regression.sh --backend both --op both --slowdown 20 --identical 3 --rounds 2 \
                 ${VERDICT_ARGS:-} > "$out/verdicts.log" 2>&1; rc=$?
               grep -E "^== |^PASS|^FAIL|^note|exit code|check_regression" "$out/verdicts.log"; [ $rc = 0 ] ;;
     *) echo "gpu_run.sh: unknown stage $stage" >&2; false ;;
