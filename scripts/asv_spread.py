@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| spread | benchmark | {header} |")
     print("|---:|---|" + "---:|" * len(runs))
     for value, name, values in rows:
-        cells = " | ".join(f"{v:.4g}" for v in values)
+        cells = " | ".join(f"{v * 1e6:.1f} us" if ".time_" in name else f"{v:.4g}" for v in values)
         print(f"| {value:.1f}% | {name} | {cells} |")
     for name in missing:
         print(f"| missing | {name} | " + " | ".join("-" if run.get(name) is None else "ok" for run in runs) + " |")
