@@ -4,9 +4,9 @@
 # In a scratch clone under /tmp of this checkout (HEAD with the working tree laid over it,
 # committed as "baseline", so uncommitted work is what gets checked):
 #   1. for each slowed operation and backend chosen: a commit on baseline that makes that
-#      one operation of that one backend PCT% slower (a wrapper appended to
-#      disagmoe/block_manager/<backend>.py times each call up to manager.synchronize() and
-#      busy-waits PCT% of that duration). `asv continuous baseline slowdown` over that
+#      one operation of that one backend PCT% slower (appended to
+#      disagmoe/block_manager/<backend>.py: the operation notes its start, and the
+#      manager.synchronize() that ends the call busy-waits PCT% of the time since). `asv continuous baseline slowdown` over that
 #      operation's benchmarks must flag every grid point of the slowed backend's benchmarks
 #      and exit non-zero;
 #   2. N empty commits on baseline: `asv continuous baseline empty` over the --bench
@@ -94,24 +94,33 @@ slowdown_commit() {  # backend op -> the commit's hash
   cat >> "$scratch_repo/disagmoe/block_manager/$backend.py" <<EOF
 
 
-# Artificial regression (scripts/check_regression.sh): $method $slowdown% slower,
-# by busy-waiting $slowdown% of the call's own duration.
+# Artificial regression (scripts/check_regression.sh): $method $slowdown% slower.
+# The call notes when it started; the synchronize() that ends it (every benchmark ends
+# each timed call with one) busy-waits $slowdown% of the time from that start to the
+# device being done, so the call's structure (no extra synchronise) stays as it was.
 import time as _time  # noqa: E402
 
 _original_$method = $class.$method
+_original_synchronize = $class.synchronize
+_slow_started: dict[int, float] = {}
 
 
 def _slow_$method(self, batch):
-    start = _time.perf_counter()
-    result = _original_$method(self, batch)
-    self.synchronize()  # the call's whole duration, device work included
-    until = start + (1 + $slowdown / 100) * (_time.perf_counter() - start)
-    while _time.perf_counter() < until:
-        pass
-    return result
+    _slow_started[id(self)] = _time.perf_counter()
+    return _original_$method(self, batch)
+
+
+def _slow_synchronize(self):
+    _original_synchronize(self)
+    start = _slow_started.pop(id(self), None)
+    if start is not None:
+        until = start + (1 + $slowdown / 100) * (_time.perf_counter() - start)
+        while _time.perf_counter() < until:
+            pass
 
 
 $class.$method = _slow_$method
+$class.synchronize = _slow_synchronize
 EOF
   scratch_git commit -q -am "slowdown: $backend $method $slowdown% slower" && scratch_git rev-parse HEAD
 }
