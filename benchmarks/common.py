@@ -155,3 +155,75 @@ def measure_footprints() -> dict:
                                                               "host_bytes": footprint.host_bytes}
                 del state
     return {"device": bench.device_name(device), "on_cuda": device.type == "cuda", "footprints": footprints}
+
+
+class ReferenceWork:
+    """A fixed workload shaped like a step, timed in turn with the backends so that the
+    machine's own speed of the moment divides out (see bench_relative). It is part of the
+    suite, not of the package, so every commit is measured against the same work: a numpy
+    sort of 4096 ints and a Python pass over 512 (host work of a step's size) then, on
+    CUDA, a 4 KB pinned copy to the device. Duck-types a `DecodeState` for
+    `time_decode_steps`: its "update" and "pack" are both that work, ended like every timed
+    call by `synchronize()`."""
+
+    def __init__(self, device: torch.device) -> None:
+        import numpy as np
+
+        self._np = np
+        self._keys = np.arange(4096, dtype=np.int32)[::-1].copy()
+        self._items = list(range(512))
+        self._cuda = device.type == "cuda"
+        if self._cuda:
+            self._host = torch.arange(1024, dtype=torch.int32).pin_memory()
+            self._device = torch.empty(1024, dtype=torch.int32, device=device)
+        self.manager = self
+        self.first = None
+
+    def _work(self) -> int:
+        self._np.sort(self._keys)
+        total = 0
+        for item in self._items:
+            total += item
+        if self._cuda:
+            self._device.copy_(self._host, non_blocking=True)
+        return total
+
+    def make_room(self) -> None:
+        pass
+
+    def step(self) -> None:
+        self._work()
+
+    def pack_flash_attn_metadata(self, batch) -> None:
+        self._work()
+
+    def synchronize(self) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+
+
+def measure_relative_times(rounds: int = 9, iterations: int = 20, warmup: int = 5) -> dict:
+    """Each backend's time for each decode-step operation over the time of `ReferenceWork`,
+    for the whole grid in one process: both backends and the reference take turns, as in
+    `measure_inverse_speedups`; each round gives one ratio of medians per backend and
+    operation, the rounds being asv's samples."""
+    import statistics
+
+    check_fork_safe()
+    bench = workloads()
+    device = bench.default_device()
+    bench.limit_cpu_threads(device)
+    reference = ReferenceWork(device)
+    ratios = {}
+    for batch_size in BATCH_SIZES:
+        for seq_len in SEQ_LENS:
+            states = {backend: bench.decode_state(backend, batch_size, seq_len) for backend in BACKENDS}
+            states["reference"] = reference
+            bench.time_decode_steps(states, warmup)
+            point = ratios[(batch_size, seq_len)] = {(b, op): [] for b in BACKENDS for op in bench.OPS}
+            for _ in range(rounds):
+                samples = bench.time_decode_steps(states, iterations)
+                for (backend, op), values in point.items():
+                    ratio = statistics.median(samples[backend][op]) / statistics.median(samples["reference"][op])
+                    values.append(float(f"{ratio:.4g}"))
+    return {"device": bench.device_name(device), "ratios": ratios}

@@ -6,11 +6,14 @@
 #   1. for each slowed operation and backend chosen: a commit on baseline that makes that
 #      one operation of that one backend PCT% slower (appended to
 #      disagmoe/block_manager/<backend>.py: the operation notes its start, and the
-#      manager.synchronize() that ends the call busy-waits PCT% of the time since). `asv continuous baseline slowdown` over that
-#      operation's benchmarks must flag every grid point of the slowed backend's benchmarks
-#      and exit non-zero;
+#      manager.synchronize() that ends the call busy-waits PCT% of the time since).
+#      `asv continuous baseline slowdown` over that operation's benchmarks must flag every
+#      grid point of the slowed backend's RelativeTime of that operation (the suite's
+#      verdict: the operation's time over a fixed reference's, timed in turn in one
+#      process) and exit non-zero; how many of its time_ points were flagged is shown too;
 #   2. N empty commits on baseline: `asv continuous baseline empty` over the --bench
-#      benchmarks must flag nothing and exit 0, each time.
+#      benchmarks (default the verdicts: RelativeTime and InverseSpeedup) must flag
+#      nothing and exit 0, each time.
 # Exits 0 when every check holds, 1 otherwise.
 #
 #   scripts/check_regression.sh [--backend gpu|cpu|both] [--op pack|update|both]
@@ -22,8 +25,10 @@
 #             update_block_table (all three UpdateBlockTable* benchmarks time it)
 # --slowdown  how much slower, in percent (default 25)
 # --identical how many empty commits to check (default 1; 0 skips the check)
-# --bench     benchmarks of the identical-commit check (default "." : the whole suite);
-#             a slowdown check runs its operation's benchmarks and InverseSpeedup
+# --bench     benchmarks of the identical-commit check (default "RelativeTime|InverseSpeedup";
+#             "." for the whole suite, whose time_ points a noisy machine moves by
+#             more than asv's 10%); a slowdown check runs its operation's benchmarks,
+#             RelativeTime and InverseSpeedup
 # --rounds    processes per benchmark and commit, the two commits taking turns (asv's
 #             --interleave-rounds; default 3)
 # --factor    asv's threshold (default 1.1, asv's own)
@@ -38,7 +43,7 @@ backends=gpu
 ops=pack
 slowdown=25
 identical=1
-bench=.
+bench="RelativeTime|InverseSpeedup"
 rounds=3
 factor=1.1
 machine=${ASV_MACHINE:-regression-check-$(hostname -s)}
@@ -78,10 +83,13 @@ base=$(scratch_git rev-parse HEAD)
 method_of() { [ "$1" = pack ] && echo pack_flash_attn_metadata || echo update_block_table; }
 class_of() { [ "$1" = cpu ] && echo CPUBlockManager || echo GPUBlockManager; }
 benchmarks_of() {  # the benchmarks that time an operation (asv --bench regex)
-  [ "$1" = pack ] && echo "PackFlashAttnMetadataDecode|InverseSpeedup" ||
-    echo "UpdateBlockTable|InverseSpeedup"
+  [ "$1" = pack ] && echo "PackFlashAttnMetadataDecode|RelativeTime|InverseSpeedup" ||
+    echo "UpdateBlockTable|RelativeTime|InverseSpeedup"
 }
 expected_of() {  # rows that must be flagged: op backend -> regex over asv's table rows
+  echo "RelativeTime\.track_$(method_of "$1")\('$2'"
+}
+timed_of() {  # the op's time_ rows of that backend, shown beside the verdict
   local rows
   [ "$1" = pack ] && rows="PackFlashAttnMetadataDecode" || rows="UpdateBlockTable[A-Za-z]*"
   echo "${rows}\.time_$(method_of "$1")\('$2'"
@@ -140,12 +148,11 @@ continuous() {  # bench base head log -> asv's exit code; prints its table and v
   return $rc
 }
 worse() { grep -E '^\| \+' "$1"; }  # asv's rows of benchmarks that got worse
-points() {  # how many grid points one backend's benchmarks of an op have
-  local classes=1 nb nl
-  [ "$1" = update ] && classes=3
+points() {  # how many grid points one backend's RelativeTime of an op has
+  local nb nl
   nb=$(tr ',' ' ' <<< "$DISAGMOE_BENCH_BATCH_SIZES" | wc -w)
   nl=$(tr ',' ' ' <<< "$DISAGMOE_BENCH_SEQ_LENS" | wc -w)
-  echo $((nb * nl * classes))
+  echo $((nb * nl))
 }
 
 ok=1
@@ -165,7 +172,8 @@ for backend in $backends; do
     else
       echo "FAIL: $flagged of $(points "$op") grid points flagged, exit code $rc"; ok=0
     fi
-    others=$(worse "$log" | grep -vcE "$expected")
+    echo "its time_ benchmarks: $(worse "$log" | grep -cE "$(timed_of "$op" "$backend")") grid points flagged"
+    others=$(worse "$log" | grep -vE "$expected" | grep -vcE "$(timed_of "$op" "$backend")")
     [ "$others" -gt 0 ] && echo "note: $others other rows flagged as worse too"
   done
 done

@@ -8,8 +8,10 @@ import importlib.util
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -128,3 +130,37 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
     done = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
+
+
+def _spin(seconds: float) -> None:
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
+
+
+def test_relative_time_tracks_a_slower_operation(monkeypatch):
+    """RelativeTime's ratio (an operation's time over the reference's, in turn in one
+    process) rises with the operation's own time, and only that operation's."""
+    sys.path.insert(0, ROOT)
+    from benchmarks import common
+
+    from disagmoe import CPUBlockManager
+
+    monkeypatch.setattr(common, "BATCH_SIZES", [16])
+    monkeypatch.setattr(common, "SEQ_LENS", [128])
+    before = common.measure_relative_times(rounds=5, iterations=10)["ratios"][(16, 128)]
+    assert set(before) == {(b, op) for b in ("cpu", "gpu") for op in ("update_block_table", "pack_flash_attn_metadata")}
+    assert all(len(values) == 5 and min(values) > 0 for values in before.values())
+
+    pack = CPUBlockManager.pack_flash_attn_metadata
+
+    def slow_pack(self, batch):
+        result = pack(self, batch)
+        _spin(200e-6)  # far above the pack's own ~10 us and this machine's noise
+        return result
+
+    monkeypatch.setattr(CPUBlockManager, "pack_flash_attn_metadata", slow_pack)
+    after = common.measure_relative_times(rounds=5, iterations=10)["ratios"][(16, 128)]
+    median = statistics.median
+    assert median(after[("cpu", "pack_flash_attn_metadata")]) > 3 * median(before[("cpu", "pack_flash_attn_metadata")])
+    assert median(after[("cpu", "update_block_table")]) < 3 * median(before[("cpu", "update_block_table")])

@@ -1,0 +1,52 @@
+"""Each operation's time relative to a fixed reference workload: the suite's verdicts.
+
+On a shared or virtual machine the same call runs 10-60% slower in one process than in
+the next, and for seconds at a time (docs/benchmarking.md, "Noise and verdicts on the
+H100"), so absolute times of two commits measured minutes apart differ by more than a
+regression worth catching. Timed in turn with a fixed workload in the same process
+(`common.ReferenceWork`: host work of a step's size and, on CUDA, a small copy to the
+device and a synchronise), the machine's speed of the moment divides out: the tracked
+value is the operation's time over the reference's (unit "x", lower is better), and a
+commit that slows one operation of one backend by 20% raises that value by 20%. The
+reference belongs to the suite, so every commit is measured against the same work.
+
+One process measures the whole grid (`common.measure_relative_times`): per grid point
+both backends and the reference take turns for 9 rounds of 20 decode steps, the
+first-layer `update_block_table` then `pack_flash_attn_metadata`, each call synchronised;
+each round gives one ratio of medians, the rounds being asv's samples. Block size: each
+backend's default (cpu 16, gpu 1), on the default device (CUDA if any, else torch's CPU
+device).
+
+For verdicts compare these (and `InverseSpeedup`):
+`asv continuous --bench "RelativeTime|InverseSpeedup" main HEAD`.
+"""
+
+from .common import BACKENDS, BATCH_SIZES, SEQ_LENS, measure_relative_times
+
+
+class RelativeTime:
+    params = (BACKENDS, BATCH_SIZES, SEQ_LENS)
+    param_names = ["backend", "batch_size", "seq_len"]
+    unit = "x"
+    processes = 1
+    timeout = 600
+
+    def setup_cache(self):
+        measured = measure_relative_times()
+        print(f"RelativeTime: measured on {measured['device']}")
+        return measured
+
+    def _ratios(self, cache, backend, op, batch_size, seq_len):
+        return {"samples": cache["ratios"][(batch_size, seq_len)][(backend, op)], "number": 1}
+
+    def track_update_block_table(self, cache, backend, batch_size, seq_len):
+        return self._ratios(cache, backend, "update_block_table", batch_size, seq_len)
+
+    track_update_block_table.pretty_name = ("update_block_table (decode, first layer): time / reference time, "
+                                            "lower is better")
+
+    def track_pack_flash_attn_metadata(self, cache, backend, batch_size, seq_len):
+        return self._ratios(cache, backend, "pack_flash_attn_metadata", batch_size, seq_len)
+
+    track_pack_flash_attn_metadata.pretty_name = ("pack_flash_attn_metadata (decode): time / reference time, "
+                                                  "lower is better")
