@@ -29,8 +29,8 @@ export VIRTUALENV_SYSTEM_SITE_PACKAGES=1 PIP_NO_INDEX=1 PIP_FIND_LINKS="$wheels"
 export DISAGMOE_TORCH_SITE=${DISAGMOE_TORCH_SITE:-$("$python" -c \
   'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')}
 
-card=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")')
 if [ -z "${ASV_MACHINE:-}" ]; then
+  card=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")')
   if [ -n "$card" ]; then
     ASV_MACHINE=$(echo "$card" | tr 'A-Z' 'a-z' | sed -e 's/^nvidia //' -e 's/[^a-z0-9]\+/-/g' -e 's/-$//')
   else
@@ -41,11 +41,10 @@ fi
 case "${1:-}" in
   run|continuous)
     if [[ " $* " != *" --machine"* && " $* " != *" -m "* ]]; then
-      # The machine's description, which the site shows: the card first.
-      cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -1)
-      ram=$(awk '/^MemTotal/ {printf "%d GB", $2 / 1048576}' /proc/meminfo 2>/dev/null)
-      "$python" -m asv machine --yes --machine "$ASV_MACHINE" --os "$(uname -sr)" --arch "$(uname -m)" \
-        --cpu "${card:-no GPU}; ${cpu_model:-unknown CPU}" --num_cpu "$(nproc)" --ram "${ram:-unknown}" >/dev/null
+      # The name alone: asv files results under every machine.json field, so a field added
+      # later would start a second series beside the history in results/ (results/README.md
+      # describes the machine).
+      "$python" -m asv machine --yes --machine "$ASV_MACHINE" >/dev/null
       cmd=$1; shift
       set -- "$cmd" --machine "$ASV_MACHINE" "$@"
     fi ;;
