@@ -38,14 +38,26 @@ def median_us(fn, before, device, iterations: int, manager=None) -> float:
     return statistics.median(samples) * 1e6
 
 
+# Host-to-device copies of the `cpu` pack's sizes: its metadata at B = 256 is about 12 KB
+# at L = 128 and 72 KB at L = 1024 (block tables of 9 and 66 blocks a request).
+COPY_KB = (4, 16, 64, 256)
+
+
 def floors(device: torch.device, iterations: int) -> dict:
     x = torch.zeros(1, device=device)
     nothing = lambda: None
-    return {
+    result = {
         "bare_sync_us": median_us(nothing, nothing, device, iterations),
         "one_launch_us": median_us(lambda: x.add_(1), nothing, device, iterations),
         "eight_launches_us": median_us(lambda: [x.add_(1) for _ in range(8)], nothing, device, iterations),
     }
+    if device.type == "cuda":  # one pinned, non-blocking copy and the synchronise, as the cpu pack does
+        for kb in COPY_KB:
+            host = torch.zeros(kb * 256, dtype=torch.int32, pin_memory=True)
+            target = torch.empty_like(host, device=device)
+            result[f"copy_{kb}kb_us"] = median_us(lambda: target.copy_(host, non_blocking=True), nothing,
+                                                  device, iterations)
+    return result
 
 
 def make(backend: str, device, max_seq_len: int, max_reqs: int, num_slots: int, **kw):

@@ -18,7 +18,10 @@ def main(path: str) -> None:
     floors = report["floors"]
     print(f"{report['device']}, torch {report['torch']}, triton {report.get('triton', '-')}; "
           f"bare synchronise {floors['bare_sync_us']:.1f} us, one tiny kernel + synchronise "
-          f"{floors['one_launch_us']:.1f} us, eight tiny kernels + synchronise {floors['eight_launches_us']:.1f} us\n")
+          f"{floors['one_launch_us']:.1f} us, eight tiny kernels + synchronise {floors['eight_launches_us']:.1f} us"
+          + "".join(f"; pinned copy of {key[5:-5]} KB to the device + synchronise {value:.1f} us"
+                    for key, value in floors.items() if key.startswith("copy_"))
+          + "\n")
     points = {(p["batch_size"], p["seq_len"], p["variant"]): p for p in report["points"]}
     variants = list(dict.fromkeys(p["variant"] for p in report["points"]))
     grid = sorted({(b, s) for b, s, _ in points})
