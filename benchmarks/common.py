@@ -16,7 +16,9 @@ disagmoe.bench` times.
 from __future__ import annotations
 
 import os
+import statistics
 
+import numpy as np
 import torch
 
 
@@ -112,6 +114,30 @@ def decode_state(backend: str, batch_size: int, seq_len: int, owner: str = "deco
     return _states[key]
 
 
+def _side_by_side(rounds: int, iterations: int, warmup: int, reference: bool = False) -> tuple[str, dict]:
+    """Decode steps of both backends taking turns (and of `ReferenceWork` with
+    `reference`), as in `python -m disagmoe.bench`, for the whole grid in one process:
+    (device name, {(batch_size, seq_len): one `time_decode_steps` result per round})."""
+    check_fork_safe()
+    bench = workloads()
+    device = bench.default_device()
+    bench.limit_cpu_threads(device)
+    extra = {"reference": ReferenceWork(device)} if reference else {}
+    rounds_of = {}
+    for batch_size in BATCH_SIZES:
+        for seq_len in SEQ_LENS:
+            states = {backend: bench.decode_state(backend, batch_size, seq_len) for backend in BACKENDS}
+            states.update(extra)
+            bench.time_decode_steps(states, warmup)
+            rounds_of[(batch_size, seq_len)] = [bench.time_decode_steps(states, iterations) for _ in range(rounds)]
+    return bench.device_name(device), rounds_of
+
+
+def _ratio(samples: list[float], over: list[float]) -> float:
+    """Median over median, to 4 significant digits."""
+    return float(f"{statistics.median(samples) / statistics.median(over):.4g}")
+
+
 def measure_inverse_speedups(rounds: int = 9, iterations: int = 20, warmup: int = 5) -> dict:
     """GPU time over CPU time of each decode-step operation, for the whole grid in one process.
 
@@ -119,24 +145,11 @@ def measure_inverse_speedups(rounds: int = 9, iterations: int = 20, warmup: int 
     each of `rounds` rounds of `iterations` steps gives one ratio of medians,
     so asv gets samples (and confidence intervals) rather than one number.
     """
-    import statistics
-
-    check_fork_safe()
-    bench = workloads()
-    device = bench.default_device()
-    bench.limit_cpu_threads(device)
-    ratios = {}
-    for batch_size in BATCH_SIZES:
-        for seq_len in SEQ_LENS:
-            states = {backend: bench.decode_state(backend, batch_size, seq_len) for backend in BACKENDS}
-            bench.time_decode_steps(states, warmup)
-            point = ratios[(batch_size, seq_len)] = {op: [] for op in bench.OPS}
-            for _ in range(rounds):
-                samples = bench.time_decode_steps(states, iterations)
-                for op in bench.OPS:
-                    ratio = statistics.median(samples["gpu"][op]) / statistics.median(samples["cpu"][op])
-                    point[op].append(float(f"{ratio:.4g}"))
-    return {"device": bench.device_name(device), "ratios": ratios}
+    device, rounds_of = _side_by_side(rounds, iterations, warmup)
+    ratios = {point: {op: [_ratio(samples["gpu"][op], samples["cpu"][op]) for samples in runs]
+                      for op in runs[0]["cpu"]}
+              for point, runs in rounds_of.items()}
+    return {"device": device, "ratios": ratios}
 
 
 def measure_footprints() -> dict:
@@ -167,9 +180,6 @@ class ReferenceWork:
     call by `synchronize()`."""
 
     def __init__(self, device: torch.device) -> None:
-        import numpy as np
-
-        self._np = np
         self._keys = np.arange(4096, dtype=np.int32)[::-1].copy()
         self._items = list(range(512))
         self._cuda = device.type == "cuda"
@@ -180,7 +190,7 @@ class ReferenceWork:
         self.first = None
 
     def _work(self) -> int:
-        self._np.sort(self._keys)
+        np.sort(self._keys)
         total = 0
         for item in self._items:
             total += item
@@ -207,23 +217,8 @@ def measure_relative_times(rounds: int = 9, iterations: int = 20, warmup: int = 
     for the whole grid in one process: both backends and the reference take turns, as in
     `measure_inverse_speedups`; each round gives one ratio of medians per backend and
     operation, the rounds being asv's samples."""
-    import statistics
-
-    check_fork_safe()
-    bench = workloads()
-    device = bench.default_device()
-    bench.limit_cpu_threads(device)
-    reference = ReferenceWork(device)
-    ratios = {}
-    for batch_size in BATCH_SIZES:
-        for seq_len in SEQ_LENS:
-            states = {backend: bench.decode_state(backend, batch_size, seq_len) for backend in BACKENDS}
-            states["reference"] = reference
-            bench.time_decode_steps(states, warmup)
-            point = ratios[(batch_size, seq_len)] = {(b, op): [] for b in BACKENDS for op in bench.OPS}
-            for _ in range(rounds):
-                samples = bench.time_decode_steps(states, iterations)
-                for (backend, op), values in point.items():
-                    ratio = statistics.median(samples[backend][op]) / statistics.median(samples["reference"][op])
-                    values.append(float(f"{ratio:.4g}"))
-    return {"device": bench.device_name(device), "ratios": ratios}
+    device, rounds_of = _side_by_side(rounds, iterations, warmup, reference=True)
+    ratios = {point: {(backend, op): [_ratio(samples[backend][op], samples["reference"][op]) for samples in runs]
+                      for backend in BACKENDS for op in runs[0][backend]}
+              for point, runs in rounds_of.items()}
+    return {"device": device, "ratios": ratios}

@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;
     --list) list=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
@@ -42,6 +42,7 @@ history_commits() {
 
 if [ $# -eq 0 ] || [[ "$1" == -* ]]; then
   hashes=$(mktemp)
+  trap 'rm -f "$hashes"' EXIT
   history_commits > "$hashes" || exit 1
   if [ "$list" = 1 ]; then git log --no-walk=unsorted --format='%h %ad %s' --date=short $(cat "$hashes"); exit 0; fi
   set -- "HASHFILE:$hashes" --skip-existing-commits "$@"

@@ -25,6 +25,7 @@ top=${OUT:-$PWD/out}
 out=$top/gpu-run
 mkdir -p "$out"
 pack() { tar -czf "$top/gpu-run.tar.gz" -C "$top" gpu-run; }
+keep_results() { rm -rf "$out/results" && cp -r results "$out/results"; }
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v "^WARNING" | tail -3
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
@@ -44,10 +45,10 @@ for stage in "$@"; do
            python3 scripts/perf_report.py "$out/probe.json" > "$out/probe-report.md" && tail -25 "$out/probe-report.md" ;;
     cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;
     asv) scripts/gpu_history.sh HEAD^! > "$out/asv.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/asv.log"
-         cp -r results "$out/results"; [ $rc = 0 ] ;;
+         keep_results; [ $rc = 0 ] ;;
     quick) "$asv" run --quick --dry-run HEAD^! > "$out/quick.log" 2>&1; rc=$?; tail -3 "$out/quick.log"; [ $rc = 0 ] ;;
     history) scripts/gpu_history.sh ${HISTORY_ARGS:-} > "$out/history.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/history.log"
-             rm -rf "$out/results"; cp -r results "$out/results"; [ $rc = 0 ] ;;
+             keep_results; [ $rc = 0 ] ;;
     noise) ASV=$asv scripts/asv_noise.sh --out "$out/noise" ${NOISE_ARGS:-} > "$out/noise.log" 2>&1; rc=$?
            grep -E "^run |grid points|^spread" "$out/noise.log"; [ $rc = 0 ] ;;
     verdicts) DISAGMOE_BENCH_BATCH_SIZES=${VERDICT_BATCH_SIZES:-16 256} DISAGMOE_BENCH_SEQ_LENS=${VERDICT_SEQ_LENS:-1024} \
