@@ -85,6 +85,7 @@ class GPUBlockManager(BlockManager):
         if kernels == "triton":
             from disagmoe.block_manager import kernels_triton
             self._triton = kernels_triton
+            self._pack_launch = kernels_triton.PackLaunch()
 
     # -- the step -------------------------------------------------------------
 
@@ -192,7 +193,7 @@ class GPUBlockManager(BlockManager):
                                             r2t, self.block_size)
         if pack_grid:
             self._triton.pack_flash_attn_metadata(lookup, self._stride, self._metadata, r2t,
-                                                  self.block_size, pack_grid)
+                                                  self.block_size, pack_grid, self._pack_launch)
 
     # -- lifecycle and inspection ----------------------------------------------
 

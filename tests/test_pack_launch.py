@@ -1,0 +1,64 @@
+"""The Triton pack kernel under every launch shape (kernels_triton.PackLaunch): several
+programs per batch entry, chunks narrower than a row, other warp counts. Each
+writes the same metadata as the torch kernels (CUDA only)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from disagmoe import BatchMetadata, CacheConfig, GPUBlockManager, ModelConfig
+from backends import HAS_CUDA
+
+pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="the Triton kernels need CUDA")
+
+LAUNCHES = [(128, 128, 1, 4), (16, 16, 2, 4), (32, 16, 3, 2), (64, 32, 4, 8), (1024, 128, 1, 8)]
+
+
+def _manager(block_size: int, batch_size: int, max_seq_len: int) -> GPUBlockManager:
+    model = ModelConfig(layer_ids=(0, 1), max_seq_len=max_seq_len, max_batch_size_attn=2 * batch_size)
+    num_blocks = 2 * batch_size * -(-max_seq_len // block_size)
+    return GPUBlockManager(model, CacheConfig(block_size, num_blocks), 2 * batch_size, device="cuda",
+                           kernels="torch")
+
+
+def _batches(mode: str, batch_size: int, seq_len: int) -> list[BatchMetadata]:
+    """The batches to run before the packed one (updates), and the packed one last."""
+    prefill = BatchMetadata(0, list(range(batch_size)), batch_size,
+                            [seq_len - 3 * k for k in range(batch_size)])
+    if mode == "prefill":
+        return [prefill]
+    if mode == "decode":
+        return [prefill, BatchMetadata(0, list(range(batch_size)), 0, [])]
+    new = list(range(batch_size, 2 * batch_size))  # mixed: new requests, then decodes
+    return [prefill, BatchMetadata(0, new + list(range(batch_size)), batch_size,
+                                   [1 + 7 * k for k in range(batch_size)])]
+
+
+@pytest.mark.parametrize("block_w,block_t,parts,num_warps", LAUNCHES)
+@pytest.mark.parametrize("mode", ["prefill", "decode", "mixed"])
+@pytest.mark.parametrize("block_size,batch_size,seq_len", [(1, 5, 300), (4, 3, 70), (16, 4, 1000), (1, 2, 1024)])
+def test_launch_writes_what_the_torch_kernels_write(block_w, block_t, parts, num_warps, mode, block_size,
+                                                    batch_size, seq_len):
+    from disagmoe.block_manager import kernels_triton
+
+    manager = _manager(block_size, batch_size, seq_len + 1)
+    batches = _batches(mode, batch_size, seq_len)
+    for batch in batches:
+        manager.update_block_table(batch)
+    metadata = manager.pack_flash_attn_metadata(batches[-1])  # the torch kernels' metadata
+    expected = {f.name: getattr(metadata, f.name).clone() for f in dataclasses.fields(metadata)
+                if isinstance(getattr(metadata, f.name), torch.Tensor)}
+    manager._metadata.bytes.fill_(0x5A)  # what the launch below must overwrite
+    launch = kernels_triton.PackLaunch(block_w=block_w, block_t=block_t, parts=parts, num_warps=num_warps)
+    grid = 2 * batch_size  # programs past the batch do nothing
+    kernels_triton.pack_flash_attn_metadata(manager._staging.device_views[1], manager._stride,
+                                            manager._metadata, manager.req_to_token_pool.req_to_token,
+                                            block_size, grid, launch)
+    torch.cuda.synchronize()
+    assert sum(t.numel() for t in expected.values()) > batch_size * 4
+    for name, want in expected.items():
+        got = getattr(metadata, name)
+        assert torch.equal(got, want), f"{name}: {got} != {want}"
