@@ -103,11 +103,16 @@ def _pack_flash_attn_metadata_kernel(staged_ptr, req_to_token_ptr, r2t_row_strid
 class PackLaunch:
     """How the pack kernel is launched: `parts` programs per batch entry, each
     taking every parts-th chunk of `block_w` block-table columns (and of
-    `block_t` slots), with `num_warps` warps a program."""
+    `block_t` slots), with `num_warps` warps a program.
+
+    The default was chosen with scripts/pack_sweep.py on an H100 (docs/performance.md):
+    four programs an entry cut one replay of the pack's graph from about 11 to 9 us
+    (grid mean) against one program looping over 128-column chunks; wider chunks or
+    more warps did as well, within the machine's noise."""
 
     block_w: int = 128
     block_t: int = 128
-    parts: int = 1
+    parts: int = 4
     num_warps: int = 4
 
 
