@@ -12,6 +12,8 @@
 #   floors    scripts/perf_probe.py: floors, and the cpu and gpu-triton-graphs variants at
 #             B = 256, L = 128 and 1024 (the copy floors beside the packs they bound)
 #   sweep     scripts/pack_sweep.py: the pack kernel's launch shapes side by side
+#   phases    scripts/phase_probe.py: the cpu pack phase by phase, and the start of an asv
+#             timing child (CUDA initialisation, warmed-up states)
 #   cli       python -m disagmoe.bench, whole grid, JSON beside the table
 #   asv       the suite on HEAD (scripts/gpu_history.sh HEAD^!): results/<card>/, the site
 #   quick     asv run --quick over the whole grid on HEAD, results discarded (its duration)
@@ -51,6 +53,8 @@ for stage in "$@"; do
             python3 scripts/perf_report.py "$out/floors.json" > "$out/floors-report.md" && head -3 "$out/floors-report.md" ;;
     sweep) python3 scripts/pack_sweep.py --json "$out/sweep.json" > "$out/sweep.log" 2>&1; rc=$?
            cat "$out/sweep.log"; [ $rc = 0 ] ;;
+    phases) python3 scripts/phase_probe.py --json "$out/phases.json" > "$out/phases.log" 2>&1; rc=$?
+            cat "$out/phases.log"; [ $rc = 0 ] ;;
     cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;
     asv) scripts/gpu_history.sh HEAD^! > "$out/asv.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/asv.log"
          keep_results; [ $rc = 0 ] ;;
