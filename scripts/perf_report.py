@@ -21,7 +21,7 @@ def main(path: str) -> None:
           f"{floors['one_launch_us']:.1f} us, eight tiny kernels + synchronise {floors['eight_launches_us']:.1f} us"
           + "".join(f"; pinned copy of {key[5:-5]} KB to the device + synchronise {value:.1f} us"
                     for key, value in floors.items() if key.startswith("copy_"))
-          + "".join(f"; host write of {key[6:-5]} KB {value:.1f} us" for key, value in floors.items()
+          + "".join(f"; host write of {key[6:-5]} KB + synchronise {value:.1f} us" for key, value in floors.items()
                     if key.startswith("write_") and not key.startswith("write_copy_"))
           + "".join(f"; host write of {key[11:-5]} KB then its copy + synchronise {value:.1f} us"
                     for key, value in floors.items() if key.startswith("write_copy_"))

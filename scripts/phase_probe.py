@@ -25,22 +25,14 @@ import time
 import torch
 
 from disagmoe.workloads import DecodeState, decode_state, default_device, make_manager
+from perf_probe import median_us  # this folder's probe: each call ended by a synchronise
 
-
-def median_us(fn, done, iterations: int) -> float:
-    samples = []
-    for _ in range(iterations):
-        done()
-        start = time.perf_counter()
-        fn()
-        done()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e6
+HOST_ONLY = torch.device("cpu")  # for median_us: no synchronise, the host's time alone
 
 
 def cpu_pack_phases(batch_size: int, seq_len: int, iterations: int) -> dict:
     device = default_device()
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    nothing = lambda: None  # noqa: E731
     state = DecodeState(make_manager("cpu", batch_size, seq_len, device), batch_size, seq_len)
     state.warm_up()
     state.step()
@@ -58,12 +50,13 @@ def cpu_pack_phases(batch_size: int, seq_len: int, iterations: int) -> dict:
     source, target = manager._staging.bytes[:nbytes], manager._metadata.bytes[:nbytes]
     copy = lambda: target.copy_(source, non_blocking=True)  # noqa: E731
     result = {"copied_bytes": nbytes,
-              "write_us": median_us(write, lambda: None, iterations),
-              "whole_pack_us": median_us(lambda: manager.pack_flash_attn_metadata(batch), sync, iterations)}
+              "write_us": median_us(write, nothing, HOST_ONLY, iterations),
+              "whole_pack_us": median_us(lambda: manager.pack_flash_attn_metadata(batch), nothing, device,
+                                         iterations)}
     if device.type == "cuda":
-        result["write_copy_sync_us"] = median_us(lambda: (write(), copy()), sync, iterations)
-        result["copy_sync_us"] = median_us(copy, sync, iterations)
-        result["sync_us"] = median_us(lambda: None, sync, iterations)
+        result["write_copy_sync_us"] = median_us(lambda: (write(), copy()), nothing, device, iterations)
+        result["copy_sync_us"] = median_us(copy, nothing, device, iterations)
+        result["sync_us"] = median_us(nothing, nothing, device, iterations)
     return result
 
 
