@@ -4,7 +4,8 @@ asv runs the suite through its fork server (asv.conf.json: `launch_method:
 forkserver`): one process imports the benchmark modules, then forks a child for
 every benchmark and grid point. Importing this module imports torch and the
 installed package once, in that server, so that no child pays for it (about 2 s
-a process, the suite's main cost under `spawn`). Nothing here touches CUDA: the
+a process, the suite's main cost under `spawn`), and computes the hash Triton
+keys its kernel cache with (`warm_triton_caches`). Nothing here touches CUDA: the
 server must never initialise it, since CUDA does not survive a fork; each child
 initialises its own on first use, and `check_fork_safe` turns a broken fork into
 a clear error. `asv run --launch-method spawn` still works (a fresh interpreter
@@ -95,6 +96,23 @@ try:  # and the Triton kernels of the gpu backend (import only: compiling or lau
     import disagmoe.block_manager.kernels_triton  # noqa: F401
 except ImportError:  # no Triton (a CPU-only machine), or a commit without these kernels
     pass
+
+
+def warm_triton_caches() -> bool:
+    """Computes once, in the fork server, what Triton would compute again in every child
+    on its first kernel: `triton_key()`, the hash of Triton's own compiler, a sha256 over
+    its 400 MB library (Triton 3.6), kept in a per-process cache that a forked child
+    inherits. It reads files only and never touches CUDA. False where there is nothing to
+    warm (no Triton, or a Triton without that function)."""
+    try:
+        from triton.runtime.cache import triton_key
+    except ImportError:
+        return False
+    triton_key()
+    return True
+
+
+warm_triton_caches()
 if torch.cuda.is_initialized():  # pragma: no cover - a guard on the package's import
     raise RuntimeError("importing the benchmarked package initialised CUDA: asv's fork server cannot fork that")
 

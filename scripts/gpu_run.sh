@@ -16,7 +16,9 @@
 #             timing child (CUDA initialisation, warmed-up states)
 #   cli       python -m disagmoe.bench, whole grid, JSON beside the table
 #   asv       the suite on HEAD (scripts/gpu_history.sh HEAD^!): results/<card>/, the site
-#   quick     asv run --quick over the whole grid on HEAD, results discarded (its duration)
+#   quick     asv run --quick over the whole grid on HEAD, results discarded (its duration;
+#             the first asv stage of a visit also makes the environment and builds)
+#   full      asv run over the whole grid on HEAD, results discarded (its duration)
 #   history   scripts/gpu_history.sh: the commits of the history rule not yet measured
 #   noise     scripts/asv_noise.sh: the whole suite 3 times, each benchmark's spread
 #   verdicts  scripts/check_regression.sh: a 20% slowdown of each operation of each
@@ -58,7 +60,8 @@ for stage in "$@"; do
     cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;
     asv) scripts/gpu_history.sh HEAD^! > "$out/asv.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/asv.log"
          keep_results; [ $rc = 0 ] ;;
-    quick) "$asv" run --quick --dry-run HEAD^! > "$out/quick.log" 2>&1; rc=$?; tail -3 "$out/quick.log"; [ $rc = 0 ] ;;
+    quick) "$asv" run --quick --dry-run HEAD^! > "$out/quick-$start.log" 2>&1; rc=$?; tail -3 "$out/quick-$start.log"; [ $rc = 0 ] ;;
+    full) "$asv" run --dry-run HEAD^! > "$out/full.log" 2>&1; rc=$?; tail -3 "$out/full.log"; [ $rc = 0 ] ;;
     history) scripts/gpu_history.sh ${HISTORY_ARGS:-} > "$out/history.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/history.log"
              keep_results; [ $rc = 0 ] ;;
     noise) ASV=$asv scripts/asv_noise.sh --out "$out/noise" ${NOISE_ARGS:-} > "$out/noise.log" 2>&1; rc=$?

@@ -111,6 +111,18 @@ def test_importing_the_suite_leaves_cuda_alone():
     assert done.stdout.strip() == "False"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+def test_importing_the_suite_computes_tritons_key_once_for_every_child():
+    """The fork server computes the hash Triton keys its kernel cache with, so that no
+    forked child hashes Triton's library again; CUDA stays untouched."""
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import benchmarks.common; "
+            "from triton.runtime.cache import triton_key; "
+            "print(triton_key.cache_info().currsize, torch.cuda.is_initialized())")
+    done = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "False"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_forked_benchmark_initialises_its_own_cuda():
     """What asv's fork server does: import the suite, fork, and run a benchmark in the child."""
