@@ -25,7 +25,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_us(fn, before, device, iterations: int, manager=None) -> float:
+def samples_us(fn, before, device, iterations: int, manager=None) -> list[float]:
+    """Microseconds of each of `iterations` calls of `fn`, each after `before()` and a
+    synchronise (untimed), each ended by the synchronise (`manager`'s, else the device's)."""
     done = manager.synchronize if manager is not None else (lambda: sync(device))
     samples = []
     for _ in range(iterations):
@@ -34,8 +36,12 @@ def median_us(fn, before, device, iterations: int, manager=None) -> float:
         t0 = time.perf_counter()
         fn()
         done()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e6
+        samples.append((time.perf_counter() - t0) * 1e6)
+    return samples
+
+
+def median_us(fn, before, device, iterations: int, manager=None) -> float:
+    return statistics.median(samples_us(fn, before, device, iterations, manager))
 
 
 # Host-to-device copies of the `cpu` pack's sizes: its metadata at B = 256 is about 15 KB

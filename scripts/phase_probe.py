@@ -178,34 +178,39 @@ def forget_triton_key() -> bool:
     return True
 
 
-def forked_child_costs(batch_size: int, seq_len: int, children: int) -> dict:
+def in_forked_child(measure, *args) -> dict:
+    """`measure(*args, forked_at)` run in a child forked from this process (which must not
+    have initialised CUDA, like asv's fork server); its dict comes back through a pipe,
+    with "exit_s" (from the child's "done_at", if it set one, to the parent's wait) and
+    "whole_child_s" added."""
     if torch.cuda.is_initialized():
         raise RuntimeError("this process initialised CUDA: its children cannot")
-    runs = []
-    for _ in range(children):
-        read, write = os.pipe()
-        forked_at = time.perf_counter()  # CLOCK_MONOTONIC: the same clock in parent and child
-        pid = os.fork()
-        if pid == 0:  # the child: measure, report through the pipe, leave at once
-            os.close(read)
-            try:
-                payload = json.dumps(child_costs(batch_size, seq_len, forked_at))
-            except BaseException as error:  # reported to the parent, never raised here
-                payload = json.dumps({"error": repr(error)})
-            os.write(write, payload.encode())
-            os._exit(0)
-        os.close(write)
-        with os.fdopen(read) as pipe:
-            run = json.loads(pipe.read())
-        os.waitpid(pid, 0)
-        reaped_at = time.perf_counter()
-        if "done_at" in run:
-            run["exit_s"] = reaped_at - run.pop("done_at")
-            run["whole_child_s"] = reaped_at - forked_at
-        runs.append(run)
-    errors = [run["error"] for run in runs if "error" in run]
-    if errors:
-        raise RuntimeError(f"a child failed: {errors[0]}")
+    read, write = os.pipe()
+    forked_at = time.perf_counter()  # CLOCK_MONOTONIC: the same clock in parent and child
+    pid = os.fork()
+    if pid == 0:  # the child: measure, report through the pipe, leave at once
+        os.close(read)
+        try:
+            payload = json.dumps(measure(*args, forked_at))
+        except BaseException as error:  # reported to the parent, never raised here
+            payload = json.dumps({"error": repr(error)})
+        os.write(write, payload.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        run = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    reaped_at = time.perf_counter()
+    if "error" in run:
+        raise RuntimeError(f"a child failed: {run['error']}")
+    if "done_at" in run:
+        run["exit_s"] = reaped_at - run.pop("done_at")
+    run["whole_child_s"] = reaped_at - forked_at
+    return run
+
+
+def forked_child_costs(batch_size: int, seq_len: int, children: int) -> dict:
+    runs = [in_forked_child(child_costs, batch_size, seq_len) for _ in range(children)]
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
