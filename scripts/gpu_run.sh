@@ -15,7 +15,7 @@
 #   phases    scripts/phase_probe.py: the cpu pack phase by phase, and the start of an asv
 #             timing child (CUDA initialisation, warmed-up states)
 #   drift     scripts/floor_drift.py: how far one timing process's medians move from the
-#             next (20 processes, 6 s apart, B = 256, L = 1024)
+#             next (16 processes, 5 s apart, B = 256, L = 1024)
 #   cli       python -m disagmoe.bench, whole grid, JSON beside the table
 #   asv       the suite on HEAD (scripts/gpu_history.sh HEAD^!): results/<card>/, the site
 #   quick     asv run --quick over the whole grid on HEAD, results discarded (its duration;
@@ -59,7 +59,7 @@ for stage in "$@"; do
            cat "$out/sweep.log"; [ $rc = 0 ] ;;
     phases) python3 scripts/phase_probe.py --json "$out/phases.json" > "$out/phases.log" 2>&1; rc=$?
             cat "$out/phases.log"; [ $rc = 0 ] ;;
-    drift) python3 scripts/floor_drift.py --children 20 --pause 6 --json "$out/drift.json" > "$out/drift.log" 2>&1; rc=$?
+    drift) python3 scripts/floor_drift.py --children 16 --pause 5 --json "$out/drift.json" > "$out/drift.log" 2>&1; rc=$?
            cat "$out/drift.log"; [ $rc = 0 ] ;;
     cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;
     asv) scripts/gpu_history.sh HEAD^! > "$out/asv.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/asv.log"
