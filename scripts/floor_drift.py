@@ -14,6 +14,7 @@ ratios the `track_` benchmarks report (each backend operation over ReferenceWork
 over cpu), it prints the median of the children's medians, their coefficient of
 variation and their spread ((max - min) / median), for medians of all calls and of the
 first 20 (an asv child takes 10 to 40), and the spread that three asv runs would show.
+`--cpu-affinity` pins every child to the CPUs named, as `asv run --cpu-affinity` does.
 
     python scripts/floor_drift.py --children 16 --pause 5 --batch-size 256 --seq-len 1024 --json drift.json
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import time
 
@@ -61,7 +63,9 @@ def quantities(batch_size: int, seq_len: int):
     return found
 
 
-def child(batch_size: int, seq_len: int, iterations: int, forked_at: float) -> dict:
+def child(batch_size: int, seq_len: int, iterations: int, cpus: list[int] | None, forked_at: float) -> dict:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     found = quantities(batch_size, seq_len)
     samples = {name: [] for name in found}
     for _ in range(iterations):  # one call of each in turn: a drift within the child hits all alike
@@ -105,8 +109,9 @@ def series(runs: list[dict], field: str) -> dict[str, list[float]]:
 
 def report(data: dict) -> None:
     runs = data["children"]
+    pinned = f", pinned to CPUs {data['cpu_affinity']}" if data.get("cpu_affinity") else ""
     print(f"{data['device']}, B = {data['batch_size']}, L = {data['seq_len']}: {len(runs)} processes over "
-          f"{runs[-1]['started_s'] - runs[0]['started_s']:.0f} s, {data['iterations']} calls of each")
+          f"{runs[-1]['started_s'] - runs[0]['started_s']:.0f} s{pinned}, {data['iterations']} calls of each")
     print(f"| quantity | median | CV | spread | CV, first {ASV_SAMPLES} calls | spread | three asv runs |")
     print("|---|---|---|---|---|---|---|")
     every, first = series(runs, "all"), series(runs, "first")
@@ -126,6 +131,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--pause", type=float, default=0.0, help="seconds between children (asv's rounds "
                         "and runs are minutes apart)")
+    parser.add_argument("--cpu-affinity", type=int, nargs="+", metavar="CPU",
+                        help="pin every child to these CPUs (asv run --cpu-affinity does the same)")
     parser.add_argument("--json", help="write every child's medians here")
     parser.add_argument("--report", metavar="JSON", help="print the table of an earlier --json, measure nothing")
     args = parser.parse_args()
@@ -135,11 +142,11 @@ def main() -> None:
         return
     runs = []
     for _ in range(args.children):
-        runs.append(in_forked_child(child, args.batch_size, args.seq_len, args.iterations))
+        runs.append(in_forked_child(child, args.batch_size, args.seq_len, args.iterations, args.cpu_affinity))
         time.sleep(args.pause)
     data = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "batch_size": args.batch_size, "seq_len": args.seq_len, "iterations": args.iterations,
-            "children": runs}
+            "cpu_affinity": args.cpu_affinity, "children": runs}
     report(data)
     if args.json:
         with open(args.json, "w") as f:

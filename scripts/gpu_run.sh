@@ -26,7 +26,8 @@
 #   verdicts  scripts/check_regression.sh: a 20% slowdown of each operation of each
 #             backend, and 3 identical-commit checks, 2 interleaved rounds, on the grid
 #             VERDICT_BATCH_SIZES (default "16 256") x VERDICT_SEQ_LENS (default 1024)
-# HISTORY_ARGS, NOISE_ARGS and VERDICT_ARGS add arguments to those stages' scripts.
+# HISTORY_ARGS, NOISE_ARGS, VERDICT_ARGS and DRIFT_ARGS add arguments to those stages' scripts
+# (DRIFT_ARGS="--cpu-affinity 3": every child on one CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/git_from_bundle.sh
@@ -59,7 +60,7 @@ for stage in "$@"; do
            cat "$out/sweep.log"; [ $rc = 0 ] ;;
     phases) python3 scripts/phase_probe.py --json "$out/phases.json" > "$out/phases.log" 2>&1; rc=$?
             cat "$out/phases.log"; [ $rc = 0 ] ;;
-    drift) python3 scripts/floor_drift.py --children 16 --pause 5 --json "$out/drift.json" > "$out/drift.log" 2>&1; rc=$?
+    drift) python3 scripts/floor_drift.py --children 16 --pause 5 ${DRIFT_ARGS:-} --json "$out/drift.json" > "$out/drift.log" 2>&1; rc=$?
            cat "$out/drift.log"; [ $rc = 0 ] ;;
     cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;
     asv) scripts/gpu_history.sh HEAD^! > "$out/asv.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/asv.log"
