@@ -30,6 +30,7 @@ import time
 
 import torch
 
+from asv_spread import spread  # (max - min) / median, as asv_noise.sh reports it
 from perf_probe import samples_us
 from phase_probe import in_forked_child  # imports benchmarks.common, as asv's fork server does
 from benchmarks.common import ReferenceWork
@@ -76,10 +77,9 @@ def child(batch_size: int, seq_len: int, iterations: int, cpus: list[int] | None
             "first": {name: statistics.median(s[:ASV_SAMPLES]) for name, s in samples.items()}}
 
 
-def spread(values: list[float]) -> dict:
+def summary(values: list[float]) -> dict:
     middle = statistics.median(values)
-    return {"median": middle, "cv_pct": 100 * statistics.pstdev(values) / middle,
-            "spread_pct": 100 * (max(values) - min(values)) / middle}
+    return {"median": middle, "cv_pct": 100 * statistics.pstdev(values) / middle, "spread_pct": spread(values)}
 
 
 def three_runs_spread(values: list[float], children_a_run: int) -> float:
@@ -91,7 +91,7 @@ def three_runs_spread(values: list[float], children_a_run: int) -> float:
     runs = [statistics.fmean(values[i:i + n]) for i in range(0, len(values) - n + 1, n)]
     if len(runs) < 3:
         return float("nan")  # too few children
-    return statistics.median(spread(list(three))["spread_pct"] for three in itertools.combinations(runs, 3))
+    return statistics.median(spread(list(three)) for three in itertools.combinations(runs, 3))
 
 
 def series(runs: list[dict], field: str) -> dict[str, list[float]]:
@@ -116,7 +116,7 @@ def report(data: dict) -> None:
     print("|---|---|---|---|---|---|---|")
     every, first = series(runs, "all"), series(runs, "first")
     for name, values in every.items():
-        a, b = spread(values), spread(first[name])
+        a, b = summary(values), summary(first[name])
         unit = "" if "/" in name else " us"
         print(f"| {name} | {a['median']:.3g}{unit} | {a['cv_pct']:.1f}% | {a['spread_pct']:.1f}% | "
               f"{b['cv_pct']:.1f}% | {b['spread_pct']:.1f}% | "
