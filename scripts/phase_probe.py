@@ -32,11 +32,11 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
 
-import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository: benchmarks/
 from benchmarks import common  # noqa: E402  (what asv's fork server imports; it warms Triton's caches)
 from disagmoe.workloads import DecodeState, decode_state, default_device, make_manager  # noqa: E402
