@@ -1,0 +1,184 @@
+"""What the serving benchmark modules (bench_pipelined, bench_trace) share: their grids, the
+reference step their verdicts divide by, and the one measurement of a whole grid.
+
+The workloads, timing modes and variants are the installed package's
+(`disagmoe.serving`), the same ones `python -m disagmoe.bench --workload ...` runs. A
+module's `setup_cache` measures its whole grid in one process, every timing mode, the
+variants and the reference taking turns window by window; each `track_` then reads its
+figure, the windows being asv's samples. On torch's CPU device (no CUDA) the points past
+`CPU_DEVICE_TOKENS` tokens are skipped (the `gpu` backend's torch kernels would take
+minutes there), as is the `busy` mode everywhere but on CUDA; a commit whose package
+predates the serving benchmarks (or a variant's backend) skips them too.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from .common import check_fork_safe, workloads
+
+try:  # a skip from inside a track_ method (asv shows n/a); in setup a NotImplementedError does
+    from asv_runner.benchmarks.mark import SkipNotImplemented
+except ImportError:  # pragma: no cover - asv_runner < 0.1
+    SkipNotImplemented = NotImplementedError
+
+
+def _ints(variable: str, default: list[int]) -> list[int]:
+    value = os.environ.get(variable, "").replace(",", " ").split()
+    return [int(v) for v in value] if value else default
+
+
+def _names(variable: str, default: list[str]) -> list[str]:
+    return os.environ.get(variable, "").replace(",", " ").split() or default
+
+
+VARIANTS = _names("DISAGMOE_SERVING_VARIANTS", ["cpu-bs16", "gpu-bs1", "gpu-bs16"])
+BASELINE = "cpu-bs16"
+COMPARED = [v for v in VARIANTS if v != BASELINE]
+BATCH_SIZES = _ints("DISAGMOE_SERVING_BATCH_SIZES", [16, 64, 256, 1024])
+CONTEXTS = _ints("DISAGMOE_SERVING_CONTEXTS", [1024, 8192, 65536])
+TRACE_RUNNING = _ints("DISAGMOE_TRACE_RUNNING", [64, 256, 1024])
+TRACE_PROMPTS = _ints("DISAGMOE_TRACE_PROMPTS", [2048, 16384, 65536])
+MODES = ("synced", "pipelined", "busy")
+CPU_DEVICE_TOKENS = 1 << 20
+
+
+class ReferenceStep:
+    """A fixed step, timed in turn with the variants so that the machine's speed of the
+    moment divides out of the verdicts (as `common.ReferenceWork` does for the seed
+    suite): host work of a step's size (a numpy sort of 4096 ints, a Python pass over
+    512) and, on CUDA, a 16 KB pinned copy to the device and a 4 MB device-to-device
+    copy. It belongs to the suite, so every commit is measured against the same work."""
+
+    max_window = None
+
+    def __init__(self, device: torch.device) -> None:
+        self._keys = np.arange(4096, dtype=np.int32)[::-1].copy()
+        self._items = list(range(512))
+        self._cuda = device.type == "cuda"
+        if self._cuda:
+            self._host = torch.arange(4096, dtype=torch.int32).pin_memory()
+            self._small = torch.empty(4096, dtype=torch.int32, device=device)
+            self._src = torch.zeros(1 << 20, dtype=torch.int32, device=device)
+            self._dst = torch.empty_like(self._src)
+
+    def start(self) -> None:
+        pass
+
+    def before_window(self, steps: int) -> None:
+        pass
+
+    def step(self) -> None:
+        np.sort(self._keys)
+        total = 0
+        for item in self._items:
+            total += item
+        if self._cuda:
+            self._small.copy_(self._host, non_blocking=True)
+            self._dst.copy_(self._src, non_blocking=True)
+
+    def step_synced(self) -> tuple[float, float]:
+        start = time.perf_counter()
+        self.step()
+        returned = time.perf_counter()
+        self.synchronize()
+        return time.perf_counter() - start, returned - start
+
+    def synchronize(self) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+
+
+def _point(kind: str, key: tuple[int, int]) -> tuple[object, int]:
+    """(workload factory, tokens at the start) of a decode (B, L) or trace (R, P) point."""
+    from disagmoe.serving import points
+    from disagmoe.serving.workloads import TraceConfig
+
+    if kind == "decode":
+        return points.decode_point(*key), key[0] * key[1]
+    return points.trace_point(TraceConfig(*key)), key[0] * key[1]
+
+
+def measure_grid(kind: str, keys: list[tuple[int, int]]) -> dict:
+    """Every point of a decode grid (B, L) or trace grid (R, P) in every mode; see the
+    module docstring.
+
+    Returns {"device", "on_cuda", "skipped": {key: reason}, "points": {key: {mode:
+    {runner: samples}}}} with samples as `disagmoe.serving.timing.measure` gives them,
+    the reference under "reference"."""
+    check_fork_safe()
+    bench = workloads()
+    device = bench.default_device()
+    bench.limit_cpu_threads(device)
+    out = {"device": bench.device_name(device), "on_cuda": device.type == "cuda", "skipped": {}, "points": {}}
+    try:
+        from disagmoe.serving import points as serving_points
+        from disagmoe.serving.timing import Forward, Replay, measure
+        from disagmoe.serving.variants import make_manager, variant
+    except ImportError as err:
+        out["unavailable"] = f"this commit's package has no serving benchmarks ({err})"
+        return out
+    variants, missing = {}, {}
+    for name in VARIANTS:
+        try:
+            variants[name] = variant(name)
+        except ValueError as err:
+            missing[name] = str(err)
+    out["missing_variants"] = missing
+    timing = serving_points.Timing()
+    forward = Forward(timing.forward_us, device) if device.type == "cuda" else None
+    modes = [m for m in MODES if m != "busy" or forward is not None]
+    for key in keys:
+        factory, tokens = _point(kind, key)
+        if device.type != "cuda" and tokens > CPU_DEVICE_TOKENS:
+            out["skipped"][key] = f"{tokens} tokens: past {CPU_DEVICE_TOKENS} on torch's CPU device"
+            continue
+        workload = factory(timing.num_steps)
+        runners = {name: Replay(make_manager(v, workload, timing.num_steps, device), workload)
+                   for name, v in variants.items()}
+        serving_points.check_variants(runners, variants)
+        runners["reference"] = ReferenceStep(device)
+        out["points"][key] = {mode: measure(runners, mode, timing.window, timing.windows, timing.warmup,
+                                            forward)["runners"] for mode in modes}
+        for runner in runners.values():
+            if isinstance(runner, Replay):
+                runner.manager.reset_state()
+        del runners
+    return out
+
+
+def samples(cache: dict, key: tuple, mode: str, runner: str, figure: str) -> dict:
+    """asv's samples of one figure (us per step, one per window)."""
+    return {"samples": [_digits(v) for v in cache["points"][key][mode][runner][figure]], "number": 1}
+
+
+def ratios(cache: dict, key: tuple, mode: str, runner: str, over: str, figure: str = "wall_us") -> dict:
+    """Window by window, `runner`'s figure over `over`'s (they ran in the same round)."""
+    mine = cache["points"][key][mode][runner][figure]
+    theirs = cache["points"][key][mode][over][figure]
+    return {"samples": [_digits(a / b) for a, b in zip(mine, theirs)], "number": 1}
+
+
+def _digits(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def check_measured(cache: dict, key: tuple, variant_name: str | None = None, mode: str | None = None) -> None:
+    """Raises SkipNotImplemented (asv: skipped, n/a) where the cache holds no such figure."""
+    if "unavailable" in cache:
+        raise NotImplementedError(cache["unavailable"])
+    if key in cache["skipped"]:
+        raise NotImplementedError(cache["skipped"][key])
+    if variant_name in cache["missing_variants"]:
+        raise NotImplementedError(cache["missing_variants"][variant_name])
+    if mode is not None and mode not in cache["points"][key]:
+        raise SkipNotImplemented(f"{mode} timing needs CUDA; this ran on {cache['device']}")
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))

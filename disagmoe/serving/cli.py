@@ -1,0 +1,217 @@
+"""`python -m disagmoe.bench --workload decode|trace`: the serving benchmarks' command line.
+
+Per grid point it checks the variants against each other (same lengths and metadata;
+block tables too at equal block size), then times them side by side in each timing
+mode, prints one table per mode and, with `--plot`, draws the crossover map.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+import torch
+
+from disagmoe.serving import points
+from disagmoe.serving.timing import MODES, BusyUnavailable, Forward
+from disagmoe.serving.variants import BASELINE, VARIANT_NAMES, variant
+from disagmoe.serving.workloads import LENGTHS, TraceConfig
+
+SERVING_OPTIONS = ("timing", "contexts", "running", "prompts", "chunk", "max_output", "layers",
+                   "lengths", "seed", "window", "windows", "forward_us", "variants", "plot")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("serving benchmarks (with --workload)")
+    group.add_argument("--workload", choices=("decode", "trace"),
+                       help="time whole engine steps of this workload (default: the seed's table)")
+    group.add_argument("--timing", nargs="+", choices=MODES, metavar="MODE",
+                       help="synced, pipelined and/or busy (default: all three on CUDA, else synced pipelined)")
+    group.add_argument("--contexts", type=int, nargs="+", metavar="L",
+                       help=f"decode contexts (default {' '.join(map(str, points.CONTEXTS))})")
+    group.add_argument("--running", type=int, nargs="+", metavar="R",
+                       help=f"trace: running requests (default {' '.join(map(str, points.TRACE_RUNNING))})")
+    group.add_argument("--prompts", type=int, nargs="+", metavar="P",
+                       help=f"trace: longest prompt (default {' '.join(map(str, points.TRACE_PROMPTS))})")
+    group.add_argument("--chunk", type=int, default=TraceConfig.chunk, help="trace: prefill tokens a step")
+    group.add_argument("--max-output", type=int, default=TraceConfig.max_output, help="trace: longest output")
+    group.add_argument("--seed", type=int, default=TraceConfig.seed, help="trace: random seed")
+    group.add_argument("--layers", type=int, help="layers a step (default: decode 1, trace 2)")
+    group.add_argument("--lengths", choices=LENGTHS, default="grow",
+                       help="decode: lengths grow every step (default) or cycle through [L, L+16]")
+    group.add_argument("--window", type=int, help="steps per timed window (default 48, --quick 8)")
+    group.add_argument("--windows", type=int, help="timed windows per mode (default 5, --quick 3)")
+    group.add_argument("--forward-us", type=float, default=points.Timing.forward_us,
+                       help="busy: the stand-in forward's length")
+    group.add_argument("--variants", nargs="+", metavar="NAME",
+                       help=f"backend-bs<block size> (default {' '.join(VARIANT_NAMES)})")
+    group.add_argument("--plot", metavar="FILE.png", help="draw the crossover map here (needs matplotlib)")
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.workload is None:
+        given = [name for name in SERVING_OPTIONS
+                 if getattr(args, name) not in (None, parser.get_default(name))]
+        if given:
+            parser.error(f"--{given[0].replace('_', '-')} needs --workload decode|trace")
+        return
+    if args.seq_lens is not None:
+        parser.error("--seq-lens is the seed table's; the serving decode takes --contexts")
+    for name in ("contexts", "running", "prompts", "batch_sizes"):
+        values = getattr(args, name)
+        if values is not None and min(values) < 1:
+            parser.error(f"--{name.replace('_', '-')} {values}: every value must be >= 1")
+    for name in ("chunk", "max_output", "layers", "window", "windows"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} {value} must be >= 1")
+    if not args.forward_us > 0:
+        parser.error(f"--forward-us {args.forward_us} must be > 0")
+    try:
+        args.variant_list = [variant(name) for name in (args.variants or VARIANT_NAMES)]
+    except ValueError as err:
+        parser.error(str(err))
+    names = [v.name for v in args.variant_list]
+    if len(set(names)) != len(names):
+        parser.error(f"--variants {names} names a variant twice")
+
+
+def _grid(args) -> list[tuple[dict, object]]:
+    if args.workload == "decode":
+        batch_sizes = args.batch_sizes or (points.QUICK_BATCH_SIZES if args.quick else points.BATCH_SIZES)
+        contexts = args.contexts or (points.QUICK_CONTEXTS if args.quick else points.CONTEXTS)
+        layers = args.layers or 1
+        return [({"batch_size": b, "context": c}, points.decode_point(b, c, layers, args.lengths))
+                for b in batch_sizes for c in contexts]
+    running = args.running or (points.QUICK_TRACE_RUNNING if args.quick else points.TRACE_RUNNING)
+    prompts = args.prompts or (points.QUICK_TRACE_PROMPTS if args.quick else points.TRACE_PROMPTS)
+    layers = args.layers or TraceConfig.num_layers
+    return [({"running": r, "max_prompt": p},
+             points.trace_point(TraceConfig(r, p, args.chunk, args.max_output, layers, args.seed)))
+            for r in running for p in prompts]
+
+
+class Progress:
+    """A progress bar on stderr (a line every tenth of the way when stderr is not a terminal)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.label = ""
+        self._last_tenth = -1
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / self.done * (self.total - self.done) if self.done else 0.0
+        fraction = self.done / self.total
+        if self.tty:
+            bar = "#" * int(30 * fraction)
+            print(f"\r[{bar:<30}] {self.done}/{self.total} {self.label:<28} {elapsed:4.0f} s, ~{left:.0f} s left",
+                  end="", file=sys.stderr, flush=True)
+        elif int(10 * fraction) > self._last_tenth:
+            self._last_tenth = int(10 * fraction)
+            print(f"[{100 * fraction:3.0f}%] {self.label} ({elapsed:.0f} s, ~{left:.0f} s left)",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.1f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _speedup(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}x"
+
+
+def mode_header(mode: str, workload: dict, result: dict) -> str:
+    layers = f"{workload['num_layers']} layer{'s' if workload['num_layers'] > 1 else ''} a step"
+    shape = (f"decode, lengths {workload['lengths']}, {layers}" if workload["workload"] == "decode" else
+             f"trace, chunks of {workload['chunk']} tokens, outputs up to {workload['max_output']}, "
+             f"seed {workload['seed']}, {layers}")
+    how = {"synced": "each call until the device is done",
+           "pipelined": f"windows of {result['steps_per_window']} steps back to back, one synchronise at the end",
+           "busy": (f"each step followed by a {result['forward_us']:.0f} us stand-in forward; 'added' is the "
+                    "wall time beyond the forwards alone")}[mode]
+    return (f"\n{shape}; timing {mode}: {how}; us per step, medians of {result['windows']} windows; "
+            f"speedup = {BASELINE.name}'s {result['primary'][:-3]} / the variant's (> 1: the variant is faster)")
+
+
+def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
+    first = rows[0][1]
+    print(mode_header(mode, first["workload"], {**first, "forward_us": first.get("forward_median_us", 0.0)}))
+    names = list(first["variants"])
+    figure = "added" if mode == "busy" else "wall"
+    keys = list(rows[0][0])
+    head = "".join(f"{k.replace('_', ' ').capitalize():<12}" for k in keys)
+    head += "".join(f"{n + ' ' + figure:<18}{n + ' host':<17}" for n in names)
+    others = [n for n in names if n != BASELINE.name]
+    head += "".join(f"{'speedup ' + n:<18}" for n in others) if BASELINE.name in names else ""
+    print(head.rstrip())
+    for point, result in rows:
+        line = "".join(f"{point[k]:<12}" for k in keys)
+        for n in names:
+            medians = result["variants"][n]["median"]
+            line += f"{_num(medians[first['primary']]):<18}{_num(medians['host_us']):<17}"
+        if BASELINE.name in names:
+            line += "".join(f"{_speedup(result['speedup'][n]):<18}" for n in others)
+        print(line.rstrip(), flush=True)
+
+
+def main(args, run: dict) -> int:
+    device = torch.device(run["device"])
+    modes = args.timing or (list(MODES) if device.type == "cuda" else ["synced", "pipelined"])
+    forward = None
+    if "busy" in modes:
+        try:
+            forward = Forward(args.forward_us, device)
+        except BusyUnavailable as err:
+            print(f"disagmoe-bench: {err}; run --timing synced pipelined here", file=sys.stderr)
+            return 2
+    timing = points.QUICK_TIMING if args.quick else points.Timing()
+    timing = points.Timing(args.window or timing.window, args.windows or timing.windows, timing.warmup,
+                           args.forward_us)
+    grid = _grid(args)
+    print(f"Device: {run['device_name']}; torch {run['torch_version']}; triton {run['triton_version'] or 'none'}; "
+          f"commit {run['commit'][:12]}; workload {args.workload}; timing {' '.join(modes)}; "
+          f"variants {' '.join(v.name for v in args.variant_list)}")
+    progress = Progress(len(grid) * (1 + len(modes) * timing.windows * len(args.variant_list)))
+    run.update({"workload": args.workload, "timing_modes": modes, "timing": dataclasses.asdict(timing),
+                "variants": [{"name": v.name, "backend": v.backend, "block_size": v.block_size}
+                             for v in args.variant_list], "baseline": BASELINE.name, "points": []})
+    by_mode: dict[str, list] = {mode: [] for mode in modes}
+    for point, factory in grid:
+        progress.label = " ".join(f"{k}={v}" for k, v in point.items())
+        try:
+            results = points.run_point(factory, args.variant_list, modes, timing, device, forward,
+                                       on_window=progress.advance)
+        except points.VariantMismatch as err:
+            progress.close()
+            print(f"disagmoe-bench: the variants disagree, nothing timed: {err}", file=sys.stderr)
+            return 1
+        progress.advance()
+        for result in results:
+            result["point"] = point
+            run["points"].append(result)
+            by_mode[result["mode"]].append((point, result))
+    progress.close()
+    print(f"Variants checked against each other at every grid point (lengths and metadata; block tables "
+          f"and slots between equal block sizes): identical.")
+    for mode in modes:
+        print_table(mode, by_mode[mode])
+    if args.plot:
+        from disagmoe.serving.plot import crossover_map
+        try:
+            crossover_map(run, args.plot)
+        except ImportError as err:
+            print(f"disagmoe-bench: --plot needs matplotlib ({err}); pip install 'disagmoe[plot]'", file=sys.stderr)
+            return 2
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0

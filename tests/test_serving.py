@@ -1,0 +1,246 @@
+"""The serving benchmarks: the workloads are valid contract input that every backend replays
+alike, the timing modes measure what they say, and the command line and the asv modules run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from disagmoe import bench
+from disagmoe.serving import points, timing
+from disagmoe.serving.variants import VARIANTS, Variant, make_manager as variant_manager, variant
+from disagmoe.serving.workloads import CYCLE_STEPS, DecodeWorkload, Step, TraceConfig, TraceWorkload
+from harness import Harness
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = TraceConfig(running=12, max_prompt=300, chunk=200, max_output=40, num_layers=2, seed=3)
+
+
+def test_trace_is_deterministic_and_seeded():
+    a, b = TraceWorkload(SMALL, 60), TraceWorkload(SMALL, 60)
+    assert a.initial == b.initial
+    assert [(s.release, [(l.req_ids, l.init_prefill_lens) for l in s.layers]) for s in a.steps] == \
+           [(s.release, [(l.req_ids, l.init_prefill_lens) for l in s.layers]) for s in b.steps]
+    other = TraceWorkload(TraceConfig(**{**SMALL.__dict__, "seed": 4}), 60)
+    assert other.initial != a.initial
+
+
+def test_trace_keeps_its_promises():
+    """R requests live, prefill chunks first and within the budget, lengths within P + O,
+    every finished request released and replaced, chunked prompts spanning steps."""
+    trace = TraceWorkload(SMALL, 200)
+    lengths = dict(trace.initial)
+    assert len(lengths) == SMALL.running
+    live = set(lengths)
+    released_total = chunked = 0
+    for step in trace.steps:
+        first = step.layers[0]
+        assert [b.layer_id for b in step.layers] == list(range(SMALL.num_layers))
+        assert all(b.req_ids is first.req_ids for b in step.layers)
+        assert len(set(first.req_ids)) == len(first.req_ids)
+        assert sum(first.init_prefill_lens) <= SMALL.chunk
+        for rid in step.release:
+            assert rid in live and rid not in first.req_ids
+            live.discard(rid)
+            del lengths[rid]
+        released_total += len(step.release)
+        for i, rid in enumerate(first.req_ids):
+            n = first.init_prefill_lens[i] if i < first.num_prefill_seqs else 1
+            if i < first.num_prefill_seqs and rid in lengths:
+                chunked += 1
+            assert i < first.num_prefill_seqs or rid in lengths, "a decode entry of an unknown request"
+            lengths[rid] = lengths.get(rid, 0) + n
+            live.add(rid)
+            assert lengths[rid] <= SMALL.max_prompt + SMALL.max_output
+        assert len(live) <= SMALL.running
+    assert released_total > 10 and chunked > 0
+    stats = trace.stats()
+    assert stats["num_steps"] == 200 and 0 < stats["steps_with_prefill"] < 1
+
+
+@pytest.mark.parametrize("block_size", [1, 16])
+def test_every_backend_replays_the_trace_as_the_reference_says(backend, block_size):
+    """Each step of the trace through the harness: lengths, metadata and slots checked
+    against the reference model at every layer."""
+    trace = TraceWorkload(SMALL, 40)
+    max_seq_len, max_reqs = trace.sizes(40)
+    manager = backend.make(block_size=block_size, num_blocks=max_reqs * -(-max_seq_len // block_size),
+                           max_running_reqs=max_reqs, max_seq_len=max_seq_len, layer_ids=(0, 1))
+    harness = Harness(manager)
+    harness.update(harness.batch([r for r, _ in trace.initial], [n for _, n in trace.initial]))
+    for step in trace.steps:
+        if step.release:
+            harness.release(list(step.release))
+        for batch in step.layers:
+            harness.step(batch)
+
+
+def test_decode_lengths_grow_or_cycle():
+    for lengths, expected in (("grow", [40 + k for k in range(1, 2 * CYCLE_STEPS + 1)]),
+                              ("cycle", [40 + k for k in range(1, CYCLE_STEPS + 1)] * 2)):
+        workload = DecodeWorkload(3, 40, num_layers=2, lengths=lengths)
+        manager = variant_manager(Variant("cpu", 16), workload, 2 * CYCLE_STEPS, "cpu")
+        replay = timing.Replay(manager, workload)
+        replay.start()
+        seen = []
+        for _ in range(2 * CYCLE_STEPS // 4):
+            replay.before_window(4)
+            for _ in range(4):
+                replay.step()
+                seen.append(workload.step.layers[-1].seq_lens[0])
+        assert seen == expected, lengths
+        assert workload.max_window == (CYCLE_STEPS if lengths == "cycle" else None)
+
+
+def test_variant_names():
+    assert [v.name for v in VARIANTS] == ["cpu-bs16", "gpu-bs1", "gpu-bs16"]
+    assert variant("gpu-bs32") == Variant("gpu", 32)
+    for bad in ("gpu", "tpu-bs16", "gpu-bs0", "gpu-bsx", "cpu-bs-1"):
+        with pytest.raises(ValueError, match=bad):
+            variant(bad)
+
+
+class FakeRunner:
+    """A runner whose host and device times are known: each step spins `host` seconds."""
+
+    max_window = None
+
+    def __init__(self, host: float, log: list, name: str) -> None:
+        self.host, self.log, self.name = host, log, name
+        self.started = 0
+
+    def start(self) -> None:
+        self.started += 1
+
+    def before_window(self, steps: int) -> None:
+        self.log.append(self.name)
+
+    def _spin(self) -> None:
+        import time
+        end = time.perf_counter() + self.host
+        while time.perf_counter() < end:
+            pass
+
+    def step(self) -> None:
+        self._spin()
+
+    def step_synced(self) -> tuple[float, float]:
+        import time
+        start = time.perf_counter()
+        self._spin()
+        return time.perf_counter() - start, time.perf_counter() - start
+
+    def synchronize(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["synced", "pipelined"])
+def test_measure_takes_turns_and_reports_per_step(mode):
+    log: list = []
+    runners = {"a": FakeRunner(200e-6, log, "a"), "b": FakeRunner(600e-6, log, "b")}
+    out = timing.measure(runners, mode, window=5, windows=4, warmup=3)
+    assert out["steps_per_window"] == 5
+    assert all(r.started == 1 for r in runners.values())
+    timed = log[2:]  # warm-up windows first, one per runner
+    assert timed == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    a, b = out["runners"]["a"], out["runners"]["b"]
+    assert len(a["wall_us"]) == len(a["host_us"]) == 4
+    assert 180 < min(a["wall_us"]) and max(a["host_us"]) <= max(a["wall_us"]) + 1
+    assert sorted(b["wall_us"])[1] > 2 * sorted(a["wall_us"])[2]
+
+
+def test_busy_needs_cuda():
+    with pytest.raises(timing.BusyUnavailable, match="CUDA"):
+        timing.Forward(300.0, torch.device("cpu"))
+    with pytest.raises(timing.BusyUnavailable):
+        timing.measure({}, "busy", 4, 1, 0, forward=None)
+    with pytest.raises(ValueError, match="sideways"):
+        timing.measure({}, "sideways", 4, 1, 0)
+
+
+def test_a_bounded_window_caps_the_steps():
+    log: list = []
+    runners = {"a": FakeRunner(0, log, "a")}
+    runners["a"].max_window = 3
+    assert timing.measure(runners, "pipelined", window=48, windows=1, warmup=0)["steps_per_window"] == 3
+
+
+def test_check_variants_catches_a_disagreement():
+    workload = DecodeWorkload(4, 20)
+    variants = {v.name: v for v in (Variant("cpu", 16), Variant("gpu", 16))}
+    replays = {name: timing.Replay(variant_manager(v, workload, 8, "cpu"), workload) for name, v in variants.items()}
+    points.check_variants(replays, variants)
+    wrong = replays["gpu-bs16"].manager
+    original = wrong.pack_flash_attn_metadata
+
+    def corrupted(batch):
+        md = original(batch)
+        md.block_tables[0, 0] += 1
+        return md
+
+    wrong.pack_flash_attn_metadata = corrupted
+    with pytest.raises(points.VariantMismatch, match="block_tables"):
+        points.check_variants(replays, variants)
+
+
+def test_run_point_reports_every_variant_and_mode():
+    results = points.run_point(points.trace_point(SMALL), VARIANTS, ["synced", "pipelined"],
+                               points.Timing(window=3, windows=2, warmup=2), torch.device("cpu"))
+    assert [r["mode"] for r in results] == ["synced", "pipelined"]
+    for r in results:
+        assert r["workload"]["workload"] == "trace" and r["workload"]["running"] == SMALL.running
+        assert set(r["variants"]) == {v.name for v in VARIANTS}
+        assert r["variants"]["gpu-bs1"]["block_size"] == 1
+        assert all(len(v["wall_us"]) == 2 for v in r["variants"].values())
+        assert set(r["speedup"]) == {"gpu-bs1", "gpu-bs16"}
+
+
+def test_command_line_trace_pipelined_quick(tmp_path, capsys):
+    """The serving command line on this machine, with a plot (a small grid: the CI runs the
+    whole --quick one)."""
+    pytest.importorskip("matplotlib")
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    assert bench.main(["--workload", "trace", "--timing", "pipelined", "--quick", "--running", "16",
+                       "--prompts", "256", "1024", "--window", "3", "--windows", "2",
+                       "--output", str(out), "--plot", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "timing pipelined" in printed and "speedup gpu-bs16" in printed
+    run = json.loads(out.read_text())
+    assert run["workload"] == "trace" and run["timing_modes"] == ["pipelined"] and run["device_name"]
+    assert {v["name"]: v["block_size"] for v in run["variants"]} == {"cpu-bs16": 16, "gpu-bs1": 1, "gpu-bs16": 16}
+    assert len(run["points"]) == 2 and all(p["mode"] == "pipelined" for p in run["points"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_command_line_errors(capsys):
+    for argv, message in ((["--timing", "pipelined"], "--timing needs --workload"),
+                          (["--workload", "decode", "--seq-lens", "8"], "--contexts"),
+                          (["--workload", "trace", "--variants", "gpu-bs0"], "gpu-bs0"),
+                          (["--workload", "trace", "--chunk", "0"], "--chunk 0"),
+                          (["--workload", "trace", "--iterations", "7"], "--window")):
+        with pytest.raises(SystemExit) as info:
+            bench.parse_args(argv)
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert bench.main(["--workload", "decode", "--timing", "busy", "--quick"]) == 2
+        assert "busy timing needs a CUDA device" in capsys.readouterr().err
+
+
+def test_seed_table_is_unchanged(tmp_path):
+    """The default command line still prints the seed's table, and says the check passed."""
+    proc = subprocess.run([sys.executable, "-m", "disagmoe.bench", "--batch-sizes", "4", "--seq-lens", "32",
+                           "--iterations", "2", "--warmup", "1", "--output", str(tmp_path / "s.json")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1] == bench.HEADER
+    assert lines[2].split()[:2] == ["4", "32"]
+    assert "Equivalence check passed at all 1 grid points" in proc.stdout
+    assert set(json.loads((tmp_path / "s.json").read_text())["results"][0]) >= {"update_block_table",
+                                                                                  "pack_flash_attn_metadata"}
