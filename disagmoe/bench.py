@@ -30,9 +30,11 @@ from typing import Sequence
 import torch
 
 from disagmoe import BACKENDS
+from disagmoe.block_manager.base import resolve_device
+from disagmoe.serving import cli as serving_cli
 from disagmoe.workloads import (BACKEND_NAMES, BATCH_SIZES, CHECK_BLOCK_SIZE, DECODE_STEPS, OPS,
                                 QUICK_BATCH_SIZES, QUICK_SEQ_LENS, SEQ_LENS, BackendMismatch,
-                                check_equivalent, decode_state, default_device, device_name,
+                                check_equivalent, decode_state, device_name,
                                 limit_cpu_threads, no_label, summarize, time_decode_steps)
 
 
@@ -42,10 +44,16 @@ HEADER = ("Batch Size   Seq Len   CPU Update (ms) GPU Update (ms) Speedup   "
           "CPU Pack (ms) GPU Pack (ms) Speedup")
 
 
+def _speedup(x: float) -> str:
+    """Two decimals, as the table always printed them, or three significant digits below 0.1."""
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.3g}"
+
+
 def _row(point: dict) -> str:
     update, pack = point["update_block_table"], point["pack_flash_attn_metadata"]
     return (f"{point['batch_size']:<13}{point['seq_len']:<10}{update['cpu_ms']:<16.4f}{update['gpu_ms']:<16.4f}"
-            f"{update['speedup']:<10.2f}{pack['cpu_ms']:<14.4f}{pack['gpu_ms']:<14.4f}{pack['speedup']:.2f}")
+            f"{_speedup(update['speedup']):<10}{pack['cpu_ms']:<14.4f}{pack['gpu_ms']:<14.4f}"
+            f"{_speedup(pack['speedup'])}")
 
 
 def _run_point(batch_size: int, seq_len: int, device: torch.device, iterations: int, warmup: int,
@@ -110,7 +118,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, metavar="FILE.json", help="write every number here")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="write a torch profiler trace per grid point here (timings then carry its overhead)")
+    serving_cli.add_arguments(parser)
     args = parser.parse_args(argv)
+    serving_cli.check_arguments(parser, args)
+    if args.workload is not None:
+        if args.profile is not None:
+            parser.error("--profile times the seed's table; it does not go with --workload")
+        if args.iterations != parser.get_default("iterations") or args.warmup != parser.get_default("warmup"):
+            parser.error("--iterations and --warmup are the seed table's; the serving benchmarks take "
+                         "--window and --windows")
+        return args
     args.batch_sizes = args.batch_sizes or list(QUICK_BATCH_SIZES if args.quick else BATCH_SIZES)
     args.seq_lens = args.seq_lens or list(QUICK_SEQ_LENS if args.quick else SEQ_LENS)
     for name in ("batch_sizes", "seq_lens"):
@@ -121,20 +138,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _run_info(device: torch.device) -> dict:
+    """What every JSON output records of the run: device, card, versions, commit, host."""
+    return {"device": str(device), "device_name": device_name(device), "torch_version": torch.__version__,
+            "triton_version": _triton_version(), "commit": _commit(),
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "python": platform.python_version(), "host": platform.node(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def _write(path: Path | None, run: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run, indent=1) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device) if args.device else default_device()
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = resolve_device(args.device)
     limit_cpu_threads(device)
+    if args.workload is not None:
+        run = _run_info(device)
+        status = serving_cli.main(args, run)
+        if status == 0:
+            _write(args.output, run)
+        return status
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     grid = [(b, s) for b in args.batch_sizes for s in args.seq_lens]
-    run = {"device": str(device), "device_name": device_name(device), "torch_version": torch.__version__,
-           "triton_version": _triton_version(), "commit": _commit(),
-           "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "python": platform.python_version(), "host": platform.node(),
-           "torch_threads": torch.get_num_threads(), "iterations": args.iterations,
+    run = {**_run_info(device), "iterations": args.iterations,
            "warmup": args.warmup, "decode_steps_per_state": DECODE_STEPS, "check_block_size": CHECK_BLOCK_SIZE,
            "block_size": {b: BACKENDS[b].default_block_size for b in BACKEND_NAMES}, "results": []}
     print(f"Device: {run['device_name']}; torch {run['torch_version']}; triton {run['triton_version'] or 'none'}; "
@@ -151,15 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         run["results"].append(point)
         print(_row(point), flush=True)
+    print(f"\nEquivalence check passed at all {len(grid)} grid points: both backends gave identical metadata "
+          f"and lengths at block size {CHECK_BLOCK_SIZE}.")
     run["summary"] = {op: summarize([p[op]["speedup"] for p in run["results"]]) for op in OPS}
-    print(f"\nSpeedup (CPU time / GPU time) over {len(grid)} grid points:")
+    print(f"Speedup (CPU time / GPU time, > 1: the gpu backend is faster) over {len(grid)} grid points:")
     for op, s in run["summary"].items():
-        print(f"  {op:<26} mean {s['mean']:.2f}x  median {s['median']:.2f}x  "
-              f"min {s['min']:.2f}x  max {s['max']:.2f}x")
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(run, indent=1) + "\n")
-        print(f"wrote {args.output}", file=sys.stderr)
+        print(f"  {op:<26} mean {_speedup(s['mean'])}x  median {_speedup(s['median'])}x  "
+              f"min {_speedup(s['min'])}x  max {_speedup(s['max'])}x")
+    _write(args.output, run)
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from disagmoe import BACKENDS, BatchMetadata, BlockManager, CacheConfig, ModelConfig
+from disagmoe.block_manager.base import resolve_device
 
 BACKEND_NAMES = ("cpu", "gpu")
 BATCH_SIZES = (16, 32, 64, 128, 256)
@@ -33,7 +34,7 @@ OPS = ("update_block_table", "pack_flash_attn_metadata")
 
 def default_device() -> torch.device:
     """The CUDA device when there is one, else torch's CPU device (as the managers do)."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return resolve_device(None)
 
 
 def device_name(device: torch.device) -> str:
