@@ -244,3 +244,37 @@ def test_seed_table_is_unchanged(tmp_path):
     assert "Equivalence check passed at all 1 grid points" in proc.stdout
     assert set(json.loads((tmp_path / "s.json").read_text())["results"][0]) >= {"update_block_table",
                                                                                   "pack_flash_attn_metadata"}
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_forward_lasts_what_it_was_calibrated_for():
+    forward = timing.Forward(300.0, torch.device("cuda", torch.cuda.current_device()))
+    wall, host = timing.time_forwards(forward, 20)
+    assert 200e-6 < wall < 450e-6, wall
+    assert host < wall
+
+
+@cuda
+def test_busy_mode_reports_the_device_time_added():
+    device = torch.device("cuda", torch.cuda.current_device())
+    forward = timing.Forward(300.0, device)
+    results = points.run_point(points.decode_point(64, 1024), VARIANTS, ["busy"],
+                               points.Timing(window=8, windows=2, warmup=4), device, forward)
+    busy = results[0]
+    assert 200 < busy["forward_median_us"] < 450
+    for name, v in busy["variants"].items():
+        assert len(v["added_us"]) == 2, name
+        assert all(w > f for w, f in zip(v["wall_us"], busy["forward_us"])), name
+
+
+@cuda
+def test_floors_are_measured():
+    from disagmoe.serving.floors import measure_floors
+    floors = measure_floors(torch.device("cuda", torch.cuda.current_device()), [4096, 1 << 20], repeats=10)
+    assert 0 < floors["bare_synchronize_us"] < floors["tiny_kernel_synced_us"] + 50
+    assert [c["bytes"] for c in floors["copies"]] == [4096, 1 << 20]
+    big = floors["copies"][1]
+    assert big["pipelined_us"] <= big["synced_us"] * 1.5

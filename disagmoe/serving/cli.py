@@ -15,6 +15,7 @@ import time
 import torch
 
 from disagmoe.serving import points
+from disagmoe.serving.floors import measure_floors
 from disagmoe.serving.timing import MODES, BusyUnavailable, Forward
 from disagmoe.serving.variants import BASELINE, VARIANT_NAMES, variant
 from disagmoe.serving.workloads import LENGTHS, TraceConfig
@@ -165,6 +166,34 @@ def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
         print(line.rstrip(), flush=True)
 
 
+def _first_of_each(run: dict) -> list[tuple[dict, list]]:
+    """(point, [its results]) per grid point, in order."""
+    seen: dict = {}
+    for result in run["points"]:
+        seen.setdefault(tuple(result["point"].items()), (result["point"], []))[1].append(result)
+    return list(seen.values())
+
+
+def print_floors(device: torch.device, rows: list[tuple[dict, dict]]) -> dict:
+    """Measures and prints the floors (`disagmoe.serving.floors`) beside each point's bytes
+    that the cpu backend copies per pack."""
+    copied = {tuple(p.items()): r["metadata_bytes"].get(BASELINE.name) for p, r in rows}
+    floors = measure_floors(device, [n for n in copied.values() if n])
+    print(f"\nFloors, same process: bare synchronise {floors['bare_synchronize_us']:.1f} us; one tiny kernel "
+          f"{floors['tiny_kernel_synced_us']:.1f} us synced, {floors['tiny_kernel_pipelined_us']:.1f} us a "
+          f"launch back to back; pinned host-to-device copies of the bytes {BASELINE.name} copies per pack "
+          f"(first layer):")
+    by_bytes = {c["bytes"]: c for c in floors["copies"]}
+    for point, nbytes in copied.items():
+        if nbytes:
+            c = by_bytes[nbytes]
+            label = " ".join(f"{k}={v}" for k, v in point)
+            print(f"  {label:<28} {nbytes / 1024:10.1f} KB: {c['synced_us']:8.1f} us synced, "
+                  f"{c['pipelined_us']:8.1f} us back to back")
+    floors["copied_bytes"] = [{"point": dict(p), "bytes": n} for p, n in copied.items()]
+    return floors
+
+
 def main(args, run: dict) -> int:
     device = torch.device(run["device"])
     modes = args.timing or (list(MODES) if device.type == "cuda" else ["synced", "pipelined"])
@@ -206,6 +235,8 @@ def main(args, run: dict) -> int:
           f"and slots between equal block sizes): identical.")
     for mode in modes:
         print_table(mode, by_mode[mode])
+    if device.type == "cuda":
+        run["floors"] = print_floors(device, [(point, results[0]) for point, results in _first_of_each(run)])
     if args.plot:
         from disagmoe.serving.plot import crossover_map
         try:

@@ -73,12 +73,20 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def check_variants(replays: dict[str, Replay], variants: dict[str, Variant], steps: int = 2) -> None:
+def metadata_bytes(metadata) -> int:
+    """Bytes of a FlashAttentionMetadata's tensors (what the cpu backend copies per pack)."""
+    values = (getattr(metadata, field.name) for field in dataclasses.fields(metadata))
+    return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
+
+
+def check_variants(replays: dict[str, Replay], variants: dict[str, Variant], steps: int = 2) -> dict[str, int]:
     """Raises VariantMismatch unless, over the workload's first `steps` steps, every
     variant gives the same lengths and metadata, block tables and slots included
-    between variants of the same block size (they hand out the same blocks)."""
+    between variants of the same block size (they hand out the same blocks).
+    Returns each variant's metadata bytes of its last first-layer pack."""
     sizes = [v.block_size for v in variants.values()]
     seen: dict[str, list] = {}
+    nbytes: dict[str, int] = {}
     for name, replay in replays.items():
         tables = sizes.count(variants[name].block_size) > 1
         replay.start()
@@ -87,9 +95,12 @@ def check_variants(replays: dict[str, Replay], variants: dict[str, Variant], ste
             step = replay.workload.step_at(replay.position)
             if step.release:
                 replay.manager.release_seqs(step.release)
-            for batch in step.layers:
+            for k, batch in enumerate(step.layers):
                 replay.manager.update_block_table(batch)
-                packs.append(_snapshot(replay.manager.pack_flash_attn_metadata(batch), tables))
+                metadata = replay.manager.pack_flash_attn_metadata(batch)
+                if k == 0:
+                    nbytes[name] = metadata_bytes(metadata)
+                packs.append(_snapshot(metadata, tables))
             replay.position += 1
         replay.manager.check_integrity()
         seen[name] = packs
@@ -101,6 +112,7 @@ def check_variants(replays: dict[str, Replay], variants: dict[str, Variant], ste
                     if not _same(a[field], b[field]):
                         raise VariantMismatch(f"{replays[name].workload.label()}: pack {k}: {field} differs: "
                                               f"{other} {a[field]!r:.200} != {name} {b[field]!r:.200}")
+    return nbytes
 
 
 def median(values: Sequence[float]) -> float:
@@ -116,14 +128,13 @@ def run_point(factory: Callable, variants: Sequence[Variant], modes: Sequence[st
     workload = factory(timing.num_steps)
     by_name = {v.name: v for v in variants}
     replays = {v.name: Replay(make_manager(v, workload, timing.num_steps, device), workload) for v in variants}
-    if check:
-        check_variants(replays, by_name)
+    nbytes = check_variants(replays, by_name) if check else {}
     results = []
     for mode in modes:
         measured = measure(replays, mode, timing.window, timing.windows, timing.warmup, forward, on_window)
         result = {"workload": workload.describe(), "mode": mode, **dataclasses.asdict(timing),
                   "steps_per_window": measured["steps_per_window"], "primary": PRIMARY[mode],
-                  "variants": {}}
+                  "metadata_bytes": nbytes, "variants": {}}
         if mode == "busy":
             result["forward_us"] = measured["forward_us"]
             result["forward_host_us"] = measured["forward_host_us"]
