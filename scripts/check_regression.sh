@@ -5,24 +5,29 @@
 # committed as "baseline", so uncommitted work is what gets checked):
 #   1. for each slowed operation and backend chosen: a commit on baseline that makes that
 #      one operation of that one backend PCT% slower (appended to
-#      disagmoe/block_manager/<backend>.py: the operation notes its start, and the
-#      manager.synchronize() that ends the call busy-waits PCT% of the time since).
-#      `asv continuous baseline slowdown` over that operation's benchmarks must flag every
-#      grid point of the slowed backend's RelativeTime of that operation (the suite's
-#      verdict: the operation's time over a fixed reference's, timed in turn in one
-#      process) and exit non-zero; how many of its time_ points were flagged is shown too;
+#      disagmoe/block_manager/<backend>.py: the first slowed call after a synchronize notes
+#      its start, and the manager.synchronize() that ends the timed region busy-waits PCT%
+#      of the time since). `asv continuous baseline slowdown` over that operation's
+#      benchmarks must flag every grid point of the slowed backend's verdict benchmark (its
+#      time over a fixed reference's, timed in turn in one process) and exit non-zero; how
+#      many of its absolute-time points were flagged is shown too. The operations: update
+#      (update_block_table: RelativeTime), pack (pack_flash_attn_metadata: RelativeTime)
+#      and step (every call of the serving trace's step: release, update and pack, whose
+#      pipelined windows end with one synchronize: bench_trace.RelativeStep, every variant
+#      of the backend);
 #   2. N empty commits on baseline: `asv continuous baseline empty` over the --bench
 #      benchmarks (default the verdicts: RelativeTime and InverseSpeedup) must flag
 #      nothing and exit 0, each time.
 # Exits 0 when every check holds, 1 otherwise.
 #
-#   scripts/check_regression.sh [--backend gpu|cpu|both] [--op pack|update|both]
+#   scripts/check_regression.sh [--backend gpu|cpu|both] [--op pack|update|step|both]
 #                               [--slowdown PCT] [--identical N] [--bench REGEX]
 #                               [--rounds N] [--factor F] [--machine NAME] [--keep]
 #
 # --backend   the backend slowed down (default gpu)
-# --op        the operation slowed down (default pack): pack_flash_attn_metadata, or
-#             update_block_table (all three UpdateBlockTable* benchmarks time it)
+# --op        the operation slowed down (default pack): pack_flash_attn_metadata,
+#             update_block_table (all three UpdateBlockTable* benchmarks time it), or
+#             step (the serving trace's whole step); both = update and pack
 # --slowdown  how much slower, in percent (default 25)
 # --identical how many empty commits to check (default 1; 0 skips the check)
 # --bench     benchmarks of the identical-commit check (default "RelativeTime|InverseSpeedup";
@@ -34,7 +39,9 @@
 # --factor    asv's threshold (default 1.1, asv's own)
 # --keep      keep the scratch clone (its results/ holds the results)
 # The grid is batch sizes 16 256 x seq lens 128 1024 unless DISAGMOE_BENCH_BATCH_SIZES /
-# DISAGMOE_BENCH_SEQ_LENS say otherwise (docs/benchmarking.md).
+# DISAGMOE_BENCH_SEQ_LENS say otherwise, and the trace grid (--op step) running 64 256 x
+# prompts 2048 16384 unless DISAGMOE_TRACE_RUNNING / DISAGMOE_TRACE_PROMPTS do
+# (docs/benchmarking.md).
 # On the offline GPU machine: ASV="$PWD/scripts/asv_gpu.sh" scripts/check_regression.sh
 set -uo pipefail
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -68,75 +75,94 @@ for b in $backends; do
   case "$b" in cpu|gpu) ;; *) echo "check_regression.sh: --backend is cpu, gpu or both, not $b" >&2; exit 2 ;; esac
 done
 for o in $ops; do
-  case "$o" in update|pack) ;; *) echo "check_regression.sh: --op is update, pack or both, not $o" >&2; exit 2 ;; esac
+  case "$o" in update|pack|step) ;; *) echo "check_regression.sh: --op is update, pack, step or both, not $o" >&2; exit 2 ;; esac
 done
 [[ "$slowdown" =~ ^[0-9]+$ && "$identical" =~ ^[0-9]+$ && "$rounds" =~ ^[1-9][0-9]*$ ]] ||
   { echo "check_regression.sh: --slowdown, --identical and --rounds take whole numbers" >&2; exit 2; }
 read -r -a asv <<< "${ASV:-asv}"
 export DISAGMOE_BENCH_BATCH_SIZES=${DISAGMOE_BENCH_BATCH_SIZES:-16 256}
 export DISAGMOE_BENCH_SEQ_LENS=${DISAGMOE_BENCH_SEQ_LENS:-128 1024}
+export DISAGMOE_TRACE_RUNNING=${DISAGMOE_TRACE_RUNNING:-64 256}
+export DISAGMOE_TRACE_PROMPTS=${DISAGMOE_TRACE_PROMPTS:-2048 16384}
 scratch=$(mktemp -d /tmp/disagmoe-regression.XXXXXX)
 [ "$keep" = 1 ] || trap 'rm -rf "$scratch"' EXIT
 scratch_clone "$src" "$scratch/repo" || exit 1
 base=$(scratch_git rev-parse HEAD)
 
-method_of() { [ "$1" = pack ] && echo pack_flash_attn_metadata || echo update_block_table; }
+method_of() {  # op -> the manager methods it slows
+  case "$1" in
+    pack) echo pack_flash_attn_metadata ;;
+    update) echo update_block_table ;;
+    step) echo release_seqs update_block_table pack_flash_attn_metadata ;;
+  esac
+}
 class_of() { [ "$1" = cpu ] && echo CPUBlockManager || echo GPUBlockManager; }
 benchmarks_of() {  # the benchmarks that time an operation (asv --bench regex)
-  [ "$1" = pack ] && echo "PackFlashAttnMetadataDecode|RelativeTime|InverseSpeedup" ||
-    echo "UpdateBlockTable|RelativeTime|InverseSpeedup"
+  case "$1" in
+    pack) echo "PackFlashAttnMetadataDecode|RelativeTime|InverseSpeedup" ;;
+    update) echo "UpdateBlockTable|RelativeTime|InverseSpeedup" ;;
+    step) echo "bench_trace\.(RelativeStep|Step\.track_pipelined$)" ;;
+  esac
 }
 expected_of() {  # rows that must be flagged: op backend -> regex over asv's table rows
-  echo "RelativeTime\.track_$(method_of "$1")\('$2'"
+  if [ "$1" = step ]; then echo "bench_trace\.RelativeStep\.track_pipelined\('$2-bs"
+  else echo "RelativeTime\.track_$(method_of "$1")\('$2'"; fi
 }
-timed_of() {  # the op's time_ rows of that backend, shown beside the verdict
-  local rows
-  [ "$1" = pack ] && rows="PackFlashAttnMetadataDecode" || rows="UpdateBlockTable[A-Za-z]*"
-  echo "${rows}\.time_$(method_of "$1")\('$2'"
+timed_of() {  # the op's absolute rows of that backend, shown beside the verdict
+  case "$1" in
+    pack) echo "PackFlashAttnMetadataDecode\.time_pack_flash_attn_metadata\('$2'" ;;
+    update) echo "UpdateBlockTable[A-Za-z]*\.time_update_block_table\('$2'" ;;
+    step) echo "bench_trace\.Step\.track_pipelined\('$2-bs" ;;
+  esac
 }
 
 slowdown_commit() {  # backend op -> the commit's hash
-  local backend=$1 op=$2 method class
-  method=$(method_of "$op"); class=$(class_of "$backend")
+  local backend=$1 op=$2 methods class
+  methods=$(method_of "$op"); class=$(class_of "$backend")
   scratch_git checkout -q -B "slow-$backend-$op" "$base"
   cat >> "$scratch_repo/disagmoe/block_manager/$backend.py" <<EOF
 
 
-# Artificial regression (scripts/check_regression.sh): $method $slowdown% slower.
-# The call notes when it started; the synchronize() that ends it (every benchmark ends
-# each timed call with one) busy-waits $slowdown% of the time from that start to the
-# device being done, so the call's structure (no extra synchronise) stays as it was.
+# Artificial regression (scripts/check_regression.sh): $methods $slowdown% slower.
+# The first of these calls after a synchronize() notes when it started; the
+# synchronize() that ends the timed region (every benchmark ends each timed call, or
+# pipelined window, with one) busy-waits $slowdown% of the time from that start to the
+# device being done, so the calls' structure (no extra synchronise) stays as it was.
 import time as _time  # noqa: E402
 
-_original_$method = $class.$method
-_original_synchronize = $class.synchronize
 _slow_started: dict[int, float] = {}
 
 
-def _slow_$method(self, batch):
-    _slow_started[id(self)] = _time.perf_counter()
-    return _original_$method(self, batch)
+def _slowed(method):
+    def slowed(self, *args, **kwargs):
+        _slow_started.setdefault(id(self), _time.perf_counter())
+        return method(self, *args, **kwargs)
+    return slowed
 
 
-def _slow_synchronize(self):
-    _original_synchronize(self)
-    start = _slow_started.pop(id(self), None)
-    if start is not None:
-        until = start + (1 + $slowdown / 100) * (_time.perf_counter() - start)
-        while _time.perf_counter() < until:
-            pass
+def _slowed_synchronize(synchronize):
+    def slowed(self):
+        synchronize(self)
+        start = _slow_started.pop(id(self), None)
+        if start is not None:
+            until = start + (1 + $slowdown / 100) * (_time.perf_counter() - start)
+            while _time.perf_counter() < until:
+                pass
+    return slowed
 
 
-$class.$method = _slow_$method
-$class.synchronize = _slow_synchronize
+for _name in "$methods".split():
+    setattr($class, _name, _slowed(getattr($class, _name)))
+$class.synchronize = _slowed_synchronize($class.synchronize)
 EOF
-  scratch_git commit -q -am "slowdown: $backend $method $slowdown% slower" && scratch_git rev-parse HEAD
+  scratch_git commit -q -am "slowdown: $backend $op $slowdown% slower" && scratch_git rev-parse HEAD
 }
 
 cd "$scratch_repo" || exit 1
 "${asv[@]}" machine --yes --machine "$machine" >/dev/null || exit 1
 echo "scratch clone $scratch_repo; machine $machine; $rounds rounds; factor $factor"
-echo "grid: batch sizes $DISAGMOE_BENCH_BATCH_SIZES x seq lens $DISAGMOE_BENCH_SEQ_LENS; baseline $base"
+echo "grid: batch sizes $DISAGMOE_BENCH_BATCH_SIZES x seq lens $DISAGMOE_BENCH_SEQ_LENS;" \
+  "trace: running $DISAGMOE_TRACE_RUNNING x prompts $DISAGMOE_TRACE_PROMPTS; baseline $base"
 
 continuous() {  # bench base head log -> asv's exit code; prints its table and verdict
   local start=$SECONDS rc
@@ -148,11 +174,15 @@ continuous() {  # bench base head log -> asv's exit code; prints its table and v
   return $rc
 }
 worse() { grep -E '^\| \+' "$1"; }  # asv's rows of benchmarks that got worse
-points() {  # how many grid points one backend's RelativeTime of an op has
-  local nb nl
-  nb=$(tr ',' ' ' <<< "$DISAGMOE_BENCH_BATCH_SIZES" | wc -w)
-  nl=$(tr ',' ' ' <<< "$DISAGMOE_BENCH_SEQ_LENS" | wc -w)
-  echo $((nb * nl))
+count() { tr ',' ' ' <<< "$1" | wc -w; }
+points() {  # op backend -> how many rows its verdict benchmark has for that backend
+  if [ "$1" = step ]; then  # every variant of the backend, over the trace grid
+    local nv
+    nv=$(cd "$scratch_repo" && python3 -c "import benchmarks.serving as s; print(sum(v.startswith('$2-bs') for v in s.VARIANTS))")
+    echo $((nv * $(count "$DISAGMOE_TRACE_RUNNING") * $(count "$DISAGMOE_TRACE_PROMPTS")))
+  else
+    echo $(($(count "$DISAGMOE_BENCH_BATCH_SIZES") * $(count "$DISAGMOE_BENCH_SEQ_LENS")))
+  fi
 }
 
 ok=1
@@ -163,16 +193,16 @@ for backend in $backends; do
     slow=$(slowdown_commit "$backend" "$op") || { echo "FAIL: could not commit the slowdown"; exit 1; }
     log="$scratch/slowdown-$backend-$op.log"
     expected=$(expected_of "$op" "$backend")
-    echo; echo "== $n. baseline -> $backend $(method_of "$op") $slowdown% slower ($slow):" \
-      "expect all $(points "$op") of its grid points flagged, exit non-zero"
+    echo; echo "== $n. baseline -> $backend $op ($(method_of "$op")) $slowdown% slower ($slow):" \
+      "expect all $(points "$op" "$backend") of its verdict rows flagged, exit non-zero"
     continuous "$(benchmarks_of "$op")" "$base" "$slow" "$log"; rc=$?
     flagged=$(worse "$log" | grep -cE "$expected")
-    if [ $rc -ne 0 ] && [ "$flagged" -eq "$(points "$op")" ]; then
-      echo "PASS: the slowdown is reported at $flagged of $(points "$op") grid points"
+    if [ $rc -ne 0 ] && [ "$flagged" -eq "$(points "$op" "$backend")" ]; then
+      echo "PASS: the slowdown is reported at $flagged of $(points "$op" "$backend") verdict rows"
     else
-      echo "FAIL: $flagged of $(points "$op") grid points flagged, exit code $rc"; ok=0
+      echo "FAIL: $flagged of $(points "$op" "$backend") verdict rows flagged, exit code $rc"; ok=0
     fi
-    echo "its time_ benchmarks: $(worse "$log" | grep -cE "$(timed_of "$op" "$backend")") grid points flagged"
+    echo "its absolute-time benchmarks: $(worse "$log" | grep -cE "$(timed_of "$op" "$backend")") rows flagged"
     others=$(worse "$log" | grep -vE "$expected" | grep -vcE "$(timed_of "$op" "$backend")")
     [ "$others" -gt 0 ] && echo "note: $others other rows flagged as worse too"
   done
