@@ -17,6 +17,9 @@
 #   drift     scripts/floor_drift.py: how far one timing process's medians move from the
 #             next (16 processes, 5 s apart, B = 256, L = 1024)
 #   cli       python -m disagmoe.bench, whole grid, JSON beside the table
+#   serving   python -m disagmoe.bench --workload decode, then trace: the serving grid in every
+#             timing mode, the floors, JSON and the crossover maps (SERVING_ARGS adds arguments)
+#   lengths   the synced decode at L <= 1K with lengths growing and cycling, side by side
 #   asv       the suite on HEAD (scripts/gpu_history.sh HEAD^!): results/<card>/, the site
 #   quick     asv run --quick over the whole grid on HEAD, results discarded (its duration;
 #             the first asv stage of a visit also makes the environment and builds)
@@ -63,6 +66,18 @@ for stage in "$@"; do
     drift) python3 scripts/floor_drift.py --children 16 --pause 5 ${DRIFT_ARGS:-} --json "$out/drift.json" > "$out/drift.log" 2>&1; rc=$?
            cat "$out/drift.log"; [ $rc = 0 ] ;;
     cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;
+    serving) rc=0
+             for w in decode trace; do
+               python3 -m disagmoe.bench --workload $w ${SERVING_ARGS:-} --output "$out/serving-$w.json" \
+                 --plot "$out/serving-$w.png" > "$out/serving-$w.txt" 2> "$out/serving-$w.err" || rc=1
+               grep -v "^\[" "$out/serving-$w.txt" | cut -c1-220
+             done; [ $rc = 0 ] ;;
+    lengths) rc=0
+             for l in grow cycle; do
+               python3 -m disagmoe.bench --workload decode --timing synced --lengths $l --batch-sizes 16 256 \
+                 --contexts 128 1024 --output "$out/lengths-$l.json" > "$out/lengths-$l.txt" 2>&1 || rc=1
+               grep -A8 "^decode" "$out/lengths-$l.txt" | cut -c1-220
+             done; [ $rc = 0 ] ;;
     asv) scripts/gpu_history.sh HEAD^! > "$out/asv.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/asv.log"
          keep_results; [ $rc = 0 ] ;;
     quick) "$asv" run --quick --dry-run HEAD^! > "$out/quick-$start.log" 2>&1; rc=$?; tail -3 "$out/quick-$start.log"; [ $rc = 0 ] ;;
