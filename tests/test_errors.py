@@ -224,3 +224,5 @@ def test_gpu_kernels_argument(block_size):
     with pytest.raises(ValueError, match="triton"):
         GPUBlockManager(model, cache, 2, device="cpu", kernels="triton")
     assert GPUBlockManager(model, cache, 2, device="cpu").kernels == "torch"
+    with pytest.raises(ValueError, match="pack_launch=.*kernels='torch'"):
+        GPUBlockManager(model, cache, 2, device="cpu", pack_launch="a launch shape")

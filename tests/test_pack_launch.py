@@ -62,3 +62,36 @@ def test_launch_writes_what_the_torch_kernels_write(block_w, block_t, parts, num
     for name, want in expected.items():
         got = getattr(metadata, name)
         assert torch.equal(got, want), f"{name}: {got} != {want}"
+
+
+@pytest.mark.parametrize("block_w,block_t,parts,num_warps", LAUNCHES)
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+def test_pack_launch_argument_writes_what_the_torch_kernels_write(block_w, block_t, parts, num_warps,
+                                                                  cuda_graphs):
+    """`GPUBlockManager(pack_launch=...)`: the launch shape given at construction packs
+    the same metadata as the torch kernels, through the public API alone."""
+    from disagmoe.block_manager.kernels_triton import PackLaunch
+
+    launch = PackLaunch(block_w=block_w, block_t=block_t, parts=parts, num_warps=num_warps)
+    reference = _manager(4, 3, 300)
+    model = ModelConfig(layer_ids=(0, 1), max_seq_len=300, max_batch_size_attn=6)
+    manager = GPUBlockManager(model, CacheConfig(4, 6 * 75), 6, device="cuda", kernels="triton",
+                              cuda_graphs=cuda_graphs, pack_launch=launch)
+    for batches in (_batches("prefill", 3, 299), _batches("mixed", 3, 299)[1:]):
+        for batch in batches:
+            reference.update_block_table(batch)
+            manager.update_block_table(batch)
+        want = reference.pack_flash_attn_metadata(batches[-1])
+        got = manager.pack_flash_attn_metadata(batches[-1])
+        for field in dataclasses.fields(want):
+            a, b = getattr(want, field.name), getattr(got, field.name)
+            same = torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+            assert same, f"{field.name}: {b} != {a}"
+    manager.check_integrity()
+
+
+def test_pack_launch_argument_rejects_other_types():
+    model = ModelConfig(layer_ids=(0,), max_seq_len=8, max_batch_size_attn=2)
+    with pytest.raises(TypeError, match="pack_launch"):
+        GPUBlockManager(model, CacheConfig(1, 16), 2, device="cuda", kernels="triton",
+                        pack_launch=(128, 128, 4, 4))

@@ -16,7 +16,7 @@ observable result is as if it had run at once.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from disagmoe.block_manager.staging import HEADER, Staging
 from disagmoe.config import CacheConfig, ModelConfig
 from disagmoe.metadata import FlashAttentionMetadata, MetadataBuffer
 from disagmoe import _C
+
+if TYPE_CHECKING:
+    from disagmoe.block_manager.kernels_triton import PackLaunch
 
 KERNELS = ("auto", "triton", "torch")
 
@@ -46,14 +49,17 @@ class GPUBlockManager(BlockManager):
     """`kernels`: "triton" (CUDA only), "torch" (any device) or "auto" (triton
     where it can run). `cuda_graphs` replays the Triton launches (and the copy
     of their inputs) from graphs. `zero_copy` lets the Triton kernels read
-    their inputs from pinned host memory instead of a device copy."""
+    their inputs from pinned host memory instead of a device copy. `pack_launch`
+    is the Triton pack kernel's launch shape (`kernels_triton.PackLaunch`; None
+    takes its default); it needs the Triton kernels."""
 
     backend = "gpu"
     default_block_size = 1
 
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
                  max_running_reqs: int, device: torch.device | str | None = None,
-                 kernels: str = "auto", cuda_graphs: bool = True, zero_copy: bool = False) -> None:
+                 kernels: str = "auto", cuda_graphs: bool = True, zero_copy: bool = False,
+                 pack_launch: PackLaunch | None = None) -> None:
         super().__init__(model_config, cache_config, max_running_reqs, device)
         if kernels not in KERNELS:
             raise ValueError(f"kernels={kernels!r} is not one of {KERNELS}")
@@ -62,6 +68,14 @@ class GPUBlockManager(BlockManager):
             kernels = "triton" if on_cuda and _triton_available() else "torch"
         if kernels == "triton" and not on_cuda:
             raise ValueError(f"kernels='triton' needs a CUDA device, got {self.device}")
+        if pack_launch is not None and kernels != "triton":
+            raise ValueError(f"pack_launch={pack_launch!r} needs kernels='triton', got kernels={kernels!r}")
+        if kernels == "triton":
+            from disagmoe.block_manager import kernels_triton
+            if pack_launch is None:
+                pack_launch = kernels_triton.PackLaunch()
+            elif not isinstance(pack_launch, kernels_triton.PackLaunch):
+                raise TypeError(f"pack_launch must be a kernels_triton.PackLaunch, got {pack_launch!r}")
         self.kernels = kernels
         self.cuda_graphs = cuda_graphs and kernels == "triton"
         self.req_to_token_pool = ReqToTokenPool(max_running_reqs, self.max_seq_len,
@@ -83,9 +97,8 @@ class GPUBlockManager(BlockManager):
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # per bucket pair
         self._graphs_address = 0  # of the metadata buffer the graphs write
         if kernels == "triton":
-            from disagmoe.block_manager import kernels_triton
             self._triton = kernels_triton
-            self._pack_launch = kernels_triton.PackLaunch()
+            self._pack_launch = pack_launch
 
     # -- the step -------------------------------------------------------------
 
