@@ -12,8 +12,6 @@
 #   floors    scripts/perf_probe.py: floors, and the cpu and gpu-triton-graphs variants at
 #             B = 256, L = 128 and 1024 (the copy floors beside the packs they bound)
 #   sweep     scripts/pack_sweep.py: the pack kernel's launch shapes side by side
-#   phases    scripts/phase_probe.py: the cpu pack phase by phase, and the start of an asv
-#             timing child (CUDA initialisation, warmed-up states)
 #   drift     scripts/floor_drift.py: how far one timing process's medians move from the
 #             next (16 processes, 5 s apart, B = 256, L = 1024)
 #   cli       python -m disagmoe.bench, whole grid, JSON beside the table
@@ -61,8 +59,6 @@ for stage in "$@"; do
             python3 scripts/perf_report.py "$out/floors.json" > "$out/floors-report.md" && head -3 "$out/floors-report.md" ;;
     sweep) python3 scripts/pack_sweep.py --json "$out/sweep.json" > "$out/sweep.log" 2>&1; rc=$?
            cat "$out/sweep.log"; [ $rc = 0 ] ;;
-    phases) python3 scripts/phase_probe.py --json "$out/phases.json" > "$out/phases.log" 2>&1; rc=$?
-            cat "$out/phases.log"; [ $rc = 0 ] ;;
     drift) python3 scripts/floor_drift.py --children 16 --pause 5 ${DRIFT_ARGS:-} --json "$out/drift.json" > "$out/drift.log" 2>&1; rc=$?
            cat "$out/drift.log"; [ $rc = 0 ] ;;
     cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;
