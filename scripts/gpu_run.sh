@@ -12,8 +12,6 @@
 #   floors    scripts/perf_probe.py: floors, and the cpu and gpu-triton-graphs variants at
 #             B = 256, L = 128 and 1024 (the copy floors beside the packs they bound)
 #   sweep     scripts/pack_sweep.py: the pack kernel's launch shapes side by side
-#   drift     scripts/floor_drift.py: how far one timing process's medians move from the
-#             next (16 processes, 5 s apart, B = 256, L = 1024)
 #   cli       python -m disagmoe.bench, whole grid, JSON beside the table
 #   serving   python -m disagmoe.bench --workload decode, then trace: the serving grid in every
 #             timing mode, the floors, JSON and the crossover maps (SERVING_ARGS adds arguments)
@@ -27,8 +25,7 @@
 #   verdicts  scripts/check_regression.sh: a 20% slowdown of each operation of each
 #             backend, and 3 identical-commit checks, 2 interleaved rounds, on the grid
 #             VERDICT_BATCH_SIZES (default "16 256") x VERDICT_SEQ_LENS (default 1024)
-# HISTORY_ARGS, NOISE_ARGS, VERDICT_ARGS and DRIFT_ARGS add arguments to those stages' scripts
-# (DRIFT_ARGS="--cpu-affinity 3": every child on one CPU).
+# HISTORY_ARGS, NOISE_ARGS and VERDICT_ARGS add arguments to those stages' scripts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/git_from_bundle.sh
@@ -59,8 +56,6 @@ for stage in "$@"; do
             python3 scripts/perf_report.py "$out/floors.json" > "$out/floors-report.md" && head -3 "$out/floors-report.md" ;;
     sweep) python3 scripts/pack_sweep.py --json "$out/sweep.json" > "$out/sweep.log" 2>&1; rc=$?
            cat "$out/sweep.log"; [ $rc = 0 ] ;;
-    drift) python3 scripts/floor_drift.py --children 16 --pause 5 ${DRIFT_ARGS:-} --json "$out/drift.json" > "$out/drift.log" 2>&1; rc=$?
-           cat "$out/drift.log"; [ $rc = 0 ] ;;
     cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;
     serving) rc=0
              for w in decode trace; do
