@@ -21,11 +21,10 @@
 #             the first asv stage of a visit also makes the environment and builds)
 #   full      asv run over the whole grid on HEAD, results discarded (its duration)
 #   history   scripts/gpu_history.sh: the commits of the history rule not yet measured
-#   noise     scripts/asv_noise.sh: the whole suite 3 times, each benchmark's spread
 #   verdicts  scripts/check_regression.sh: a 20% slowdown of each operation of each
 #             backend, and 3 identical-commit checks, 2 interleaved rounds, on the grid
 #             VERDICT_BATCH_SIZES (default "16 256") x VERDICT_SEQ_LENS (default 1024)
-# HISTORY_ARGS, NOISE_ARGS and VERDICT_ARGS add arguments to those stages' scripts.
+# HISTORY_ARGS and VERDICT_ARGS add arguments to those stages' scripts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/git_from_bundle.sh
@@ -75,8 +74,6 @@ for stage in "$@"; do
     full) "$asv" run --dry-run HEAD^! > "$out/full.log" 2>&1; rc=$?; tail -3 "$out/full.log"; [ $rc = 0 ] ;;
     history) scripts/gpu_history.sh ${HISTORY_ARGS:-} > "$out/history.log" 2>&1; rc=$?; grep "gpu_history.sh:" "$out/history.log"
              keep_results; [ $rc = 0 ] ;;
-    noise) ASV=$asv scripts/asv_noise.sh --out "$out/noise" ${NOISE_ARGS:-} > "$out/noise.log" 2>&1; rc=$?
-           grep -E "^run |grid points|^spread" "$out/noise.log"; [ $rc = 0 ] ;;
     verdicts) DISAGMOE_BENCH_BATCH_SIZES=${VERDICT_BATCH_SIZES:-16 256} DISAGMOE_BENCH_SEQ_LENS=${VERDICT_SEQ_LENS:-1024} \
               ASV=$asv scripts/check_regression.sh --backend both --op both --slowdown 20 --identical 3 --rounds 2 \
                 ${VERDICT_ARGS:-} > "$out/verdicts.log" 2>&1; rc=$?

@@ -1,11 +1,10 @@
-"""The benchmark tooling: the spread of asv results (scripts/asv_spread.py), the commits of
-the history rule (scripts/gpu_history.sh --list), and the asv suite's import, which runs in
-asv's fork server and must never initialise CUDA."""
+"""The benchmark tooling: the commits of the history rule (scripts/gpu_history.sh --list),
+the asv suite's import, which runs in asv's fork server and must never initialise CUDA,
+and the suite's RelativeTime ratios."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -15,68 +14,6 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-asv_spread = load_script("asv_spread")
-
-
-def results_file(tmp_path, name: str, pack: list[float | None], memory: int) -> str:
-    """An asv results file (api version 2, as asv 0.6 writes it) of two benchmarks."""
-    columns = ["result", "params", "version", "started_at", "duration", "stats_ci_99_a"]
-    data = {
-        "commit_hash": "0" * 40, "env_name": "env", "date": 0, "params": {"machine": "m"},
-        "python": "3.12", "requirements": {}, "env_vars": {}, "result_columns": columns,
-        "results": {
-            "bench_pack.Pack.time_pack": [pack, [["'cpu'", "'gpu'"], ["16", "256"]], "v", 0, 1.0, None],
-            "bench_memory.Device.track_on_cuda": [memory, [], "v", 0, 1.0],
-        },
-        "durations": {},
-    }
-    path = tmp_path / name
-    path.write_text(json.dumps(data))
-    return str(path)
-
-
-def test_load_names_every_grid_point(tmp_path):
-    run = asv_spread.load(results_file(tmp_path, "a.json", [1e-5, 2e-5, 3e-5, None], 1))
-    assert run == {
-        "bench_pack.Pack.time_pack('cpu', 16)": 1e-5,
-        "bench_pack.Pack.time_pack('cpu', 256)": 2e-5,
-        "bench_pack.Pack.time_pack('gpu', 16)": 3e-5,
-        "bench_pack.Pack.time_pack('gpu', 256)": None,
-        "bench_memory.Device.track_on_cuda": 1,
-    }
-
-
-def test_spread_is_range_over_median():
-    assert asv_spread.spread([10.0, 11.0, 12.0]) == pytest.approx(100 * 2 / 11)
-    assert asv_spread.spread([5.0, 5.0]) == 0.0
-    assert asv_spread.spread([0.0, 0.0]) == 0.0
-
-
-def test_main_flags_a_spread_over_the_limit(tmp_path, capsys):
-    a = results_file(tmp_path, "a.json", [10e-6, 20e-6, 30e-6, 40e-6], 1)
-    b = results_file(tmp_path, "b.json", [10.2e-6, 20e-6, 30e-6, 48e-6], 1)
-    assert asv_spread.main([a, b, "--max", "5"]) == 1
-    out = capsys.readouterr().out
-    assert "| 18.2% | bench_pack.Pack.time_pack('gpu', 256) | 40.0 us | 48.0 us |" in out
-    assert "| 2.0% | bench_pack.Pack.time_pack('cpu', 16) | 10.0 us | 10.2 us |" in out
-    assert "1 over 5%" in out
-    assert asv_spread.main([a, b, "--max", "20"]) == 0
-
-
-def test_main_flags_a_point_missing_from_a_run(tmp_path, capsys):
-    a = results_file(tmp_path, "a.json", [1e-5, 2e-5, 3e-5, 4e-5], 1)
-    b = results_file(tmp_path, "b.json", [1e-5, 2e-5, 3e-5, None], 1)
-    assert asv_spread.main([a, b, "--max", "50"]) == 1
-    assert "| missing | bench_pack.Pack.time_pack('gpu', 256) | ok | - |" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
