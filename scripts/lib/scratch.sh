@@ -1,5 +1,5 @@
-# Sourced by the scripts that commit experiments (check_regression.sh, asv_noise.sh):
-# a scratch clone of a checkout, so that nothing they commit or measure touches it.
+# Sourced by check_regression.sh, which commits experiments: a scratch clone of a
+# checkout, so that nothing it commits or measures touches that checkout.
 #
 #   scratch_clone SRC DEST   clone SRC's HEAD into DEST, lay SRC's working tree over it
 #                            (tracked and untracked files that git does not ignore) and
