@@ -8,10 +8,10 @@
 #
 #   tests     the whole test suite, one pytest process per module, 8 at a time
 #             (TESTS="tests/test_x.py ..." picks modules)
-#   probe     scripts/perf_probe.py: floors and every case of all variants, whole grid
-#   floors    scripts/perf_probe.py: floors, and the cpu and gpu-triton-graphs variants at
+#   probe     scripts/probes/perf_probe.py: floors and every case of all variants, whole grid
+#   floors    scripts/probes/perf_probe.py: floors, and the cpu and gpu-triton-graphs variants at
 #             B = 256, L = 128 and 1024 (the copy floors beside the packs they bound)
-#   sweep     scripts/pack_sweep.py: the pack kernel's launch shapes side by side
+#   sweep     scripts/probes/pack_sweep.py: the pack kernel's launch shapes side by side
 #   cli       python -m disagmoe.bench, whole grid, JSON beside the table
 #   serving   python -m disagmoe.bench --workload decode, then trace: the serving grid in every
 #             timing mode, the floors, JSON and the crossover maps (SERVING_ARGS adds arguments)
@@ -47,13 +47,13 @@ for stage in "$@"; do
              'python3 -m pytest -q -p no:cacheprovider {} > "$0/tests-$(basename {} .py).log" 2>&1;
               echo "{}: exit $? $(tail -1 "$0/tests-$(basename {} .py).log")"' "$out" | tee "$out/tests.txt"
            ! grep -qv ": exit 0 " "$out/tests.txt" ;;
-    probe) python3 scripts/perf_probe.py --batch-sizes 16 32 64 128 256 --seq-lens 128 256 512 1024 \
+    probe) python3 -m scripts.probes.perf_probe --batch-sizes 16 32 64 128 256 --seq-lens 128 256 512 1024 \
              --iterations 200 --json "$out/probe.json" > "$out/probe.log" 2>&1 &&
-           python3 scripts/perf_report.py "$out/probe.json" > "$out/probe-report.md" && tail -25 "$out/probe-report.md" ;;
-    floors) python3 scripts/perf_probe.py --batch-sizes 256 --seq-lens 128 1024 --iterations 400 \
+           python3 -m scripts.probes.perf_report "$out/probe.json" > "$out/probe-report.md" && tail -25 "$out/probe-report.md" ;;
+    floors) python3 -m scripts.probes.perf_probe --batch-sizes 256 --seq-lens 128 1024 --iterations 400 \
               --variants cpu gpu-triton-graphs --json "$out/floors.json" > "$out/floors.log" 2>&1 &&
-            python3 scripts/perf_report.py "$out/floors.json" > "$out/floors-report.md" && head -3 "$out/floors-report.md" ;;
-    sweep) python3 scripts/pack_sweep.py --json "$out/sweep.json" > "$out/sweep.log" 2>&1; rc=$?
+            python3 -m scripts.probes.perf_report "$out/floors.json" > "$out/floors-report.md" && head -3 "$out/floors-report.md" ;;
+    sweep) python3 -m scripts.probes.pack_sweep --json "$out/sweep.json" > "$out/sweep.log" 2>&1; rc=$?
            cat "$out/sweep.log"; [ $rc = 0 ] ;;
     cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;
     serving) rc=0

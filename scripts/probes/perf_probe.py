@@ -5,7 +5,7 @@ the synchronise) and, for each grid point, the median of `--iterations` calls
 of each case on each backend, every call ending with the device synchronised.
 Used to write docs/performance.md; `python -m disagmoe.bench` is the user-facing table.
 
-    python scripts/perf_probe.py --batch-sizes 16 256 --seq-lens 1024 --json out.json
+    python3 -m scripts.probes.perf_probe --batch-sizes 16 256 --seq-lens 1024 --json out.json
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Markdown tables of a perf_probe.py JSON file (as kept in docs/performance.md).
 
-    python scripts/perf_report.py docs/data/h200-probe-2026-11-26.json
+    python3 -m scripts.probes.perf_report docs/data/h200-probe-2026-11-26.json
 """
 
 from __future__ import annotations

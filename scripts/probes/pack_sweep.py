@@ -9,7 +9,7 @@ configuration the median of the decode pack as the benchmarks time it
 and the device time of one replay of its CUDA graph (100 replays back to back,
 one synchronise, divided by 100).
 
-    python scripts/pack_sweep.py --batch-sizes 16 256 --seq-lens 128 1024 --json sweep.json
+    python3 -m scripts.probes.pack_sweep --batch-sizes 16 256 --seq-lens 128 1024 --json sweep.json
 """
 
 from __future__ import annotations
