@@ -1,9 +1,12 @@
-"""Floors and per-operation timings of both backends, side by side in one process.
+"""Floors and per-operation timings of both backends' variants, side by side in one process.
 
 Measures the machine's floor (a bare device synchronise, one tiny kernel plus
-the synchronise) and, for each grid point, the median of `--iterations` calls
-of each case on each backend, every call ending with the device synchronised.
-Used to write docs/performance.md; `python -m disagmoe.bench` is the user-facing table.
+the synchronise, pinned copies) and, for each grid point, the median of
+`--iterations` calls of each case on each variant, every call ending with the
+device synchronised. Each variant's manager serves the whole grid; at a grid
+point, every timed decode update or step adds a token to each request (lengths
+run from L to about L + 2 * iterations). Used to write docs/performance.md;
+`python -m disagmoe.bench` is the user-facing table.
 
     python3 -m scripts.probes.perf_probe --batch-sizes 16 256 --seq-lens 1024 --json out.json
 """
@@ -17,7 +20,17 @@ import time
 
 import torch
 
-import disagmoe as dm
+from disagmoe.workloads import (DECODE_STEPS, LATER_LAYER, decode_batch, default_device, limit_cpu_threads,
+                                make_manager, prefill_batch)
+from scripts.probes import rebuilt
+
+VARIANTS = {  # name: (backend, constructor keywords)
+    "cpu": ("cpu", {}),
+    "gpu-triton-graphs": ("gpu", {"kernels": "triton", "cuda_graphs": True}),
+    "gpu-triton": ("gpu", {"kernels": "triton", "cuda_graphs": False}),
+    "gpu-torch": ("gpu", {"kernels": "torch"}),
+    "gpu-triton-graphs-zero-copy": ("gpu", {"kernels": "triton", "cuda_graphs": True, "zero_copy": True}),
+}
 
 
 def sync(device: torch.device) -> None:
@@ -71,19 +84,18 @@ def floors(device: torch.device, iterations: int) -> dict:
     return result
 
 
-def make(backend: str, device, max_seq_len: int, max_reqs: int, num_slots: int, **kw):
-    cls = dm.BACKENDS[backend]
-    block_size = cls.default_block_size
-    model = dm.ModelConfig(layer_ids=[0, 1], max_seq_len=max_seq_len, max_batch_size_attn=max_reqs)
-    cache = dm.CacheConfig(block_size, -(-num_slots // block_size))
-    return cls(model, cache, max_reqs, device=device, **kw)
+def make_variants(variants: list[str], max_reqs: int, max_seq_len: int, device) -> dict:
+    """{variant: manager} for up to `max_reqs` requests of up to `max_seq_len` tokens,
+    each backend sized by `make_manager` and rebuilt with the variant's keywords."""
+    sized = {backend: make_manager(backend, max_reqs, max_seq_len - DECODE_STEPS, device)
+             for backend in {VARIANTS[v][0] for v in variants}}
+    return {v: rebuilt(sized[VARIANTS[v][0]], **VARIANTS[v][1]) for v in variants}
 
 
 def time_cases(manager, device, batch_size: int, seq_len: int, iterations: int) -> dict:
-    ids = list(range(batch_size))
-    prefill = lambda: dm.BatchMetadata(0, ids, batch_size, [seq_len] * batch_size)
-    decode0 = dm.BatchMetadata(0, ids, 0, [])
-    decode1 = dm.BatchMetadata(1, ids, 0, [])
+    prefill = lambda: prefill_batch(batch_size, seq_len)  # noqa: E731
+    decode0 = decode_batch(batch_size)
+    decode1 = decode_batch(batch_size, LATER_LAYER)
     out = {}
     # Prefill: every timed call starts from an empty manager.
     out["prefill_update_us"] = median_us(lambda: manager.update_block_table(prefill()),
@@ -110,22 +122,14 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--variants", nargs="+", default=["cpu", "gpu-triton-graphs", "gpu-triton", "gpu-torch"])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS,
+                        default=["cpu", "gpu-triton-graphs", "gpu-triton", "gpu-torch"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    device = dm.block_manager.base.resolve_device(None)
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # as disagmoe.bench: small ops gain nothing from more
-    max_reqs = max(args.batch_sizes)
-    max_seq_len = max(args.seq_lens) + 4 * args.iterations + 64
-    num_slots = max_reqs * max_seq_len
-    kinds = {"cpu": ("cpu", {}), "gpu-torch": ("gpu", {"kernels": "torch"}),
-             "gpu-triton": ("gpu", {"kernels": "triton", "cuda_graphs": False}),
-             "gpu-triton-graphs": ("gpu", {"kernels": "triton", "cuda_graphs": True}),
-             "gpu-triton-graphs-zero-copy": ("gpu", {"kernels": "triton", "cuda_graphs": True,
-                                                     "zero_copy": True})}
-    managers = {v: make(*kinds[v][:1], device, max_seq_len, max_reqs, num_slots, **kinds[v][1])
-                for v in args.variants}
+    device = default_device()
+    limit_cpu_threads(device)
+    max_seq_len = max(args.seq_lens) + 4 * args.iterations + 64  # each timed decode call adds a token
+    managers = make_variants(args.variants, max(args.batch_sizes), max_seq_len, device)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "floors": floors(device, 2000), "points": []}
     try:
