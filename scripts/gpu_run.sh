@@ -49,10 +49,10 @@ for stage in "$@"; do
            ! grep -qv ": exit 0 " "$out/tests.txt" ;;
     probe) python3 -m scripts.probes.perf_probe --batch-sizes 16 32 64 128 256 --seq-lens 128 256 512 1024 \
              --iterations 200 --json "$out/probe.json" > "$out/probe.log" 2>&1 &&
-           python3 -m scripts.probes.perf_report "$out/probe.json" > "$out/probe-report.md" && tail -25 "$out/probe-report.md" ;;
+           python3 -m scripts.probes.perf_probe --report "$out/probe.json" > "$out/probe-report.md" && tail -25 "$out/probe-report.md" ;;
     floors) python3 -m scripts.probes.perf_probe --batch-sizes 256 --seq-lens 128 1024 --iterations 400 \
               --variants cpu gpu-triton-graphs --json "$out/floors.json" > "$out/floors.log" 2>&1 &&
-            python3 -m scripts.probes.perf_report "$out/floors.json" > "$out/floors-report.md" && head -3 "$out/floors-report.md" ;;
+            python3 -m scripts.probes.perf_probe --report "$out/floors.json" > "$out/floors-report.md" && head -3 "$out/floors-report.md" ;;
     sweep) python3 -m scripts.probes.pack_sweep --json "$out/sweep.json" > "$out/sweep.log" 2>&1; rc=$?
            cat "$out/sweep.log"; [ $rc = 0 ] ;;
     cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;

@@ -6,9 +6,11 @@ the synchronise, pinned copies) and, for each grid point, the median of
 device synchronised. Each variant's manager serves the whole grid; at a grid
 point, every timed decode update or step adds a token to each request (lengths
 run from L to about L + 2 * iterations). Used to write docs/performance.md;
-`python -m disagmoe.bench` is the user-facing table.
+`python -m disagmoe.bench` is the user-facing table. `--report` prints a saved
+run as the Markdown tables of docs/performance.md.
 
     python3 -m scripts.probes.perf_probe --batch-sizes 16 256 --seq-lens 1024 --json out.json
+    python3 -m scripts.probes.perf_probe --report out.json
 """
 
 from __future__ import annotations
@@ -117,6 +119,45 @@ def time_cases(manager, device, batch_size: int, seq_len: int, iterations: int) 
     return out
 
 
+CASES = [("decode_update_us", "decode update, first layer"), ("prefill_update_us", "prefill update"),
+         ("later_layer_update_us", "decode update, later layer"), ("decode_pack_us", "decode pack"),
+         ("decode_step_us", "decode step (update + pack)")]
+
+
+def floors_line(report: dict) -> str:
+    floors = report["floors"]
+    return (f"{report['device']}, torch {report['torch']}, triton {report.get('triton', '-')}; "
+            f"bare synchronise {floors['bare_sync_us']:.1f} us, one tiny kernel + synchronise "
+            f"{floors['one_launch_us']:.1f} us, eight tiny kernels + synchronise {floors['eight_launches_us']:.1f} us"
+            + "".join(f"; pinned copy of {key[5:-5]} KB to the device + synchronise {value:.1f} us"
+                      for key, value in floors.items() if key.startswith("copy_"))
+            + "".join(f"; host write of {key[6:-5]} KB + synchronise {value:.1f} us" for key, value in floors.items()
+                      if key.startswith("write_") and not key.startswith("write_copy_"))
+            + "".join(f"; host write of {key[11:-5]} KB then its copy + synchronise {value:.1f} us"
+                      for key, value in floors.items() if key.startswith("write_copy_")))
+
+
+def print_report(report: dict) -> None:
+    """The floors, then one Markdown table per case: every variant, and the speedup of the
+    `gpu` backend's default on CUDA (gpu-triton-graphs, else the first gpu variant run)."""
+    print(floors_line(report) + "\n")
+    points = {(p["batch_size"], p["seq_len"], p["variant"]): p for p in report["points"]}
+    variants = list(dict.fromkeys(p["variant"] for p in report["points"]))
+    gpu = "gpu-triton-graphs" if "gpu-triton-graphs" in variants else \
+        next((v for v in variants if v.startswith("gpu")), None)
+    speedup = "cpu" in variants and gpu is not None
+    grid = sorted({(b, s) for b, s, _ in points})
+    for key, title in CASES:
+        print(f"**{title}** (median us" + (f"; speedup = cpu / {gpu})\n" if speedup else ")\n"))
+        print("| B | L | " + " | ".join(variants) + (" | speedup |" if speedup else " |"))
+        print("|---:|---:|" + "---:|" * (len(variants) + speedup))
+        for b, s in grid:
+            row = " | ".join(f"{points[(b, s, v)][key]:.1f}" for v in variants)
+            ratio = f" {points[(b, s, 'cpu')][key] / points[(b, s, gpu)][key]:.2f}x |" if speedup else ""
+            print(f"| {b} | {s} | {row} |{ratio}")
+        print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
@@ -125,7 +166,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS,
                         default=["cpu", "gpu-triton-graphs", "gpu-triton", "gpu-torch"])
     parser.add_argument("--json", default=None)
+    parser.add_argument("--report", metavar="JSON", help="print the tables of an earlier --json, measure nothing")
     args = parser.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            print_report(json.load(f))
+        return
     device = default_device()
     limit_cpu_threads(device)
     max_seq_len = max(args.seq_lens) + 4 * args.iterations + 64  # each timed decode call adds a token
