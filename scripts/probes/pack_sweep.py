@@ -1,13 +1,12 @@
 """Launch configurations of the `gpu` backend's pack kernel, side by side (CUDA only).
 
 For each grid point, one warmed-up decode state per configuration (see
-kernels_triton.PackLaunch: columns per chunk, programs per batch entry, warps)
-and one of the `cpu` backend; the states take turns, step by step, so a noisy
-stretch of the machine hits every configuration alike. Reports per
-configuration the median of the decode pack as the benchmarks time it
-(first-layer update synchronised and untimed, then the pack and a synchronise)
-and the device time of one replay of its CUDA graph (100 replays back to back,
-one synchronise, divided by 100).
+kernels_triton.PackLaunch: columns per chunk, programs per batch entry, warps;
+given to the manager as `GPUBlockManager(pack_launch=...)`) and one of the
+`cpu` backend; the states take turns, step by step, so a noisy stretch of the
+machine hits every configuration alike. Reports per configuration the median
+of the decode pack as the benchmarks time it (first-layer update synchronised
+and untimed, then the pack and a synchronise).
 
     python3 -m scripts.probes.pack_sweep --batch-sizes 16 256 --seq-lens 128 1024 --json sweep.json
 """
@@ -23,6 +22,7 @@ import torch
 
 from disagmoe.block_manager.kernels_triton import PackLaunch
 from disagmoe.workloads import DecodeState, make_manager
+from scripts.probes import rebuilt
 
 CONFIGS = [PackLaunch(block_w=w, block_t=128, parts=p, num_warps=n)
            for w, p, n in [(128, 1, 4), (256, 1, 4), (512, 1, 4), (1024, 1, 4), (1024, 1, 8),
@@ -34,24 +34,14 @@ def name(launch: PackLaunch | None) -> str:
 
 
 def state_for(launch: PackLaunch | None, batch_size: int, seq_len: int) -> DecodeState:
+    """A warmed-up decode state of the `cpu` backend (None) or of the `gpu` backend with
+    that launch shape, on a manager sized as the suite sizes the point."""
     manager = make_manager("cpu" if launch is None else "gpu", batch_size, seq_len, "cuda")
     if launch is not None:
-        manager._pack_launch = launch  # before the first launch: every graph captures it
+        manager = rebuilt(manager, pack_launch=launch)
     state = DecodeState(manager, batch_size, seq_len)
     state.warm_up()
     return state
-
-
-def replay_us(state: DecodeState, replays: int = 100) -> float:
-    """Device time of one replay of the pack's graph (its input copy included)."""
-    graphs = [g for (update, pack), g in state.manager._graphs.items() if update == 0 and pack]
-    graph = graphs[0]
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(replays):
-        graph.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / replays * 1e6
 
 
 def sweep(batch_size: int, seq_len: int, iterations: int) -> dict:
@@ -69,11 +59,7 @@ def sweep(batch_size: int, seq_len: int, iterations: int) -> dict:
             state.manager.pack_flash_attn_metadata(state.first)
             state.manager.synchronize()
             samples[key].append(time.perf_counter() - start)
-    result = {key: {"pack_us": statistics.median(values) * 1e6} for key, values in samples.items()}
-    for key, state in states.items():
-        if key != "cpu":
-            result[key]["replay_us"] = statistics.median(replay_us(state) for _ in range(5))
-    return result
+    return {key: {"pack_us": statistics.median(values) * 1e6} for key, values in samples.items()}
 
 
 def main() -> None:
@@ -88,10 +74,9 @@ def main() -> None:
         for seq_len in args.seq_lens:
             point = sweep(batch_size, seq_len, args.iterations)
             results[f"{batch_size}x{seq_len}"] = point
-            print(f"\nB={batch_size} L={seq_len} (median us: pack as benchmarked | one graph replay)")
+            print(f"\nB={batch_size} L={seq_len} (median us: pack as benchmarked)")
             for key, value in point.items():
-                replay = f"{value['replay_us']:8.1f}" if "replay_us" in value else ""
-                print(f"  {key:>16} {value['pack_us']:8.1f} {replay}", flush=True)
+                print(f"  {key:>16} {value['pack_us']:8.1f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
