@@ -1,6 +1,6 @@
 """The benchmark tooling: the commits of the history rule (scripts/gpu_history.sh --list),
 the asv suite's import, which runs in asv's fork server and must never initialise CUDA,
-and the suite's RelativeTime ratios."""
+the suite's RelativeTime ratios, and the probes of scripts/probes."""
 
 from __future__ import annotations
 
@@ -136,3 +136,31 @@ def test_relative_time_tracks_a_slower_operation(monkeypatch):
     check_ratios({("cpu", ops[0]): 0.05, ("cpu", ops[1]): 0.2, ("gpu", ops[0]): 0.3, ("gpu", ops[1]): 0.4})
     costs[("cpu", ops[1])] *= 1.2  # the cpu pack 20% slower
     check_ratios({("cpu", ops[0]): 0.05, ("cpu", ops[1]): 0.24, ("gpu", ops[0]): 0.3, ("gpu", ops[1]): 0.4})
+
+
+def _probe(name: str, *args: str) -> subprocess.CompletedProcess:
+    """`python3 -m scripts.probes.NAME ARGS`, from the repository root."""
+    return subprocess.run([sys.executable, "-m", f"scripts.probes.{name}", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+def test_perf_probe_runs_and_reports(tmp_path):
+    """The probe behind docs/performance.md, on a tiny grid, then its tables."""
+    saved = tmp_path / "probe.json"
+    variants = ["cpu", "gpu-torch"] + (["gpu-triton-graphs"] if torch.cuda.is_available() else [])
+    run = _probe("perf_probe", "--batch-sizes", "16", "--seq-lens", "128", "--iterations", "3",
+                 "--variants", *variants, "--json", str(saved))
+    assert run.returncode == 0, run.stderr
+    report = _probe("perf_probe", "--report", str(saved))
+    assert report.returncode == 0, report.stderr
+    assert "**decode pack** (median us; speedup = cpu / gpu-" in report.stdout
+    assert "| 16 | 128 | " in report.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pack_sweep_runs(tmp_path):
+    saved = tmp_path / "sweep.json"
+    run = _probe("pack_sweep", "--batch-sizes", "16", "--seq-lens", "128", "--iterations", "3",
+                 "--json", str(saved))
+    assert run.returncode == 0, run.stderr
+    assert "w128-p4-nw4" in run.stdout
