@@ -1,4 +1,4 @@
-"""A pure-Python model of the block-manager contract (shared/design.md), the tests' oracle.
+"""The tests' oracle: a pure-Python model of the contract in disagmoe/block_manager/base.py.
 
 It keeps only what the contract fixes: each running request's length, how many
 blocks it holds, and how many blocks and request rows are free. It does not pick

@@ -1,4 +1,4 @@
-"""The attention check of shared/design.md: attention computed through the metadata over a
+"""The contract's attention check: attention computed through the metadata over a
 paged KV cache equals dense attention over each sequence's own contiguous K/V."""
 
 from __future__ import annotations

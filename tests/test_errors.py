@@ -130,7 +130,7 @@ def test_pack_flash_attn_metadata_rejects(make_manager, block_size, name, batch,
     ("pack_flash_attn_metadata", L0, [10, 555]),
 ], ids=["update-first-layer", "update-later-layer", "pack"])
 def test_errors_name_the_operation(make_manager, block_size, op, layer, req_ids):
-    """shared/style.md: every entry point's errors name the operation."""
+    """Every entry point's errors name the operation."""
     h = running(make_manager, block_size)
     batch = b(req_ids, 0, [], layer=layer)
     message = h.expect_error(lambda: getattr(h.manager, op)(batch), KeyError)

@@ -1,7 +1,7 @@
 """The block-manager contract that both backends implement.
 
 Every attention step calls `update_block_table(batch)` and then
-`pack_flash_attn_metadata(batch)`. The contract (shared/design.md) is written
+`pack_flash_attn_metadata(batch)`. The contract is written
 here once; the backends do not repeat it.
 """
 
