@@ -24,7 +24,8 @@
 #   verdicts  scripts/check_regression.sh: a 20% slowdown of each operation of each
 #             backend, and 3 identical-commit checks, 2 interleaved rounds, on the grid
 #             VERDICT_BATCH_SIZES (default "16 256") x VERDICT_SEQ_LENS (default 1024)
-# HISTORY_ARGS and VERDICT_ARGS add arguments to those stages' scripts.
+# HISTORY_ARGS and VERDICT_ARGS add arguments to those stages' scripts. The stages phases,
+# drift and noise were retired with their probes (docs/history/README.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/git_from_bundle.sh
@@ -78,6 +79,8 @@ for stage in "$@"; do
               ASV=$asv scripts/check_regression.sh --backend both --op both --slowdown 20 --identical 3 --rounds 2 \
                 ${VERDICT_ARGS:-} > "$out/verdicts.log" 2>&1; rc=$?
               grep -E "^== |^PASS|^FAIL|^note|exit code|check_regression" "$out/verdicts.log"; [ $rc = 0 ] ;;
+    phases|drift|noise) echo "gpu_run.sh: stage $stage was retired with its probe (docs/history/README.md)" >&2
+                        false ;;
     *) echo "gpu_run.sh: unknown stage $stage" >&2; false ;;
   esac
   rc=$?
