@@ -1,14 +1,12 @@
 """Memory each backend's manager holds, and the device the suite ran on.
 
 For every grid point, `memory_footprint()` of the manager that the timing
-benchmarks use (block_size = backend default: cpu 16, gpu 1; pool of
-B * (seq_len + 16) slots; max_seq_len = seq_len + 16), after its decode state
-ran every benchmarked operation: `device_bytes` (on the default device: CUDA
-if any, else torch's CPU device) and `host_bytes`. Measured in one process.
+benchmarks use, after its decode state ran every benchmarked operation:
+`device_bytes` (on the suite's device) and `host_bytes`. Measured in one process.
 
 `Device.track_on_cuda` says where everything ran: 1 on CUDA, 0 on torch's CPU
-device (a machine without CUDA: the `gpu` backend then runs its torch kernels
-on the host, and its timings say nothing about a GPU).
+device (a machine without CUDA, where the `gpu` backend's timings say nothing
+about a GPU).
 """
 
 from .common import BACKENDS, BATCH_SIZES, SEQ_LENS, measure_footprints

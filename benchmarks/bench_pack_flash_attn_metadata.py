@@ -2,12 +2,8 @@
 
 B requests (`batch_size`) that held `seq_len` tokens took their first-layer
 decode step (so each holds seq_len + 1); the timed call packs the metadata of
-that step on the default device (CUDA if any, else torch's CPU device), the
-copy to the device included. It reads the state and never changes it.
-
-Config: block_size is the backend's default (cpu 16, gpu 1); pool of
-B * (seq_len + 16) slots, max_seq_len = seq_len + 16. State is prepared in
-`setup`, never timed; every timed call ends with the device synchronised.
+that step, the copy to the device included. It reads the state and never
+changes it.
 """
 
 from .common import StepTiming, decode_state

@@ -1,8 +1,8 @@
 """Each operation's time relative to a fixed reference workload: the suite's verdicts.
 
 On a shared or virtual machine the same call runs 10-60% slower in one process than in
-the next, and for seconds at a time (docs/benchmarking.md, "Noise and verdicts on the
-H100"), so absolute times of two commits measured minutes apart differ by more than a
+the next, and for seconds at a time (docs/benchmarking.md, "Why the verdicts are
+ratios"), so absolute times of two commits measured minutes apart differ by more than a
 regression worth catching. Timed in turn with a fixed workload in the same process
 (`common.ReferenceWork`: host work of a step's size and, on CUDA, a small copy to the
 device and a synchronise), the machine's speed of the moment divides out: the tracked
@@ -13,9 +13,7 @@ reference belongs to the suite, so every commit is measured against the same wor
 One process measures the whole grid (`common.measure_relative_times`): per grid point
 both backends and the reference take turns for 9 rounds of 20 decode steps, the
 first-layer `update_block_table` then `pack_flash_attn_metadata`, each call synchronised;
-each round gives one ratio of medians, the rounds being asv's samples. Block size: each
-backend's default (cpu 16, gpu 1), on the default device (CUDA if any, else torch's CPU
-device).
+each round gives one ratio of medians, the rounds being asv's samples.
 
 For verdicts compare these (and `InverseSpeedup`):
 `asv continuous --bench "RelativeTime|InverseSpeedup" main HEAD`.

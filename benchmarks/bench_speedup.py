@@ -3,9 +3,7 @@
 One process times both backends side by side, interleaved, for every grid
 point (see `common.measure_inverse_speedups`): one decode step of B requests
 holding `seq_len` tokens, `update_block_table` at the first layer then
-`pack_flash_attn_metadata`, each call synchronised, on the default device
-(CUDA if any, else torch's CPU device). Block size: each backend's default
-(cpu 16, gpu 1).
+`pack_flash_attn_metadata`, each call synchronised.
 
 asv counts a higher value as worse and has no switch to say otherwise, so the
 tracked value is the inverse of the speedup: GPU time / CPU time (unit "x",

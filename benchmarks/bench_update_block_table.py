@@ -1,18 +1,12 @@
 """update_block_table: the slots of one step, on each backend.
 
 Three cases, as DisagMoE's own benchmark times them, for B requests
-(`batch_size`) of `seq_len` tokens on the default device (CUDA if any, else
-torch's CPU device, where the `gpu` backend runs its torch kernels):
+(`batch_size`) of `seq_len` tokens:
 
 - prefill: B new requests of `seq_len` tokens each, on an empty manager;
 - decode at the first layer: each request holds `seq_len` tokens and gets one
   more slot (lengths then grow; after 16 steps the state is rebuilt in setup);
 - decode at a later layer: lookups of the lengths the first layer set.
-
-Config: block_size is the backend's default (cpu 16, gpu 1); the pool holds
-B * (seq_len + 16) slots, and max_seq_len = seq_len + 16 covers every decode
-step a state takes. State is prepared in `setup`, never timed; every timed
-call ends with the device synchronised.
 """
 
 from .common import StepTiming, decode_state, workloads
