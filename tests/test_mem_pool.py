@@ -32,10 +32,10 @@ def free_set(a: PagedTokenToKVPoolAllocator) -> list[int]:
 
 def test_req_to_token_pool(device):
     pool = ReqToTokenPool(3, 10, 2, torch.device(device))
-    assert pool.req_to_token.shape == (3, 10)
-    assert pool.req_to_token.dtype == torch.int32
-    assert pool.req_to_token.device.type == device
-    assert pool.nbytes == 3 * 10 * 4
+    assert pool.req_to_page.shape == (3, 5)  # one entry per page of a row
+    assert pool.req_to_page.dtype == torch.int32
+    assert pool.req_to_page.device.type == device
+    assert pool.nbytes == 3 * 5 * 4
     books = pool.books
     assert (books.max_reqs, books.max_seq_len, books.page_size) == (3, 10, 2)
     plan = torch.zeros(4 * 4, dtype=torch.int32).numpy()

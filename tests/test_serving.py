@@ -14,7 +14,7 @@ import torch
 from disagmoe import bench
 from disagmoe.serving import points, timing
 from disagmoe.serving.variants import VARIANTS, Variant, make_manager as variant_manager, variant
-from disagmoe.serving.workloads import CYCLE_STEPS, DecodeWorkload, Step, TraceConfig, TraceWorkload
+from disagmoe.serving.workloads import CYCLE_STEPS, DecodeWorkload, TraceConfig, TraceWorkload
 from harness import Harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,8 +150,9 @@ def test_measure_takes_turns_and_reports_per_step(mode):
     assert timed == ["a", "b", "b", "a", "a", "b", "b", "a"]
     a, b = out["runners"]["a"], out["runners"]["b"]
     assert len(a["wall_us"]) == len(a["host_us"]) == 4
-    assert 180 < min(a["wall_us"]) and max(a["host_us"]) <= max(a["wall_us"]) + 1
-    assert sorted(b["wall_us"])[1] > 2 * sorted(a["wall_us"])[2]
+    # Lower bounds only (each step spins that long at least): a loaded machine only adds.
+    assert min(a["wall_us"]) >= 200 and min(b["wall_us"]) >= 600
+    assert all(h <= w + 1 for h, w in zip(a["host_us"] + b["host_us"], a["wall_us"] + b["wall_us"]))
 
 
 def test_busy_needs_cuda():

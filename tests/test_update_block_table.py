@@ -85,7 +85,7 @@ def test_reset_state_is_like_new(make_manager, block_size):
 
 def test_default_block_size(backend):
     manager = backend.make(block_size=None, num_blocks=8)
-    expected = {CPUBlockManager: 16, GPUBlockManager: 1}[backend.cls]
+    expected = {CPUBlockManager: 16, GPUBlockManager: 16}[backend.cls]
     assert manager.block_size == expected
     assert manager.capacity == manager.num_free_slots() == 8 * expected
     h = Harness(manager)

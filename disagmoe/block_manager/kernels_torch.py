@@ -1,8 +1,8 @@
-"""The `gpu` backend's step kernels as plain torch operations.
+"""The device-table backends' step kernels as plain torch operations.
 
-They run on any device (torch's CPU device included) and never read the
-device back: every shape comes from host integers. The Triton kernels in
-`kernels_triton.py` compute the same thing in one launch each.
+They compute what `kernels_triton.py` computes, on any device (torch's CPU device
+included), and never read the device back: every shape comes from `host`, the staged
+buffer's host copy (the same words as `staged`, which the operations read).
 """
 
 from __future__ import annotations
@@ -10,55 +10,81 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from disagmoe.block_manager.staging import HEADER
+from disagmoe.block_manager import layout as L
 from disagmoe.metadata import PAD_BLOCK_ID
 
 
-def _column(staged: torch.Tensor, stride: int, k: int, batch_size: int) -> torch.Tensor:
-    start = HEADER + k * stride
-    return staged[start:start + batch_size].long()
+def _column(staged: torch.Tensor, start: int, k: int, stride: int, count: int) -> torch.Tensor:
+    first = start + k * stride
+    return staged[first:first + count].long()
 
 
-def update_block_table(staged: torch.Tensor, host: np.ndarray, stride: int, batch_size: int,
-                       free_pages: torch.Tensor, req_to_token: torch.Tensor, page_size: int) -> None:
-    """Writes req_to_token[row, old:new] for every entry of the staged plan.
+def _host_column(host: np.ndarray, start: int, k: int, stride: int, count: int) -> np.ndarray:
+    first = start + k * stride
+    return host[first:first + count].astype(np.int64)
 
-    Plan columns: rows, old lengths, new lengths, page offsets; header: [B, stack height].
-    """
-    args = host[HEADER:]
-    num_tokens = int(args[2 * stride:2 * stride + batch_size].sum(dtype=np.int64)
-                     - args[stride:stride + batch_size].sum(dtype=np.int64))
-    if num_tokens == 0:
+
+def _repeat(counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(entry of each of `total` items, its rank within the entry) for per-entry counts."""
+    device = counts.device
+    entry = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts, output_size=total)
+    firsts = torch.cumsum(counts, 0) - counts
+    return entry, torch.arange(total, device=device) - firsts[entry]
+
+
+def release(staged: torch.Tensor, host: np.ndarray, stride: int, req_to_page: torch.Tensor,
+            free_pages: torch.Tensor, page_size: int) -> None:
+    """Pushes every released request's pages, in order, at the staged height."""
+    count = int(host[L.RELEASE_SIZE])
+    start = L.release_start(stride)
+    lens = _host_column(host, start, L.RELEASE_LENS, stride, count)
+    total = int(((lens + page_size - 1) // page_size).sum())
+    if total == 0:
         return
-    device = req_to_token.device
-    rows, old, new, offsets = (_column(staged, stride, k, batch_size) for k in range(4))
-    added = new - old
-    entry = torch.repeat_interleave(torch.arange(batch_size, device=device), added,
-                                    output_size=num_tokens)
-    firsts = torch.cumsum(added, 0) - added
-    pos = old[entry] + torch.arange(num_tokens, device=device) - firsts[entry]
-    page_idx = pos // page_size
-    first_new = ((old + page_size - 1) // page_size)[entry]
-    rank = offsets[entry] + page_idx - first_new  # among the pages this step takes
-    stack = (int(host[1]) - 1 - rank).clamp(0, free_pages.numel() - 1)
-    row_of_token = rows[entry]
-    old_page = req_to_token[row_of_token, page_idx * page_size].long() // page_size
-    page = torch.where(page_idx >= first_new, free_pages[stack].long(), old_page)
-    req_to_token[row_of_token, pos] = (page * page_size + pos % page_size).int()
+    rows = _column(staged, start, L.RELEASE_ROWS, stride, count)
+    pages = (_column(staged, start, L.RELEASE_LENS, stride, count) + page_size - 1) // page_size
+    entry, k = _repeat(pages, total)
+    height = int(host[L.RELEASE_HEIGHT])
+    free_pages[height:height + total] = req_to_page[rows[entry], k]
 
 
-def pack_flash_attn_metadata(staged: torch.Tensor, stride: int, batch_size: int, width: int,
-                             num_tokens: int, req_to_token: torch.Tensor, page_size: int,
-                             views: tuple) -> None:
-    """Fills the metadata views from the staged lookup (rows, lengths, query
-    lengths, and the exclusive prefix sums of both)."""
-    _, slots, seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables, _ = views
+def update(staged: torch.Tensor, host: np.ndarray, stride: int, req_to_page: torch.Tensor,
+           free_pages: torch.Tensor | None, page_size: int) -> None:
+    """Writes each planned entry's new pages into its row: the m-th page the step adds is
+    free_pages[height - 1 - m] (gpu) or the m-th staged page id (hybrid)."""
+    count = int(host[L.UPDATE_SIZE])
+    old_h = _host_column(host, L.plan_start(stride), L.PLAN_OLD_LENS, stride, count)
+    new_h = _host_column(host, L.plan_start(stride), L.PLAN_NEW_LENS, stride, count)
+    total = int(((new_h + page_size - 1) // page_size - (old_h + page_size - 1) // page_size).sum())
+    if total == 0:
+        return
+    rows, old, new, offsets = (_column(staged, L.plan_start(stride), k, stride, count) for k in
+                               (L.PLAN_ROWS, L.PLAN_OLD_LENS, L.PLAN_NEW_LENS, L.PLAN_PAGE_OFFSETS))
+    first_new = (old + page_size - 1) // page_size
+    added = (new + page_size - 1) // page_size - first_new
+    entry, k = _repeat(added, total)
+    rank = offsets[entry] + k
+    if free_pages is not None:
+        pages = free_pages[int(host[L.HEIGHT]) - 1 - rank]
+    else:
+        pages = staged[L.page_ids_start(stride) + rank]
+    req_to_page[rows[entry], first_new[entry] + k] = pages
+
+
+def pack(staged: torch.Tensor, host: np.ndarray, stride: int, req_to_page: torch.Tensor, page_size: int,
+         views: tuple) -> None:
+    """Fills the metadata views (seq_lens, context_lens, query_start_loc, seq_start_loc,
+    block_tables, slot_mapping) from the staged lookup."""
+    seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables, slots = views
     query_start_loc[:1].zero_()
     seq_start_loc[:1].zero_()
-    if batch_size == 0:
+    count, width, num_tokens = (int(host[w]) for w in (L.PACK_SIZE, L.WIDTH, L.NUM_TOKENS))
+    if count == 0:
         return
-    device = req_to_token.device
-    rows, seq, query, starts, seq_starts = (_column(staged, stride, k, batch_size) for k in range(5))
+    start = L.LOOKUP
+    rows, seq, query, starts, seq_starts = (_column(staged, start, k, stride, count) for k in
+                                            (L.LOOKUP_ROWS, L.LOOKUP_SEQ_LENS, L.LOOKUP_QUERY_LENS,
+                                             L.LOOKUP_QUERY_STARTS, L.LOOKUP_SEQ_STARTS))
     context = seq - query
     seq_lens.copy_(seq)
     context_lens.copy_(context)
@@ -66,12 +92,10 @@ def pack_flash_attn_metadata(staged: torch.Tensor, stride: int, batch_size: int,
     query_start_loc[-1:].copy_(starts[-1:] + query[-1:])
     seq_start_loc[:-1].copy_(seq_starts)
     seq_start_loc[-1:].copy_(seq_starts[-1:] + seq[-1:])
-    cols = torch.arange(width, device=device)
-    first_slots = (cols * page_size).clamp(max=req_to_token.shape[1] - 1)
-    pages = req_to_token[rows[:, None], first_slots[None, :]] // page_size
+    cols = torch.arange(width, device=req_to_page.device)
     num_pages = (seq + page_size - 1) // page_size
+    pages = req_to_page[rows[:, None], cols.clamp(max=req_to_page.shape[1] - 1)[None, :]]
     block_tables.copy_(torch.where(cols[None, :] < num_pages[:, None], pages, PAD_BLOCK_ID))
-    entry = torch.repeat_interleave(torch.arange(batch_size, device=device), query,
-                                    output_size=num_tokens)
-    pos = context[entry] + torch.arange(num_tokens, device=device) - starts[entry]
-    slots.copy_(req_to_token[rows[entry], pos])
+    entry, k = _repeat(query, num_tokens)
+    pos = context[entry] + k
+    slots.copy_(req_to_page[rows[entry], pos // page_size].long() * page_size + pos % page_size)

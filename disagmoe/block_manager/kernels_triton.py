@@ -1,11 +1,13 @@
-"""The `gpu` backend's step kernels in Triton: one launch per operation.
+"""The device-table backends' step kernels in Triton.
 
-One program per batch entry (the pack may give an entry several, see
-PackLaunch); the staged inputs may sit in pinned host memory
-(each program reads a few words of it). Every per-step scalar (batch size, stack height,
-output offsets) is read from the staged header on the device, never passed as
-an argument, so a launch can be captured in a CUDA graph and replayed for any
-batch up to its grid size, and no batch size or length compiles a new kernel.
+Three kernels, launched in this order when a launch holds them (`launch`):
+release (gpu: push each released request's pages onto the free stack), update (write
+each entry's new page ids into its row of the page table: from the free stack on
+`gpu`, from the staged ids on `hybrid`) and pack (the FlashAttention metadata from the
+page table). Every per-step scalar (sizes, width, stack heights) is read from the staged
+header on the device, never passed as an argument (`layout.py` names the words), so a
+launch can be captured in a CUDA graph and replayed for any batch up to its grid, and no
+batch size or length compiles a new kernel. Programs past a kernel's entries do nothing.
 """
 
 from __future__ import annotations
@@ -16,65 +18,86 @@ import torch
 import triton
 import triton.language as tl
 
-from disagmoe.block_manager.staging import HEADER
-from disagmoe.metadata import PAD_BLOCK_ID, MetadataBuffer
+from disagmoe.block_manager import layout as L
+from disagmoe.metadata import PAD_BLOCK_ID
 
 
 @triton.jit
-def _update_block_table_kernel(staged_ptr, free_pages_ptr, req_to_token_ptr, r2t_row_stride,
-                               stride, HEADER_WORDS: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                               BLOCK: tl.constexpr):
+def _release_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, free_pages_ptr, stride,
+                    RELEASE: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK: tl.constexpr,
+                    RELEASE_SIZE: tl.constexpr, RELEASE_HEIGHT: tl.constexpr, RELEASE_ROWS: tl.constexpr,
+                    RELEASE_LENS: tl.constexpr, RELEASE_PAGE_OFFSETS: tl.constexpr):
     i = tl.program_id(0)
-    batch_size = tl.load(staged_ptr)
-    height = tl.load(staged_ptr + 1)
-    valid = i < batch_size
-    args = staged_ptr + HEADER_WORDS
-    row = tl.load(args + i, mask=valid, other=0)
-    old = tl.load(args + stride + i, mask=valid, other=0)
-    new = tl.load(args + 2 * stride + i, mask=valid, other=0)
-    offset = tl.load(args + 3 * stride + i, mask=valid, other=0)
-    first_new = (old + PAGE_SIZE - 1) // PAGE_SIZE
-    row_ptr = req_to_token_ptr + row.to(tl.int64) * r2t_row_stride
-    for start in range(old, new, BLOCK):
-        pos = start + tl.arange(0, BLOCK)
-        mask = pos < new
-        page_idx = pos // PAGE_SIZE
-        is_new = page_idx >= first_new
-        rank = offset + page_idx - first_new  # among the pages this step takes
-        new_page = tl.load(free_pages_ptr + (height - 1 - rank), mask=mask & is_new, other=0)
-        old_first = tl.load(row_ptr + page_idx * PAGE_SIZE, mask=mask & (page_idx < first_new),
-                            other=0)
-        page = tl.where(is_new, new_page, old_first // PAGE_SIZE)
-        tl.store(row_ptr + pos, page * PAGE_SIZE + pos % PAGE_SIZE, mask=mask)
+    count = tl.load(staged_ptr + RELEASE_SIZE)
+    height = tl.load(staged_ptr + RELEASE_HEIGHT)
+    valid = i < count
+    columns = staged_ptr + RELEASE
+    row = tl.load(columns + RELEASE_ROWS * stride + i, mask=valid, other=0)
+    length = tl.load(columns + RELEASE_LENS * stride + i, mask=valid, other=0)
+    offset = tl.load(columns + RELEASE_PAGE_OFFSETS * stride + i, mask=valid, other=0)
+    num_pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
+    row_ptr = req_to_page_ptr + row.to(tl.int64) * r2p_row_stride
+    for start in range(0, num_pages, BLOCK):
+        k = start + tl.arange(0, BLOCK)
+        mask = k < num_pages
+        pages = tl.load(row_ptr + k, mask=mask, other=0)
+        tl.store(free_pages_ptr + height + offset + k, pages, mask=mask)
 
 
 @triton.jit
-def _pack_flash_attn_metadata_kernel(staged_ptr, req_to_token_ptr, r2t_row_stride, out32_ptr,
-                                     out64_ptr, stride, HEADER_WORDS: tl.constexpr,
-                                     PAGE_SIZE: tl.constexpr, PAD: tl.constexpr,
-                                     BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr):
-    # Programs (i, j): entry i; its block-table columns and slots are shared out
-    # among the j = 0 .. num_programs(1) - 1 programs of the entry, chunk by chunk.
+def _update_kernel(staged_ptr, free_pages_ptr, req_to_page_ptr, r2p_row_stride, stride,
+                   PAGE_IDS: tl.constexpr, FROM_STACK: tl.constexpr, PAGE_SIZE: tl.constexpr,
+                   PLAN: tl.constexpr, BLOCK: tl.constexpr, UPDATE_SIZE: tl.constexpr, HEIGHT: tl.constexpr,
+                   PLAN_ROWS: tl.constexpr, PLAN_OLD_LENS: tl.constexpr, PLAN_NEW_LENS: tl.constexpr,
+                   PLAN_PAGE_OFFSETS: tl.constexpr):
+    i = tl.program_id(0)
+    count = tl.load(staged_ptr + UPDATE_SIZE)
+    height = tl.load(staged_ptr + HEIGHT)
+    valid = i < count
+    plan = staged_ptr + PLAN
+    row = tl.load(plan + PLAN_ROWS * stride + i, mask=valid, other=0)
+    old = tl.load(plan + PLAN_OLD_LENS * stride + i, mask=valid, other=0)
+    new = tl.load(plan + PLAN_NEW_LENS * stride + i, mask=valid, other=0)
+    offset = tl.load(plan + PLAN_PAGE_OFFSETS * stride + i, mask=valid, other=0)
+    first_new = (old + PAGE_SIZE - 1) // PAGE_SIZE
+    last = (new + PAGE_SIZE - 1) // PAGE_SIZE
+    row_ptr = req_to_page_ptr + row.to(tl.int64) * r2p_row_stride
+    for start in range(first_new, last, BLOCK):
+        k = start + tl.arange(0, BLOCK)
+        mask = k < last
+        rank = offset + k - first_new  # among the pages this step adds
+        if FROM_STACK:  # the m-th page taken is the m-th from the top of the stack
+            pages = tl.load(free_pages_ptr + (height - 1 - rank), mask=mask, other=0)
+        else:
+            pages = tl.load(staged_ptr + PAGE_IDS + rank, mask=mask, other=0)
+        tl.store(row_ptr + k, pages, mask=mask)
+
+
+@triton.jit
+def _pack_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_ptr, stride,
+                 seq_off, ctx_off, qsl_off, ssl_off, bt_off, LOOKUP: tl.constexpr,
+                 PAGE_SIZE: tl.constexpr, PAD: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr,
+                 PACK_SIZE: tl.constexpr, WIDTH: tl.constexpr, LOOKUP_ROWS: tl.constexpr,
+                 LOOKUP_SEQ_LENS: tl.constexpr, LOOKUP_QUERY_LENS: tl.constexpr, LOOKUP_QUERY_STARTS: tl.constexpr,
+                 LOOKUP_SEQ_STARTS: tl.constexpr):
+    # Programs (i, j): entry i; its block-table columns and slots are shared out among
+    # the j = 0 .. num_programs(1) - 1 programs of the entry, chunk by chunk.
     i = tl.program_id(0)
     j = tl.program_id(1)
     parts = tl.num_programs(1)
-    batch_size = tl.load(staged_ptr)
-    width = tl.load(staged_ptr + 1)
-    slot_off = tl.load(staged_ptr + 2)  # int64 words
-    seq_off = tl.load(staged_ptr + 3)  # int32 words from here on
-    ctx_off = tl.load(staged_ptr + 4)
-    qsl_off = tl.load(staged_ptr + 5)
-    ssl_off = tl.load(staged_ptr + 6)
-    bt_off = tl.load(staged_ptr + 7)
+    batch_size = tl.load(staged_ptr + PACK_SIZE)
+    width = tl.load(staged_ptr + WIDTH)
     valid = i < batch_size
-    args = staged_ptr + HEADER_WORDS
-
-    row = tl.load(args + i, mask=valid, other=0)
-    seq = tl.load(args + stride + i, mask=valid, other=0)
-    query = tl.load(args + 2 * stride + i, mask=valid, other=0)
-    q_start = tl.load(args + 3 * stride + i, mask=valid, other=0)
-    s_start = tl.load(args + 4 * stride + i, mask=valid, other=0)
+    columns = staged_ptr + LOOKUP
+    row = tl.load(columns + LOOKUP_ROWS * stride + i, mask=valid, other=0)
+    seq = tl.load(columns + LOOKUP_SEQ_LENS * stride + i, mask=valid, other=0)
+    query = tl.load(columns + LOOKUP_QUERY_LENS * stride + i, mask=valid, other=0)
+    q_start = tl.load(columns + LOOKUP_QUERY_STARTS * stride + i, mask=valid, other=0)
+    s_start = tl.load(columns + LOOKUP_SEQ_STARTS * stride + i, mask=valid, other=0)
     context = seq - query
+    origin = (i == 0) & (j == 0)  # the sums start at 0, also for an empty batch
+    tl.store(out32_ptr + qsl_off, 0, mask=origin)
+    tl.store(out32_ptr + ssl_off, 0, mask=origin)
     first = valid & (j == 0)
     tl.store(out32_ptr + seq_off + i, seq, mask=first)
     tl.store(out32_ptr + ctx_off + i, context, mask=first)
@@ -84,19 +107,21 @@ def _pack_flash_attn_metadata_kernel(staged_ptr, req_to_token_ptr, r2t_row_strid
     tl.store(out32_ptr + qsl_off + batch_size, q_start + query, mask=last)
     tl.store(out32_ptr + ssl_off + batch_size, s_start + seq, mask=last)
 
-    row_ptr = req_to_token_ptr + row.to(tl.int64) * r2t_row_stride
+    row_ptr = req_to_page_ptr + row.to(tl.int64) * r2p_row_stride
     num_pages = (seq + PAGE_SIZE - 1) // PAGE_SIZE
-    table_row = out32_ptr + bt_off + i * width
+    table_row = out32_ptr + bt_off + i.to(tl.int64) * width
     for c in range(j * BLOCK_W, tl.where(valid, width, 0), parts * BLOCK_W):
         cols = c + tl.arange(0, BLOCK_W)
         owned = cols < num_pages
-        page_first = tl.load(row_ptr + cols * PAGE_SIZE, mask=owned, other=0)
-        tl.store(table_row + cols, tl.where(owned, page_first // PAGE_SIZE, PAD), mask=cols < width)
+        pages = tl.load(row_ptr + cols, mask=owned, other=0)
+        tl.store(table_row + cols, tl.where(owned, pages, PAD), mask=cols < width)
     for t in range(j * BLOCK_T, query, parts * BLOCK_T):
         ts = t + tl.arange(0, BLOCK_T)
         mask = ts < query
-        slots = tl.load(row_ptr + context + ts, mask=mask, other=0)
-        tl.store(out64_ptr + slot_off + q_start + ts, slots.to(tl.int64), mask=mask)
+        pos = context + ts
+        pages = tl.load(row_ptr + pos // PAGE_SIZE, mask=mask, other=0)
+        slots = pages.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
+        tl.store(out64_ptr + q_start + ts, slots, mask=mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +130,10 @@ class PackLaunch:
     taking every parts-th chunk of `block_w` block-table columns (and of
     `block_t` slots), with `num_warps` warps a program.
 
-    The default was chosen with scripts/pack_sweep.py on an H100 (docs/performance.md):
-    four programs an entry cut one replay of the pack's graph from about 11 to 9 us
-    (grid mean) against one program looping over 128-column chunks; wider chunks or
-    more warps did as well, within the machine's noise."""
+    The default was chosen with scripts/probes/pack_sweep.py on an H100
+    (docs/performance.md): four programs an entry cut one replay of the pack's graph
+    from about 11 to 9 us (grid mean) against one program looping over 128-column
+    chunks; wider chunks or more warps did as well, within the machine's noise."""
 
     block_w: int = 128
     block_t: int = 128
@@ -116,20 +141,37 @@ class PackLaunch:
     num_warps: int = 4
 
 
-def update_block_table(staged: torch.Tensor, stride: int, grid: int, free_pages: torch.Tensor,
-                       req_to_token: torch.Tensor, page_size: int) -> None:
-    """As kernels_torch.update_block_table, for up to `grid` entries (the header says how many)."""
-    _update_block_table_kernel[(grid,)](
-        staged, free_pages, req_to_token, req_to_token.stride(0), stride,
-        HEADER_WORDS=HEADER, PAGE_SIZE=page_size, BLOCK=256)
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """What one manager's launches read and write (fixed for its lifetime, so that
+    graphs can capture them)."""
+
+    req_to_page: torch.Tensor  # int32 [rows, pages]
+    free_pages: torch.Tensor | None  # int32, the gpu backend's free stack (None: hybrid)
+    out32: torch.Tensor  # the metadata buffer's int32 words
+    out64: torch.Tensor  # slot_mapping's int64 buffer
+    offsets: tuple[int, int, int, int, int]  # layout.metadata_offsets
+    stride: int
+    page_size: int
+    launch: PackLaunch = PackLaunch()
 
 
-def pack_flash_attn_metadata(staged: torch.Tensor, stride: int, buffer: MetadataBuffer,
-                             req_to_token: torch.Tensor, page_size: int, grid: int,
-                             launch: PackLaunch = PackLaunch()) -> None:
-    """As kernels_torch.pack_flash_attn_metadata, for up to `grid` entries, reading
-    shapes and offsets from the header."""
-    _pack_flash_attn_metadata_kernel[(grid, launch.parts)](
-        staged, req_to_token, req_to_token.stride(0), buffer.int32, buffer.int64, stride,
-        HEADER_WORDS=HEADER, PAGE_SIZE=page_size, PAD=PAD_BLOCK_ID, BLOCK_W=launch.block_w,
-        BLOCK_T=launch.block_t, num_warps=launch.num_warps)
+def launch(k: Kernels, staged: torch.Tensor, grid: int, release: bool, update: bool, pack: bool) -> None:
+    """The kernels a launch holds, in order, each over `grid` programs; `staged` is the
+    int32 view of the staged buffer the kernels read (the device twin, or pinned host)."""
+    r2p, row_stride = k.req_to_page, k.req_to_page.stride(0)
+    if release:
+        _release_kernel[(grid,)](staged, r2p, row_stride, k.free_pages, k.stride,
+                                 RELEASE=L.release_start(k.stride), PAGE_SIZE=k.page_size, BLOCK=256,
+                                 **L.RELEASE_WORDS)
+    if update:
+        from_stack = k.free_pages is not None
+        _update_kernel[(grid,)](staged, k.free_pages if from_stack else staged, r2p, row_stride, k.stride,
+                                PAGE_IDS=L.page_ids_start(k.stride), FROM_STACK=from_stack, PLAN=L.plan_start(k.stride),
+                                PAGE_SIZE=k.page_size, BLOCK=256, **L.UPDATE_WORDS)
+    if pack:
+        p = k.launch
+        _pack_kernel[(grid, p.parts)](staged, r2p, row_stride, k.out32, k.out64, k.stride, *k.offsets,
+                                      LOOKUP=L.LOOKUP, PAGE_SIZE=k.page_size, PAD=PAD_BLOCK_ID,
+                                      BLOCK_W=p.block_w, BLOCK_T=p.block_t, num_warps=p.num_warps,
+                                      **L.PACK_WORDS)

@@ -1,10 +1,12 @@
 """Device-resident pools of the `gpu` backend, in the SGLang style.
 
-`ReqToTokenPool` maps each running request's row to the slot of each of its
-tokens; `TokenToKVPoolAllocator` (one slot per page) and
-`PagedTokenToKVPoolAllocator` (pages of `page_size` slots) keep the free pages
-as a device stack. Host integers mirror every count that a shape depends on,
-so no step reads the device back.
+`ReqToTokenPool` maps each running request's row to the page of each of its
+positions (at page size 1, SGLang's token-level `req_to_token`; at larger page
+sizes one entry per page, so that a pack reads `page_size` times fewer words);
+`TokenToKVPoolAllocator` (one slot per page) and `PagedTokenToKVPoolAllocator`
+(pages of `page_size` slots) keep the free pages as a device stack. Host
+integers mirror every count that a shape depends on, so no step reads the
+device back.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from disagmoe import _C
 
 
 class ReqToTokenPool:
-    """`req_to_token[row, pos]`: the slot of token `pos` of the request in `row`.
+    """`req_to_page[row, k]`: the page holding positions [k * page_size, (k + 1) * page_size)
+    of the request in `row`; its slots are page * page_size + offset.
 
     The host books (request id -> row, lengths, free rows) are a
     `_C.RequestTable`; the table itself is an int32 device tensor.
@@ -25,15 +28,21 @@ class ReqToTokenPool:
                  device: torch.device) -> None:
         self.size = size
         self.max_context_len = max_context_len
+        self.page_size = page_size
         self.books = _C.RequestTable(size, max_context_len, page_size)
-        self.req_to_token = torch.zeros(size, max_context_len, dtype=torch.int32, device=device)
+        self.req_to_page = torch.zeros(size, -(-max_context_len // page_size), dtype=torch.int32, device=device)
 
     def clear(self) -> None:
         self.books.reset()
 
+    def token_slots(self, row: int, seq_len: int) -> list[int]:
+        """The slot of each of the row's first `seq_len` positions (reads the device)."""
+        pages = self.req_to_page[row, :-(-seq_len // self.page_size)].tolist()
+        return [pages[p // self.page_size] * self.page_size + p % self.page_size for p in range(seq_len)]
+
     @property
     def nbytes(self) -> int:
-        return self.req_to_token.numel() * self.req_to_token.element_size()
+        return self.req_to_page.numel() * self.req_to_page.element_size()
 
 
 class PagedTokenToKVPoolAllocator:
@@ -70,6 +79,16 @@ class PagedTokenToKVPoolAllocator:
             raise ValueError(f"take: {num_pages} pages asked, {self.num_free_pages} free")
         height = self.num_free_pages
         self.num_free_pages -= num_pages
+        return height
+
+    def push(self, num_pages: int) -> int:
+        """Makes room for `num_pages` pages that a kernel pushes; returns the height
+        before (the kernel writes them at free_pages[height:height + num_pages])."""
+        if num_pages > self.num_pages - self.num_free_pages:
+            raise ValueError(f"push: {num_pages} pages pushed, only "
+                             f"{self.num_pages - self.num_free_pages} are taken")
+        height = self.num_free_pages
+        self.num_free_pages += num_pages
         return height
 
     def free(self, pages: torch.Tensor) -> None:

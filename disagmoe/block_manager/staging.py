@@ -1,14 +1,20 @@
-"""Small int32 step inputs staged on the host for the device to read."""
+"""The host/device buffer pair every backend stages a step through.
+
+`StagingRing` holds `depth` pinned host buffers, each with the event that says when the
+device has finished reading it, and one device twin. A step writes the next host buffer
+(`acquire` waits only for that buffer's previous reader, `depth` launches ago, so the
+host can run up to `depth` launches ahead of the device), copies it to the device twin
+(stream order keeps the twin safe: the next copy into it runs after the kernels that
+read it), and marks the buffer read (`enqueued`). On torch's CPU device the host buffer
+is the device buffer and nothing waits.
+"""
 
 from __future__ import annotations
-
-from typing import Sequence
 
 import numpy as np
 import torch
 
-HEADER = 16
-"""int32 words before the per-entry arrays; kernels read their scalars there."""
+DEFAULT_DEPTH = 3
 
 
 class DeviceDone:
@@ -37,46 +43,50 @@ class DeviceDone:
         self._event.synchronize()
 
 
-class Staging:
-    """Pinned host regions of step inputs, one device twin, one reader event.
+class StagingRing:
+    """`depth` pinned host buffers of `nbytes` bytes, one device twin of the same size.
 
-    Each region starts with a HEADER of scalars. `host()` waits until the
-    device has finished reading the buffer, so the caller may overwrite it.
-    `upload()` sends every region with one non-blocking copy (with `zero_copy`
-    nothing is copied: kernels read the pinned memory over the bus);
-    `device_views` are what kernels read, at fixed addresses. `enqueued()`
-    marks the readers as enqueued. On a CPU device the host buffer is the
-    device buffer.
+    `host(k)` is buffer k as bytes (numpy uint8) and `int32(k)` as int32 words;
+    `device` is the twin (a uint8 tensor); `current` is the buffer the next step writes.
     """
 
-    def __init__(self, sizes: Sequence[int], device: torch.device, zero_copy: bool = False) -> None:
+    def __init__(self, nbytes: int, device: torch.device, depth: int = DEFAULT_DEPTH) -> None:
         on_cuda = device.type == "cuda"
-        self._host = torch.zeros(sum(sizes), dtype=torch.int32, pin_memory=on_cuda)
-        self._copy = on_cuda and not zero_copy
-        self._device = torch.zeros_like(self._host, device=device) if self._copy else self._host
-        starts = np.cumsum([0, *sizes])
-        whole = self._host.numpy()
-        self.arrays = [whole[a:b] for a, b in zip(starts, starts[1:])]
-        self.args = [array[HEADER:] for array in self.arrays]  # where the C++ books write
-        self.device_views = [self._device[a:b] for a, b in zip(starts, starts[1:])]
-        self._read = DeviceDone(device) if on_cuda else None
+        self.depth = depth if on_cuda else 1
+        self.nbytes = (max(nbytes, 64) + 63) // 64 * 64
+        self.on_cuda = on_cuda
+        self._host = [torch.zeros(self.nbytes, dtype=torch.uint8, pin_memory=on_cuda) for _ in range(self.depth)]
+        self.host_arrays = [t.numpy() for t in self._host]
+        self.int32_arrays = [a.view(np.int32) for a in self.host_arrays]
+        self.device = torch.zeros(self.nbytes, dtype=torch.uint8, device=device) if on_cuda else self._host[0]
+        self._done = [DeviceDone(device) for _ in range(self.depth)] if on_cuda else None
+        self.current = 0
 
-    def host(self) -> None:
-        if self._read is not None:
-            self._read.wait()
+    def host_tensor(self, k: int) -> torch.Tensor:
+        return self._host[k]
 
-    def upload(self) -> None:
-        if self._copy:
-            self._device.copy_(self._host, non_blocking=True)
+    def acquire(self) -> int:
+        """The buffer the next step writes, once the device has finished reading it."""
+        if self._done is not None:
+            self._done[self.current].wait()
+        return self.current
+
+    def upload(self, nbytes: int | None = None) -> None:
+        """One non-blocking copy of the current buffer (its first `nbytes`) to the twin."""
+        if self.on_cuda:
+            n = self.nbytes if nbytes is None else nbytes
+            self.device[:n].copy_(self._host[self.current][:n], non_blocking=True)
 
     def enqueued(self) -> None:
-        if self._read is not None:
-            self._read.record()
+        """Marks the current buffer's readers as enqueued; the next step takes the next buffer."""
+        if self._done is not None:
+            self._done[self.current].record()
+        self.current = (self.current + 1) % self.depth
 
     @property
     def device_bytes(self) -> int:
-        return self._device.numel() * 4 if self._copy else 0
+        return self.nbytes if self.on_cuda else 0
 
     @property
     def host_bytes(self) -> int:
-        return self._host.numel() * 4
+        return self.nbytes * self.depth

@@ -1,0 +1,290 @@
+"""What the two device-table backends (`gpu`, `hybrid`) share: block tables resident on
+the device as one page table (`req_to_page[row, k]`), and a step path whose host cost
+does not depend on the batch's shape.
+
+Each launch stages its inputs in the next buffer of a `StagingRing` (layout.py names
+the words): a first-layer update and a release are deferred into it, and the
+`pack_flash_attn_metadata` that follows sends all of it with one copy and runs the
+release, update and pack kernels in that order, replayed from one CUDA graph per
+(kernels, grid bucket, ring buffer) with Triton (`graphs.py`). Any other call that
+reads the device tables (a second update, inspection, synchronize) launches what is
+deferred first, so every observable result is as if it had run at once. The host
+never waits for the device except for a ring buffer `depth` launches old.
+
+The metadata lands in one persistent device buffer at fixed offsets (`slot_mapping` in
+a second one, grown when a batch has more tokens than any before), so a pack builds
+its views from three integers, whatever the shape. A pack of the same batch as the last
+one, with nothing changed since (the next layer of the same step), returns the same
+tensors without a launch (`BatchMemo`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from disagmoe.batch import BatchMetadata
+from disagmoe.block_manager import kernels_torch
+from disagmoe.block_manager import layout as L
+from disagmoe.block_manager.base import BlockManager
+from disagmoe.block_manager.graphs import GraphCache, bucket
+from disagmoe.block_manager.staging import StagingRing
+from disagmoe.config import CacheConfig, ModelConfig
+from disagmoe.metadata import FlashAttentionMetadata
+
+KERNELS = ("auto", "triton", "torch")
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class BatchMemo:
+    """The last batch a manager looked up and what it found, valid while nothing changed.
+
+    `changed()` marks every state change; `get(batch)` returns what `put` stored for the
+    same batch (the same ids, prefill count and lengths) if nothing changed since, else
+    None. Only plain lists and ints are remembered: anything else is looked up again.
+    """
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._key: tuple | None = None
+        self._value = None
+
+    def changed(self) -> None:
+        self.version += 1
+        self._key = None
+
+    @staticmethod
+    def _plain(batch: BatchMetadata) -> bool:
+        return (type(batch.req_ids) is list and type(batch.init_prefill_lens) is list
+                and type(batch.num_prefill_seqs) is int)
+
+    def get(self, batch: BatchMetadata):
+        key = self._key
+        if key is None or not self._plain(batch):
+            return None
+        version, ids, num_prefill, lens = key
+        # The version again last: comparing a list may call an element's __eq__, which may
+        # step this manager.
+        if version == self.version and num_prefill == batch.num_prefill_seqs and ids == batch.req_ids \
+                and lens == batch.init_prefill_lens and version == self.version:
+            return self._value
+        return None
+
+    def put(self, batch: BatchMetadata, value) -> None:
+        if self._plain(batch):
+            self._key = (self.version, list(batch.req_ids), batch.num_prefill_seqs, list(batch.init_prefill_lens))
+            self._value = value
+        else:
+            self._key = None
+
+
+class DeviceTableManager(BlockManager):
+    """The shared step path; subclasses stage their update and release (`_stage_update`,
+    `_stage_release`) and say where new pages come from (`_free_pages`: the device free
+    stack, or None for page ids staged by the host)."""
+
+    page_ids_capacity = 0  # words of staged page ids a launch may carry
+
+    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig, max_running_reqs: int,
+                 device: torch.device | str | None, kernels: str, cuda_graphs: bool, zero_copy: bool,
+                 pack_launch) -> None:
+        super().__init__(model_config, cache_config, max_running_reqs, device)
+        self.kernels = self._choose_kernels(kernels, pack_launch)
+        self.cuda_graphs = bool(cuda_graphs) and self.kernels == "triton"
+        self.zero_copy = bool(zero_copy) and self.kernels == "triton"
+        self._stride = max_running_reqs + 1
+        self._ring = StagingRing(4 * L.staged_words(self._stride, self.page_ids_capacity), self.device)
+        self._staged_device = self._ring.device.view(torch.int32)
+        self._slot: int | None = None  # the ring buffer being staged, once acquired
+        self._update_size = self._release_size = 0  # staged, not launched yet
+        self._scratch = np.empty(L.LOOKUP_COLUMNS * self._stride, dtype=np.int32)  # host-only lookups
+        self.max_width = -(-self.max_seq_len // self.block_size)
+        self._offsets = L.metadata_offsets(max_running_reqs)
+        self._out32 = torch.zeros(self._offsets[-1] + max_running_reqs * self.max_width, dtype=torch.int32,
+                                  device=self.device)
+        self._out64 = torch.zeros(max_running_reqs, dtype=torch.int64, device=self.device)
+        self._graphs = GraphCache()
+        self.memo = BatchMemo()
+        self._pack_launch = pack_launch
+
+    def _choose_kernels(self, kernels: str, pack_launch) -> str:
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels={kernels!r} is not one of {KERNELS}")
+        on_cuda = self.device.type == "cuda"
+        if kernels == "auto":
+            kernels = "triton" if on_cuda and _triton_available() else "torch"
+        if kernels == "triton" and not on_cuda:
+            raise ValueError(f"kernels='triton' needs a CUDA device, got {self.device}")
+        if pack_launch is not None and kernels != "triton":
+            raise ValueError(f"pack_launch={pack_launch!r} needs kernels='triton', got kernels={kernels!r}")
+        return kernels
+
+    def _triton_kernels(self, req_to_page: torch.Tensor, free_pages: torch.Tensor | None):
+        from disagmoe.block_manager import kernels_triton
+        launch = self._pack_launch
+        if launch is None:
+            launch = kernels_triton.PackLaunch()
+        elif not isinstance(launch, kernels_triton.PackLaunch):
+            raise TypeError(f"pack_launch must be a kernels_triton.PackLaunch, got {launch!r}")
+        self._triton = kernels_triton
+        return kernels_triton.Kernels(req_to_page, free_pages, self._out32, self._out64, self._offsets,
+                                      self._stride, self.block_size, launch)
+
+    # -- what subclasses provide ----------------------------------------------------------
+
+    req_to_page: torch.Tensor
+    _free_pages: torch.Tensor | None
+
+    def _books_lookup(self, batch: BatchMetadata, out: np.ndarray, op: str):
+        raise NotImplementedError
+
+    # -- staging ------------------------------------------------------------------------
+
+    def _words(self) -> np.ndarray:
+        """The ring buffer this launch stages into (acquired on first use)."""
+        if self._slot is None:
+            self._slot = self._ring.acquire()
+            words = self._ring.int32_arrays[self._slot]
+            words[:L.HEADER] = 0
+            return words
+        return self._ring.int32_arrays[self._slot]
+
+    def _deferred(self) -> bool:
+        return bool(self._update_size or self._release_size)
+
+    # -- the step -----------------------------------------------------------------------
+
+    def update_block_table(self, batch: BatchMetadata) -> None:
+        if not self._is_first_layer(batch):
+            cached = self.memo.get(batch)  # the same batch's pack, at an earlier layer
+            if cached is not None:
+                batch.seq_lens = list(cached.seq_lens)
+            else:
+                batch.seq_lens = self._books_lookup(batch, self._scratch, "update_block_table")[1]
+            return
+        if self._update_size:
+            self.flush()  # the staged plan is about to be rewritten
+        batch.seq_lens = self._stage_update(batch, self._words())
+
+    def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
+        self._is_first_layer(batch)  # rejects an unknown layer
+        cached = self.memo.get(batch)
+        if isinstance(cached, FlashAttentionMetadata):
+            return _copy(cached)
+        words = self._words()
+        stats, seq_lens = self._books_lookup(batch, words[L.LOOKUP:], "pack_flash_attn_metadata")
+        num_tokens, max_seq_len = stats[0], stats[2]
+        batch_size = len(seq_lens)
+        width = -(-max_seq_len // self.block_size)
+        if num_tokens > self._out64.numel():
+            self.flush()
+            self._grow_slots(num_tokens)
+            words = self._words()
+            stats, seq_lens = self._books_lookup(batch, words[L.LOOKUP:], "pack_flash_attn_metadata")
+        words[L.PACK_SIZE] = batch_size
+        words[L.WIDTH] = width
+        words[L.NUM_TOKENS] = num_tokens
+        views = self._views(batch_size, width, num_tokens)
+        self._launch(pack=True, views=views)
+        metadata = _metadata(batch, stats, seq_lens, views, self.block_size)
+        self.memo.put(batch, metadata)
+        return metadata
+
+    def _views(self, batch_size: int, width: int, num_tokens: int) -> tuple:
+        seq, ctx, qsl, ssl, tables = self._offsets
+        out = self._out32
+        return (out[seq:seq + batch_size], out[ctx:ctx + batch_size], out[qsl:qsl + batch_size + 1],
+                out[ssl:ssl + batch_size + 1], out[tables:tables + batch_size * width].view(batch_size, width),
+                self._out64[:num_tokens])
+
+    def _grow_slots(self, num_tokens: int) -> None:
+        self._out64 = torch.zeros(num_tokens + num_tokens // 2, dtype=torch.int64, device=self.device)
+        self._graphs.clear()  # they write the old buffer
+        if self.kernels == "triton":
+            import dataclasses
+            self._k = dataclasses.replace(self._k, out64=self._out64)
+
+    def synchronize(self) -> None:
+        self.flush()
+        super().synchronize()
+
+    def flush(self) -> None:
+        """Launches a deferred update or release, if any (see the module docstring)."""
+        if self._deferred():
+            self._launch(pack=False)
+
+    def _launch(self, pack: bool, views: tuple | None = None) -> None:
+        """One launch of what is staged: release, update, pack (see the module docstring)."""
+        release, update = bool(self._release_size), bool(self._update_size)
+        words = self._ring.int32_arrays[self._slot]
+        if self.kernels == "torch":
+            self._ring.upload(4 * L.copy_words(self._stride, release, update, int(words[L.NUM_PAGE_IDS])))
+            staged = self._staged_device
+            if release:
+                kernels_torch.release(staged, words, self._stride, self.req_to_page, self._free_pages,
+                                      self.block_size)
+            if update:
+                kernels_torch.update(staged, words, self._stride, self.req_to_page, self._free_pages,
+                                     self.block_size)
+            if pack:
+                kernels_torch.pack(staged, words, self._stride, self.req_to_page, self.block_size, views)
+        else:
+            sizes = (self._release_size, self._update_size, int(words[L.PACK_SIZE]) if pack else 0)
+            grid = bucket(max(max(sizes), 1))
+            page_ids = self.page_ids_capacity if update else 0
+            nbytes = 4 * L.copy_words(self._stride, release, update, page_ids)
+            slot = self._slot
+            run = lambda: self._run_triton(slot, grid, release, update, pack, nbytes)  # noqa: E731
+            if self.cuda_graphs:
+                self._graphs.launch((release, update, pack, grid, slot), run)
+            else:
+                run()
+        self._ring.enqueued()
+        self._slot = None
+        self._update_size = self._release_size = 0
+
+    def _run_triton(self, slot: int, grid: int, release: bool, update: bool, pack: bool, nbytes: int) -> None:
+        if self.zero_copy:
+            staged = self._ring.host_tensor(slot).view(torch.int32)
+        else:
+            self._ring.device[:nbytes].copy_(self._ring.host_tensor(slot)[:nbytes], non_blocking=True)
+            staged = self._staged_device
+        self._triton.launch(self._k, staged, grid, release, update, pack)
+
+    # -- lifecycle and inspection ----------------------------------------------------------
+
+    def reset_state(self) -> None:
+        self._slot = None  # whatever was staged is moot: every table is cleared
+        self._update_size = self._release_size = 0
+        self.memo.changed()
+        self._reset_books()
+
+    def _reset_books(self) -> None:
+        raise NotImplementedError
+
+
+def _metadata(batch: BatchMetadata, stats, seq_lens: list[int], views: tuple,
+              block_size: int) -> FlashAttentionMetadata:
+    """A batch's metadata from the C++ batch stats (see `_C.RequestTable.lookup`) and the views."""
+    num_tokens, max_query_len, _, max_prefill_seq_len, max_decode_seq_len, max_decode_query_len = stats
+    seq, ctx, qsl, ssl, tables, slots = views
+    num_decodes = len(seq_lens) - batch.num_prefill_seqs
+    return FlashAttentionMetadata(
+        batch.num_prefill_seqs, num_tokens - num_decodes, num_decodes, seq_lens, seq, ctx, qsl, ssl,
+        max_query_len, max_prefill_seq_len, max_decode_seq_len, max_decode_query_len, tables, slots, block_size)
+
+
+def _copy(metadata: FlashAttentionMetadata) -> FlashAttentionMetadata:
+    """The same metadata with its own seq_lens list (the tensors are shared)."""
+    m = metadata
+    return FlashAttentionMetadata(
+        m.num_prefills, m.num_prefill_tokens, m.num_decode_tokens, list(m.seq_lens), m.seq_lens_tensor,
+        m.context_lens_tensor, m.query_start_loc, m.seq_start_loc, m.max_query_len, m.max_prefill_seq_len,
+        m.max_decode_seq_len, m.max_decode_query_len, m.block_tables, m.slot_mapping, m.block_size)
