@@ -5,7 +5,7 @@ as in a real decode (`disagmoe.serving.workloads.DecodeWorkload`, lengths="grow"
 layer a step: update + pack). Variants: cpu-bs16, gpu-bs1 (the gpu backend's default,
 token level) and gpu-bs16 (paged, the cpu backend's block size). Timing modes
 (`disagmoe.serving.timing`): synced (each call until the device is done), pipelined
-(windows of 48 steps back to back, one synchronise at the end: wall and host time per
+(windows of 32 steps back to back, one synchronise at the end: wall and host time per
 step) and busy (each step followed by a 300 us stand-in forward: the device time the
 bookkeeping adds, and host time; CUDA only). One process measures the whole grid
 (`serving.measure_grid`); the windows are asv's samples.
@@ -44,7 +44,7 @@ class Step:
     def track_pipelined(self, cache, variant, batch_size, context):
         return samples(cache, (batch_size, context), "pipelined", variant, "wall_us")
 
-    track_pipelined.pretty_name = "decode step, pipelined (48 back to back): wall us per step, lower is better"
+    track_pipelined.pretty_name = "decode step, pipelined (32 back to back): wall us per step, lower is better"
 
     def track_pipelined_host(self, cache, variant, batch_size, context):
         return samples(cache, (batch_size, context), "pipelined", variant, "host_us")

@@ -4,7 +4,7 @@ The seeded trace of `disagmoe.serving.workloads.TraceConfig` (R running requests
 long-tailed prompts up to P and outputs up to 2048, chunked prefill of 8192 tokens a
 step, finished requests released and replaced; two layers a step: release + update +
 pack, then update + pack), replayed by every variant: cpu-bs16, gpu-bs1 and gpu-bs16.
-Timing modes as in bench_pipelined (synced, pipelined windows of 48 steps, busy behind a
+Timing modes as in bench_pipelined (synced, pipelined windows of 32 steps, busy behind a
 300 us forward, CUDA only). One process measures the whole grid; the windows are asv's
 samples.
 
@@ -42,7 +42,7 @@ class Step:
     def track_pipelined(self, cache, variant, running, max_prompt):
         return samples(cache, (running, max_prompt), "pipelined", variant, "wall_us")
 
-    track_pipelined.pretty_name = "trace step, pipelined (48 back to back): wall us per step, lower is better"
+    track_pipelined.pretty_name = "trace step, pipelined (32 back to back): wall us per step, lower is better"
 
     def track_pipelined_host(self, cache, variant, running, max_prompt):
         return samples(cache, (running, max_prompt), "pipelined", variant, "host_us")

@@ -46,6 +46,7 @@ TRACE_RUNNING = _ints("DISAGMOE_TRACE_RUNNING", [64, 256, 1024])
 TRACE_PROMPTS = _ints("DISAGMOE_TRACE_PROMPTS", [2048, 16384, 65536])
 MODES = ("synced", "pipelined", "busy")
 CPU_DEVICE_TOKENS = 1 << 20
+WINDOW, WINDOWS, WARMUP = 32, 9, 16  # steps a window, windows (asv's samples), untimed steps first
 
 
 class ReferenceStep:
@@ -130,7 +131,7 @@ def measure_grid(kind: str, keys: list[tuple[int, int]]) -> dict:
         except ValueError as err:
             missing[name] = str(err)
     out["missing_variants"] = missing
-    timing = serving_points.Timing()
+    timing = serving_points.Timing(window=WINDOW, windows=WINDOWS, warmup=WARMUP)
     forward = Forward(timing.forward_us, device) if device.type == "cuda" else None
     modes = [m for m in MODES if m != "busy" or forward is not None]
     for key in keys:

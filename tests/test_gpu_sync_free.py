@@ -99,6 +99,45 @@ def test_steps_do_not_sync(backend_id, block_size):
         assert manager.token_slots(req_id) == reference.manager.token_slots(req_id)
 
 
+@pytest.mark.parametrize("backend_id", SYNC_FREE)
+@pytest.mark.parametrize("block_size", [1, 16])
+def test_trace_steps_do_not_sync(backend_id, block_size):
+    """A continuous-batching trace (releases, chunked prefills, decodes, two layers a step)
+    runs sync-free once warm, and gives what the torch kernels give, step by step."""
+    from disagmoe.serving.workloads import TraceConfig, TraceWorkload
+
+    trace = TraceWorkload(TraceConfig(running=10, max_prompt=200, chunk=150, max_output=30, seed=1), 60)
+    max_seq_len, max_reqs = trace.sizes(60)
+    sizes = dict(block_size=block_size, num_blocks=max_reqs * -(-max_seq_len // block_size),
+                 max_running_reqs=max_reqs, max_seq_len=max_seq_len, layer_ids=(0, 1))
+    manager = BY_ID[backend_id].make(**sizes)
+
+    def steps() -> list[tuple]:
+        kept = []
+        for step in trace.steps:
+            if step.release:
+                manager.release_seqs(step.release)
+            kept.extend(run_steps(manager, list(step.layers)))
+        return kept
+
+    trace.start(manager)  # (ends with a synchronize)
+    steps()  # warm-up: compiles kernels, captures graphs
+    trace.start(manager)
+    with sync_is_an_error():
+        kept = steps()
+    reference = Harness(BY_ID["gpu-torch-cuda"].make(**sizes))
+    reference.update(reference.batch([r for r, _ in trace.initial], [n for _, n in trace.initial]))
+    batches = []
+    for step in trace.steps:
+        if step.release:
+            reference.release(list(step.release))
+        for batch in step.layers:
+            batches.append(batch)
+            md, tensors = kept[len(batches) - 1]
+            assert host_copy(md, tensors) == reference.step(copy_batch(batch))
+    manager.check_integrity()
+
+
 GC_DURING_CAPTURE = textwrap.dedent("""
     import gc, torch
     from disagmoe import BatchMetadata, CacheConfig, GPUBlockManager, ModelConfig
@@ -119,14 +158,14 @@ GC_DURING_CAPTURE = textwrap.dedent("""
     cycle = [dead, None]
     cycle[1] = cycle
     del dead, cycle  # garbage now, freed at the next collection
-    launch = kernels_triton.update_block_table
+    launch = kernels_triton.launch
 
     def collecting_launch(*args, **kwargs):  # a collection that falls inside the capture
         if torch.cuda.is_current_stream_capturing():
             gc.collect()
         return launch(*args, **kwargs)
 
-    kernels_triton.update_block_table = collecting_launch
+    kernels_triton.launch = collecting_launch
     print(step(manager()))
 """)
 
