@@ -37,7 +37,7 @@ KERNELS = ("auto", "triton", "torch")
 
 def _triton_available() -> bool:
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401 (is it there?)
     except ImportError:
         return False
     return True
@@ -134,8 +134,9 @@ class DeviceTableManager(BlockManager):
         elif not isinstance(launch, kernels_triton.PackLaunch):
             raise TypeError(f"pack_launch must be a kernels_triton.PackLaunch, got {launch!r}")
         self._triton = kernels_triton
-        return kernels_triton.Kernels(req_to_page, free_pages, self._out32, self._out64, self._offsets,
-                                      self._stride, self.block_size, launch)
+        page_ids = None if free_pages is not None else self._staged_device[L.page_ids_start(self._stride):]
+        return kernels_triton.Kernels(req_to_page, free_pages, page_ids, self._out32, self._out64,
+                                      self._offsets, self._stride, self.block_size, launch)
 
     # -- what subclasses provide ----------------------------------------------------------
 
@@ -220,26 +221,34 @@ class DeviceTableManager(BlockManager):
         if self._deferred():
             self._launch(pack=False)
 
-    def _launch(self, pack: bool, views: tuple | None = None) -> None:
-        """One launch of what is staged: release, update, pack (see the module docstring)."""
+    def _launch(self, pack: bool, views: tuple | None = None, page_ids: torch.Tensor | None = None) -> None:
+        """One launch of what is staged: release, update, pack (see the module docstring).
+        `page_ids` (hybrid: an update too large for a staged buffer) launches eagerly
+        with the update's ids read from there."""
         release, update = bool(self._release_size), bool(self._update_size)
         words = self._ring.int32_arrays[self._slot]
-        if self.kernels == "torch":
-            self._ring.upload(4 * L.copy_words(self._stride, release, update, int(words[L.NUM_PAGE_IDS])))
+        if self.kernels == "torch" or page_ids is not None:
+            own_ids = update and page_ids is None and self._free_pages is None
+            self._ring.upload(4 * L.copy_words(self._stride, release, update,
+                                               int(words[L.NUM_PAGE_IDS]) if own_ids else 0))
             staged = self._staged_device
-            if release:
-                kernels_torch.release(staged, words, self._stride, self.req_to_page, self._free_pages,
-                                      self.block_size)
-            if update:
-                kernels_torch.update(staged, words, self._stride, self.req_to_page, self._free_pages,
-                                     self.block_size)
-            if pack:
-                kernels_torch.pack(staged, words, self._stride, self.req_to_page, self.block_size, views)
+            if self.kernels == "triton":
+                sizes = (self._release_size, self._update_size, int(words[L.PACK_SIZE]) if pack else 0)
+                self._triton.launch(self._k, staged, bucket(max(max(sizes), 1)), release, update, pack, page_ids)
+            else:
+                if release:
+                    kernels_torch.release(staged, words, self._stride, self.req_to_page, self._free_pages,
+                                          self.block_size)
+                if update:
+                    kernels_torch.update(staged, words, self._stride, self.req_to_page, self._free_pages,
+                                         self.block_size, page_ids)
+                if pack:
+                    kernels_torch.pack(staged, words, self._stride, self.req_to_page, self.block_size, views)
         else:
             sizes = (self._release_size, self._update_size, int(words[L.PACK_SIZE]) if pack else 0)
             grid = bucket(max(max(sizes), 1))
-            page_ids = self.page_ids_capacity if update else 0
-            nbytes = 4 * L.copy_words(self._stride, release, update, page_ids)
+            carried = self.page_ids_capacity if update else 0
+            nbytes = 4 * L.copy_words(self._stride, release, update, carried)
             slot = self._slot
             run = lambda: self._run_triton(slot, grid, release, update, pack, nbytes)  # noqa: E731
             if self.cuda_graphs:

@@ -49,9 +49,9 @@ def release(staged: torch.Tensor, host: np.ndarray, stride: int, req_to_page: to
 
 
 def update(staged: torch.Tensor, host: np.ndarray, stride: int, req_to_page: torch.Tensor,
-           free_pages: torch.Tensor | None, page_size: int) -> None:
+           free_pages: torch.Tensor | None, page_size: int, page_ids: torch.Tensor | None = None) -> None:
     """Writes each planned entry's new pages into its row: the m-th page the step adds is
-    free_pages[height - 1 - m] (gpu) or the m-th staged page id (hybrid)."""
+    free_pages[height - 1 - m] (gpu) or page_ids[m] (hybrid; default: the staged ids)."""
     count = int(host[L.UPDATE_SIZE])
     old_h = _host_column(host, L.plan_start(stride), L.PLAN_OLD_LENS, stride, count)
     new_h = _host_column(host, L.plan_start(stride), L.PLAN_NEW_LENS, stride, count)
@@ -67,7 +67,7 @@ def update(staged: torch.Tensor, host: np.ndarray, stride: int, req_to_page: tor
     if free_pages is not None:
         pages = free_pages[int(host[L.HEIGHT]) - 1 - rank]
     else:
-        pages = staged[L.page_ids_start(stride) + rank]
+        pages = (staged[L.page_ids_start(stride):] if page_ids is None else page_ids)[rank]
     req_to_page[rows[entry], first_new[entry] + k] = pages
 
 

@@ -45,8 +45,8 @@ def _release_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, free_pages_ptr,
 
 
 @triton.jit
-def _update_kernel(staged_ptr, free_pages_ptr, req_to_page_ptr, r2p_row_stride, stride,
-                   PAGE_IDS: tl.constexpr, FROM_STACK: tl.constexpr, PAGE_SIZE: tl.constexpr,
+def _update_kernel(staged_ptr, pages_ptr, req_to_page_ptr, r2p_row_stride, stride,
+                   FROM_STACK: tl.constexpr, PAGE_SIZE: tl.constexpr,
                    PLAN: tl.constexpr, BLOCK: tl.constexpr, UPDATE_SIZE: tl.constexpr, HEIGHT: tl.constexpr,
                    PLAN_ROWS: tl.constexpr, PLAN_OLD_LENS: tl.constexpr, PLAN_NEW_LENS: tl.constexpr,
                    PLAN_PAGE_OFFSETS: tl.constexpr):
@@ -67,9 +67,9 @@ def _update_kernel(staged_ptr, free_pages_ptr, req_to_page_ptr, r2p_row_stride, 
         mask = k < last
         rank = offset + k - first_new  # among the pages this step adds
         if FROM_STACK:  # the m-th page taken is the m-th from the top of the stack
-            pages = tl.load(free_pages_ptr + (height - 1 - rank), mask=mask, other=0)
-        else:
-            pages = tl.load(staged_ptr + PAGE_IDS + rank, mask=mask, other=0)
+            pages = tl.load(pages_ptr + (height - 1 - rank), mask=mask, other=0)
+        else:  # the m-th staged page id
+            pages = tl.load(pages_ptr + rank, mask=mask, other=0)
         tl.store(row_ptr + k, pages, mask=mask)
 
 
@@ -148,6 +148,7 @@ class Kernels:
 
     req_to_page: torch.Tensor  # int32 [rows, pages]
     free_pages: torch.Tensor | None  # int32, the gpu backend's free stack (None: hybrid)
+    page_ids: torch.Tensor | None  # int32, hybrid: the staged page ids (on the device twin)
     out32: torch.Tensor  # the metadata buffer's int32 words
     out64: torch.Tensor  # slot_mapping's int64 buffer
     offsets: tuple[int, int, int, int, int]  # layout.metadata_offsets
@@ -156,9 +157,11 @@ class Kernels:
     launch: PackLaunch = PackLaunch()
 
 
-def launch(k: Kernels, staged: torch.Tensor, grid: int, release: bool, update: bool, pack: bool) -> None:
+def launch(k: Kernels, staged: torch.Tensor, grid: int, release: bool, update: bool, pack: bool,
+           page_ids: torch.Tensor | None = None) -> None:
     """The kernels a launch holds, in order, each over `grid` programs; `staged` is the
-    int32 view of the staged buffer the kernels read (the device twin, or pinned host)."""
+    int32 view of the staged buffer the kernels read (the device twin, or pinned host);
+    `page_ids` overrides `k.page_ids` (hybrid: an update too large for a staged buffer)."""
     r2p, row_stride = k.req_to_page, k.req_to_page.stride(0)
     if release:
         _release_kernel[(grid,)](staged, r2p, row_stride, k.free_pages, k.stride,
@@ -166,8 +169,9 @@ def launch(k: Kernels, staged: torch.Tensor, grid: int, release: bool, update: b
                                  **L.RELEASE_WORDS)
     if update:
         from_stack = k.free_pages is not None
-        _update_kernel[(grid,)](staged, k.free_pages if from_stack else staged, r2p, row_stride, k.stride,
-                                PAGE_IDS=L.page_ids_start(k.stride), FROM_STACK=from_stack, PLAN=L.plan_start(k.stride),
+        pages = k.free_pages if from_stack else (k.page_ids if page_ids is None else page_ids)
+        _update_kernel[(grid,)](staged, pages, r2p, row_stride, k.stride,
+                                FROM_STACK=from_stack, PLAN=L.plan_start(k.stride),
                                 PAGE_SIZE=k.page_size, BLOCK=256, **L.UPDATE_WORDS)
     if pack:
         p = k.launch

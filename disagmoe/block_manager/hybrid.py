@@ -1,0 +1,139 @@
+"""The `hybrid` backend: the host decides, the device keeps the tables.
+
+The C++ core (`_C.BlockManager`, as the `cpu` backend uses it) checks every batch,
+allocates blocks from its host free list and keeps the lengths, so no device state is
+needed to decide anything. The block tables live on the device (`req_to_page`, one row
+per request row), and each first-layer update sends only what changed: per entry its
+row, old and new length and where its new block ids start, and those ids; a kernel
+writes them into the rows before the pack builds the metadata from the device table
+(`device_tables`: the step path it shares with `gpu`). A step's device work grows with
+the blocks it adds, not with batch x context; a release is host work alone (a row's
+stale entries are never read: the pack reads a row's first blocks, which the updates
+since its request arrived have written).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+
+from disagmoe import _C
+from disagmoe.batch import BatchMetadata
+from disagmoe.block_manager import layout as L
+from disagmoe.block_manager.base import MemoryFootprint
+from disagmoe.block_manager.device_tables import DeviceTableManager
+from disagmoe.block_manager.staging import DeviceDone
+from disagmoe.config import CacheConfig, ModelConfig
+
+if TYPE_CHECKING:
+    from disagmoe.block_manager.kernels_triton import PackLaunch
+
+
+class HybridBlockManager(DeviceTableManager):
+    """`kernels`, `cuda_graphs`, `zero_copy` and `pack_launch` as for `GPUBlockManager`."""
+
+    backend = "hybrid"
+    default_block_size = 16
+
+    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
+                 max_running_reqs: int, device: torch.device | str | None = None,
+                 kernels: str = "auto", cuda_graphs: bool = True, zero_copy: bool = False,
+                 pack_launch: PackLaunch | None = None) -> None:
+        # A launch carries the new block ids of a decode step of every request and more;
+        # an update that adds more blocks than that launches alone, from its own buffers.
+        self.page_ids_capacity = max(2 * max_running_reqs, 4096)
+        super().__init__(model_config, cache_config, max_running_reqs, device, kernels, cuda_graphs,
+                         zero_copy, pack_launch)
+        self._core = _C.BlockManager(self.block_size, self.num_blocks, self.max_seq_len, max_running_reqs)
+        self._books = self._core.books
+        self.req_to_page = torch.zeros(max_running_reqs, self.max_width, dtype=torch.int32, device=self.device)
+        self._free_pages = None
+        self._big: tuple[torch.Tensor, torch.Tensor] | None = None  # pinned ids and device twin, grown
+        self._big_done = DeviceDone(self.device) if self.device.type == "cuda" else None
+        if self.kernels == "triton":
+            self._k = self._triton_kernels(self.req_to_page, None)
+
+    def _books_lookup(self, batch: BatchMetadata, out: np.ndarray, op: str):
+        return self._books.lookup(batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens,
+                                  out, self._stride, op)
+
+    def _stage_update(self, batch: BatchMetadata, words: np.ndarray) -> list[int]:
+        args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
+        plan = words[L.plan_start(self._stride):]
+        ids = words[L.page_ids_start(self._stride):]
+        num_pages, seq_lens = self._core.update_block_table_plan(*args, plan, self._stride, ids)
+        if seq_lens is None:  # more new blocks than a launch carries: nothing changed yet
+            seq_lens = self._big_update(args, num_pages)
+        elif seq_lens:
+            self.memo.changed()
+            words[L.UPDATE_SIZE] = self._update_size = len(seq_lens)
+            words[L.NUM_PAGE_IDS] = num_pages
+        return seq_lens
+
+    def _big_update(self, args: tuple, num_pages: int) -> list[int]:
+        """An update whose new block ids do not fit a staged buffer: it launches at once,
+        alone, with the ids in buffers of its own (a prefill of many long prompts)."""
+        if self._big is None or self._big[0].numel() < num_pages:
+            on_cuda = self.device.type == "cuda"
+            host = torch.empty(num_pages + num_pages // 2, dtype=torch.int32, pin_memory=on_cuda)
+            self._big = (host, host.to(self.device) if on_cuda else host)
+        host, device = self._big
+        if self._big_done is not None:
+            self._big_done.wait()  # the last copy out of it has run
+        words = self._ring.int32_arrays[self._slot]
+        count, seq_lens = self._core.update_block_table_plan(*args, words[L.plan_start(self._stride):],
+                                                             self._stride, host.numpy())
+        if seq_lens:
+            self.memo.changed()
+            words[L.UPDATE_SIZE] = self._update_size = len(seq_lens)
+            if device is not host:
+                device[:count].copy_(host[:count], non_blocking=True)
+                self._big_done.record()
+            self._launch(pack=False, page_ids=device)
+        return seq_lens
+
+    def release_seqs(self, req_ids: Sequence[int]) -> None:
+        self._core.batch_release(list(req_ids))
+        self.memo.changed()
+
+    def _reset_books(self) -> None:
+        self._core.reset()
+
+    def num_free_slots(self) -> int:
+        return self._core.num_free_blocks() * self.block_size
+
+    def num_running_reqs(self) -> int:
+        return self._core.num_reqs
+
+    def seq_len(self, req_id: int) -> int:
+        return self._core.seq_len(req_id)
+
+    def token_slots(self, req_id: int) -> list[int]:
+        seq_len = self._core.seq_len(req_id)
+        row = self._books.row_of(req_id)
+        self.flush()
+        pages = self.req_to_page[row, :-(-seq_len // self.block_size)].tolist()
+        bs = self.block_size
+        return [pages[p // bs] * bs + p % bs for p in range(seq_len)]
+
+    def check_integrity(self) -> None:
+        problem = self._core.check_integrity()
+        if problem:
+            raise AssertionError(f"HybridBlockManager: {problem}")
+        self.flush()
+        table = self.req_to_page.cpu().numpy()
+        for req_id in self._core.req_ids():
+            blocks = self._core.block_ids(req_id)
+            row = self._books.row_of(req_id)
+            if table[row, :len(blocks)].tolist() != list(blocks):
+                raise AssertionError(f"HybridBlockManager: request {req_id}'s device row "
+                                     f"{table[row, :len(blocks)].tolist()} != its host blocks {list(blocks)}")
+
+    def memory_footprint(self) -> MemoryFootprint:
+        table_bytes = 4 * (self.max_running_reqs * self._core.max_blocks_per_seq + self.num_blocks)
+        device = (self.req_to_page.numel() * 4 + self._out32.numel() * 4 + self._out64.numel() * 8
+                  + self._ring.device_bytes)
+        host = table_bytes + (self._ring.host_bytes if self.device.type == "cuda" else 0)
+        return MemoryFootprint(device_bytes=device, host_bytes=host)
