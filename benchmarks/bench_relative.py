@@ -6,7 +6,7 @@ ratios"), so absolute times of two commits measured minutes apart differ by more
 regression worth catching. Timed in turn with a fixed workload in the same process
 (`common.ReferenceWork`: host work of a step's size and, on CUDA, a small copy to the
 device and a synchronise), the machine's speed of the moment divides out: the tracked
-value is the operation's time over the reference's (unit "x", lower is better), and a
+value is the operation's time over the reference's (lower is better), and a
 commit that slows one operation of one backend by 20% raises that value by 20%. The
 reference belongs to the suite, so every commit is measured against the same work.
 
@@ -25,7 +25,7 @@ from .common import BACKENDS, BATCH_SIZES, SEQ_LENS, measure_relative_times
 class RelativeTime:
     params = (BACKENDS, BATCH_SIZES, SEQ_LENS)
     param_names = ["backend", "batch_size", "seq_len"]
-    unit = "x"
+    unit = "time / reference time, lower is better"
     processes = 1
     timeout = 600
 
@@ -40,11 +40,11 @@ class RelativeTime:
     def track_update_block_table(self, cache, backend, batch_size, seq_len):
         return self._ratios(cache, backend, "update_block_table", batch_size, seq_len)
 
-    track_update_block_table.pretty_name = ("update_block_table (decode, first layer): time / reference time, "
-                                            "lower is better")
+    track_update_block_table.pretty_name = ("update: time / reference time, lower is better "
+                                            "(update_block_table, decode, first layer)")
 
     def track_pack_flash_attn_metadata(self, cache, backend, batch_size, seq_len):
         return self._ratios(cache, backend, "pack_flash_attn_metadata", batch_size, seq_len)
 
-    track_pack_flash_attn_metadata.pretty_name = ("pack_flash_attn_metadata (decode): time / reference time, "
-                                                  "lower is better")
+    track_pack_flash_attn_metadata.pretty_name = ("pack: time / reference time, lower is better "
+                                                  "(pack_flash_attn_metadata, decode)")

@@ -6,10 +6,10 @@ holding `seq_len` tokens, `update_block_table` at the first layer then
 `pack_flash_attn_metadata`, each call synchronised.
 
 asv counts a higher value as worse and has no switch to say otherwise, so the
-tracked value is the inverse of the speedup: GPU time / CPU time (unit "x",
-lower is better; speedup = 1 / value). A drop in speedup is a rise here, which
-`asv continuous` and `asv publish` report as a regression. Each value is the
-median of 9 rounds of 20 steps, the rounds being asv's samples.
+tracked value is the inverse of the speedup: GPU time / CPU time, lower is better (the
+CPU/GPU speedup `python -m disagmoe.bench` prints is 1 / value). A drop in speedup is
+a rise here, which `asv continuous` and `asv publish` report as a regression. Each
+value is the median of 9 rounds of 20 steps, the rounds being asv's samples.
 """
 
 from .common import BATCH_SIZES, SEQ_LENS, measure_inverse_speedups
@@ -18,7 +18,7 @@ from .common import BATCH_SIZES, SEQ_LENS, measure_inverse_speedups
 class InverseSpeedup:
     params = (BATCH_SIZES, SEQ_LENS)
     param_names = ["batch_size", "seq_len"]
-    unit = "x"
+    unit = "GPU time / CPU time, lower is better"
     processes = 1
     timeout = 600
 
@@ -34,11 +34,11 @@ class InverseSpeedup:
     def track_update_block_table(self, cache, batch_size, seq_len):
         return self._ratios(cache, "update_block_table", batch_size, seq_len)
 
-    track_update_block_table.pretty_name = ("update_block_table (decode, first layer): GPU time / CPU time "
-                                            "= 1 / speedup, lower is better")
+    track_update_block_table.pretty_name = ("update: GPU time / CPU time, lower is better (1 / the CPU/GPU "
+                                            "speedup; update_block_table, decode, first layer)")
 
     def track_pack_flash_attn_metadata(self, cache, batch_size, seq_len):
         return self._ratios(cache, "pack_flash_attn_metadata", batch_size, seq_len)
 
-    track_pack_flash_attn_metadata.pretty_name = ("pack_flash_attn_metadata (decode): GPU time / CPU time "
-                                                  "= 1 / speedup, lower is better")
+    track_pack_flash_attn_metadata.pretty_name = ("pack: GPU time / CPU time, lower is better (1 / the CPU/GPU "
+                                                  "speedup; pack_flash_attn_metadata, decode)")
