@@ -1,0 +1,230 @@
+"""Publishes asv's HTML site: one site per machine, each working with no network.
+
+`asv publish` draws every machine of results/ in one site: a CPU machine's run becomes
+the last point of every graph of the GPU history, on one scale, and the lists default
+to whichever machine comes first. This script runs `asv publish` once per machine
+instead, each on a copy of results/ that holds that machine alone, so every site
+shows one machine's history on its own scale:
+
+    .asv/html/                    the first GPU machine (the history kept in git)
+    .asv/html/machines/<name>/    every other machine (a CPU machine's runs, not in git)
+
+Each page names its machine, links to the others and says which way the ratios go;
+the libraries asv loads from CDNs are copied into each site (scripts/site_libs.py).
+Open it with `asv preview` (http://127.0.0.1:8080) or any local web server of
+.asv/html; docs/site.md says more.
+
+    python3 scripts/publish_site.py                      # publish
+    python3 scripts/publish_site.py --libs DIR           # the libraries from DIR
+    python3 scripts/publish_site.py --fill-libs .sitelibs  # fill a folder to carry
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import html
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import site_libs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIB_CANDIDATES = [os.environ.get("DISAGMOE_SITELIBS", ""), ".sitelibs", "node_modules"]
+# machine.json fields besides the name: asv shows each as a filter on every graph
+MACHINE_INFO = ("arch", "cpu", "num_cpu", "os", "ram")
+DIRECTION = ("<b>Speedup pages</b> (<code>InverseSpeedup</code>): GPU time / CPU time, "
+             "<b>lower is better</b>; 1 / value is the CPU/GPU speedup that "
+             "<code>python -m disagmoe.bench</code> prints (0.25: the gpu backend is 4x faster). "
+             "<code>RelativeTime</code>: time / reference time, lower is better.")
+
+
+@dataclasses.dataclass
+class Machine:
+    name: str
+    num_in_git: int  # results files of this machine that git tracks
+    num_local: int   # the others: runs of this clone
+    on_cuda: bool    # bench_memory.Device.track_on_cuda read 1 in one of them
+
+    @property
+    def label(self) -> str:
+        parts = ["GPU" if self.on_cuda else "no CUDA: the gpu backend on torch's CPU device"]
+        if self.num_in_git:
+            parts.append(f"history in git, {self.num_in_git} commits")
+        if self.num_local:
+            parts.append(f"{self.num_local} {'run' if self.num_local == 1 else 'runs'} of this clone, not in git")
+        return "; ".join(parts)
+
+
+def load_conf(root: str) -> dict:
+    """asv.conf.json, whose comments are whole lines starting with //."""
+    with open(os.path.join(root, "asv.conf.json")) as f:
+        return json.loads("".join(line for line in f if not line.lstrip().startswith("//")))
+
+
+def tracked_files(root: str, folder: str) -> set[str]:
+    try:
+        out = subprocess.run(["git", "ls-files", "--", folder], cwd=root, capture_output=True,
+                             text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return set()
+    return {os.path.join(root, line) for line in out.splitlines()}
+
+
+def ran_on_cuda(path: str) -> bool:
+    with open(path) as f:
+        result = json.load(f).get("results", {}).get("bench_memory.Device.track_on_cuda")
+    return bool(result and result[0] and result[0][0] == 1)
+
+
+def find_machines(root: str, results: str) -> list[Machine]:
+    """Machines with results: GPU machines first, then those with results in git."""
+    machines = []
+    for name in sorted(os.listdir(results)):
+        folder = os.path.join(results, name)
+        if not os.path.exists(os.path.join(folder, "machine.json")):
+            continue
+        files = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".json") and f != "machine.json"]
+        if not files:
+            continue
+        tracked = tracked_files(root, os.path.relpath(folder, root))
+        in_git = sum(f in tracked for f in files)
+        machines.append(Machine(name, in_git, len(files) - in_git, any(ran_on_cuda(f) for f in files)))
+    return sorted(machines, key=lambda m: (not m.on_cuda, m.num_in_git == 0, m.name))
+
+
+def without_machine_info(data: dict) -> dict:
+    data = dict(data)
+    if isinstance(data.get("params"), dict):
+        data["params"] = {k: v for k, v in data["params"].items() if k not in MACHINE_INFO}
+    return {k: v for k, v in data.items() if k not in MACHINE_INFO}
+
+
+def stage_results(results: str, machine: str, staged: str) -> None:
+    """A results folder holding `machine` alone, its machine fields reduced to the name."""
+    os.makedirs(os.path.join(staged, machine))
+    shutil.copyfile(os.path.join(results, "benchmarks.json"), os.path.join(staged, "benchmarks.json"))
+    for name in os.listdir(os.path.join(results, machine)):
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(results, machine, name)) as f:
+            data = without_machine_info(json.load(f))
+        with open(os.path.join(staged, machine, name), "w") as f:
+            json.dump(data, f)
+
+
+def asv_publish(root: str, conf: dict, machine: str, staged: str, html_dir: str, build: str) -> None:
+    paths = {key: os.path.join(root, conf[key]) for key in ("benchmark_dir", "env_dir")}
+    derived = {k: v for k, v in conf.items() if k != "plugins"}  # the plugin matters to runs only
+    derived.update(paths, repo=root, results_dir=staged, html_dir=html_dir, project=f"disagmoe on {machine}")
+    config = os.path.join(build, "asv.conf.json")
+    with open(config, "w") as f:
+        json.dump(derived, f, indent=1)
+    cmd = [sys.executable, "-m", "asv", "publish", "--no-pull", "--config", config]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"publish_site: asv publish of {machine} failed (exit code {done.returncode})")
+
+
+def site_dir(html_dir: str, machines: list[Machine], machine: Machine) -> str:
+    return html_dir if machine is machines[0] else os.path.join(html_dir, "machines", machine.name)
+
+
+def footer(html_dir: str, machines: list[Machine], here: Machine) -> str:
+    """The bar at the foot of every page of one machine's site: which machine, the
+    others' sites, which way the ratios go."""
+    here_dir = site_dir(html_dir, machines, here)
+    others = []
+    for m in machines:
+        if m is not here:
+            href = os.path.relpath(site_dir(html_dir, machines, m), here_dir) + "/index.html"
+            others.append(f'<a href="{html.escape(href)}">{html.escape(m.name)}</a> ({html.escape(m.label)})')
+    also = "; other machines, each a site of its own: " + ", ".join(others) if others else ""
+    return (f'<div id="disagmoe-footer">Machine <b>{html.escape(here.name)}</b> '
+            f'({html.escape(here.label)}){also}.<br>{DIRECTION}</div>')
+
+
+# the footer's room: asv lays its panels out with absolute positions down to the bottom
+FOOTER_STYLE = """<style>
+      #disagmoe-footer { position: fixed; left: 0; right: 0; bottom: 0; height: 40px; z-index: 1030;
+        padding: 2px 10px; font-size: 12px; line-height: 18px; background: #f8f8f8;
+        border-top: 1px solid #e7e7e7; overflow: hidden; }
+      #summarygrid-display, #regressions-display { height: auto !important; bottom: 40px; overflow-y: auto; }
+      #summarylist-navigation, #summarylist-body, #graphdisplay-navigation { bottom: 40px !important; }
+      #graph-display > div:last-child { bottom: 50px !important; }
+    </style>"""
+
+
+def label_pages(site: str, footer_html: str) -> None:
+    index = os.path.join(site, "index.html")
+    with open(index) as f:
+        page = f.read()
+    if "</head>" not in page or "</body>" not in page:
+        raise ValueError(f"{index}: not the page of asv 0.6.6 this script labels")
+    page = page.replace("</head>", FOOTER_STYLE + "\n  </head>", 1)
+    page = page.replace("</body>", footer_html + "\n  </body>", 1)
+    with open(index, "w") as f:
+        f.write(page)
+
+
+def find_libs(explicit: str | None) -> str | None:
+    try:
+        return site_libs.find_folder(ROOT, [explicit] if explicit else [c for c in LIB_CANDIDATES if c])
+    except site_libs.LibsMissing as err:
+        print(f"publish_site: WARNING: {err}.\n  The site loads its libraries from CDNs and is blank without "
+              "the internet. `npm ci` installs them; on a machine without npm carry a folder filled with "
+              "`python3 scripts/publish_site.py --fill-libs .sitelibs` (docs/site.md).", file=sys.stderr)
+        return None
+
+
+def publish(results: str, html_dir: str, libs: str | None) -> int:
+    conf = load_conf(ROOT)
+    machines = find_machines(ROOT, results)
+    if not machines:
+        print(f"publish_site: no machine in {results} has results; nothing to publish", file=sys.stderr)
+        return 1
+    shutil.rmtree(html_dir, ignore_errors=True)
+    for machine in machines:
+        site = site_dir(html_dir, machines, machine)
+        with tempfile.TemporaryDirectory(prefix="disagmoe-site-") as work:
+            stage_results(results, machine.name, os.path.join(work, "results"))
+            asv_publish(ROOT, conf, machine.name, os.path.join(work, "results"), site, work)
+        if libs:
+            site_libs.localise(site, libs)
+        label_pages(site, footer(html_dir, machines, machine))
+        where = os.path.relpath(site, html_dir)
+        print(f"publish_site: {machine.name} ({machine.label}): {'the front page' if where == '.' else where + '/'}")
+    shown = os.path.relpath(html_dir)
+    print(f"publish_site: site in {shown}, " + (f"libraries from {os.path.relpath(libs)}, works offline" if libs
+                                                 else "NEEDS THE INTERNET (see the warning above)"))
+    print(f"publish_site: open it with `asv preview` (asv.conf.json's html_dir) or "
+          f"`python3 -m http.server -b 127.0.0.1 -d {shown} 8080`, then http://127.0.0.1:8080/")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--libs", help="folder laid out like node_modules/ that holds the site's libraries "
+                        "(default: $DISAGMOE_SITELIBS, .sitelibs, node_modules, the first that holds them)")
+    parser.add_argument("--results", help="the asv results folder (default: asv.conf.json's results_dir)")
+    parser.add_argument("--html-dir", help="where the site goes (default: asv.conf.json's html_dir)")
+    parser.add_argument("--fill-libs", metavar="DIR",
+                        help="copy the libraries the site needs from node_modules/ into DIR, then stop")
+    args = parser.parse_args(argv)
+    if args.fill_libs:
+        site_libs.fill(os.path.join(ROOT, "node_modules"), os.path.abspath(args.fill_libs), ROOT)
+        print(f"publish_site: the site's libraries are in {args.fill_libs} (carry it, beside .wheels/)")
+        return 0
+    conf = load_conf(ROOT)
+    results = os.path.abspath(args.results or os.path.join(ROOT, conf["results_dir"]))
+    html_dir = os.path.abspath(args.html_dir or os.path.join(ROOT, conf["html_dir"]))
+    return publish(results, html_dir, find_libs(args.libs))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
