@@ -30,4 +30,6 @@ ext = Pybind11Extension(
     extra_link_args=link_args,
 )
 
-setup(ext_modules=[ext], cmdclass={"build_ext": build_ext})
+# The license is given here: in pyproject.toml a table is deprecated from setuptools 77 on
+# (it warns at every build) and a string is an error before 77.
+setup(license="Apache-2.0", ext_modules=[ext], cmdclass={"build_ext": build_ext})
