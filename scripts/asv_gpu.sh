@@ -10,6 +10,8 @@
 #   VIRTUALENV_SYSTEM_SITE_PACKAGES=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=<wheels>
 #   DISAGMOE_TORCH_SITE=<the site-packages folder holding $PYTHON's torch>
 # and, for `run` and `continuous`, --machine named after the card (override: ASV_MACHINE).
+# `publish` is scripts/publish_site.py: one site per machine, working offline, its
+# libraries from .sitelibs/ (filled on a connected machine: docs/site.md).
 # PYTHON (default python3) is the interpreter with torch; DISAGMOE_WHEELS, DISAGMOE_ASV_TOOLS
 # move the folders.
 set -euo pipefail
@@ -29,16 +31,15 @@ export VIRTUALENV_SYSTEM_SITE_PACKAGES=1 PIP_NO_INDEX=1 PIP_FIND_LINKS="$wheels"
 export DISAGMOE_TORCH_SITE=${DISAGMOE_TORCH_SITE:-$("$python" -c \
   'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')}
 
-if [ -z "${ASV_MACHINE:-}" ]; then
-  card=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")')
-  if [ -n "$card" ]; then
-    ASV_MACHINE=$(echo "$card" | tr 'A-Z' 'a-z' | sed -e 's/^nvidia //' -e 's/[^a-z0-9]\+/-/g' -e 's/-$//')
-  else
-    ASV_MACHINE="cpu-$(hostname -s)"
-  fi
-fi
+. "$root/scripts/lib/machine_name.sh"
+ASV_MACHINE=$(machine_name "$python")
 
 case "${1:-}" in
+  publish)
+    # one site per machine, with the libraries from .sitelibs/ (scripts/publish_site.py)
+    shift
+    echo "asv_gpu.sh: scripts/publish_site.py $*" >&2
+    exec "$python" "$root/scripts/publish_site.py" "$@" ;;
   run|continuous)
     if [[ " $* " != *" --machine"* && " $* " != *" -m "* ]]; then
       # The name alone: asv files results under every machine.json field, so a field added
