@@ -28,6 +28,8 @@ read -r -a asv <<< "${ASV:-python3 -m asv}"
 machine="$(machine_name)-verdicts"
 base_hash=$(git rev-parse --verify -q "$base^{commit}") || { echo "verdicts.sh: no commit $base" >&2; exit 2; }
 head_hash=$(git rev-parse --verify -q "$head^{commit}") || { echo "verdicts.sh: no commit $head" >&2; exit 2; }
+[ "$base_hash" != "$head_hash" ] ||
+  { echo "verdicts.sh: $base and $head are one commit (for identical code, compare with an empty commit on top)" >&2; exit 2; }
 folder=results/$machine
 rm -rf "$folder"
 trap 'rm -rf "$folder"' EXIT
