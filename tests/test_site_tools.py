@@ -1,0 +1,117 @@
+"""The site's and the main job's tools without a browser: the asv plugin that finds torch
+(scripts/asv_torch_site.py), the libraries' rewrite of asv's page (scripts/site_libs.py)
+and the per-machine copy of results (scripts/publish_site.py). tests/test_site.py opens
+the published site in Chromium."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import asv_torch_site  # noqa: E402
+import publish_site  # noqa: E402
+import site_libs  # noqa: E402
+
+sys.path.pop(0)
+
+
+def test_plugin_names_the_folder_of_this_pythons_torch(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("DISAGMOE_TORCH_SITE", raising=False)
+    asv_torch_site.setup()
+    assert os.environ["DISAGMOE_TORCH_SITE"] == os.path.dirname(os.path.dirname(torch.__file__))
+
+
+def test_plugin_keeps_a_folder_already_named(monkeypatch):
+    monkeypatch.setenv("DISAGMOE_TORCH_SITE", "/opt/torch/site")
+    asv_torch_site.setup()
+    assert os.environ["DISAGMOE_TORCH_SITE"] == "/opt/torch/site"
+
+
+def test_asv_conf_loads_the_plugin():
+    assert publish_site.load_conf(ROOT)["plugins"] == [".scripts.asv_torch_site"]
+    # asv imports a plugin named ".x.y" as x.y with the config's folder first on sys.path
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
+                           "import scripts.asv_torch_site as m; print(m.__file__)"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == os.path.join(ROOT, "scripts", "asv_torch_site.py")
+
+
+ASV_PAGE = os.path.join(os.path.dirname(importlib.util.find_spec("asv").origin), "www", "index.html") \
+    if importlib.util.find_spec("asv") else None
+
+
+def _fake_libs(folder) -> str:
+    """A folder laid out like node_modules/ with every file the site needs (empty files)."""
+    for package, version in site_libs.wanted_versions(ROOT).items():
+        os.makedirs(folder / package, exist_ok=True)
+        (folder / package / "package.json").write_text(json.dumps({"version": version}))
+    for package, path in site_libs.all_files():
+        (folder / package / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / package / path).write_text("")
+    return str(folder)
+
+
+@pytest.mark.skipif(ASV_PAGE is None, reason="no asv")
+def test_localise_leaves_no_external_address(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text(open(ASV_PAGE).read())
+    changed = site_libs.localise(str(site), _fake_libs(tmp_path / "libs"))
+    page = (site / "index.html").read_text()
+    assert changed == len(site_libs.CDN_FILES)
+    assert not site_libs.TAG.findall(page)
+    assert "crossorigin" not in page and "referrerpolicy" not in page
+    assert "integrity" not in page  # empty stand-ins match none of asv's hashes
+
+
+def test_localise_refuses_an_address_it_has_no_file_for(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text('<script src="https://cdn.example/new-lib.js"></script>')
+    with pytest.raises(ValueError, match="new-lib.js"):
+        site_libs.localise(str(site), _fake_libs(tmp_path / "libs"))
+
+
+def test_a_folder_with_other_versions_is_not_taken(tmp_path):
+    libs = _fake_libs(tmp_path / "libs")
+    (tmp_path / "libs" / "jquery" / "package.json").write_text(json.dumps({"version": "3.7.1"}))
+    assert site_libs.check_folder(libs, site_libs.wanted_versions(ROOT)) == ["jquery is 3.7.1, not 3.3.1"]
+    with pytest.raises(site_libs.LibsMissing, match="jquery is 3.7.1"):
+        site_libs.find_folder(ROOT, [libs])
+
+
+def test_staged_results_hold_one_machine_with_its_name_alone(tmp_path):
+    results = tmp_path / "results"
+    (results / "cpu-a").mkdir(parents=True)
+    (results / "h100").mkdir()
+    (results / "benchmarks.json").write_text("{}")
+    info = {"arch": "x86_64", "cpu": "c", "num_cpu": "2", "os": "Linux", "ram": "1"}
+    (results / "cpu-a" / "machine.json").write_text(json.dumps({"machine": "cpu-a", "version": 1, **info}))
+    run = {"params": {"machine": "cpu-a", "python": "3.11", **info}, "results": {}}
+    (results / "cpu-a" / "abcd1234-env.json").write_text(json.dumps(run))
+    publish_site.stage_results(str(results), "cpu-a", str(tmp_path / "staged"))
+    assert sorted(os.listdir(tmp_path / "staged")) == ["benchmarks.json", "cpu-a"]
+    machine = json.loads((tmp_path / "staged" / "cpu-a" / "machine.json").read_text())
+    staged = json.loads((tmp_path / "staged" / "cpu-a" / "abcd1234-env.json").read_text())
+    assert machine == {"machine": "cpu-a", "version": 1}
+    assert staged["params"] == {"machine": "cpu-a", "python": "3.11"}
+
+
+def test_gpu_machines_come_first(tmp_path):
+    results = tmp_path / "results"
+    for name, on_cuda in (("a-cpu", 0), ("z-gpu", 1)):
+        (results / name).mkdir(parents=True)
+        (results / name / "machine.json").write_text(json.dumps({"machine": name}))
+        run = {"results": {"bench_memory.Device.track_on_cuda": [[on_cuda]]}}
+        (results / name / "abcd1234-env.json").write_text(json.dumps(run))
+    machines = publish_site.find_machines(ROOT, str(results))
+    assert [(m.name, m.on_cuda) for m in machines] == [("z-gpu", True), ("a-cpu", False)]
