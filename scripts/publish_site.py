@@ -202,8 +202,10 @@ def publish(results: str, html_dir: str, libs: str | None) -> int:
     shown = os.path.relpath(html_dir)
     print(f"publish_site: site in {shown}, " + (f"libraries from {os.path.relpath(libs)}, works offline" if libs
                                                  else "NEEDS THE INTERNET (see the warning above)"))
-    print(f"publish_site: open it with `asv preview` (asv.conf.json's html_dir) or "
-          f"`python3 -m http.server -b 127.0.0.1 -d {shown} 8080`, then http://127.0.0.1:8080/")
+    serve = f"`python3 -m http.server -b 127.0.0.1 -d {shown} 8080`"
+    if html_dir == os.path.join(ROOT, conf["html_dir"]):
+        serve = "`asv preview` or " + serve
+    print(f"publish_site: open it with {serve}, then http://127.0.0.1:8080/")
     return 0
 
 

@@ -49,4 +49,6 @@ elif [ "$measured" != "$total" ]; then
 fi
 echo "run_suite.sh: measured $measured of $total benchmarks of commit $commits on machine $machine in" \
      "$((took / 60)) min $((took % 60)) s; results in results/$machine/ (git keeps only the GPU history)"
+echo "run_suite.sh: a verdict between two commits: scripts/verdicts.sh BASE HEAD, which measures this" \
+     "machine's own noise as it runs and says when it is beyond asv's factor"
 exit "$status"
