@@ -56,7 +56,8 @@ class Machine:
         if self.num_in_git:
             parts.append(f"history in git, {self.num_in_git} commits")
         if self.num_local:
-            parts.append(f"{self.num_local} {'run' if self.num_local == 1 else 'runs'} of this clone, not in git")
+            commits = "commit" if self.num_local == 1 else "commits"
+            parts.append(f"{self.num_local} {commits} measured in this clone, not in git")
         return "; ".join(parts)
 
 
