@@ -118,10 +118,21 @@ def stage_results(results: str, machine: str, staged: str) -> None:
             json.dump(data, f)
 
 
+def existing_branch(root: str, branch: str) -> str:
+    """`branch`, else its remote-tracking branch, else HEAD: asv publish walks the branch's
+    commits and fails on a name the clone does not have (a clone of another branch)."""
+    for name in (branch, f"origin/{branch}"):
+        if subprocess.run(["git", "rev-parse", "--verify", "-q", name + "^{commit}"], cwd=root,
+                          capture_output=True).returncode == 0:
+            return name
+    return "HEAD"
+
+
 def asv_publish(root: str, conf: dict, machine: str, staged: str, html_dir: str, build: str) -> None:
     paths = {key: os.path.join(root, conf[key]) for key in ("benchmark_dir", "env_dir")}
     derived = {k: v for k, v in conf.items() if k != "plugins"}  # the plugin matters to runs only
-    derived.update(paths, repo=root, results_dir=staged, html_dir=html_dir, project=f"disagmoe on {machine}")
+    derived.update(paths, repo=root, results_dir=staged, html_dir=html_dir, project=f"disagmoe on {machine}",
+                   branches=[existing_branch(root, b) for b in conf.get("branches", ["main"])])
     config = os.path.join(build, "asv.conf.json")
     with open(config, "w") as f:
         json.dump(derived, f, indent=1)
