@@ -231,8 +231,8 @@ def main(args, run: dict) -> int:
             run["points"].append(result)
             by_mode[result["mode"]].append((point, result))
     progress.close()
-    print(f"Variants checked against each other at every grid point (lengths and metadata; block tables "
-          f"and slots between equal block sizes): identical.")
+    print("Variants checked against each other at every grid point (lengths and metadata; block tables "
+          "and slots between equal block sizes): identical.")
     for mode in modes:
         print_table(mode, by_mode[mode])
     if device.type == "cuda":

@@ -68,5 +68,4 @@ def measure_floors(device: torch.device, copy_bytes: Sequence[int], repeats: int
         count = max(5, min(repeats, int(2e9 // max(nbytes * BACK_TO_BACK, 1))))
         out["copies"].append({"bytes": nbytes, "synced_us": _median_us(copy_synced, repeats),
                               "pipelined_us": _median_us(copies_back_to_back, count) / BACK_TO_BACK})
-        del src, dst
     return out
