@@ -16,6 +16,7 @@
 #   serving   python -m disagmoe.bench --workload decode, then trace: the serving grid in every
 #             timing mode, the floors, JSON and the crossover maps (SERVING_ARGS adds arguments)
 #   lengths   the synced decode at L <= 1K with lengths growing and cycling, side by side
+#   goals     the serving points the performance goals name (docs/performance.md), every mode
 #   asv       the suite on HEAD (scripts/gpu_history.sh HEAD^!): results/<card>/, the site
 #   quick     asv run --quick over the whole grid on HEAD, results discarded (its duration;
 #             the first asv stage of a visit also makes the environment and builds)
@@ -63,6 +64,12 @@ for stage in "$@"; do
                  --plot "$out/serving-$w.png" > "$out/serving-$w.txt" 2> "$out/serving-$w.err" || rc=1
                grep -v "^\[" "$out/serving-$w.txt" | cut -c1-220
              done; [ $rc = 0 ] ;;
+    goals) rc=0
+           python3 -m disagmoe.bench --workload decode --batch-sizes 16 256 1024 --contexts 1024 16384 65536 \
+             --output "$out/goals-decode.json" > "$out/goals-decode.txt" 2>&1 || rc=1
+           python3 -m disagmoe.bench --workload trace --running 64 256 512 --prompts 2048 16384 \
+             --output "$out/goals-trace.json" > "$out/goals-trace.txt" 2>&1 || rc=1
+           grep -v "^\[" "$out/goals-decode.txt" "$out/goals-trace.txt" | cut -c1-240; [ $rc = 0 ] ;;
     lengths) rc=0
              for l in grow cycle; do
                python3 -m disagmoe.bench --workload decode --timing synced --lengths $l --batch-sizes 16 256 \
