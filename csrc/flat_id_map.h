@@ -4,15 +4,29 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace disagmoe {
 
 class FlatIdMap {
  public:
-  explicit FlatIdMap(int64_t max_size) {
+  // Rows are int32: a map never holds more keys than that.
+  static constexpr int64_t kMaxSize = INT32_MAX;
+
+  // Slots of a map for up to `max_size` keys: a power of two, at least twice as many.
+  static uint64_t capacity_for(int64_t max_size) {
     uint64_t capacity = 16;
     while (capacity < 2 * static_cast<uint64_t>(max_size)) capacity <<= 1;
+    return capacity;
+  }
+
+  explicit FlatIdMap(int64_t max_size) {
+    if (max_size < 0 || max_size > kMaxSize)
+      throw std::invalid_argument("FlatIdMap: max_size=" + std::to_string(max_size) +
+                                  " must be in [0, " + std::to_string(kMaxSize) + "]");
+    uint64_t capacity = capacity_for(max_size);
     int bits = 0;
     while ((uint64_t{1} << bits) < capacity) ++bits;
     shift_ = 64 - bits;
