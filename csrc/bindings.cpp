@@ -1,216 +1,325 @@
 // Python bindings of the C++ core (disagmoe._C). Only bindings live here.
+//
+// Every argument is read by py_args.h (once, into owned values, with errors that
+// name it); no parameter is converted by pybind11 itself, so no error shows a
+// binding signature. A call that can change an object marks it busy while it
+// runs: Python code that the call runs (an argument's __index__) or another
+// thread cannot start a second such call on the same object meanwhile.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <memory>
 
 #include "block_manager.h"
 #include "py_args.h"
+#include "sizes.h"
 
 namespace py = pybind11;
 using namespace disagmoe;
 
 namespace {
 
-thread_local BatchArgs batch_args;
-thread_local std::vector<int32_t> scratch;
+struct PyRequestTable : RequestTable {
+  using RequestTable::RequestTable;
+  bool busy = false;
+};
 
-int32_t* scratch_of(int64_t n) {
-  if (static_cast<int64_t>(scratch.size()) < n) scratch.resize(n);
-  return scratch.data();
+struct PyBlockManager : BlockManager {
+  using BlockManager::BlockManager;
+  bool busy = false;
+};
+
+// One call that may change an object; refuses to start while another is under way.
+class BusyScope {
+ public:
+  BusyScope(const char* op, bool& busy) : busy_(busy) {
+    if (busy_)
+      throw std::runtime_error(std::string(op) +
+                               ": another call on this object is under way (calls on one "
+                               "manager must not overlap: re-entered or from two threads)");
+    busy_ = true;
+  }
+  ~BusyScope() { busy_ = false; }
+  BusyScope(const BusyScope&) = delete;
+  BusyScope& operator=(const BusyScope&) = delete;
+
+ private:
+  bool& busy_;
+};
+
+// BatchStats as a struct sequence (a C named tuple): reading a field costs what a
+// tuple index costs, a third of a pybind11 property's, and the pack path reads
+// about ten every step.
+PyStructSequence_Field batch_stats_fields[] = {
+    {"batch_size", "entries in the batch"},
+    {"num_prefills", "prefill entries (the first ones)"},
+    {"num_tokens", "query tokens: num_prefill_tokens + num_decode_tokens"},
+    {"num_prefill_tokens", "query tokens of the prefill entries"},
+    {"num_decode_tokens", "query tokens of the decode entries (one each)"},
+    {"max_query_len", "longest query"},
+    {"max_seq_len", "longest length after the step"},
+    {"max_prefill_seq_len", "longest prefill entry's length (0 without one)"},
+    {"max_decode_seq_len", "longest decode entry's length (0 without one)"},
+    {"max_decode_query_len", "1 with a decode entry, else 0"},
+    {"width", "blocks of the longest request: the block table's width"},
+    {nullptr, nullptr}};
+constexpr int kBatchStatsFields = 11;
+static_assert(sizeof(BatchStats) == kBatchStatsFields * sizeof(int64_t),
+              "batch_stats_fields lists every BatchStats field, in order");
+PyStructSequence_Desc batch_stats_desc = {
+    "disagmoe._C.BatchStats",
+    "The host integers of a batch's FlashAttention metadata (named as there) and the\n"
+    "shape of its arrays, known without touching the device.",
+    batch_stats_fields, kBatchStatsFields};
+PyTypeObject* batch_stats_type = nullptr;
+
+py::object stats_object(const BatchStats& s) {
+  const int64_t values[kBatchStatsFields] = {
+      s.batch_size,          s.num_prefills,        s.num_tokens,         s.num_prefill_tokens,
+      s.num_decode_tokens,   s.max_query_len,       s.max_seq_len,        s.max_prefill_seq_len,
+      s.max_decode_seq_len,  s.max_decode_query_len, s.width};
+  auto out = py::reinterpret_steal<py::object>(PyStructSequence_New(batch_stats_type));
+  if (!out) throw py::error_already_set();
+  for (int k = 0; k < kBatchStatsFields; ++k) {
+    PyObject* v = PyLong_FromLongLong(values[k]);
+    if (!v) throw py::error_already_set();
+    PyStructSequence_SetItem(out.ptr(), k, v);
+  }
+  return out;
 }
 
-py::tuple layout_tuple(const MetadataLayout& l) {
+py::tuple layout_key(const MetadataLayout& l) {
   return py::make_tuple(l.batch_size, l.width, l.num_tokens, l.slot_mapping, l.seq_lens,
                         l.context_lens, l.query_start_loc, l.seq_start_loc, l.block_tables,
                         l.nbytes);
 }
 
-void check_stride(const char* op, int64_t stride, int64_t rows, int64_t batch_size,
-                  int64_t buffer_size) {
-  if (stride < batch_size + 1 || rows * stride > buffer_size)
-    throw py::value_error(std::string(op) + ": a buffer of " + std::to_string(buffer_size) +
-                          " entries with stride " + std::to_string(stride) +
-                          " cannot hold a batch of " + std::to_string(batch_size));
+void bind_metadata_layout(py::module_& m) {
+  py::class_<MetadataLayout>(m, "MetadataLayout",
+                             "Byte offsets of the metadata arrays in one packed buffer: int64\n"
+                             "slot_mapping first, then int32 seq_lens, context_lens,\n"
+                             "query_start_loc, seq_start_loc and the row-major\n"
+                             "[batch_size, width] block table; nbytes in all (a multiple of 8).")
+      .def_readonly("batch_size", &MetadataLayout::batch_size)
+      .def_readonly("width", &MetadataLayout::width)
+      .def_readonly("num_tokens", &MetadataLayout::num_tokens)
+      .def_readonly("slot_mapping", &MetadataLayout::slot_mapping)
+      .def_readonly("seq_lens", &MetadataLayout::seq_lens)
+      .def_readonly("context_lens", &MetadataLayout::context_lens)
+      .def_readonly("query_start_loc", &MetadataLayout::query_start_loc)
+      .def_readonly("seq_start_loc", &MetadataLayout::seq_start_loc)
+      .def_readonly("block_tables", &MetadataLayout::block_tables)
+      .def_readonly("nbytes", &MetadataLayout::nbytes)
+      .def("__eq__",
+           [](const MetadataLayout& a, py::handle b) -> py::object {
+             if (!py::isinstance<MetadataLayout>(b)) return py::reinterpret_borrow<py::object>(Py_NotImplemented);
+             return py::bool_(layout_key(a).equal(layout_key(b.cast<const MetadataLayout&>())));
+           })
+      .def("__hash__", [](const MetadataLayout& l) { return py::hash(layout_key(l)); })
+      .def("__repr__", [](const MetadataLayout& l) {
+        return "MetadataLayout(batch_size=" + str(l.batch_size) + ", width=" + str(l.width) +
+               ", num_tokens=" + str(l.num_tokens) + ", nbytes=" + str(l.nbytes) + ")";
+      });
+  m.def(
+      "metadata_layout",
+      [](py::handle batch_size, py::handle width, py::handle num_tokens) {
+        const char* op = "metadata_layout";
+        return metadata_layout(read_int(op, "batch_size", batch_size), read_int(op, "width", width),
+                               read_int(op, "num_tokens", num_tokens));
+      },
+      py::arg("batch_size"), py::arg("width"), py::arg("num_tokens"),
+      "The MetadataLayout of a batch's metadata; ValueError when a count is outside\n"
+      "[0, 2**31 - 1].");
 }
 
 void bind_request_table(py::module_& m) {
-  py::class_<RequestTable>(m, "RequestTable",
-                           "Host books of running requests: id -> row, lengths, free rows.")
-      .def(py::init<int64_t, int64_t, int64_t>(), py::arg("max_reqs"), py::arg("max_seq_len"),
-           py::arg("page_size"))
-      .def_property_readonly("max_reqs", &RequestTable::max_reqs)
-      .def_property_readonly("max_seq_len", &RequestTable::max_seq_len)
-      .def_property_readonly("page_size", &RequestTable::page_size)
-      .def_property_readonly("num_reqs", &RequestTable::num_reqs)
-      .def_property_readonly("num_free_rows", &RequestTable::num_free_rows)
+  py::class_<PyRequestTable>(m, "RequestTable",
+                             "Host books of running requests: id -> row, lengths, free rows.")
+      .def(py::init([](py::handle max_reqs, py::handle max_seq_len, py::handle block_size) {
+             const char* op = "RequestTable";
+             return std::make_unique<PyRequestTable>(read_int(op, "max_reqs", max_reqs),
+                                                     read_int(op, "max_seq_len", max_seq_len),
+                                                     read_int(op, "block_size", block_size));
+           }),
+           py::arg("max_reqs"), py::arg("max_seq_len"), py::arg("block_size"),
+           "ValueError when a size is outside [1, 2**31 - 1] or the books would not fit in\n"
+           "this machine's memory.")
+      .def_property_readonly("max_reqs", &PyRequestTable::max_reqs)
+      .def_property_readonly("max_seq_len", &PyRequestTable::max_seq_len)
+      .def_property_readonly("block_size", &PyRequestTable::block_size)
+      .def_property_readonly("num_reqs", &PyRequestTable::num_reqs)
+      .def_property_readonly("num_free_rows", &PyRequestTable::num_free_rows)
       .def(
           "update_block_table",
-          [](RequestTable& t, py::handle req_ids, int64_t num_prefill, py::handle lens,
-             int64_t num_free_pages, py::buffer plan, int64_t stride) {
+          [](PyRequestTable& t, py::handle req_ids, py::handle num_prefill, py::handle lens,
+             py::handle num_free_blocks, py::handle plan, py::handle stride) {
             const char* op = "update_block_table";
-            BatchView b = batch_args.read(op, req_ids, num_prefill, lens);
+            BusyScope busy(op, t.busy);
+            Batch batch(op, req_ids, num_prefill, lens);
+            int64_t free = read_int(op, "num_free_blocks", num_free_blocks);
+            int64_t s = read_int(op, "stride", stride);
             auto out = out_buffer<int32_t>(op, "plan", plan);
-            check_stride(op, stride, 4, std::min(b.size, t.max_reqs()), out.size);
-            StepPlan p{out.data, out.data + stride, out.data + 2 * stride, out.data + 3 * stride};
-            int64_t pages = t.update(op, b, num_free_pages, p);
-            return py::make_tuple(pages, to_list(p.new_lens, b.size));
+            BatchView b = batch.view();
+            check_regions(op, "plan", out.size, 4, s, std::min(b.size, t.max_reqs()) + 1);
+            StepPlan p{out.data, out.data + s, out.data + 2 * s, out.data + 3 * s};
+            int64_t blocks = t.update(op, b, free, p);
+            return py::make_tuple(blocks, to_list(p.new_lens, b.size));
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
-          py::arg("num_free_pages"), py::arg("plan"), py::arg("stride"),
+          py::arg("num_free_blocks"), py::arg("plan"), py::arg("stride"),
           "First-layer step: checks the batch, registers new requests, advances lengths.\n"
-          "Writes rows, old lengths, new lengths and page offsets (B + 1 entries) at\n"
+          "Writes rows, old lengths, new lengths and block offsets (B + 1 entries) at\n"
           "plan[0], plan[stride], plan[2 * stride], plan[3 * stride].\n"
-          "Returns (number of new pages, new lengths as a list).")
+          "Returns (number of new blocks, new lengths as a list).")
       .def(
           "lookup",
-          [](RequestTable& t, py::handle req_ids, int64_t num_prefill, py::handle lens,
-             py::buffer out_buf, int64_t stride, const std::string& op_name) {
-            const char* op = op_name.c_str();
-            BatchView b = batch_args.read(op, req_ids, num_prefill, lens);
+          [](PyRequestTable& t, py::handle req_ids, py::handle num_prefill, py::handle lens,
+             py::handle out_buf, py::handle stride, py::handle op_name) {
+            std::string name = read_str("lookup", "op", op_name);
+            const char* op = name.c_str();
+            BusyScope busy(op, t.busy);
+            Batch batch(op, req_ids, num_prefill, lens);
+            int64_t s = read_int(op, "stride", stride);
             auto out = out_buffer<int32_t>(op, "out", out_buf);
-            check_stride(op, stride, 5, std::min(b.size, t.max_reqs()), out.size);
-            BatchLookup l{out.data, out.data + stride, out.data + 2 * stride, out.data + 3 * stride,
-                          out.data + 4 * stride};
-            BatchStats s = t.lookup(op, b, l);
-            return py::make_tuple(stats_tuple(s), to_list(l.seq_lens, b.size));
+            BatchView b = batch.view();
+            check_regions(op, "out", out.size, 5, s, std::min(b.size, t.max_reqs()) + 1);
+            BatchLookup l{out.data, out.data + s, out.data + 2 * s, out.data + 3 * s,
+                          out.data + 4 * s};
+            BatchStats stats = t.lookup(op, b, l);
+            return py::make_tuple(stats_object(stats), to_list(l.seq_lens, b.size));
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
           py::arg("out"), py::arg("stride"), py::arg("op") = "lookup",
           "Reads a batch of running requests: writes rows, lengths, query lengths and the\n"
           "exclusive prefix sums of query lengths and of lengths at out[k * stride],\n"
-          "k = 0..4; errors name `op`. Returns (stats, lengths as a list), stats\n"
-          "being (num_tokens, max_query_len, max_seq_len, max_prefill_seq_len,\n"
-          "max_decode_seq_len, max_decode_query_len).")
+          "k = 0..4; errors name `op`. Returns (BatchStats, lengths as a list).")
       .def(
-          "release",
-          [](RequestTable& t, py::handle req_ids) {
-            std::vector<int64_t> ids;
-            read_ints("release_seqs", "req_ids", req_ids, ids);
+          "release_seqs",
+          [](PyRequestTable& t, py::handle req_ids) {
+            const char* op = "release_seqs";
+            BusyScope busy(op, t.busy);
+            std::vector<int64_t> ids = read_ints(op, "req_ids", req_ids);
             std::vector<int32_t> rows(ids.size()), lens(ids.size());
-            t.release("release_seqs", ids.data(), ids.size(), rows.data(), lens.data());
+            t.release_seqs(op, ids.data(), ids.size(), rows.data(), lens.data());
             return py::make_tuple(rows, lens);
           },
-          py::arg("req_ids"), "Forgets the requests; returns (rows, lengths) they had.")
-      .def("reset", &RequestTable::reset)
+          py::arg("req_ids"), "Forgets the requests (all or none); returns their (rows, lengths).")
+      .def(
+          "reset_state",
+          [](PyRequestTable& t) {
+            BusyScope busy("reset_state", t.busy);
+            t.reset_state();
+          },
+          "Back to empty, as after construction.")
       .def(
           "seq_len",
-          [](const RequestTable& t, int64_t req_id) {
-            int32_t row = t.row_of(req_id);
-            if (row < 0) throw UnknownRequest("seq_len: request id " + std::to_string(req_id) + " is not a running request");
+          [](const PyRequestTable& t, py::handle req_id) {
+            int64_t id = read_int("seq_len", "req_id", req_id);
+            int32_t row = t.row_of(id);
+            if (row < 0)
+              throw UnknownRequest("seq_len: request id " + str(id) + " is not a running request");
             return t.seq_len_of_row(row);
           },
           py::arg("req_id"))
-      .def("row_of", &RequestTable::row_of, py::arg("req_id"), "The request's row, or -1.")
-      .def("req_ids", &RequestTable::req_ids, "Running request ids, in row order.");
+      .def(
+          "row_of",
+          [](const PyRequestTable& t, py::handle req_id) {
+            return t.row_of(read_int("row_of", "req_id", req_id));
+          },
+          py::arg("req_id"), "The request's row, or -1.")
+      .def("req_ids", &PyRequestTable::req_ids, "Running request ids, in row order.");
 }
 
 void bind_block_manager(py::module_& m) {
-  py::class_<BlockManager>(m, "BlockManager", "Paged KV-cache block manager on the host.")
-      .def(py::init<int64_t, int64_t, int64_t, int64_t>(), py::arg("block_size"),
-           py::arg("num_blocks"), py::arg("max_seq_len"), py::arg("max_reqs"))
-      .def_property_readonly("block_size", &BlockManager::block_size)
-      .def_property_readonly("num_blocks", &BlockManager::num_blocks)
-      .def_property_readonly("max_blocks_per_seq", &BlockManager::max_blocks_per_seq)
-      .def_property_readonly("num_reqs", [](const BlockManager& b) { return b.table().num_reqs(); })
-      .def("num_free_blocks", &BlockManager::num_free_blocks)
-      .def("can_allocate", &BlockManager::can_allocate, py::arg("num_tokens"),
-           "Whether a new request of num_tokens tokens fits now.")
-      .def("allocate", &BlockManager::allocate, py::arg("req_id"), py::arg("num_tokens"),
-           "Registers a new request holding num_tokens tokens.")
-      .def("append_tokens", &BlockManager::append_tokens, py::arg("req_id"),
-           py::arg("num_tokens"), "Adds num_tokens tokens to a running request.")
+  py::class_<PyBlockManager>(m, "BlockManager", "Paged KV-cache block manager on the host.")
+      .def(py::init([](py::handle block_size, py::handle num_blocks, py::handle max_seq_len,
+                       py::handle max_reqs) {
+             const char* op = "BlockManager";
+             return std::make_unique<PyBlockManager>(
+                 read_int(op, "block_size", block_size), read_int(op, "num_blocks", num_blocks),
+                 read_int(op, "max_seq_len", max_seq_len), read_int(op, "max_reqs", max_reqs));
+           }),
+           py::arg("block_size"), py::arg("num_blocks"), py::arg("max_seq_len"),
+           py::arg("max_reqs"),
+           "ValueError when a size is outside [1, 2**31 - 1], the pool's slots\n"
+           "(num_blocks * block_size) pass 2**31 - 1, or the tables would not fit in this\n"
+           "machine's memory.")
+      .def_property_readonly("block_size", &PyBlockManager::block_size)
+      .def_property_readonly("num_blocks", &PyBlockManager::num_blocks)
+      .def_property_readonly("max_blocks_per_seq", &PyBlockManager::max_blocks_per_seq)
+      .def_property_readonly("num_reqs",
+                             [](const PyBlockManager& b) { return b.table().num_reqs(); })
+      .def("num_free_blocks", &PyBlockManager::num_free_blocks)
       .def(
           "update_block_table",
-          [](BlockManager& bm, py::handle req_ids, int64_t num_prefill, py::handle lens,
-             bool first_layer) {
+          [](PyBlockManager& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
+             py::handle first_layer) {
             const char* op = "update_block_table";
-            BatchView b = batch_args.read(op, req_ids, num_prefill, lens);
-            int32_t* seq_lens = scratch_of(b.size);
-            bm.update_block_table(op, b, first_layer, seq_lens);
-            return to_list(seq_lens, b.size);
+            BusyScope busy(op, bm.busy);
+            Batch batch(op, req_ids, num_prefill, lens);
+            bool first = read_bool(op, "first_layer", first_layer);
+            BatchView b = batch.view();
+            return to_list(bm.update_block_table(op, b, first), b.size);
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
           py::arg("first_layer"),
           "First layer: reserves slots for the batch's new tokens; any layer: returns the\n"
           "lengths after this step, in batch order.")
       .def(
-          "prepare_block_table",
-          [](BlockManager& bm, py::handle req_ids, int64_t num_prefill, py::handle lens,
-             int64_t width, py::buffer block_tables, py::buffer slot_mapping) {
-            const char* op = "prepare_block_table";
-            BatchView b = batch_args.read(op, req_ids, num_prefill, lens);
-            auto bt = out_buffer<int32_t>(op, "block_tables", block_tables);
-            auto sm = out_buffer<int64_t>(op, "slot_mapping", slot_mapping);
-            return stats_tuple(bm.prepare_block_table(op, b, width, bt.data, bt.size, sm.data, sm.size));
-          },
-          py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
-          py::arg("width"), py::arg("block_tables"), py::arg("slot_mapping"),
-          "Writes the padded [B, width] int32 block table and the int64 slot of every\n"
-          "query token. Returns the batch stats tuple (see RequestTable.lookup).")
-      .def(
-          "prepare_batch_infos",
-          [](BlockManager& bm, py::handle req_ids, int64_t num_prefill, py::handle lens,
-             py::buffer seq_lens, py::buffer context_lens, py::buffer query_start_loc,
-             py::buffer seq_start_loc) {
-            const char* op = "prepare_batch_infos";
-            BatchView b = batch_args.read(op, req_ids, num_prefill, lens);
-            auto s = out_buffer<int32_t>(op, "seq_lens", seq_lens);
-            auto c = out_buffer<int32_t>(op, "context_lens", context_lens);
-            auto q = out_buffer<int32_t>(op, "query_start_loc", query_start_loc);
-            auto ss = out_buffer<int32_t>(op, "seq_start_loc", seq_start_loc);
-            int64_t size = std::min({s.size + 1, c.size + 1, q.size, ss.size});
-            return stats_tuple(bm.prepare_batch_infos(op, b, s.data, c.data, q.data, ss.data, size));
-          },
-          py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
-          py::arg("seq_lens"), py::arg("context_lens"), py::arg("query_start_loc"),
-          py::arg("seq_start_loc"),
-          "Writes lengths, context lengths and the exclusive prefix sums (B + 1 entries).")
-      .def(
           "pack_flash_attn_metadata",
-          [](BlockManager& bm, py::handle req_ids, int64_t num_prefill, py::handle lens,
-             py::buffer out) {
+          [](PyBlockManager& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
+             py::handle out) {
             const char* op = "pack_flash_attn_metadata";
-            BatchView b = batch_args.read(op, req_ids, num_prefill, lens);
+            BusyScope busy(op, bm.busy);
+            Batch batch(op, req_ids, num_prefill, lens);
             auto buf = out_buffer<uint8_t>(op, "out", out);
+            BatchView b = batch.view();
             PackResult r = bm.pack_flash_attn_metadata(op, b, buf.data, buf.size);
-            py::object seq_lens = r.written
-                ? py::object(to_list(reinterpret_cast<int32_t*>(buf.data + r.layout.seq_lens), b.size))
-                : py::object(py::none());
-            return py::make_tuple(r.written, layout_tuple(r.layout), stats_tuple(r.stats), seq_lens);
+            py::object seq_lens = py::none();
+            if (r.written)
+              seq_lens = to_list(reinterpret_cast<int32_t*>(buf.data + r.layout.seq_lens), b.size);
+            return py::make_tuple(stats_object(r.stats), seq_lens);
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
           py::arg("out"),
           "Writes all metadata arrays into the byte buffer `out` as metadata_layout() lays\n"
-          "them out. Returns (written, layout, stats, seq_lens); written is False, and\n"
-          "nothing is written, when `out` is smaller than layout's nbytes.")
+          "them out. Returns (BatchStats, seq_lens); seq_lens is None, and nothing is\n"
+          "written, when `out` is smaller than the layout's nbytes.")
       .def(
-          "release",
-          [](BlockManager& bm, int64_t req_id) { bm.release("release", &req_id, 1); },
-          py::arg("req_id"))
-      .def(
-          "batch_release",
-          [](BlockManager& bm, py::handle req_ids) {
-            std::vector<int64_t> ids;
-            read_ints("release_seqs", "req_ids", req_ids, ids);
-            bm.release("release_seqs", ids.data(), ids.size());
+          "release_seqs",
+          [](PyBlockManager& bm, py::handle req_ids) {
+            const char* op = "release_seqs";
+            BusyScope busy(op, bm.busy);
+            std::vector<int64_t> ids = read_ints(op, "req_ids", req_ids);
+            bm.release_seqs(op, ids.data(), ids.size());
           },
-          py::arg("req_ids"), "Releases every block of the requests; all or nothing.")
-      .def("reset", &BlockManager::reset)
+          py::arg("req_ids"), "Releases every block of the requests; all or none.")
+      .def(
+          "reset_state",
+          [](PyBlockManager& bm) {
+            BusyScope busy("reset_state", bm.busy);
+            bm.reset_state();
+          },
+          "Back to empty, as after construction.")
       .def(
           "block_ids",
-          [](const BlockManager& bm, int64_t req_id) { return bm.block_ids("block_ids", req_id); },
+          [](const PyBlockManager& bm, py::handle req_id) {
+            return bm.block_ids("block_ids", read_int("block_ids", "req_id", req_id));
+          },
           py::arg("req_id"))
       .def(
           "seq_len",
-          [](const BlockManager& bm, int64_t req_id) {
-            int32_t row = bm.table().row_of(req_id);
-            if (row < 0) throw UnknownRequest("seq_len: request id " + std::to_string(req_id) + " is not a running request");
+          [](const PyBlockManager& bm, py::handle req_id) {
+            int64_t id = read_int("seq_len", "req_id", req_id);
+            int32_t row = bm.table().row_of(id);
+            if (row < 0)
+              throw UnknownRequest("seq_len: request id " + str(id) + " is not a running request");
             return bm.table().seq_len_of_row(row);
           },
           py::arg("req_id"))
-      .def("req_ids", [](const BlockManager& bm) { return bm.table().req_ids(); })
-      .def("check_integrity", &BlockManager::check_integrity,
+      .def("req_ids", [](const PyBlockManager& bm) { return bm.table().req_ids(); })
+      .def("check_integrity", &PyBlockManager::check_integrity,
            "An empty string when every invariant holds, else what is wrong.");
 }
 
@@ -227,15 +336,10 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   m.attr("PAD_BLOCK_ID") = kPadBlockId;
-  m.def(
-      "metadata_layout",
-      [](int64_t batch_size, int64_t width, int64_t num_tokens) {
-        return layout_tuple(metadata_layout(batch_size, width, num_tokens));
-      },
-      py::arg("batch_size"), py::arg("width"), py::arg("num_tokens"),
-      "(batch_size, width, num_tokens, slot_mapping, seq_lens, context_lens,\n"
-      "query_start_loc, seq_start_loc, block_tables, nbytes): byte offsets of the\n"
-      "metadata arrays in one packed buffer.");
+  batch_stats_type = PyStructSequence_NewType(&batch_stats_desc);
+  if (!batch_stats_type) throw py::error_already_set();
+  m.attr("BatchStats") = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(batch_stats_type));
+  bind_metadata_layout(m);
   bind_request_table(m);
   bind_block_manager(m);
 }

@@ -2,50 +2,78 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
+
+#include "sizes.h"
 
 namespace disagmoe {
 
-namespace {
-
-std::string str(int64_t v) { return std::to_string(v); }
-
-int64_t align8(int64_t n) { return (n + 7) & ~int64_t{7}; }
-
-}  // namespace
-
 MetadataLayout metadata_layout(int64_t batch_size, int64_t width, int64_t num_tokens) {
+  const char* op = "metadata_layout";
+  check_range(op, "batch_size", batch_size, 0, kMaxInt32);
+  check_range(op, "width", width, 0, kMaxInt32);
+  check_range(op, "num_tokens", num_tokens, 0, kMaxInt32);
   MetadataLayout l;
   l.batch_size = batch_size;
   l.width = width;
   l.num_tokens = num_tokens;
+  // Below the block table every offset is under 2**36; the table may pass int64.
   l.slot_mapping = 0;
   l.seq_lens = 8 * num_tokens;
   l.context_lens = l.seq_lens + 4 * batch_size;
   l.query_start_loc = l.context_lens + 4 * batch_size;
   l.seq_start_loc = l.query_start_loc + 4 * (batch_size + 1);
   l.block_tables = l.seq_start_loc + 4 * (batch_size + 1);
-  l.nbytes = align8(l.block_tables + 4 * batch_size * width);
+  int64_t table_bytes = checked_mul(op, "the block table's bytes", 4 * batch_size, width);
+  int64_t end = checked_add(op, "the buffer's bytes", l.block_tables, table_bytes);
+  l.nbytes = checked_add(op, "the buffer's bytes", end, 7) & ~int64_t{7};
   return l;
 }
 
-BlockManager::BlockManager(int64_t block_size, int64_t num_blocks, int64_t max_seq_len,
-                           int64_t max_reqs)
-    : block_size_(block_size),
-      num_blocks_(num_blocks),
-      max_blocks_per_seq_(block_size < 1 ? 0 : (max_seq_len + block_size - 1) / block_size),
-      table_(max_reqs, max_seq_len, block_size) {
-  if (num_blocks < 1 || num_blocks > INT32_MAX / block_size)
-    throw std::invalid_argument("num_blocks=" + str(num_blocks) + " must be in [1, " +
-                                str(INT32_MAX / block_size) + "] for block_size=" +
-                                str(block_size));
-  blocks_.assign(max_reqs * max_blocks_per_seq_, kPadBlockId);
-  for (auto* v : {&rows_, &old_lens_, &new_lens_, &query_lens_}) v->resize(max_reqs);
-  page_offsets_.resize(max_reqs + 1);
-  reset();
+int64_t BlockManager::checked_width(int64_t block_size, int64_t num_blocks, int64_t max_seq_len,
+                                    int64_t max_reqs) {
+  const char* op = "BlockManager";
+  check_range(op, "block_size", block_size, 1, kMaxInt32);
+  check_range(op, "num_blocks", num_blocks, 1, kMaxInt32);
+  check_range(op, "max_seq_len", max_seq_len, 1, kMaxInt32);
+  check_range(op, "max_reqs", max_reqs, 1, kMaxInt32);
+  if (num_blocks > kMaxInt32 / block_size)
+    throw std::invalid_argument(std::string(op) + ": num_blocks=" + str(num_blocks) +
+                                " x block_size=" + str(block_size) + " = " +
+                                str(num_blocks * block_size) +
+                                " slots, past the int32 range of slots (" + str(kMaxInt32) + ")");
+  int64_t width = (max_seq_len + block_size - 1) / block_size;
+  // Both counts are at most INT32_MAX: entries fit in int64, their bytes may not.
+  int64_t entries = max_reqs * width;
+  int64_t bytes = checked_mul(op, "the block table's bytes", entries, 4);
+  bytes = checked_add(op, "the tables' bytes", bytes,
+                      4 * num_blocks + 20 * (max_reqs + 1) + RequestTable::host_bytes(max_reqs));
+  check_host_bytes(op,
+                   "the block tables of max_reqs=" + str(max_reqs) + " rows x " + str(width) +
+                       " blocks (max_seq_len=" + str(max_seq_len) + ", block_size=" +
+                       str(block_size) + ") and the books",
+                   bytes);
+  return width;
 }
 
-void BlockManager::reset() {
-  table_.reset();
+BlockManager::BlockManager(int64_t block_size, int64_t num_blocks, int64_t max_seq_len,
+                           int64_t max_reqs) try
+    : block_size_(block_size),
+      num_blocks_(num_blocks),
+      max_blocks_per_seq_(checked_width(block_size, num_blocks, max_seq_len, max_reqs)),
+      table_(max_reqs, max_seq_len, block_size) {
+  blocks_.assign(max_reqs * max_blocks_per_seq_, kPadBlockId);
+  for (auto* v : {&rows_, &old_lens_, &new_lens_, &query_lens_}) v->resize(max_reqs);
+  block_offsets_.resize(max_reqs + 1);
+  reset_state();
+} catch (const std::bad_alloc&) {
+  throw std::invalid_argument("BlockManager: cannot allocate the block tables of max_reqs=" +
+                              str(max_reqs) + " rows for max_seq_len=" + str(max_seq_len) +
+                              " and block_size=" + str(block_size));
+}
+
+void BlockManager::reset_state() {
+  table_.reset_state();
   free_blocks_.resize(num_blocks_);
   // Popping from the back hands out block 0 first.
   for (int64_t i = 0; i < num_blocks_; ++i)
@@ -53,47 +81,24 @@ void BlockManager::reset() {
   std::fill(blocks_.begin(), blocks_.end(), kPadBlockId);
 }
 
-bool BlockManager::can_allocate(int64_t num_tokens) const {
-  return num_tokens >= 1 && num_tokens <= table_.max_seq_len() && table_.num_free_rows() > 0 &&
-         table_.pages_of(num_tokens) <= num_free_blocks();
-}
-
-void BlockManager::allocate(int64_t req_id, int64_t num_tokens) {
-  if (table_.row_of(req_id) >= 0)
-    throw std::invalid_argument("allocate: request id " + str(req_id) + " is already running");
-  BatchView batch{&req_id, 1, 1, &num_tokens, 1};
-  update_block_table("allocate", batch, true, new_lens_.data());
-}
-
-void BlockManager::append_tokens(int64_t req_id, int64_t num_tokens) {
-  if (table_.row_of(req_id) < 0)
-    throw UnknownRequest("append_tokens: request id " + str(req_id) + " is not a running request");
-  BatchView batch{&req_id, 1, 1, &num_tokens, 1};
-  update_block_table("append_tokens", batch, true, new_lens_.data());
-}
-
-void BlockManager::update_block_table(const char* op, const BatchView& batch, bool first_layer,
-                                      int32_t* seq_lens) {
+const int32_t* BlockManager::update_block_table(const char* op, const BatchView& batch,
+                                                bool first_layer) {
   if (!first_layer) {
-    table_.lookup(op, batch, {rows_.data(), seq_lens, query_lens_.data()});
-    return;
+    table_.lookup(op, batch, {rows_.data(), new_lens_.data(), query_lens_.data()});
+    return new_lens_.data();
   }
-  StepPlan plan{rows_.data(), old_lens_.data(), new_lens_.data(), page_offsets_.data()};
+  StepPlan plan{rows_.data(), old_lens_.data(), new_lens_.data(), block_offsets_.data()};
   int64_t total = table_.update(op, batch, num_free_blocks(), plan);
-  // The m-th page that this step adds is the m-th from the top of the stack.
+  // The m-th block that this step adds is the m-th from the top of the stack.
   const int64_t top = static_cast<int64_t>(free_blocks_.size()) - 1;
   for (int64_t i = 0; i < batch.size; ++i) {
-    int64_t first = table_.pages_of(old_lens_[i]);
-    int64_t count = table_.pages_of(new_lens_[i]) - first;
+    int64_t first = table_.blocks_of(old_lens_[i]);
+    int64_t count = table_.blocks_of(new_lens_[i]) - first;
     int32_t* dst = blocks_.data() + rows_[i] * max_blocks_per_seq_ + first;
-    for (int64_t k = 0; k < count; ++k) dst[k] = free_blocks_[top - page_offsets_[i] - k];
-    seq_lens[i] = new_lens_[i];
+    for (int64_t k = 0; k < count; ++k) dst[k] = free_blocks_[top - block_offsets_[i] - k];
   }
   free_blocks_.resize(free_blocks_.size() - total);
-}
-
-BatchStats BlockManager::lookup(const char* op, const BatchView& batch) {
-  return table_.lookup(op, batch, {rows_.data(), new_lens_.data(), query_lens_.data()});
+  return new_lens_.data();
 }
 
 void BlockManager::write_block_table(const BatchView& batch, int64_t width,
@@ -102,7 +107,7 @@ void BlockManager::write_block_table(const BatchView& batch, int64_t width,
   for (int64_t i = 0; i < batch.size; ++i) {
     const int32_t* blocks = row_blocks(rows_[i]);
     int64_t seq_len = new_lens_[i];
-    int64_t num_blocks = table_.pages_of(seq_len);
+    int64_t num_blocks = table_.blocks_of(seq_len);
     int32_t* row = block_tables + i * width;
     std::memcpy(row, blocks, num_blocks * sizeof(int32_t));
     std::fill(row + num_blocks, row + width, kPadBlockId);
@@ -128,42 +133,11 @@ void BlockManager::write_batch_infos(const BatchView& batch, int32_t* seq_lens,
   seq_start_loc[batch.size] = s_start;
 }
 
-BatchStats BlockManager::prepare_block_table(const char* op, const BatchView& batch,
-                                             int64_t width, int32_t* block_tables,
-                                             int64_t block_tables_size, int64_t* slot_mapping,
-                                             int64_t slot_mapping_size) {
-  BatchStats stats = lookup(op, batch);
-  if (width < table_.pages_of(stats.max_seq_len))
-    throw std::invalid_argument(std::string(op) + ": width=" + str(width) +
-                                " is below the " + str(table_.pages_of(stats.max_seq_len)) +
-                                " blocks of the batch's longest request");
-  if (block_tables_size < batch.size * width || slot_mapping_size < stats.num_tokens)
-    throw std::invalid_argument(std::string(op) + ": the batch needs block_tables of " +
-                                str(batch.size * width) + " and slot_mapping of " +
-                                str(stats.num_tokens) + " entries, got " +
-                                str(block_tables_size) + " and " + str(slot_mapping_size));
-  write_block_table(batch, width, block_tables, slot_mapping);
-  return stats;
-}
-
-BatchStats BlockManager::prepare_batch_infos(const char* op, const BatchView& batch,
-                                             int32_t* seq_lens, int32_t* context_lens,
-                                             int32_t* query_start_loc, int32_t* seq_start_loc,
-                                             int64_t size) {
-  if (size < batch.size + 1)
-    throw std::invalid_argument(std::string(op) + ": the output arrays hold " + str(size) +
-                                " entries, the batch needs " + str(batch.size + 1));
-  BatchStats stats = lookup(op, batch);
-  write_batch_infos(batch, seq_lens, context_lens, query_start_loc, seq_start_loc);
-  return stats;
-}
-
 PackResult BlockManager::pack_flash_attn_metadata(const char* op, const BatchView& batch,
                                                   uint8_t* out, int64_t capacity) {
   PackResult r;
-  r.stats = lookup(op, batch);
-  r.layout = metadata_layout(batch.size, table_.pages_of(r.stats.max_seq_len),
-                             r.stats.num_tokens);
+  r.stats = table_.lookup(op, batch, {rows_.data(), new_lens_.data(), query_lens_.data()});
+  r.layout = metadata_layout(batch.size, r.stats.width, r.stats.num_tokens);
   r.written = r.layout.nbytes <= capacity;
   if (!r.written) return r;
   const MetadataLayout& l = r.layout;
@@ -175,12 +149,12 @@ PackResult BlockManager::pack_flash_attn_metadata(const char* op, const BatchVie
   return r;
 }
 
-void BlockManager::release(const char* op, const int64_t* req_ids, int64_t n) {
+void BlockManager::release_seqs(const char* op, const int64_t* req_ids, int64_t n) {
   std::vector<int32_t> rows(n), lens(n);
-  table_.release(op, req_ids, n, rows.data(), lens.data());
+  table_.release_seqs(op, req_ids, n, rows.data(), lens.data());
   for (int64_t i = 0; i < n; ++i) {
     int32_t* blocks = blocks_.data() + static_cast<int64_t>(rows[i]) * max_blocks_per_seq_;
-    int64_t count = table_.pages_of(lens[i]);
+    int64_t count = table_.blocks_of(lens[i]);
     free_blocks_.insert(free_blocks_.end(), blocks, blocks + count);
     std::fill(blocks, blocks + count, kPadBlockId);
   }
@@ -192,7 +166,7 @@ std::vector<int32_t> BlockManager::block_ids(const char* op, int64_t req_id) con
     throw UnknownRequest(std::string(op) + ": request id " + str(req_id) +
                          " is not a running request");
   const int32_t* blocks = row_blocks(row);
-  return std::vector<int32_t>(blocks, blocks + table_.pages_of(table_.seq_len_of_row(row)));
+  return std::vector<int32_t>(blocks, blocks + table_.blocks_of(table_.seq_len_of_row(row)));
 }
 
 std::string BlockManager::check_integrity() const {
@@ -210,7 +184,7 @@ std::string BlockManager::check_integrity() const {
   int64_t owned = 0;
   for (int64_t req_id : table_.req_ids()) {
     int32_t row = table_.row_of(req_id);
-    int64_t count = table_.pages_of(table_.seq_len_of_row(row));
+    int64_t count = table_.blocks_of(table_.seq_len_of_row(row));
     const int32_t* blocks = row_blocks(row);
     for (int64_t k = 0; k < count; ++k) {
       std::string err = claim(blocks[k], 2, "request " + str(req_id));

@@ -1,37 +1,49 @@
 #include "request_table.h"
 
 #include <algorithm>
+#include <new>
+
+#include "sizes.h"
 
 namespace disagmoe {
-
-namespace {
-
-std::string str(int64_t v) { return std::to_string(v); }
-
-}  // namespace
 
 std::string entry_name(const BatchView& batch, int64_t i) {
   return "req_ids[" + str(i) + "]=" + str(batch.req_ids[i]) +
          (i < batch.num_prefill ? " (prefill entry)" : " (decode entry)");
 }
 
-RequestTable::RequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t page_size)
-    : max_reqs_(max_reqs),
+int64_t RequestTable::host_bytes(int64_t max_reqs) {
+  // id_of_row_ and new_entries_: 8 bytes a row; seq_lens_, free_rows_, seen_: 4; the id map.
+  return 28 * max_reqs + 12 * static_cast<int64_t>(FlatIdMap::capacity_for(max_reqs));
+}
+
+int64_t RequestTable::checked_max_reqs(int64_t max_reqs, int64_t max_seq_len,
+                                       int64_t block_size) {
+  check_range("RequestTable", "max_reqs", max_reqs, 1, kMaxInt32);
+  check_range("RequestTable", "max_seq_len", max_seq_len, 1, kMaxInt32);
+  check_range("RequestTable", "block_size", block_size, 1, kMaxInt32);
+  check_host_bytes("RequestTable", "the books of max_reqs=" + str(max_reqs) + " request rows",
+                   host_bytes(max_reqs));
+  return max_reqs;
+}
+
+RequestTable::RequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t block_size) try
+    : max_reqs_(checked_max_reqs(max_reqs, max_seq_len, block_size)),
       max_seq_len_(max_seq_len),
-      page_size_(page_size),
-      ids_(max_reqs < 1 ? 1 : max_reqs) {
-  if (max_reqs < 1) throw std::invalid_argument("max_reqs=" + str(max_reqs) + " must be >= 1");
-  if (max_seq_len < 1)
-    throw std::invalid_argument("max_seq_len=" + str(max_seq_len) + " must be >= 1");
-  if (page_size < 1) throw std::invalid_argument("page_size=" + str(page_size) + " must be >= 1");
+      block_size_(block_size),
+      ids_(max_reqs) {
   id_of_row_.resize(max_reqs);
   seq_lens_.resize(max_reqs);
   seen_.resize(max_reqs);
   new_entries_.reserve(max_reqs);
-  reset();
+  reset_state();
+} catch (const std::bad_alloc&) {
+  throw std::invalid_argument("RequestTable: cannot allocate the books of max_reqs=" +
+                              str(max_reqs) + " request rows (" + str(host_bytes(max_reqs)) +
+                              " bytes)");
 }
 
-void RequestTable::reset() {
+void RequestTable::reset_state() {
   ids_.clear();
   std::fill(seq_lens_.begin(), seq_lens_.end(), 0);
   free_rows_.resize(max_reqs_);
@@ -56,8 +68,8 @@ void RequestTable::check_shape(const char* op, const BatchView& batch) const {
                                 str(batch.num_prefill));
   for (int64_t i = 0; i < batch.num_prefill; ++i)
     if (batch.prefill_lens[i] < 1)
-      throw std::invalid_argument(std::string(op) + ": init_prefill_lens[" + str(i) +
-                                  "]=" + str(batch.prefill_lens[i]) + " is below 1 (for " +
+      throw std::invalid_argument(std::string(op) + ": init_prefill_lens[" + str(i) + "]=" +
+                                  str(batch.prefill_lens[i]) + " is below 1 (for " +
                                   entry_name(batch, i) + ")");
 }
 
@@ -69,17 +81,28 @@ void RequestTable::mark_once(const char* op, const BatchView& batch, int64_t i, 
   seen_[row] = stamp_;
 }
 
-void RequestTable::check_new_ids_distinct(const char* op, const BatchView& batch,
-                                          const std::vector<int64_t>& new_entries) const {
-  if (new_entries.size() < 2) return;
+void RequestTable::check_new_ids_distinct(const char* op, const BatchView& batch) const {
+  if (new_entries_.size() < 2) return;
   std::vector<int64_t> ids;
-  ids.reserve(new_entries.size());
-  for (int64_t i : new_entries) ids.push_back(batch.req_ids[i]);
+  ids.reserve(new_entries_.size());
+  for (int64_t i : new_entries_) ids.push_back(batch.req_ids[i]);
   std::sort(ids.begin(), ids.end());
   auto dup = std::adjacent_find(ids.begin(), ids.end());
   if (dup != ids.end())
     throw std::invalid_argument(std::string(op) + ": request id " + str(*dup) +
                                 " appears more than once in req_ids");
+}
+
+// A decode entry of a request the books do not hold: a repeat of a new prefill
+// entry (ValueError), else an unknown request (KeyError).
+void RequestTable::throw_unknown(const char* op, const BatchView& batch, int64_t i) const {
+  for (int64_t j : new_entries_)
+    if (batch.req_ids[j] == batch.req_ids[i])
+      throw std::invalid_argument(std::string(op) + ": request id " + str(batch.req_ids[i]) +
+                                  " appears more than once in req_ids (again at index " + str(i) +
+                                  ")");
+  throw UnknownRequest(std::string(op) + ": " + entry_name(batch, i) +
+                       " is not a running request");
 }
 
 static void next_stamp(uint32_t& stamp, std::vector<uint32_t>& seen) {
@@ -89,55 +112,61 @@ static void next_stamp(uint32_t& stamp, std::vector<uint32_t>& seen) {
   }
 }
 
-int64_t RequestTable::update(const char* op, const BatchView& batch, int64_t num_free_pages,
+int64_t RequestTable::update(const char* op, const BatchView& batch, int64_t num_free_blocks,
                              const StepPlan& plan) {
   check_shape(op, batch);
-  // Every entry holds a row after a first-layer step (plans are sized for max_reqs).
-  if (batch.size > max_reqs_)
-    throw CacheExhausted(std::string(op) + ": the batch holds " + str(batch.size) +
-                         " requests but there are only " + str(max_reqs_) + " request rows");
+  check_range(op, "num_free_blocks", num_free_blocks, 0, kMaxInt32);
   next_stamp(stamp_, seen_);
   new_entries_.clear();
-  int64_t total_pages = 0;
+  // A batch that does not fit is reported only once it is known to be well formed:
+  // KVCacheExhausted asks the caller to retry later, which a malformed batch never passes.
+  int64_t too_long = -1;  // the first entry that max_seq_len cannot hold
+  int64_t total_blocks = 0;
   for (int64_t i = 0; i < batch.size; ++i) {
     int32_t row = ids_.find(batch.req_ids[i]);
     int64_t old_len = 0;
     if (row < 0) {
-      if (i >= batch.num_prefill) {
-        for (int64_t j : new_entries_)
-          if (batch.req_ids[j] == batch.req_ids[i])
-            throw std::invalid_argument(std::string(op) + ": request id " +
-                                        str(batch.req_ids[i]) +
-                                        " appears more than once in req_ids (again at index " +
-                                        str(i) + ")");
-        throw UnknownRequest(std::string(op) + ": " + entry_name(batch, i) +
-                             " is not a running request");
-      }
+      if (i >= batch.num_prefill) throw_unknown(op, batch, i);
       new_entries_.push_back(i);
     } else {
       mark_once(op, batch, i, row);
       old_len = seq_lens_[row];
     }
-    int64_t new_len = old_len + query_len(batch, i);
-    if (new_len > max_seq_len_)
-      throw CacheExhausted(std::string(op) + ": " + entry_name(batch, i) + " would hold " +
-                           str(new_len) + " tokens, over max_seq_len=" + str(max_seq_len_));
+    int64_t q = query_len(batch, i);
+    if (q > max_seq_len_ - old_len) {  // old_len + q would pass max_seq_len (or int64)
+      if (too_long < 0) too_long = i;
+      continue;
+    }
+    if (i >= max_reqs_) continue;  // past the plan: the rows cannot hold this batch
+    int64_t new_len = old_len + q;
     plan.rows[i] = row;
     plan.old_lens[i] = static_cast<int32_t>(old_len);
     plan.new_lens[i] = static_cast<int32_t>(new_len);
-    plan.page_offsets[i] = static_cast<int32_t>(total_pages);
-    total_pages += pages_of(new_len) - pages_of(old_len);
+    plan.block_offsets[i] = static_cast<int32_t>(total_blocks);
+    total_blocks += blocks_of(new_len) - blocks_of(old_len);
   }
-  plan.page_offsets[batch.size] = static_cast<int32_t>(total_pages);
-  check_new_ids_distinct(op, batch, new_entries_);
+  check_new_ids_distinct(op, batch);
+  if (too_long >= 0) {
+    int32_t row = ids_.find(batch.req_ids[too_long]);
+    int64_t old_len = row < 0 ? 0 : seq_lens_[row], q = query_len(batch, too_long), sum;
+    std::string tokens = __builtin_add_overflow(old_len, q, &sum)
+                             ? str(old_len) + " + " + str(q)
+                             : str(sum);
+    throw CacheExhausted(std::string(op) + ": " + entry_name(batch, too_long) + " would hold " +
+                         tokens + " tokens, over max_seq_len=" + str(max_seq_len_));
+  }
+  if (batch.size > max_reqs_)
+    throw CacheExhausted(std::string(op) + ": the batch holds " + str(batch.size) +
+                         " requests but there are only " + str(max_reqs_) + " request rows");
   if (static_cast<int64_t>(new_entries_.size()) > num_free_rows())
     throw CacheExhausted(std::string(op) + ": the batch starts " + str(new_entries_.size()) +
                          " new requests but only " + str(num_free_rows()) + " of " +
                          str(max_reqs_) + " request rows are free");
-  if (total_pages > num_free_pages)
-    throw CacheExhausted(std::string(op) + ": the batch needs " + str(total_pages) +
-                         " free blocks of " + str(page_size_) + " slots but only " +
-                         str(num_free_pages) + " are free");
+  if (total_blocks > num_free_blocks)
+    throw CacheExhausted(std::string(op) + ": the batch needs " + str(total_blocks) +
+                         " free blocks of " + str(block_size_) + " slots but only " +
+                         str(num_free_blocks) + " are free");
+  plan.block_offsets[batch.size] = static_cast<int32_t>(total_blocks);
   for (int64_t i : new_entries_) {
     int32_t row = free_rows_.back();
     free_rows_.pop_back();
@@ -146,7 +175,7 @@ int64_t RequestTable::update(const char* op, const BatchView& batch, int64_t num
     plan.rows[i] = row;
   }
   for (int64_t i = 0; i < batch.size; ++i) seq_lens_[plan.rows[i]] = plan.new_lens[i];
-  return total_pages;
+  return total_blocks;
 }
 
 // Writes at most max_reqs entries: the entry past them cannot be a distinct
@@ -155,6 +184,8 @@ BatchStats RequestTable::lookup(const char* op, const BatchView& batch, const Ba
   check_shape(op, batch);
   next_stamp(stamp_, seen_);
   BatchStats stats;
+  stats.batch_size = batch.size;
+  stats.num_prefills = batch.num_prefill;
   int64_t seq_total = 0;
   for (int64_t i = 0; i < batch.size; ++i) {
     int32_t row = ids_.find(batch.req_ids[i]);
@@ -185,11 +216,19 @@ BatchStats RequestTable::lookup(const char* op, const BatchView& batch, const Ba
       stats.max_decode_query_len = 1;
     }
   }
+  // The prefix sums are int32. Distinct requests of one pool never pass this; a
+  // RequestTable told of more free blocks than a pool holds could.
+  if (seq_total > kMaxInt32)
+    throw std::invalid_argument(std::string(op) + ": the batch's lengths sum to " +
+                                str(seq_total) + ", past the int32 range of seq_start_loc");
+  stats.num_decode_tokens = batch.size - batch.num_prefill;
+  stats.num_prefill_tokens = stats.num_tokens - stats.num_decode_tokens;
+  stats.width = blocks_of(stats.max_seq_len);
   return stats;
 }
 
-void RequestTable::release(const char* op, const int64_t* req_ids, int64_t n, int32_t* rows,
-                           int32_t* lens) {
+void RequestTable::release_seqs(const char* op, const int64_t* req_ids, int64_t n, int32_t* rows,
+                                int32_t* lens) {
   next_stamp(stamp_, seen_);
   for (int64_t i = 0; i < n; ++i) {
     int32_t row = ids_.find(req_ids[i]);

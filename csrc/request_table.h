@@ -31,12 +31,12 @@ struct BatchView {
   int64_t num_prefill_lens;
 };
 
-// Per-entry arrays that update() fills, each of batch size (page_offsets: size + 1).
+// Per-entry arrays that update() fills, each of batch size (block_offsets: size + 1).
 struct StepPlan {
   int32_t* rows;
   int32_t* old_lens;
   int32_t* new_lens;
-  int32_t* page_offsets;  // exclusive prefix sum of the pages each entry adds
+  int32_t* block_offsets;  // exclusive prefix sum of the blocks each entry adds
 };
 
 // Per-entry arrays that lookup() fills, each of batch size; the two exclusive
@@ -49,43 +49,57 @@ struct BatchLookup {
   int32_t* seq_starts = nullptr;
 };
 
-// The host integers of FlashAttention metadata, known without touching the device.
+// The host integers of a batch's FlashAttention metadata, known without touching
+// the device (names as in FlashAttentionMetadata), and the shape of its arrays.
 struct BatchStats {
+  int64_t batch_size = 0;
+  int64_t num_prefills = 0;
   int64_t num_tokens = 0;
+  int64_t num_prefill_tokens = 0;
+  int64_t num_decode_tokens = 0;
   int64_t max_query_len = 0;
   int64_t max_seq_len = 0;
   int64_t max_prefill_seq_len = 0;
   int64_t max_decode_seq_len = 0;
   int64_t max_decode_query_len = 0;
+  int64_t width = 0;  // blocks of the longest request: the block table's width
 };
 
 class RequestTable {
  public:
-  RequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t page_size);
+  // Throws std::invalid_argument, before allocating anything, when a size is
+  // outside [1, INT32_MAX] or the books would not fit in this machine's memory.
+  RequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t block_size);
+
+  // Host bytes the books of `max_reqs` rows hold.
+  static int64_t host_bytes(int64_t max_reqs);
 
   // First-layer step: checks the whole batch, then registers new requests and
-  // advances every length. Returns the number of pages the batch adds. Throws
-  // (changing nothing) on a malformed batch or when rows, max_seq_len or
-  // num_free_pages cannot hold it.
-  int64_t update(const char* op, const BatchView& batch, int64_t num_free_pages,
+  // advances every length. Returns the number of blocks the batch adds. Throws,
+  // changing nothing: ValueError / KeyError on a malformed batch, and only when
+  // the batch is well formed, CacheExhausted when rows, max_seq_len or
+  // num_free_blocks cannot hold it. Writes at most max_reqs entries of `plan`.
+  int64_t update(const char* op, const BatchView& batch, int64_t num_free_blocks,
                  const StepPlan& plan);
 
   // Any-layer read: rows, current lengths and query lengths of a batch whose
-  // requests are all registered. Throws on a malformed batch.
+  // requests are all registered. Throws on a malformed batch. Writes at most
+  // max_reqs entries of `out`.
   BatchStats lookup(const char* op, const BatchView& batch, const BatchLookup& out);
 
-  // Forgets the requests and returns their rows and lengths in `rows`/`lens`.
-  void release(const char* op, const int64_t* req_ids, int64_t n, int32_t* rows,
-               int32_t* lens);
+  // Forgets the requests (all or none) and returns their rows and lengths in `rows`/`lens`.
+  void release_seqs(const char* op, const int64_t* req_ids, int64_t n, int32_t* rows,
+                    int32_t* lens);
 
-  void reset();
+  void reset_state();
 
   int64_t max_reqs() const { return max_reqs_; }
   int64_t max_seq_len() const { return max_seq_len_; }
-  int64_t page_size() const { return page_size_; }
+  int64_t block_size() const { return block_size_; }
   int64_t num_reqs() const { return ids_.size(); }
   int64_t num_free_rows() const { return static_cast<int64_t>(free_rows_.size()); }
-  int64_t pages_of(int64_t tokens) const { return (tokens + page_size_ - 1) / page_size_; }
+  // `tokens` is at most max_seq_len: the sum cannot overflow.
+  int64_t blocks_of(int64_t tokens) const { return (tokens + block_size_ - 1) / block_size_; }
 
   // -1 when the request is unknown.
   int32_t row_of(int64_t req_id) const { return ids_.find(req_id); }
@@ -93,18 +107,19 @@ class RequestTable {
   std::vector<int64_t> req_ids() const;
 
  private:
+  static int64_t checked_max_reqs(int64_t max_reqs, int64_t max_seq_len, int64_t block_size);
   void check_shape(const char* op, const BatchView& batch) const;
   // Marks `row` as seen in this batch; throws if an earlier entry had it.
   void mark_once(const char* op, const BatchView& batch, int64_t i, int32_t row);
-  void check_new_ids_distinct(const char* op, const BatchView& batch,
-                              const std::vector<int64_t>& new_entries) const;
+  void check_new_ids_distinct(const char* op, const BatchView& batch) const;
+  [[noreturn]] void throw_unknown(const char* op, const BatchView& batch, int64_t i) const;
   int64_t query_len(const BatchView& batch, int64_t i) const {
     return i < batch.num_prefill ? batch.prefill_lens[i] : 1;
   }
 
   int64_t max_reqs_;
   int64_t max_seq_len_;
-  int64_t page_size_;
+  int64_t block_size_;
   FlatIdMap ids_;
   std::vector<int64_t> id_of_row_;  // meaningful only for live rows
   std::vector<int32_t> seq_lens_;   // a row is live while its length is above 0

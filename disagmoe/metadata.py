@@ -38,27 +38,24 @@ class FlashAttentionMetadata:
     block_size: int
 
     @classmethod
-    def from_step(cls, batch, stats: tuple, seq_lens: list[int], views: tuple,
+    def from_step(cls, stats: _C.BatchStats, seq_lens: list[int], views: tuple,
                   block_size: int) -> FlashAttentionMetadata:
-        """Assembles a batch's metadata from the C++ batch stats (see
-        `_C.RequestTable.lookup`) and the filled `MetadataBuffer.views`."""
-        num_tokens, max_query_len, _, max_prefill_seq_len, max_decode_seq_len, \
-            max_decode_query_len = stats
+        """Assembles a batch's metadata from the batch stats that the C++ core
+        checked and computed, and the filled `MetadataBuffer.views`."""
         _, slots, seq, ctx, qsl, ssl, tables, _ = views
-        num_decodes = len(seq_lens) - batch.num_prefill_seqs
         return cls(
-            num_prefills=batch.num_prefill_seqs,
-            num_prefill_tokens=num_tokens - num_decodes,
-            num_decode_tokens=num_decodes,
+            num_prefills=stats.num_prefills,
+            num_prefill_tokens=stats.num_prefill_tokens,
+            num_decode_tokens=stats.num_decode_tokens,
             seq_lens=seq_lens,
             seq_lens_tensor=seq,
             context_lens_tensor=ctx,
             query_start_loc=qsl,
             seq_start_loc=ssl,
-            max_query_len=max_query_len,
-            max_prefill_seq_len=max_prefill_seq_len,
-            max_decode_seq_len=max_decode_seq_len,
-            max_decode_query_len=max_decode_query_len,
+            max_query_len=stats.max_query_len,
+            max_prefill_seq_len=stats.max_prefill_seq_len,
+            max_decode_seq_len=stats.max_decode_seq_len,
+            max_decode_query_len=stats.max_decode_query_len,
             block_tables=tables,
             slot_mapping=slots,
             block_size=block_size,
@@ -113,16 +110,17 @@ class MetadataBuffer:
 
     def _make_views(self, batch_size: int, width: int, num_tokens: int) -> tuple:
         layout = _C.metadata_layout(batch_size, width, num_tokens)
-        _, _, _, slots, seq, ctx, qsl, ssl, bt, nbytes = layout
-        self.reserve(nbytes)
+        self.reserve(layout.nbytes)
         i32 = self.int32
+        slots, seq, ctx = layout.slot_mapping // 8, layout.seq_lens // 4, layout.context_lens // 4
+        qsl, ssl, bt = layout.query_start_loc // 4, layout.seq_start_loc // 4, layout.block_tables // 4
         return (
             layout,
-            self.int64[slots // 8: slots // 8 + num_tokens],
-            i32[seq // 4: seq // 4 + batch_size],
-            i32[ctx // 4: ctx // 4 + batch_size],
-            i32[qsl // 4: qsl // 4 + batch_size + 1],
-            i32[ssl // 4: ssl // 4 + batch_size + 1],
-            i32[bt // 4: bt // 4 + batch_size * width].view(batch_size, width),
-            self.bytes[:nbytes],
+            self.int64[slots: slots + num_tokens],
+            i32[seq: seq + batch_size],
+            i32[ctx: ctx + batch_size],
+            i32[qsl: qsl + batch_size + 1],
+            i32[ssl: ssl + batch_size + 1],
+            i32[bt: bt + batch_size * width].view(batch_size, width),
+            self.bytes[:layout.nbytes],
         )

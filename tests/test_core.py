@@ -1,5 +1,5 @@
 """The C++ core's bindings (disagmoe._C): BlockManager and RequestTable called directly,
-with numpy output buffers."""
+with numpy output buffers, and the named results they return."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 from disagmoe import KVCacheExhausted, _C
 
 PAD = _C.PAD_BLOCK_ID
+INT32_MAX = 2**31 - 1
+LAYOUT_FIELDS = ("batch_size", "width", "num_tokens", "slot_mapping", "seq_lens", "context_lens",
+                 "query_start_loc", "seq_start_loc", "block_tables", "nbytes")
 
 
 def core(block_size: int = 4, num_blocks: int = 8, max_seq_len: int = 32, max_reqs: int = 3):
@@ -22,66 +25,102 @@ def slots_of(bm, req_id: int) -> list[int]:
     return [blocks[p // bs] * bs + p % bs for p in range(bm.seq_len(req_id))]
 
 
+def stats_dict(stats: _C.BatchStats) -> dict[str, int]:
+    return {name: getattr(stats, name) for name in _C.BatchStats.__match_args__}
+
+
 def test_metadata_layout():
     for batch_size, width, num_tokens in [(0, 0, 0), (1, 1, 1), (3, 5, 7), (4, 2, 130)]:
-        b, w, t, slots, seq, ctx, qsl, ssl, tables, nbytes = _C.metadata_layout(
-            batch_size, width, num_tokens)
-        assert (b, w, t, slots) == (batch_size, width, num_tokens, 0)
-        ends = [seq, ctx, qsl, ssl, tables]
+        layout = _C.metadata_layout(batch_size, width, num_tokens)
+        assert (layout.batch_size, layout.width, layout.num_tokens) == (batch_size, width, num_tokens)
+        assert layout.slot_mapping == 0
+        offsets = [layout.seq_lens, layout.context_lens, layout.query_start_loc,
+                   layout.seq_start_loc, layout.block_tables]
+        b, t = batch_size, num_tokens
         sizes = [8 * t, 4 * b, 4 * b, 4 * (b + 1), 4 * (b + 1)]
-        assert ends == list(np.cumsum(sizes))  # packed back to back, in this order
-        assert nbytes % 8 == 0 and tables + 4 * b * w <= nbytes < tables + 4 * b * w + 8
+        assert offsets == list(np.cumsum(sizes))  # packed back to back, in this order
+        end = layout.block_tables + 4 * b * width
+        assert layout.nbytes % 8 == 0 and end <= layout.nbytes < end + 8
+
+
+def test_metadata_layout_is_a_value():
+    a, b = _C.metadata_layout(3, 5, 7), _C.metadata_layout(3, 5, 7)
+    assert a == b and hash(a) == hash(b) and a != _C.metadata_layout(3, 5, 8)
+    assert {a: 1}[b] == 1
+    assert "batch_size=3" in repr(a) and "nbytes=" in repr(a)
+    with pytest.raises(AttributeError):
+        a.nbytes = 0
+
+
+@pytest.mark.parametrize("args, named", [
+    ((-1, 1, 1), "batch_size=-1"), ((1, -1, 1), "width=-1"), ((1, 1, -1), "num_tokens=-1"),
+    ((2**31, 1, 1), f"batch_size={2**31}"), ((1, 1, 2**62), f"num_tokens={2**62}"),
+    ((INT32_MAX, INT32_MAX, 1), "does not fit in int64"),
+])
+def test_metadata_layout_rejects(args, named):
+    with pytest.raises(ValueError, match=named):
+        _C.metadata_layout(*args)
 
 
 def test_construction():
     bm = core(block_size=4, num_blocks=8, max_seq_len=30, max_reqs=3)
     assert (bm.block_size, bm.num_blocks, bm.max_blocks_per_seq) == (4, 8, 8)
     assert (bm.num_free_blocks(), bm.num_reqs, bm.req_ids(), bm.check_integrity()) == (8, 0, [], "")
-    for args, named in [((0, 8, 30, 3), "page_size=0"), ((4, 0, 30, 3), "num_blocks=0"),
-                        ((4, 8, 0, 3), "max_seq_len=0"), ((4, 8, 30, 0), "max_reqs=0"),
-                        ((4, 2**30, 30, 3), f"num_blocks={2**30}")]:
-        with pytest.raises(ValueError, match=named):
-            _C.BlockManager(*args)
 
 
-def test_allocate_append_release():
+@pytest.mark.parametrize("args, named", [
+    ((0, 8, 30, 3), "block_size=0"), ((4, 0, 30, 3), "num_blocks=0"),
+    ((4, 8, 0, 3), "max_seq_len=0"), ((4, 8, 30, 0), "max_reqs=0"),
+    ((2**31, 4, 30, 3), f"block_size={2**31}"),
+    ((4, 2**30, 30, 3), f"num_blocks={2**30} x block_size=4"),
+    ((1, 2**31, 30, 3), f"num_blocks={2**31}"),
+    ((4, 8, 2**62, 3), f"max_seq_len={2**62}"), ((4, 8, 30, 2**62 + 1), f"max_reqs={2**62 + 1}"),
+    ((1, 8, INT32_MAX, INT32_MAX), "does not fit in int64"),
+    ((1, 8, INT32_MAX, 2**20), "bytes of memory"),
+])
+def test_construction_rejects(args, named):
+    with pytest.raises(ValueError, match=named):
+        _C.BlockManager(*args)
+
+
+@pytest.mark.parametrize("args, named", [
+    ((0, 8, 4), "max_reqs=0"), ((2**62 + 1, 8, 4), f"max_reqs={2**62 + 1}"),
+    ((3, 2**31, 4), f"max_seq_len={2**31}"), ((3, 8, 0), "block_size=0"),
+    ((INT32_MAX, 8, 4), "bytes of memory"),
+])
+def test_request_table_construction_rejects(args, named):
+    with pytest.raises(ValueError, match=named):
+        _C.RequestTable(*args)
+
+
+def test_update_and_release():
     bm = core()
-    assert bm.can_allocate(5)
-    bm.allocate(1, 5)
+    assert bm.update_block_table([1], 1, [5], True) == [5]
     assert (bm.seq_len(1), len(bm.block_ids(1)), bm.num_free_blocks()) == (5, 2, 6)
-    bm.append_tokens(1, 3)  # fills block 2 exactly
-    assert (bm.seq_len(1), bm.num_free_blocks()) == (8, 6)
-    bm.append_tokens(1, 1)
-    assert (bm.seq_len(1), bm.num_free_blocks()) == (9, 5)
-    bm.allocate(2, 1)
+    assert bm.update_block_table([1], 1, [3], True) == [8]  # fills block 2 exactly
+    assert bm.num_free_blocks() == 6
+    assert bm.update_block_table([2, 1], 1, [1], True) == [1, 9]
+    assert bm.num_free_blocks() == 4
     assert set(bm.block_ids(1)).isdisjoint(bm.block_ids(2))
-    bm.release(1)
+    bm.release_seqs([1])
     assert (bm.num_free_blocks(), bm.req_ids()) == (7, [2])
-    bm.batch_release(np.array([2], dtype=np.int32))
+    bm.release_seqs(np.array([2], dtype=np.int32))
     assert (bm.num_free_blocks(), bm.num_reqs, bm.check_integrity()) == (8, 0, "")
 
 
-def test_can_allocate():
+def test_errors_change_nothing():
     bm = core(block_size=4, num_blocks=4, max_seq_len=12, max_reqs=2)
-    assert [bm.can_allocate(n) for n in (0, 1, 12, 13)] == [False, True, True, False]
-    bm.allocate(1, 12)
-    assert bm.can_allocate(4) and not bm.can_allocate(5)  # one block left
-    bm.allocate(2, 1)
-    assert not bm.can_allocate(1)  # no request row left
-
-
-def test_allocate_and_append_errors_change_nothing():
-    bm = core(block_size=4, num_blocks=4, max_seq_len=12, max_reqs=2)
-    bm.allocate(1, 6)
+    bm.update_block_table([1], 1, [6], True)
     before = (bm.num_free_blocks(), bm.req_ids(), slots_of(bm, 1))
     for call, error, named in [
-        (lambda: bm.allocate(1, 2), ValueError, "1 is already running"),
-        (lambda: bm.allocate(2, 0), ValueError, "=0"),
-        (lambda: bm.allocate(2, 13), KVCacheExhausted, "13"),
-        (lambda: bm.allocate(2, 9), KVCacheExhausted, "free"),
-        (lambda: bm.append_tokens(9, 1), KeyError, "9"),
-        (lambda: bm.append_tokens(1, 7), KVCacheExhausted, "13"),
-        (lambda: bm.release(9), KeyError, "9"),
+        (lambda: bm.update_block_table([2], 1, [0], True), ValueError, "=0"),
+        (lambda: bm.update_block_table([2], 1, [13], True), KVCacheExhausted, "13"),
+        (lambda: bm.update_block_table([2], 1, [9], True), KVCacheExhausted, "free"),
+        (lambda: bm.update_block_table([9], 0, [], True), KeyError, "9"),
+        (lambda: bm.update_block_table([1], 1, [7], True), KVCacheExhausted, "13"),
+        (lambda: bm.update_block_table([1], 1, [2**63 - 1], True), KVCacheExhausted, "6 \\+ 9223"),
+        (lambda: bm.release_seqs([9]), KeyError, "9"),
+        (lambda: bm.release_seqs([1, 9]), KeyError, "9"),
         (lambda: bm.block_ids(9), KeyError, "9"),
         (lambda: bm.seq_len(9), KeyError, "9"),
     ]:
@@ -98,13 +137,14 @@ def test_numpy_req_ids_accepted(dtype):
     assert bm.update_block_table(ids, 2, lens, True) == [2, 5]
     assert bm.update_block_table(ids[::-1], 0, lens[:0], True) == [6, 3]  # a strided view
     assert bm.update_block_table(ids, 0, [], False) == [3, 6]
-    bm.batch_release(ids)
+    bm.release_seqs(ids)
     assert bm.num_reqs == 0
 
 
 @pytest.mark.parametrize("ids, named", [
     (np.array([1.0]), "1-D integer array"), (np.array([[1]]), "1-D integer array"),
     (np.array([True]), "1-D integer array"), ("12", "list of ints"), ([1, "x"], "'x'"),
+    ([True], "bool"), ((1, 2.5), "2.5"),
 ])
 def test_bad_req_ids(ids, named):
     with pytest.raises(TypeError, match=named):
@@ -123,99 +163,166 @@ def test_numpy_values_read_exactly(ids):
     assert sorted(bm.req_ids()) == sorted(int(v) for v in ids)
 
 
-def prepared(bm, req_ids, num_prefill, lens, width, num_tokens):
-    tables = np.full((len(req_ids), width), 77, dtype=np.int32)
-    slots = np.zeros(num_tokens, dtype=np.int64)
-    stats = bm.prepare_block_table(req_ids, num_prefill, lens, width, tables, slots)
-    return stats, tables, slots
+@pytest.mark.parametrize("call, error, named", [
+    (lambda bm: bm.update_block_table([1], 1.5, [1], True), TypeError, "num_prefill_seqs=1.5"),
+    (lambda bm: bm.update_block_table([1], None, [1], True), TypeError, "num_prefill_seqs=None"),
+    (lambda bm: bm.update_block_table([1], 2**64, [1], True), ValueError, f"num_prefill_seqs={2**64}"),
+    (lambda bm: bm.update_block_table([1], 1, [1], 1), TypeError, "first_layer=1"),
+    (lambda bm: bm.seq_len("1"), TypeError, "req_id='1'"),
+    (lambda bm: bm.block_ids(None), TypeError, "req_id=None"),
+    (lambda bm: bm.pack_flash_attn_metadata([1], 1, [1], [0] * 64), TypeError, "out"),
+    (lambda bm: _C.BlockManager(4.0, 8, 32, 3), TypeError, "block_size=4.0"),
+    (lambda bm: _C.RequestTable(3, None, 4), TypeError, "max_seq_len=None"),
+], ids=["float", "none", "huge", "first-layer-int", "str-id", "none-id", "list-out", "ctor-float",
+        "table-ctor-none"])
+def test_arguments_are_named_never_a_signature(call, error, named):
+    """No argument is converted by pybind11: a bad one gets a sentence, not a signature dump."""
+    with pytest.raises(error, match=named) as info:
+        call(core())
+    assert "Invoked with" not in str(info.value) and "incompatible" not in str(info.value)
 
 
-def test_prepare_block_table():
-    bm = core()
-    bm.update_block_table([1, 2], 2, [6, 1], True)
-    bm.update_block_table([2, 1], 1, [4], True)  # 2 -> 5 tokens, 1 -> 7
-    stats, tables, slots = prepared(bm, [2, 1], 1, [4], 3, 5)
-    assert stats == (5, 4, 7, 5, 7, 1)
-    for row, req_id in zip(tables.tolist(), [2, 1]):
-        assert row == bm.block_ids(req_id) + [PAD] * (3 - len(bm.block_ids(req_id)))
-    assert slots.tolist() == slots_of(bm, 2)[1:] + slots_of(bm, 1)[6:]
-
-
-def test_prepare_block_table_errors():
-    bm = core()
-    bm.update_block_table([1], 1, [9], True)
-    for width, tables, slots, named in [
-        (2, np.zeros((1, 2), np.int32), np.zeros(9, np.int64), "width=2"),
-        (3, np.zeros((1, 2), np.int32), np.zeros(9, np.int64), "block_tables of 3"),
-        (3, np.zeros((1, 3), np.int32), np.zeros(8, np.int64), "slot_mapping of 9"),
-        (3, np.zeros((1, 3), np.int64), np.zeros(9, np.int64), "4-byte items"),
-        (3, np.zeros((1, 3), np.int32), np.zeros(9, np.int32), "8-byte items"),
-        (3, np.zeros((1, 6), np.int32)[:, ::2], np.zeros(9, np.int64), "C-contiguous"),
-    ]:
-        with pytest.raises(ValueError, match=named):
-            bm.prepare_block_table([1], 1, [9], width, tables, slots)
-    read_only = np.zeros((1, 3), np.int32)
-    read_only.flags.writeable = False
-    with pytest.raises((ValueError, BufferError)):
-        bm.prepare_block_table([1], 1, [9], 3, read_only, np.zeros(9, np.int64))
-
-
-def test_prepare_batch_infos():
-    bm = core()
-    bm.update_block_table([1, 2, 3], 3, [6, 1, 3], True)
-    bm.update_block_table([2, 3, 1], 1, [2], True)
-    out = [np.zeros(n, np.int32) for n in (3, 3, 4, 4)]
-    stats = bm.prepare_batch_infos([2, 3, 1], 1, [2], *out)
-    assert stats == (4, 2, 7, 3, 7, 1)
-    assert [a.tolist() for a in out] == [[3, 4, 7], [1, 3, 6], [0, 2, 3, 4], [0, 3, 7, 14]]
-    short = [np.zeros(n, np.int32) for n in (3, 3, 3, 4)]
-    with pytest.raises(ValueError, match="hold 3 entries, the batch needs 4"):
-        bm.prepare_batch_infos([2, 3, 1], 1, [2], *short)
+def pack(bm, req_ids, num_prefill, lens, nbytes=None):
+    out = np.full(nbytes or 4096, 9, dtype=np.uint8)
+    stats, seq_lens = bm.pack_flash_attn_metadata(req_ids, num_prefill, lens, out)
+    return stats, seq_lens, out
 
 
 def test_pack_flash_attn_metadata_into_a_buffer():
     bm = core()
     bm.update_block_table([1, 2], 2, [5, 2], True)
     layout = _C.metadata_layout(2, 2, 7)
-    small = np.full(layout[-1] - 8, 9, dtype=np.uint8)
-    written, got_layout, stats, seq_lens = bm.pack_flash_attn_metadata([1, 2], 2, [5, 2], small)
-    assert (written, got_layout, seq_lens) == (False, layout, None)
-    assert (small == 9).all()
-    out = np.zeros(layout[-1], dtype=np.uint8)
-    written, _, stats, seq_lens = bm.pack_flash_attn_metadata([1, 2], 2, [5, 2], out)
-    assert written and seq_lens == [5, 2] and stats == (7, 5, 5, 5, 0, 0)
+    stats, seq_lens, small = pack(bm, [1, 2], 2, [5, 2], layout.nbytes - 8)
+    assert seq_lens is None and (small == 9).all()  # too small: nothing written
+    assert (stats.batch_size, stats.width, stats.num_tokens) == (2, 2, 7)
+    stats, seq_lens, out = pack(bm, [1, 2], 2, [5, 2], layout.nbytes)
+    assert seq_lens == [5, 2]
+    assert stats_dict(stats) == dict(
+        batch_size=2, num_prefills=2, num_tokens=7, num_prefill_tokens=7, num_decode_tokens=0,
+        max_query_len=5, max_seq_len=5, max_prefill_seq_len=5, max_decode_seq_len=0,
+        max_decode_query_len=0, width=2)
     assert out[:56].view(np.int64).tolist() == slots_of(bm, 1) + slots_of(bm, 2)
-    tables = out[layout[8]:layout[8] + 16].view(np.int32).tolist()
+    tables = out[layout.block_tables:layout.block_tables + 16].view(np.int32).tolist()
     assert tables == bm.block_ids(1) + bm.block_ids(2) + [PAD]
+
+
+def test_pack_of_a_mixed_batch():
+    bm = core()
+    bm.update_block_table([1, 2, 3], 3, [6, 1, 3], True)
+    bm.update_block_table([2, 3, 1], 1, [2], True)  # 2 -> 3 tokens, 3 -> 4, 1 -> 7
+    stats, seq_lens, out = pack(bm, [2, 3, 1], 1, [2])
+    assert seq_lens == [3, 4, 7]
+    assert stats_dict(stats) == dict(
+        batch_size=3, num_prefills=1, num_tokens=4, num_prefill_tokens=2, num_decode_tokens=2,
+        max_query_len=2, max_seq_len=7, max_prefill_seq_len=3, max_decode_seq_len=7,
+        max_decode_query_len=1, width=2)
+    layout = _C.metadata_layout(3, 2, 4)
+    i32 = out.view(np.int32)
+
+    def ints(offset, n):
+        return i32[offset // 4:offset // 4 + n].tolist()
+    assert ints(layout.seq_lens, 3) == [3, 4, 7]
+    assert ints(layout.context_lens, 3) == [1, 3, 6]
+    assert ints(layout.query_start_loc, 4) == [0, 2, 3, 4]
+    assert ints(layout.seq_start_loc, 4) == [0, 3, 7, 14]
+    assert out[:32].view(np.int64).tolist() == (slots_of(bm, 2)[1:] + slots_of(bm, 3)[3:]
+                                                + slots_of(bm, 1)[6:])
+
+
+@pytest.mark.parametrize("out, named", [
+    (np.zeros(64, np.int32), "1-byte items"),
+    (np.zeros((8, 16), np.uint8)[:, ::2], "C-contiguous"),
+])
+def test_pack_buffer_errors(out, named):
+    bm = core()
+    bm.update_block_table([1], 1, [9], True)
+    with pytest.raises(ValueError, match=named):
+        bm.pack_flash_attn_metadata([1], 1, [9], out)
+
+
+def test_pack_into_a_read_only_buffer():
+    bm = core()
+    bm.update_block_table([1], 1, [9], True)
+    out = np.zeros(256, np.uint8)
+    out.flags.writeable = False
+    with pytest.raises((ValueError, BufferError)):
+        bm.pack_flash_attn_metadata([1], 1, [9], out)
+    assert (out == 0).all()
+
+
+def test_batch_stats_is_a_named_tuple():
+    bm = core()
+    bm.update_block_table([1], 1, [3], True)
+    stats, _, _ = pack(bm, [1], 0, [])
+    assert isinstance(stats, _C.BatchStats) and isinstance(stats, tuple)
+    assert stats.num_decode_tokens == 1 and stats.max_seq_len == 3
+    assert "max_seq_len=3" in repr(stats)
+    with pytest.raises(AttributeError):
+        stats.num_tokens = 0
 
 
 def test_request_table():
     table, stride = _C.RequestTable(3, 10, 4), 4
+    assert (table.max_reqs, table.max_seq_len, table.block_size) == (3, 10, 4)
     plan = np.zeros(4 * stride, np.int32)
-    pages, lens = table.update_block_table([5, 6], 2, [3, 5], 8, plan, stride)
-    assert (pages, lens) == (3, [3, 5])
+    blocks, lens = table.update_block_table([5, 6], 2, [3, 5], 8, plan, stride)
+    assert (blocks, lens) == (3, [3, 5])
     assert plan.reshape(4, stride)[:, :3].tolist() == [[0, 1, 0], [0, 0, 0], [3, 5, 0], [0, 1, 3]]
-    pages, lens = table.update_block_table([6, 5], 1, [4], 8, plan, stride)
-    assert (pages, lens) == (1, [9, 4])  # 6 grows to 3 pages; 5 stays in its page
+    blocks, lens = table.update_block_table([6, 5], 1, [4], 8, plan, stride)
+    assert (blocks, lens) == (1, [9, 4])  # 6 grows to 3 blocks; 5 stays in its block
     out = np.zeros(5 * stride, np.int32)  # rows, lengths, query lengths, and their starts
     stats, lens = table.lookup([5, 6], 0, [], out, stride)
-    assert stats == (2, 1, 9, 0, 9, 1) and lens == [4, 9]
+    assert (stats.num_tokens, stats.max_query_len, stats.max_seq_len, stats.max_decode_seq_len,
+            stats.width, lens) == (2, 1, 9, 9, 3, [4, 9])
     assert out.reshape(5, stride)[:, :2].tolist() == [[0, 1], [4, 9], [1, 1], [0, 1], [0, 4]]
     stats, lens = table.lookup([6, 5], 1, [3], out, stride)
-    assert stats == (4, 3, 9, 9, 4, 1) and lens == [9, 4]
+    assert (stats.num_tokens, stats.max_query_len, stats.max_prefill_seq_len,
+            stats.max_decode_seq_len, lens) == (4, 3, 9, 4, [9, 4])
     assert out.reshape(5, stride)[:, :2].tolist() == [[1, 0], [9, 4], [3, 1], [0, 3], [0, 9]]
     with pytest.raises(KVCacheExhausted, match="needs 2 free blocks"):
         table.update_block_table([7], 1, [5], 1, plan, stride)
-    with pytest.raises(ValueError, match="stride 2 cannot hold a batch of 2"):
-        table.lookup([5, 6], 0, [], out, 2)
-    with pytest.raises(ValueError, match="cannot hold a batch of 2"):
-        table.update_block_table([7, 8], 2, [1, 1], 8, np.zeros(8, np.int32), stride)
-    assert table.release([6]) == ([1], [9])
+    assert table.release_seqs([6]) == ([1], [9])
     assert (table.num_reqs, table.num_free_rows, table.req_ids()) == (1, 2, [5])
-    table.reset()
+    table.reset_state()
     assert (table.num_reqs, table.row_of(5)) == (0, -1)
     with pytest.raises(KeyError, match="5"):
         table.seq_len(5)
+
+
+@pytest.mark.parametrize("size, stride, named", [
+    (8, 2, "stride=2 cannot hold"),  # the batch needs 3 entries a region
+    (8, 4, "8 entries with stride=4"),  # 4 regions of 4 need 16
+    (16, 2**62, "stride=4611686018427387904"),  # 4 * stride overflows int64
+    (16, -4, "stride=-4"),
+])
+def test_request_table_plan_checks(size, stride, named):
+    """The plan's size check cannot overflow: rows * stride past int64 is refused."""
+    table = _C.RequestTable(4, 10, 1)
+    plan = np.zeros(size, np.int32)
+    with pytest.raises(ValueError, match=named):
+        table.update_block_table([7, 8], 2, [1, 1], 10, plan, stride)
+    assert table.num_reqs == 0 and (plan == 0).all()
+    out = np.zeros(size, np.int32)
+    with pytest.raises(ValueError, match="stride"):
+        table.lookup([], 0, [], out, stride)
+
+
+@pytest.mark.parametrize("num_free_blocks", [-1, 2**31, 2**62])
+def test_request_table_free_count_checked(num_free_blocks):
+    table, plan = _C.RequestTable(2, 10, 1), np.zeros(16, np.int32)
+    with pytest.raises(ValueError, match=f"num_free_blocks={num_free_blocks}"):
+        table.update_block_table([1], 1, [1], num_free_blocks, plan, 4)
+    assert table.num_reqs == 0
+
+
+def test_request_table_lengths_past_int32():
+    """Lengths whose sum passes int32 (only a table told of more blocks than a pool holds
+    gets there): the int32 prefix sums would wrap, so lookup refuses."""
+    table, plan = _C.RequestTable(2, INT32_MAX, 1), np.zeros(12, np.int32)
+    table.update_block_table([1], 1, [2**30], INT32_MAX, plan, 3)
+    table.update_block_table([2], 1, [2**30], INT32_MAX, plan, 3)  # a second, whole pool
+    with pytest.raises(ValueError, match="2147483648"):
+        table.lookup([1, 2], 0, [], np.zeros(15, np.int32), 3)
 
 
 IDS = st.one_of(st.integers(0, 20), st.integers(-2**63, 2**63 - 1),
@@ -233,7 +340,7 @@ def test_request_table_ids_against_a_dict(ops):
             table.update_block_table([req_id], 1, [1], 100, plan, stride)
             model[req_id] = int(plan[0])
         elif not admit and req_id in model:
-            assert table.release([req_id]) == ([model.pop(req_id)], [1])
+            assert table.release_seqs([req_id]) == ([model.pop(req_id)], [1])
         for known, row in model.items():
             assert table.row_of(known) == row
         assert table.row_of(req_id) == model.get(req_id, -1)

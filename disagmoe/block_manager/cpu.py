@@ -30,7 +30,7 @@ class CPUBlockManager(BlockManager):
                                      max_running_reqs)
         # Sized for the largest decode step; prefill steps grow it on demand.
         nbytes = _C.metadata_layout(max_running_reqs, self._core.max_blocks_per_seq,
-                                    max_running_reqs)[-1]
+                                    max_running_reqs).nbytes
         on_cuda = self.device.type == "cuda"
         self._staging = MetadataBuffer(nbytes, torch.device("cpu"), pin_memory=on_cuda)
         self._staging_np = self._staging.bytes.numpy()
@@ -48,23 +48,23 @@ class CPUBlockManager(BlockManager):
         if self._copy_done is not None:
             self._copy_done.wait()  # the last copy out of the staging buffer is done
         args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
-        written, layout, stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np)
-        if not written:
-            self._staging.reserve(layout[-1])
+        stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np)
+        if seq_lens is None:  # the staging buffer is too small: nothing was written
+            self._staging.reserve(_C.metadata_layout(stats.batch_size, stats.width, stats.num_tokens).nbytes)
             self._staging_np = self._staging.bytes.numpy()
-            written, layout, stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np)
-        batch_size, width, num_tokens = layout[:3]
+            stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np)
+        batch_size, width, num_tokens = stats.batch_size, stats.width, stats.num_tokens
         views = self._metadata.views(batch_size, width, num_tokens)
         if self._copy_done is not None:
             views[-1].copy_(self._staging.views(batch_size, width, num_tokens)[-1], non_blocking=True)
             self._copy_done.record()
-        return FlashAttentionMetadata.from_step(batch, stats, seq_lens, views, self.block_size)
+        return FlashAttentionMetadata.from_step(stats, seq_lens, views, self.block_size)
 
     def release_seqs(self, req_ids: Sequence[int]) -> None:
-        self._core.batch_release(list(req_ids))
+        self._core.release_seqs(list(req_ids))
 
     def reset_state(self) -> None:
-        self._core.reset()
+        self._core.reset_state()
 
     def num_free_slots(self) -> int:
         return self._core.num_free_blocks() * self.block_size

@@ -33,7 +33,7 @@ class ReqToTokenPool:
         self.req_to_page = torch.zeros(size, -(-max_context_len // page_size), dtype=torch.int32, device=device)
 
     def clear(self) -> None:
-        self.books.reset()
+        self.books.reset_state()
 
     def token_slots(self, row: int, seq_len: int) -> list[int]:
         """The slot of each of the row's first `seq_len` positions (reads the device)."""

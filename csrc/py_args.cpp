@@ -1,0 +1,221 @@
+#include "py_args.h"
+
+#include <cctype>
+#include <climits>
+
+#include "sizes.h"
+
+namespace disagmoe {
+
+namespace {
+
+std::string label(const char* name, Py_ssize_t index) {
+  return index < 0 ? std::string(name) : std::string(name) + "[" + std::to_string(index) + "]";
+}
+
+// Raises TypeError "op: what=<repr> is not an int" from the pending Python error,
+// chained to it. An interrupt (an error that is not an Exception) passes unchanged.
+[[noreturn]] void throw_not_int(const char* op, const std::string& what, PyObject* obj) {
+  if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
+  PyObject *type, *value, *traceback;
+  PyErr_Fetch(&type, &value, &traceback);
+  std::string message = std::string(op) + ": " + what + "=" + safe_repr(obj) + " is not an int";
+  PyErr_Restore(type, value, traceback);
+  py::raise_from(PyExc_TypeError, message.c_str());
+  throw py::error_already_set();
+}
+
+// The value of one int; `index` is the item's index in its list, or -1.
+int64_t index_value(const char* op, const char* name, Py_ssize_t index, PyObject* obj) {
+  py::object held;
+  PyObject* number = obj;
+  if (!PyLong_CheckExact(obj)) {
+    if (PyBool_Check(obj))
+      throw py::type_error(std::string(op) + ": " + label(name, index) + "=" + safe_repr(obj) +
+                           " is a bool, not an int");
+    number = PyNumber_Index(obj);  // may run Python code: nothing of the call is shared
+    if (!number) throw_not_int(op, label(name, index), obj);
+    held = py::reinterpret_steal<py::object>(number);
+  }
+  int overflow = 0;
+  long long v = PyLong_AsLongLongAndOverflow(number, &overflow);
+  if (overflow)
+    throw py::value_error(std::string(op) + ": " + label(name, index) + "=" + safe_repr(obj) +
+                          " does not fit in int64");
+  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return v;
+}
+
+std::vector<int64_t> read_int_buffer(const char* op, const char* name, py::handle obj) {
+  py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request();
+  char kind = info.format.empty() ? '?' : info.format.back();
+  bool integral = std::string("bBhHiIlLqQnN").find(kind) != std::string::npos;
+  if (info.ndim != 1 || !integral)
+    throw py::type_error(std::string(op) + ": " + name +
+                         " must be a 1-D integer array, got format '" + info.format + "' with " +
+                         std::to_string(info.ndim) + " dimensions");
+  if (info.format[0] == '>' || info.format[0] == '!')
+    throw py::type_error(std::string(op) + ": " + name +
+                         " must be in native byte order, got format '" + info.format + "'");
+  std::vector<int64_t> out(info.shape[0]);
+  const char* base = static_cast<const char*>(info.ptr);
+  bool is_signed = std::islower(kind);
+  for (py::ssize_t i = 0; i < info.shape[0]; ++i) {
+    const char* p = base + i * info.strides[0];
+    switch (info.itemsize) {
+      case 1:
+        out[i] = is_signed ? *reinterpret_cast<const int8_t*>(p) : *reinterpret_cast<const uint8_t*>(p);
+        break;
+      case 2:
+        out[i] = is_signed ? *reinterpret_cast<const int16_t*>(p) : *reinterpret_cast<const uint16_t*>(p);
+        break;
+      case 4:
+        out[i] = is_signed ? *reinterpret_cast<const int32_t*>(p) : *reinterpret_cast<const uint32_t*>(p);
+        break;
+      case 8:
+        if (!is_signed && *reinterpret_cast<const uint64_t*>(p) > INT64_MAX)
+          throw py::value_error(std::string(op) + ": " + label(name, i) + "=" +
+                                std::to_string(*reinterpret_cast<const uint64_t*>(p)) +
+                                " does not fit in int64");
+        out[i] = *reinterpret_cast<const int64_t*>(p);
+        break;
+      default:
+        throw py::type_error(std::string(op) + ": " + name + " has " +
+                             std::to_string(info.itemsize) + "-byte items, not 1, 2, 4 or 8");
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string safe_repr(py::handle obj) {
+  constexpr size_t kMax = 80;
+  std::string out;
+  PyObject* repr = PyObject_Repr(obj.ptr());
+  const char* text = nullptr;
+  Py_ssize_t size = 0;
+  if (repr) text = PyUnicode_AsUTF8AndSize(repr, &size);
+  if (text) {
+    out.assign(text, size);
+  } else {
+    PyErr_Clear();
+    out = std::string("<") + Py_TYPE(obj.ptr())->tp_name + " object>";
+  }
+  Py_XDECREF(repr);
+  if (out.size() > kMax) out = out.substr(0, kMax - 3) + "...";
+  return out;
+}
+
+int64_t read_int(const char* op, const char* name, py::handle obj) {
+  return index_value(op, name, -1, obj.ptr());
+}
+
+bool read_bool(const char* op, const char* name, py::handle obj) {
+  if (obj.ptr() == Py_True) return true;
+  if (obj.ptr() == Py_False) return false;
+  throw py::type_error(std::string(op) + ": " + name + "=" + safe_repr(obj) +
+                       " is not True or False");
+}
+
+std::string read_str(const char* op, const char* name, py::handle obj) {
+  if (!PyUnicode_Check(obj.ptr()))
+    throw py::type_error(std::string(op) + ": " + name + "=" + safe_repr(obj) + " is not a str");
+  return obj.cast<std::string>();
+}
+
+std::vector<int64_t> read_ints(const char* op, const char* name, py::handle obj) {
+  PyObject* o = obj.ptr();
+  if (!PyList_Check(o) && !PyTuple_Check(o)) {
+    if (PyObject_CheckBuffer(o)) return read_int_buffer(op, name, obj);
+    throw py::type_error(std::string(op) + ": " + name +
+                         " must be a list of ints or an integer array, got " + safe_repr(obj));
+  }
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+  std::vector<int64_t> out(n);
+  PyObject** items = PySequence_Fast_ITEMS(o);
+  Py_ssize_t i = 0;
+  for (; i < n && PyLong_CheckExact(items[i]); ++i) {  // reading an int runs no Python code
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+    if (overflow)
+      throw py::value_error(std::string(op) + ": " + label(name, i) + "=" + safe_repr(items[i]) +
+                            " does not fit in int64");
+    out[i] = v;
+  }
+  if (i == n) return out;
+  // Reading the other items may run Python code (an __index__), which may change
+  // the list: read them from a tuple of the items as they are now, which holds them.
+  py::object held = PyList_Check(o) ? py::reinterpret_steal<py::object>(PyList_AsTuple(o))
+                                    : py::reinterpret_borrow<py::object>(o);
+  if (!held) throw py::error_already_set();
+  for (; i < n; ++i) out[i] = index_value(op, name, i, PyTuple_GET_ITEM(held.ptr(), i));
+  return out;
+}
+
+Batch::Batch(const char* op, py::handle ids, py::handle num_prefill_seqs,
+             py::handle init_prefill_lens) {
+  req_ids = read_ints(op, "req_ids", ids);
+  num_prefill = read_int(op, "num_prefill_seqs", num_prefill_seqs);
+  prefill_lens = read_ints(op, "init_prefill_lens", init_prefill_lens);
+}
+
+OutBuffer<uint8_t> out_bytes(const char* op, const char* name, py::handle obj, size_t itemsize) {
+  if (!PyObject_CheckBuffer(obj.ptr()))
+    throw py::type_error(std::string(op) + ": " + name + " must be a writable buffer, got " +
+                         safe_repr(obj));
+  py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request(true);
+  int64_t expected = info.itemsize;
+  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+    if (info.shape[d] > 1 && info.strides[d] != expected)
+      throw py::value_error(std::string(op) + ": " + name + " must be C-contiguous");
+    expected *= info.shape[d];
+  }
+  if (info.itemsize != static_cast<py::ssize_t>(itemsize))
+    throw py::value_error(std::string(op) + ": " + name + " must hold " +
+                          std::to_string(itemsize) + "-byte items, got " +
+                          std::to_string(info.itemsize));
+  auto* data = static_cast<uint8_t*>(info.ptr);
+  int64_t size = info.size;
+  return {std::move(info), data, size};
+}
+
+void check_regions(const char* op, const char* name, int64_t size, int64_t regions,
+                   int64_t stride, int64_t entries) {
+  int64_t needed;
+  if (stride < entries || __builtin_mul_overflow(regions, stride, &needed) || needed > size)
+    throw py::value_error(std::string(op) + ": " + name + " of " + str(size) +
+                          " entries with stride=" + str(stride) + " cannot hold " +
+                          str(regions) + " regions of " + str(entries) + " entries");
+}
+
+// Python ints for 0..kCachedInts-1, made once: lengths are small non-negative
+// ints, and building a list of them then costs a reference count each
+// instead of an allocation each.
+constexpr int32_t kCachedInts = 1 << 16;
+
+static PyObject* cached_int(int32_t v) {
+  static std::vector<PyObject*> cache;
+  if (v < 0 || v >= kCachedInts) return PyLong_FromLong(v);
+  if (cache.empty()) cache.assign(kCachedInts, nullptr);
+  PyObject*& slot = cache[v];
+  if (!slot && !(slot = PyLong_FromLong(v))) return nullptr;
+  Py_INCREF(slot);
+  return slot;
+}
+
+py::list to_list(const int32_t* values, int64_t n) {
+  PyObject* list = PyList_New(n);
+  if (!list) throw py::error_already_set();
+  for (int64_t i = 0; i < n; ++i) {
+    PyObject* item = cached_int(values[i]);
+    if (!item) {
+      Py_DECREF(list);
+      throw py::error_already_set();
+    }
+    PyList_SET_ITEM(list, i, item);
+  }
+  return py::reinterpret_steal<py::list>(list);
+}
+
+}  // namespace disagmoe
