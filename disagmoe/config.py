@@ -1,8 +1,49 @@
-"""Model and cache configuration: only the fields the block managers read are required."""
+"""Model and cache configuration: only the fields the block managers read.
+
+Every size is checked here, before any manager allocates anything: an int (a
+numpy int or a 0-d integer tensor will do; a bool, a float or a str will not),
+within the int32 range that rows, lengths, block ids and slots have everywhere.
+"""
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+
+MAX_INT32 = 2**31 - 1
+"""The largest count or slot: rows, lengths, block ids and slots are int32 everywhere."""
+
+
+def describe(value: object) -> str:
+    """repr(value), cut to 80 characters; never raises."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 (a hostile __repr__)
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def checked_int(owner: str, name: str, value: object, low: int = 1, high: int = MAX_INT32) -> int:
+    """`value` as an int in [low, high]; TypeError or ValueError naming it otherwise."""
+    if isinstance(value, bool):
+        raise TypeError(f"{owner}: {name}={value!r} is a bool, not an int")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 (whatever __index__ raises)
+        raise TypeError(f"{owner}: {name}={describe(value)} is not an int") from exc
+    if not low <= number <= high:
+        raise ValueError(f"{owner}: {name}={number} must be in [{low}, {high}]")
+    return number
+
+
+def checked_slots(owner: str, num_blocks: int, block_size: int,
+                  names: tuple[str, str] = ("num_gpu_blocks", "block_size")) -> int:
+    """num_blocks * block_size, or ValueError when the slots pass the int32 range."""
+    capacity = num_blocks * block_size
+    if capacity > MAX_INT32:
+        raise ValueError(f"{owner}: {names[0]}={num_blocks} x {names[1]}={block_size} = "
+                         f"{capacity} slots, past the int32 range of slots ({MAX_INT32})")
+    return capacity
 
 
 @dataclass(frozen=True)
@@ -11,31 +52,35 @@ class ModelConfig:
 
     `layer_ids` are the attention layers this worker serves; the first one is
     where each step reserves KV-cache slots. `max_seq_len` bounds every
-    request's length; `max_batch_size_attn` bounds the tokens-per-step batch
-    the worker is sized for.
+    request's length. `max_batch_size_attn` is the batch the worker is sized
+    for in DisagMoE's interface; the block managers do not read it.
     """
 
     layer_ids: tuple[int, ...]
     max_seq_len: int
     max_batch_size_attn: int
-    num_heads: int = 8
-    num_kv_heads: int = 8
-    head_dim: int = 128
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layer_ids", tuple(int(i) for i in self.layer_ids))
-        if not self.layer_ids:
+        try:
+            layer_ids = tuple(self.layer_ids)
+        except Exception as exc:  # noqa: BLE001 (not iterable, or its iterator raised)
+            raise TypeError(f"ModelConfig: layer_ids={describe(self.layer_ids)} is not a "
+                            "sequence of ints") from exc
+        layer_ids = tuple(checked_int("ModelConfig", f"layer_ids[{i}]", layer_id, -2**63, 2**63 - 1)
+                          for i, layer_id in enumerate(layer_ids))
+        if not layer_ids:
             raise ValueError("ModelConfig: layer_ids is empty")
-        if len(set(self.layer_ids)) != len(self.layer_ids):
-            raise ValueError(f"ModelConfig: layer_ids={self.layer_ids} repeats a layer")
-        for name in ("max_seq_len", "max_batch_size_attn", "num_heads", "num_kv_heads", "head_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ModelConfig: {name}={getattr(self, name)} must be >= 1")
+        if len(set(layer_ids)) != len(layer_ids):
+            raise ValueError(f"ModelConfig: layer_ids={layer_ids} repeats a layer")
+        object.__setattr__(self, "layer_ids", layer_ids)
+        for name in ("max_seq_len", "max_batch_size_attn"):
+            object.__setattr__(self, name, checked_int("ModelConfig", name, getattr(self, name)))
 
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """The KV-cache pool: `num_gpu_blocks` blocks of `block_size` slots.
+    """The KV-cache pool: `num_gpu_blocks` blocks of `block_size` slots, at most
+    2**31 - 1 slots in all.
 
     `block_size=None` takes the backend's default (16 for `cpu`, 1 for `gpu`).
     """
@@ -44,7 +89,10 @@ class CacheConfig:
     num_gpu_blocks: int
 
     def __post_init__(self) -> None:
-        if self.block_size is not None and self.block_size < 1:
-            raise ValueError(f"CacheConfig: block_size={self.block_size} must be >= 1")
-        if self.num_gpu_blocks < 1:
-            raise ValueError(f"CacheConfig: num_gpu_blocks={self.num_gpu_blocks} must be >= 1")
+        if self.block_size is not None:
+            object.__setattr__(self, "block_size",
+                               checked_int("CacheConfig", "block_size", self.block_size))
+        num_blocks = checked_int("CacheConfig", "num_gpu_blocks", self.num_gpu_blocks)
+        object.__setattr__(self, "num_gpu_blocks", num_blocks)
+        if self.block_size is not None:
+            checked_slots("CacheConfig", num_blocks, self.block_size)

@@ -77,8 +77,9 @@ def test_take_and_free_errors_change_nothing(device, kind):
 
 def test_constructor_errors(device):
     dev = torch.device(device)
-    for num_pages, page_size in ((0, 4), (4, 0), (-1, 1)):
-        with pytest.raises(ValueError, match=f"num_pages={num_pages}"):
+    for num_pages, page_size, named in ((0, 4, "num_pages=0"), (4, 0, "page_size=0"),
+                                        (-1, 1, "num_pages=-1"), (2**30, 2, "x page_size=2")):
+        with pytest.raises(ValueError, match=named):  # the bad one, never the other
             PagedTokenToKVPoolAllocator(num_pages, page_size, dev)
     with pytest.raises(ValueError):
         TokenToKVPoolAllocator(0, dev)

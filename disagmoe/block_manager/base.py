@@ -14,7 +14,7 @@ from typing import ClassVar, Sequence
 import torch
 
 from disagmoe.batch import BatchMetadata
-from disagmoe.config import CacheConfig, ModelConfig
+from disagmoe.config import CacheConfig, ModelConfig, checked_int, checked_slots, describe
 from disagmoe.metadata import FlashAttentionMetadata
 
 
@@ -22,7 +22,12 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     """`None` means the CUDA device when there is one, else torch's CPU device."""
     if device is None:
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(device)
+    if not isinstance(device, (torch.device, str)):
+        raise TypeError(f"device={describe(device)} is not a torch.device, a str or None")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device={device!r} is not a device") from exc
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -42,7 +47,17 @@ class BlockManager(ABC):
     A slot is one token's index in the KV-cache pool, `0 <= slot < capacity`;
     a block is `block_size` consecutive slots, `slot = block * block_size + offset`.
 
-    Every method that raises leaves the manager exactly as it was.
+    Every method that raises leaves the manager exactly as it was, whatever
+    the input. Errors name the argument or the value:
+    - KVCacheExhausted: the pool, the request rows or max_seq_len cannot hold
+      a well-formed batch (a caller may retry it later);
+    - ValueError / TypeError / KeyError: a malformed batch, even one that would
+      not fit either (see update_block_table), or a release of an unknown or
+      repeated request;
+    - TypeError / ValueError from the constructor or the configs, before
+      anything is allocated: a size that is not an int (a bool, a float, a
+      str, ...), below 1 or past 2**31 - 1, a pool past 2**31 - 1 slots, or
+      tables larger than the device's memory.
     """
 
     backend: ClassVar[str]
@@ -50,14 +65,22 @@ class BlockManager(ABC):
 
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
                  max_running_reqs: int, device: torch.device | str | None = None) -> None:
-        if max_running_reqs < 1:
-            raise ValueError(f"max_running_reqs={max_running_reqs} must be >= 1")
+        """Raises TypeError / ValueError (see the table above) before allocating anything."""
+        name = type(self).__name__
+        if not isinstance(model_config, ModelConfig):
+            raise TypeError(f"{name}: model_config={describe(model_config)} is not a ModelConfig")
+        if not isinstance(cache_config, CacheConfig):
+            raise TypeError(f"{name}: cache_config={describe(cache_config)} is not a CacheConfig")
         self.model_config = model_config
         self.cache_config = cache_config
-        self.block_size = cache_config.block_size or self.default_block_size
-        self.num_blocks = cache_config.num_gpu_blocks
-        self.max_running_reqs = max_running_reqs
-        self.max_seq_len = model_config.max_seq_len
+        # The configs checked these when they were made; checked again, as ints, in case
+        # a frozen config was changed since.
+        self.block_size = checked_int(name, "block_size",
+                                      cache_config.block_size or self.default_block_size)
+        self.num_blocks = checked_int(name, "num_gpu_blocks", cache_config.num_gpu_blocks)
+        checked_slots(name, self.num_blocks, self.block_size)
+        self.max_running_reqs = checked_int(name, "max_running_reqs", max_running_reqs)
+        self.max_seq_len = checked_int(name, "max_seq_len", model_config.max_seq_len)
         self.device = resolve_device(device)
         self._first_layer = model_config.layer_ids[0]
         self._layer_ids = frozenset(model_config.layer_ids)
@@ -69,6 +92,8 @@ class BlockManager(ABC):
 
     def _is_first_layer(self, batch: BatchMetadata) -> bool:
         layer_id = batch.layer_id
+        if type(layer_id) is not int:
+            layer_id = checked_int(type(self).__name__, "layer_id", layer_id, -2**63, 2**63 - 1)
         if layer_id == self._first_layer:
             return True
         if layer_id not in self._layer_ids:
@@ -87,11 +112,14 @@ class BlockManager(ABC):
         is reserved and the lengths are the ones the first layer set.
         A slot, once given to a token, never moves until its request is released.
 
-        Raises:
+        Raises (a malformed batch is never KVCacheExhausted, even when it
+        would not fit either):
             KVCacheExhausted: the pool, the request rows or max_seq_len cannot
                 hold the batch.
             ValueError: a malformed batch (duplicate ids, len(init_prefill_lens)
                 != num_prefill_seqs, a length < 1, an unknown layer, ...).
+            TypeError: an id, a length, num_prefill_seqs or layer_id that is
+                not an int (a bool, a float, a str, None, ...).
             KeyError: a decode entry (or any entry at a later layer) names an
                 unknown request.
         """

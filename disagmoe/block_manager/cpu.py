@@ -27,10 +27,10 @@ class CPUBlockManager(BlockManager):
                  max_running_reqs: int, device: torch.device | str | None = None) -> None:
         super().__init__(model_config, cache_config, max_running_reqs, device)
         self._core = _C.BlockManager(self.block_size, self.num_blocks, self.max_seq_len,
-                                     max_running_reqs)
+                                     self.max_running_reqs)
         # Sized for the largest decode step; prefill steps grow it on demand.
-        nbytes = _C.metadata_layout(max_running_reqs, self._core.max_blocks_per_seq,
-                                    max_running_reqs).nbytes
+        nbytes = _C.metadata_layout(self.max_running_reqs, self._core.max_blocks_per_seq,
+                                    self.max_running_reqs).nbytes
         on_cuda = self.device.type == "cuda"
         self._staging = MetadataBuffer(nbytes, torch.device("cpu"), pin_memory=on_cuda)
         self._staging_np = self._staging.bytes.numpy()

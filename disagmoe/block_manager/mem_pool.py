@@ -11,9 +11,38 @@ device back.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from disagmoe import _C
+from disagmoe.config import checked_int, checked_slots
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """Bytes of memory the device has (the host's for torch's CPU device)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 2**63 - 1
+
+
+def empty_int32(owner: str, shape: tuple[int, ...], what: str, device: torch.device) -> torch.Tensor:
+    """torch.empty of int32, or ValueError naming `what` when the device cannot hold it
+    (checked before allocating: the pools write every entry, touching every page)."""
+    nbytes = 4
+    for n in shape:
+        nbytes *= n
+    memory = device_memory_bytes(device)
+    if nbytes > memory:
+        raise ValueError(f"{owner}: {what} need {nbytes} bytes, more than the {memory} bytes "
+                         f"of memory of {device}")
+    try:
+        return torch.empty(shape, dtype=torch.int32, device=device)
+    except RuntimeError as exc:  # torch.OutOfMemoryError included
+        raise ValueError(f"{owner}: cannot allocate {nbytes} bytes for {what} on {device}") from exc
 
 
 class ReqToTokenPool:
@@ -26,11 +55,13 @@ class ReqToTokenPool:
 
     def __init__(self, size: int, max_context_len: int, page_size: int,
                  device: torch.device) -> None:
-        self.size = size
-        self.max_context_len = max_context_len
-        self.page_size = page_size
-        self.books = _C.RequestTable(size, max_context_len, page_size)
-        self.req_to_page = torch.zeros(size, -(-max_context_len // page_size), dtype=torch.int32, device=device)
+        self.books = _C.RequestTable(size, max_context_len, page_size)  # checks the sizes
+        self.size = self.books.max_reqs
+        self.max_context_len = self.books.max_seq_len
+        self.page_size = self.books.page_size
+        max_pages = -(-self.max_context_len // self.page_size)
+        what = f"req_to_page of size={self.size} x {max_pages} pages of {self.page_size} slots"
+        self.req_to_page = empty_int32("ReqToTokenPool", (self.size, max_pages), what, device).zero_()
 
     def clear(self) -> None:
         self.books.reset_state()
@@ -53,12 +84,14 @@ class PagedTokenToKVPoolAllocator:
     """
 
     def __init__(self, num_pages: int, page_size: int, device: torch.device) -> None:
-        if num_pages < 1 or page_size < 1:
-            raise ValueError(f"num_pages={num_pages} and page_size={page_size} must be >= 1")
-        self.num_pages = num_pages
-        self.page_size = page_size
+        owner = type(self).__name__
+        self.num_pages = checked_int(owner, "num_pages", num_pages)
+        self.page_size = checked_int(owner, "page_size", page_size)
+        # Slots are int32 in req_to_token: a pool past that would hand out negative slots.
+        checked_slots(owner, self.num_pages, self.page_size, ("num_pages", "page_size"))
         self.device = device
-        self.free_pages = torch.empty(num_pages, dtype=torch.int32, device=device)
+        self.free_pages = empty_int32(owner, (self.num_pages,), f"num_pages={self.num_pages} pages",
+                                      device)
         self.clear()
 
     def clear(self) -> None:
