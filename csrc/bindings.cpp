@@ -76,9 +76,9 @@ PyTypeObject* batch_stats_type = nullptr;
 
 py::object stats_object(const BatchStats& s) {
   const int64_t values[kBatchStatsFields] = {
-      s.batch_size,          s.num_prefills,        s.num_tokens,         s.num_prefill_tokens,
-      s.num_decode_tokens,   s.max_query_len,       s.max_seq_len,        s.max_prefill_seq_len,
-      s.max_decode_seq_len,  s.max_decode_query_len, s.width};
+      s.batch_size,         s.num_prefills,         s.num_tokens,  s.num_prefill_tokens,
+      s.num_decode_tokens,  s.max_query_len,        s.max_seq_len, s.max_prefill_seq_len,
+      s.max_decode_seq_len, s.max_decode_query_len, s.width};
   auto out = py::reinterpret_steal<py::object>(PyStructSequence_New(batch_stats_type));
   if (!out) throw py::error_already_set();
   for (int k = 0; k < kBatchStatsFields; ++k) {
@@ -113,7 +113,8 @@ void bind_metadata_layout(py::module_& m) {
       .def_readonly("nbytes", &MetadataLayout::nbytes)
       .def("__eq__",
            [](const MetadataLayout& a, py::handle b) -> py::object {
-             if (!py::isinstance<MetadataLayout>(b)) return py::reinterpret_borrow<py::object>(Py_NotImplemented);
+             if (!py::isinstance<MetadataLayout>(b))
+               return py::reinterpret_borrow<py::object>(Py_NotImplemented);
              return py::bool_(layout_key(a).equal(layout_key(b.cast<const MetadataLayout&>())));
            })
       .def("__hash__", [](const MetadataLayout& l) { return py::hash(layout_key(l)); })
@@ -338,7 +339,8 @@ PYBIND11_MODULE(_C, m) {
   m.attr("PAD_BLOCK_ID") = kPadBlockId;
   batch_stats_type = PyStructSequence_NewType(&batch_stats_desc);
   if (!batch_stats_type) throw py::error_already_set();
-  m.attr("BatchStats") = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(batch_stats_type));
+  m.attr("BatchStats") =
+      py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(batch_stats_type));
   bind_metadata_layout(m);
   bind_request_table(m);
   bind_block_manager(m);

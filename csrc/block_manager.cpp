@@ -50,8 +50,8 @@ int64_t BlockManager::checked_width(int64_t block_size, int64_t num_blocks, int6
                       4 * num_blocks + 20 * (max_reqs + 1) + RequestTable::host_bytes(max_reqs));
   check_host_bytes(op,
                    "the block tables of max_reqs=" + str(max_reqs) + " rows x " + str(width) +
-                       " blocks (max_seq_len=" + str(max_seq_len) + ", block_size=" +
-                       str(block_size) + ") and the books",
+                       " blocks (max_seq_len=" + str(max_seq_len) +
+                       ", block_size=" + str(block_size) + ") and the books",
                    bytes);
   return width;
 }
@@ -67,9 +67,9 @@ BlockManager::BlockManager(int64_t block_size, int64_t num_blocks, int64_t max_s
   block_offsets_.resize(max_reqs + 1);
   reset_state();
 } catch (const std::bad_alloc&) {
-  throw std::invalid_argument("BlockManager: cannot allocate the block tables of max_reqs=" +
-                              str(max_reqs) + " rows for max_seq_len=" + str(max_seq_len) +
-                              " and block_size=" + str(block_size));
+  throw std::invalid_argument(
+      "BlockManager: cannot allocate the block tables of max_reqs=" + str(max_reqs) +
+      " rows for max_seq_len=" + str(max_seq_len) + " and block_size=" + str(block_size));
 }
 
 void BlockManager::reset_state() {
@@ -101,8 +101,8 @@ const int32_t* BlockManager::update_block_table(const char* op, const BatchView&
   return new_lens_.data();
 }
 
-void BlockManager::write_block_table(const BatchView& batch, int64_t width,
-                                     int32_t* block_tables, int64_t* slot_mapping) const {
+void BlockManager::write_block_table(const BatchView& batch, int64_t width, int32_t* block_tables,
+                                     int64_t* slot_mapping) const {
   int64_t t = 0;
   for (int64_t i = 0; i < batch.size; ++i) {
     const int32_t* blocks = row_blocks(rows_[i]);
@@ -112,8 +112,8 @@ void BlockManager::write_block_table(const BatchView& batch, int64_t width,
     std::memcpy(row, blocks, num_blocks * sizeof(int32_t));
     std::fill(row + num_blocks, row + width, kPadBlockId);
     for (int64_t p = seq_len - query_lens_[i]; p < seq_len; ++p)
-      slot_mapping[t++] = static_cast<int64_t>(blocks[p / block_size_]) * block_size_ +
-                          p % block_size_;
+      slot_mapping[t++] =
+          static_cast<int64_t>(blocks[p / block_size_]) * block_size_ + p % block_size_;
   }
 }
 
@@ -172,8 +172,11 @@ std::vector<int32_t> BlockManager::block_ids(const char* op, int64_t req_id) con
 std::string BlockManager::check_integrity() const {
   std::vector<int8_t> owner(num_blocks_, 0);  // 1: free, 2: owned by a request
   auto claim = [&](int32_t block, int8_t who, const std::string& where) -> std::string {
-    if (block < 0 || block >= num_blocks_) return where + " holds block " + str(block) + ", out of range";
-    if (owner[block] != 0) return "block " + str(block) + " is both " + (owner[block] == 1 ? "free" : "owned") + " and in " + where;
+    if (block < 0 || block >= num_blocks_)
+      return where + " holds block " + str(block) + ", out of range";
+    if (owner[block] != 0)
+      return "block " + str(block) + " is both " + (owner[block] == 1 ? "free" : "owned") +
+             " and in " + where;
     owner[block] = who;
     return "";
   };
@@ -199,8 +202,8 @@ std::string BlockManager::check_integrity() const {
     return str(table_.num_reqs()) + " live + " + str(table_.num_free_rows()) +
            " free request rows != " + str(table_.max_reqs());
   if (owned + num_free_blocks() != num_blocks_)
-    return str(owned) + " owned + " + str(num_free_blocks()) + " free blocks != " +
-           str(num_blocks_) + " blocks";
+    return str(owned) + " owned + " + str(num_free_blocks()) +
+           " free blocks != " + str(num_blocks_) + " blocks";
   return "";
 }
 

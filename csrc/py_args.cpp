@@ -64,13 +64,16 @@ std::vector<int64_t> read_int_buffer(const char* op, const char* name, py::handl
     const char* p = base + i * info.strides[0];
     switch (info.itemsize) {
       case 1:
-        out[i] = is_signed ? *reinterpret_cast<const int8_t*>(p) : *reinterpret_cast<const uint8_t*>(p);
+        out[i] =
+            is_signed ? *reinterpret_cast<const int8_t*>(p) : *reinterpret_cast<const uint8_t*>(p);
         break;
       case 2:
-        out[i] = is_signed ? *reinterpret_cast<const int16_t*>(p) : *reinterpret_cast<const uint16_t*>(p);
+        out[i] = is_signed ? *reinterpret_cast<const int16_t*>(p)
+                           : *reinterpret_cast<const uint16_t*>(p);
         break;
       case 4:
-        out[i] = is_signed ? *reinterpret_cast<const int32_t*>(p) : *reinterpret_cast<const uint32_t*>(p);
+        out[i] = is_signed ? *reinterpret_cast<const int32_t*>(p)
+                           : *reinterpret_cast<const uint32_t*>(p);
         break;
       case 8:
         if (!is_signed && *reinterpret_cast<const uint64_t*>(p) > INT64_MAX)
@@ -172,21 +175,20 @@ OutBuffer<uint8_t> out_bytes(const char* op, const char* name, py::handle obj, s
     expected *= info.shape[d];
   }
   if (info.itemsize != static_cast<py::ssize_t>(itemsize))
-    throw py::value_error(std::string(op) + ": " + name + " must hold " +
-                          std::to_string(itemsize) + "-byte items, got " +
-                          std::to_string(info.itemsize));
+    throw py::value_error(std::string(op) + ": " + name + " must hold " + std::to_string(itemsize) +
+                          "-byte items, got " + std::to_string(info.itemsize));
   auto* data = static_cast<uint8_t*>(info.ptr);
   int64_t size = info.size;
   return {std::move(info), data, size};
 }
 
-void check_regions(const char* op, const char* name, int64_t size, int64_t regions,
-                   int64_t stride, int64_t entries) {
+void check_regions(const char* op, const char* name, int64_t size, int64_t regions, int64_t stride,
+                   int64_t entries) {
   int64_t needed;
   if (stride < entries || __builtin_mul_overflow(regions, stride, &needed) || needed > size)
     throw py::value_error(std::string(op) + ": " + name + " of " + str(size) +
-                          " entries with stride=" + str(stride) + " cannot hold " +
-                          str(regions) + " regions of " + str(entries) + " entries");
+                          " entries with stride=" + str(stride) + " cannot hold " + str(regions) +
+                          " regions of " + str(entries) + " entries");
 }
 
 // Python ints for 0..kCachedInts-1, made once: lengths are small non-negative

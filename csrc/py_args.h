@@ -46,8 +46,8 @@ struct Batch {
   Batch(const char* op, py::handle req_ids, py::handle num_prefill_seqs,
         py::handle init_prefill_lens);
   BatchView view() const {
-    return {req_ids.data(), static_cast<int64_t>(req_ids.size()), num_prefill,
-            prefill_lens.data(), static_cast<int64_t>(prefill_lens.size())};
+    return {req_ids.data(), static_cast<int64_t>(req_ids.size()), num_prefill, prefill_lens.data(),
+            static_cast<int64_t>(prefill_lens.size())};
   }
 };
 
@@ -71,8 +71,8 @@ OutBuffer<T> out_buffer(const char* op, const char* name, py::handle obj) {
 
 // Throws unless a buffer of `size` entries holds `regions` regions of `stride`
 // entries, each with room for `entries` entries (the product cannot overflow).
-void check_regions(const char* op, const char* name, int64_t size, int64_t regions,
-                   int64_t stride, int64_t entries);
+void check_regions(const char* op, const char* name, int64_t size, int64_t regions, int64_t stride,
+                   int64_t entries);
 
 // The n values as a list of ints.
 py::list to_list(const int32_t* values, int64_t n);

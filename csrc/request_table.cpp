@@ -17,8 +17,7 @@ int64_t RequestTable::host_bytes(int64_t max_reqs) {
   return 28 * max_reqs + 12 * static_cast<int64_t>(FlatIdMap::capacity_for(max_reqs));
 }
 
-int64_t RequestTable::checked_max_reqs(int64_t max_reqs, int64_t max_seq_len,
-                                       int64_t block_size) {
+int64_t RequestTable::checked_max_reqs(int64_t max_reqs, int64_t max_seq_len, int64_t block_size) {
   check_range("RequestTable", "max_reqs", max_reqs, 1, kMaxInt32);
   check_range("RequestTable", "max_seq_len", max_seq_len, 1, kMaxInt32);
   check_range("RequestTable", "block_size", block_size, 1, kMaxInt32);
@@ -38,9 +37,9 @@ RequestTable::RequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t block_
   new_entries_.reserve(max_reqs);
   reset_state();
 } catch (const std::bad_alloc&) {
-  throw std::invalid_argument("RequestTable: cannot allocate the books of max_reqs=" +
-                              str(max_reqs) + " request rows (" + str(host_bytes(max_reqs)) +
-                              " bytes)");
+  throw std::invalid_argument(
+      "RequestTable: cannot allocate the books of max_reqs=" + str(max_reqs) + " request rows (" +
+      str(host_bytes(max_reqs)) + " bytes)");
 }
 
 void RequestTable::reset_state() {
@@ -63,13 +62,13 @@ void RequestTable::check_shape(const char* op, const BatchView& batch) const {
     throw std::invalid_argument(std::string(op) + ": num_prefill_seqs=" + str(batch.num_prefill) +
                                 " is outside [0, len(req_ids)=" + str(batch.size) + "]");
   if (batch.num_prefill_lens != batch.num_prefill)
-    throw std::invalid_argument(std::string(op) + ": len(init_prefill_lens)=" +
-                                str(batch.num_prefill_lens) + " differs from num_prefill_seqs=" +
-                                str(batch.num_prefill));
+    throw std::invalid_argument(std::string(op) +
+                                ": len(init_prefill_lens)=" + str(batch.num_prefill_lens) +
+                                " differs from num_prefill_seqs=" + str(batch.num_prefill));
   for (int64_t i = 0; i < batch.num_prefill; ++i)
     if (batch.prefill_lens[i] < 1)
-      throw std::invalid_argument(std::string(op) + ": init_prefill_lens[" + str(i) + "]=" +
-                                  str(batch.prefill_lens[i]) + " is below 1 (for " +
+      throw std::invalid_argument(std::string(op) + ": init_prefill_lens[" + str(i) +
+                                  "]=" + str(batch.prefill_lens[i]) + " is below 1 (for " +
                                   entry_name(batch, i) + ")");
 }
 
@@ -101,8 +100,7 @@ void RequestTable::throw_unknown(const char* op, const BatchView& batch, int64_t
       throw std::invalid_argument(std::string(op) + ": request id " + str(batch.req_ids[i]) +
                                   " appears more than once in req_ids (again at index " + str(i) +
                                   ")");
-  throw UnknownRequest(std::string(op) + ": " + entry_name(batch, i) +
-                       " is not a running request");
+  throw UnknownRequest(std::string(op) + ": " + entry_name(batch, i) + " is not a running request");
 }
 
 static void next_stamp(uint32_t& stamp, std::vector<uint32_t>& seen) {
@@ -149,9 +147,8 @@ int64_t RequestTable::update(const char* op, const BatchView& batch, int64_t num
   if (too_long >= 0) {
     int32_t row = ids_.find(batch.req_ids[too_long]);
     int64_t old_len = row < 0 ? 0 : seq_lens_[row], q = query_len(batch, too_long), sum;
-    std::string tokens = __builtin_add_overflow(old_len, q, &sum)
-                             ? str(old_len) + " + " + str(q)
-                             : str(sum);
+    std::string tokens =
+        __builtin_add_overflow(old_len, q, &sum) ? str(old_len) + " + " + str(q) : str(sum);
     throw CacheExhausted(std::string(op) + ": " + entry_name(batch, too_long) + " would hold " +
                          tokens + " tokens, over max_seq_len=" + str(max_seq_len_));
   }
@@ -219,8 +216,8 @@ BatchStats RequestTable::lookup(const char* op, const BatchView& batch, const Ba
   // The prefix sums are int32. Distinct requests of one pool never pass this; a
   // RequestTable told of more free blocks than a pool holds could.
   if (seq_total > kMaxInt32)
-    throw std::invalid_argument(std::string(op) + ": the batch's lengths sum to " +
-                                str(seq_total) + ", past the int32 range of seq_start_loc");
+    throw std::invalid_argument(std::string(op) + ": the batch's lengths sum to " + str(seq_total) +
+                                ", past the int32 range of seq_start_loc");
   stats.num_decode_tokens = batch.size - batch.num_prefill;
   stats.num_prefill_tokens = stats.num_tokens - stats.num_decode_tokens;
   stats.width = blocks_of(stats.max_seq_len);

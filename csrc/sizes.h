@@ -18,8 +18,8 @@ inline std::string str(int64_t v) { return std::to_string(v); }
 // Throws unless lo <= value <= hi.
 inline void check_range(const char* op, const char* name, int64_t value, int64_t lo, int64_t hi) {
   if (value < lo || value > hi)
-    throw std::invalid_argument(std::string(op) + ": " + name + "=" + str(value) +
-                                " must be in [" + str(lo) + ", " + str(hi) + "]");
+    throw std::invalid_argument(std::string(op) + ": " + name + "=" + str(value) + " must be in [" +
+                                str(lo) + ", " + str(hi) + "]");
 }
 
 // a * b, or throws saying that `what` does not fit in int64.
