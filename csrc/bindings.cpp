@@ -270,23 +270,33 @@ void bind_block_manager(py::module_& m) {
       .def(
           "pack_flash_attn_metadata",
           [](PyBlockManager& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
-             py::handle out) {
+             py::handle out, py::handle grow) {
             const char* op = "pack_flash_attn_metadata";
             BusyScope busy(op, bm.busy);
             Batch batch(op, req_ids, num_prefill, lens);
             auto buf = out_buffer<uint8_t>(op, "out", out);
             BatchView b = batch.view();
             PackResult r = bm.pack_flash_attn_metadata(op, b, buf.data, buf.size);
+            if (!r.written && !grow.is_none()) {
+              // The batch stays the one read above: reading it again could read another.
+              py::object bigger = grow(r.layout.nbytes);
+              buf = out_buffer<uint8_t>(op, "grow(nbytes)", bigger);
+              r = bm.pack_flash_attn_metadata(op, b, buf.data, buf.size);
+              if (!r.written)
+                throw py::value_error(std::string(op) + ": grow(" + str(r.layout.nbytes) +
+                                      ") returned a buffer of " + str(buf.size) + " bytes");
+            }
             py::object seq_lens = py::none();
             if (r.written)
               seq_lens = to_list(reinterpret_cast<int32_t*>(buf.data + r.layout.seq_lens), b.size);
             return py::make_tuple(stats_object(r.stats), seq_lens);
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
-          py::arg("out"),
+          py::arg("out"), py::arg("grow") = py::none(),
           "Writes all metadata arrays into the byte buffer `out` as metadata_layout() lays\n"
-          "them out. Returns (BatchStats, seq_lens); seq_lens is None, and nothing is\n"
-          "written, when `out` is smaller than the layout's nbytes.")
+          "them out. Returns (BatchStats, seq_lens). When `out` is smaller than the\n"
+          "layout's nbytes, calls grow(nbytes) for a buffer that holds them and writes\n"
+          "there; without grow, writes nothing and returns seq_lens None.")
       .def(
           "release_seqs",
           [](PyBlockManager& bm, py::handle req_ids) {

@@ -229,6 +229,27 @@ def test_pack_of_a_mixed_batch():
                                                 + slots_of(bm, 1)[6:])
 
 
+def test_pack_grows_its_buffer_through_grow():
+    bm = core()
+    bm.update_block_table([1, 2], 2, [5, 2], True)
+    asked = []
+
+    def grow(nbytes):
+        asked.append(nbytes)
+        return np.zeros(nbytes, np.uint8)
+    stats, seq_lens = bm.pack_flash_attn_metadata([1, 2], 2, [5, 2], np.zeros(8, np.uint8), grow)
+    assert seq_lens == [5, 2] and asked == [_C.metadata_layout(2, 2, 7).nbytes]
+    for bad, error, named in [
+        (lambda n: np.zeros(n - 8, np.uint8), ValueError, "returned a buffer of"),
+        (lambda n: [0] * n, TypeError, "grow"),
+        (lambda n: bm.reset_state(), RuntimeError, "another call"),
+        (lambda n: 1 / 0, ZeroDivisionError, "division"),
+    ]:
+        with pytest.raises(error, match=named):
+            bm.pack_flash_attn_metadata([1, 2], 2, [5, 2], np.zeros(8, np.uint8), bad)
+        assert bm.req_ids() == [1, 2] and bm.check_integrity() == ""
+
+
 @pytest.mark.parametrize("out, named", [
     (np.zeros(64, np.int32), "1-byte items"),
     (np.zeros((8, 16), np.uint8)[:, ::2], "C-contiguous"),

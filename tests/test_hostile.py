@@ -226,6 +226,23 @@ def test_index_that_calls_the_same_manager(make_manager):
     assert_still_usable(h)
 
 
+def test_pack_that_grows_its_buffer_reads_the_batch_once(backend):
+    """A batch too big for the metadata buffer made at construction: the buffer grows
+    within the one call that read the batch. (Packing again after growing read the batch
+    a second time, and a list emptied by the first read was then an empty batch.)"""
+    plain, odd = (Harness(backend.make(block_size=4, num_blocks=64, max_running_reqs=2,
+                                       max_seq_len=64)) for _ in range(2))
+    for h in (plain, odd):
+        h.update(h.batch([1, 2], [60, 60]))
+    want = plain.pack(plain.batch([1, 2], [60, 60]))
+    ids = [1]
+    ids.append(clears(ids, 2))
+    lens = [60, Index(60)]
+    got = to_host(odd.manager.pack_flash_attn_metadata(BatchMetadata(L0, ids, 2, lens)),
+                  odd.manager.device)
+    assert got == want and lens[1].calls == 1 and ids == []
+
+
 # -- 4. wrong results ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("block_size, num_blocks", [(1, 2**31), (2, 2**30), (16, 2**27), (2**31, 1)])

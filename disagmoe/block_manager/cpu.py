@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from disagmoe import _C
@@ -37,6 +38,7 @@ class CPUBlockManager(BlockManager):
         # On a CPU device the staging buffer is the metadata buffer.
         self._metadata = MetadataBuffer(nbytes, self.device) if on_cuda else self._staging
         self._copy_done = DeviceDone(self.device) if on_cuda else None
+        self._grow = self._grow_staging  # bound once: pack passes it every step
 
     def update_block_table(self, batch: BatchMetadata) -> None:
         batch.seq_lens = self._core.update_block_table(
@@ -48,17 +50,19 @@ class CPUBlockManager(BlockManager):
         if self._copy_done is not None:
             self._copy_done.wait()  # the last copy out of the staging buffer is done
         args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
-        stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np)
-        if seq_lens is None:  # the staging buffer is too small: nothing was written
-            self._staging.reserve(_C.metadata_layout(stats.batch_size, stats.width, stats.num_tokens).nbytes)
-            self._staging_np = self._staging.bytes.numpy()
-            stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np)
+        stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np, self._grow)
         batch_size, width, num_tokens = stats.batch_size, stats.width, stats.num_tokens
         views = self._metadata.views(batch_size, width, num_tokens)
         if self._copy_done is not None:
             views[-1].copy_(self._staging.views(batch_size, width, num_tokens)[-1], non_blocking=True)
             self._copy_done.record()
         return FlashAttentionMetadata.from_step(stats, seq_lens, views, self.block_size)
+
+    def _grow_staging(self, nbytes: int) -> np.ndarray:
+        """The staging buffer, grown to hold `nbytes` (the core asks when a batch does not fit)."""
+        self._staging.reserve(nbytes)
+        self._staging_np = self._staging.bytes.numpy()
+        return self._staging_np
 
     def release_seqs(self, req_ids: Sequence[int]) -> None:
         self._core.release_seqs(list(req_ids))
