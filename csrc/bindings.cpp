@@ -200,7 +200,8 @@ void bind_request_table(py::module_& m) {
           [](PyRequestTable& t, py::handle req_ids) {
             const char* op = "release_seqs";
             BusyScope busy(op, t.busy);
-            std::vector<int64_t> ids = read_ints(op, "req_ids", req_ids);
+            Ints ids;
+            read_ints(op, "req_ids", req_ids, ids);
             std::vector<int32_t> rows(ids.size()), lens(ids.size());
             t.release_seqs(op, ids.data(), ids.size(), rows.data(), lens.data());
             return py::make_tuple(rows, lens);
@@ -302,7 +303,8 @@ void bind_block_manager(py::module_& m) {
           [](PyBlockManager& bm, py::handle req_ids) {
             const char* op = "release_seqs";
             BusyScope busy(op, bm.busy);
-            std::vector<int64_t> ids = read_ints(op, "req_ids", req_ids);
+            Ints ids;
+            read_ints(op, "req_ids", req_ids, ids);
             bm.release_seqs(op, ids.data(), ids.size());
           },
           py::arg("req_ids"), "Releases every block of the requests; all or none.")

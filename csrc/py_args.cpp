@@ -46,7 +46,7 @@ int64_t index_value(const char* op, const char* name, Py_ssize_t index, PyObject
   return v;
 }
 
-std::vector<int64_t> read_int_buffer(const char* op, const char* name, py::handle obj) {
+void read_int_buffer(const char* op, const char* name, py::handle obj, Ints& ints) {
   py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request();
   char kind = info.format.empty() ? '?' : info.format.back();
   bool integral = std::string("bBhHiIlLqQnN").find(kind) != std::string::npos;
@@ -57,7 +57,7 @@ std::vector<int64_t> read_int_buffer(const char* op, const char* name, py::handl
   if (info.format[0] == '>' || info.format[0] == '!')
     throw py::type_error(std::string(op) + ": " + name +
                          " must be in native byte order, got format '" + info.format + "'");
-  std::vector<int64_t> out(info.shape[0]);
+  int64_t* out = ints.resize(info.shape[0]);
   const char* base = static_cast<const char*>(info.ptr);
   bool is_signed = std::islower(kind);
   for (py::ssize_t i = 0; i < info.shape[0]; ++i) {
@@ -87,7 +87,6 @@ std::vector<int64_t> read_int_buffer(const char* op, const char* name, py::handl
                              std::to_string(info.itemsize) + "-byte items, not 1, 2, 4 or 8");
     }
   }
-  return out;
 }
 
 }  // namespace
@@ -127,15 +126,15 @@ std::string read_str(const char* op, const char* name, py::handle obj) {
   return obj.cast<std::string>();
 }
 
-std::vector<int64_t> read_ints(const char* op, const char* name, py::handle obj) {
+void read_ints(const char* op, const char* name, py::handle obj, Ints& ints) {
   PyObject* o = obj.ptr();
   if (!PyList_Check(o) && !PyTuple_Check(o)) {
-    if (PyObject_CheckBuffer(o)) return read_int_buffer(op, name, obj);
+    if (PyObject_CheckBuffer(o)) return read_int_buffer(op, name, obj, ints);
     throw py::type_error(std::string(op) + ": " + name +
                          " must be a list of ints or an integer array, got " + safe_repr(obj));
   }
   Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
-  std::vector<int64_t> out(n);
+  int64_t* out = ints.resize(n);
   PyObject** items = PySequence_Fast_ITEMS(o);
   Py_ssize_t i = 0;
   for (; i < n && PyLong_CheckExact(items[i]); ++i) {  // reading an int runs no Python code
@@ -146,21 +145,20 @@ std::vector<int64_t> read_ints(const char* op, const char* name, py::handle obj)
                             " does not fit in int64");
     out[i] = v;
   }
-  if (i == n) return out;
+  if (i == n) return;
   // Reading the other items may run Python code (an __index__), which may change
   // the list: read them from a tuple of the items as they are now, which holds them.
   py::object held = PyList_Check(o) ? py::reinterpret_steal<py::object>(PyList_AsTuple(o))
                                     : py::reinterpret_borrow<py::object>(o);
   if (!held) throw py::error_already_set();
   for (; i < n; ++i) out[i] = index_value(op, name, i, PyTuple_GET_ITEM(held.ptr(), i));
-  return out;
 }
 
 Batch::Batch(const char* op, py::handle ids, py::handle num_prefill_seqs,
              py::handle init_prefill_lens) {
-  req_ids = read_ints(op, "req_ids", ids);
+  read_ints(op, "req_ids", ids, req_ids);
   num_prefill = read_int(op, "num_prefill_seqs", num_prefill_seqs);
-  prefill_lens = read_ints(op, "init_prefill_lens", init_prefill_lens);
+  read_ints(op, "init_prefill_lens", init_prefill_lens, prefill_lens);
 }
 
 OutBuffer<uint8_t> out_bytes(const char* op, const char* name, py::handle obj, size_t itemsize) {

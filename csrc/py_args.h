@@ -11,6 +11,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -33,21 +34,52 @@ bool read_bool(const char* op, const char* name, py::handle obj);
 // A str argument.
 std::string read_str(const char* op, const char* name, py::handle obj);
 
+// The ints of one argument, owned by the call that read them: inline up to
+// kInline of them (reading a step's batch then allocates nothing), past that on
+// the heap. Not copyable nor movable: data() may point into the object.
+class Ints {
+ public:
+  static constexpr int64_t kInline = 512;
+
+  Ints() = default;
+  Ints(const Ints&) = delete;
+  Ints& operator=(const Ints&) = delete;
+
+  // Room for n ints, their values unset.
+  int64_t* resize(int64_t n) {
+    size_ = n;
+    if (n > kInline) {
+      heap_.reset(new int64_t[n]);
+      data_ = heap_.get();
+    } else {
+      data_ = inline_;
+    }
+    return data_;
+  }
+  const int64_t* data() const { return data_; }
+  int64_t size() const { return size_; }
+
+ private:
+  int64_t inline_[kInline];
+  std::unique_ptr<int64_t[]> heap_;
+  int64_t* data_ = inline_;
+  int64_t size_ = 0;
+};
+
 // A list or tuple of ints (each as read_int reads it), or a 1-D integer buffer
-// such as a numpy array. A list is copied (its items held) before any item's
-// __index__ runs.
-std::vector<int64_t> read_ints(const char* op, const char* name, py::handle obj);
+// such as a numpy array, into `out`. A list is copied (its items held) before
+// any item's __index__ runs.
+void read_ints(const char* op, const char* name, py::handle obj, Ints& out);
 
 // One step's batch, read once into arrays that the call owns.
 struct Batch {
-  std::vector<int64_t> req_ids, prefill_lens;
+  Ints req_ids, prefill_lens;
   int64_t num_prefill;
 
   Batch(const char* op, py::handle req_ids, py::handle num_prefill_seqs,
         py::handle init_prefill_lens);
   BatchView view() const {
-    return {req_ids.data(), static_cast<int64_t>(req_ids.size()), num_prefill, prefill_lens.data(),
-            static_cast<int64_t>(prefill_lens.size())};
+    return {req_ids.data(), req_ids.size(), num_prefill, prefill_lens.data(), prefill_lens.size()};
   }
 };
 

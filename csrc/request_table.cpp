@@ -72,12 +72,9 @@ void RequestTable::check_shape(const char* op, const BatchView& batch) const {
                                   entry_name(batch, i) + ")");
 }
 
-void RequestTable::mark_once(const char* op, const BatchView& batch, int64_t i, int32_t row) {
-  if (seen_[row] == stamp_)
-    throw std::invalid_argument(std::string(op) + ": request id " + str(batch.req_ids[i]) +
-                                " appears more than once in req_ids (again at index " + str(i) +
-                                ")");
-  seen_[row] = stamp_;
+void RequestTable::throw_repeated(const char* op, const BatchView& batch, int64_t i) {
+  throw std::invalid_argument(std::string(op) + ": request id " + str(batch.req_ids[i]) +
+                              " appears more than once in req_ids (again at index " + str(i) + ")");
 }
 
 void RequestTable::check_new_ids_distinct(const char* op, const BatchView& batch) const {
@@ -96,10 +93,7 @@ void RequestTable::check_new_ids_distinct(const char* op, const BatchView& batch
 // entry (ValueError), else an unknown request (KeyError).
 void RequestTable::throw_unknown(const char* op, const BatchView& batch, int64_t i) const {
   for (int64_t j : new_entries_)
-    if (batch.req_ids[j] == batch.req_ids[i])
-      throw std::invalid_argument(std::string(op) + ": request id " + str(batch.req_ids[i]) +
-                                  " appears more than once in req_ids (again at index " + str(i) +
-                                  ")");
+    if (batch.req_ids[j] == batch.req_ids[i]) throw_repeated(op, batch, i);
   throw UnknownRequest(std::string(op) + ": " + entry_name(batch, i) + " is not a running request");
 }
 

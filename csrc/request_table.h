@@ -110,7 +110,11 @@ class RequestTable {
   static int64_t checked_max_reqs(int64_t max_reqs, int64_t max_seq_len, int64_t block_size);
   void check_shape(const char* op, const BatchView& batch) const;
   // Marks `row` as seen in this batch; throws if an earlier entry had it.
-  void mark_once(const char* op, const BatchView& batch, int64_t i, int32_t row);
+  void mark_once(const char* op, const BatchView& batch, int64_t i, int32_t row) {
+    if (seen_[row] == stamp_) throw_repeated(op, batch, i);
+    seen_[row] = stamp_;
+  }
+  [[noreturn]] static void throw_repeated(const char* op, const BatchView& batch, int64_t i);
   void check_new_ids_distinct(const char* op, const BatchView& batch) const;
   [[noreturn]] void throw_unknown(const char* op, const BatchView& batch, int64_t i) const;
   int64_t query_len(const BatchView& batch, int64_t i) const {
