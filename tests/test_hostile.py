@@ -243,6 +243,16 @@ def test_pack_that_grows_its_buffer_reads_the_batch_once(backend):
     assert got == want and lens[1].calls == 1 and ids == []
 
 
+def test_token_slots_reads_the_id_once(make_manager):
+    """token_slots asks the core twice about one id: it reads the id once, so an id whose
+    __index__ changes its answer cannot mix two requests' slots."""
+    h = running(make_manager)
+    answers = iter([10, 11, 12])
+    shifty = Index(0)
+    shifty.__class__ = type("Shifty", (Index,), {"__index__": lambda self: next(answers)})
+    assert h.manager.token_slots(shifty) == h.manager.token_slots(10)
+
+
 # -- 4. wrong results ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("block_size, num_blocks", [(1, 2**31), (2, 2**30), (16, 2**27), (2**31, 1)])

@@ -101,6 +101,10 @@ class BlockManager(ABC):
                              f"{sorted(self._layer_ids)}")
         return False
 
+    def _checked_req_id(self, req_id: object) -> int:
+        """The id as an int, read once (for methods that pass it on more than once)."""
+        return checked_int(type(self).__name__, "req_id", req_id, -2**63, 2**63 - 1)
+
     @abstractmethod
     def update_block_table(self, batch: BatchMetadata) -> None:
         """Reserves a slot for every token this step adds, and sets `batch.seq_lens`.

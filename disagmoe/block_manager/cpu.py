@@ -80,6 +80,7 @@ class CPUBlockManager(BlockManager):
         return self._core.seq_len(req_id)
 
     def token_slots(self, req_id: int) -> list[int]:
+        req_id = self._checked_req_id(req_id)
         blocks, bs = self._core.block_ids(req_id), self.block_size
         return [blocks[p // bs] * bs + p % bs for p in range(self._core.seq_len(req_id))]
 

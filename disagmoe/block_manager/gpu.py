@@ -105,6 +105,7 @@ class GPUBlockManager(DeviceTableManager):
         return self._books.seq_len(req_id)
 
     def token_slots(self, req_id: int) -> list[int]:
+        req_id = self._checked_req_id(req_id)
         seq_len = self._books.seq_len(req_id)
         row = self._books.row_of(req_id)
         self.flush()
