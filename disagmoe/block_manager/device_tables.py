@@ -28,6 +28,7 @@ from disagmoe.block_manager import kernels_torch
 from disagmoe.block_manager import layout as L
 from disagmoe.block_manager.base import BlockManager
 from disagmoe.block_manager.graphs import GraphCache, bucket
+from disagmoe.block_manager.mem_pool import checked_empty
 from disagmoe.block_manager.staging import StagingRing
 from disagmoe.config import CacheConfig, ModelConfig
 from disagmoe.metadata import FlashAttentionMetadata
@@ -99,16 +100,19 @@ class DeviceTableManager(BlockManager):
         self.kernels = self._choose_kernels(kernels, pack_launch)
         self.cuda_graphs = bool(cuda_graphs) and self.kernels == "triton"
         self.zero_copy = bool(zero_copy) and self.kernels == "triton"
+        max_running_reqs = self.max_running_reqs  # the checked int
         self._stride = max_running_reqs + 1
-        self._ring = StagingRing(4 * L.staged_words(self._stride, self.page_ids_capacity), self.device)
+        name = type(self).__name__
+        self._ring = StagingRing(4 * L.staged_words(self._stride, self.page_ids_capacity), self.device, owner=name)
         self._staged_device = self._ring.device.view(torch.int32)
         self._slot: int | None = None  # the ring buffer being staged, once acquired
         self._update_size = self._release_size = 0  # staged, not launched yet
         self._scratch = np.empty(L.LOOKUP_COLUMNS * self._stride, dtype=np.int32)  # host-only lookups
         self.max_width = -(-self.max_seq_len // self.block_size)
         self._offsets = L.metadata_offsets(max_running_reqs)
-        self._out32 = torch.zeros(self._offsets[-1] + max_running_reqs * self.max_width, dtype=torch.int32,
-                                  device=self.device)
+        words = self._offsets[-1] + max_running_reqs * self.max_width
+        self._out32 = checked_empty(name, (words,), torch.int32, f"the metadata buffer of {max_running_reqs} x "
+                                    f"{self.max_width} blocks", self.device).zero_()
         self._out64 = torch.zeros(max_running_reqs, dtype=torch.int64, device=self.device)
         self._graphs = GraphCache()
         self.memo = BatchMemo()
@@ -157,6 +161,20 @@ class DeviceTableManager(BlockManager):
             return words
         return self._ring.int32_arrays[self._slot]
 
+    def _staged_call(self, start: int, call):
+        """`call(words[start:])` for a C++ call that writes its columns into the staging
+        buffer while it reads the caller's arguments, and the buffer they are in: an
+        argument's __index__ may launch what is staged (token_slots flushes), and then the
+        columns move on to the next buffer with the rest of this launch."""
+        words = self._words()
+        slot = self._slot
+        result = call(words[start:])
+        if self._slot != slot:  # launched meanwhile; its kernels did not read these columns
+            fresh = self._words()
+            fresh[start:] = words[start:]
+            words = fresh
+        return result, words
+
     def _deferred(self) -> bool:
         return bool(self._update_size or self._release_size)
 
@@ -172,29 +190,28 @@ class DeviceTableManager(BlockManager):
             return
         if self._update_size:
             self.flush()  # the staged plan is about to be rewritten
-        batch.seq_lens = self._stage_update(batch, self._words())
+        batch.seq_lens = self._stage_update(batch)
 
     def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
         self._is_first_layer(batch)  # rejects an unknown layer
         cached = self.memo.get(batch)
         if isinstance(cached, FlashAttentionMetadata):
             return _copy(cached)
-        words = self._words()
-        stats, seq_lens = self._books_lookup(batch, words[L.LOOKUP:], "pack_flash_attn_metadata")
-        num_tokens, max_seq_len = stats[0], stats[2]
-        batch_size = len(seq_lens)
-        width = -(-max_seq_len // self.block_size)
-        if num_tokens > self._out64.numel():
+        lookup = lambda out: self._books_lookup(batch, out, "pack_flash_attn_metadata")  # noqa: E731
+        (stats, seq_lens), words = self._staged_call(L.LOOKUP, lookup)
+        batch_size, width, num_tokens = stats.batch_size, stats.width, stats.num_tokens
+        if num_tokens > self._out64.numel():  # a batch with more tokens than any before
+            columns = words[L.LOOKUP:L.plan_start(self._stride)].copy()
             self.flush()
             self._grow_slots(num_tokens)
             words = self._words()
-            stats, seq_lens = self._books_lookup(batch, words[L.LOOKUP:], "pack_flash_attn_metadata")
+            words[L.LOOKUP:L.plan_start(self._stride)] = columns
         words[L.PACK_SIZE] = batch_size
         words[L.WIDTH] = width
         words[L.NUM_TOKENS] = num_tokens
         views = self._views(batch_size, width, num_tokens)
         self._launch(pack=True, views=views)
-        metadata = _metadata(batch, stats, seq_lens, views, self.block_size)
+        metadata = _metadata(stats, seq_lens, views, self.block_size)
         self.memo.put(batch, metadata)
         return metadata
 
@@ -270,24 +287,22 @@ class DeviceTableManager(BlockManager):
     # -- lifecycle and inspection ----------------------------------------------------------
 
     def reset_state(self) -> None:
+        self._reset_books()  # first: it raises, changing nothing, during another call
         self._slot = None  # whatever was staged is moot: every table is cleared
         self._update_size = self._release_size = 0
         self.memo.changed()
-        self._reset_books()
 
     def _reset_books(self) -> None:
         raise NotImplementedError
 
 
-def _metadata(batch: BatchMetadata, stats, seq_lens: list[int], views: tuple,
-              block_size: int) -> FlashAttentionMetadata:
-    """A batch's metadata from the C++ batch stats (see `_C.RequestTable.lookup`) and the views."""
-    num_tokens, max_query_len, _, max_prefill_seq_len, max_decode_seq_len, max_decode_query_len = stats
+def _metadata(stats, seq_lens: list[int], views: tuple, block_size: int) -> FlashAttentionMetadata:
+    """A batch's metadata from the batch stats the C++ core checked (`_C.BatchStats`) and the views."""
     seq, ctx, qsl, ssl, tables, slots = views
-    num_decodes = len(seq_lens) - batch.num_prefill_seqs
     return FlashAttentionMetadata(
-        batch.num_prefill_seqs, num_tokens - num_decodes, num_decodes, seq_lens, seq, ctx, qsl, ssl,
-        max_query_len, max_prefill_seq_len, max_decode_seq_len, max_decode_query_len, tables, slots, block_size)
+        stats.num_prefills, stats.num_prefill_tokens, stats.num_decode_tokens, seq_lens, seq, ctx, qsl, ssl,
+        stats.max_query_len, stats.max_prefill_seq_len, stats.max_decode_seq_len, stats.max_decode_query_len,
+        tables, slots, block_size)
 
 
 def _copy(metadata: FlashAttentionMetadata) -> FlashAttentionMetadata:

@@ -45,7 +45,7 @@ class GPUBlockManager(DeviceTableManager):
                  pack_launch: PackLaunch | None = None) -> None:
         super().__init__(model_config, cache_config, max_running_reqs, device, kernels, cuda_graphs,
                          zero_copy, pack_launch)
-        self.req_to_token_pool = ReqToTokenPool(max_running_reqs, self.max_seq_len,
+        self.req_to_token_pool = ReqToTokenPool(self.max_running_reqs, self.max_seq_len,
                                                 self.block_size, self.device)
         self._books = self.req_to_token_pool.books
         self.req_to_page = self.req_to_token_pool.req_to_page
@@ -59,10 +59,11 @@ class GPUBlockManager(DeviceTableManager):
         return self._books.lookup(batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens,
                                   out, self._stride, op)
 
-    def _stage_update(self, batch: BatchMetadata, words: np.ndarray) -> list[int]:
-        num_pages, seq_lens = self._books.update_block_table(
+    def _stage_update(self, batch: BatchMetadata) -> list[int]:
+        update = lambda plan: self._books.update_block_table(  # noqa: E731
             batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens, self.allocator.num_free_pages,
-            words[L.plan_start(self._stride):], self._stride)
+            plan, self._stride)
+        (num_pages, seq_lens), words = self._staged_call(L.plan_start(self._stride), update)
         if seq_lens:
             self.memo.changed()
             words[L.UPDATE_SIZE] = self._update_size = len(seq_lens)
@@ -76,7 +77,7 @@ class GPUBlockManager(DeviceTableManager):
             # Release runs first in a launch: an update staged before this release must
             # run before it, and two releases do not share one launch.
             self.flush()
-        rows, lens = self._books.release(list(req_ids))
+        rows, lens = self._books.release_seqs(list(req_ids))
         if not rows:
             return
         self.memo.changed()

@@ -29,20 +29,26 @@ def device_memory_bytes(device: torch.device) -> int:
         return 2**63 - 1
 
 
-def empty_int32(owner: str, shape: tuple[int, ...], what: str, device: torch.device) -> torch.Tensor:
-    """torch.empty of int32, or ValueError naming `what` when the device cannot hold it
-    (checked before allocating: the pools write every entry, touching every page)."""
-    nbytes = 4
+def checked_empty(owner: str, shape: tuple[int, ...], dtype: torch.dtype, what: str, device: torch.device,
+                  pin_memory: bool = False) -> torch.Tensor:
+    """torch.empty, or ValueError naming `what` and its bytes when the device (the host, for
+    pinned memory) cannot hold it: checked before allocating, since the managers write
+    every entry of their tables, touching every page."""
+    nbytes = torch.empty((), dtype=dtype).element_size()
     for n in shape:
         nbytes *= n
-    memory = device_memory_bytes(device)
+    memory = device_memory_bytes(torch.device("cpu") if pin_memory else device)
     if nbytes > memory:
         raise ValueError(f"{owner}: {what} need {nbytes} bytes, more than the {memory} bytes "
                          f"of memory of {device}")
     try:
-        return torch.empty(shape, dtype=torch.int32, device=device)
+        return torch.empty(shape, dtype=dtype, device=device, pin_memory=pin_memory)
     except RuntimeError as exc:  # torch.OutOfMemoryError included
         raise ValueError(f"{owner}: cannot allocate {nbytes} bytes for {what} on {device}") from exc
+
+
+def empty_int32(owner: str, shape: tuple[int, ...], what: str, device: torch.device) -> torch.Tensor:
+    return checked_empty(owner, shape, torch.int32, what, device)
 
 
 class ReqToTokenPool:
@@ -58,7 +64,7 @@ class ReqToTokenPool:
         self.books = _C.RequestTable(size, max_context_len, page_size)  # checks the sizes
         self.size = self.books.max_reqs
         self.max_context_len = self.books.max_seq_len
-        self.page_size = self.books.page_size
+        self.page_size = self.books.block_size
         max_pages = -(-self.max_context_len // self.page_size)
         what = f"req_to_page of size={self.size} x {max_pages} pages of {self.page_size} slots"
         self.req_to_page = empty_int32("ReqToTokenPool", (self.size, max_pages), what, device).zero_()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from disagmoe.block_manager.mem_pool import checked_empty
+
 DEFAULT_DEPTH = 3
 
 
@@ -50,15 +52,19 @@ class StagingRing:
     `device` is the twin (a uint8 tensor); `current` is the buffer the next step writes.
     """
 
-    def __init__(self, nbytes: int, device: torch.device, depth: int = DEFAULT_DEPTH) -> None:
+    def __init__(self, nbytes: int, device: torch.device, depth: int = DEFAULT_DEPTH, owner: str = "") -> None:
         on_cuda = device.type == "cuda"
         self.depth = depth if on_cuda else 1
         self.nbytes = (max(nbytes, 64) + 63) // 64 * 64
         self.on_cuda = on_cuda
-        self._host = [torch.zeros(self.nbytes, dtype=torch.uint8, pin_memory=on_cuda) for _ in range(self.depth)]
+        what = f"{self.depth} staging buffers of {self.nbytes} bytes"
+        whole = checked_empty(owner, (self.depth, self.nbytes), torch.uint8, what, torch.device("cpu"),
+                              pin_memory=on_cuda).zero_()
+        self._host = list(whole.unbind(0))
         self.host_arrays = [t.numpy() for t in self._host]
         self.int32_arrays = [a.view(np.int32) for a in self.host_arrays]
-        self.device = torch.zeros(self.nbytes, dtype=torch.uint8, device=device) if on_cuda else self._host[0]
+        self.device = (checked_empty(owner, (self.nbytes,), torch.uint8, f"a staging buffer of {self.nbytes} bytes",
+                                     device).zero_() if on_cuda else self._host[0])
         self._done = [DeviceDone(device) for _ in range(self.depth)] if on_cuda else None
         self.current = 0
 
