@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <tuple>
 
 #include "block_manager.h"
 #include "py_args.h"
@@ -97,10 +98,10 @@ py::tuple layout_key(const MetadataLayout& l) {
 
 void bind_metadata_layout(py::module_& m) {
   py::class_<MetadataLayout>(m, "MetadataLayout",
-                             "Byte offsets of the metadata arrays in one packed buffer: int64\n"
-                             "slot_mapping first, then int32 seq_lens, context_lens,\n"
-                             "query_start_loc, seq_start_loc and the row-major\n"
-                             "[batch_size, width] block table; nbytes in all (a multiple of 8).")
+                             "Byte offsets of the metadata arrays in one packed buffer: the\n"
+                             "row-major [batch_size, width] int32 block table first, then int64\n"
+                             "slot_mapping and int32 seq_lens, context_lens, query_start_loc and\n"
+                             "seq_start_loc; nbytes in all (a multiple of 8).")
       .def_readonly("batch_size", &MetadataLayout::batch_size)
       .def_readonly("width", &MetadataLayout::width)
       .def_readonly("num_tokens", &MetadataLayout::num_tokens)
@@ -133,6 +134,30 @@ void bind_metadata_layout(py::module_& m) {
       "The MetadataLayout of a batch's metadata; ValueError when a count is outside\n"
       "[0, 2**31 - 1].");
 }
+
+// RequestTable.lookup and BlockManager.lookup: rows, lengths, query lengths and their
+// exclusive prefix sums of a batch of running requests, at out[k * stride].
+template <class Books>
+py::tuple lookup_into(Books& books, bool& busy_flag, int64_t max_reqs, py::handle req_ids,
+                      py::handle num_prefill, py::handle lens, py::handle out_buf,
+                      py::handle stride, py::handle op_name) {
+  std::string name = read_str("lookup", "op", op_name);
+  const char* op = name.c_str();
+  BusyScope busy(op, busy_flag);
+  Batch batch(op, req_ids, num_prefill, lens);
+  int64_t s = read_int(op, "stride", stride);
+  auto out = out_buffer<int32_t>(op, "out", out_buf);
+  BatchView b = batch.view();
+  check_regions(op, "out", out.size, 5, s, std::min(b.size, max_reqs) + 1);
+  BatchLookup l{out.data, out.data + s, out.data + 2 * s, out.data + 3 * s, out.data + 4 * s};
+  BatchStats stats = books.lookup(op, b, l);
+  return py::make_tuple(stats_object(stats), to_list(l.seq_lens, b.size));
+}
+
+const char* kLookupDoc =
+    "Reads a batch of running requests: writes rows, lengths, query lengths and the\n"
+    "exclusive prefix sums of query lengths and of lengths at out[k * stride],\n"
+    "k = 0..4; errors name `op`. Returns (BatchStats, lengths as a list).";
 
 void bind_request_table(py::module_& m) {
   py::class_<PyRequestTable>(m, "RequestTable",
@@ -177,24 +202,11 @@ void bind_request_table(py::module_& m) {
           "lookup",
           [](PyRequestTable& t, py::handle req_ids, py::handle num_prefill, py::handle lens,
              py::handle out_buf, py::handle stride, py::handle op_name) {
-            std::string name = read_str("lookup", "op", op_name);
-            const char* op = name.c_str();
-            BusyScope busy(op, t.busy);
-            Batch batch(op, req_ids, num_prefill, lens);
-            int64_t s = read_int(op, "stride", stride);
-            auto out = out_buffer<int32_t>(op, "out", out_buf);
-            BatchView b = batch.view();
-            check_regions(op, "out", out.size, 5, s, std::min(b.size, t.max_reqs()) + 1);
-            BatchLookup l{out.data, out.data + s, out.data + 2 * s, out.data + 3 * s,
-                          out.data + 4 * s};
-            BatchStats stats = t.lookup(op, b, l);
-            return py::make_tuple(stats_object(stats), to_list(l.seq_lens, b.size));
+            return lookup_into(t, t.busy, t.max_reqs(), req_ids, num_prefill, lens, out_buf, stride,
+                               op_name);
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
-          py::arg("out"), py::arg("stride"), py::arg("op") = "lookup",
-          "Reads a batch of running requests: writes rows, lengths, query lengths and the\n"
-          "exclusive prefix sums of query lengths and of lengths at out[k * stride],\n"
-          "k = 0..4; errors name `op`. Returns (BatchStats, lengths as a list).")
+          py::arg("out"), py::arg("stride"), py::arg("op") = "lookup", kLookupDoc)
       .def(
           "release_seqs",
           [](PyRequestTable& t, py::handle req_ids) {
@@ -271,18 +283,20 @@ void bind_block_manager(py::module_& m) {
       .def(
           "pack_flash_attn_metadata",
           [](PyBlockManager& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
-             py::handle out, py::handle grow) {
+             py::handle out, py::handle grow, py::handle buffer) {
             const char* op = "pack_flash_attn_metadata";
             BusyScope busy(op, bm.busy);
             Batch batch(op, req_ids, num_prefill, lens);
             auto buf = out_buffer<uint8_t>(op, "out", out);
+            int64_t index = read_int(op, "buffer", buffer);
+            check_range(op, "buffer", index, -1, BlockManager::kMaxBuffers - 1);
             BatchView b = batch.view();
-            PackResult r = bm.pack_flash_attn_metadata(op, b, buf.data, buf.size);
+            PackResult r = bm.pack_flash_attn_metadata(op, b, buf.data, buf.size, index);
             if (!r.written && !grow.is_none()) {
               // The batch stays the one read above: reading it again could read another.
               py::object bigger = grow(r.layout.nbytes);
               buf = out_buffer<uint8_t>(op, "grow(nbytes)", bigger);
-              r = bm.pack_flash_attn_metadata(op, b, buf.data, buf.size);
+              r = bm.pack_flash_attn_metadata(op, b, buf.data, buf.size, index);
               if (!r.written)
                 throw py::value_error(std::string(op) + ": grow(" + str(r.layout.nbytes) +
                                       ") returned a buffer of " + str(buf.size) + " bytes");
@@ -293,11 +307,56 @@ void bind_block_manager(py::module_& m) {
             return py::make_tuple(stats_object(r.stats), seq_lens);
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
-          py::arg("out"), py::arg("grow") = py::none(),
+          py::arg("out"), py::arg("grow") = py::none(), py::arg("buffer") = -1,
           "Writes all metadata arrays into the byte buffer `out` as metadata_layout() lays\n"
           "them out. Returns (BatchStats, seq_lens). When `out` is smaller than the\n"
           "layout's nbytes, calls grow(nbytes) for a buffer that holds them and writes\n"
-          "there; without grow, writes nothing and returns seq_lens None.")
+          "there; without grow, writes nothing and returns seq_lens None. `buffer` in\n"
+          "[0, 16) names the buffer among the caller's: rows it holds from its last pack\n"
+          "get only their new blocks (the buffer must not change in between).")
+      .def(
+          "update_block_table_plan",
+          [](PyBlockManager& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
+             py::handle plan, py::handle stride, py::handle block_ids, py::handle grow) {
+            const char* op = "update_block_table";
+            BusyScope busy(op, bm.busy);
+            Batch batch(op, req_ids, num_prefill, lens);
+            int64_t s = read_int(op, "stride", stride);
+            auto out = out_buffer<int32_t>(op, "plan", plan);
+            auto ids = out_buffer<int32_t>(op, "block_ids", block_ids);
+            BatchView b = batch.view();
+            check_regions(op, "plan", out.size, 4, s, std::min(b.size, bm.table().max_reqs()) + 1);
+            StepPlan p{out.data, out.data + s, out.data + 2 * s, out.data + 3 * s};
+            auto [blocks, fit] = bm.update_block_table_plan(op, b, p, ids.data, ids.size);
+            if (!fit && !grow.is_none()) {
+              // The batch stays the one read above: reading it again could read another.
+              py::object bigger = grow(blocks);
+              ids = out_buffer<int32_t>(op, "grow(num_blocks)", bigger);
+              std::tie(blocks, fit) = bm.update_block_table_plan(op, b, p, ids.data, ids.size);
+              if (!fit)
+                throw py::value_error(std::string(op) + ": grow(" + str(blocks) +
+                                      ") returned a buffer of " + str(ids.size) + " ids");
+            }
+            py::object seq_lens = fit ? py::object(to_list(p.new_lens, b.size)) : py::none();
+            return py::make_tuple(blocks, seq_lens);
+          },
+          py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
+          py::arg("plan"), py::arg("stride"), py::arg("block_ids"), py::arg("grow") = py::none(),
+          "First layer, as update_block_table, for a caller that keeps the tables too:\n"
+          "writes the plan as RequestTable.update_block_table does and the ids of the\n"
+          "blocks the step adds, entry by entry, into block_ids. Returns (number of new\n"
+          "blocks, new lengths). When they do not fit block_ids, calls grow(number) for a\n"
+          "buffer that holds them and writes there; without grow, returns (that number,\n"
+          "None) and nothing changed.")
+      .def(
+          "lookup",
+          [](PyBlockManager& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
+             py::handle out_buf, py::handle stride, py::handle op_name) {
+            return lookup_into(bm, bm.busy, bm.table().max_reqs(), req_ids, num_prefill, lens,
+                               out_buf, stride, op_name);
+          },
+          py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
+          py::arg("out"), py::arg("stride"), py::arg("op") = "lookup", kLookupDoc)
       .def(
           "release_seqs",
           [](PyBlockManager& bm, py::handle req_ids) {
@@ -331,6 +390,12 @@ void bind_block_manager(py::module_& m) {
             return bm.table().seq_len_of_row(row);
           },
           py::arg("req_id"))
+      .def(
+          "row_of",
+          [](const PyBlockManager& bm, py::handle req_id) {
+            return bm.table().row_of(read_int("row_of", "req_id", req_id));
+          },
+          py::arg("req_id"), "The request's row, or -1.")
       .def("req_ids", [](const PyBlockManager& bm) { return bm.table().req_ids(); })
       .def("check_integrity", &PyBlockManager::check_integrity,
            "An empty string when every invariant holds, else what is wrong.");

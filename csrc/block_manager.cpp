@@ -17,15 +17,16 @@ MetadataLayout metadata_layout(int64_t batch_size, int64_t width, int64_t num_to
   l.batch_size = batch_size;
   l.width = width;
   l.num_tokens = num_tokens;
-  // Below the block table every offset is under 2**36; the table may pass int64.
-  l.slot_mapping = 0;
-  l.seq_lens = 8 * num_tokens;
+  // The table may pass int64; past it, every array is under 2**36 bytes.
+  l.block_tables = 0;
+  int64_t table_bytes = checked_mul(op, "the block table's bytes", 4 * batch_size, width);
+  l.slot_mapping = checked_add(op, "the buffer's bytes", table_bytes, 7) & ~int64_t{7};
+  int64_t rest = 8 * num_tokens + 4 * (4 * batch_size + 2);
+  l.seq_lens = checked_add(op, "the buffer's bytes", l.slot_mapping, 8 * num_tokens);
   l.context_lens = l.seq_lens + 4 * batch_size;
   l.query_start_loc = l.context_lens + 4 * batch_size;
   l.seq_start_loc = l.query_start_loc + 4 * (batch_size + 1);
-  l.block_tables = l.seq_start_loc + 4 * (batch_size + 1);
-  int64_t table_bytes = checked_mul(op, "the block table's bytes", 4 * batch_size, width);
-  int64_t end = checked_add(op, "the buffer's bytes", l.block_tables, table_bytes);
+  int64_t end = checked_add(op, "the buffer's bytes", l.slot_mapping, rest);
   l.nbytes = checked_add(op, "the buffer's bytes", end, 7) & ~int64_t{7};
   return l;
 }
@@ -63,6 +64,7 @@ BlockManager::BlockManager(int64_t block_size, int64_t num_blocks, int64_t max_s
       max_blocks_per_seq_(checked_width(block_size, num_blocks, max_seq_len, max_reqs)),
       table_(max_reqs, max_seq_len, block_size) {
   blocks_.assign(max_reqs * max_blocks_per_seq_, kPadBlockId);
+  row_epochs_.assign(max_reqs, 0);
   for (auto* v : {&rows_, &old_lens_, &new_lens_, &query_lens_}) v->resize(max_reqs);
   block_offsets_.resize(max_reqs + 1);
   reset_state();
@@ -79,6 +81,7 @@ void BlockManager::reset_state() {
   for (int64_t i = 0; i < num_blocks_; ++i)
     free_blocks_[i] = static_cast<int32_t>(num_blocks_ - 1 - i);
   std::fill(blocks_.begin(), blocks_.end(), kPadBlockId);
+  for (uint32_t& epoch : row_epochs_) ++epoch;
 }
 
 const int32_t* BlockManager::update_block_table(const char* op, const BatchView& batch,
@@ -89,28 +92,69 @@ const int32_t* BlockManager::update_block_table(const char* op, const BatchView&
   }
   StepPlan plan{rows_.data(), old_lens_.data(), new_lens_.data(), block_offsets_.data()};
   int64_t total = table_.update(op, batch, num_free_blocks(), plan);
-  // The m-th block that this step adds is the m-th from the top of the stack.
-  const int64_t top = static_cast<int64_t>(free_blocks_.size()) - 1;
-  for (int64_t i = 0; i < batch.size; ++i) {
-    int64_t first = table_.blocks_of(old_lens_[i]);
-    int64_t count = table_.blocks_of(new_lens_[i]) - first;
-    int32_t* dst = blocks_.data() + rows_[i] * max_blocks_per_seq_ + first;
-    for (int64_t k = 0; k < count; ++k) dst[k] = free_blocks_[top - block_offsets_[i] - k];
-  }
-  free_blocks_.resize(free_blocks_.size() - total);
+  take_blocks(batch, plan, total, nullptr);
   return new_lens_.data();
 }
 
+std::pair<int64_t, bool> BlockManager::update_block_table_plan(const char* op,
+                                                               const BatchView& batch,
+                                                               const StepPlan& plan,
+                                                               int32_t* block_ids,
+                                                               int64_t capacity) {
+  int64_t total = table_.plan_update(op, batch, num_free_blocks(), plan);
+  if (total > capacity) return {total, false};
+  table_.commit_update(batch, plan);
+  take_blocks(batch, plan, total, block_ids);
+  return {total, true};
+}
+
+void BlockManager::take_blocks(const BatchView& batch, const StepPlan& plan, int64_t total,
+                               int32_t* block_ids) {
+  // The m-th block that this step adds is the m-th from the top of the stack.
+  const int64_t top = static_cast<int64_t>(free_blocks_.size()) - 1;
+  for (int64_t i = 0; i < batch.size; ++i) {
+    int32_t row = plan.rows[i];
+    if (plan.old_lens[i] == 0) ++row_epochs_[row];  // a new request took the row
+    int64_t first = table_.blocks_of(plan.old_lens[i]);
+    int64_t count = table_.blocks_of(plan.new_lens[i]) - first;
+    int64_t offset = plan.block_offsets[i];
+    int32_t* dst = blocks_.data() + static_cast<int64_t>(row) * max_blocks_per_seq_ + first;
+    for (int64_t k = 0; k < count; ++k) dst[k] = free_blocks_[top - offset - k];
+    if (block_ids) std::memcpy(block_ids + offset, dst, count * sizeof(int32_t));
+  }
+  free_blocks_.resize(free_blocks_.size() - total);
+}
+
 void BlockManager::write_block_table(const BatchView& batch, int64_t width, int32_t* block_tables,
-                                     int64_t* slot_mapping) const {
+                                     int64_t* slot_mapping, PackedRows* packed) {
+  const uint8_t* buffer = reinterpret_cast<const uint8_t*>(block_tables);
+  bool same = packed && packed->buffer == buffer && packed->width == width;
+  int64_t known = same ? std::min(packed->size, batch.size) : 0;
+  if (packed) {
+    packed->rows.resize(std::max<size_t>(packed->rows.size(), batch.size));
+    packed->blocks.resize(packed->rows.size());
+    packed->epochs.resize(packed->rows.size());
+  }
   int64_t t = 0;
   for (int64_t i = 0; i < batch.size; ++i) {
-    const int32_t* blocks = row_blocks(rows_[i]);
+    int32_t r = rows_[i];
+    const int32_t* blocks = row_blocks(r);
     int64_t seq_len = new_lens_[i];
     int64_t num_blocks = table_.blocks_of(seq_len);
     int32_t* row = block_tables + i * width;
-    std::memcpy(row, blocks, num_blocks * sizeof(int32_t));
-    std::fill(row + num_blocks, row + width, kPadBlockId);
+    if (i < known && packed->rows[i] == r && packed->epochs[i] == row_epochs_[r] &&
+        packed->blocks[i] <= num_blocks) {  // this entry's row as packed, plus new blocks
+      int64_t had = packed->blocks[i];
+      std::memcpy(row + had, blocks + had, (num_blocks - had) * sizeof(int32_t));
+    } else {
+      std::memcpy(row, blocks, num_blocks * sizeof(int32_t));
+      std::fill(row + num_blocks, row + width, kPadBlockId);
+    }
+    if (packed) {
+      packed->rows[i] = r;
+      packed->epochs[i] = row_epochs_[r];
+      packed->blocks[i] = static_cast<int32_t>(num_blocks);
+    }
     for (int64_t p = seq_len - query_lens_[i]; p < seq_len; ++p)
       slot_mapping[t++] =
           static_cast<int64_t>(blocks[p / block_size_]) * block_size_ + p % block_size_;
@@ -134,7 +178,8 @@ void BlockManager::write_batch_infos(const BatchView& batch, int32_t* seq_lens,
 }
 
 PackResult BlockManager::pack_flash_attn_metadata(const char* op, const BatchView& batch,
-                                                  uint8_t* out, int64_t capacity) {
+                                                  uint8_t* out, int64_t capacity, int64_t buffer) {
+  check_range(op, "buffer", buffer, -1, kMaxBuffers - 1);
   PackResult r;
   r.stats = table_.lookup(op, batch, {rows_.data(), new_lens_.data(), query_lens_.data()});
   r.layout = metadata_layout(batch.size, r.stats.width, r.stats.num_tokens);
@@ -144,8 +189,18 @@ PackResult BlockManager::pack_flash_attn_metadata(const char* op, const BatchVie
   auto i32 = [out](int64_t offset) { return reinterpret_cast<int32_t*>(out + offset); };
   write_batch_infos(batch, i32(l.seq_lens), i32(l.context_lens), i32(l.query_start_loc),
                     i32(l.seq_start_loc));
+  PackedRows* packed = nullptr;
+  if (buffer >= 0) {
+    if (static_cast<int64_t>(packed_.size()) <= buffer) packed_.resize(buffer + 1);
+    packed = &packed_[buffer];
+  }
   write_block_table(batch, l.width, i32(l.block_tables),
-                    reinterpret_cast<int64_t*>(out + l.slot_mapping));
+                    reinterpret_cast<int64_t*>(out + l.slot_mapping), packed);
+  if (packed) {
+    packed->buffer = out + l.block_tables;
+    packed->width = l.width;
+    packed->size = batch.size;
+  }
   return r;
 }
 
@@ -157,6 +212,7 @@ void BlockManager::release_seqs(const char* op, const int64_t* req_ids, int64_t 
     int64_t count = table_.blocks_of(lens[i]);
     free_blocks_.insert(free_blocks_.end(), blocks, blocks + count);
     std::fill(blocks, blocks + count, kPadBlockId);
+    ++row_epochs_[rows[i]];
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "request_table.h"
@@ -14,9 +15,10 @@ namespace disagmoe {
 // Block id written into block tables past a row's last block.
 constexpr int32_t kPadBlockId = -1;
 
-// Byte offsets of the metadata arrays inside one packed buffer: slot_mapping
-// (int64) first, then int32 seq_lens, context_lens, query_start_loc,
-// seq_start_loc and the row-major [batch_size, width] block table.
+// Byte offsets of the metadata arrays inside one packed buffer: the row-major
+// [batch_size, width] int32 block table first (so that a row stays where it was
+// from one pack to the next whatever the token count), then the int64 slot_mapping
+// and the int32 seq_lens, context_lens, query_start_loc and seq_start_loc.
 struct MetadataLayout {
   int64_t batch_size, width, num_tokens;
   int64_t slot_mapping, seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables;
@@ -49,11 +51,30 @@ class BlockManager {
   // Returns the batch's lengths after the step, valid until the next call.
   const int32_t* update_block_table(const char* op, const BatchView& batch, bool first_layer);
 
+  // First layer, as update_block_table, for a caller that keeps its own copy of the
+  // tables (the hybrid backend's device table): also fills `plan` (as
+  // RequestTable::update) and writes the ids of the blocks the step adds, entry by
+  // entry, into `block_ids`. Returns the number of blocks added, and whether it
+  // fit: when it passes `capacity`, nothing changed (ask again with more room).
+  std::pair<int64_t, bool> update_block_table_plan(const char* op, const BatchView& batch,
+                                                   const StepPlan& plan, int32_t* block_ids,
+                                                   int64_t capacity);
+
+  // Any-layer read of a batch's rows and lengths (RequestTable::lookup).
+  BatchStats lookup(const char* op, const BatchView& batch, const BatchLookup& out) {
+    return table_.lookup(op, batch, out);
+  }
+
   // Every metadata array into one buffer of `capacity` bytes laid out by
   // metadata_layout(): lengths, prefix sums, block table rows (padded with
-  // kPadBlockId) and the slot of every query token.
+  // kPadBlockId) and the slot of every query token. With a `buffer` index in
+  // [0, kMaxBuffers), the block table rows that this buffer already holds from its
+  // last pack (the same request in the same row and entry, at the same width) get
+  // only the blocks added since: a caller that packs into a ring of buffers names
+  // the one it passes, and a decode step then writes O(batch) words, not batch x width.
   PackResult pack_flash_attn_metadata(const char* op, const BatchView& batch, uint8_t* out,
-                                      int64_t capacity);
+                                      int64_t capacity, int64_t buffer = -1);
+  static constexpr int64_t kMaxBuffers = 16;
 
   void release_seqs(const char* op, const int64_t* req_ids, int64_t n);
   void reset_state();
@@ -68,8 +89,19 @@ class BlockManager {
   const int32_t* row_blocks(int32_t row) const {
     return blocks_.data() + static_cast<int64_t>(row) * max_blocks_per_seq_;
   }
+  // What a buffer's block table rows hold since its last pack.
+  struct PackedRows {
+    const uint8_t* buffer = nullptr;
+    int64_t width = -1;
+    int64_t size = 0;
+    std::vector<int32_t> rows, blocks;
+    std::vector<uint32_t> epochs;
+  };
+  // Takes the blocks a planned step adds (into the rows, and into block_ids if given).
+  void take_blocks(const BatchView& batch, const StepPlan& plan, int64_t total,
+                   int32_t* block_ids);
   void write_block_table(const BatchView& batch, int64_t width, int32_t* block_tables,
-                         int64_t* slot_mapping) const;
+                         int64_t* slot_mapping, PackedRows* packed);
   void write_batch_infos(const BatchView& batch, int32_t* seq_lens, int32_t* context_lens,
                          int32_t* query_start_loc, int32_t* seq_start_loc) const;
 
@@ -79,6 +111,8 @@ class BlockManager {
   RequestTable table_;
   std::vector<int32_t> free_blocks_;  // a stack: the last entry is handed out first
   std::vector<int32_t> blocks_;       // [max_reqs, max_blocks_per_seq]
+  std::vector<uint32_t> row_epochs_;  // per row: bumped whenever the row changes hands
+  std::vector<PackedRows> packed_;    // per named buffer (pack_flash_attn_metadata)
   // Scratch for one batch.
   std::vector<int32_t> rows_, old_lens_, new_lens_, block_offsets_, query_lens_;
 };

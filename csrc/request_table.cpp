@@ -104,8 +104,8 @@ static void next_stamp(uint32_t& stamp, std::vector<uint32_t>& seen) {
   }
 }
 
-int64_t RequestTable::update(const char* op, const BatchView& batch, int64_t num_free_blocks,
-                             const StepPlan& plan) {
+int64_t RequestTable::plan_update(const char* op, const BatchView& batch, int64_t num_free_blocks,
+                                  const StepPlan& plan) {
   check_shape(op, batch);
   check_range(op, "num_free_blocks", num_free_blocks, 0, kMaxInt32);
   next_stamp(stamp_, seen_);
@@ -158,6 +158,10 @@ int64_t RequestTable::update(const char* op, const BatchView& batch, int64_t num
                          " free blocks of " + str(block_size_) + " slots but only " +
                          str(num_free_blocks) + " are free");
   plan.block_offsets[batch.size] = static_cast<int32_t>(total_blocks);
+  return total_blocks;
+}
+
+void RequestTable::commit_update(const BatchView& batch, const StepPlan& plan) {
   for (int64_t i : new_entries_) {
     int32_t row = free_rows_.back();
     free_rows_.pop_back();
@@ -166,7 +170,6 @@ int64_t RequestTable::update(const char* op, const BatchView& batch, int64_t num
     plan.rows[i] = row;
   }
   for (int64_t i = 0; i < batch.size; ++i) seq_lens_[plan.rows[i]] = plan.new_lens[i];
-  return total_blocks;
 }
 
 // Writes at most max_reqs entries: the entry past them cannot be a distinct

@@ -80,7 +80,18 @@ class RequestTable {
   // the batch is well formed, CacheExhausted when rows, max_seq_len or
   // num_free_blocks cannot hold it. Writes at most max_reqs entries of `plan`.
   int64_t update(const char* op, const BatchView& batch, int64_t num_free_blocks,
-                 const StepPlan& plan);
+                 const StepPlan& plan) {
+    int64_t blocks = plan_update(op, batch, num_free_blocks, plan);
+    commit_update(batch, plan);
+    return blocks;
+  }
+  // update() in two halves: plan_update checks the batch and fills `plan` (throwing as
+  // update does), changing nothing; commit_update, right after it with the same
+  // batch and plan, registers the new requests (their rows into plan.rows) and
+  // advances the lengths.
+  int64_t plan_update(const char* op, const BatchView& batch, int64_t num_free_blocks,
+                      const StepPlan& plan);
+  void commit_update(const BatchView& batch, const StepPlan& plan);
 
   // Any-layer read: rows, current lengths and query lengths of a batch whose
   // requests are all registered. Throws on a malformed batch. Writes at most

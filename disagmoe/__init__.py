@@ -7,7 +7,7 @@ on the device.
 """
 
 from disagmoe.batch import BatchMetadata
-from disagmoe.block_manager import (BACKENDS, BlockManager, CPUBlockManager, GPUBlockManager,
+from disagmoe.block_manager import (BACKENDS, BlockManager, CPUBlockManager, GPUBlockManager, HybridBlockManager,
                                     MemoryFootprint, PagedTokenToKVPoolAllocator, ReqToTokenPool,
                                     TokenToKVPoolAllocator)
 from disagmoe.config import CacheConfig, ModelConfig
@@ -18,6 +18,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "PAD_BLOCK_ID", "BatchMetadata", "BlockManager", "CPUBlockManager", "CacheConfig",
-    "FlashAttentionMetadata", "GPUBlockManager", "KVCacheExhausted", "MemoryFootprint",
+    "FlashAttentionMetadata", "GPUBlockManager", "HybridBlockManager", "KVCacheExhausted", "MemoryFootprint",
     "ModelConfig", "PagedTokenToKVPoolAllocator", "ReqToTokenPool", "TokenToKVPoolAllocator",
 ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from disagmoe import BlockManager, CacheConfig, CPUBlockManager, GPUBlockManager, ModelConfig
+from disagmoe import BlockManager, CacheConfig, CPUBlockManager, GPUBlockManager, HybridBlockManager, ModelConfig
 
 HAS_CUDA = torch.cuda.is_available()
 LAYER_IDS = (3, 5, 7)  # not starting at 0, so that "first layer" means layer_ids[0]
@@ -37,21 +37,24 @@ class Backend:
 CPU_DEVICE_BACKENDS = [
     Backend("cpu", CPUBlockManager, "cpu"),
     Backend("gpu-torch", GPUBlockManager, "cpu", {"kernels": "torch"}),
+    Backend("hybrid-torch", HybridBlockManager, "cpu", {"kernels": "torch"}),
 ]
 CUDA_BACKENDS = [
     Backend("cpu-cuda", CPUBlockManager, "cuda"),
     Backend("gpu-triton-graphs", GPUBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": True}),
     Backend("gpu-triton", GPUBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": False}),
     Backend("gpu-torch-cuda", GPUBlockManager, "cuda", {"kernels": "torch"}),
+    Backend("hybrid-triton-graphs", HybridBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": True}),
+    Backend("hybrid-triton", HybridBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": False}),
+    Backend("hybrid-torch-cuda", HybridBlockManager, "cuda", {"kernels": "torch"}),
 ]
 BACKENDS = CPU_DEVICE_BACKENDS + (CUDA_BACKENDS if HAS_CUDA else [])
 BY_ID = {b.id: b for b in CPU_DEVICE_BACKENDS + CUDA_BACKENDS}
 
 
 def backend_pairs() -> list[tuple[Backend, Backend]]:
-    """(cpu backend, gpu backend) on the same device, for cross-backend comparisons."""
-    pairs = [(BY_ID["cpu"], BY_ID["gpu-torch"])]
+    """(cpu backend, another backend) on the same device, for cross-backend comparisons."""
+    pairs = [(BY_ID["cpu"], BY_ID["gpu-torch"]), (BY_ID["cpu"], BY_ID["hybrid-torch"])]
     if HAS_CUDA:
-        pairs += [(BY_ID["cpu-cuda"], BY_ID[i])
-                  for i in ("gpu-triton-graphs", "gpu-triton", "gpu-torch-cuda")]
+        pairs += [(BY_ID["cpu-cuda"], b) for b in CUDA_BACKENDS if b.cls is not CPUBlockManager]
     return pairs

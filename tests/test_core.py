@@ -33,13 +33,15 @@ def test_metadata_layout():
     for batch_size, width, num_tokens in [(0, 0, 0), (1, 1, 1), (3, 5, 7), (4, 2, 130)]:
         layout = _C.metadata_layout(batch_size, width, num_tokens)
         assert (layout.batch_size, layout.width, layout.num_tokens) == (batch_size, width, num_tokens)
-        assert layout.slot_mapping == 0
-        offsets = [layout.seq_lens, layout.context_lens, layout.query_start_loc,
-                   layout.seq_start_loc, layout.block_tables]
+        assert layout.block_tables == 0  # first: a row stays put whatever the token count
         b, t = batch_size, num_tokens
-        sizes = [8 * t, 4 * b, 4 * b, 4 * (b + 1), 4 * (b + 1)]
-        assert offsets == list(np.cumsum(sizes))  # packed back to back, in this order
-        end = layout.block_tables + 4 * b * width
+        table = 4 * b * width
+        assert layout.slot_mapping % 8 == 0 and table <= layout.slot_mapping < table + 8
+        offsets = [layout.slot_mapping, layout.seq_lens, layout.context_lens, layout.query_start_loc,
+                   layout.seq_start_loc]
+        sizes = [8 * t, 4 * b, 4 * b, 4 * (b + 1)]
+        assert offsets == list(layout.slot_mapping + np.cumsum([0, *sizes]))  # back to back, in order
+        end = layout.seq_start_loc + 4 * (b + 1)
         assert layout.nbytes % 8 == 0 and end <= layout.nbytes < end + 8
 
 
@@ -201,7 +203,8 @@ def test_pack_flash_attn_metadata_into_a_buffer():
         batch_size=2, num_prefills=2, num_tokens=7, num_prefill_tokens=7, num_decode_tokens=0,
         max_query_len=5, max_seq_len=5, max_prefill_seq_len=5, max_decode_seq_len=0,
         max_decode_query_len=0, width=2)
-    assert out[:56].view(np.int64).tolist() == slots_of(bm, 1) + slots_of(bm, 2)
+    slots = layout.slot_mapping
+    assert out[slots:slots + 56].view(np.int64).tolist() == slots_of(bm, 1) + slots_of(bm, 2)
     tables = out[layout.block_tables:layout.block_tables + 16].view(np.int32).tolist()
     assert tables == bm.block_ids(1) + bm.block_ids(2) + [PAD]
 
@@ -225,8 +228,9 @@ def test_pack_of_a_mixed_batch():
     assert ints(layout.context_lens, 3) == [1, 3, 6]
     assert ints(layout.query_start_loc, 4) == [0, 2, 3, 4]
     assert ints(layout.seq_start_loc, 4) == [0, 3, 7, 14]
-    assert out[:32].view(np.int64).tolist() == (slots_of(bm, 2)[1:] + slots_of(bm, 3)[3:]
-                                                + slots_of(bm, 1)[6:])
+    slots = layout.slot_mapping
+    assert out[slots:slots + 32].view(np.int64).tolist() == (slots_of(bm, 2)[1:] + slots_of(bm, 3)[3:]
+                                                             + slots_of(bm, 1)[6:])
 
 
 def test_pack_grows_its_buffer_through_grow():

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from disagmoe import CPUBlockManager, GPUBlockManager, MemoryFootprint
+from disagmoe import CPUBlockManager, GPUBlockManager, HybridBlockManager, MemoryFootprint
 from harness import Harness
 from strategies import BLOCK_SIZES, pool_size, run_random_steps
 
@@ -85,7 +85,7 @@ def test_reset_state_is_like_new(make_manager, block_size):
 
 def test_default_block_size(backend):
     manager = backend.make(block_size=None, num_blocks=8)
-    expected = {CPUBlockManager: 16, GPUBlockManager: 16}[backend.cls]
+    expected = {CPUBlockManager: 16, GPUBlockManager: 16, HybridBlockManager: 16}[backend.cls]
     assert manager.block_size == expected
     assert manager.capacity == manager.num_free_slots() == 8 * expected
     h = Harness(manager)

@@ -3,10 +3,11 @@
 from disagmoe.block_manager.base import BlockManager, MemoryFootprint
 from disagmoe.block_manager.cpu import CPUBlockManager
 from disagmoe.block_manager.gpu import GPUBlockManager
+from disagmoe.block_manager.hybrid import HybridBlockManager
 from disagmoe.block_manager.mem_pool import (PagedTokenToKVPoolAllocator, ReqToTokenPool,
                                              TokenToKVPoolAllocator)
 
-BACKENDS = {"cpu": CPUBlockManager, "gpu": GPUBlockManager}
+BACKENDS = {"cpu": CPUBlockManager, "gpu": GPUBlockManager, "hybrid": HybridBlockManager}
 
-__all__ = ["BACKENDS", "BlockManager", "CPUBlockManager", "GPUBlockManager", "MemoryFootprint",
+__all__ = ["BACKENDS", "BlockManager", "CPUBlockManager", "GPUBlockManager", "HybridBlockManager", "MemoryFootprint",
            "PagedTokenToKVPoolAllocator", "ReqToTokenPool", "TokenToKVPoolAllocator"]

@@ -91,7 +91,12 @@ class DeviceTableManager(BlockManager):
     `_stage_release`) and say where new pages come from (`_free_pages`: the device free
     stack, or None for page ids staged by the host)."""
 
-    page_ids_capacity = 0  # words of staged page ids a launch may carry
+    page_ids_capacity = 0  # words of staged page ids a launch may carry (hybrid: set in _carried_ids)
+
+    def _carried_ids(self) -> int:
+        """Words of new page ids a launch carries (the hybrid backend's; the gpu backend's
+        pages come from the device stack)."""
+        return 0
 
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig, max_running_reqs: int,
                  device: torch.device | str | None, kernels: str, cuda_graphs: bool, zero_copy: bool,
@@ -101,6 +106,7 @@ class DeviceTableManager(BlockManager):
         self.cuda_graphs = bool(cuda_graphs) and self.kernels == "triton"
         self.zero_copy = bool(zero_copy) and self.kernels == "triton"
         max_running_reqs = self.max_running_reqs  # the checked int
+        self.page_ids_capacity = self._carried_ids()
         self._stride = max_running_reqs + 1
         name = type(self).__name__
         self._ring = StagingRing(4 * L.staged_words(self._stride, self.page_ids_capacity), self.device, owner=name)

@@ -24,6 +24,7 @@ from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager import layout as L
 from disagmoe.block_manager.base import MemoryFootprint
 from disagmoe.block_manager.device_tables import DeviceTableManager
+from disagmoe.block_manager.mem_pool import empty_int32
 from disagmoe.block_manager.staging import DeviceDone
 from disagmoe.config import CacheConfig, ModelConfig
 
@@ -41,40 +42,52 @@ class HybridBlockManager(DeviceTableManager):
                  max_running_reqs: int, device: torch.device | str | None = None,
                  kernels: str = "auto", cuda_graphs: bool = True, zero_copy: bool = False,
                  pack_launch: PackLaunch | None = None) -> None:
-        # A launch carries the new block ids of a decode step of every request and more;
-        # an update that adds more blocks than that launches alone, from its own buffers.
-        self.page_ids_capacity = max(2 * max_running_reqs, 4096)
         super().__init__(model_config, cache_config, max_running_reqs, device, kernels, cuda_graphs,
                          zero_copy, pack_launch)
-        self._core = _C.BlockManager(self.block_size, self.num_blocks, self.max_seq_len, max_running_reqs)
-        self._books = self._core.books
-        self.req_to_page = torch.zeros(max_running_reqs, self.max_width, dtype=torch.int32, device=self.device)
+        self._core = _C.BlockManager(self.block_size, self.num_blocks, self.max_seq_len, self.max_running_reqs)
+        self.req_to_page = empty_int32("HybridBlockManager", (self.max_running_reqs, self.max_width),
+                                       f"the device block table of {self.max_running_reqs} x {self.max_width} "
+                                       "blocks", self.device).zero_()
         self._free_pages = None
         self._big: tuple[torch.Tensor, torch.Tensor] | None = None  # pinned ids and device twin, grown
         self._big_done = DeviceDone(self.device) if self.device.type == "cuda" else None
         if self.kernels == "triton":
             self._k = self._triton_kernels(self.req_to_page, None)
 
-    def _books_lookup(self, batch: BatchMetadata, out: np.ndarray, op: str):
-        return self._books.lookup(batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens,
-                                  out, self._stride, op)
+    def _carried_ids(self) -> int:
+        # The new block ids of a decode step of every request and more; an update that
+        # adds more blocks than that launches alone, from its own buffers (_big_ids).
+        return max(2 * self.max_running_reqs, 4096)
 
-    def _stage_update(self, batch: BatchMetadata, words: np.ndarray) -> list[int]:
-        args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
-        plan = words[L.plan_start(self._stride):]
-        ids = words[L.page_ids_start(self._stride):]
-        num_pages, seq_lens = self._core.update_block_table_plan(*args, plan, self._stride, ids)
-        if seq_lens is None:  # more new blocks than a launch carries: nothing changed yet
-            seq_lens = self._big_update(args, num_pages)
-        elif seq_lens:
+    def _books_lookup(self, batch: BatchMetadata, out: np.ndarray, op: str):
+        return self._core.lookup(batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens,
+                                 out, self._stride, op)
+
+    def _stage_update(self, batch: BatchMetadata) -> list[int]:
+        plan_start, ids_start = L.plan_start(self._stride), L.page_ids_start(self._stride)
+        big: list = []  # the buffer grow() handed out, if the step's ids did not fit
+
+        def update(plan: np.ndarray):
+            ids = plan[ids_start - plan_start:][:self.page_ids_capacity]
+            return self._core.update_block_table_plan(batch.req_ids, batch.num_prefill_seqs,
+                                                      batch.init_prefill_lens, plan, self._stride, ids,
+                                                      lambda n: big.append(self._big_ids(n)) or big[-1][0])
+
+        (num_pages, seq_lens), words = self._staged_call(plan_start, update)
+        if seq_lens:
             self.memo.changed()
             words[L.UPDATE_SIZE] = self._update_size = len(seq_lens)
-            words[L.NUM_PAGE_IDS] = num_pages
+            words[L.NUM_PAGE_IDS] = 0 if big else num_pages
+            if big:  # more new blocks than a launch carries: this update launches alone
+                _, host, device = big[-1]
+                if device is not host:
+                    device[:num_pages].copy_(host[:num_pages], non_blocking=True)
+                    self._big_done.record()
+                self._launch(pack=False, page_ids=device)
         return seq_lens
 
-    def _big_update(self, args: tuple, num_pages: int) -> list[int]:
-        """An update whose new block ids do not fit a staged buffer: it launches at once,
-        alone, with the ids in buffers of its own (a prefill of many long prompts)."""
+    def _big_ids(self, num_pages: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """A pinned buffer of at least `num_pages` ids (and its device twin), free to write."""
         if self._big is None or self._big[0].numel() < num_pages:
             on_cuda = self.device.type == "cuda"
             host = torch.empty(num_pages + num_pages // 2, dtype=torch.int32, pin_memory=on_cuda)
@@ -82,24 +95,14 @@ class HybridBlockManager(DeviceTableManager):
         host, device = self._big
         if self._big_done is not None:
             self._big_done.wait()  # the last copy out of it has run
-        words = self._ring.int32_arrays[self._slot]
-        count, seq_lens = self._core.update_block_table_plan(*args, words[L.plan_start(self._stride):],
-                                                             self._stride, host.numpy())
-        if seq_lens:
-            self.memo.changed()
-            words[L.UPDATE_SIZE] = self._update_size = len(seq_lens)
-            if device is not host:
-                device[:count].copy_(host[:count], non_blocking=True)
-                self._big_done.record()
-            self._launch(pack=False, page_ids=device)
-        return seq_lens
+        return host.numpy(), host, device
 
     def release_seqs(self, req_ids: Sequence[int]) -> None:
-        self._core.batch_release(list(req_ids))
+        self._core.release_seqs(list(req_ids))
         self.memo.changed()
 
     def _reset_books(self) -> None:
-        self._core.reset()
+        self._core.reset_state()
 
     def num_free_slots(self) -> int:
         return self._core.num_free_blocks() * self.block_size
@@ -111,12 +114,9 @@ class HybridBlockManager(DeviceTableManager):
         return self._core.seq_len(req_id)
 
     def token_slots(self, req_id: int) -> list[int]:
-        seq_len = self._core.seq_len(req_id)
-        row = self._books.row_of(req_id)
-        self.flush()
-        pages = self.req_to_page[row, :-(-seq_len // self.block_size)].tolist()
-        bs = self.block_size
-        return [pages[p // bs] * bs + p % bs for p in range(seq_len)]
+        req_id = self._checked_req_id(req_id)
+        blocks, bs = self._core.block_ids(req_id), self.block_size  # the host's: they decide
+        return [blocks[p // bs] * bs + p % bs for p in range(self._core.seq_len(req_id))]
 
     def check_integrity(self) -> None:
         problem = self._core.check_integrity()
@@ -126,7 +126,7 @@ class HybridBlockManager(DeviceTableManager):
         table = self.req_to_page.cpu().numpy()
         for req_id in self._core.req_ids():
             blocks = self._core.block_ids(req_id)
-            row = self._books.row_of(req_id)
+            row = self._core.row_of(req_id)
             if table[row, :len(blocks)].tolist() != list(blocks):
                 raise AssertionError(f"HybridBlockManager: request {req_id}'s device row "
                                      f"{table[row, :len(blocks)].tolist()} != its host blocks {list(blocks)}")
