@@ -40,87 +40,30 @@ class FlashAttentionMetadata:
     @classmethod
     def from_step(cls, stats: _C.BatchStats, seq_lens: list[int], views: tuple,
                   block_size: int) -> FlashAttentionMetadata:
-        """Assembles a batch's metadata from the batch stats that the C++ core
-        checked and computed, and the filled `MetadataBuffer.views`."""
-        _, slots, seq, ctx, qsl, ssl, tables, _ = views
-        return cls(
-            num_prefills=stats.num_prefills,
-            num_prefill_tokens=stats.num_prefill_tokens,
-            num_decode_tokens=stats.num_decode_tokens,
-            seq_lens=seq_lens,
-            seq_lens_tensor=seq,
-            context_lens_tensor=ctx,
-            query_start_loc=qsl,
-            seq_start_loc=ssl,
-            max_query_len=stats.max_query_len,
-            max_prefill_seq_len=stats.max_prefill_seq_len,
-            max_decode_seq_len=stats.max_decode_seq_len,
-            max_decode_query_len=stats.max_decode_query_len,
-            block_tables=tables,
-            slot_mapping=slots,
-            block_size=block_size,
-        )
+        """A batch's metadata from the batch stats that the C++ core checked and computed
+        and its filled tensors, `views` = (seq_lens, context_lens, query_start_loc,
+        seq_start_loc, block_tables, slot_mapping)."""
+        seq, ctx, qsl, ssl, tables, slots = views
+        return cls(stats.num_prefills, stats.num_prefill_tokens, stats.num_decode_tokens, seq_lens,
+                   seq, ctx, qsl, ssl, stats.max_query_len, stats.max_prefill_seq_len,
+                   stats.max_decode_seq_len, stats.max_decode_query_len, tables, slots, block_size)
+
+    def sharing_tensors(self) -> FlashAttentionMetadata:
+        """The same metadata with a seq_lens list of its own (the tensors are shared)."""
+        return FlashAttentionMetadata(
+            self.num_prefills, self.num_prefill_tokens, self.num_decode_tokens, list(self.seq_lens),
+            self.seq_lens_tensor, self.context_lens_tensor, self.query_start_loc, self.seq_start_loc,
+            self.max_query_len, self.max_prefill_seq_len, self.max_decode_seq_len,
+            self.max_decode_query_len, self.block_tables, self.slot_mapping, self.block_size)
 
 
-class MetadataBuffer:
-    """A byte buffer holding the metadata arrays as `_C.metadata_layout` lays them out.
-
-    Views are cached per (batch size, width, token count), so a step whose shape
-    was seen before builds no tensor. The buffer grows on demand; growing drops
-    the cached views (and is the only allocation on the step path).
-    """
-
-    _MAX_CACHED_SHAPES = 256
-
-    def __init__(self, nbytes: int, device: torch.device, pin_memory: bool = False) -> None:
-        self.device = device
-        self.pin_memory = pin_memory
-        self._allocate(nbytes)
-
-    def _allocate(self, nbytes: int) -> None:
-        nbytes = (max(nbytes, 64) + 7) // 8 * 8
-        self.bytes = torch.empty(nbytes, dtype=torch.uint8, device=self.device,
-                                 pin_memory=self.pin_memory)
-        self.int32 = self.bytes.view(torch.int32)
-        self.int64 = self.bytes.view(torch.int64)
-        self._views: dict[tuple[int, int, int], tuple] = {}
-
-    @property
-    def nbytes(self) -> int:
-        return self.bytes.numel()
-
-    def reserve(self, nbytes: int) -> bool:
-        """Makes room for `nbytes`; True when the buffer was replaced."""
-        if nbytes <= self.nbytes:
-            return False
-        self._allocate(nbytes + nbytes // 2)
-        return True
-
-    def views(self, batch_size: int, width: int, num_tokens: int) -> tuple:
-        """(layout, slot_mapping, seq_lens, context_lens, query_start_loc, seq_start_loc,
-        block_tables, used) where `used` is the buffer's first layout-nbytes bytes."""
-        key = (batch_size, width, num_tokens)
-        cached = self._views.get(key)
-        if cached is None:
-            cached = self._make_views(*key)
-            if len(self._views) >= self._MAX_CACHED_SHAPES:
-                self._views.clear()
-            self._views[key] = cached
-        return cached
-
-    def _make_views(self, batch_size: int, width: int, num_tokens: int) -> tuple:
-        layout = _C.metadata_layout(batch_size, width, num_tokens)
-        self.reserve(layout.nbytes)
-        i32 = self.int32
-        slots, seq, ctx = layout.slot_mapping // 8, layout.seq_lens // 4, layout.context_lens // 4
-        qsl, ssl, bt = layout.query_start_loc // 4, layout.seq_start_loc // 4, layout.block_tables // 4
-        return (
-            layout,
-            self.int64[slots: slots + num_tokens],
-            i32[seq: seq + batch_size],
-            i32[ctx: ctx + batch_size],
-            i32[qsl: qsl + batch_size + 1],
-            i32[ssl: ssl + batch_size + 1],
-            i32[bt: bt + batch_size * width].view(batch_size, width),
-            self.bytes[:layout.nbytes],
-        )
+def packed_views(buffer: torch.Tensor, layout: _C.MetadataLayout) -> tuple:
+    """The metadata tensors in a byte buffer laid out by `layout` (`_C.metadata_layout`):
+    (seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables, slot_mapping)."""
+    b, w, t = layout.batch_size, layout.width, layout.num_tokens
+    i32, i64 = buffer.view(torch.int32), buffer.view(torch.int64)
+    seq, ctx = layout.seq_lens // 4, layout.context_lens // 4
+    qsl, ssl, bt, slots = layout.query_start_loc // 4, layout.seq_start_loc // 4, layout.block_tables // 4, \
+        layout.slot_mapping // 8
+    return (i32[seq:seq + b], i32[ctx:ctx + b], i32[qsl:qsl + b + 1], i32[ssl:ssl + b + 1],
+            i32[bt:bt + b * w].view(b, w), i64[slots:slots + t])

@@ -371,3 +371,50 @@ def test_request_table_ids_against_a_dict(ops):
         assert table.row_of(req_id) == model.get(req_id, -1)
         assert sorted(table.req_ids()) == sorted(model) and table.num_reqs == len(model)
         assert sorted(model.values()) == sorted(set(model.values()))
+
+
+def test_pack_into_named_buffers_writes_what_a_whole_pack_writes():
+    """Packs that name a buffer of a ring write only the blocks a row gained since that
+    buffer's last pack; over joins, leaves, reorders, width changes and a reset, every
+    buffer then holds exactly what a pack from scratch writes."""
+    rng = np.random.default_rng(7)
+    bm = core(block_size=4, num_blocks=400, max_seq_len=200, max_reqs=12)
+    ring = [np.full(8192, 9, np.uint8) for _ in range(3)]
+    running: list[int] = []
+    next_id = 0
+    for step in range(120):
+        if step == 60:
+            bm.reset_state()
+            running = []
+        if running and rng.random() < 0.2:
+            gone = running.pop(int(rng.integers(len(running))))
+            bm.release_seqs([gone])
+        new = []
+        if len(running) < 12 and rng.random() < 0.4:
+            new = [next_id]
+            next_id += 1
+        if rng.random() < 0.3:
+            rng.shuffle(running)
+        ids = new + running
+        lens = [int(rng.integers(1, 9)) for _ in new]
+        if any(bm.seq_len(r) >= 190 for r in running):
+            continue
+        bm.update_block_table(ids, len(new), lens, True)
+        running = running + new
+        k = step % 3
+        stats, seq_lens = bm.pack_flash_attn_metadata(ids, len(new), lens, ring[k], None, k)
+        whole = np.full(8192, 9, np.uint8)
+        bm.pack_flash_attn_metadata(ids, len(new), lens, whole)
+        layout = _C.metadata_layout(stats.batch_size, stats.width, stats.num_tokens)
+        table = 4 * stats.batch_size * stats.width
+        arrays = layout.seq_start_loc + 4 * (stats.batch_size + 1)  # the padding between is no array
+        for start, end in ((0, table), (layout.slot_mapping, arrays)):
+            assert (ring[k][start:end] == whole[start:end]).all(), step
+
+
+def test_pack_buffer_index_is_checked():
+    bm = core()
+    bm.update_block_table([1], 1, [3], True)
+    for bad in (-2, 16, 2**40):
+        with pytest.raises(ValueError, match=f"buffer={bad}"):
+            bm.pack_flash_attn_metadata([1], 0, [], np.zeros(4096, np.uint8), None, bad)

@@ -1,8 +1,14 @@
 """The `cpu` backend: block tables kept by the C++ core on the host.
 
-`pack_flash_attn_metadata` has the core write every array straight into one
-persistent (pinned, on CUDA) staging buffer, then issues one non-blocking copy
-into a persistent device buffer whose views are the metadata tensors.
+`pack_flash_attn_metadata` has the core write every array straight into the next of a
+ring of pinned staging buffers (`staging.StagingRing`), then issues one non-blocking
+copy into a persistent device buffer whose views are the metadata tensors. The host
+waits only for the copy out of a buffer `depth` packs old. The core remembers what each
+buffer's block table rows hold, so a row already there gets only its new blocks: a
+decode step writes O(batch) words on the host, and what stays is the copy of the whole
+table (the design's floor at long contexts). A pack of the same batch as the last one,
+with nothing changed since (the next layer of a step), returns the same tensors
+without writing or copying anything.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ import torch
 from disagmoe import _C
 from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager.base import BlockManager, MemoryFootprint
-from disagmoe.block_manager.staging import DeviceDone
+from disagmoe.block_manager.device_tables import BatchMemo
+from disagmoe.block_manager.staging import StagingRing
 from disagmoe.config import CacheConfig, ModelConfig
-from disagmoe.metadata import FlashAttentionMetadata, MetadataBuffer
+from disagmoe.metadata import FlashAttentionMetadata, packed_views
 
 
 class CPUBlockManager(BlockManager):
@@ -32,43 +39,52 @@ class CPUBlockManager(BlockManager):
         # Sized for the largest decode step; prefill steps grow it on demand.
         nbytes = _C.metadata_layout(self.max_running_reqs, self._core.max_blocks_per_seq,
                                     self.max_running_reqs).nbytes
-        on_cuda = self.device.type == "cuda"
-        self._staging = MetadataBuffer(nbytes, torch.device("cpu"), pin_memory=on_cuda)
-        self._staging_np = self._staging.bytes.numpy()
-        # On a CPU device the staging buffer is the metadata buffer.
-        self._metadata = MetadataBuffer(nbytes, self.device) if on_cuda else self._staging
-        self._copy_done = DeviceDone(self.device) if on_cuda else None
+        self._ring = StagingRing(nbytes, self.device, owner="CPUBlockManager")
         self._grow = self._grow_staging  # bound once: pack passes it every step
+        self.memo = BatchMemo()
 
     def update_block_table(self, batch: BatchMetadata) -> None:
-        batch.seq_lens = self._core.update_block_table(
-            batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens,
-            self._is_first_layer(batch))
+        first = self._is_first_layer(batch)
+        if not first:
+            cached = self.memo.get(batch)  # the same batch's pack, at an earlier layer
+            if cached is not None:
+                batch.seq_lens = list(cached.seq_lens)
+                return
+        seq_lens = self._core.update_block_table(batch.req_ids, batch.num_prefill_seqs,
+                                                 batch.init_prefill_lens, first)
+        if first and seq_lens:
+            self.memo.changed()
+        batch.seq_lens = seq_lens
 
     def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
         self._is_first_layer(batch)  # rejects an unknown layer
-        if self._copy_done is not None:
-            self._copy_done.wait()  # the last copy out of the staging buffer is done
+        cached = self.memo.get(batch)
+        if cached is not None:
+            return cached.sharing_tensors()
+        ring = self._ring
+        slot = ring.acquire()  # its last copy out is done
         args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
-        stats, seq_lens = self._core.pack_flash_attn_metadata(*args, self._staging_np, self._grow)
-        batch_size, width, num_tokens = stats.batch_size, stats.width, stats.num_tokens
-        views = self._metadata.views(batch_size, width, num_tokens)
-        if self._copy_done is not None:
-            views[-1].copy_(self._staging.views(batch_size, width, num_tokens)[-1], non_blocking=True)
-            self._copy_done.record()
-        return FlashAttentionMetadata.from_step(stats, seq_lens, views, self.block_size)
+        stats, seq_lens = self._core.pack_flash_attn_metadata(*args, ring.host_arrays[slot], self._grow, slot)
+        layout = _C.metadata_layout(stats.batch_size, stats.width, stats.num_tokens)
+        ring.upload(layout.nbytes)
+        ring.enqueued()
+        metadata = FlashAttentionMetadata.from_step(stats, seq_lens, packed_views(ring.device, layout),
+                                                    self.block_size)
+        self.memo.put(batch, metadata)
+        return metadata
 
     def _grow_staging(self, nbytes: int) -> np.ndarray:
-        """The staging buffer, grown to hold `nbytes` (the core asks when a batch does not fit)."""
-        self._staging.reserve(nbytes)
-        self._staging_np = self._staging.bytes.numpy()
-        return self._staging_np
+        """The current staging buffer, grown to hold `nbytes` (the core asks when a batch
+        does not fit)."""
+        return self._ring.grow(self._ring.current, nbytes, "CPUBlockManager")
 
     def release_seqs(self, req_ids: Sequence[int]) -> None:
         self._core.release_seqs(list(req_ids))
+        self.memo.changed()
 
     def reset_state(self) -> None:
         self._core.reset_state()
+        self.memo.changed()
 
     def num_free_slots(self) -> int:
         return self._core.num_free_blocks() * self.block_size
@@ -91,5 +107,5 @@ class CPUBlockManager(BlockManager):
 
     def memory_footprint(self) -> MemoryFootprint:
         table_bytes = 4 * (self.max_running_reqs * self._core.max_blocks_per_seq + self.num_blocks)
-        device_bytes = self._metadata.nbytes if self._metadata is not self._staging else 0
-        return MemoryFootprint(device_bytes=device_bytes, host_bytes=table_bytes + self._staging.nbytes)
+        return MemoryFootprint(device_bytes=self._ring.device_bytes,
+                               host_bytes=table_bytes + self._ring.host_bytes)

@@ -202,7 +202,7 @@ class DeviceTableManager(BlockManager):
         self._is_first_layer(batch)  # rejects an unknown layer
         cached = self.memo.get(batch)
         if isinstance(cached, FlashAttentionMetadata):
-            return _copy(cached)
+            return cached.sharing_tensors()
         lookup = lambda out: self._books_lookup(batch, out, "pack_flash_attn_metadata")  # noqa: E731
         (stats, seq_lens), words = self._staged_call(L.LOOKUP, lookup)
         batch_size, width, num_tokens = stats.batch_size, stats.width, stats.num_tokens
@@ -217,7 +217,7 @@ class DeviceTableManager(BlockManager):
         words[L.NUM_TOKENS] = num_tokens
         views = self._views(batch_size, width, num_tokens)
         self._launch(pack=True, views=views)
-        metadata = _metadata(stats, seq_lens, views, self.block_size)
+        metadata = FlashAttentionMetadata.from_step(stats, seq_lens, views, self.block_size)
         self.memo.put(batch, metadata)
         return metadata
 
@@ -300,21 +300,3 @@ class DeviceTableManager(BlockManager):
 
     def _reset_books(self) -> None:
         raise NotImplementedError
-
-
-def _metadata(stats, seq_lens: list[int], views: tuple, block_size: int) -> FlashAttentionMetadata:
-    """A batch's metadata from the batch stats the C++ core checked (`_C.BatchStats`) and the views."""
-    seq, ctx, qsl, ssl, tables, slots = views
-    return FlashAttentionMetadata(
-        stats.num_prefills, stats.num_prefill_tokens, stats.num_decode_tokens, seq_lens, seq, ctx, qsl, ssl,
-        stats.max_query_len, stats.max_prefill_seq_len, stats.max_decode_seq_len, stats.max_decode_query_len,
-        tables, slots, block_size)
-
-
-def _copy(metadata: FlashAttentionMetadata) -> FlashAttentionMetadata:
-    """The same metadata with its own seq_lens list (the tensors are shared)."""
-    m = metadata
-    return FlashAttentionMetadata(
-        m.num_prefills, m.num_prefill_tokens, m.num_decode_tokens, list(m.seq_lens), m.seq_lens_tensor,
-        m.context_lens_tensor, m.query_start_loc, m.seq_start_loc, m.max_query_len, m.max_prefill_seq_len,
-        m.max_decode_seq_len, m.max_decode_query_len, m.block_tables, m.slot_mapping, m.block_size)

@@ -71,6 +71,23 @@ class StagingRing:
     def host_tensor(self, k: int) -> torch.Tensor:
         return self._host[k]
 
+    def grow(self, k: int, nbytes: int, owner: str = "") -> np.ndarray:
+        """Buffer k (and the device twin) made to hold `nbytes`; returns buffer k's bytes.
+        What was in them is not kept. The old device twin stays alive while views of it do."""
+        nbytes = (nbytes + nbytes // 2 + 63) // 64 * 64
+        if nbytes > self._host[k].numel():
+            self._host[k] = checked_empty(owner, (nbytes,), torch.uint8, f"a staging buffer of {nbytes} bytes",
+                                          torch.device("cpu"), pin_memory=self.on_cuda)
+            self.host_arrays[k] = self._host[k].numpy()
+            self.int32_arrays[k] = self.host_arrays[k].view(np.int32)
+        if not self.on_cuda:
+            self.device = self._host[0]
+        elif nbytes > self.device.numel():
+            self.device = checked_empty(owner, (nbytes,), torch.uint8, f"a staging buffer of {nbytes} bytes",
+                                        self.device.device)
+        self.nbytes = max(self.nbytes, nbytes)
+        return self.host_arrays[k]
+
     def acquire(self) -> int:
         """The buffer the next step writes, once the device has finished reading it."""
         if self._done is not None:
@@ -80,7 +97,7 @@ class StagingRing:
     def upload(self, nbytes: int | None = None) -> None:
         """One non-blocking copy of the current buffer (its first `nbytes`) to the twin."""
         if self.on_cuda:
-            n = self.nbytes if nbytes is None else nbytes
+            n = self._host[self.current].numel() if nbytes is None else nbytes
             self.device[:n].copy_(self._host[self.current][:n], non_blocking=True)
 
     def enqueued(self) -> None:
@@ -91,8 +108,8 @@ class StagingRing:
 
     @property
     def device_bytes(self) -> int:
-        return self.nbytes if self.on_cuda else 0
+        return self.device.numel() if self.on_cuda else 0
 
     @property
     def host_bytes(self) -> int:
-        return self.nbytes * self.depth
+        return sum(t.numel() for t in self._host)
