@@ -3,7 +3,7 @@
 The seeded trace of `disagmoe.serving.workloads.TraceConfig` (R running requests,
 long-tailed prompts up to P and outputs up to 2048, chunked prefill of 8192 tokens a
 step, finished requests released and replaced; two layers a step: release + update +
-pack, then update + pack), replayed by every variant: cpu-bs16, gpu-bs1 and gpu-bs16.
+pack, then update + pack), replayed by every variant: cpu-bs16, gpu-bs1, gpu-bs16 and hybrid-bs16.
 Timing modes as in bench_pipelined (synced, pipelined windows of 32 steps, busy behind a
 300 us forward, CUDA only). One process measures the whole grid; the windows are asv's
 samples.

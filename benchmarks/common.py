@@ -30,7 +30,27 @@ def _grid(variable: str, default: list[int]) -> list[int]:
     return [int(v) for v in value] if value else default
 
 
-BACKENDS = ["cpu", "gpu"]
+BACKENDS = ["cpu", "gpu", "hybrid"]
+
+try:  # a skip from inside a track_ method (asv shows n/a); in setup a NotImplementedError does
+    from asv_runner.benchmarks.mark import SkipNotImplemented
+except ImportError:  # pragma: no cover - asv_runner < 0.1
+    SkipNotImplemented = NotImplementedError
+
+
+def installed_backends() -> list[str]:
+    """The suite's backends that the installed commit has (older commits predate hybrid)."""
+    import disagmoe
+
+    return [b for b in BACKENDS if b in getattr(disagmoe, "BACKENDS", {"cpu": None, "gpu": None})]
+
+
+class Measured(dict):
+    """Measurements by key, where a missing key is a skip (asv: n/a), not a failure: a
+    backend that the installed commit predates was not measured."""
+
+    def __missing__(self, key):
+        raise SkipNotImplemented(f"nothing measured for {key!r}: a backend this commit predates")
 BATCH_SIZES = _grid("DISAGMOE_BENCH_BATCH_SIZES", [16, 32, 64, 128, 256])
 SEQ_LENS = _grid("DISAGMOE_BENCH_SEQ_LENS", [128, 256, 512, 1024])
 
@@ -125,6 +145,8 @@ def decode_state(backend: str, batch_size: int, seq_len: int, owner: str = "deco
     A benchmark that empties the manager passes its own `owner`."""
     key = (owner, backend, batch_size, seq_len)
     if key not in _states:
+        if backend not in installed_backends():
+            raise NotImplementedError(f"the installed commit has no {backend!r} backend")
         check_fork_safe()
         bench = workloads()
         bench.limit_cpu_threads(bench.default_device())
@@ -132,8 +154,9 @@ def decode_state(backend: str, batch_size: int, seq_len: int, owner: str = "deco
     return _states[key]
 
 
-def _side_by_side(rounds: int, iterations: int, warmup: int, reference: bool = False) -> tuple[str, dict]:
-    """Decode steps of both backends taking turns (and of `ReferenceWork` with
+def _side_by_side(rounds: int, iterations: int, warmup: int, backends: list[str],
+                  reference: bool = False) -> tuple[str, dict]:
+    """Decode steps of the backends taking turns (and of `ReferenceWork` with
     `reference`), as in `python -m disagmoe.bench`, for the whole grid in one process:
     (device name, {(batch_size, seq_len): one `time_decode_steps` result per round})."""
     check_fork_safe()
@@ -144,7 +167,7 @@ def _side_by_side(rounds: int, iterations: int, warmup: int, reference: bool = F
     rounds_of = {}
     for batch_size in BATCH_SIZES:
         for seq_len in SEQ_LENS:
-            states = {backend: bench.decode_state(backend, batch_size, seq_len) for backend in BACKENDS}
+            states = {backend: bench.decode_state(backend, batch_size, seq_len) for backend in backends}
             states.update(extra)
             bench.time_decode_steps(states, warmup)
             rounds_of[(batch_size, seq_len)] = [bench.time_decode_steps(states, iterations) for _ in range(rounds)]
@@ -163,7 +186,7 @@ def measure_inverse_speedups(rounds: int = 9, iterations: int = 20, warmup: int 
     each of `rounds` rounds of `iterations` steps gives one ratio of medians,
     so asv gets samples (and confidence intervals) rather than one number.
     """
-    device, rounds_of = _side_by_side(rounds, iterations, warmup)
+    device, rounds_of = _side_by_side(rounds, iterations, warmup, ["cpu", "gpu"])
     ratios = {point: {op: [_ratio(samples["gpu"][op], samples["cpu"][op]) for samples in runs]
                       for op in runs[0]["cpu"]}
               for point, runs in rounds_of.items()}
@@ -176,8 +199,8 @@ def measure_footprints() -> dict:
     check_fork_safe()
     bench = workloads()
     device = bench.default_device()
-    footprints = {}
-    for backend in BACKENDS:
+    footprints = Measured()
+    for backend in installed_backends():
         for batch_size in BATCH_SIZES:
             for seq_len in SEQ_LENS:
                 state = bench.decode_state(backend, batch_size, seq_len)
@@ -235,8 +258,10 @@ def measure_relative_times(rounds: int = 9, iterations: int = 20, warmup: int = 
     for the whole grid in one process: both backends and the reference take turns, as in
     `measure_inverse_speedups`; each round gives one ratio of medians per backend and
     operation, the rounds being asv's samples."""
-    device, rounds_of = _side_by_side(rounds, iterations, warmup, reference=True)
-    ratios = {point: {(backend, op): [_ratio(samples[backend][op], samples["reference"][op]) for samples in runs]
-                      for backend in BACKENDS for op in runs[0][backend]}
+    backends = installed_backends()
+    device, rounds_of = _side_by_side(rounds, iterations, warmup, backends, reference=True)
+    ratios = {point: Measured({(backend, op): [_ratio(samples[backend][op], samples["reference"][op])
+                                               for samples in runs]
+                               for backend in backends for op in runs[0][backend]})
               for point, runs in rounds_of.items()}
     return {"device": device, "ratios": ratios}

@@ -20,12 +20,7 @@ import time
 import numpy as np
 import torch
 
-from .common import check_fork_safe, workloads
-
-try:  # a skip from inside a track_ method (asv shows n/a); in setup a NotImplementedError does
-    from asv_runner.benchmarks.mark import SkipNotImplemented
-except ImportError:  # pragma: no cover - asv_runner < 0.1
-    SkipNotImplemented = NotImplementedError
+from .common import SkipNotImplemented, check_fork_safe, workloads
 
 
 def _ints(variable: str, default: list[int]) -> list[int]:
@@ -37,7 +32,7 @@ def _names(variable: str, default: list[str]) -> list[str]:
     return os.environ.get(variable, "").replace(",", " ").split() or default
 
 
-VARIANTS = _names("DISAGMOE_SERVING_VARIANTS", ["cpu-bs16", "gpu-bs1", "gpu-bs16"])
+VARIANTS = _names("DISAGMOE_SERVING_VARIANTS", ["cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16"])
 BASELINE = "cpu-bs16"
 COMPARED = [v for v in VARIANTS if v != BASELINE]
 BATCH_SIZES = _ints("DISAGMOE_SERVING_BATCH_SIZES", [16, 64, 256, 1024])

@@ -5,6 +5,7 @@ the suite's RelativeTime ratios, and the probes of scripts/probes."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -112,7 +113,7 @@ def test_relative_time_tracks_a_slower_operation(monkeypatch):
     monkeypatch.syspath_prepend(ROOT)
     from benchmarks import common
 
-    from disagmoe import CPUBlockManager, GPUBlockManager
+    from disagmoe import CPUBlockManager, GPUBlockManager, HybridBlockManager
 
     monkeypatch.setattr(common, "BATCH_SIZES", [16])
     monkeypatch.setattr(common, "SEQ_LENS", [128])
@@ -120,8 +121,9 @@ def test_relative_time_tracks_a_slower_operation(monkeypatch):
     monkeypatch.setattr(common.workloads(), "time", clock)
     ops = ("update_block_table", "pack_flash_attn_metadata")
     costs = {("cpu", ops[0]): 2e-6, ("cpu", ops[1]): 8e-6, ("gpu", ops[0]): 12e-6, ("gpu", ops[1]): 16e-6,
+             ("hybrid", ops[0]): 4e-6, ("hybrid", ops[1]): 20e-6,
              ("reference", ops[0]): 40e-6, ("reference", ops[1]): 40e-6}
-    for backend, cls in (("cpu", CPUBlockManager), ("gpu", GPUBlockManager)):
+    for backend, cls in (("cpu", CPUBlockManager), ("gpu", GPUBlockManager), ("hybrid", HybridBlockManager)):
         for op in ops:
             _charge(monkeypatch, clock, cls, op, costs, (backend, op))
     _charge(monkeypatch, clock, common.ReferenceWork, "step", costs, ("reference", ops[0]))
@@ -133,9 +135,11 @@ def test_relative_time_tracks_a_slower_operation(monkeypatch):
         for key, ratio in expected.items():
             assert measured[key] == pytest.approx([ratio] * 3), key
 
-    check_ratios({("cpu", ops[0]): 0.05, ("cpu", ops[1]): 0.2, ("gpu", ops[0]): 0.3, ("gpu", ops[1]): 0.4})
+    hybrid = {("hybrid", ops[0]): 0.1, ("hybrid", ops[1]): 0.5}
+    check_ratios({("cpu", ops[0]): 0.05, ("cpu", ops[1]): 0.2, ("gpu", ops[0]): 0.3, ("gpu", ops[1]): 0.4, **hybrid})
     costs[("cpu", ops[1])] *= 1.2  # the cpu pack 20% slower
-    check_ratios({("cpu", ops[0]): 0.05, ("cpu", ops[1]): 0.24, ("gpu", ops[0]): 0.3, ("gpu", ops[1]): 0.4})
+    check_ratios({("cpu", ops[0]): 0.05, ("cpu", ops[1]): 0.24, ("gpu", ops[0]): 0.3, ("gpu", ops[1]): 0.4,
+                  **hybrid})
 
 
 def _probe(name: str, *args: str) -> subprocess.CompletedProcess:
@@ -164,3 +168,14 @@ def test_pack_sweep_runs(tmp_path):
                  "--json", str(saved))
     assert run.returncode == 0, run.stderr
     assert "w128-p4-nw4" in run.stdout
+
+
+def test_the_committed_history_keeps_its_benchmark_versions():
+    """asv files a result under its benchmark's version, the hash of the benchmark's source:
+    every benchmark the committed history (results/benchmarks.json) holds must still hash
+    the same, or its history would start over."""
+    asv_discovery = pytest.importorskip("asv_runner.discovery")
+    committed = json.load(open(os.path.join(ROOT, "results", "benchmarks.json")))
+    found = {b.name: b.version for b in asv_discovery.disc_benchmarks(os.path.join(ROOT, "benchmarks"))}
+    kept = {name: info["version"] for name, info in committed.items() if name != "version"}
+    assert kept and {name: found.get(name) for name in kept} == kept

@@ -1,6 +1,7 @@
-"""The device-table step path (`gpu`; `hybrid` too once it shares it): the same batch again
-returns the same metadata without a launch, any change in between is seen, and on CUDA
-the host runs ahead of the device by the staging ring's depth."""
+"""The step paths' batch memo (`cpu`, `gpu`, `hybrid`): the same batch at the next layer
+returns the same metadata without packing again, any change in between is seen, a
+layer packed twice is packed twice; and on CUDA the device-table backends' host runs
+ahead of the device by the staging ring's depth."""
 
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ from disagmoe.block_manager.device_tables import DeviceTableManager
 from disagmoe.block_manager.staging import DEFAULT_DEPTH
 from harness import Harness, to_host
 
-DEVICE_TABLE_BACKENDS = [b for b in CPU_DEVICE_BACKENDS + (CUDA_BACKENDS if HAS_CUDA else [])
-                         if issubclass(b.cls, DeviceTableManager)]
+ALL = CPU_DEVICE_BACKENDS + (CUDA_BACKENDS if HAS_CUDA else [])
 
 
-@pytest.fixture(params=DEVICE_TABLE_BACKENDS, ids=[b.id for b in DEVICE_TABLE_BACKENDS])
+@pytest.fixture(params=ALL, ids=[b.id for b in ALL])
 def harness(request) -> Harness:
     return Harness(request.param.make(block_size=4, num_blocks=64, max_running_reqs=8, max_seq_len=64))
 
@@ -37,6 +37,9 @@ def test_the_next_layer_of_a_step_reuses_the_pack(harness):
     b = m.pack_flash_attn_metadata(later)
     assert b.block_tables is a.block_tables and b.slot_mapping is a.slot_mapping
     assert b.seq_lens == a.seq_lens and b.seq_lens is not a.seq_lens
+    again = m.pack_flash_attn_metadata(later)  # the same layer twice: packed again
+    assert again.block_tables is not b.block_tables
+    assert to_host(again, m.device) == to_host(b, m.device)
 
 
 @pytest.mark.parametrize("change", ["update", "release", "reset", "other batch", "mutated ids", "numpy ids"])
@@ -82,7 +85,7 @@ def test_an_element_whose_eq_steps_the_manager(harness):
     first = BatchMetadata(5, [1, 2], 0, [])
     m.update_block_table(first)
     m.pack_flash_attn_metadata(first)
-    md = m.pack_flash_attn_metadata(BatchMetadata(5, [Sneaky(1), 2], 0, []))
+    md = m.pack_flash_attn_metadata(BatchMetadata(7, [Sneaky(1), 2], 0, []))  # another layer: compared
     assert md.seq_lens == [m.seq_len(1), m.seq_len(2)] == [4, 3]
     assert md.seq_lens_tensor.tolist() == [4, 3]
 
@@ -91,6 +94,7 @@ def test_an_element_whose_eq_steps_the_manager(harness):
 def test_the_host_runs_ahead_of_a_busy_device():
     """With the device held busy, the host finishes steps up to the ring's depth without
     waiting (each one stages into a buffer the device has not read yet)."""
+    assert issubclass(BY_ID["gpu-triton-graphs"].cls, DeviceTableManager)
     m = BY_ID["gpu-triton-graphs"].make(block_size=16, num_blocks=256, max_running_reqs=8, max_seq_len=512)
     decode = BatchMetadata(3, list(range(8)), 0, [])
     m.update_block_table(BatchMetadata(3, list(range(8)), 8, [10] * 8))

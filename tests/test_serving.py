@@ -98,7 +98,7 @@ def test_decode_lengths_grow_or_cycle():
 
 
 def test_variant_names():
-    assert [v.name for v in VARIANTS] == ["cpu-bs16", "gpu-bs1", "gpu-bs16"]
+    assert [v.name for v in VARIANTS] == ["cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16"]
     assert variant("gpu-bs32") == Variant("gpu", 32)
     for bad in ("gpu", "tpu-bs16", "gpu-bs0", "gpu-bsx", "cpu-bs-1"):
         with pytest.raises(ValueError, match=bad):
@@ -198,7 +198,7 @@ def test_run_point_reports_every_variant_and_mode():
         assert set(r["variants"]) == {v.name for v in VARIANTS}
         assert r["variants"]["gpu-bs1"]["block_size"] == 1
         assert all(len(v["wall_us"]) == 2 for v in r["variants"].values())
-        assert set(r["speedup"]) == {"gpu-bs1", "gpu-bs16"}
+        assert set(r["speedup"]) == {"gpu-bs1", "gpu-bs16", "hybrid-bs16"}
 
 
 def test_command_line_trace_pipelined_quick(tmp_path, capsys):
@@ -213,7 +213,8 @@ def test_command_line_trace_pipelined_quick(tmp_path, capsys):
     assert "timing pipelined" in printed and "speedup gpu-bs16" in printed
     run = json.loads(out.read_text())
     assert run["workload"] == "trace" and run["timing_modes"] == ["pipelined"] and run["device_name"]
-    assert {v["name"]: v["block_size"] for v in run["variants"]} == {"cpu-bs16": 16, "gpu-bs1": 1, "gpu-bs16": 16}
+    assert {v["name"]: v["block_size"] for v in run["variants"]} == {"cpu-bs16": 16, "gpu-bs1": 1, "gpu-bs16": 16,
+                                                                     "hybrid-bs16": 16}
     assert len(run["points"]) == 2 and all(p["mode"] == "pipelined" for p in run["points"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

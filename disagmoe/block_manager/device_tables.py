@@ -45,17 +45,21 @@ def _triton_available() -> bool:
 
 
 class BatchMemo:
-    """The last batch a manager looked up and what it found, valid while nothing changed.
+    """The last batch a manager packed and its metadata, valid while nothing changed: the
+    same batch at another layer of the same step gets the same metadata.
 
     `changed()` marks every state change; `get(batch)` returns what `put` stored for the
-    same batch (the same ids, prefill count and lengths) if nothing changed since, else
-    None. Only plain lists and ints are remembered: anything else is looked up again.
+    same batch (the same ids, prefill count and lengths) at another layer than the last
+    one it was asked for, if nothing changed since, else None: packing one layer twice
+    packs again. Only plain lists and ints are remembered: anything else is looked up
+    again.
     """
 
     def __init__(self) -> None:
         self.version = 0
         self._key: tuple | None = None
         self._value = None
+        self._layer = None
 
     def changed(self) -> None:
         self.version += 1
@@ -64,11 +68,11 @@ class BatchMemo:
     @staticmethod
     def _plain(batch: BatchMetadata) -> bool:
         return (type(batch.req_ids) is list and type(batch.init_prefill_lens) is list
-                and type(batch.num_prefill_seqs) is int)
+                and type(batch.num_prefill_seqs) is int and type(batch.layer_id) is int)
 
     def get(self, batch: BatchMetadata):
         key = self._key
-        if key is None or not self._plain(batch):
+        if key is None or not self._plain(batch) or batch.layer_id == self._layer:
             return None
         version, ids, num_prefill, lens = key
         # The version again last: comparing a list may call an element's __eq__, which may
@@ -79,6 +83,11 @@ class BatchMemo:
         return None
 
     def put(self, batch: BatchMetadata, value) -> None:
+        """Remembers a pack of `batch` (or, with `value` None, that `batch`'s layer was packed
+        again from memory)."""
+        self._layer = batch.layer_id
+        if value is None:
+            return
         if self._plain(batch):
             self._key = (self.version, list(batch.req_ids), batch.num_prefill_seqs, list(batch.init_prefill_lens))
             self._value = value
@@ -201,7 +210,8 @@ class DeviceTableManager(BlockManager):
     def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
         self._is_first_layer(batch)  # rejects an unknown layer
         cached = self.memo.get(batch)
-        if isinstance(cached, FlashAttentionMetadata):
+        if cached is not None:
+            self.memo.put(batch, None)
             return cached.sharing_tensors()
         lookup = lambda out: self._books_lookup(batch, out, "pack_flash_attn_metadata")  # noqa: E731
         (stats, seq_lens), words = self._staged_call(L.LOOKUP, lookup)

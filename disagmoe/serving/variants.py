@@ -23,10 +23,10 @@ class Variant:
         return f"{self.backend}-bs{self.block_size}"
 
 
-# The cpu backend at its default, the gpu backend at its default (token level) and at
-# the cpu backend's block size (paged), so that a same-block-size comparison always
-# stands beside the seed's.
-VARIANTS = (Variant("cpu", 16), Variant("gpu", 1), Variant("gpu", 16))
+# The cpu backend at its block size, the gpu backend token level (SGLang's way) and paged
+# at the same block size, and the hybrid backend: a same-block-size comparison of all
+# three designs always stands beside the token-level one.
+VARIANTS = (Variant("cpu", 16), Variant("gpu", 1), Variant("gpu", 16), Variant("hybrid", 16))
 BASELINE = VARIANTS[0]
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
 
