@@ -86,6 +86,7 @@ class CPUBlockManager(BlockManager):
     def reset_state(self) -> None:
         self._core.reset_state()
         self.memo.changed()
+        self._ring.restart()
 
     def num_free_slots(self) -> int:
         return self._core.num_free_blocks() * self.block_size

@@ -305,6 +305,7 @@ class DeviceTableManager(BlockManager):
     def reset_state(self) -> None:
         self._reset_books()  # first: it raises, changing nothing, during another call
         self._slot = None  # whatever was staged is moot: every table is cleared
+        self._ring.restart()
         self._update_size = self._release_size = 0
         self.memo.changed()
 

@@ -100,6 +100,12 @@ class StagingRing:
             n = self._host[self.current].numel() if nbytes is None else nbytes
             self.device[:n].copy_(self._host[self.current][:n], non_blocking=True)
 
+    def restart(self) -> None:
+        """The next step takes buffer 0 again (a manager's state starts over: its launches
+        then use the buffers in the same order as the first time, and replay the same
+        CUDA graphs)."""
+        self.current = 0
+
     def enqueued(self) -> None:
         """Marks the current buffer's readers as enqueued; the next step takes the next buffer."""
         if self._done is not None:
