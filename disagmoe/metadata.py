@@ -57,13 +57,35 @@ class FlashAttentionMetadata:
             self.max_decode_query_len, self.block_tables, self.slot_mapping, self.block_size)
 
 
-def packed_views(buffer: torch.Tensor, layout: _C.MetadataLayout) -> tuple:
-    """The metadata tensors in a byte buffer laid out by `layout` (`_C.metadata_layout`):
-    (seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables, slot_mapping)."""
-    b, w, t = layout.batch_size, layout.width, layout.num_tokens
-    i32, i64 = buffer.view(torch.int32), buffer.view(torch.int64)
-    seq, ctx = layout.seq_lens // 4, layout.context_lens // 4
-    qsl, ssl, bt, slots = layout.query_start_loc // 4, layout.seq_start_loc // 4, layout.block_tables // 4, \
-        layout.slot_mapping // 8
-    return (i32[seq:seq + b], i32[ctx:ctx + b], i32[qsl:qsl + b + 1], i32[ssl:ssl + b + 1],
-            i32[bt:bt + b * w].view(b, w), i64[slots:slots + t])
+def packed_offsets(batch_size: int, width: int, num_tokens: int) -> tuple[int, int, int, int, int, int, int]:
+    """Byte offsets of block_tables, slot_mapping, seq_lens, context_lens, query_start_loc and
+    seq_start_loc, and nbytes, as `_C.metadata_layout` lays them out (the C++ core writes
+    that layout; this is the same arithmetic without a call and nine attribute reads a
+    pack, and tests/test_core.py checks the two agree)."""
+    slots = (4 * batch_size * width + 7) & ~7
+    seq = slots + 8 * num_tokens
+    ctx = seq + 4 * batch_size
+    qsl = ctx + 4 * batch_size
+    ssl = qsl + 4 * (batch_size + 1)
+    return 0, slots, seq, ctx, qsl, ssl, (ssl + 4 * (batch_size + 1) + 7) & ~7
+
+
+def metadata_views(int32: torch.Tensor, int64: torch.Tensor, lengths: int, tables: int, slots: int,
+                   batch_size: int, width: int, num_tokens: int) -> tuple:
+    """The metadata tensors of a batch in a buffer (`int32` and `int64`, views of its
+    storage from offset 0): seq_lens, context_lens, query_start_loc and seq_start_loc back
+    to back from int32 word `lengths`, the [B, W] block table from word `tables`,
+    slot_mapping from int64 word `slots`. One split, one strided view and one slice,
+    whatever the shape (seven slices cost twice as much)."""
+    b = batch_size
+    seq, ctx, qsl, ssl = int32[lengths:lengths + 4 * b + 2].split_with_sizes((b, b, b + 1, b + 1))
+    return (seq, ctx, qsl, ssl, int32.as_strided((b, width), (width, 1), tables),
+            int64[slots:slots + num_tokens])
+
+
+def packed_views(int32: torch.Tensor, int64: torch.Tensor, batch_size: int, width: int,
+                 num_tokens: int) -> tuple:
+    """The metadata tensors in a buffer laid out by `packed_offsets`: (seq_lens,
+    context_lens, query_start_loc, seq_start_loc, block_tables, slot_mapping)."""
+    _, slots, seq, _, _, _, _ = packed_offsets(batch_size, width, num_tokens)
+    return metadata_views(int32, int64, seq // 4, 0, slots // 8, batch_size, width, num_tokens)

@@ -418,3 +418,16 @@ def test_pack_buffer_index_is_checked():
     for bad in (-2, 16, 2**40):
         with pytest.raises(ValueError, match=f"buffer={bad}"):
             bm.pack_flash_attn_metadata([1], 0, [], np.zeros(4096, np.uint8), None, bad)
+
+
+def test_packed_offsets_are_metadata_layout():
+    """The cpu backend computes the layout's offsets in Python (a call and nine attribute
+    reads a pack saved): the same numbers as the C++ core's."""
+    from disagmoe.metadata import packed_offsets
+    for b in (0, 1, 2, 3, 7, 64, 1023):
+        for w in (0, 1, 3, 65, 4097):
+            for t in (0, 1, 5, 9000):
+                layout = _C.metadata_layout(b, w, t)
+                assert packed_offsets(b, w, t) == (layout.block_tables, layout.slot_mapping, layout.seq_lens,
+                                                   layout.context_lens, layout.query_start_loc,
+                                                   layout.seq_start_loc, layout.nbytes), (b, w, t)

@@ -24,7 +24,7 @@ from disagmoe.block_manager.base import BlockManager, MemoryFootprint
 from disagmoe.block_manager.device_tables import BatchMemo
 from disagmoe.block_manager.staging import StagingRing
 from disagmoe.config import CacheConfig, ModelConfig
-from disagmoe.metadata import FlashAttentionMetadata, packed_views
+from disagmoe.metadata import FlashAttentionMetadata, packed_offsets, packed_views
 
 
 class CPUBlockManager(BlockManager):
@@ -66,11 +66,11 @@ class CPUBlockManager(BlockManager):
         slot = ring.acquire()  # its last copy out is done
         args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
         stats, seq_lens = self._core.pack_flash_attn_metadata(*args, ring.host_arrays[slot], self._grow, slot)
-        layout = _C.metadata_layout(stats.batch_size, stats.width, stats.num_tokens)
-        ring.upload(layout.nbytes)
+        batch_size, width, num_tokens = stats.batch_size, stats.width, stats.num_tokens
+        ring.upload(packed_offsets(batch_size, width, num_tokens)[-1])
         ring.enqueued()
-        metadata = FlashAttentionMetadata.from_step(stats, seq_lens, packed_views(ring.device, layout),
-                                                    self.block_size)
+        views = packed_views(ring.device32, ring.device64, batch_size, width, num_tokens)
+        metadata = FlashAttentionMetadata.from_step(stats, seq_lens, views, self.block_size)
         self.memo.put(batch, metadata)
         return metadata
 

@@ -31,7 +31,7 @@ from disagmoe.block_manager.graphs import GraphCache, bucket
 from disagmoe.block_manager.mem_pool import checked_empty
 from disagmoe.block_manager.staging import StagingRing
 from disagmoe.config import CacheConfig, ModelConfig
-from disagmoe.metadata import FlashAttentionMetadata
+from disagmoe.metadata import FlashAttentionMetadata, metadata_views
 
 KERNELS = ("auto", "triton", "torch")
 
@@ -124,8 +124,8 @@ class DeviceTableManager(BlockManager):
         self._update_size = self._release_size = 0  # staged, not launched yet
         self._scratch = np.empty(L.LOOKUP_COLUMNS * self._stride, dtype=np.int32)  # host-only lookups
         self.max_width = -(-self.max_seq_len // self.block_size)
-        self._offsets = L.metadata_offsets(max_running_reqs)
-        words = self._offsets[-1] + max_running_reqs * self.max_width
+        self._tables = L.tables_offset(max_running_reqs)
+        words = self._tables + max_running_reqs * self.max_width
         self._out32 = checked_empty(name, (words,), torch.int32, f"the metadata buffer of {max_running_reqs} x "
                                     f"{self.max_width} blocks", self.device).zero_()
         self._out64 = torch.zeros(max_running_reqs, dtype=torch.int64, device=self.device)
@@ -155,7 +155,7 @@ class DeviceTableManager(BlockManager):
         self._triton = kernels_triton
         page_ids = None if free_pages is not None else self._staged_device[L.page_ids_start(self._stride):]
         return kernels_triton.Kernels(req_to_page, free_pages, page_ids, self._out32, self._out64,
-                                      self._offsets, self._stride, self.block_size, launch)
+                                      self._tables, self._stride, self.block_size, launch)
 
     # -- what subclasses provide ----------------------------------------------------------
 
@@ -232,11 +232,7 @@ class DeviceTableManager(BlockManager):
         return metadata
 
     def _views(self, batch_size: int, width: int, num_tokens: int) -> tuple:
-        seq, ctx, qsl, ssl, tables = self._offsets
-        out = self._out32
-        return (out[seq:seq + batch_size], out[ctx:ctx + batch_size], out[qsl:qsl + batch_size + 1],
-                out[ssl:ssl + batch_size + 1], out[tables:tables + batch_size * width].view(batch_size, width),
-                self._out64[:num_tokens])
+        return metadata_views(self._out32, self._out64, 0, self._tables, 0, batch_size, width, num_tokens)
 
     def _grow_slots(self, num_tokens: int) -> None:
         self._out64 = torch.zeros(num_tokens + num_tokens // 2, dtype=torch.int64, device=self.device)

@@ -75,7 +75,7 @@ def _update_kernel(staged_ptr, pages_ptr, req_to_page_ptr, r2p_row_stride, strid
 
 @triton.jit
 def _pack_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_ptr, stride,
-                 seq_off, ctx_off, qsl_off, ssl_off, bt_off, LOOKUP: tl.constexpr,
+                 bt_off, LOOKUP: tl.constexpr,
                  PAGE_SIZE: tl.constexpr, PAD: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr,
                  PACK_SIZE: tl.constexpr, WIDTH: tl.constexpr, LOOKUP_ROWS: tl.constexpr,
                  LOOKUP_SEQ_LENS: tl.constexpr, LOOKUP_QUERY_LENS: tl.constexpr, LOOKUP_QUERY_STARTS: tl.constexpr,
@@ -87,6 +87,11 @@ def _pack_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_p
     parts = tl.num_programs(1)
     batch_size = tl.load(staged_ptr + PACK_SIZE)
     width = tl.load(staged_ptr + WIDTH)
+    # seq_lens, context_lens, query_start_loc, seq_start_loc back to back from word 0
+    seq_off = 0
+    ctx_off = batch_size
+    qsl_off = 2 * batch_size
+    ssl_off = 3 * batch_size + 1
     valid = i < batch_size
     columns = staged_ptr + LOOKUP
     row = tl.load(columns + LOOKUP_ROWS * stride + i, mask=valid, other=0)
@@ -151,7 +156,7 @@ class Kernels:
     page_ids: torch.Tensor | None  # int32, hybrid: the staged page ids (on the device twin)
     out32: torch.Tensor  # the metadata buffer's int32 words
     out64: torch.Tensor  # slot_mapping's int64 buffer
-    offsets: tuple[int, int, int, int, int]  # layout.metadata_offsets
+    tables: int  # layout.tables_offset: int32 word of the block table in out32
     stride: int
     page_size: int
     launch: PackLaunch = PackLaunch()
@@ -175,7 +180,7 @@ def launch(k: Kernels, staged: torch.Tensor, grid: int, release: bool, update: b
                                 PAGE_SIZE=k.page_size, BLOCK=256, **L.UPDATE_WORDS)
     if pack:
         p = k.launch
-        _pack_kernel[(grid, p.parts)](staged, r2p, row_stride, k.out32, k.out64, k.stride, *k.offsets,
+        _pack_kernel[(grid, p.parts)](staged, r2p, row_stride, k.out32, k.out64, k.stride, k.tables,
                                       LOOKUP=L.LOOKUP, PAGE_SIZE=k.page_size, PAD=PAD_BLOCK_ID,
                                       BLOCK_W=p.block_w, BLOCK_T=p.block_t, num_warps=p.num_warps,
                                       **L.PACK_WORDS)

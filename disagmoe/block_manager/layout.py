@@ -68,15 +68,12 @@ def copy_words(stride: int, release: bool, update: bool, page_ids: int = 0) -> i
     return plan_start(stride)
 
 
-def metadata_offsets(max_reqs: int) -> tuple[int, int, int, int, int]:
-    """int32 word offsets of seq_lens, context_lens, query_start_loc, seq_start_loc and
-    block_tables in the device metadata buffer (slot_mapping is a buffer of its own)."""
-    seq = 0
-    ctx = seq + max_reqs
-    qsl = ctx + max_reqs
-    ssl = qsl + max_reqs + 1
-    tables = ssl + max_reqs + 1
-    return seq, ctx, qsl, ssl, tables
+def tables_offset(max_reqs: int) -> int:
+    """int32 word where the block table starts in the device metadata buffer. Before it,
+    a batch of B entries packs seq_lens, context_lens, query_start_loc and seq_start_loc
+    back to back (words 0, B, 2B and 3B + 1: `disagmoe.metadata.metadata_views`), so
+    that one split makes all four; slot_mapping is a buffer of its own."""
+    return (4 * max_reqs + 2 + 15) // 16 * 16
 
 
 # The words each Triton kernel reads, passed to it as constexpr arguments of these names

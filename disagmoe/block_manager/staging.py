@@ -63,10 +63,16 @@ class StagingRing:
         self._host = list(whole.unbind(0))
         self.host_arrays = [t.numpy() for t in self._host]
         self.int32_arrays = [a.view(np.int32) for a in self.host_arrays]
-        self.device = (checked_empty(owner, (self.nbytes,), torch.uint8, f"a staging buffer of {self.nbytes} bytes",
-                                     device).zero_() if on_cuda else self._host[0])
+        self._set_device(checked_empty(owner, (self.nbytes,), torch.uint8, f"a staging buffer of {self.nbytes} "
+                                       "bytes", device).zero_() if on_cuda else self._host[0])
         self._done = [DeviceDone(device) for _ in range(self.depth)] if on_cuda else None
         self.current = 0
+
+    def _set_device(self, twin: torch.Tensor) -> None:
+        """The device twin, and its int32 and int64 views (kept: readers slice them every step)."""
+        self.device = twin
+        self.device32 = twin.view(torch.int32)
+        self.device64 = twin.view(torch.int64)
 
     def host_tensor(self, k: int) -> torch.Tensor:
         return self._host[k]
@@ -81,10 +87,10 @@ class StagingRing:
             self.host_arrays[k] = self._host[k].numpy()
             self.int32_arrays[k] = self.host_arrays[k].view(np.int32)
         if not self.on_cuda:
-            self.device = self._host[0]
+            self._set_device(self._host[0])
         elif nbytes > self.device.numel():
-            self.device = checked_empty(owner, (nbytes,), torch.uint8, f"a staging buffer of {nbytes} bytes",
-                                        self.device.device)
+            self._set_device(checked_empty(owner, (nbytes,), torch.uint8, f"a staging buffer of {nbytes} bytes",
+                                           self.device.device))
         self.nbytes = max(self.nbytes, nbytes)
         return self.host_arrays[k]
 
