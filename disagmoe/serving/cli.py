@@ -181,8 +181,9 @@ def print_floors(device: torch.device, rows: list[tuple[dict, dict]]) -> dict:
     floors = measure_floors(device, [n for n in copied.values() if n])
     print(f"\nFloors, same process: bare synchronise {floors['bare_synchronize_us']:.1f} us; one tiny kernel "
           f"{floors['tiny_kernel_synced_us']:.1f} us synced, {floors['tiny_kernel_pipelined_us']:.1f} us a "
-          f"launch back to back; pinned host-to-device copies of the bytes {BASELINE.name} copies per pack "
-          f"(first layer):")
+          f"launch back to back, {floors['graph_replay_pipelined_us']:.1f} us a graph replay of it; the "
+          f"metadata's views {floors['metadata_views_us']:.1f} us; pinned host-to-device copies of the bytes "
+          f"{BASELINE.name} copies per pack (first layer):")
     by_bytes = {c["bytes"]: c for c in floors["copies"]}
     for point, nbytes in copied.items():
         if nbytes:

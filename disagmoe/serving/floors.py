@@ -4,6 +4,10 @@ what no block manager can beat.
 - bare synchronise: `torch.cuda.synchronize()` with nothing queued;
 - one tiny kernel: one launch of a one-element add, synced; and its host cost when
   launches go back to back (pipelined);
+- one CUDA graph of that kernel, replayed back to back: the host cost of one launch of a
+  device-table backend's step (its kernels replay from one graph);
+- the metadata's views: the host cost of the tensors every pack returns (one split, one
+  strided view, one slice of persistent buffers: `disagmoe.metadata.metadata_views`);
 - pinned copies: a host-to-device copy of n bytes from pinned memory, synced and back
   to back (the `cpu` backend copies its metadata this way every pack: at long contexts
   its floor is these bytes).
@@ -16,6 +20,8 @@ import time
 from typing import Callable, Sequence
 
 import torch
+
+from disagmoe.metadata import metadata_views
 
 BACK_TO_BACK = 48
 
@@ -50,6 +56,21 @@ def measure_floors(device: torch.device, copy_bytes: Sequence[int], repeats: int
     kernel_synced()
     out["tiny_kernel_synced_us"] = _median_us(kernel_synced, repeats * 4)
     out["tiny_kernel_pipelined_us"] = _median_us(kernels_back_to_back, repeats) / BACK_TO_BACK
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        one.add_(1)
+
+    def replays_back_to_back() -> None:
+        for _ in range(BACK_TO_BACK):
+            graph.replay()
+        sync()
+
+    replays_back_to_back()
+    out["graph_replay_pipelined_us"] = _median_us(replays_back_to_back, repeats) / BACK_TO_BACK
+    int32 = torch.zeros(1 << 20, dtype=torch.int32, device=device)
+    int64 = torch.zeros(1 << 16, dtype=torch.int64, device=device)
+    out["metadata_views_us"] = _median_us(lambda: metadata_views(int32, int64, 0, 4096, 0, 256, 64, 256),
+                                          repeats * 4)
     out["copies"] = []
     for nbytes in sorted(set(copy_bytes)):
         src = torch.ones(nbytes, dtype=torch.uint8, pin_memory=True)
