@@ -39,7 +39,7 @@ BATCH_SIZES = _ints("DISAGMOE_SERVING_BATCH_SIZES", [16, 64, 256, 1024])
 CONTEXTS = _ints("DISAGMOE_SERVING_CONTEXTS", [1024, 8192, 65536])
 TRACE_RUNNING = _ints("DISAGMOE_TRACE_RUNNING", [64, 256, 1024])
 TRACE_PROMPTS = _ints("DISAGMOE_TRACE_PROMPTS", [2048, 16384, 65536])
-MODES = ("synced", "pipelined", "busy")
+MODES = tuple(_names("DISAGMOE_SERVING_MODES", ["synced", "pipelined", "busy"]))
 CPU_DEVICE_TOKENS = 1 << 20
 WINDOW, WINDOWS, WARMUP = 32, 9, 16  # steps a window, windows (asv's samples), untimed steps first
 
