@@ -8,7 +8,6 @@ or refuse it with a TypeError naming it; never crash, never mix up two calls.
 
 from __future__ import annotations
 
-import gc
 from fractions import Fraction
 from typing import Callable
 
@@ -73,8 +72,7 @@ def clears(items: list, value: int) -> Index:
     array had with 0xff bytes: a reader still holding that array reads garbage pointers."""
     def action():
         nbytes = 8 * len(items)
-        items.clear()
-        gc.collect()
+        items.clear()  # its items die now (the list held the last reference to most)
         SPRAY.clear()
         SPRAY.extend(bytearray(b"\xff" * nbytes) for _ in range(64))
     return Index(value, action)
