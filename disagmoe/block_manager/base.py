@@ -57,7 +57,18 @@ class BlockManager(ABC):
     - TypeError / ValueError from the constructor or the configs, before
       anything is allocated: a size that is not an int (a bool, a float, a
       str, ...), below 1 or past 2**31 - 1, a pool past 2**31 - 1 slots, or
-      tables larger than the device's memory.
+      tables larger than the device's memory;
+    - RuntimeError: a call that overlaps another call on the same manager
+      (see Threads).
+
+    Threads: a manager is not thread-safe. Calls on one manager must not
+    overlap: use it from one thread at a time (one manager per thread, or a
+    lock around it). Managers share no state, so different managers may be
+    used from different threads at the same time; the C++ core holds the GIL
+    while it runs. A call that would change a manager while another call on
+    it is still reading its arguments (an argument's `__index__` that calls
+    the manager, or a second thread) raises RuntimeError and changes nothing;
+    other overlapping calls are not detected.
     """
 
     backend: ClassVar[str]
