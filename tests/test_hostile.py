@@ -413,12 +413,22 @@ def test_constructor_argument_types(backend, model, cache, error):
         backend.cls(model, cache, 2, device=backend.device, **backend.kwargs)
 
 
-def test_bad_device(backend):
+@pytest.mark.parametrize("device, error", [
+    ("bogus", ValueError), ("meta", ValueError), (3.5, TypeError), (["cpu"], TypeError),
+    ("cuda:99", ValueError), *([] if torch.cuda.is_available() else [("cuda", ValueError)]),
+])
+def test_bad_device(backend, device, error):
     model, cache = ModelConfig(LAYER_IDS, 8, 2), CacheConfig(4, 8)
-    with pytest.raises(ValueError, match="device='bogus'"):
-        backend.cls(model, cache, 2, device="bogus", **backend.kwargs)
-    with pytest.raises(TypeError, match="device=3.5"):
-        backend.cls(model, cache, 2, device=3.5, **backend.kwargs)
+    with pytest.raises(error, match="device="):
+        backend.cls(model, cache, 2, device=device, **{**backend.kwargs, "kernels": "torch"}
+                    if backend.cls.backend == "gpu" else {})
+
+
+@pytest.mark.parametrize("req_ids", [None, 3, 2.5])
+def test_release_of_a_non_sequence(make_manager, req_ids):
+    h = running(make_manager)
+    message = h.expect_error(lambda: h.manager.release_seqs(req_ids), TypeError)
+    assert f"req_ids={req_ids!r}" in message
 
 
 def test_keyboard_interrupt_passes_through(make_manager):

@@ -19,18 +19,26 @@ from disagmoe.metadata import FlashAttentionMetadata
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
-    """`None` means the CUDA device when there is one, else torch's CPU device."""
+    """`None` means the CUDA device when there is one, else torch's CPU device. Anything
+    but torch's CPU device or a CUDA device that exists is a TypeError / ValueError."""
     if device is None:
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     if not isinstance(device, (torch.device, str)):
         raise TypeError(f"device={describe(device)} is not a torch.device, a str or None")
     try:
-        device = torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as exc:
         raise ValueError(f"device={device!r} is not a device") from exc
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: the managers run on torch's CPU device or on CUDA")
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = resolved.index if resolved.index is not None else (
+            torch.cuda.current_device() if count else 0)
+        if not 0 <= index < count:
+            raise ValueError(f"device={device!r}: this machine has {count} CUDA devices")
+        resolved = torch.device("cuda", index)
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,14 @@ class BlockManager(ABC):
             raise ValueError(f"layer_id={layer_id!r} is not one of this worker's layers "
                              f"{sorted(self._layer_ids)}")
         return False
+
+    def _id_list(self, req_ids: object) -> list:
+        """req_ids (any iterable) as a list; TypeError naming it when it is not iterable."""
+        try:
+            return list(req_ids)  # type: ignore[call-overload]
+        except TypeError as exc:
+            raise TypeError(f"{type(self).__name__}: req_ids={describe(req_ids)} is not a "
+                            "sequence of ints") from exc
 
     def _checked_req_id(self, req_id: object) -> int:
         """The id as an int, read once (for methods that pass it on more than once)."""

@@ -80,7 +80,7 @@ class CPUBlockManager(BlockManager):
         return self._ring.grow(self._ring.current, nbytes, "CPUBlockManager")
 
     def release_seqs(self, req_ids: Sequence[int]) -> None:
-        self._core.release_seqs(list(req_ids))
+        self._core.release_seqs(self._id_list(req_ids))
         self.memo.changed()
 
     def reset_state(self) -> None:

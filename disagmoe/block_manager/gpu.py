@@ -77,7 +77,7 @@ class GPUBlockManager(DeviceTableManager):
             # Release runs first in a launch: an update staged before this release must
             # run before it, and two releases do not share one launch.
             self.flush()
-        rows, lens = self._books.release_seqs(list(req_ids))
+        rows, lens = self._books.release_seqs(self._id_list(req_ids))
         if not rows:
             return
         self.memo.changed()
