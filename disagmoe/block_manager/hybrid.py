@@ -98,7 +98,7 @@ class HybridBlockManager(DeviceTableManager):
         return host.numpy(), host, device
 
     def release_seqs(self, req_ids: Sequence[int]) -> None:
-        self._core.release_seqs(list(req_ids))
+        self._core.release_seqs(self._id_list(req_ids))
         self.memo.changed()
 
     def _reset_books(self) -> None:
