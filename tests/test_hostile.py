@@ -109,7 +109,7 @@ MUTATING_LISTS = """
 """
 
 
-@pytest.mark.parametrize("backend_id", ["cpu", "gpu-torch"])
+@pytest.mark.parametrize("backend_id", ["cpu", "gpu-torch", "hybrid-torch"])
 def test_list_changed_by_an_items_index(backend_id):
     """An __index__ that empties the list holding it (and writes over the memory it freed),
     or grows it so that it reallocates: the call reads the items as they were when it
@@ -143,7 +143,7 @@ HUGE_CONFIGS = """
 """
 
 
-@pytest.mark.parametrize("backend_id", ["cpu", "gpu-torch"])
+@pytest.mark.parametrize("backend_id", ["cpu", "gpu-torch", "hybrid-torch"])
 def test_huge_sizes_are_refused_before_allocating(backend_id):
     """A table size that wrapped to 0, a capacity loop that never ended, std::bad_alloc:
     each is now a ValueError naming the argument, raised before anything is allocated."""

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from hostile import INT_LIKE, NOT_INTS
 
-BACKENDS = ("cpu", "gpu-torch")
+BACKENDS = ("cpu", "gpu-torch", "hybrid-torch")
 SAME_MANAGER_ACTIONS = ("update_same", "pack_same", "release_same", "reset_same")
 CONTAINERS = ("list", "list", "list", "tuple", "array")
 BAD_CONTAINERS = ("str", "none", "dict", "float-array", "2d-array", "tensor", "generator")
