@@ -98,8 +98,7 @@ class BlockManager {
     std::vector<uint32_t> epochs;
   };
   // Takes the blocks a planned step adds (into the rows, and into block_ids if given).
-  void take_blocks(const BatchView& batch, const StepPlan& plan, int64_t total,
-                   int32_t* block_ids);
+  void take_blocks(const BatchView& batch, const StepPlan& plan, int64_t total, int32_t* block_ids);
   void write_block_table(const BatchView& batch, int64_t width, int32_t* block_tables,
                          int64_t* slot_mapping, PackedRows* packed);
   void write_batch_infos(const BatchView& batch, int32_t* seq_lens, int32_t* context_lens,
