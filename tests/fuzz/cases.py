@@ -203,10 +203,14 @@ CORE_SIZE = st.one_of(st.integers(1, 12), st.integers(1, 12), BAD_SIZES,
 RAW_IDS = st.one_of(st.lists(st.one_of(st.integers(0, 9), edge), max_size=6),
                     st.tuples(st.just("not"), st.sampled_from(["none", "str"])))
 RAW_LENS = st.lists(st.one_of(st.integers(-1, 20), edge), max_size=6)
+GROW = st.sampled_from(["none", "grow", "grow-small", "grow-raises", "grow-reenters"])
 CORE_CALLS = st.one_of(
     st.tuples(st.just("bm_update"), RAW_IDS, ANY_INT, RAW_LENS, st.sampled_from([True, False, 1, None])),
-    st.tuples(st.just("bm_pack"), RAW_IDS, ANY_INT, RAW_LENS, BUFFER,
-              st.sampled_from(["none", "grow", "grow-small", "grow-raises", "grow-reenters"])),
+    st.tuples(st.just("bm_pack"), RAW_IDS, ANY_INT, RAW_LENS, BUFFER, GROW,
+              st.one_of(st.just(-1), st.integers(-2, 17), ANY_INT)),
+    st.tuples(st.just("bm_plan"), RAW_IDS, ANY_INT, RAW_LENS, BUFFER, ANY_INT, BUFFER, GROW),
+    st.tuples(st.just("bm_lookup"), RAW_IDS, ANY_INT, RAW_LENS, BUFFER, ANY_INT,
+              st.sampled_from(["lookup", 7])),
     st.tuples(st.just("bm_release"), RAW_IDS),
     st.tuples(st.just("bm_query"), st.sampled_from(["seq_len", "block_ids"]), ANY_INT),
     st.tuples(st.just("table_update"), RAW_IDS, ANY_INT, RAW_LENS, ANY_INT, BUFFER, ANY_INT),

@@ -357,6 +357,18 @@ class CoreCase:
         for call in self.calls:
             self.run_call(call)
 
+    def grow(self, kind: str, dtype: str, made: list, allowed: tuple) -> tuple:
+        """A grow(n) callback of the kind asked for, and the errors it may add."""
+        if kind == "grow":
+            return (lambda n: core_buffer(("buffer", dtype, n, 1, False), made)), allowed
+        if kind == "grow-small":
+            return (lambda n: core_buffer(("buffer", dtype, n // 2, 1, False), made)), allowed
+        if kind == "grow-raises":
+            return (lambda n: 1 / 0), allowed + (ZeroDivisionError,)
+        if kind == "grow-reenters":
+            return (lambda n: self.bm.reset_state()), allowed + (RuntimeError,)
+        return None, allowed
+
     def snapshot(self) -> tuple:
         bm, t = self.bm, self.table
         return (sorted(bm.req_ids()), {r: (bm.seq_len(r), bm.block_ids(r)) for r in bm.req_ids()},
@@ -374,21 +386,21 @@ class CoreCase:
                 ids, nps, lens, first = args
                 bm.update_block_table(core_ints(ids), core_value(nps), core_ints(lens), first)
             elif kind == "bm_pack":
-                ids, nps, lens, out, grow_kind = args
+                ids, nps, lens, out, grow_kind, index = args
                 buffer = core_buffer(out, made)
-                grow = None
-                if grow_kind == "grow":
-                    grow = lambda n: core_buffer(("buffer", "uint8", n, 1, False), made)  # noqa: E731
-                elif grow_kind == "grow-small":
-                    grow = lambda n: core_buffer(("buffer", "uint8", n // 2, 1, False), made)  # noqa: E731
-                elif grow_kind == "grow-raises":
-                    grow = lambda n: 1 / 0  # noqa: E731
-                    allowed += (ZeroDivisionError,)
-                elif grow_kind == "grow-reenters":
-                    grow = lambda n: bm.reset_state()  # noqa: E731
-                    allowed += (RuntimeError,)
+                grow, allowed = self.grow(grow_kind, "uint8", made, allowed)
                 bm.pack_flash_attn_metadata(core_ints(ids), core_value(nps), core_ints(lens),
-                                            buffer, grow)
+                                            buffer, grow, core_value(index))
+            elif kind == "bm_plan":
+                ids, nps, lens, plan, stride, block_ids, grow_kind = args
+                grow, allowed = self.grow(grow_kind, "int32", made, allowed)
+                bm.update_block_table_plan(core_ints(ids), core_value(nps), core_ints(lens),
+                                           core_buffer(plan, made), core_value(stride),
+                                           core_buffer(block_ids, made), grow)
+            elif kind == "bm_lookup":
+                ids, nps, lens, out, stride, op = args
+                bm.lookup(core_ints(ids), core_value(nps), core_ints(lens), core_buffer(out, made),
+                          core_value(stride), op)
             elif kind == "bm_release":
                 bm.release_seqs(core_ints(args[0]))
             elif kind == "bm_query":
