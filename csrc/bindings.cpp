@@ -22,8 +22,17 @@ using namespace disagmoe;
 namespace {
 
 struct PyRequestTable : RequestTable {
-  using RequestTable::RequestTable;
+  PyRequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t block_size)
+      : RequestTable(max_reqs, max_seq_len, block_size), plan(4 * (max_reqs + 1)) {}
   bool busy = false;
+  // update_block_table's plan, made here and then copied into the caller's buffer: the
+  // table reads the plan's rows back, and must not read them from memory it does not own.
+  std::vector<int32_t> plan;
+  StepPlan scratch_plan() {
+    int32_t* p = plan.data();
+    int64_t s = max_reqs() + 1;
+    return {p, p + s, p + 2 * s, p + 3 * s};
+  }
 };
 
 struct PyBlockManager : BlockManager {
@@ -188,8 +197,9 @@ void bind_request_table(py::module_& m) {
             auto out = out_buffer<int32_t>(op, "plan", plan);
             BatchView b = batch.view();
             check_regions(op, "plan", out.size, 4, s, std::min(b.size, t.max_reqs()) + 1);
-            StepPlan p{out.data, out.data + s, out.data + 2 * s, out.data + 3 * s};
+            StepPlan p = t.scratch_plan();
             int64_t blocks = t.update(op, b, free, p);
+            copy_plan(p, {out.data, out.data + s, out.data + 2 * s, out.data + 3 * s}, b.size);
             return py::make_tuple(blocks, to_list(p.new_lens, b.size));
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
@@ -327,17 +337,17 @@ void bind_block_manager(py::module_& m) {
             BatchView b = batch.view();
             check_regions(op, "plan", out.size, 4, s, std::min(b.size, bm.table().max_reqs()) + 1);
             StepPlan p{out.data, out.data + s, out.data + 2 * s, out.data + 3 * s};
-            auto [blocks, fit] = bm.update_block_table_plan(op, b, p, ids.data, ids.size);
-            if (!fit && !grow.is_none()) {
+            auto [blocks, lengths] = bm.update_block_table_plan(op, b, p, ids.data, ids.size);
+            if (!lengths && !grow.is_none()) {
               // The batch stays the one read above: reading it again could read another.
               py::object bigger = grow(blocks);
               ids = out_buffer<int32_t>(op, "grow(num_blocks)", bigger);
-              std::tie(blocks, fit) = bm.update_block_table_plan(op, b, p, ids.data, ids.size);
-              if (!fit)
+              std::tie(blocks, lengths) = bm.update_block_table_plan(op, b, p, ids.data, ids.size);
+              if (!lengths)
                 throw py::value_error(std::string(op) + ": grow(" + str(blocks) +
                                       ") returned a buffer of " + str(ids.size) + " ids");
             }
-            py::object seq_lens = fit ? py::object(to_list(p.new_lens, b.size)) : py::none();
+            py::object seq_lens = lengths ? py::object(to_list(lengths, b.size)) : py::none();
             return py::make_tuple(blocks, seq_lens);
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),

@@ -96,16 +96,20 @@ const int32_t* BlockManager::update_block_table(const char* op, const BatchView&
   return new_lens_.data();
 }
 
-std::pair<int64_t, bool> BlockManager::update_block_table_plan(const char* op,
-                                                               const BatchView& batch,
-                                                               const StepPlan& plan,
-                                                               int32_t* block_ids,
-                                                               int64_t capacity) {
+std::pair<int64_t, const int32_t*> BlockManager::update_block_table_plan(const char* op,
+                                                                         const BatchView& batch,
+                                                                         const StepPlan& out,
+                                                                         int32_t* block_ids,
+                                                                         int64_t capacity) {
+  // Made in this object's scratch: rows read back from the caller's plan would index
+  // the tables, and block_ids may overlap it.
+  StepPlan plan{rows_.data(), old_lens_.data(), new_lens_.data(), block_offsets_.data()};
   int64_t total = table_.plan_update(op, batch, num_free_blocks(), plan);
-  if (total > capacity) return {total, false};
+  if (total > capacity) return {total, nullptr};
   table_.commit_update(batch, plan);
   take_blocks(batch, plan, total, block_ids);
-  return {total, true};
+  copy_plan(plan, out, batch.size);
+  return {total, new_lens_.data()};
 }
 
 void BlockManager::take_blocks(const BatchView& batch, const StepPlan& plan, int64_t total,

@@ -52,13 +52,15 @@ class BlockManager {
   const int32_t* update_block_table(const char* op, const BatchView& batch, bool first_layer);
 
   // First layer, as update_block_table, for a caller that keeps its own copy of the
-  // tables (the hybrid backend's device table): also fills `plan` (as
-  // RequestTable::update) and writes the ids of the blocks the step adds, entry by
-  // entry, into `block_ids`. Returns the number of blocks added, and whether it
-  // fit: when it passes `capacity`, nothing changed (ask again with more room).
-  std::pair<int64_t, bool> update_block_table_plan(const char* op, const BatchView& batch,
-                                                   const StepPlan& plan, int32_t* block_ids,
-                                                   int64_t capacity);
+  // tables (the hybrid backend's device table): also copies the plan (as
+  // RequestTable::update makes it) into `plan` and writes the ids of the blocks the
+  // step adds, entry by entry, into `block_ids`. Returns the number of blocks added
+  // and the batch's lengths after the step (valid until the next call), or null
+  // lengths when the blocks pass `capacity`: then nothing changed (ask again with
+  // more room). The caller's buffers are written, never read back: they may overlap.
+  std::pair<int64_t, const int32_t*> update_block_table_plan(const char* op, const BatchView& batch,
+                                                             const StepPlan& plan,
+                                                             int32_t* block_ids, int64_t capacity);
 
   // Any-layer read of a batch's rows and lengths (RequestTable::lookup).
   BatchStats lookup(const char* op, const BatchView& batch, const BatchLookup& out) {

@@ -12,6 +12,13 @@ std::string entry_name(const BatchView& batch, int64_t i) {
          (i < batch.num_prefill ? " (prefill entry)" : " (decode entry)");
 }
 
+void copy_plan(const StepPlan& from, const StepPlan& to, int64_t size) {
+  std::copy(from.rows, from.rows + size, to.rows);
+  std::copy(from.old_lens, from.old_lens + size, to.old_lens);
+  std::copy(from.new_lens, from.new_lens + size, to.new_lens);
+  std::copy(from.block_offsets, from.block_offsets + size + 1, to.block_offsets);
+}
+
 int64_t RequestTable::host_bytes(int64_t max_reqs) {
   // id_of_row_ and new_entries_: 8 bytes a row; seq_lens_, free_rows_, seen_: 4; the id map.
   return 28 * max_reqs + 12 * static_cast<int64_t>(FlatIdMap::capacity_for(max_reqs));

@@ -146,4 +146,7 @@ class RequestTable {
 
 std::string entry_name(const BatchView& batch, int64_t i);
 
+// The plan of a batch of `size` entries (block_offsets: size + 1) from one StepPlan to another.
+void copy_plan(const StepPlan& from, const StepPlan& to, int64_t size);
+
 }  // namespace disagmoe

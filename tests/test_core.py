@@ -350,6 +350,22 @@ def test_request_table_lengths_past_int32():
         table.lookup([1, 2], 0, [], np.zeros(15, np.int32), 3)
 
 
+def test_plan_update_into_overlapping_buffers():
+    """update_block_table_plan's block_ids overlapping its plan's rows: the block ids
+    written there never become rows the core indexes its tables with (they did: rows
+    past max_reqs, written out of bounds)."""
+    bm, stride = _C.BlockManager(1, 64, 32, 4), 5
+    plan = np.zeros(40, np.int32)  # the plan's 4 regions of 5, and room for 36 block ids
+    blocks, seq_lens = bm.update_block_table_plan([1, 2, 3, 4], 4, [9, 9, 9, 9], plan, stride,
+                                                  plan[:36])
+    assert (blocks, seq_lens) == (36, [9, 9, 9, 9])
+    assert bm.check_integrity() == "" and [bm.seq_len(r) for r in (1, 2, 3, 4)] == [9] * 4
+    assert sorted(b for r in (1, 2, 3, 4) for b in bm.block_ids(r)) == list(range(36))
+    table = _C.RequestTable(4, 32, 1)
+    table.update_block_table([5, 6], 2, [3, 4], 64, plan, stride)
+    assert [table.seq_len(5), table.seq_len(6)] == [3, 4]
+
+
 IDS = st.one_of(st.integers(0, 20), st.integers(-2**63, 2**63 - 1),
                 st.sampled_from([-1, 0, 2**63 - 1, -2**63]))
 
