@@ -7,8 +7,10 @@
 // thread cannot start a second such call on the same object meanwhile.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <structmember.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <memory>
 #include <tuple>
 
@@ -58,45 +60,61 @@ class BusyScope {
   bool& busy_;
 };
 
-// BatchStats as a struct sequence (a C named tuple): reading a field costs what a
-// tuple index costs, a third of a pybind11 property's, and the pack path reads
-// about ten every step.
-PyStructSequence_Field batch_stats_fields[] = {
-    {"batch_size", "entries in the batch"},
-    {"num_prefills", "prefill entries (the first ones)"},
-    {"num_tokens", "query tokens: num_prefill_tokens + num_decode_tokens"},
-    {"num_prefill_tokens", "query tokens of the prefill entries"},
-    {"num_decode_tokens", "query tokens of the decode entries (one each)"},
-    {"max_query_len", "longest query"},
-    {"max_seq_len", "longest length after the step"},
-    {"max_prefill_seq_len", "longest prefill entry's length (0 without one)"},
-    {"max_decode_seq_len", "longest decode entry's length (0 without one)"},
-    {"max_decode_query_len", "1 with a decode entry, else 0"},
-    {"width", "blocks of the longest request: the block table's width"},
-    {nullptr, nullptr}};
+// BatchStats as a small C type of read-only int fields. The pack path makes one and
+// reads about ten fields every step: a pybind11 property read costs several times a
+// member's, and making this costs less than a tuple (no int object per field,
+// nothing for the garbage collector to track). It has no positions, only names.
+struct PyBatchStats {
+  PyObject ob_base;  // PyObject_HEAD
+  BatchStats stats;
+};
+
+#define DISAGMOE_STATS_FIELD(name, doc) \
+  {#name, T_LONGLONG, offsetof(PyBatchStats, stats) + offsetof(BatchStats, name), READONLY, doc}
+PyMemberDef batch_stats_fields[] = {
+    DISAGMOE_STATS_FIELD(batch_size, "entries in the batch"),
+    DISAGMOE_STATS_FIELD(num_prefills, "prefill entries (the first ones)"),
+    DISAGMOE_STATS_FIELD(num_tokens, "query tokens: num_prefill_tokens + num_decode_tokens"),
+    DISAGMOE_STATS_FIELD(num_prefill_tokens, "query tokens of the prefill entries"),
+    DISAGMOE_STATS_FIELD(num_decode_tokens, "query tokens of the decode entries (one each)"),
+    DISAGMOE_STATS_FIELD(max_query_len, "longest query"),
+    DISAGMOE_STATS_FIELD(max_seq_len, "longest length after the step"),
+    DISAGMOE_STATS_FIELD(max_prefill_seq_len, "longest prefill entry's length (0 without one)"),
+    DISAGMOE_STATS_FIELD(max_decode_seq_len, "longest decode entry's length (0 without one)"),
+    DISAGMOE_STATS_FIELD(max_decode_query_len, "1 with a decode entry, else 0"),
+    DISAGMOE_STATS_FIELD(width, "blocks of the longest request: the block table's width"),
+    {nullptr, 0, 0, 0, nullptr}};
+#undef DISAGMOE_STATS_FIELD
 constexpr int kBatchStatsFields = 11;
 static_assert(sizeof(BatchStats) == kBatchStatsFields * sizeof(int64_t),
-              "batch_stats_fields lists every BatchStats field, in order");
-PyStructSequence_Desc batch_stats_desc = {
-    "disagmoe._C.BatchStats",
-    "The host integers of a batch's FlashAttention metadata (named as there) and the\n"
-    "shape of its arrays, known without touching the device.",
-    batch_stats_fields, kBatchStatsFields};
+              "batch_stats_fields lists every BatchStats field");
+
+PyObject* batch_stats_repr(PyObject* self) {
+  const BatchStats& s = reinterpret_cast<PyBatchStats*>(self)->stats;
+  std::string text = "BatchStats(";
+  const int64_t* values = &s.batch_size;
+  for (int k = 0; k < kBatchStatsFields; ++k)
+    text += std::string(k ? ", " : "") + batch_stats_fields[k].name + "=" + str(values[k]);
+  return PyUnicode_FromString((text + ")").c_str());
+}
+
+PyType_Slot batch_stats_slots[] = {
+    {Py_tp_doc,
+     const_cast<char*>("The host integers of a batch's FlashAttention metadata (named as there)\n"
+                       "and the shape of its arrays, known without touching the device.")},
+    {Py_tp_members, batch_stats_fields},
+    {Py_tp_repr, reinterpret_cast<void*>(batch_stats_repr)},
+    {0, nullptr}};
+PyType_Spec batch_stats_spec = {"disagmoe._C.BatchStats", sizeof(PyBatchStats), 0,
+                                Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+                                batch_stats_slots};
 PyTypeObject* batch_stats_type = nullptr;
 
 py::object stats_object(const BatchStats& s) {
-  const int64_t values[kBatchStatsFields] = {
-      s.batch_size,         s.num_prefills,         s.num_tokens,  s.num_prefill_tokens,
-      s.num_decode_tokens,  s.max_query_len,        s.max_seq_len, s.max_prefill_seq_len,
-      s.max_decode_seq_len, s.max_decode_query_len, s.width};
-  auto out = py::reinterpret_steal<py::object>(PyStructSequence_New(batch_stats_type));
+  PyObject* out = batch_stats_type->tp_alloc(batch_stats_type, 0);
   if (!out) throw py::error_already_set();
-  for (int k = 0; k < kBatchStatsFields; ++k) {
-    PyObject* v = PyLong_FromLongLong(values[k]);
-    if (!v) throw py::error_already_set();
-    PyStructSequence_SetItem(out.ptr(), k, v);
-  }
-  return out;
+  reinterpret_cast<PyBatchStats*>(out)->stats = s;
+  return py::reinterpret_steal<py::object>(out);
 }
 
 py::tuple layout_key(const MetadataLayout& l) {
@@ -424,10 +442,13 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   m.attr("PAD_BLOCK_ID") = kPadBlockId;
-  batch_stats_type = PyStructSequence_NewType(&batch_stats_desc);
-  if (!batch_stats_type) throw py::error_already_set();
-  m.attr("BatchStats") =
-      py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(batch_stats_type));
+  py::object stats_type = py::reinterpret_steal<py::object>(PyType_FromSpec(&batch_stats_spec));
+  if (!stats_type) throw py::error_already_set();
+  py::list names;
+  for (int k = 0; k < kBatchStatsFields; ++k) names.append(batch_stats_fields[k].name);
+  stats_type.attr("__match_args__") = py::tuple(names);
+  batch_stats_type = reinterpret_cast<PyTypeObject*>(stats_type.ptr());
+  m.attr("BatchStats") = stats_type;
   bind_metadata_layout(m);
   bind_request_table(m);
   bind_block_manager(m);

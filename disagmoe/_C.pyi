@@ -3,7 +3,6 @@
 from typing import Callable, Final, Sequence, SupportsIndex, final
 
 import numpy as np
-from _typeshed import structseq
 from numpy.typing import NDArray
 
 PAD_BLOCK_ID: int
@@ -42,7 +41,7 @@ def metadata_layout(batch_size: SupportsIndex, width: SupportsIndex,
                     num_tokens: SupportsIndex) -> MetadataLayout: ...
 
 @final
-class BatchStats(structseq[int], tuple[int, int, int, int, int, int, int, int, int, int, int]):
+class BatchStats:
     """The host integers of a batch's FlashAttention metadata and its arrays' shape."""
 
     __match_args__: Final = ("batch_size", "num_prefills", "num_tokens", "num_prefill_tokens",

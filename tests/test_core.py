@@ -275,15 +275,20 @@ def test_pack_into_a_read_only_buffer():
     assert (out == 0).all()
 
 
-def test_batch_stats_is_a_named_tuple():
+def test_batch_stats_has_names_only():
+    """Read-only fields by name, no positions; only the core makes one."""
     bm = core()
     bm.update_block_table([1], 1, [3], True)
     stats, _, _ = pack(bm, [1], 0, [])
-    assert isinstance(stats, _C.BatchStats) and isinstance(stats, tuple)
+    assert isinstance(stats, _C.BatchStats) and not isinstance(stats, tuple)
     assert stats.num_decode_tokens == 1 and stats.max_seq_len == 3
     assert "max_seq_len=3" in repr(stats)
     with pytest.raises(AttributeError):
         stats.num_tokens = 0
+    with pytest.raises(TypeError):
+        stats[0]
+    with pytest.raises(TypeError):
+        _C.BatchStats()
 
 
 def test_request_table():
