@@ -117,6 +117,34 @@ py::object stats_object(const BatchStats& s) {
   return py::reinterpret_steal<py::object>(out);
 }
 
+// same_ints(a, b): whether a and b are lists of exact ints, equal item by item. It
+// compares no other objects (an __eq__ could answer anything, and run anything): a
+// batch memo asks it whether a batch is the one it packed, as the core would read it.
+// A plain C function: the memo asks twice a step.
+PyObject* same_ints(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "same_ints(a, b) takes 2 arguments");
+    return nullptr;
+  }
+  PyObject *a = args[0], *b = args[1];
+  if (!PyList_CheckExact(a) || !PyList_CheckExact(b) || PyList_GET_SIZE(a) != PyList_GET_SIZE(b))
+    Py_RETURN_FALSE;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(a); ++i) {
+    PyObject *x = PyList_GET_ITEM(a, i), *y = PyList_GET_ITEM(b, i);
+    if (!PyLong_CheckExact(x) || !PyLong_CheckExact(y)) Py_RETURN_FALSE;
+    int equal = x == y ? 1 : PyObject_RichCompareBool(x, y, Py_EQ);  // ints: no Python code
+    if (equal < 0) return nullptr;
+    if (!equal) Py_RETURN_FALSE;
+  }
+  Py_RETURN_TRUE;
+}
+
+PyMethodDef same_ints_def = {
+    "same_ints", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(same_ints)),
+    METH_FASTCALL,
+    "same_ints(a: object, b: object) -> bool\n\n"
+    "Whether a and b are lists of exact ints, equal item by item; runs no Python code."};
+
 py::tuple layout_key(const MetadataLayout& l) {
   return py::make_tuple(l.batch_size, l.width, l.num_tokens, l.slot_mapping, l.seq_lens,
                         l.context_lens, l.query_start_loc, l.seq_start_loc, l.block_tables,
@@ -442,6 +470,8 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   m.attr("PAD_BLOCK_ID") = kPadBlockId;
+  m.add_object("same_ints", py::reinterpret_steal<py::object>(
+                                PyCFunction_NewEx(&same_ints_def, nullptr, m.ptr())));
   py::object stats_type = py::reinterpret_steal<py::object>(PyType_FromSpec(&batch_stats_spec));
   if (!stats_type) throw py::error_already_set();
   py::list names;

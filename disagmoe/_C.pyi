@@ -11,6 +11,8 @@ _Ints = Sequence[SupportsIndex] | NDArray[np.integer]
 
 class KVCacheExhausted(RuntimeError): ...
 
+def same_ints(a: object, b: object) -> bool: ...
+
 class MetadataLayout:
     """Byte offsets of the metadata arrays in one packed buffer (the block table first)."""
 

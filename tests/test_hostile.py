@@ -21,7 +21,7 @@ import torch
 from backends import BY_ID, LAYER_IDS
 from disagmoe import BatchMetadata, CacheConfig, KVCacheExhausted, ModelConfig
 from harness import Harness, to_host
-from hostile import INT_LIKE, NOT_INTS, Index, IndexRaises, clears, grows
+from hostile import INT_LIKE, NOT_INTS, EqualsAnything, Index, IndexRaises, clears, grows
 
 L0, L1 = LAYER_IDS[0], LAYER_IDS[1]
 TESTS = __file__.rsplit("/", 1)[0]
@@ -251,6 +251,20 @@ def test_token_slots_reads_the_id_once(make_manager):
     shifty = Index(0)
     shifty.__class__ = type("Shifty", (Index,), {"__index__": lambda self: next(answers)})
     assert h.manager.token_slots(shifty) == h.manager.token_slots(10)
+
+
+def test_batch_memo_compares_the_ints_the_core_reads(make_manager):
+    """A later layer's batch of the same ids gets the earlier layer's metadata from memory;
+    an id that equals anything by __eq__ but reads as another int is not that batch."""
+    h = running(make_manager)
+    m = h.manager
+    m.pack_flash_attn_metadata(b([10, 11], 0, [], layer=L0))
+    liar = EqualsAnything(555)
+    for call in (m.pack_flash_attn_metadata, m.update_block_table):
+        message = h.expect_error(lambda: call(b([10, liar], 0, [], layer=L1)), KeyError)
+        assert "555" in message
+    md = m.pack_flash_attn_metadata(b([10, EqualsAnything(11)], 0, [], layer=L1))
+    assert md.seq_lens == [7, 2]
 
 
 # -- 4. wrong results ----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from disagmoe import _C
 from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager import kernels_torch
 from disagmoe.block_manager import layout as L
@@ -77,8 +78,9 @@ class BatchMemo:
         version, ids, num_prefill, lens = key
         # The version again last: comparing a list may call an element's __eq__, which may
         # step this manager.
-        if version == self.version and num_prefill == batch.num_prefill_seqs and ids == batch.req_ids \
-                and lens == batch.init_prefill_lens and version == self.version:
+        if version == self.version and num_prefill == batch.num_prefill_seqs \
+                and _C.same_ints(ids, batch.req_ids) and _C.same_ints(lens, batch.init_prefill_lens) \
+                and version == self.version:
             return self._value
         return None
 
