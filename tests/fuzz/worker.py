@@ -417,7 +417,7 @@ class CoreCase:
                 t.release_seqs(core_ints(args[0]))
             elif kind == "layout":
                 layout = _C.metadata_layout(*(core_value(a) for a in args))
-                assert layout.nbytes >= layout.block_tables >= layout.seq_lens >= 0
+                check_layout(layout)
             elif kind == "reset":
                 bm.reset_state()
                 t.reset_state()
@@ -428,6 +428,19 @@ class CoreCase:
             buffer.check()
         assert bm.check_integrity() == "", bm.check_integrity()
         assert t.num_reqs + t.num_free_rows == t.max_reqs
+
+
+def check_layout(layout) -> None:
+    """The arrays lie within nbytes, apart, slot_mapping 8-byte aligned."""
+    b, w, t = layout.batch_size, layout.width, layout.num_tokens
+    arrays = sorted([(layout.block_tables, 4 * b * w), (layout.slot_mapping, 8 * t),
+                     (layout.seq_lens, 4 * b), (layout.context_lens, 4 * b),
+                     (layout.query_start_loc, 4 * (b + 1)), (layout.seq_start_loc, 4 * (b + 1))])
+    end = 0
+    for start, size in arrays:
+        assert start >= end, (layout, arrays)
+        end = start + size
+    assert end <= layout.nbytes and layout.nbytes % 8 == 0 and layout.slot_mapping % 8 == 0
 
 
 def run_case(case: tuple) -> None:
