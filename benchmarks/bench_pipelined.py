@@ -14,8 +14,7 @@ For verdicts compare `RelativeStep` (a variant's pipelined step over a fixed ref
 step's, timed in turn) and `InverseSpeedup`.
 """
 
-from .serving import (BASELINE, BATCH_SIZES, COMPARED, CONTEXTS, VARIANTS, check_measured, measure_grid,
-                      ratios, samples)
+from .serving import BASELINE, BATCH_SIZES, COMPARED, CONTEXTS, VARIANTS, check_measured, measure_grid, ratios, samples
 
 
 def setup_cache():

@@ -12,8 +12,17 @@ For verdicts compare `RelativeStep` (a variant's pipelined trace step over a fix
 reference step's, timed in turn) and `InverseSpeedup`.
 """
 
-from .serving import (BASELINE, COMPARED, TRACE_PROMPTS, TRACE_RUNNING, VARIANTS, check_measured, measure_grid,
-                      ratios, samples)
+from .serving import (
+    BASELINE,
+    COMPARED,
+    TRACE_PROMPTS,
+    TRACE_RUNNING,
+    VARIANTS,
+    check_measured,
+    measure_grid,
+    ratios,
+    samples,
+)
 
 
 def setup_cache():

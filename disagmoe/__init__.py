@@ -7,9 +7,17 @@ on the device.
 """
 
 from disagmoe.batch import BatchMetadata
-from disagmoe.block_manager import (BACKENDS, BlockManager, CPUBlockManager, GPUBlockManager, HybridBlockManager,
-                                    MemoryFootprint, PagedTokenToKVPoolAllocator, ReqToTokenPool,
-                                    TokenToKVPoolAllocator)
+from disagmoe.block_manager import (
+                                    BACKENDS,
+                                    BlockManager,
+                                    CPUBlockManager,
+                                    GPUBlockManager,
+                                    HybridBlockManager,
+                                    MemoryFootprint,
+                                    PagedTokenToKVPoolAllocator,
+                                    ReqToTokenPool,
+                                    TokenToKVPoolAllocator,
+)
 from disagmoe.config import CacheConfig, ModelConfig
 from disagmoe.errors import KVCacheExhausted
 from disagmoe.metadata import PAD_BLOCK_ID, FlashAttentionMetadata

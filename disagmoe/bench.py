@@ -32,11 +32,24 @@ import torch
 from disagmoe import BACKENDS
 from disagmoe.block_manager.base import resolve_device
 from disagmoe.serving import cli as serving_cli
-from disagmoe.workloads import (BACKEND_NAMES, BATCH_SIZES, CHECK_BLOCK_SIZE, DECODE_STEPS, OPS,
-                                QUICK_BATCH_SIZES, QUICK_SEQ_LENS, SEQ_LENS, BackendMismatch,
-                                check_equivalent, decode_state, device_name,
-                                limit_cpu_threads, no_label, summarize, time_decode_steps)
-
+from disagmoe.workloads import (
+    BACKEND_NAMES,
+    BATCH_SIZES,
+    CHECK_BLOCK_SIZE,
+    DECODE_STEPS,
+    OPS,
+    QUICK_BATCH_SIZES,
+    QUICK_SEQ_LENS,
+    SEQ_LENS,
+    BackendMismatch,
+    check_equivalent,
+    decode_state,
+    device_name,
+    limit_cpu_threads,
+    no_label,
+    summarize,
+    time_decode_steps,
+)
 
 # -- the command line -----------------------------------------------------------------------
 
@@ -58,7 +71,7 @@ def _row(point: dict) -> str:
 
 def _run_point(batch_size: int, seq_len: int, device: torch.device, iterations: int, warmup: int,
                profile_dir: Path | None) -> dict:
-    profiler = contextlib.nullcontext()
+    profiler: contextlib.AbstractContextManager = contextlib.nullcontext()
     label = no_label
     if profile_dir is not None:
         activities = [torch.profiler.ProfilerActivity.CPU]
@@ -74,9 +87,9 @@ def _run_point(batch_size: int, seq_len: int, device: torch.device, iterations: 
         with label("setup: warm-up steps"):
             time_decode_steps(states, warmup)
         samples = time_decode_steps(states, iterations, label)
-    if profile_dir is not None:
+    if prof is not None and profile_dir is not None:
         prof.export_chrome_trace(str(profile_dir / f"trace_b{batch_size}_s{seq_len}.json"))
-    point = {"batch_size": batch_size, "seq_len": seq_len}
+    point: dict[str, object] = {"batch_size": batch_size, "seq_len": seq_len}
     for op in OPS:
         ms = {backend: [s * 1e3 for s in samples[backend][op]] for backend in BACKEND_NAMES}
         cpu_ms, gpu_ms = statistics.median(ms["cpu"]), statistics.median(ms["gpu"])

@@ -194,7 +194,7 @@ def time_decode_steps(states: dict[str, DecodeState], iterations: int,
     """Seconds per call of `iterations` decode steps on each backend: the first-layer
     `update_block_table`, then `pack_flash_attn_metadata`, each call ending with the
     device synchronised. Backends take turns, in alternating order."""
-    samples = {backend: {op: [] for op in OPS} for backend in states}
+    samples: dict[str, dict[str, list[float]]] = {backend: {op: [] for op in OPS} for backend in states}
     order = list(states)
     for i in range(iterations):
         for backend in order if i % 2 == 0 else order[::-1]:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from disagmoe import PAD_BLOCK_ID, BatchMetadata, BlockManager, FlashAttentionMetadata
+
 from reference import RefManager, RefMetadata, cdiv
 
 INT32_FIELDS = ("seq_lens_tensor", "context_lens_tensor", "query_start_loc", "seq_start_loc",

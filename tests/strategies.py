@@ -15,6 +15,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 
 from disagmoe import BatchMetadata
+
 from harness import Harness
 from reference import RefManager
 

@@ -112,7 +112,6 @@ def test_relative_time_tracks_a_slower_operation(monkeypatch):
     is flagged on a real machine is what scripts/check_regression.sh proves there."""
     monkeypatch.syspath_prepend(ROOT)
     from benchmarks import common
-
     from disagmoe import CPUBlockManager, GPUBlockManager, HybridBlockManager
 
     monkeypatch.setattr(common, "BATCH_SIZES", [16])

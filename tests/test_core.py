@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from disagmoe import KVCacheExhausted, _C
+from disagmoe import _C, KVCacheExhausted
 
 PAD = _C.PAD_BLOCK_ID
 INT32_MAX = 2**31 - 1

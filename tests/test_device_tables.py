@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from backends import BY_ID, CPU_DEVICE_BACKENDS, CUDA_BACKENDS, HAS_CUDA
 from disagmoe import BatchMetadata
 from disagmoe.block_manager.device_tables import DeviceTableManager
 from disagmoe.block_manager.staging import DEFAULT_DEPTH
+
+from backends import BY_ID, CPU_DEVICE_BACKENDS, CUDA_BACKENDS, HAS_CUDA
 from harness import Harness, to_host
 
 ALL = CPU_DEVICE_BACKENDS + (CUDA_BACKENDS if HAS_CUDA else [])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from disagmoe import KVCacheExhausted
+
 from harness import Harness
 from strategies import BLOCK_SIZES
 

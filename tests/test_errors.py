@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from disagmoe import (BatchMetadata, CacheConfig, GPUBlockManager, KVCacheExhausted,
-                      ModelConfig)
+from disagmoe import BatchMetadata, CacheConfig, GPUBlockManager, KVCacheExhausted, ModelConfig
+
 from harness import Harness
 
 L0, L1 = 3, 5  # the first layer and a later one (backends.LAYER_IDS)

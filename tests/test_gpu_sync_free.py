@@ -13,8 +13,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from backends import BY_ID, HAS_CUDA
 from disagmoe import BatchMetadata
+
+from backends import BY_ID, HAS_CUDA
 from harness import Harness, HostMetadata, to_host
 
 pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")

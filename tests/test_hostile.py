@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from backends import BY_ID, LAYER_IDS
 from disagmoe import BatchMetadata, CacheConfig, KVCacheExhausted, ModelConfig
+
+from backends import BY_ID, LAYER_IDS
 from harness import Harness, to_host
-from hostile import INT_LIKE, NOT_INTS, EqualsAnything, Index, IndexRaises, clears, grows
+from hostile import INT_LIKE, NOT_INTS, EqualsAnything, Index, IndexRaises, clears
 
 L0, L1 = LAYER_IDS[0], LAYER_IDS[1]
 TESTS = __file__.rsplit("/", 1)[0]

@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends import HAS_CUDA
 from disagmoe import PagedTokenToKVPoolAllocator, ReqToTokenPool, TokenToKVPoolAllocator
+
+from backends import HAS_CUDA
 
 DEVICES = ["cpu", *(["cuda"] if HAS_CUDA else [])]
 pytestmark = pytest.mark.parametrize("device", DEVICES)

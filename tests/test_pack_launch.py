@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from disagmoe import BatchMetadata, CacheConfig, GPUBlockManager, ModelConfig
+
 from backends import HAS_CUDA
 
 pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="the Triton kernels need CUDA")

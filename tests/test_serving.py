@@ -13,8 +13,10 @@ import torch
 
 from disagmoe import bench
 from disagmoe.serving import points, timing
-from disagmoe.serving.variants import VARIANTS, Variant, make_manager as variant_manager, variant
+from disagmoe.serving.variants import VARIANTS, Variant, variant
+from disagmoe.serving.variants import make_manager as variant_manager
 from disagmoe.serving.workloads import CYCLE_STEPS, DecodeWorkload, TraceConfig, TraceWorkload
+
 from harness import Harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,8 +26,10 @@ SMALL = TraceConfig(running=12, max_prompt=300, chunk=200, max_output=40, num_la
 def test_trace_is_deterministic_and_seeded():
     a, b = TraceWorkload(SMALL, 60), TraceWorkload(SMALL, 60)
     assert a.initial == b.initial
-    assert [(s.release, [(l.req_ids, l.init_prefill_lens) for l in s.layers]) for s in a.steps] == \
-           [(s.release, [(l.req_ids, l.init_prefill_lens) for l in s.layers]) for s in b.steps]
+    def steps(trace):
+        return [(s.release, [(b.req_ids, b.init_prefill_lens) for b in s.layers]) for s in trace.steps]
+
+    assert steps(a) == steps(b)
     other = TraceWorkload(TraceConfig(**{**SMALL.__dict__, "seed": 4}), 60)
     assert other.initial != a.initial
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from disagmoe import BatchMetadata
+
 from harness import Harness
 from hostile import Index
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from disagmoe import CPUBlockManager, GPUBlockManager, HybridBlockManager, MemoryFootprint
+
 from harness import Harness
 from strategies import BLOCK_SIZES, pool_size, run_random_steps
 

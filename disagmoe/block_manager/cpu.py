@@ -66,6 +66,7 @@ class CPUBlockManager(BlockManager):
         slot = ring.acquire()  # its last copy out is done
         args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
         stats, seq_lens = self._core.pack_flash_attn_metadata(*args, ring.host_arrays[slot], self._grow, slot)
+        assert seq_lens is not None  # with grow, the core always writes
         batch_size, width, num_tokens = stats.batch_size, stats.width, stats.num_tokens
         ring.upload(packed_offsets(batch_size, width, num_tokens)[-1])
         ring.enqueued()

@@ -20,6 +20,8 @@ tensors without a launch (`BatchMemo`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -60,7 +62,7 @@ class BatchMemo:
         self.version = 0
         self._key: tuple | None = None
         self._value = None
-        self._layer = None
+        self._layer: int | None = None
 
     def changed(self) -> None:
         self.version += 1
@@ -167,6 +169,11 @@ class DeviceTableManager(BlockManager):
     def _books_lookup(self, batch: BatchMetadata, out: np.ndarray, op: str):
         raise NotImplementedError
 
+    def _stage_update(self, batch: BatchMetadata) -> list[int]:
+        """Checks a first-layer update, changes the books and stages its plan; returns the
+        batch's lengths after it."""
+        raise NotImplementedError
+
     # -- staging ------------------------------------------------------------------------
 
     def _words(self) -> np.ndarray:
@@ -241,7 +248,7 @@ class DeviceTableManager(BlockManager):
         self._graphs.clear()  # they write the old buffer
         if self.kernels == "triton":
             import dataclasses
-            self._k = dataclasses.replace(self._k, out64=self._out64)
+            self._k: Any = dataclasses.replace(self._k, out64=self._out64)
 
     def synchronize(self) -> None:
         self.flush()
@@ -257,7 +264,9 @@ class DeviceTableManager(BlockManager):
         `page_ids` (hybrid: an update too large for a staged buffer) launches eagerly
         with the update's ids read from there."""
         release, update = bool(self._release_size), bool(self._update_size)
-        words = self._ring.int32_arrays[self._slot]
+        slot = self._slot
+        assert slot is not None, "a launch of nothing staged"
+        words = self._ring.int32_arrays[slot]
         if self.kernels == "torch" or page_ids is not None:
             own_ids = update and page_ids is None and self._free_pages is None
             self._ring.upload(4 * L.copy_words(self._stride, release, update,
@@ -268,19 +277,20 @@ class DeviceTableManager(BlockManager):
                 self._triton.launch(self._k, staged, bucket(max(max(sizes), 1)), release, update, pack, page_ids)
             else:
                 if release:
+                    assert self._free_pages is not None  # only the gpu backend stages releases
                     kernels_torch.release(staged, words, self._stride, self.req_to_page, self._free_pages,
                                           self.block_size)
                 if update:
                     kernels_torch.update(staged, words, self._stride, self.req_to_page, self._free_pages,
                                          self.block_size, page_ids)
                 if pack:
+                    assert views is not None
                     kernels_torch.pack(staged, words, self._stride, self.req_to_page, self.block_size, views)
         else:
             sizes = (self._release_size, self._update_size, int(words[L.PACK_SIZE]) if pack else 0)
             grid = bucket(max(max(sizes), 1))
             carried = self.page_ids_capacity if update else 0
             nbytes = 4 * L.copy_words(self._stride, release, update, carried)
-            slot = self._slot
             run = lambda: self._run_triton(slot, grid, release, update, pack, nbytes)  # noqa: E731
             if self.cuda_graphs:
                 self._graphs.launch((release, update, pack, grid, slot), run)

@@ -18,8 +18,7 @@ from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager import layout as L
 from disagmoe.block_manager.base import MemoryFootprint
 from disagmoe.block_manager.device_tables import KERNELS, DeviceTableManager
-from disagmoe.block_manager.mem_pool import (PagedTokenToKVPoolAllocator, ReqToTokenPool,
-                                             TokenToKVPoolAllocator)
+from disagmoe.block_manager.mem_pool import PagedTokenToKVPoolAllocator, ReqToTokenPool, TokenToKVPoolAllocator
 from disagmoe.config import CacheConfig, ModelConfig
 
 if TYPE_CHECKING:

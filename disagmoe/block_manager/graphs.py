@@ -10,7 +10,7 @@ nothing; the first launch of a key runs eagerly, then its graph is captured.
 
 from __future__ import annotations
 
-from typing import Callable, Hashable
+from typing import Any, Callable, Hashable
 
 import torch
 
@@ -25,7 +25,7 @@ class GraphCache:
 
     def __init__(self) -> None:
         self._graphs: dict[Hashable, torch.cuda.CUDAGraph] = {}
-        self._pool = None
+        self._pool: Any = None  # the graphs' shared memory pool, made at the first capture
 
     def __len__(self) -> int:
         return len(self._graphs)

@@ -67,11 +67,14 @@ class HybridBlockManager(DeviceTableManager):
         plan_start, ids_start = L.plan_start(self._stride), L.page_ids_start(self._stride)
         big: list = []  # the buffer grow() handed out, if the step's ids did not fit
 
+        def grow(num_pages: int) -> np.ndarray:
+            big.append(self._big_ids(num_pages))
+            return big[-1][0]
+
         def update(plan: np.ndarray):
             ids = plan[ids_start - plan_start:][:self.page_ids_capacity]
             return self._core.update_block_table_plan(batch.req_ids, batch.num_prefill_seqs,
-                                                      batch.init_prefill_lens, plan, self._stride, ids,
-                                                      lambda n: big.append(self._big_ids(n)) or big[-1][0])
+                                                      batch.init_prefill_lens, plan, self._stride, ids, grow)
 
         (num_pages, seq_lens), words = self._staged_call(plan_start, update)
         if seq_lens:
@@ -80,7 +83,7 @@ class HybridBlockManager(DeviceTableManager):
             words[L.NUM_PAGE_IDS] = 0 if big else num_pages
             if big:  # more new blocks than a launch carries: this update launches alone
                 _, host, device = big[-1]
-                if device is not host:
+                if self._big_done is not None:  # on CUDA: the ids go to the device
                     device[:num_pages].copy_(host[:num_pages], non_blocking=True)
                     self._big_done.record()
                 self._launch(pack=False, page_ids=device)

@@ -31,8 +31,8 @@ class DeviceDone:
     def __init__(self, device: torch.device) -> None:
         self._event = torch.cuda.Event()
         self._index = device.index
-        self._raw = None
-        self._stream = None
+        self._raw: int | None = None
+        self._stream: torch.cuda.Stream | None = None
 
     def record(self) -> None:
         raw = torch._C._cuda_getCurrentRawStream(self._index)

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from typing import Callable
 
 import torch
 
@@ -79,7 +80,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--variants {names} names a variant twice")
 
 
-def _grid(args) -> list[tuple[dict, object]]:
+def _grid(args) -> list[tuple[dict, Callable]]:
     if args.workload == "decode":
         batch_sizes = args.batch_sizes or (points.QUICK_BATCH_SIZES if args.quick else points.BATCH_SIZES)
         contexts = args.contexts or (points.QUICK_CONTEXTS if args.quick else points.CONTEXTS)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -26,7 +26,7 @@ from disagmoe.metadata import metadata_views
 BACK_TO_BACK = 48
 
 
-def _median_us(run: Callable[[], None], repeats: int) -> float:
+def _median_us(run: Callable[[], object], repeats: int) -> float:
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -42,7 +42,7 @@ def measure_floors(device: torch.device, copy_bytes: Sequence[int], repeats: int
         return {}
     sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
     one = torch.zeros(1, device=device)
-    out = {"bare_synchronize_us": _median_us(sync, repeats * 4)}
+    out: dict[str, Any] = {"bare_synchronize_us": _median_us(sync, repeats * 4)}
 
     def kernel_synced() -> None:
         one.add_(1)

@@ -56,6 +56,7 @@ def crossover_map(run: dict, path: str) -> None:
     fig.suptitle(f"{run['workload']}: speedup = {baseline} time / variant time (> 1, blue: variant faster)\n"
                  f"busy: device time added behind the forward; {run['device_name']}, commit "
                  f"{run['commit'][:10]}", fontsize=9)
+    assert image is not None  # one panel at least
     ticks = [1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8]
     bar = fig.colorbar(image, ax=axes, shrink=0.8, label="speedup (log scale)", ticks=ticks)
     bar.ax.set_yticklabels(["1/8x", "1/4x", "1/2x", "1x", "2x", "4x", "8x"])

@@ -19,7 +19,7 @@ in alternating order, so that the machine's speed of the moment touches them all
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 import torch
 
@@ -136,6 +136,8 @@ def time_window(runner: Runner, mode: str, steps: int, forward: Forward | None =
         for _ in range(steps):
             runner.step()
     elif mode == "busy":
+        if forward is None:
+            raise BusyUnavailable("busy timing needs a Forward (a CUDA device)")
         for _ in range(steps):
             runner.step()
             forward()
@@ -159,13 +161,13 @@ def time_forwards(forward: Forward, steps: int) -> tuple[float, float]:
     return (done - start) / steps, (returned - start) / steps
 
 
-def window_steps(runners: dict[str, Runner], window: int) -> int:
+def window_steps(runners: Mapping[str, Runner], window: int) -> int:
     """Steps a window may take: `window`, capped by every runner's bound."""
     caps = [r.max_window for r in runners.values() if r.max_window is not None]
     return min([window, *caps])
 
 
-def measure(runners: dict[str, Runner], mode: str, window: int, windows: int, warmup: int,
+def measure(runners: Mapping[str, Runner], mode: str, window: int, windows: int, warmup: int,
             forward: Forward | None = None, on_window: Callable[[], None] | None = None) -> dict:
     """Each runner from its start: `warmup` untimed steps, then `windows` timed windows
     of `window` steps, runners taking turns in alternating order.
@@ -187,7 +189,7 @@ def measure(runners: dict[str, Runner], mode: str, window: int, windows: int, wa
             n = min(steps, warmup - done)
             time_window(runner, "pipelined", n)
             done += n
-    if mode == "busy":
+    if forward is not None and mode == "busy":
         time_forwards(forward, steps)
     result: dict = {"steps_per_window": steps, "runners": {name: {"wall_us": [], "host_us": []} for name in runners}}
     if mode == "busy":
@@ -196,7 +198,7 @@ def measure(runners: dict[str, Runner], mode: str, window: int, windows: int, wa
             samples["added_us"] = []
     names = list(runners)
     for round_ in range(windows):
-        if mode == "busy":
+        if forward is not None and mode == "busy":
             fwd_wall, fwd_host = time_forwards(forward, steps)
             result["forward_us"].append(fwd_wall * 1e6)
             result["forward_host_us"].append(fwd_host * 1e6)

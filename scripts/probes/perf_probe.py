@@ -22,8 +22,15 @@ import time
 
 import torch
 
-from disagmoe.workloads import (DECODE_STEPS, LATER_LAYER, decode_batch, default_device, limit_cpu_threads,
-                                make_manager, prefill_batch)
+from disagmoe.workloads import (
+    DECODE_STEPS,
+    LATER_LAYER,
+    decode_batch,
+    default_device,
+    limit_cpu_threads,
+    make_manager,
+    prefill_batch,
+)
 from scripts.probes import rebuilt
 
 VARIANTS = {  # name: (backend, constructor keywords)
@@ -66,7 +73,9 @@ COPY_KB = (4, 16, 64, 256)
 
 def floors(device: torch.device, iterations: int) -> dict:
     x = torch.zeros(1, device=device)
-    nothing = lambda: None
+    def nothing() -> None:
+        pass
+
     result = {
         "bare_sync_us": median_us(nothing, nothing, device, iterations),
         "one_launch_us": median_us(lambda: x.add_(1), nothing, device, iterations),
@@ -107,7 +116,9 @@ def time_cases(manager, device, batch_size: int, seq_len: int, iterations: int) 
     for _ in range(3):  # warm-up: compile, capture
         manager.update_block_table(decode0)
         manager.pack_flash_attn_metadata(decode0)
-    nothing = lambda: None
+    def nothing() -> None:
+        pass
+
     timed = {"decode_update_us": lambda: manager.update_block_table(decode0),
              "later_layer_update_us": lambda: manager.update_block_table(decode1),
              "decode_pack_us": lambda: manager.pack_flash_attn_metadata(decode0),

@@ -15,6 +15,7 @@ import sys
 import tempfile
 
 import disagmoe
+
 from fuzz.worker import read_frame, write_frame
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")

@@ -32,9 +32,9 @@ sys.path.insert(0, TESTS)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from disagmoe import _C, BatchMetadata, CacheConfig, KVCacheExhausted, ModelConfig  # noqa: E402
+
 from backends import BY_ID, LAYER_IDS  # noqa: E402
-from disagmoe import (BatchMetadata, CacheConfig, KVCacheExhausted, ModelConfig,  # noqa: E402
-                      _C)
 from harness import Harness, assert_matches_reference, assert_tables_consistent, to_host  # noqa: E402
 from hostile import INT_LIKE, NOT_INTS, Index, IndexRaises, clears, grows  # noqa: E402
 
