@@ -57,10 +57,10 @@ class StagingRing:
         self.depth = depth if on_cuda else 1
         self.nbytes = (max(nbytes, 64) + 63) // 64 * 64
         self.on_cuda = on_cuda
-        what = f"{self.depth} staging buffers of {self.nbytes} bytes"
-        whole = checked_empty(owner, (self.depth, self.nbytes), torch.uint8, what, torch.device("cpu"),
-                              pin_memory=on_cuda).zero_()
-        self._host = list(whole.unbind(0))
+        what = f"a staging buffer of {self.nbytes} bytes"
+        # One allocation each, as a copy from pinned memory wants its own block.
+        self._host = [checked_empty(owner, (self.nbytes,), torch.uint8, what, torch.device("cpu"),
+                                    pin_memory=on_cuda).zero_() for _ in range(self.depth)]
         self.host_arrays = [t.numpy() for t in self._host]
         self.int32_arrays = [a.view(np.int32) for a in self.host_arrays]
         self._set_device(checked_empty(owner, (self.nbytes,), torch.uint8, f"a staging buffer of {self.nbytes} "
