@@ -1,4 +1,4 @@
-"""FlashAttention metadata and the persistent buffer both backends write it into."""
+"""FlashAttention metadata, and the views of the persistent buffers the backends write it into."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def make_manager(backend: str, batch_size: int, seq_len: int, device: torch.devi
                  block_size: int | None = None) -> BlockManager:
     """A manager sized for B requests of up to `seq_len + DECODE_STEPS` tokens.
 
-    `block_size=None` takes the backend's default (cpu 16, gpu 1).
+    `block_size=None` takes the backend's default (16 for each).
     """
     cls = BACKENDS[backend]
     block_size = block_size or cls.default_block_size
