@@ -21,13 +21,14 @@ import torch
 from disagmoe import _C
 from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager.base import BlockManager, MemoryFootprint
+from disagmoe.block_manager.core_books import CoreBooks
 from disagmoe.block_manager.device_tables import BatchMemo
 from disagmoe.block_manager.staging import StagingRing
 from disagmoe.config import CacheConfig, ModelConfig
 from disagmoe.metadata import FlashAttentionMetadata, packed_offsets, packed_views
 
 
-class CPUBlockManager(BlockManager):
+class CPUBlockManager(CoreBooks, BlockManager):
     backend = "cpu"
     default_block_size = 16
 
@@ -88,20 +89,6 @@ class CPUBlockManager(BlockManager):
         self._core.reset_state()
         self.memo.changed()
         self._ring.restart()
-
-    def num_free_slots(self) -> int:
-        return self._core.num_free_blocks() * self.block_size
-
-    def num_running_reqs(self) -> int:
-        return self._core.num_reqs
-
-    def seq_len(self, req_id: int) -> int:
-        return self._core.seq_len(req_id)
-
-    def token_slots(self, req_id: int) -> list[int]:
-        req_id = self._checked_req_id(req_id)
-        blocks, bs = self._core.block_ids(req_id), self.block_size
-        return [blocks[p // bs] * bs + p % bs for p in range(self._core.seq_len(req_id))]
 
     def check_integrity(self) -> None:
         problem = self._core.check_integrity()

@@ -23,6 +23,7 @@ from disagmoe import _C
 from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager import layout as L
 from disagmoe.block_manager.base import MemoryFootprint
+from disagmoe.block_manager.core_books import CoreBooks
 from disagmoe.block_manager.device_tables import DeviceTableManager
 from disagmoe.block_manager.mem_pool import empty_int32
 from disagmoe.block_manager.staging import DeviceDone
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from disagmoe.block_manager.kernels_triton import PackLaunch
 
 
-class HybridBlockManager(DeviceTableManager):
+class HybridBlockManager(CoreBooks, DeviceTableManager):
     """`kernels`, `cuda_graphs`, `zero_copy` and `pack_launch` as for `GPUBlockManager`."""
 
     backend = "hybrid"
@@ -106,20 +107,6 @@ class HybridBlockManager(DeviceTableManager):
 
     def _reset_books(self) -> None:
         self._core.reset_state()
-
-    def num_free_slots(self) -> int:
-        return self._core.num_free_blocks() * self.block_size
-
-    def num_running_reqs(self) -> int:
-        return self._core.num_reqs
-
-    def seq_len(self, req_id: int) -> int:
-        return self._core.seq_len(req_id)
-
-    def token_slots(self, req_id: int) -> list[int]:
-        req_id = self._checked_req_id(req_id)
-        blocks, bs = self._core.block_ids(req_id), self.block_size  # the host's: they decide
-        return [blocks[p // bs] * bs + p % bs for p in range(self._core.seq_len(req_id))]
 
     def check_integrity(self) -> None:
         problem = self._core.check_integrity()
