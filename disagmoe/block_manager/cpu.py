@@ -22,7 +22,7 @@ from disagmoe import _C
 from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager.base import BlockManager, MemoryFootprint
 from disagmoe.block_manager.core_books import CoreBooks
-from disagmoe.block_manager.device_tables import BatchMemo
+from disagmoe.block_manager.memo import BatchMemo
 from disagmoe.block_manager.staging import StagingRing
 from disagmoe.config import CacheConfig, ModelConfig
 from disagmoe.metadata import FlashAttentionMetadata, packed_offsets, packed_views
@@ -47,9 +47,9 @@ class CPUBlockManager(CoreBooks, BlockManager):
     def update_block_table(self, batch: BatchMetadata) -> None:
         first = self._is_first_layer(batch)
         if not first:
-            cached = self.memo.get(batch)  # the same batch's pack, at an earlier layer
-            if cached is not None:
-                batch.seq_lens = list(cached.seq_lens)
+            seq_lens = self.memo.lengths(batch)  # from the same batch's pack at an earlier layer
+            if seq_lens is not None:
+                batch.seq_lens = seq_lens
                 return
         seq_lens = self._core.update_block_table(batch.req_ids, batch.num_prefill_seqs,
                                                  batch.init_prefill_lens, first)
@@ -59,10 +59,9 @@ class CPUBlockManager(CoreBooks, BlockManager):
 
     def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
         self._is_first_layer(batch)  # rejects an unknown layer
-        cached = self.memo.get(batch)
-        if cached is not None:
-            self.memo.put(batch, None)
-            return cached.sharing_tensors()
+        repacked = self.memo.repacked(batch)
+        if repacked is not None:
+            return repacked
         ring = self._ring
         slot = ring.acquire()  # its last copy out is done
         args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from disagmoe import _C
 from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager import kernels_torch
 from disagmoe.block_manager import layout as L
 from disagmoe.block_manager.base import BlockManager
 from disagmoe.block_manager.graphs import GraphCache, bucket
 from disagmoe.block_manager.mem_pool import checked_empty
+from disagmoe.block_manager.memo import BatchMemo
 from disagmoe.block_manager.staging import StagingRing
 from disagmoe.config import CacheConfig, ModelConfig
 from disagmoe.metadata import FlashAttentionMetadata, metadata_views
@@ -45,58 +45,6 @@ def _triton_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-class BatchMemo:
-    """The last batch a manager packed and its metadata, valid while nothing changed: the
-    same batch at another layer of the same step gets the same metadata.
-
-    `changed()` marks every state change; `get(batch)` returns what `put` stored for the
-    same batch (the same ids, prefill count and lengths) at another layer than the last
-    one it was asked for, if nothing changed since, else None: packing one layer twice
-    packs again. Only plain lists and ints are remembered: anything else is looked up
-    again.
-    """
-
-    def __init__(self) -> None:
-        self.version = 0
-        self._key: tuple | None = None
-        self._value = None
-        self._layer: int | None = None
-
-    def changed(self) -> None:
-        self.version += 1
-        self._key = None
-
-    @staticmethod
-    def _plain(batch: BatchMetadata) -> bool:
-        return (type(batch.req_ids) is list and type(batch.init_prefill_lens) is list
-                and type(batch.num_prefill_seqs) is int and type(batch.layer_id) is int)
-
-    def get(self, batch: BatchMetadata):
-        key = self._key
-        if key is None or not self._plain(batch) or batch.layer_id == self._layer:
-            return None
-        version, ids, num_prefill, lens = key
-        # The version again last: comparing a list may call an element's __eq__, which may
-        # step this manager.
-        if version == self.version and num_prefill == batch.num_prefill_seqs \
-                and _C.same_ints(ids, batch.req_ids) and _C.same_ints(lens, batch.init_prefill_lens) \
-                and version == self.version:
-            return self._value
-        return None
-
-    def put(self, batch: BatchMetadata, value) -> None:
-        """Remembers a pack of `batch` (or, with `value` None, that `batch`'s layer was packed
-        again from memory)."""
-        self._layer = batch.layer_id
-        if value is None:
-            return
-        if self._plain(batch):
-            self._key = (self.version, list(batch.req_ids), batch.num_prefill_seqs, list(batch.init_prefill_lens))
-            self._value = value
-        else:
-            self._key = None
 
 
 class DeviceTableManager(BlockManager):
@@ -206,11 +154,10 @@ class DeviceTableManager(BlockManager):
 
     def update_block_table(self, batch: BatchMetadata) -> None:
         if not self._is_first_layer(batch):
-            cached = self.memo.get(batch)  # the same batch's pack, at an earlier layer
-            if cached is not None:
-                batch.seq_lens = list(cached.seq_lens)
-            else:
-                batch.seq_lens = self._books_lookup(batch, self._scratch, "update_block_table")[1]
+            seq_lens = self.memo.lengths(batch)  # from the same batch's pack at an earlier layer
+            if seq_lens is None:
+                seq_lens = self._books_lookup(batch, self._scratch, "update_block_table")[1]
+            batch.seq_lens = seq_lens
             return
         if self._update_size:
             self.flush()  # the staged plan is about to be rewritten
@@ -218,10 +165,9 @@ class DeviceTableManager(BlockManager):
 
     def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
         self._is_first_layer(batch)  # rejects an unknown layer
-        cached = self.memo.get(batch)
-        if cached is not None:
-            self.memo.put(batch, None)
-            return cached.sharing_tensors()
+        repacked = self.memo.repacked(batch)
+        if repacked is not None:
+            return repacked
         lookup = lambda out: self._books_lookup(batch, out, "pack_flash_attn_metadata")  # noqa: E731
         (stats, seq_lens), words = self._staged_call(L.LOOKUP, lookup)
         batch_size, width, num_tokens = stats.batch_size, stats.width, stats.num_tokens
