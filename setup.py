@@ -28,6 +28,7 @@ ext = Pybind11Extension(
     cxx_std=17,
     extra_compile_args=compile_args,
     extra_link_args=link_args,
+    libraries=["dl"],  # dlopen of the CUDA driver (cuda_driver.cpp)
 )
 
 # The license is given here: in pyproject.toml a table is deprecated from setuptools 77 on

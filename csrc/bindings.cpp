@@ -5,6 +5,8 @@
 // binding signature. A call that can change an object marks it busy while it
 // runs: Python code that the call runs (an argument's __index__) or another
 // thread cannot start a second such call on the same object meanwhile.
+#include "bindings.h"
+
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <structmember.h>
@@ -22,43 +24,6 @@ namespace py = pybind11;
 using namespace disagmoe;
 
 namespace {
-
-struct PyRequestTable : RequestTable {
-  PyRequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t block_size)
-      : RequestTable(max_reqs, max_seq_len, block_size), plan(4 * (max_reqs + 1)) {}
-  bool busy = false;
-  // update_block_table's plan, made here and then copied into the caller's buffer: the
-  // table reads the plan's rows back, and must not read them from memory it does not own.
-  std::vector<int32_t> plan;
-  StepPlan scratch_plan() {
-    int32_t* p = plan.data();
-    int64_t s = max_reqs() + 1;
-    return {p, p + s, p + 2 * s, p + 3 * s};
-  }
-};
-
-struct PyBlockManager : BlockManager {
-  using BlockManager::BlockManager;
-  bool busy = false;
-};
-
-// One call that may change an object; refuses to start while another is under way.
-class BusyScope {
- public:
-  BusyScope(const char* op, bool& busy) : busy_(busy) {
-    if (busy_)
-      throw std::runtime_error(std::string(op) +
-                               ": another call on this object is under way (calls on one "
-                               "manager must not overlap: re-entered or from two threads)");
-    busy_ = true;
-  }
-  ~BusyScope() { busy_ = false; }
-  BusyScope(const BusyScope&) = delete;
-  BusyScope& operator=(const BusyScope&) = delete;
-
- private:
-  bool& busy_;
-};
 
 // BatchStats as a small C type of read-only int fields. The pack path makes one and
 // reads about ten fields every step: a pybind11 property read costs several times a
@@ -110,40 +75,12 @@ PyType_Spec batch_stats_spec = {"disagmoe._C.BatchStats", sizeof(PyBatchStats), 
                                 batch_stats_slots};
 PyTypeObject* batch_stats_type = nullptr;
 
-py::object stats_object(const BatchStats& s) {
+py::object make_stats(const BatchStats& s) {
   PyObject* out = batch_stats_type->tp_alloc(batch_stats_type, 0);
   if (!out) throw py::error_already_set();
   reinterpret_cast<PyBatchStats*>(out)->stats = s;
   return py::reinterpret_steal<py::object>(out);
 }
-
-// same_ints(a, b): whether a and b are lists of exact ints, equal item by item. It
-// compares no other objects (an __eq__ could answer anything, and run anything): a
-// batch memo asks it whether a batch is the one it packed, as the core would read it.
-// A plain C function: the memo asks twice a step.
-PyObject* same_ints(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2) {
-    PyErr_SetString(PyExc_TypeError, "same_ints(a, b) takes 2 arguments");
-    return nullptr;
-  }
-  PyObject *a = args[0], *b = args[1];
-  if (!PyList_CheckExact(a) || !PyList_CheckExact(b) || PyList_GET_SIZE(a) != PyList_GET_SIZE(b))
-    Py_RETURN_FALSE;
-  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(a); ++i) {
-    PyObject *x = PyList_GET_ITEM(a, i), *y = PyList_GET_ITEM(b, i);
-    if (!PyLong_CheckExact(x) || !PyLong_CheckExact(y)) Py_RETURN_FALSE;
-    int equal = x == y ? 1 : PyObject_RichCompareBool(x, y, Py_EQ);  // ints: no Python code
-    if (equal < 0) return nullptr;
-    if (!equal) Py_RETURN_FALSE;
-  }
-  Py_RETURN_TRUE;
-}
-
-PyMethodDef same_ints_def = {
-    "same_ints", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(same_ints)),
-    METH_FASTCALL,
-    "same_ints(a: object, b: object) -> bool\n\n"
-    "Whether a and b are lists of exact ints, equal item by item; runs no Python code."};
 
 py::tuple layout_key(const MetadataLayout& l) {
   return py::make_tuple(l.batch_size, l.width, l.num_tokens, l.slot_mapping, l.seq_lens,
@@ -206,7 +143,7 @@ py::tuple lookup_into(Books& books, bool& busy_flag, int64_t max_reqs, py::handl
   check_regions(op, "out", out.size, 5, s, std::min(b.size, max_reqs) + 1);
   BatchLookup l{out.data, out.data + s, out.data + 2 * s, out.data + 3 * s, out.data + 4 * s};
   BatchStats stats = books.lookup(op, b, l);
-  return py::make_tuple(stats_object(stats), to_list(l.seq_lens, b.size));
+  return py::make_tuple(make_stats(stats), to_list(l.seq_lens, b.size));
 }
 
 const char* kLookupDoc =
@@ -360,7 +297,7 @@ void bind_block_manager(py::module_& m) {
             py::object seq_lens = py::none();
             if (r.written)
               seq_lens = to_list(reinterpret_cast<int32_t*>(buf.data + r.layout.seq_lens), b.size);
-            return py::make_tuple(stats_object(r.stats), seq_lens);
+            return py::make_tuple(make_stats(r.stats), seq_lens);
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
           py::arg("out"), py::arg("grow") = py::none(), py::arg("buffer") = -1,
@@ -459,6 +396,8 @@ void bind_block_manager(py::module_& m) {
 
 }  // namespace
 
+py::object stats_object(const BatchStats& s) { return make_stats(s); }
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "disagmoe's C++ core: host block tables and request books.";
   py::register_exception<CacheExhausted>(m, "KVCacheExhausted", PyExc_RuntimeError);
@@ -470,8 +409,6 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   m.attr("PAD_BLOCK_ID") = kPadBlockId;
-  m.add_object("same_ints", py::reinterpret_steal<py::object>(
-                                PyCFunction_NewEx(&same_ints_def, nullptr, m.ptr())));
   py::object stats_type = py::reinterpret_steal<py::object>(PyType_FromSpec(&batch_stats_spec));
   if (!stats_type) throw py::error_already_set();
   py::list names;
@@ -482,4 +419,5 @@ PYBIND11_MODULE(_C, m) {
   bind_metadata_layout(m);
   bind_request_table(m);
   bind_block_manager(m);
+  bind_step(m);
 }

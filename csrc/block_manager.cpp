@@ -104,10 +104,9 @@ std::pair<int64_t, const int32_t*> BlockManager::update_block_table_plan(const c
   // Made in this object's scratch: rows read back from the caller's plan would index
   // the tables, and block_ids may overlap it.
   StepPlan plan{rows_.data(), old_lens_.data(), new_lens_.data(), block_offsets_.data()};
-  int64_t total = table_.plan_update(op, batch, num_free_blocks(), plan);
+  int64_t total = plan_first_layer(op, batch, plan);
   if (total > capacity) return {total, nullptr};
-  table_.commit_update(batch, plan);
-  take_blocks(batch, plan, total, block_ids);
+  commit_first_layer(batch, plan, total, block_ids);
   copy_plan(plan, out, batch.size);
   return {total, new_lens_.data()};
 }
@@ -130,14 +129,14 @@ void BlockManager::take_blocks(const BatchView& batch, const StepPlan& plan, int
 }
 
 void BlockManager::write_block_table(const BatchView& batch, int64_t width, int32_t* block_tables,
-                                     int64_t* slot_mapping, PackedRows* packed) {
-  const uint8_t* buffer = reinterpret_cast<const uint8_t*>(block_tables);
-  bool same = packed && packed->buffer == buffer && packed->width == width;
+                                     int64_t pitch, int64_t* slot_mapping, PackedRows* packed) {
+  bool same = packed && packed->table == block_tables && packed->pitch == pitch;
   int64_t known = same ? std::min(packed->size, batch.size) : 0;
   if (packed) {
     packed->rows.resize(std::max<size_t>(packed->rows.size(), batch.size));
     packed->blocks.resize(packed->rows.size());
     packed->epochs.resize(packed->rows.size());
+    packed->padded.resize(packed->rows.size());
   }
   int64_t t = 0;
   for (int64_t i = 0; i < batch.size; ++i) {
@@ -145,14 +144,20 @@ void BlockManager::write_block_table(const BatchView& batch, int64_t width, int3
     const int32_t* blocks = row_blocks(r);
     int64_t seq_len = new_lens_[i];
     int64_t num_blocks = table_.blocks_of(seq_len);
-    int32_t* row = block_tables + i * width;
+    int32_t* row = block_tables + i * pitch;
     if (i < known && packed->rows[i] == r && packed->epochs[i] == row_epochs_[r] &&
         packed->blocks[i] <= num_blocks) {  // this entry's row as packed, plus new blocks
       int64_t had = packed->blocks[i];
       std::memcpy(row + had, blocks + had, (num_blocks - had) * sizeof(int32_t));
+      // Padding past the row's blocks: up to the widest row this entry was ever packed at.
+      if (packed->padded[i] < width) {
+        std::fill(row + std::max<int64_t>(num_blocks, packed->padded[i]), row + width, kPadBlockId);
+        packed->padded[i] = static_cast<int32_t>(width);
+      }
     } else {
       std::memcpy(row, blocks, num_blocks * sizeof(int32_t));
       std::fill(row + num_blocks, row + width, kPadBlockId);
+      if (packed) packed->padded[i] = static_cast<int32_t>(width);
     }
     if (packed) {
       packed->rows[i] = r;
@@ -181,16 +186,15 @@ void BlockManager::write_batch_infos(const BatchView& batch, int32_t* seq_lens,
   seq_start_loc[batch.size] = s_start;
 }
 
-PackResult BlockManager::pack_flash_attn_metadata(const char* op, const BatchView& batch,
-                                                  uint8_t* out, int64_t capacity, int64_t buffer) {
-  check_range(op, "buffer", buffer, -1, kMaxBuffers - 1);
-  PackResult r;
-  r.stats = table_.lookup(op, batch, {rows_.data(), new_lens_.data(), query_lens_.data()});
-  r.layout = metadata_layout(batch.size, r.stats.width, r.stats.num_tokens);
-  r.written = r.layout.nbytes <= capacity;
-  if (!r.written) return r;
-  const MetadataLayout& l = r.layout;
-  auto i32 = [out](int64_t offset) { return reinterpret_cast<int32_t*>(out + offset); };
+BatchStats BlockManager::lookup_for_pack(const char* op, const BatchView& batch) {
+  return table_.lookup(op, batch, {rows_.data(), new_lens_.data(), query_lens_.data()});
+}
+
+void BlockManager::write_metadata(const BatchView& batch, const MetadataLayout& l, uint8_t* small,
+                                  int32_t* table, int64_t pitch, int64_t buffer) {
+  auto i32 = [small, &l](int64_t offset) {
+    return reinterpret_cast<int32_t*>(small + (offset - l.slot_mapping));
+  };
   write_batch_infos(batch, i32(l.seq_lens), i32(l.context_lens), i32(l.query_start_loc),
                     i32(l.seq_start_loc));
   PackedRows* packed = nullptr;
@@ -198,13 +202,25 @@ PackResult BlockManager::pack_flash_attn_metadata(const char* op, const BatchVie
     if (static_cast<int64_t>(packed_.size()) <= buffer) packed_.resize(buffer + 1);
     packed = &packed_[buffer];
   }
-  write_block_table(batch, l.width, i32(l.block_tables),
-                    reinterpret_cast<int64_t*>(out + l.slot_mapping), packed);
+  write_block_table(batch, l.width, table, pitch, reinterpret_cast<int64_t*>(small), packed);
   if (packed) {
-    packed->buffer = out + l.block_tables;
-    packed->width = l.width;
+    packed->table = table;
+    packed->pitch = pitch;
     packed->size = batch.size;
   }
+}
+
+PackResult BlockManager::pack_flash_attn_metadata(const char* op, const BatchView& batch,
+                                                  uint8_t* out, int64_t capacity, int64_t buffer) {
+  check_range(op, "buffer", buffer, -1, kMaxBuffers - 1);
+  PackResult r;
+  r.stats = lookup_for_pack(op, batch);
+  r.layout = metadata_layout(batch.size, r.stats.width, r.stats.num_tokens);
+  r.written = r.layout.nbytes <= capacity;
+  if (!r.written) return r;
+  const MetadataLayout& l = r.layout;
+  write_metadata(batch, l, out + l.slot_mapping, reinterpret_cast<int32_t*>(out + l.block_tables),
+                 l.width, buffer);
   return r;
 }
 

@@ -46,6 +46,7 @@ class BlockManager {
   int64_t max_blocks_per_seq() const { return max_blocks_per_seq_; }
   int64_t num_free_blocks() const { return static_cast<int64_t>(free_blocks_.size()); }
   const RequestTable& table() const { return table_; }
+  RequestTable& table() { return table_; }
 
   // First layer: reserve slots and advance lengths; other layers: read lengths.
   // Returns the batch's lengths after the step, valid until the next call.
@@ -62,18 +63,45 @@ class BlockManager {
                                                              const StepPlan& plan,
                                                              int32_t* block_ids, int64_t capacity);
 
+  // The first-layer update in two halves (as RequestTable::plan_update and
+  // commit_update): plan_first_layer checks the batch and fills `plan`, changing nothing,
+  // and returns the blocks the step adds; commit_first_layer, with the same batch and
+  // plan while table().version() is unchanged, registers the requests, advances the
+  // lengths and takes those blocks (their ids also into block_ids, if given).
+  int64_t plan_first_layer(const char* op, const BatchView& batch, const StepPlan& plan) {
+    return table_.plan_update(op, batch, num_free_blocks(), plan);
+  }
+  void commit_first_layer(const BatchView& batch, const StepPlan& plan, int64_t total,
+                          int32_t* block_ids) {
+    table_.commit_update(batch, plan);
+    take_blocks(batch, plan, total, block_ids);
+  }
+
   // Any-layer read of a batch's rows and lengths (RequestTable::lookup).
   BatchStats lookup(const char* op, const BatchView& batch, const BatchLookup& out) {
     return table_.lookup(op, batch, out);
   }
+
+  // A pack in two halves, for a caller that stages the metadata itself: lookup_for_pack
+  // checks the batch and returns its stats (the lengths then at packed_lengths());
+  // write_metadata, right after it with the same batch, writes the arrays laid out by
+  // `layout`: slot_mapping and the lengths at `small` (which stands for the layout's
+  // byte slot_mapping: the rest follow at their offsets from it), and block table row i
+  // at table + i * pitch (pitch >= layout.width). With a `buffer` index in
+  // [0, kMaxBuffers), the rows that this table already holds from the last write of
+  // that index (the same request in the same entry, the same table and pitch) get only
+  // the blocks added since.
+  BatchStats lookup_for_pack(const char* op, const BatchView& batch);
+  const int32_t* packed_lengths() const { return new_lens_.data(); }
+  void write_metadata(const BatchView& batch, const MetadataLayout& layout, uint8_t* small,
+                      int32_t* table, int64_t pitch, int64_t buffer);
 
   // Every metadata array into one buffer of `capacity` bytes laid out by
   // metadata_layout(): lengths, prefix sums, block table rows (padded with
   // kPadBlockId) and the slot of every query token. With a `buffer` index in
   // [0, kMaxBuffers), the block table rows that this buffer already holds from its
   // last pack (the same request in the same row and entry, at the same width) get
-  // only the blocks added since: a caller that packs into a ring of buffers names
-  // the one it passes, and a decode step then writes O(batch) words, not batch x width.
+  // only the blocks added since (see write_metadata).
   PackResult pack_flash_attn_metadata(const char* op, const BatchView& batch, uint8_t* out,
                                       int64_t capacity, int64_t buffer = -1);
   static constexpr int64_t kMaxBuffers = 16;
@@ -93,16 +121,16 @@ class BlockManager {
   }
   // What a buffer's block table rows hold since its last pack.
   struct PackedRows {
-    const uint8_t* buffer = nullptr;
-    int64_t width = -1;
+    const int32_t* table = nullptr;
+    int64_t pitch = -1;
     int64_t size = 0;
-    std::vector<int32_t> rows, blocks;
+    std::vector<int32_t> rows, blocks, padded;  // padded: the row is PAD up to this width
     std::vector<uint32_t> epochs;
   };
   // Takes the blocks a planned step adds (into the rows, and into block_ids if given).
   void take_blocks(const BatchView& batch, const StepPlan& plan, int64_t total, int32_t* block_ids);
   void write_block_table(const BatchView& batch, int64_t width, int32_t* block_tables,
-                         int64_t* slot_mapping, PackedRows* packed);
+                         int64_t pitch, int64_t* slot_mapping, PackedRows* packed);
   void write_batch_infos(const BatchView& batch, int32_t* seq_lens, int32_t* context_lens,
                          int32_t* query_start_loc, int32_t* seq_start_loc) const;
 

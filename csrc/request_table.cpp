@@ -50,6 +50,7 @@ RequestTable::RequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t block_
 }
 
 void RequestTable::reset_state() {
+  ++version_;
   ids_.clear();
   std::fill(seq_lens_.begin(), seq_lens_.end(), 0);
   free_rows_.resize(max_reqs_);
@@ -169,14 +170,17 @@ int64_t RequestTable::plan_update(const char* op, const BatchView& batch, int64_
 }
 
 void RequestTable::commit_update(const BatchView& batch, const StepPlan& plan) {
-  for (int64_t i : new_entries_) {
-    int32_t row = free_rows_.back();
-    free_rows_.pop_back();
-    ids_.insert(batch.req_ids[i], row);
-    id_of_row_[row] = batch.req_ids[i];
-    plan.rows[i] = row;
+  if (batch.size > 0) ++version_;
+  for (int64_t i = 0; i < batch.size; ++i) {
+    if (plan.old_lens[i] == 0) {  // a new request (a running one holds at least one token)
+      int32_t row = free_rows_.back();
+      free_rows_.pop_back();
+      ids_.insert(batch.req_ids[i], row);
+      id_of_row_[row] = batch.req_ids[i];
+      plan.rows[i] = row;
+    }
+    seq_lens_[plan.rows[i]] = plan.new_lens[i];
   }
-  for (int64_t i = 0; i < batch.size; ++i) seq_lens_[plan.rows[i]] = plan.new_lens[i];
 }
 
 // Writes at most max_reqs entries: the entry past them cannot be a distinct
@@ -243,6 +247,7 @@ void RequestTable::release_seqs(const char* op, const int64_t* req_ids, int64_t 
     rows[i] = row;
     lens[i] = seq_lens_[row];
   }
+  if (n > 0) ++version_;
   for (int64_t i = 0; i < n; ++i) {
     ids_.erase(req_ids[i]);
     seq_lens_[rows[i]] = 0;

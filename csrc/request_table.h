@@ -86,9 +86,9 @@ class RequestTable {
     return blocks;
   }
   // update() in two halves: plan_update checks the batch and fills `plan` (throwing as
-  // update does), changing nothing; commit_update, right after it with the same
-  // batch and plan, registers the new requests (their rows into plan.rows) and
-  // advances the lengths.
+  // update does), changing nothing; commit_update, with the same batch and plan while
+  // version() is still the one planned at, registers the new requests (the entries
+  // planned at length 0; their rows into plan.rows) and advances the lengths.
   int64_t plan_update(const char* op, const BatchView& batch, int64_t num_free_blocks,
                       const StepPlan& plan);
   void commit_update(const BatchView& batch, const StepPlan& plan);
@@ -103,6 +103,10 @@ class RequestTable {
                     int32_t* lens);
 
   void reset_state();
+
+  // Bumped by every change of the books (commit_update, release_seqs, reset_state): a
+  // plan or a remembered pack is valid while it is unchanged.
+  uint64_t version() const { return version_; }
 
   int64_t max_reqs() const { return max_reqs_; }
   int64_t max_seq_len() const { return max_seq_len_; }
@@ -141,6 +145,7 @@ class RequestTable {
   std::vector<int32_t> free_rows_;  // a stack
   std::vector<uint32_t> seen_;      // per row: the batch stamp that last saw it
   uint32_t stamp_ = 0;
+  uint64_t version_ = 0;
   std::vector<int64_t> new_entries_;  // scratch: entries of unknown requests
 };
 

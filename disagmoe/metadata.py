@@ -1,4 +1,4 @@
-"""FlashAttention metadata, and the views of the persistent buffers the backends write it into."""
+"""FlashAttention metadata, and the views of the buffer every design writes it into."""
 
 from __future__ import annotations
 
@@ -18,7 +18,11 @@ class FlashAttentionMetadata:
 
     Tensors live on the manager's device and are views of its persistent
     metadata buffer: they stay valid until the next `pack_flash_attn_metadata`
-    call on the same manager (clone them to keep them longer).
+    call on the same manager (clone them to keep them longer). Each pack returns
+    an object and tensors of its own; what a caller changes in them (a field, a
+    list, a tensor's shape) reaches nothing of the manager. Writes into the
+    tensors' data are seen by the packs of the same batch at later layers of the
+    step, which return the same memory.
     """
 
     num_prefills: int
@@ -37,25 +41,6 @@ class FlashAttentionMetadata:
     slot_mapping: torch.Tensor  # int64 [num tokens]
     block_size: int
 
-    @classmethod
-    def from_step(cls, stats: _C.BatchStats, seq_lens: list[int], views: tuple,
-                  block_size: int) -> FlashAttentionMetadata:
-        """A batch's metadata from the batch stats that the C++ core checked and computed
-        and its filled tensors, `views` = (seq_lens, context_lens, query_start_loc,
-        seq_start_loc, block_tables, slot_mapping)."""
-        seq, ctx, qsl, ssl, tables, slots = views
-        return cls(stats.num_prefills, stats.num_prefill_tokens, stats.num_decode_tokens, seq_lens,
-                   seq, ctx, qsl, ssl, stats.max_query_len, stats.max_prefill_seq_len,
-                   stats.max_decode_seq_len, stats.max_decode_query_len, tables, slots, block_size)
-
-    def sharing_tensors(self) -> FlashAttentionMetadata:
-        """The same metadata with a seq_lens list of its own (the tensors are shared)."""
-        return FlashAttentionMetadata(
-            self.num_prefills, self.num_prefill_tokens, self.num_decode_tokens, list(self.seq_lens),
-            self.seq_lens_tensor, self.context_lens_tensor, self.query_start_loc, self.seq_start_loc,
-            self.max_query_len, self.max_prefill_seq_len, self.max_decode_seq_len,
-            self.max_decode_query_len, self.block_tables, self.slot_mapping, self.block_size)
-
 
 def packed_offsets(batch_size: int, width: int, num_tokens: int) -> tuple[int, int, int, int, int, int, int]:
     """Byte offsets of block_tables, slot_mapping, seq_lens, context_lens, query_start_loc and
@@ -70,22 +55,13 @@ def packed_offsets(batch_size: int, width: int, num_tokens: int) -> tuple[int, i
     return 0, slots, seq, ctx, qsl, ssl, (ssl + 4 * (batch_size + 1) + 7) & ~7
 
 
-def metadata_views(int32: torch.Tensor, int64: torch.Tensor, lengths: int, tables: int, slots: int,
-                   batch_size: int, width: int, num_tokens: int) -> tuple:
-    """The metadata tensors of a batch in a buffer (`int32` and `int64`, views of its
-    storage from offset 0): seq_lens, context_lens, query_start_loc and seq_start_loc back
-    to back from int32 word `lengths`, the [B, W] block table from word `tables`,
-    slot_mapping from int64 word `slots`. One split, one strided view and one slice,
-    whatever the shape (seven slices cost twice as much)."""
-    b = batch_size
-    seq, ctx, qsl, ssl = int32[lengths:lengths + 4 * b + 2].split_with_sizes((b, b, b + 1, b + 1))
-    return (seq, ctx, qsl, ssl, int32.as_strided((b, width), (width, 1), tables),
-            int64[slots:slots + num_tokens])
-
-
-def packed_views(int32: torch.Tensor, int64: torch.Tensor, batch_size: int, width: int,
-                 num_tokens: int) -> tuple:
-    """The metadata tensors in a buffer laid out by `packed_offsets`: (seq_lens,
-    context_lens, query_start_loc, seq_start_loc, block_tables, slot_mapping)."""
+def metadata_views(int32: torch.Tensor, int64: torch.Tensor, batch_size: int, width: int,
+                   num_tokens: int) -> tuple:
+    """The metadata tensors of a batch in a buffer laid out by `packed_offsets` (`int32`
+    and `int64` are views of its storage from byte 0): (seq_lens, context_lens,
+    query_start_loc, seq_start_loc, block_tables, slot_mapping)."""
     _, slots, seq, _, _, _, _ = packed_offsets(batch_size, width, num_tokens)
-    return metadata_views(int32, int64, seq // 4, 0, slots // 8, batch_size, width, num_tokens)
+    b, s = batch_size, seq // 4
+    return (int32.as_strided((b,), (1,), s), int32.as_strided((b,), (1,), s + b),
+            int32.as_strided((b + 1,), (1,), s + 2 * b), int32.as_strided((b + 1,), (1,), s + 3 * b + 1),
+            int32.as_strided((b, width), (width, 1), 0), int64.as_strided((num_tokens,), (1,), slots // 8))

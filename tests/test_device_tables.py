@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from disagmoe import BatchMetadata
+from disagmoe.block_manager.base import DEFAULT_DEPTH
 from disagmoe.block_manager.device_tables import DeviceTableManager
-from disagmoe.block_manager.staging import DEFAULT_DEPTH
 
 from backends import BY_ID, CPU_DEVICE_BACKENDS, CUDA_BACKENDS, HAS_CUDA
 from harness import Harness, to_host
@@ -35,12 +35,15 @@ def test_the_next_layer_of_a_step_reuses_the_pack(harness):
     later = BatchMetadata(5, [3, 1, 2], 1, [4])  # the next layer, its own lists
     m.update_block_table(later)
     assert later.seq_lens == first.seq_lens == [4, 6, 4]
+    want = to_host(a, m.device)
+    a.slot_mapping.fill_(-7)  # a caller's write into the metadata: a pack would overwrite it
     b = m.pack_flash_attn_metadata(later)
-    assert b.block_tables is a.block_tables and b.slot_mapping is a.slot_mapping
-    assert b.seq_lens == a.seq_lens and b.seq_lens is not a.seq_lens
+    assert b.slot_mapping.data_ptr() == a.slot_mapping.data_ptr() and b.slot_mapping.tolist() == [-7] * 6
+    assert b.seq_lens == a.seq_lens and b.seq_lens is not a.seq_lens and b is not a
+    assert b.block_tables is not a.block_tables  # tensors of its own, the same memory
     again = m.pack_flash_attn_metadata(later)  # the same layer twice: packed again
-    assert again.block_tables is not b.block_tables
-    assert to_host(again, m.device) == to_host(b, m.device)
+    assert again.slot_mapping.tolist() != [-7] * 6
+    assert to_host(again, m.device) == want
 
 
 @pytest.mark.parametrize("change", ["update", "release", "reset", "other batch", "mutated ids", "numpy ids"])
@@ -86,8 +89,8 @@ def test_an_element_whose_eq_steps_the_manager(harness):
     m.update_block_table(first)
     m.pack_flash_attn_metadata(first)
     md = m.pack_flash_attn_metadata(BatchMetadata(7, [Sneaky(1), 2], 0, []))  # another layer
-    # The memo compares exact ints only (_C.same_ints): Sneaky is packed again, and its
-    # __eq__ never runs.
+    # The memo compares the ints the step read (Sneaky reads as 1): its __eq__ never runs,
+    # so nothing changed and the remembered pack answers.
     assert md.seq_lens == [m.seq_len(1), m.seq_len(2)] == [3, 3]
     assert md.seq_lens_tensor.tolist() == [3, 3]
 

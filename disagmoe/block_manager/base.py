@@ -1,21 +1,33 @@
-"""The block-manager contract that both backends implement.
+"""The block-manager contract every design implements, and the step path they share.
 
 Every attention step calls `update_block_table(batch)` and then
-`pack_flash_attn_metadata(batch)`. The contract is written
-here once; the backends do not repeat it.
+`pack_flash_attn_metadata(batch)`. The contract is written here once; the designs do
+not repeat it. The step itself is native (`_C.HostStep`, `_C.DeviceStep`: csrc/step.h):
+each method here reads the batch's fields once, makes one or two native calls, and builds
+the metadata tensors from the sizes the pack returns. A design provides the native step,
+its buffers and how they grow.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 
+from disagmoe import _C
 from disagmoe.batch import BatchMetadata
 from disagmoe.config import CacheConfig, ModelConfig, checked_int, checked_slots, describe
-from disagmoe.metadata import FlashAttentionMetadata
+from disagmoe.metadata import FlashAttentionMetadata, metadata_views
+
+DEFAULT_DEPTH = 3
+"""Host buffers a manager stages its steps through on CUDA: the host runs up to this many
+launches ahead of the device."""
+
+MAX_CACHED_SHAPES = 1024
+"""Batch shapes (entries, width, tokens) whose metadata views a manager keeps."""
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -81,6 +93,7 @@ class BlockManager(ABC):
 
     backend: ClassVar[str]
     default_block_size: ClassVar[int]
+    _step: Any  # the native step: _C.HostStep or _C.DeviceStep, made by the design
 
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
                  max_running_reqs: int, device: torch.device | str | None = None) -> None:
@@ -101,27 +114,69 @@ class BlockManager(ABC):
         self.max_running_reqs = checked_int(name, "max_running_reqs", max_running_reqs)
         self.max_seq_len = checked_int(name, "max_seq_len", model_config.max_seq_len)
         self.device = resolve_device(device)
-        self._first_layer = model_config.layer_ids[0]
-        self._layer_ids = frozenset(model_config.layer_ids)
+        layer_ids = model_config.layer_ids
+        if type(layer_ids) is not tuple or not layer_ids:
+            raise TypeError(f"{name}: model_config.layer_ids={describe(layer_ids)} is not a non-empty tuple")
+        layers = [checked_int(name, f"layer_ids[{i}]", layer, -2**63, 2**63 - 1) for i, layer in enumerate(layer_ids)]
+        self._layer_ids = frozenset(layers)
+        self._first_layer = layers[0]
+        self.max_width = -(-self.max_seq_len // self.block_size)
+        """Blocks of the longest request: the widest block table a pack returns."""
+        self._guard = _C.Guard()
+        # The raw current stream each launch goes on (torch's CPU device: 0, never read).
+        self._stream = (functools.partial(torch._C._cuda_getCurrentRawStream, self.device.index)
+                        if self.device.type == "cuda" else int)
+        self._shapes: dict[tuple[int, int, int], tuple] = {}  # metadata views by batch shape
+        self._memo: tuple | None = None  # the last pack: (id, stats, lengths, views)
+        self._num_compiles = self._num_captures = 0
+
+    def __copy__(self):
+        raise TypeError(f"{type(self).__name__} cannot be copied: it owns its buffers and its native "
+                        "books (make another manager)")
+
+    def __deepcopy__(self, memo: dict):
+        self.__copy__()
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(f"{type(self).__name__} cannot be pickled: it owns device buffers and native books")
 
     @property
     def capacity(self) -> int:
         """Slots in the pool."""
         return self.num_blocks * self.block_size
 
-    def _is_first_layer(self, batch: BatchMetadata) -> bool:
+    @property
+    def num_compiles(self) -> int:
+        """Kernels this manager compiled (Triton), since it was made."""
+        return self._num_compiles
+
+    @property
+    def num_captures(self) -> int:
+        """CUDA graphs this manager captured, since it was made."""
+        return self._num_captures
+
+    def _layer_of(self, batch: BatchMetadata) -> int:
+        """The batch's layer id, checked: one of this worker's layers."""
+        if not isinstance(batch, BatchMetadata):
+            raise TypeError(f"{type(self).__name__}: batch={describe(batch)} is not a BatchMetadata")
         layer_id = batch.layer_id
         if type(layer_id) is not int:
             layer_id = checked_int(type(self).__name__, "layer_id", layer_id, -2**63, 2**63 - 1)
-        if layer_id == self._first_layer:
-            return True
         if layer_id not in self._layer_ids:
             raise ValueError(f"layer_id={layer_id!r} is not one of this worker's layers "
                              f"{sorted(self._layer_ids)}")
-        return False
+        return layer_id
 
-    def _id_list(self, req_ids: object) -> list:
-        """req_ids (any iterable) as a list; TypeError naming it when it is not iterable."""
+    def _id_list(self, req_ids: object) -> Any:
+        """req_ids as the native step reads them: a list, a tuple or an integer array as
+        they are; any other iterable as a list; TypeError naming it otherwise."""
+        if type(req_ids) in (list, tuple):
+            return req_ids
+        try:
+            memoryview(req_ids)  # type: ignore[arg-type]
+            return req_ids
+        except TypeError:
+            pass
         try:
             return list(req_ids)  # type: ignore[call-overload]
         except TypeError as exc:
@@ -132,7 +187,8 @@ class BlockManager(ABC):
         """The id as an int, read once (for methods that pass it on more than once)."""
         return checked_int(type(self).__name__, "req_id", req_id, -2**63, 2**63 - 1)
 
-    @abstractmethod
+    # -- the step ---------------------------------------------------------------------
+
     def update_block_table(self, batch: BatchMetadata) -> None:
         """Reserves a slot for every token this step adds, and sets `batch.seq_lens`.
 
@@ -142,6 +198,8 @@ class BlockManager(ABC):
         decode entry holding c tokens gets position c. At other layers nothing
         is reserved and the lengths are the ones the first layer set.
         A slot, once given to a token, never moves until its request is released.
+        The update is all or nothing: when anything raises (setting `batch.seq_lens`
+        included), nothing was reserved.
 
         Raises (a malformed batch is never KVCacheExhausted, even when it
         would not fit either):
@@ -149,13 +207,29 @@ class BlockManager(ABC):
                 hold the batch.
             ValueError: a malformed batch (duplicate ids, len(init_prefill_lens)
                 != num_prefill_seqs, a length < 1, an unknown layer, ...).
-            TypeError: an id, a length, num_prefill_seqs or layer_id that is
-                not an int (a bool, a float, a str, None, ...).
+            TypeError: a batch that is not a BatchMetadata; an id, a length,
+                num_prefill_seqs or layer_id that is not an int (a bool, a float,
+                a str, None, ...).
             KeyError: a decode entry (or any entry at a later layer) names an
                 unknown request.
         """
+        with self._guard:
+            step = self._step
+            if self._layer_of(batch) != self._first_layer:
+                batch.seq_lens = step.lengths(batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
+                return
+            seq_lens = step.plan(batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
+            before = batch.seq_lens
+            batch.seq_lens = seq_lens  # may raise: nothing is reserved yet
+            try:
+                self._commit()
+            except BaseException:
+                try:
+                    batch.seq_lens = before
+                except Exception:  # noqa: BLE001 (a setter that raises again: the error above counts)
+                    pass
+                raise
 
-    @abstractmethod
     def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
         """Builds the batch's FlashAttention metadata on the manager's device.
 
@@ -164,26 +238,107 @@ class BlockManager(ABC):
         token entry by entry, positions ascending; for query token t of entry i at
         position p: slot_mapping[t] == block_tables[i, p // bs] * bs + p % bs.
         The tensors stay valid until the next call (see FlashAttentionMetadata).
+        The same batch at another layer of the same step (the same ints, nothing
+        changed since) gets the same metadata without packing again.
 
-        Raises: ValueError / KeyError as `update_block_table`.
+        Raises: TypeError / ValueError / KeyError as `update_block_table`.
         """
+        with self._guard:
+            layer = self._layer_of(batch)
+            memo = self._memo
+            packed = self._step.pack(batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens, layer,
+                                     self._stream(), memo[0] if memo else -1, self._grow)
+            if type(packed) is int:  # the batch of the remembered pack, at another layer
+                return self._metadata(memo[1], list(memo[2]), memo[3])  # type: ignore[index]
+            pack_id, stats, seq_lens = packed
+            shape = (stats.batch_size, stats.width, stats.num_tokens)
+            views = self._shapes.get(shape) or self._views(shape)
+            self._memo = (pack_id, stats, tuple(seq_lens), views)
+            return self._metadata(stats, seq_lens, views)
+
+    def _views(self, shape: tuple[int, int, int]) -> tuple:
+        """The metadata tensors of a batch shape in the metadata buffer (kept by shape)."""
+        if len(self._shapes) >= MAX_CACHED_SHAPES:
+            self._shapes.clear()
+        views = self._shapes[shape] = metadata_views(self._out32, self._out64, *shape)
+        return views
+
+    def _metadata(self, stats: Any, seq_lens: list[int], views: tuple) -> FlashAttentionMetadata:
+        # Tensors of their own (aliases of the kept views): what a caller does to their
+        # shapes reaches nothing here.
+        seq, ctx, qsl, ssl, tables, slots = views
+        return FlashAttentionMetadata(
+            stats.num_prefills, stats.num_prefill_tokens, stats.num_decode_tokens, seq_lens, seq.detach(),
+            ctx.detach(), qsl.detach(), ssl.detach(), stats.max_query_len, stats.max_prefill_seq_len,
+            stats.max_decode_seq_len, stats.max_decode_query_len, tables.detach(), slots.detach(),
+            self.block_size)
+
+    def _set_out(self, out: torch.Tensor) -> None:
+        """The metadata buffer (bytes, a multiple of 8) every pack writes; forgets the views."""
+        self._out = out
+        self._out32 = out.view(torch.int32)
+        self._out64 = out.view(torch.int64)
+        self._shapes.clear()
+        self._memo = None
+
+    def release_seqs(self, req_ids: Sequence[int]) -> None:
+        """Returns every slot and request row of these requests to the pool.
+
+        Raises: KeyError naming an unknown request; ValueError on a repeated id;
+        TypeError when req_ids is not a sequence of ints.
+        """
+        with self._guard:
+            self._release(self._id_list(req_ids))
+
+    def reset_state(self) -> None:
+        """Back to empty, as after construction."""
+        with self._guard:
+            self._reset()
 
     def synchronize(self) -> None:
         """Blocks until the device has finished all work this manager issued
         or deferred (benchmarks end every timed call with it)."""
+        with self._guard:
+            self._flush()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    @abstractmethod
-    def release_seqs(self, req_ids: Sequence[int]) -> None:
-        """Returns every slot and request row of these requests to the pool.
+    def warm_up(self, max_num_tokens: int | None = None) -> None:
+        """What a serving engine calls once at start-up: sizes the buffers for steps of
+        up to `max_num_tokens` query tokens (default: max_running_reqs, a decode of
+        every request) and compiles and captures every kernel a step of any shape
+        within the manager's limits launches. After it, such steps compile nothing
+        and capture nothing (`num_compiles`, `num_captures`). A step past those sizes
+        grows its buffers (the device-table designs capture again then)."""
+        with self._guard:
+            tokens = self.max_running_reqs if max_num_tokens is None else checked_int(
+                type(self).__name__, "max_num_tokens", max_num_tokens)
+            self._warm_up(tokens)
 
-        Raises: KeyError naming an unknown request; ValueError on a repeated id.
-        """
+    # -- what a design provides ---------------------------------------------------------
 
     @abstractmethod
-    def reset_state(self) -> None:
-        """Back to empty, as after construction."""
+    def _commit(self) -> None:
+        """Makes the update the native step planned."""
+
+    @abstractmethod
+    def _grow(self, which: str, nbytes: int) -> None:
+        """Grows the host ("host") or device ("device") buffer a pack needs to `nbytes`."""
+
+    @abstractmethod
+    def _release(self, req_ids: Any) -> None: ...
+
+    @abstractmethod
+    def _reset(self) -> None: ...
+
+    @abstractmethod
+    def _flush(self) -> None:
+        """Launches what is deferred (nothing on a design that defers nothing)."""
+
+    @abstractmethod
+    def _warm_up(self, max_num_tokens: int) -> None: ...
+
+    # -- inspection -------------------------------------------------------------------------
 
     @abstractmethod
     def num_free_slots(self) -> int:

@@ -1,31 +1,28 @@
 """The `cpu` backend: block tables kept by the C++ core on the host.
 
-`pack_flash_attn_metadata` has the core write every array straight into the next of a
-ring of pinned staging buffers (`staging.StagingRing`), then issues one non-blocking
-copy into a persistent device buffer whose views are the metadata tensors. The host
-waits only for the copy out of a buffer `depth` packs old. The core remembers what each
-buffer's block table rows hold, so a row already there gets only its new blocks: a
-decode step writes O(batch) words on the host, and what stays is the copy of the whole
-table (the design's floor at long contexts). A pack of the same batch as the last one,
-with nothing changed since (the next layer of a step), returns the same tensors
+A pack (`_C.HostStep`) has the core write the metadata into the next of a ring of
+pinned host buffers, then copies it into the device's metadata buffer: the block table
+rows with one 2D copy (a buffer keeps each entry's row at a fixed pitch, so a row stays
+where it was whatever the batch's width, and a row already there gets only its new
+blocks: a decode step writes O(batch) words), the other arrays with one more. The host
+waits only for the copy out of a buffer `depth` packs old. A pack of the same batch as
+the last one at another layer, with nothing changed since, returns the same metadata
 without writing or copying anything.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
-import numpy as np
 import torch
 
 from disagmoe import _C
-from disagmoe.batch import BatchMetadata
-from disagmoe.block_manager.base import BlockManager, MemoryFootprint
+from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager, MemoryFootprint
 from disagmoe.block_manager.core_books import CoreBooks
-from disagmoe.block_manager.memo import BatchMemo
-from disagmoe.block_manager.staging import StagingRing
+from disagmoe.block_manager.mem_pool import checked_empty
 from disagmoe.config import CacheConfig, ModelConfig
-from disagmoe.metadata import FlashAttentionMetadata, packed_offsets, packed_views
+
+HOST = torch.device("cpu")
 
 
 class CPUBlockManager(CoreBooks, BlockManager):
@@ -35,66 +32,60 @@ class CPUBlockManager(CoreBooks, BlockManager):
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
                  max_running_reqs: int, device: torch.device | str | None = None) -> None:
         super().__init__(model_config, cache_config, max_running_reqs, device)
-        self._core = _C.BlockManager(self.block_size, self.num_blocks, self.max_seq_len,
-                                     self.max_running_reqs)
-        # Sized for the largest decode step; prefill steps grow it on demand.
-        nbytes = _C.metadata_layout(self.max_running_reqs, self._core.max_blocks_per_seq,
-                                    self.max_running_reqs).nbytes
-        self._ring = StagingRing(nbytes, self.device, owner="CPUBlockManager")
-        self._grow = self._grow_staging  # bound once: pack passes it every step
-        self.memo = BatchMemo()
+        self._core = _C.BlockManager(self.block_size, self.num_blocks, self.max_seq_len, self.max_running_reqs)
+        on_cuda = self.device.type == "cuda"
+        self._step = _C.HostStep(self._core, DEFAULT_DEPTH if on_cuda else 1, self.device.index if on_cuda else -1)
+        pitch = self._core.max_blocks_per_seq
+        # Sized for a decode step of every request; a step of more tokens grows them.
+        layout = _C.metadata_layout(self.max_running_reqs, pitch, self.max_running_reqs)
+        self._tables = [checked_empty("CPUBlockManager", (self.max_running_reqs * pitch,), torch.int32,
+                                      f"a staging block table of {self.max_running_reqs} x {pitch} blocks", HOST,
+                                      pin_memory=on_cuda) for _ in range(self._step.depth)]
+        self._smalls: list[Any] = [None] * self._step.depth
+        for k in range(self._step.depth):
+            self._set_small(k, layout.nbytes - layout.slot_mapping)
+        self._grow("device", layout.nbytes)
 
-    def update_block_table(self, batch: BatchMetadata) -> None:
-        first = self._is_first_layer(batch)
-        if not first:
-            seq_lens = self.memo.lengths(batch)  # from the same batch's pack at an earlier layer
-            if seq_lens is not None:
-                batch.seq_lens = seq_lens
-                return
-        seq_lens = self._core.update_block_table(batch.req_ids, batch.num_prefill_seqs,
-                                                 batch.init_prefill_lens, first)
-        if first and seq_lens:
-            self.memo.changed()
-        batch.seq_lens = seq_lens
+    def _set_small(self, k: int, nbytes: int) -> None:
+        self._smalls[k] = checked_empty("CPUBlockManager", (nbytes,), torch.uint8, f"a staging buffer of {nbytes} "
+                                        "bytes", HOST, pin_memory=self.device.type == "cuda")
+        self._step.set_buffer(k, self._tables[k], self._smalls[k])
 
-    def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
-        self._is_first_layer(batch)  # rejects an unknown layer
-        repacked = self.memo.repacked(batch)
-        if repacked is not None:
-            return repacked
-        ring = self._ring
-        slot = ring.acquire()  # its last copy out is done
-        args = (batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
-        stats, seq_lens = self._core.pack_flash_attn_metadata(*args, ring.host_arrays[slot], self._grow, slot)
-        assert seq_lens is not None  # with grow, the core always writes
-        batch_size, width, num_tokens = stats.batch_size, stats.width, stats.num_tokens
-        ring.upload(packed_offsets(batch_size, width, num_tokens)[-1])
-        ring.enqueued()
-        views = packed_views(ring.device32, ring.device64, batch_size, width, num_tokens)
-        metadata = FlashAttentionMetadata.from_step(stats, seq_lens, views, self.block_size)
-        self.memo.put(batch, metadata)
-        return metadata
+    def _grow(self, which: str, nbytes: int) -> None:
+        nbytes = (nbytes + nbytes // 2 + 63) // 64 * 64
+        if which == "host":  # the buffer the pack writes: the device has read it (the step waited)
+            self._set_small(self._step.current, nbytes)
+        else:
+            out = checked_empty("CPUBlockManager", (nbytes,), torch.uint8, f"a metadata buffer of {nbytes} bytes",
+                                self.device)
+            self._step.set_out(out)
+            self._set_out(out)
 
-    def _grow_staging(self, nbytes: int) -> np.ndarray:
-        """The current staging buffer, grown to hold `nbytes` (the core asks when a batch
-        does not fit)."""
-        return self._ring.grow(self._ring.current, nbytes, "CPUBlockManager")
+    def _commit(self) -> None:
+        self._step.commit()
 
-    def release_seqs(self, req_ids: Sequence[int]) -> None:
-        self._core.release_seqs(self._id_list(req_ids))
-        self.memo.changed()
+    def _release(self, req_ids: Any) -> None:
+        self._step.release(req_ids)
 
-    def reset_state(self) -> None:
-        self._core.reset_state()
-        self.memo.changed()
-        self._ring.restart()
+    def _reset(self) -> None:
+        self._step.reset()
+
+    def _flush(self) -> None:
+        pass  # nothing is deferred
+
+    def _warm_up(self, max_num_tokens: int) -> None:
+        layout = _C.metadata_layout(self.max_running_reqs, self._core.max_blocks_per_seq, max_num_tokens)
+        for k, small in enumerate(self._smalls):
+            if small.numel() < layout.nbytes - layout.slot_mapping:
+                self._step.wait_all()
+                self._set_small(k, layout.nbytes - layout.slot_mapping)
+        if self._out.numel() < layout.nbytes:
+            self._grow("device", layout.nbytes)
 
     def check_integrity(self) -> None:
-        problem = self._core.check_integrity()
-        if problem:
-            raise AssertionError(f"CPUBlockManager: {problem}")
+        self._check_core()
 
     def memory_footprint(self) -> MemoryFootprint:
-        table_bytes = 4 * (self.max_running_reqs * self._core.max_blocks_per_seq + self.num_blocks)
-        return MemoryFootprint(device_bytes=self._ring.device_bytes,
-                               host_bytes=table_bytes + self._ring.host_bytes)
+        host = self._core_bytes() + sum(t.nbytes for t in self._tables) + sum(s.nbytes for s in self._smalls)
+        return MemoryFootprint(device_bytes=self._out.nbytes if self.device.type == "cuda" else 0,
+                               host_bytes=host if self.device.type == "cuda" else host + self._out.nbytes)

@@ -1,42 +1,46 @@
-"""What the two device-table backends (`gpu`, `hybrid`) share: block tables resident on
-the device as one page table (`req_to_page[row, k]`), and a step path whose host cost
-does not depend on the batch's shape.
+"""What the two device-table designs (`gpu`, `hybrid`) share: block tables resident on
+the device as one page table (`req_to_page[row, k]`), and a native step path
+(`_C.DeviceStep`, csrc/step.h) whose host cost does not depend on the batch's shape.
 
-Each launch stages its inputs in the next buffer of a `StagingRing` (layout.py names
-the words): a first-layer update and a release are deferred into it, and the
-`pack_flash_attn_metadata` that follows sends all of it with one copy and runs the
-release, update and pack kernels in that order, replayed from one CUDA graph per
-(kernels, grid bucket, ring buffer) with Triton (`graphs.py`). Any other call that
-reads the device tables (a second update, inspection, synchronize) launches what is
-deferred first, so every observable result is as if it had run at once. The host
-never waits for the device except for a ring buffer `depth` launches old.
+The difference between the two is one flag, `host_allocates`: the hybrid design's C++
+core allocates blocks on the host and stages their ids; the gpu design takes pages from
+a free stack on the device, which only its kernels read.
 
-The metadata lands in one persistent device buffer at fixed offsets (`slot_mapping` in
-a second one, grown when a batch has more tokens than any before), so a pack builds
-its views from three integers, whatever the shape. A pack of the same batch as the last
-one, with nothing changed since (the next layer of the same step), returns the same
-tensors without a launch (`BatchMemo`).
+Each launch stages its inputs in the next buffer of a ring of pinned host buffers (the
+words `layout.py` names): a first-layer update and a release are deferred into it, and
+the `pack_flash_attn_metadata` that follows sends all of it with one copy and one
+launch of the release, update and pack kernels, replayed from a CUDA graph captured for
+those kernels and the launch's grid (a power of two). Any other call that reads the
+device tables (a second update, inspection, synchronize) launches what is deferred
+first, so every observable result is as if it had run at once. The host never waits for
+the device except for a ring buffer `depth` launches old.
+
+`warm_up()` compiles the kernels and captures a graph for every set of kernels and
+every grid up to max_running_reqs: after it, no step compiles or captures. Without it,
+the first launch of each kind runs eagerly and is captured for the next (counted in
+`num_compiles`, `num_captures`). The metadata lands in one persistent buffer, laid out
+as the cpu design lays it out; a step whose metadata does not fit grows it (and
+captures again: the graphs address it).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from typing import Any
 
 import numpy as np
 import torch
 
-from disagmoe.batch import BatchMetadata
+from disagmoe import _C
 from disagmoe.block_manager import kernels_torch
 from disagmoe.block_manager import layout as L
-from disagmoe.block_manager.base import BlockManager
-from disagmoe.block_manager.graphs import GraphCache, bucket
+from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager
 from disagmoe.block_manager.mem_pool import checked_empty
-from disagmoe.block_manager.memo import BatchMemo
-from disagmoe.block_manager.staging import StagingRing
 from disagmoe.config import CacheConfig, ModelConfig
-from disagmoe.metadata import FlashAttentionMetadata, metadata_views
 
 KERNELS = ("auto", "triton", "torch")
+HOST = torch.device("cpu")
 
 
 def _triton_available() -> bool:
@@ -48,44 +52,21 @@ def _triton_available() -> bool:
 
 
 class DeviceTableManager(BlockManager):
-    """The shared step path; subclasses stage their update and release (`_stage_update`,
-    `_stage_release`) and say where new pages come from (`_free_pages`: the device free
-    stack, or None for page ids staged by the host)."""
+    """The shared step path. A design makes its books and its device tables, then calls
+    `_start`."""
 
-    page_ids_capacity = 0  # words of staged page ids a launch may carry (hybrid: set in _carried_ids)
-
-    def _carried_ids(self) -> int:
-        """Words of new page ids a launch carries (the hybrid backend's; the gpu backend's
-        pages come from the device stack)."""
-        return 0
+    host_allocates: bool
+    req_to_page: torch.Tensor
+    free_pages: torch.Tensor | None
 
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig, max_running_reqs: int,
-                 device: torch.device | str | None, kernels: str, cuda_graphs: bool, zero_copy: bool,
-                 pack_launch) -> None:
+                 device: torch.device | str | None, kernels: str, cuda_graphs: bool, pack_launch: Any) -> None:
         super().__init__(model_config, cache_config, max_running_reqs, device)
         self.kernels = self._choose_kernels(kernels, pack_launch)
         self.cuda_graphs = bool(cuda_graphs) and self.kernels == "triton"
-        self.zero_copy = bool(zero_copy) and self.kernels == "triton"
-        max_running_reqs = self.max_running_reqs  # the checked int
-        self.page_ids_capacity = self._carried_ids()
-        self._stride = max_running_reqs + 1
-        name = type(self).__name__
-        self._ring = StagingRing(4 * L.staged_words(self._stride, self.page_ids_capacity), self.device, owner=name)
-        self._staged_device = self._ring.device.view(torch.int32)
-        self._slot: int | None = None  # the ring buffer being staged, once acquired
-        self._update_size = self._release_size = 0  # staged, not launched yet
-        self._scratch = np.empty(L.LOOKUP_COLUMNS * self._stride, dtype=np.int32)  # host-only lookups
-        self.max_width = -(-self.max_seq_len // self.block_size)
-        self._tables = L.tables_offset(max_running_reqs)
-        words = self._tables + max_running_reqs * self.max_width
-        self._out32 = checked_empty(name, (words,), torch.int32, f"the metadata buffer of {max_running_reqs} x "
-                                    f"{self.max_width} blocks", self.device).zero_()
-        self._out64 = torch.zeros(max_running_reqs, dtype=torch.int64, device=self.device)
-        self._graphs = GraphCache()
-        self.memo = BatchMemo()
         self._pack_launch = pack_launch
 
-    def _choose_kernels(self, kernels: str, pack_launch) -> str:
+    def _choose_kernels(self, kernels: str, pack_launch: Any) -> str:
         if kernels not in KERNELS:
             raise ValueError(f"kernels={kernels!r} is not one of {KERNELS}")
         on_cuda = self.device.type == "cuda"
@@ -97,171 +78,165 @@ class DeviceTableManager(BlockManager):
             raise ValueError(f"pack_launch={pack_launch!r} needs kernels='triton', got kernels={kernels!r}")
         return kernels
 
-    def _triton_kernels(self, req_to_page: torch.Tensor, free_pages: torch.Tensor | None):
-        from disagmoe.block_manager import kernels_triton
-        launch = self._pack_launch
-        if launch is None:
-            launch = kernels_triton.PackLaunch()
-        elif not isinstance(launch, kernels_triton.PackLaunch):
-            raise TypeError(f"pack_launch must be a kernels_triton.PackLaunch, got {launch!r}")
-        self._triton = kernels_triton
-        page_ids = None if free_pages is not None else self._staged_device[L.page_ids_start(self._stride):]
-        return kernels_triton.Kernels(req_to_page, free_pages, page_ids, self._out32, self._out64,
-                                      self._tables, self._stride, self.block_size, launch)
-
-    # -- what subclasses provide ----------------------------------------------------------
-
-    req_to_page: torch.Tensor
-    _free_pages: torch.Tensor | None
-
-    def _books_lookup(self, batch: BatchMetadata, out: np.ndarray, op: str):
-        raise NotImplementedError
-
-    def _stage_update(self, batch: BatchMetadata) -> list[int]:
-        """Checks a first-layer update, changes the books and stages its plan; returns the
-        batch's lengths after it."""
-        raise NotImplementedError
-
-    # -- staging ------------------------------------------------------------------------
-
-    def _words(self) -> np.ndarray:
-        """The ring buffer this launch stages into (acquired on first use)."""
-        if self._slot is None:
-            self._slot = self._ring.acquire()
-            words = self._ring.int32_arrays[self._slot]
-            words[:L.HEADER] = 0
-            return words
-        return self._ring.int32_arrays[self._slot]
-
-    def _staged_call(self, start: int, call):
-        """`call(words[start:])` for a C++ call that writes its columns into the staging
-        buffer while it reads the caller's arguments, and the buffer they are in: an
-        argument's __index__ may launch what is staged (token_slots flushes), and then the
-        columns move on to the next buffer with the rest of this launch."""
-        words = self._words()
-        slot = self._slot
-        result = call(words[start:])
-        if self._slot != slot:  # launched meanwhile; its kernels did not read these columns
-            fresh = self._words()
-            fresh[start:] = words[start:]
-            words = fresh
-        return result, words
-
-    def _deferred(self) -> bool:
-        return bool(self._update_size or self._release_size)
-
-    # -- the step -----------------------------------------------------------------------
-
-    def update_block_table(self, batch: BatchMetadata) -> None:
-        if not self._is_first_layer(batch):
-            seq_lens = self.memo.lengths(batch)  # from the same batch's pack at an earlier layer
-            if seq_lens is None:
-                seq_lens = self._books_lookup(batch, self._scratch, "update_block_table")[1]
-            batch.seq_lens = seq_lens
-            return
-        if self._update_size:
-            self.flush()  # the staged plan is about to be rewritten
-        batch.seq_lens = self._stage_update(batch)
-
-    def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
-        self._is_first_layer(batch)  # rejects an unknown layer
-        repacked = self.memo.repacked(batch)
-        if repacked is not None:
-            return repacked
-        lookup = lambda out: self._books_lookup(batch, out, "pack_flash_attn_metadata")  # noqa: E731
-        (stats, seq_lens), words = self._staged_call(L.LOOKUP, lookup)
-        batch_size, width, num_tokens = stats.batch_size, stats.width, stats.num_tokens
-        if num_tokens > self._out64.numel():  # a batch with more tokens than any before
-            columns = words[L.LOOKUP:L.plan_start(self._stride)].copy()
-            self.flush()
-            self._grow_slots(num_tokens)
-            words = self._words()
-            words[L.LOOKUP:L.plan_start(self._stride)] = columns
-        words[L.PACK_SIZE] = batch_size
-        words[L.WIDTH] = width
-        words[L.NUM_TOKENS] = num_tokens
-        views = self._views(batch_size, width, num_tokens)
-        self._launch(pack=True, views=views)
-        metadata = FlashAttentionMetadata.from_step(stats, seq_lens, views, self.block_size)
-        self.memo.put(batch, metadata)
-        return metadata
-
-    def _views(self, batch_size: int, width: int, num_tokens: int) -> tuple:
-        return metadata_views(self._out32, self._out64, 0, self._tables, 0, batch_size, width, num_tokens)
-
-    def _grow_slots(self, num_tokens: int) -> None:
-        self._out64 = torch.zeros(num_tokens + num_tokens // 2, dtype=torch.int64, device=self.device)
-        self._graphs.clear()  # they write the old buffer
+    def _start(self, books: Any) -> None:
+        """The native step over `books` (a _C.RequestTable: gpu; a _C.BlockManager: hybrid)."""
+        on_cuda = self.device.type == "cuda"
+        self._step = _C.DeviceStep(books, self.num_blocks, DEFAULT_DEPTH if on_cuda else 1,
+                                   self.device.index if on_cuda else -1)
+        ref = weakref.ref(self)  # (the step keeps its launcher: no cycle through it)
+        self._step.set_launcher(lambda buffer, flags, grid: ref()._launch(buffer, flags, grid))  # type: ignore
+        self._captured: set[tuple[int, int]] = set()
+        self._capture_stream: Any = None
+        self._k: Any = None
         if self.kernels == "triton":
-            import dataclasses
-            self._k: Any = dataclasses.replace(self._k, out64=self._out64)
+            from disagmoe.block_manager import kernels_triton
+            launch = self._pack_launch or kernels_triton.PackLaunch()
+            if not isinstance(launch, kernels_triton.PackLaunch):
+                raise TypeError(f"pack_launch must be a kernels_triton.PackLaunch, got {launch!r}")
+            self._triton = kernels_triton
+            self._launch_shape = launch
+        # Staged ids: a decode step of every request and more (hybrid); the rest grows.
+        self._size_staging(max(2 * self.max_running_reqs, 4096) if self.host_allocates else 0)
+        layout = _C.metadata_layout(self.max_running_reqs, self.max_width, self.max_running_reqs)
+        self._grow("device", layout.nbytes)
 
-    def synchronize(self) -> None:
-        self.flush()
-        super().synchronize()
+    # -- buffers -------------------------------------------------------------------------
+
+    def _size_staging(self, ids: int) -> None:
+        """Ring buffers (and the device twin) with room for `ids` staged block ids."""
+        words = L.staged_words(self.max_running_reqs, ids)
+        on_cuda = self.device.type == "cuda"
+        step = self._step
+        if hasattr(self, "_words"):
+            step.flush(self._stream())  # nothing staged stays in a buffer that goes
+            step.wait_all()
+        what = f"a staging buffer of {words} words"
+        self._words = [checked_empty(type(self).__name__, (words,), torch.int32, what, HOST, pin_memory=on_cuda)
+                       for _ in range(step.depth)]
+        self._host_words = [w.numpy() for w in self._words]
+        for k, w in enumerate(self._words):
+            step.set_buffer(k, w)
+        if on_cuda:
+            self._twin = checked_empty(type(self).__name__, (words,), torch.int32, what, self.device)
+            step.set_twin(self._twin)
+            self._forget_graphs()
+
+    def _grow(self, which: str, nbytes: int) -> None:
+        """The metadata buffer (the only one a pack grows here), to `nbytes` and more."""
+        nbytes = (nbytes + nbytes // 2 + 63) // 64 * 64
+        out = checked_empty(type(self).__name__, (nbytes,), torch.uint8, f"a metadata buffer of {nbytes} bytes",
+                            self.device)
+        self._set_out(out)
+        self._step.set_out_bytes(nbytes)
+        if self.kernels == "triton":
+            self._k = self._triton.Kernels(self.req_to_page, self.free_pages, self._out32, self._out64,
+                                           self.block_size, self._launch_shape)
+            self._forget_graphs()
+
+    def _forget_graphs(self) -> None:
+        if self._captured:
+            self._step.clear_graphs()
+            self._captured.clear()
+
+    # -- launches ------------------------------------------------------------------------
+
+    def _launch(self, buffer: int, flags: int, grid: int) -> None:
+        """A launch that has no graph (the native step calls it): the kernels eagerly, and
+        with CUDA graphs the capture of this launch for next time."""
+        if self.kernels == "torch":
+            staged = self._twin if self.device.type == "cuda" else self._words[buffer]
+            host = self._host_words[buffer]
+            views = None
+            if flags & L.PACK:
+                shape = (int(host[L.PACK_SIZE]), int(host[L.WIDTH]), int(host[L.NUM_TOKENS]))
+                views = self._shapes.get(shape) or self._views(shape)
+            kernels_torch.launch(staged, host, flags, self.req_to_page, self.free_pages, self.block_size, views)
+            return
+        before = self._triton.compiled()
+        self._triton.launch(self._k, self._twin, grid, flags)
+        self._num_compiles += self._triton.compiled() - before
+        if self.cuda_graphs:
+            self._capture(flags, grid)
+
+    def _capture(self, flags: int, grid: int) -> None:
+        """A CUDA graph of the kernels of `flags` on `grid` programs, for the step to replay."""
+        if self._capture_stream is None:
+            self._capture_stream = torch.cuda.Stream(self.device)
+        stream = self._capture_stream
+        with torch.cuda.stream(stream):
+            _C.begin_capture(stream.cuda_stream)
+            try:
+                self._triton.launch(self._k, self._twin, grid, flags)
+            except BaseException:
+                _C.end_capture(stream.cuda_stream, False)
+                raise
+            graph = _C.end_capture(stream.cuda_stream, True)
+        self._step.set_graph(flags, grid, graph)
+        self._captured.add((flags, grid))
+        self._num_captures += 1
+
+    def _flag_sets(self) -> tuple[int, ...]:
+        """The kernel sets a launch can hold (hybrid: no release kernel)."""
+        if self.host_allocates:
+            return (L.UPDATE, L.PACK, L.UPDATE | L.PACK)
+        return tuple(range(1, 8))
+
+    def _warm_up(self, max_num_tokens: int) -> None:
+        layout = _C.metadata_layout(self.max_running_reqs, self.max_width, max_num_tokens)
+        if self._out.nbytes < layout.nbytes:
+            self._grow("device", layout.nbytes)
+        if self.host_allocates:
+            ids = max_num_tokens // self.block_size + self.max_running_reqs
+            if self._step.staged_capacity < L.staged_words(self.max_running_reqs, ids):
+                self._size_staging(ids)
+        if self.kernels != "triton":
+            return
+        # Every kernel once, on a header of zeros (no work) and a scratch output: compiled.
+        zeros = torch.zeros(L.HEADER, dtype=torch.int32, device=self.device)
+        scratch = torch.zeros(64, dtype=torch.int64, device=self.device)
+        k = dataclasses.replace(self._k, out32=scratch.view(torch.int32), out64=scratch)
+        before = self._triton.compiled()
+        self._triton.launch(k, zeros, 1, L.RELEASE | L.UPDATE | L.PACK if not self.host_allocates
+                            else L.UPDATE | L.PACK)
+        self._num_compiles += self._triton.compiled() - before
+        if not self.cuda_graphs:
+            return
+        grids = [1 << b for b in range(L.grid_of(self.max_running_reqs).bit_length())]
+        for flags in self._flag_sets():
+            for grid in grids:
+                if (flags, grid) not in self._captured:
+                    self._capture(flags, grid)
+        torch.cuda.synchronize(self.device)
+
+    # -- the step hooks ---------------------------------------------------------------------
+
+    def _commit(self) -> None:
+        step = self._step
+        if self.host_allocates and L.staged_words(self.max_running_reqs, step.planned_blocks) > step.staged_capacity:
+            self._size_staging(step.planned_blocks)  # an update of more new blocks than any before
+        step.commit(self._stream())
+
+    def _release(self, req_ids: Any) -> None:
+        self._step.release(req_ids, self._stream())
+
+    def _flush(self) -> None:
+        self._step.flush(self._stream())
 
     def flush(self) -> None:
         """Launches a deferred update or release, if any (see the module docstring)."""
-        if self._deferred():
-            self._launch(pack=False)
+        with self._guard:
+            self._flush()
 
-    def _launch(self, pack: bool, views: tuple | None = None, page_ids: torch.Tensor | None = None) -> None:
-        """One launch of what is staged: release, update, pack (see the module docstring).
-        `page_ids` (hybrid: an update too large for a staged buffer) launches eagerly
-        with the update's ids read from there."""
-        release, update = bool(self._release_size), bool(self._update_size)
-        slot = self._slot
-        assert slot is not None, "a launch of nothing staged"
-        words = self._ring.int32_arrays[slot]
-        if self.kernels == "torch" or page_ids is not None:
-            own_ids = update and page_ids is None and self._free_pages is None
-            self._ring.upload(4 * L.copy_words(self._stride, release, update,
-                                               int(words[L.NUM_PAGE_IDS]) if own_ids else 0))
-            staged = self._staged_device
-            if self.kernels == "triton":
-                sizes = (self._release_size, self._update_size, int(words[L.PACK_SIZE]) if pack else 0)
-                self._triton.launch(self._k, staged, bucket(max(max(sizes), 1)), release, update, pack, page_ids)
-            else:
-                if release:
-                    assert self._free_pages is not None  # only the gpu backend stages releases
-                    kernels_torch.release(staged, words, self._stride, self.req_to_page, self._free_pages,
-                                          self.block_size)
-                if update:
-                    kernels_torch.update(staged, words, self._stride, self.req_to_page, self._free_pages,
-                                         self.block_size, page_ids)
-                if pack:
-                    assert views is not None
-                    kernels_torch.pack(staged, words, self._stride, self.req_to_page, self.block_size, views)
-        else:
-            sizes = (self._release_size, self._update_size, int(words[L.PACK_SIZE]) if pack else 0)
-            grid = bucket(max(max(sizes), 1))
-            carried = self.page_ids_capacity if update else 0
-            nbytes = 4 * L.copy_words(self._stride, release, update, carried)
-            run = lambda: self._run_triton(slot, grid, release, update, pack, nbytes)  # noqa: E731
-            if self.cuda_graphs:
-                self._graphs.launch((release, update, pack, grid, slot), run)
-            else:
-                run()
-        self._ring.enqueued()
-        self._slot = None
-        self._update_size = self._release_size = 0
+    def _device_rows(self) -> np.ndarray:
+        """The page table on the host, once what is deferred has run (a read: allowed while
+        another call on the manager reads its arguments)."""
+        self._flush()
+        return self.req_to_page.cpu().numpy()
 
-    def _run_triton(self, slot: int, grid: int, release: bool, update: bool, pack: bool, nbytes: int) -> None:
-        if self.zero_copy:
-            staged = self._ring.host_tensor(slot).view(torch.int32)
-        else:
-            self._ring.device[:nbytes].copy_(self._ring.host_tensor(slot)[:nbytes], non_blocking=True)
-            staged = self._staged_device
-        self._triton.launch(self._k, staged, grid, release, update, pack)
+    def _device_bytes(self) -> int:
+        tables = self.req_to_page.nbytes + (2 * self.free_pages.nbytes if self.free_pages is not None else 0)
+        twin = self._twin.nbytes if self.device.type == "cuda" else 0
+        return tables + self._out.nbytes + twin
 
-    # -- lifecycle and inspection ----------------------------------------------------------
-
-    def reset_state(self) -> None:
-        self._reset_books()  # first: it raises, changing nothing, during another call
-        self._slot = None  # whatever was staged is moot: every table is cleared
-        self._ring.restart()
-        self._update_size = self._release_size = 0
-        self.memo.changed()
-
-    def _reset_books(self) -> None:
-        raise NotImplementedError
+    def _staging_bytes(self) -> int:
+        return sum(w.nbytes for w in self._words)

@@ -1,8 +1,8 @@
-"""The device-table backends' step kernels as plain torch operations.
+"""The device-table designs' step kernels as plain torch operations.
 
 They compute what `kernels_triton.py` computes, on any device (torch's CPU device
-included), and never read the device back: every shape comes from `host`, the staged
-buffer's host copy (the same words as `staged`, which the operations read).
+included), and never read the device back: every size and offset comes from `host`, the
+staged words on the host (the same words as `staged`, which the operations read).
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from disagmoe.block_manager import layout as L
 from disagmoe.metadata import PAD_BLOCK_ID
 
 
-def _column(staged: torch.Tensor, start: int, k: int, stride: int, count: int) -> torch.Tensor:
-    first = start + k * stride
-    return staged[first:first + count].long()
+def _columns(staged: torch.Tensor, host: np.ndarray, at_word: int, stride_word: int, count: int,
+             n: int) -> list[torch.Tensor]:
+    at, stride = int(host[at_word]), int(host[stride_word])
+    return [staged[at + k * stride:at + k * stride + count].long() for k in range(n)]
 
 
-def _host_column(host: np.ndarray, start: int, k: int, stride: int, count: int) -> np.ndarray:
-    first = start + k * stride
-    return host[first:first + count].astype(np.int64)
+def _host_columns(host: np.ndarray, at_word: int, stride_word: int, count: int, n: int) -> list[np.ndarray]:
+    at, stride = int(host[at_word]), int(host[stride_word])
+    return [host[at + k * stride:at + k * stride + count].astype(np.int64) for k in range(n)]
 
 
 def _repeat(counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,34 +33,30 @@ def _repeat(counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tenso
     return entry, torch.arange(total, device=device) - firsts[entry]
 
 
-def release(staged: torch.Tensor, host: np.ndarray, stride: int, req_to_page: torch.Tensor,
-            free_pages: torch.Tensor, page_size: int) -> None:
+def release(staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, free_pages: torch.Tensor,
+            page_size: int) -> None:
     """Pushes every released request's pages, in order, at the staged height."""
     count = int(host[L.RELEASE_SIZE])
-    start = L.release_start(stride)
-    lens = _host_column(host, start, L.RELEASE_LENS, stride, count)
+    (lens,) = _host_columns(host, L.RELEASE_AT, L.RELEASE_STRIDE, count, 2)[1:]
     total = int(((lens + page_size - 1) // page_size).sum())
     if total == 0:
         return
-    rows = _column(staged, start, L.RELEASE_ROWS, stride, count)
-    pages = (_column(staged, start, L.RELEASE_LENS, stride, count) + page_size - 1) // page_size
-    entry, k = _repeat(pages, total)
+    rows, lengths = _columns(staged, host, L.RELEASE_AT, L.RELEASE_STRIDE, count, 2)
+    entry, k = _repeat((lengths + page_size - 1) // page_size, total)
     height = int(host[L.RELEASE_HEIGHT])
     free_pages[height:height + total] = req_to_page[rows[entry], k]
 
 
-def update(staged: torch.Tensor, host: np.ndarray, stride: int, req_to_page: torch.Tensor,
-           free_pages: torch.Tensor | None, page_size: int, page_ids: torch.Tensor | None = None) -> None:
+def update(staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, free_pages: torch.Tensor | None,
+           page_size: int) -> None:
     """Writes each planned entry's new pages into its row: the m-th page the step adds is
-    free_pages[height - 1 - m] (gpu) or page_ids[m] (hybrid; default: the staged ids)."""
+    free_pages[height - 1 - m] (gpu) or the m-th staged block id (hybrid)."""
     count = int(host[L.UPDATE_SIZE])
-    old_h = _host_column(host, L.plan_start(stride), L.PLAN_OLD_LENS, stride, count)
-    new_h = _host_column(host, L.plan_start(stride), L.PLAN_NEW_LENS, stride, count)
+    _, old_h, new_h, _ = _host_columns(host, L.PLAN_AT, L.PLAN_STRIDE, count, 4)
     total = int(((new_h + page_size - 1) // page_size - (old_h + page_size - 1) // page_size).sum())
     if total == 0:
         return
-    rows, old, new, offsets = (_column(staged, L.plan_start(stride), k, stride, count) for k in
-                               (L.PLAN_ROWS, L.PLAN_OLD_LENS, L.PLAN_NEW_LENS, L.PLAN_PAGE_OFFSETS))
+    rows, old, new, offsets = _columns(staged, host, L.PLAN_AT, L.PLAN_STRIDE, count, 4)
     first_new = (old + page_size - 1) // page_size
     added = (new + page_size - 1) // page_size - first_new
     entry, k = _repeat(added, total)
@@ -67,12 +64,11 @@ def update(staged: torch.Tensor, host: np.ndarray, stride: int, req_to_page: tor
     if free_pages is not None:
         pages = free_pages[int(host[L.HEIGHT]) - 1 - rank]
     else:
-        pages = (staged[L.page_ids_start(stride):] if page_ids is None else page_ids)[rank]
+        pages = staged[int(host[L.IDS_AT]):][rank]
     req_to_page[rows[entry], first_new[entry] + k] = pages
 
 
-def pack(staged: torch.Tensor, host: np.ndarray, stride: int, req_to_page: torch.Tensor, page_size: int,
-         views: tuple) -> None:
+def pack(staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, page_size: int, views: tuple) -> None:
     """Fills the metadata views (seq_lens, context_lens, query_start_loc, seq_start_loc,
     block_tables, slot_mapping) from the staged lookup."""
     seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables, slots = views
@@ -81,10 +77,7 @@ def pack(staged: torch.Tensor, host: np.ndarray, stride: int, req_to_page: torch
     count, width, num_tokens = (int(host[w]) for w in (L.PACK_SIZE, L.WIDTH, L.NUM_TOKENS))
     if count == 0:
         return
-    start = L.LOOKUP
-    rows, seq, query, starts, seq_starts = (_column(staged, start, k, stride, count) for k in
-                                            (L.LOOKUP_ROWS, L.LOOKUP_SEQ_LENS, L.LOOKUP_QUERY_LENS,
-                                             L.LOOKUP_QUERY_STARTS, L.LOOKUP_SEQ_STARTS))
+    rows, seq, query, starts, seq_starts = _columns(staged, host, L.LOOKUP_AT, L.LOOKUP_STRIDE, count, 5)
     context = seq - query
     seq_lens.copy_(seq)
     context_lens.copy_(context)
@@ -99,3 +92,16 @@ def pack(staged: torch.Tensor, host: np.ndarray, stride: int, req_to_page: torch
     entry, k = _repeat(query, num_tokens)
     pos = context[entry] + k
     slots.copy_(req_to_page[rows[entry], pos // page_size].long() * page_size + pos % page_size)
+
+
+def launch(staged: torch.Tensor, host: np.ndarray, flags: int, req_to_page: torch.Tensor,
+           free_pages: torch.Tensor | None, page_size: int, views: tuple | None) -> None:
+    """The operations of `flags` (layout.RELEASE | UPDATE | PACK), in order."""
+    if flags & L.RELEASE:
+        assert free_pages is not None  # only the gpu design stages releases
+        release(staged, host, req_to_page, free_pages, page_size)
+    if flags & L.UPDATE:
+        update(staged, host, req_to_page, free_pages, page_size)
+    if flags & L.PACK:
+        assert views is not None
+        pack(staged, host, req_to_page, page_size, views)

@@ -1,13 +1,13 @@
-"""The device-table backends' step kernels in Triton.
+"""The device-table designs' step kernels in Triton.
 
-Three kernels, launched in this order when a launch holds them (`launch`):
-release (gpu: push each released request's pages onto the free stack), update (write
-each entry's new page ids into its row of the page table: from the free stack on
-`gpu`, from the staged ids on `hybrid`) and pack (the FlashAttention metadata from the
-page table). Every per-step scalar (sizes, width, stack heights) is read from the staged
-header on the device, never passed as an argument (`layout.py` names the words), so a
-launch can be captured in a CUDA graph and replayed for any batch up to its grid, and no
-batch size or length compiles a new kernel. Programs past a kernel's entries do nothing.
+Three kernels, launched in this order when a launch holds them (`launch`): release
+(gpu: push each released request's pages onto the free stack), update (write each
+entry's new page ids into its row of the page table: from the free stack on `gpu`, from
+the staged ids on `hybrid`) and pack (the FlashAttention metadata from the page table).
+Every per-step value (sizes, width, where each region and each array lies) is read from
+the staged header on the device, never passed as an argument (`layout.py` names the
+words), so a launch can be captured in a CUDA graph and replayed for any batch up to its
+grid, and no batch compiles a new kernel. Programs past a kernel's entries do nothing.
 """
 
 from __future__ import annotations
@@ -23,18 +23,19 @@ from disagmoe.metadata import PAD_BLOCK_ID
 
 
 @triton.jit
-def _release_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, free_pages_ptr, stride,
-                    RELEASE: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK: tl.constexpr,
-                    RELEASE_SIZE: tl.constexpr, RELEASE_HEIGHT: tl.constexpr, RELEASE_ROWS: tl.constexpr,
-                    RELEASE_LENS: tl.constexpr, RELEASE_PAGE_OFFSETS: tl.constexpr):
+def _release_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, free_pages_ptr,
+                    PAGE_SIZE: tl.constexpr, BLOCK: tl.constexpr,
+                    RELEASE_SIZE: tl.constexpr, RELEASE_HEIGHT: tl.constexpr, RELEASE_AT: tl.constexpr,
+                    RELEASE_STRIDE: tl.constexpr):
     i = tl.program_id(0)
     count = tl.load(staged_ptr + RELEASE_SIZE)
-    height = tl.load(staged_ptr + RELEASE_HEIGHT)
     valid = i < count
-    columns = staged_ptr + RELEASE
-    row = tl.load(columns + RELEASE_ROWS * stride + i, mask=valid, other=0)
-    length = tl.load(columns + RELEASE_LENS * stride + i, mask=valid, other=0)
-    offset = tl.load(columns + RELEASE_PAGE_OFFSETS * stride + i, mask=valid, other=0)
+    height = tl.load(staged_ptr + RELEASE_HEIGHT)
+    stride = tl.load(staged_ptr + RELEASE_STRIDE)
+    columns = staged_ptr + tl.load(staged_ptr + RELEASE_AT)
+    row = tl.load(columns + i, mask=valid, other=0)
+    length = tl.load(columns + stride + i, mask=valid, other=0)
+    offset = tl.load(columns + 2 * stride + i, mask=valid, other=0)
     num_pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
     row_ptr = req_to_page_ptr + row.to(tl.int64) * r2p_row_stride
     for start in range(0, num_pages, BLOCK):
@@ -45,41 +46,42 @@ def _release_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, free_pages_ptr,
 
 
 @triton.jit
-def _update_kernel(staged_ptr, pages_ptr, req_to_page_ptr, r2p_row_stride, stride,
-                   FROM_STACK: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                   PLAN: tl.constexpr, BLOCK: tl.constexpr, UPDATE_SIZE: tl.constexpr, HEIGHT: tl.constexpr,
-                   PLAN_ROWS: tl.constexpr, PLAN_OLD_LENS: tl.constexpr, PLAN_NEW_LENS: tl.constexpr,
-                   PLAN_PAGE_OFFSETS: tl.constexpr):
+def _update_kernel(staged_ptr, pages_ptr, req_to_page_ptr, r2p_row_stride,
+                   FROM_STACK: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK: tl.constexpr,
+                   UPDATE_SIZE: tl.constexpr, HEIGHT: tl.constexpr, PLAN_AT: tl.constexpr,
+                   PLAN_STRIDE: tl.constexpr, IDS_AT: tl.constexpr):
     i = tl.program_id(0)
     count = tl.load(staged_ptr + UPDATE_SIZE)
-    height = tl.load(staged_ptr + HEIGHT)
     valid = i < count
-    plan = staged_ptr + PLAN
-    row = tl.load(plan + PLAN_ROWS * stride + i, mask=valid, other=0)
-    old = tl.load(plan + PLAN_OLD_LENS * stride + i, mask=valid, other=0)
-    new = tl.load(plan + PLAN_NEW_LENS * stride + i, mask=valid, other=0)
-    offset = tl.load(plan + PLAN_PAGE_OFFSETS * stride + i, mask=valid, other=0)
+    stride = tl.load(staged_ptr + PLAN_STRIDE)
+    plan = staged_ptr + tl.load(staged_ptr + PLAN_AT)
+    row = tl.load(plan + i, mask=valid, other=0)
+    old = tl.load(plan + stride + i, mask=valid, other=0)
+    new = tl.load(plan + 2 * stride + i, mask=valid, other=0)
+    offset = tl.load(plan + 3 * stride + i, mask=valid, other=0)
     first_new = (old + PAGE_SIZE - 1) // PAGE_SIZE
     last = (new + PAGE_SIZE - 1) // PAGE_SIZE
     row_ptr = req_to_page_ptr + row.to(tl.int64) * r2p_row_stride
+    if FROM_STACK:  # the m-th page taken is the m-th from the top of the stack
+        source = pages_ptr + (tl.load(staged_ptr + HEIGHT) - 1)
+    else:  # the m-th staged block id
+        source = staged_ptr + tl.load(staged_ptr + IDS_AT)
     for start in range(first_new, last, BLOCK):
         k = start + tl.arange(0, BLOCK)
         mask = k < last
         rank = offset + k - first_new  # among the pages this step adds
-        if FROM_STACK:  # the m-th page taken is the m-th from the top of the stack
-            pages = tl.load(pages_ptr + (height - 1 - rank), mask=mask, other=0)
-        else:  # the m-th staged page id
-            pages = tl.load(pages_ptr + rank, mask=mask, other=0)
+        if FROM_STACK:
+            pages = tl.load(source - rank, mask=mask, other=0)
+        else:
+            pages = tl.load(source + rank, mask=mask, other=0)
         tl.store(row_ptr + k, pages, mask=mask)
 
 
 @triton.jit
-def _pack_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_ptr, stride,
-                 bt_off, LOOKUP: tl.constexpr,
+def _pack_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_ptr,
                  PAGE_SIZE: tl.constexpr, PAD: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr,
-                 PACK_SIZE: tl.constexpr, WIDTH: tl.constexpr, LOOKUP_ROWS: tl.constexpr,
-                 LOOKUP_SEQ_LENS: tl.constexpr, LOOKUP_QUERY_LENS: tl.constexpr, LOOKUP_QUERY_STARTS: tl.constexpr,
-                 LOOKUP_SEQ_STARTS: tl.constexpr):
+                 PACK_SIZE: tl.constexpr, WIDTH: tl.constexpr, NUM_TOKENS: tl.constexpr, LOOKUP_AT: tl.constexpr,
+                 LOOKUP_STRIDE: tl.constexpr, SLOTS_AT: tl.constexpr, SEQ_LENS_AT: tl.constexpr):
     # Programs (i, j): entry i; its block-table columns and slots are shared out among
     # the j = 0 .. num_programs(1) - 1 programs of the entry, chunk by chunk.
     i = tl.program_id(0)
@@ -87,34 +89,36 @@ def _pack_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_p
     parts = tl.num_programs(1)
     batch_size = tl.load(staged_ptr + PACK_SIZE)
     width = tl.load(staged_ptr + WIDTH)
-    # seq_lens, context_lens, query_start_loc, seq_start_loc back to back from word 0
-    seq_off = 0
-    ctx_off = batch_size
-    qsl_off = 2 * batch_size
-    ssl_off = 3 * batch_size + 1
+    stride = tl.load(staged_ptr + LOOKUP_STRIDE)
+    columns = staged_ptr + tl.load(staged_ptr + LOOKUP_AT)
+    slots_ptr = out64_ptr + tl.load(staged_ptr + SLOTS_AT)
+    # seq_lens, context_lens, query_start_loc, seq_start_loc back to back
+    seq_ptr = out32_ptr + tl.load(staged_ptr + SEQ_LENS_AT)
+    ctx_ptr = seq_ptr + batch_size
+    qsl_ptr = seq_ptr + 2 * batch_size
+    ssl_ptr = seq_ptr + 3 * batch_size + 1
     valid = i < batch_size
-    columns = staged_ptr + LOOKUP
-    row = tl.load(columns + LOOKUP_ROWS * stride + i, mask=valid, other=0)
-    seq = tl.load(columns + LOOKUP_SEQ_LENS * stride + i, mask=valid, other=0)
-    query = tl.load(columns + LOOKUP_QUERY_LENS * stride + i, mask=valid, other=0)
-    q_start = tl.load(columns + LOOKUP_QUERY_STARTS * stride + i, mask=valid, other=0)
-    s_start = tl.load(columns + LOOKUP_SEQ_STARTS * stride + i, mask=valid, other=0)
+    row = tl.load(columns + i, mask=valid, other=0)
+    seq = tl.load(columns + stride + i, mask=valid, other=0)
+    query = tl.load(columns + 2 * stride + i, mask=valid, other=0)
+    q_start = tl.load(columns + 3 * stride + i, mask=valid, other=0)
+    s_start = tl.load(columns + 4 * stride + i, mask=valid, other=0)
     context = seq - query
     origin = (i == 0) & (j == 0)  # the sums start at 0, also for an empty batch
-    tl.store(out32_ptr + qsl_off, 0, mask=origin)
-    tl.store(out32_ptr + ssl_off, 0, mask=origin)
+    tl.store(qsl_ptr, 0, mask=origin)
+    tl.store(ssl_ptr, 0, mask=origin)
     first = valid & (j == 0)
-    tl.store(out32_ptr + seq_off + i, seq, mask=first)
-    tl.store(out32_ptr + ctx_off + i, context, mask=first)
-    tl.store(out32_ptr + qsl_off + i, q_start, mask=first)
-    tl.store(out32_ptr + ssl_off + i, s_start, mask=first)
+    tl.store(seq_ptr + i, seq, mask=first)
+    tl.store(ctx_ptr + i, context, mask=first)
+    tl.store(qsl_ptr + i, q_start, mask=first)
+    tl.store(ssl_ptr + i, s_start, mask=first)
     last = first & (i == batch_size - 1)
-    tl.store(out32_ptr + qsl_off + batch_size, q_start + query, mask=last)
-    tl.store(out32_ptr + ssl_off + batch_size, s_start + seq, mask=last)
+    tl.store(qsl_ptr + batch_size, q_start + query, mask=last)
+    tl.store(ssl_ptr + batch_size, s_start + seq, mask=last)
 
     row_ptr = req_to_page_ptr + row.to(tl.int64) * r2p_row_stride
     num_pages = (seq + PAGE_SIZE - 1) // PAGE_SIZE
-    table_row = out32_ptr + bt_off + i.to(tl.int64) * width
+    table_row = out32_ptr + i.to(tl.int64) * width
     for c in range(j * BLOCK_W, tl.where(valid, width, 0), parts * BLOCK_W):
         cols = c + tl.arange(0, BLOCK_W)
         owned = cols < num_pages
@@ -126,7 +130,16 @@ def _pack_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_p
         pos = context + ts
         pages = tl.load(row_ptr + pos // PAGE_SIZE, mask=mask, other=0)
         slots = pages.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
-        tl.store(out64_ptr + q_start + ts, slots, mask=mask)
+        tl.store(slots_ptr + q_start + ts, slots, mask=mask)
+
+
+KERNELS = (_release_kernel, _update_kernel, _pack_kernel)
+
+
+def compiled() -> int:
+    """Kernels of this module compiled in this process so far, on every device (Triton's
+    in-memory caches: a compile adds one; loading from its disk cache counts too)."""
+    return sum(len(caches[0]) for kernel in KERNELS for caches in kernel.device_caches.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,39 +161,31 @@ class PackLaunch:
 
 @dataclasses.dataclass(frozen=True)
 class Kernels:
-    """What one manager's launches read and write (fixed for its lifetime, so that
-    graphs can capture them)."""
+    """What one manager's launches read and write (fixed until a buffer is replaced, so
+    that graphs can capture them)."""
 
     req_to_page: torch.Tensor  # int32 [rows, pages]
-    free_pages: torch.Tensor | None  # int32, the gpu backend's free stack (None: hybrid)
-    page_ids: torch.Tensor | None  # int32, hybrid: the staged page ids (on the device twin)
-    out32: torch.Tensor  # the metadata buffer's int32 words
-    out64: torch.Tensor  # slot_mapping's int64 buffer
-    tables: int  # layout.tables_offset: int32 word of the block table in out32
-    stride: int
+    free_pages: torch.Tensor | None  # int32, the gpu design's free stack (None: hybrid)
+    out32: torch.Tensor  # the metadata buffer as int32 words
+    out64: torch.Tensor  # the same buffer as int64 words
     page_size: int
     launch: PackLaunch = PackLaunch()
 
 
-def launch(k: Kernels, staged: torch.Tensor, grid: int, release: bool, update: bool, pack: bool,
-           page_ids: torch.Tensor | None = None) -> None:
-    """The kernels a launch holds, in order, each over `grid` programs; `staged` is the
-    int32 view of the staged buffer the kernels read (the device twin, or pinned host);
-    `page_ids` overrides `k.page_ids` (hybrid: an update too large for a staged buffer)."""
+def launch(k: Kernels, staged: torch.Tensor, grid: int, flags: int) -> None:
+    """The kernels of `flags` (layout.RELEASE | UPDATE | PACK), in order, each over
+    `grid` programs; `staged` is the int32 device copy of the staged words."""
     r2p, row_stride = k.req_to_page, k.req_to_page.stride(0)
-    if release:
-        _release_kernel[(grid,)](staged, r2p, row_stride, k.free_pages, k.stride,
-                                 RELEASE=L.release_start(k.stride), PAGE_SIZE=k.page_size, BLOCK=256,
+    if flags & L.RELEASE:
+        _release_kernel[(grid,)](staged, r2p, row_stride, k.free_pages, PAGE_SIZE=k.page_size, BLOCK=256,
                                  **L.RELEASE_WORDS)
-    if update:
+    if flags & L.UPDATE:
         from_stack = k.free_pages is not None
-        pages = k.free_pages if from_stack else (k.page_ids if page_ids is None else page_ids)
-        _update_kernel[(grid,)](staged, pages, r2p, row_stride, k.stride,
-                                FROM_STACK=from_stack, PLAN=L.plan_start(k.stride),
-                                PAGE_SIZE=k.page_size, BLOCK=256, **L.UPDATE_WORDS)
-    if pack:
+        pages = k.free_pages if from_stack else staged
+        _update_kernel[(grid,)](staged, pages, r2p, row_stride, FROM_STACK=from_stack, PAGE_SIZE=k.page_size,
+                                BLOCK=256, **L.UPDATE_WORDS)
+    if flags & L.PACK:
         p = k.launch
-        _pack_kernel[(grid, p.parts)](staged, r2p, row_stride, k.out32, k.out64, k.stride, k.tables,
-                                      LOOKUP=L.LOOKUP, PAGE_SIZE=k.page_size, PAD=PAD_BLOCK_ID,
-                                      BLOCK_W=p.block_w, BLOCK_T=p.block_t, num_warps=p.num_warps,
-                                      **L.PACK_WORDS)
+        _pack_kernel[(grid, p.parts)](staged, r2p, row_stride, k.out32, k.out64, PAGE_SIZE=k.page_size,
+                                      PAD=PAD_BLOCK_ID, BLOCK_W=p.block_w, BLOCK_T=p.block_t,
+                                      num_warps=p.num_warps, **L.PACK_WORDS)

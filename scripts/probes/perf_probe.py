@@ -38,7 +38,6 @@ VARIANTS = {  # name: (backend, constructor keywords)
     "gpu-triton-graphs": ("gpu", {"kernels": "triton", "cuda_graphs": True}),
     "gpu-triton": ("gpu", {"kernels": "triton", "cuda_graphs": False}),
     "gpu-torch": ("gpu", {"kernels": "torch"}),
-    "gpu-triton-graphs-zero-copy": ("gpu", {"kernels": "triton", "cuda_graphs": True, "zero_copy": True}),
 }
 
 

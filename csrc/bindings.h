@@ -1,0 +1,55 @@
+// What the binding files share: the Python-side objects of the core's classes (with
+// the flag that refuses overlapping calls), and the BatchStats type.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "block_manager.h"
+
+namespace py = pybind11;
+using namespace disagmoe;
+
+struct PyRequestTable : RequestTable {
+  PyRequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t block_size)
+      : RequestTable(max_reqs, max_seq_len, block_size), plan(4 * (max_reqs + 1)) {}
+  bool busy = false;
+  // update_block_table's plan, made here and then copied into the caller's buffer: the
+  // table reads the plan's rows back, and must not read them from memory it does not own.
+  std::vector<int32_t> plan;
+  StepPlan scratch_plan() {
+    int32_t* p = plan.data();
+    int64_t s = max_reqs() + 1;
+    return {p, p + s, p + 2 * s, p + 3 * s};
+  }
+};
+
+struct PyBlockManager : BlockManager {
+  using BlockManager::BlockManager;
+  bool busy = false;
+};
+
+// One call that may change an object; refuses to start while another is under way.
+class BusyScope {
+ public:
+  BusyScope(const char* op, bool& busy) : busy_(busy) {
+    if (busy_)
+      throw std::runtime_error(std::string(op) +
+                               ": another call on this object is under way (calls on one "
+                               "manager must not overlap: re-entered or from two threads)");
+    busy_ = true;
+  }
+  ~BusyScope() { busy_ = false; }
+  BusyScope(const BusyScope&) = delete;
+  BusyScope& operator=(const BusyScope&) = delete;
+
+ private:
+  bool& busy_;
+};
+
+py::object stats_object(const BatchStats& s);
+
+// The step paths (bind_step.cpp): _C.HostStep, _C.DeviceStep, _C.Guard, the CUDA graphs.
+void bind_step(py::module_& m);
