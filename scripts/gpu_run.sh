@@ -8,6 +8,12 @@
 #
 #   tests     the whole test suite, one pytest process per module, 8 at a time
 #             (TESTS="tests/test_x.py ..." picks modules)
+#   suite     the whole test suite in one pytest run, -n 14 workers (pytest-xdist), -v into
+#             suite.log (PYTEST_ARGS adds arguments)
+#   steps     scripts/probes/step_probe.py: every design's pipelined step beside its floors
+#             (STEP_ARGS replaces the default points)
+#   compare   scripts/compare_commits.sh $COMPARE_OLD (default b7f8057) HEAD, 3 rounds
+#             (COMPARE_ARGS: the probe's arguments)
 #   probe     scripts/probes/perf_probe.py: floors and every case of all variants, whole grid
 #   floors    scripts/probes/perf_probe.py: floors, and the cpu and gpu-triton-graphs variants at
 #             B = 256, L = 128 and 1024 (the copy floors beside the packs they bound)
@@ -49,6 +55,13 @@ for stage in "$@"; do
              'python3 -m pytest -q -p no:cacheprovider {} > "$0/tests-$(basename {} .py).log" 2>&1;
               echo "{}: exit $? $(tail -1 "$0/tests-$(basename {} .py).log")"' "$out" | tee "$out/tests.txt"
            ! grep -qv ": exit 0 " "$out/tests.txt" ;;
+    suite) timeout 540 python3 -m pytest -q -n 14 -p no:cacheprovider -v ${PYTEST_ARGS:-} > "$out/suite.log" 2>&1
+           rc=$?; grep -E "^(FAILED|ERROR)" "$out/suite.log" | head -40; tail -3 "$out/suite.log"; [ $rc = 0 ] ;;
+    steps) python3 scripts/probes/step_probe.py ${STEP_ARGS:---batch-sizes 16 256 --contexts 1024 16384 --trace 64 256} \
+             --json "$out/steps.jsonl" 2>&1 | tee "$out/steps.log" ;;
+    compare) PROBE_ARGS=${COMPARE_ARGS:---designs cpu gpu --batch-sizes 16 256 --contexts 1024} OUT="$out" \
+               scripts/compare_commits.sh "${COMPARE_OLD:-b7f8057}" HEAD 3 > "$out/compare.log" 2>&1; rc=$?
+             tail -20 "$out/compare.log"; [ $rc = 0 ] ;;
     probe) python3 -m scripts.probes.perf_probe --batch-sizes 16 32 64 128 256 --seq-lens 128 256 512 1024 \
              --iterations 200 --json "$out/probe.json" > "$out/probe.log" 2>&1 &&
            python3 -m scripts.probes.perf_probe --report "$out/probe.json" > "$out/probe-report.md" && tail -25 "$out/probe-report.md" ;;
