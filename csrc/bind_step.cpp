@@ -22,7 +22,7 @@ int64_t tensor_ptr(py::handle tensor) { return tensor.attr("data_ptr")().cast<in
 int64_t tensor_bytes(py::handle tensor) { return tensor.attr("nbytes").cast<int64_t>(); }
 
 py::object pack_result(const PackOutcome& o, int64_t batch_size) {
-  if (o.hit) return py::int_(o.pack_id);
+  if (o.hit) return py::make_tuple(o.pack_id, to_list(o.seq_lens, batch_size));
   return py::make_tuple(o.pack_id, stats_object(o.stats), to_list(o.seq_lens, batch_size));
 }
 
@@ -157,7 +157,7 @@ const char* kPlanDoc =
     "nothing; commit() makes the update.";
 const char* kLengthsDoc = "Any later layer: the batch's lengths.";
 const char* kPackDoc =
-    "The pack of a batch at `layer`: an int (the last pack's id) when it is the batch of\n"
+    "The pack of a batch at `layer`: (the last pack's id, lengths) when it is the batch of\n"
     "that pack, which the caller remembers (`known`: its id), at another layer with\n"
     "nothing changed since; else (pack id, BatchStats, lengths) once the metadata is\n"
     "sent on `stream`. A buffer too small for it is grown in the call, by\n"

@@ -190,6 +190,10 @@ BatchStats BlockManager::lookup_for_pack(const char* op, const BatchView& batch)
   return table_.lookup(op, batch, {rows_.data(), new_lens_.data(), query_lens_.data()});
 }
 
+BatchStats BlockManager::lookup_planned(const BatchView& batch, const StepPlan& plan) {
+  return table_.lookup_planned(batch, plan, {rows_.data(), new_lens_.data(), query_lens_.data()});
+}
+
 void BlockManager::write_metadata(const BatchView& batch, const MetadataLayout& l, uint8_t* small,
                                   int32_t* table, int64_t pitch, int64_t buffer) {
   auto i32 = [small, &l](int64_t offset) {

@@ -92,6 +92,8 @@ class BlockManager {
   // that index (the same request in the same entry, the same table and pitch) get only
   // the blocks added since.
   BatchStats lookup_for_pack(const char* op, const BatchView& batch);
+  // lookup_for_pack of the batch of an update just committed with `plan`, from the plan.
+  BatchStats lookup_planned(const BatchView& batch, const StepPlan& plan);
   const int32_t* packed_lengths() const { return new_lens_.data(); }
   void write_metadata(const BatchView& batch, const MetadataLayout& layout, uint8_t* small,
                       int32_t* table, int64_t pitch, int64_t buffer);

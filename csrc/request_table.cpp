@@ -183,26 +183,14 @@ void RequestTable::commit_update(const BatchView& batch, const StepPlan& plan) {
   }
 }
 
-// Writes at most max_reqs entries: the entry past them cannot be a distinct
-// running request, so the loop throws before writing it.
-BatchStats RequestTable::lookup(const char* op, const BatchView& batch, const BatchLookup& out) {
-  check_shape(op, batch);
-  next_stamp(stamp_, seen_);
+namespace {
+
+// One entry into a lookup's output and stats (what lookup and lookup_planned share).
+struct StatsBuilder {
   BatchStats stats;
-  stats.batch_size = batch.size;
-  stats.num_prefills = batch.num_prefill;
   int64_t seq_total = 0;
-  for (int64_t i = 0; i < batch.size; ++i) {
-    int32_t row = ids_.find(batch.req_ids[i]);
-    if (row < 0)
-      throw UnknownRequest(std::string(op) + ": " + entry_name(batch, i) +
-                           " is not a running request");
-    mark_once(op, batch, i, row);
-    int64_t seq_len = seq_lens_[row];
-    int64_t q = query_len(batch, i);
-    if (q > seq_len)
-      throw std::invalid_argument(std::string(op) + ": " + entry_name(batch, i) + " queries " +
-                                  str(q) + " tokens but the request holds only " + str(seq_len));
+  void add(const BatchView& batch, const BatchLookup& out, int64_t i, int32_t row, int64_t seq_len,
+           int64_t q) {
     out.rows[i] = row;
     out.seq_lens[i] = static_cast<int32_t>(seq_len);
     out.query_lens[i] = static_cast<int32_t>(q);
@@ -221,15 +209,51 @@ BatchStats RequestTable::lookup(const char* op, const BatchView& batch, const Ba
       stats.max_decode_query_len = 1;
     }
   }
-  // The prefix sums are int32. Distinct requests of one pool never pass this; a
-  // RequestTable told of more free blocks than a pool holds could.
-  if (seq_total > kMaxInt32)
-    throw std::invalid_argument(std::string(op) + ": the batch's lengths sum to " + str(seq_total) +
-                                ", past the int32 range of seq_start_loc");
-  stats.num_decode_tokens = batch.size - batch.num_prefill;
-  stats.num_prefill_tokens = stats.num_tokens - stats.num_decode_tokens;
-  stats.width = blocks_of(stats.max_seq_len);
-  return stats;
+  BatchStats finish(const char* op, const BatchView& batch, int64_t block_size) {
+    // The prefix sums are int32. Distinct requests of one pool never pass this; a
+    // RequestTable told of more free blocks than a pool holds could.
+    if (seq_total > kMaxInt32)
+      throw std::invalid_argument(std::string(op) + ": the batch's lengths sum to " +
+                                  str(seq_total) + ", past the int32 range of seq_start_loc");
+    stats.batch_size = batch.size;
+    stats.num_prefills = batch.num_prefill;
+    stats.num_decode_tokens = batch.size - batch.num_prefill;
+    stats.num_prefill_tokens = stats.num_tokens - stats.num_decode_tokens;
+    stats.width = (stats.max_seq_len + block_size - 1) / block_size;
+    return stats;
+  }
+};
+
+}  // namespace
+
+// Writes at most max_reqs entries: the entry past them cannot be a distinct running
+// request, so the loop throws before writing it.
+BatchStats RequestTable::lookup(const char* op, const BatchView& batch, const BatchLookup& out) {
+  check_shape(op, batch);
+  next_stamp(stamp_, seen_);
+  StatsBuilder b;
+  for (int64_t i = 0; i < batch.size; ++i) {
+    int32_t row = ids_.find(batch.req_ids[i]);
+    if (row < 0)
+      throw UnknownRequest(std::string(op) + ": " + entry_name(batch, i) +
+                           " is not a running request");
+    mark_once(op, batch, i, row);
+    int64_t seq_len = seq_lens_[row];
+    int64_t q = query_len(batch, i);
+    if (q > seq_len)
+      throw std::invalid_argument(std::string(op) + ": " + entry_name(batch, i) + " queries " +
+                                  str(q) + " tokens but the request holds only " + str(seq_len));
+    b.add(batch, out, i, row, seq_len, q);
+  }
+  return b.finish(op, batch, block_size_);
+}
+
+BatchStats RequestTable::lookup_planned(const BatchView& batch, const StepPlan& plan,
+                                        const BatchLookup& out) const {
+  StatsBuilder b;
+  for (int64_t i = 0; i < batch.size; ++i)
+    b.add(batch, out, i, plan.rows[i], plan.new_lens[i], query_len(batch, i));
+  return b.finish("lookup", batch, block_size_);
 }
 
 void RequestTable::release_seqs(const char* op, const int64_t* req_ids, int64_t n, int32_t* rows,

@@ -97,6 +97,10 @@ class RequestTable {
   // requests are all registered. Throws on a malformed batch. Writes at most
   // max_reqs entries of `out`.
   BatchStats lookup(const char* op, const BatchView& batch, const BatchLookup& out);
+  // lookup() of the batch of an update just committed with `plan` (no change since):
+  // the same answer, read from the plan instead of the id map.
+  BatchStats lookup_planned(const BatchView& batch, const StepPlan& plan,
+                            const BatchLookup& out) const;
 
   // Forgets the requests (all or none) and returns their rows and lengths in `rows`/`lens`.
   void release_seqs(const char* op, const int64_t* req_ids, int64_t n, int32_t* rows,

@@ -52,8 +52,10 @@ bool Step::Memo::hit(const BatchView& batch, int64_t at_layer, uint64_t at_versi
          std::equal(prefill_lens.begin(), prefill_lens.end(), batch.prefill_lens);
 }
 
-void Step::Memo::remember(const BatchView& batch, int64_t at_layer, uint64_t at_version) {
+void Step::Memo::remember(const BatchView& batch, const int32_t* lengths, int64_t at_layer,
+                          uint64_t at_version) {
   valid = true;
+  seq_lens.assign(lengths, lengths + batch.size);
   req_ids.assign(batch.req_ids, batch.req_ids + batch.size);
   prefill_lens.assign(batch.prefill_lens, batch.prefill_lens + batch.num_prefill_lens);
   num_prefill = batch.num_prefill;
@@ -62,7 +64,7 @@ void Step::Memo::remember(const BatchView& batch, int64_t at_layer, uint64_t at_
 }
 
 const int32_t* Step::plan(const char* op, const BatchView& batch) {
-  planned_ = false;
+  planned_ = committed_ = false;
   plan_ids_.assign(batch.req_ids, batch.req_ids + batch.size);
   plan_lens_.assign(batch.prefill_lens, batch.prefill_lens + batch.num_prefill_lens);
   plan_prefill_ = batch.num_prefill;
@@ -84,6 +86,15 @@ void Step::check_planned(const char* op) {
                              "committing it (a call on it from inside this one?); nothing "
                              "was changed");
   planned_ = false;
+}
+
+bool Step::just_committed(const BatchView& batch) const {
+  return committed_ && committed_version_ == table_.version() &&
+         batch.size == static_cast<int64_t>(plan_ids_.size()) &&
+         batch.num_prefill == plan_prefill_ &&
+         batch.num_prefill_lens == static_cast<int64_t>(plan_lens_.size()) &&
+         std::equal(plan_ids_.begin(), plan_ids_.end(), batch.req_ids) &&
+         std::equal(plan_lens_.begin(), plan_lens_.end(), batch.prefill_lens);
 }
 
 const int32_t* Step::lengths(const char* op, const BatchView& batch) {
@@ -141,6 +152,7 @@ void HostStep::set_out(uint8_t* out, int64_t nbytes) {
 void HostStep::commit(const char* op) {
   check_planned(op);
   core_.commit_first_layer(planned_batch(), planned_steps(), plan_total_, nullptr);
+  committed();
 }
 
 PackOutcome HostStep::pack(const char* op, const BatchView& batch, int64_t layer,
@@ -151,9 +163,11 @@ PackOutcome HostStep::pack(const char* op, const BatchView& batch, int64_t layer
     memo_.layer = layer;
     o.hit = true;
     o.pack_id = packs_;
+    o.seq_lens = memo_.seq_lens.data();
     return o;
   }
-  o.stats = core_.lookup_for_pack(op, batch);
+  o.stats = just_committed(batch) ? core_.lookup_planned(batch, planned_steps())
+                                  : core_.lookup_for_pack(op, batch);
   MetadataLayout l = metadata_layout(batch.size, o.stats.width, o.stats.num_tokens);
   std::optional<cuda::ContextScope> scope;
   if (on_cuda()) scope.emplace(*ctx_);
@@ -167,9 +181,9 @@ PackOutcome HostStep::pack(const char* op, const BatchView& batch, int64_t layer
   core_.write_metadata(batch, l, b.small, b.table, pitch_, current_);
   send(l, stream);
   advance(stream);
-  memo_.remember(batch, layer, version);
   o.pack_id = ++packs_;
   o.seq_lens = core_.packed_lengths();
+  memo_.remember(batch, o.seq_lens, layer, version);
   return o;
 }
 
@@ -310,6 +324,7 @@ void DeviceStep::commit(const char* op, cuda::Stream stream) {
   w[staged::PLAN_STRIDE] = static_cast<int32_t>(stride);
   w[staged::IDS_AT] = static_cast<int32_t>(at + staged::PLAN_COLUMNS * stride);
   w[staged::END] = static_cast<int32_t>(at + staged::PLAN_COLUMNS * stride + ids);
+  committed();
 }
 
 PackOutcome DeviceStep::pack(const char* op, const BatchView& batch, int64_t layer,
@@ -321,6 +336,7 @@ PackOutcome DeviceStep::pack(const char* op, const BatchView& batch, int64_t lay
     memo_.layer = layer;
     o.hit = true;
     o.pack_id = packs_;
+    o.seq_lens = memo_.seq_lens.data();
     return o;
   }
   std::optional<cuda::ContextScope> scope;
@@ -330,8 +346,9 @@ PackOutcome DeviceStep::pack(const char* op, const BatchView& batch, int64_t lay
   int64_t stride = std::min(batch.size, table_.max_reqs()) + 1;
   int64_t at = append(op, staged::LOOKUP_COLUMNS * stride);
   int32_t* c = w + at;
-  o.stats =
-      table_.lookup(op, batch, {c, c + stride, c + 2 * stride, c + 3 * stride, c + 4 * stride});
+  BatchLookup out{c, c + stride, c + 2 * stride, c + 3 * stride, c + 4 * stride};
+  o.stats = just_committed(batch) ? table_.lookup_planned(batch, planned_steps(), out)
+                                  : table_.lookup(op, batch, out);
   MetadataLayout l = metadata_layout(batch.size, o.stats.width, o.stats.num_tokens);
   if (l.nbytes / 4 > kMaxInt32)
     throw std::invalid_argument(std::string(op) + ": the batch's metadata needs " + str(l.nbytes) +
@@ -355,9 +372,9 @@ PackOutcome DeviceStep::pack(const char* op, const BatchView& batch, int64_t lay
     w[staged::END] = end;
     throw;
   }
-  memo_.remember(batch, layer, version);
   o.pack_id = ++packs_;
   o.seq_lens = c + stride;  // the lookup's lengths, in the buffer just launched
+  memo_.remember(batch, o.seq_lens, layer, version);
   return o;
 }
 

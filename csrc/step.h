@@ -49,8 +49,8 @@ int64_t grid_of(int64_t n);
 struct PackOutcome {
   bool hit = false;  // the caller's remembered pack `pack_id` answers
   int64_t pack_id = 0;
-  BatchStats stats;
-  const int32_t* seq_lens = nullptr;  // a new pack's lengths, valid until the next call
+  BatchStats stats;                   // a new pack's
+  const int32_t* seq_lens = nullptr;  // the lengths (either way), valid until the next call
 };
 
 // Called by a pack when a buffer cannot hold the batch's metadata: grow("host" |
@@ -83,6 +83,14 @@ class Step {
  protected:
   // Throws unless a plan is pending and the books have not changed since.
   void check_planned(const char* op);
+  // The plan was committed (its rows and lengths are the books' now).
+  void committed() {
+    committed_ = true;
+    committed_version_ = table_.version();
+  }
+  // Whether `batch` is the one just committed, nothing changed since: a pack of it reads
+  // its rows and lengths from the plan (no lookup).
+  bool just_committed(const BatchView& batch) const;
   BatchView planned_batch() const;
   StepPlan planned_steps() {
     return {plan_rows_.data(), plan_old_.data(), plan_new_.data(), plan_offsets_.data()};
@@ -109,16 +117,17 @@ class Step {
   struct Memo {
     bool valid = false;
     std::vector<int64_t> req_ids, prefill_lens;
+    std::vector<int32_t> seq_lens;
     int64_t num_prefill = 0, layer = 0;
     uint64_t version = 0;
     bool hit(const BatchView& batch, int64_t layer, uint64_t version) const;
-    void remember(const BatchView& batch, int64_t layer, uint64_t version);
+    void remember(const BatchView& batch, const int32_t* lengths, int64_t layer, uint64_t version);
   } memo_;
   int64_t packs_ = 0;
 
   // The planned update: the batch as read, the plan, the books' version at planning.
-  bool planned_ = false;
-  uint64_t plan_version_ = 0;
+  bool planned_ = false, committed_ = false;
+  uint64_t plan_version_ = 0, committed_version_ = 0;
   std::vector<int64_t> plan_ids_, plan_lens_;
   int64_t plan_prefill_ = 0, plan_total_ = 0;
   std::vector<int32_t> plan_rows_, plan_old_, plan_new_, plan_offsets_;

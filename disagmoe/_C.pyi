@@ -152,7 +152,7 @@ class Guard:
     def __enter__(self) -> None: ...
     def __exit__(self, *args: object) -> Literal[False]: ...
 
-_Packed = int | tuple[int, BatchStats, list[int]]
+_Packed = tuple[int, list[int]] | tuple[int, BatchStats, list[int]]
 _Grow = Callable[[str, int], object] | None
 
 class HostStep:

@@ -127,7 +127,7 @@ class BlockManager(ABC):
         self._stream = (functools.partial(torch._C._cuda_getCurrentRawStream, self.device.index)
                         if self.device.type == "cuda" else int)
         self._shapes: dict[tuple[int, int, int], tuple] = {}  # metadata views by batch shape
-        self._memo: tuple | None = None  # the last pack: (id, stats, lengths, views)
+        self._memo: tuple | None = None  # the last pack: (id, stats, views)
         self._num_compiles = self._num_captures = 0
 
     def __copy__(self):
@@ -248,12 +248,12 @@ class BlockManager(ABC):
             memo = self._memo
             packed = self._step.pack(batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens, layer,
                                      self._stream(), memo[0] if memo else -1, self._grow)
-            if type(packed) is int:  # the batch of the remembered pack, at another layer
-                return self._metadata(memo[1], list(memo[2]), memo[3])  # type: ignore[index]
+            if len(packed) == 2:  # the batch of the remembered pack, at another layer
+                return self._metadata(memo[1], packed[1], memo[2])  # type: ignore[index]
             pack_id, stats, seq_lens = packed
             shape = (stats.batch_size, stats.width, stats.num_tokens)
             views = self._shapes.get(shape) or self._views(shape)
-            self._memo = (pack_id, stats, tuple(seq_lens), views)
+            self._memo = (pack_id, stats, views)
             return self._metadata(stats, seq_lens, views)
 
     def _views(self, shape: tuple[int, int, int]) -> tuple:

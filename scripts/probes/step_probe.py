@@ -9,6 +9,8 @@ steps back to back with one synchronise at the end; each step's host time is tim
 alone (the median and p99 are of those), the window's wall time too. Floors (each the
 median host time of a call made back to back, timed here): a pinned non-blocking copy of
 the bytes the cpu design copies, a CUDA graph replay of one tiny kernel, an event record.
+Before each timed window the garbage collector collects and freezes what exists (as a
+serving engine does once at start-up): its pauses then scan only what the steps made.
 
     python3 scripts/probes/step_probe.py --json out.json
     python3 scripts/probes/step_probe.py --designs cpu gpu --batch-sizes 16 256 --contexts 1024
@@ -17,6 +19,7 @@ the bytes the cpu design copies, a CUDA graph replay of one tiny kernel, an even
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -101,6 +104,8 @@ def decode(design: str, batch_size: int, context: int, steps: int, warmup: int =
     manager.synchronize()
     compiles = getattr(manager, "num_compiles", 0)
     captures = getattr(manager, "num_captures", 0)
+    gc.collect()
+    gc.freeze()
     samples = []
     clock = time.perf_counter
     begin = clock()
@@ -139,6 +144,8 @@ def trace(design: str, running: int, max_prompt: int, steps: int) -> dict | None
     manager.synchronize()
     compiles = getattr(manager, "num_compiles", 0)
     captures = getattr(manager, "num_captures", 0)
+    gc.collect()
+    gc.freeze()
     samples = []
     clock = time.perf_counter
     begin = clock()
@@ -150,7 +157,13 @@ def trace(design: str, running: int, max_prompt: int, steps: int) -> dict | None
     manager.synchronize()
     done = clock()
     us = [s * 1e6 for s in samples]
-    return {"design": design, "workload": "trace", "running": running, "max_prompt": max_prompt, "steps": steps,
+    first = [workload.step_at(k).layers[0] for k in range(20, 20 + steps)]
+    tokens = sum(b.num_tokens for b in first) / steps
+    entries = sum(len(b.req_ids) for b in first) / steps
+    width = -(-max_seq_len // BLOCK_SIZE)  # (an upper bound: the widest row a step can have)
+    return {"design": design, "workload": "trace",
+            "mean_bytes": int(4 * entries * width + 8 * tokens + 16 * entries),
+            "running": running, "max_prompt": max_prompt, "steps": steps,
             "host_median_us": statistics.median(us), "host_p99_us": percentile(us, 0.99), "host_max_us": max(us),
             "wall_us": (done - begin) / steps * 1e6,
             "compiles": getattr(manager, "num_compiles", 0) - compiles,
@@ -189,14 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         for running in args.trace:
             r = trace(design, running, args.max_prompt, args.steps)
             if r is not None:
-                r["floors"] = floors(cpu_bytes(running, args.max_prompt))
+                r["floors"] = floors(r.pop("mean_bytes"))
                 results.append(r)
     for r in results[1:]:
         where = f"B={r['batch_size']} L={r['context']}" if r["workload"] == "decode" else \
             f"R={r['running']} P={r['max_prompt']}"
         f = r["floors"]
-        print(f"{args.label:>8} {r['design']:>6} {r['workload']:>6} {where:>14}: host median {r['host_median_us']:7.1f} "
-              f"p99 {r['host_p99_us']:7.1f} max {r['host_max_us']:8.1f} wall {r['wall_us']:7.1f} us | floor "
+        print(f"{args.label:>8} {r['design']:>6} {r['workload']:>6} {where:>14}: "
+              f"host median {r['host_median_us']:7.1f} p99 {r['host_p99_us']:7.1f} max {r['host_max_us']:8.1f} "
+              f"wall {r['wall_us']:7.1f} us | floor "
               f"{f['floor_us']:5.1f} (copy {f['copy_us']:.1f} replay {f['replay_us']:.1f} record {f['record_us']:.1f}) "
               f"| compiles {r['compiles']} captures {r['captures']}")
     print(f"{args.label:>8} canary {results[0]['canary_us']:.0f} us")
