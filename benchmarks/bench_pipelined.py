@@ -14,7 +14,18 @@ For verdicts compare `RelativeStep` (a variant's pipelined step over a fixed ref
 step's, timed in turn) and `InverseSpeedup`.
 """
 
-from .serving import BASELINE, BATCH_SIZES, COMPARED, CONTEXTS, VARIANTS, check_measured, measure_grid, ratios, samples
+from .serving import (
+    BASELINE,
+    BATCH_SIZES,
+    COMPARED,
+    CONTEXTS,
+    VARIANTS,
+    check_measured,
+    measure_grid,
+    ratios,
+    samples,
+    step_tail,
+)
 
 
 def setup_cache():
@@ -49,6 +60,11 @@ class Step:
         return samples(cache, (batch_size, context), "pipelined", variant, "host_us")
 
     track_pipelined_host.pretty_name = "decode step, pipelined: host us per step (until the calls return)"
+
+    def track_pipelined_host_p99(self, cache, variant, batch_size, context):
+        return step_tail(cache, (batch_size, context), "pipelined", variant, "p99")
+
+    track_pipelined_host_p99.pretty_name = "decode step, pipelined: p99 of each step's host us (the tail)"
 
     def track_busy_added(self, cache, variant, batch_size, context):
         check_measured(cache, (batch_size, context), variant, "busy")

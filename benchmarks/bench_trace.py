@@ -22,6 +22,7 @@ from .serving import (
     measure_grid,
     ratios,
     samples,
+    step_tail,
 )
 
 
@@ -57,6 +58,11 @@ class Step:
         return samples(cache, (running, max_prompt), "pipelined", variant, "host_us")
 
     track_pipelined_host.pretty_name = "trace step, pipelined: host us per step (until the calls return)"
+
+    def track_pipelined_host_p99(self, cache, variant, running, max_prompt):
+        return step_tail(cache, (running, max_prompt), "pipelined", variant, "p99")
+
+    track_pipelined_host_p99.pretty_name = "trace step, pipelined: p99 of each step's host us (the tail)"
 
     def track_busy_added(self, cache, variant, running, max_prompt):
         check_measured(cache, (running, max_prompt), variant, "busy")

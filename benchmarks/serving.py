@@ -153,6 +153,15 @@ def samples(cache: dict, key: tuple, mode: str, runner: str, figure: str) -> dic
     return {"samples": [_digits(v) for v in cache["points"][key][mode][runner][figure]], "number": 1}
 
 
+def step_tail(cache: dict, key: tuple, mode: str, runner: str, quantile: str = "p99") -> dict:
+    """One value: a quantile ("p50", "p99", "max") of every step's own host time over the
+    windows (an older commit's package did not keep them: skipped)."""
+    steps = cache["points"][key][mode][runner].get("host_step_us")
+    if not steps:
+        raise NotImplementedError("this commit's serving benchmarks kept no per-step host times")
+    return {"samples": [_digits(steps[quantile])], "number": 1}
+
+
 def ratios(cache: dict, key: tuple, mode: str, runner: str, over: str, figure: str = "wall_us") -> dict:
     """Window by window, `runner`'s figure over `over`'s (they ran in the same round)."""
     mine = cache["points"][key][mode][runner][figure]

@@ -178,6 +178,9 @@ void bind_host_step(py::module_& m) {
       .def_property_readonly("depth", [](PyHostStep& s) { return s.step.depth(); })
       .def_property_readonly("current", [](PyHostStep& s) { return s.step.current(); })
       .def_property_readonly("packs", [](PyHostStep& s) { return s.step.packs(); })
+      .def_property_readonly_static(
+          "compact_bytes", [](py::object) { return HostStep::kCompactBytes; },
+          "Bytes at the start of each buffer's `small` kept for a small block table.")
       .def(
           "set_buffer",
           [](PyHostStep& s, py::handle k, py::object table, py::object small) {
@@ -189,7 +192,8 @@ void bind_host_step(py::module_& m) {
           },
           py::arg("k"), py::arg("table"), py::arg("small"),
           "Ring buffer k: the block table (max_reqs x max_blocks_per_seq int32) and the\n"
-          "bytes of the other arrays (tensors on the host, pinned on CUDA).")
+          "bytes of the other arrays, compact_bytes of room first (tensors on the host,\n"
+          "pinned on CUDA).")
       .def(
           "set_out",
           [](PyHostStep& s, py::object out) {

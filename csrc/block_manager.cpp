@@ -165,8 +165,8 @@ void BlockManager::write_block_table(const BatchView& batch, int64_t width, int3
       packed->blocks[i] = static_cast<int32_t>(num_blocks);
     }
     for (int64_t p = seq_len - query_lens_[i]; p < seq_len; ++p)
-      slot_mapping[t++] =
-          static_cast<int64_t>(blocks[p / block_size_]) * block_size_ + p % block_size_;
+      slot_mapping[t++] = static_cast<int64_t>(blocks[table_.block_of(p)]) * block_size_ +
+                          table_.offset_in_block(p);
   }
 }
 

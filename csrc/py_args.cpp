@@ -189,16 +189,19 @@ void check_regions(const char* op, const char* name, int64_t size, int64_t regio
                           " regions of " + str(entries) + " entries");
 }
 
-// Python ints for 0..kCachedInts-1, made once: lengths are small non-negative
-// ints, and building a list of them then costs a reference count each
-// instead of an allocation each.
-constexpr int32_t kCachedInts = 1 << 16;
+// Python ints for the lengths a step hands back, made once each and kept: lengths are
+// non-negative ints below max_seq_len, a list of them then costs a reference count an
+// item instead of an allocation. Kept in chunks of 4096, made as values are first met
+// (a serving run meets a few ranges of them); values past kMaxCached are made anew.
+constexpr int kChunkBits = 12;
+constexpr int32_t kMaxCached = 1 << 22;
 
 static PyObject* cached_int(int32_t v) {
-  static std::vector<PyObject*> cache;
-  if (v < 0 || v >= kCachedInts) return PyLong_FromLong(v);
-  if (cache.empty()) cache.assign(kCachedInts, nullptr);
-  PyObject*& slot = cache[v];
+  static std::vector<std::unique_ptr<PyObject*[]>> chunks(kMaxCached >> kChunkBits);
+  if (v < 0 || v >= kMaxCached) return PyLong_FromLong(v);
+  auto& chunk = chunks[v >> kChunkBits];
+  if (!chunk) chunk.reset(new PyObject*[1 << kChunkBits]());
+  PyObject*& slot = chunk[v & ((1 << kChunkBits) - 1)];
   if (!slot && !(slot = PyLong_FromLong(v))) return nullptr;
   Py_INCREF(slot);
   return slot;

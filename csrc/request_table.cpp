@@ -37,6 +37,7 @@ RequestTable::RequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t block_
     : max_reqs_(checked_max_reqs(max_reqs, max_seq_len, block_size)),
       max_seq_len_(max_seq_len),
       block_size_(block_size),
+      block_shift_((block_size & (block_size - 1)) == 0 ? __builtin_ctzll(block_size) : -1),
       ids_(max_reqs) {
   id_of_row_.resize(max_reqs);
   seq_lens_.resize(max_reqs);

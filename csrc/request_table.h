@@ -118,7 +118,17 @@ class RequestTable {
   int64_t num_reqs() const { return ids_.size(); }
   int64_t num_free_rows() const { return static_cast<int64_t>(free_rows_.size()); }
   // `tokens` is at most max_seq_len: the sum cannot overflow.
-  int64_t blocks_of(int64_t tokens) const { return (tokens + block_size_ - 1) / block_size_; }
+  int64_t blocks_of(int64_t tokens) const {
+    return block_shift_ >= 0 ? (tokens + block_size_ - 1) >> block_shift_
+                             : (tokens + block_size_ - 1) / block_size_;
+  }
+  // The block of position p, and p's offset in it (a shift and a mask at a power of two).
+  int64_t block_of(int64_t p) const {
+    return block_shift_ >= 0 ? p >> block_shift_ : p / block_size_;
+  }
+  int64_t offset_in_block(int64_t p) const {
+    return block_shift_ >= 0 ? p & (block_size_ - 1) : p % block_size_;
+  }
 
   // -1 when the request is unknown.
   int32_t row_of(int64_t req_id) const { return ids_.find(req_id); }
@@ -143,6 +153,7 @@ class RequestTable {
   int64_t max_reqs_;
   int64_t max_seq_len_;
   int64_t block_size_;
+  int block_shift_;  // log2(block_size) at a power of two, else -1 (a division is slow)
   FlatIdMap ids_;
   std::vector<int64_t> id_of_row_;  // meaningful only for live rows
   std::vector<int32_t> seq_lens_;   // a row is live while its length is above 0

@@ -141,7 +141,8 @@ HostStep::HostStep(BlockManager& core, int64_t depth, int device)
 
 void HostStep::set_buffer(int64_t k, int32_t* table, uint8_t* small, int64_t small_bytes) {
   check_range("HostStep.set_buffer", "k", k, 0, depth_ - 1);
-  buffers_[k] = {table, small, small_bytes};
+  check_range("HostStep.set_buffer", "small_bytes", small_bytes, kCompactBytes, INT64_MAX);
+  buffers_[k] = {table, small + kCompactBytes, small_bytes - kCompactBytes};
 }
 
 void HostStep::set_out(uint8_t* out, int64_t nbytes) {
@@ -199,6 +200,13 @@ void HostStep::send(const MetadataLayout& l, cuda::Stream stream) {
   const cuda::Api& a = cuda::api();
   follow_last(stream);
   auto device = reinterpret_cast<cuda::DevicePtr>(out_);
+  if (l.slot_mapping <= kCompactBytes) {  // the rows gathered before the rest: one copy
+    uint8_t* start = b.small - l.slot_mapping;
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(start + 4 * i * width, b.table + i * pitch_, 4 * width);
+    cuda::check(a.memcpy_htod_async(device, start, l.nbytes, stream), "cuMemcpyHtoDAsync");
+    return;
+  }
   if (rows > 0 && width > 0) {
     cuda::Copy2D c{};
     c.src_memory_type = cuda::kHostMemory;

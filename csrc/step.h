@@ -144,7 +144,10 @@ class HostStep : public Step {
   HostStep(BlockManager& core, int64_t depth, int device);
 
   // Ring buffer k: its block table (max_reqs rows of max_blocks_per_seq words) and the
-  // bytes for the other arrays.
+  // bytes for the other arrays, the first kCompactBytes of them kept for a small table:
+  // a table of at most that many bytes is gathered there, before the other arrays, and
+  // the whole metadata goes in one copy (a 2D copy of the rows costs a call more).
+  static constexpr int64_t kCompactBytes = 16384;
   void set_buffer(int64_t k, int32_t* table, uint8_t* small, int64_t small_bytes);
   // The device buffer (a host buffer on torch's CPU device) the metadata is copied into.
   void set_out(uint8_t* out, int64_t nbytes);

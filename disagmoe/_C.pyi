@@ -156,6 +156,7 @@ _Packed = tuple[int, list[int]] | tuple[int, BatchStats, list[int]]
 _Grow = Callable[[str, int], object] | None
 
 class HostStep:
+    compact_bytes: Final[int]
     def __init__(self, core: BlockManager, depth: SupportsIndex, device: SupportsIndex) -> None: ...
     @property
     def depth(self) -> int: ...

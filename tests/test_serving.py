@@ -214,12 +214,17 @@ def test_command_line_trace_pipelined_quick(tmp_path, capsys):
                        "--prompts", "256", "1024", "--window", "3", "--windows", "2",
                        "--output", str(out), "--plot", str(png)]) == 0
     printed = capsys.readouterr().out
-    assert "timing pipelined" in printed and "speedup gpu-bs16" in printed
+    assert "timing pipelined" in printed and "p99" in printed
+    lines = [line.split() for line in printed.splitlines()]
+    gpu = [cells for cells in lines if cells and cells[0] == "gpu-bs16"]
+    assert gpu and gpu[0][-1].endswith("x")  # its speedup over cpu-bs16
     run = json.loads(out.read_text())
     assert run["workload"] == "trace" and run["timing_modes"] == ["pipelined"] and run["device_name"]
     assert {v["name"]: v["block_size"] for v in run["variants"]} == {"cpu-bs16": 16, "gpu-bs1": 1, "gpu-bs16": 16,
                                                                      "hybrid-bs16": 16}
     assert len(run["points"]) == 2 and all(p["mode"] == "pipelined" for p in run["points"])
+    steps = run["points"][0]["variants"]["hybrid-bs16"]["host_step_us"]
+    assert 0 < steps["p50"] <= steps["p90"] <= steps["p99"] <= steps["max"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -47,6 +47,7 @@ class CPUBlockManager(CoreBooks, BlockManager):
         self._grow("device", layout.nbytes)
 
     def _set_small(self, k: int, nbytes: int) -> None:
+        nbytes += _C.HostStep.compact_bytes  # room to gather a small table before the rest
         self._smalls[k] = checked_empty("CPUBlockManager", (nbytes,), torch.uint8, f"a staging buffer of {nbytes} "
                                         "bytes", HOST, pin_memory=self.device.type == "cuda")
         self._step.set_buffer(k, self._tables[k], self._smalls[k])
@@ -76,7 +77,7 @@ class CPUBlockManager(CoreBooks, BlockManager):
     def _warm_up(self, max_num_tokens: int) -> None:
         layout = _C.metadata_layout(self.max_running_reqs, self._core.max_blocks_per_seq, max_num_tokens)
         for k, small in enumerate(self._smalls):
-            if small.numel() < layout.nbytes - layout.slot_mapping:
+            if small.numel() < layout.nbytes - layout.slot_mapping + _C.HostStep.compact_bytes:
                 self._step.wait_all()
                 self._set_small(k, layout.nbytes - layout.slot_mapping)
         if self._out.numel() < layout.nbytes:

@@ -142,29 +142,29 @@ def mode_header(mode: str, workload: dict, result: dict) -> str:
            "pipelined": f"windows of {result['steps_per_window']} steps back to back, one synchronise at the end",
            "busy": (f"each step followed by a {result['forward_us']:.0f} us stand-in forward; 'added' is the "
                     "wall time beyond the forwards alone")}[mode]
-    return (f"\n{shape}; timing {mode}: {how}; us per step, medians of {result['windows']} windows; "
-            f"speedup = {BASELINE.name}'s {result['primary'][:-3]} / the variant's (> 1: the variant is faster)")
+    figure = "added" if mode == "busy" else "wall"
+    return (f"\n{shape}; timing {mode}: {how}.\nus per step: {figure} and host are medians of "
+            f"{result['windows']} windows; p50/p99/max are of every step's own host time; speedup = "
+            f"{BASELINE.name}'s {result['primary'][:-3]} / the variant's (> 1: the variant is faster)")
 
 
 def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
+    """One line per grid point and variant."""
     first = rows[0][1]
     print(mode_header(mode, first["workload"], {**first, "forward_us": first.get("forward_median_us", 0.0)}))
-    names = list(first["variants"])
     figure = "added" if mode == "busy" else "wall"
     keys = list(rows[0][0])
     head = "".join(f"{k.replace('_', ' ').capitalize():<12}" for k in keys)
-    head += "".join(f"{n + ' ' + figure:<18}{n + ' host':<17}" for n in names)
-    others = [n for n in names if n != BASELINE.name]
-    head += "".join(f"{'speedup ' + n:<18}" for n in others) if BASELINE.name in names else ""
-    print(head.rstrip())
+    print(f"{head}{'variant':<14}{figure:>9}{'host':>9}{'p50':>9}{'p99':>9}{'max':>10}{'speedup':>10}")
     for point, result in rows:
-        line = "".join(f"{point[k]:<12}" for k in keys)
-        for n in names:
-            medians = result["variants"][n]["median"]
-            line += f"{_num(medians[first['primary']]):<18}{_num(medians['host_us']):<17}"
-        if BASELINE.name in names:
-            line += "".join(f"{_speedup(result['speedup'][n]):<18}" for n in others)
-        print(line.rstrip(), flush=True)
+        lead = "".join(f"{point[k]:<12}" for k in keys)
+        for name, r in result["variants"].items():
+            steps = r.get("host_step_us", {})
+            speedup = "" if name == BASELINE.name else _speedup(result.get("speedup", {}).get(name))
+            print(f"{lead}{name:<14}{_num(r['median'][first['primary']]):>9}{_num(r['median']['host_us']):>9}"
+                  f"{_num(steps.get('p50')):>9}{_num(steps.get('p99')):>9}{_num(steps.get('max')):>10}"
+                  f"{speedup:>10}", flush=True)
+            lead = " " * len(lead)
 
 
 def _first_of_each(run: dict) -> list[tuple[dict, list]]:

@@ -123,8 +123,10 @@ def run_point(factory: Callable, variants: Sequence[Variant], modes: Sequence[st
               device: torch.device, forward: Forward | None = None,
               on_window: Callable[[], None] | None = None, check: bool = True) -> list[dict]:
     """One grid point in every mode: a list of one result per mode (see `measure`), each
-    with the workload's description, the variants' medians and the speedups over the
-    baseline (cpu-bs16): its figure over the variant's, > 1 where the variant is faster."""
+    with the workload's description, the variants' medians of their windows, the
+    distribution of their steps' host times ("host_step_us": p50, p90, p99, max) and the
+    speedups over the baseline (cpu-bs16): its figure over the variant's, > 1 where the
+    variant is faster."""
     workload = factory(timing.num_steps)
     by_name = {v.name: v for v in variants}
     replays = {v.name: Replay(make_manager(v, workload, timing.num_steps, device), workload) for v in variants}
@@ -142,7 +144,8 @@ def run_point(factory: Callable, variants: Sequence[Variant], modes: Sequence[st
         for name, samples in measured["runners"].items():
             v = by_name[name]
             result["variants"][name] = {"backend": v.backend, "block_size": v.block_size, **samples,
-                                        "median": {key: median(values) for key, values in samples.items()}}
+                                        "median": {key: median(values) for key, values in samples.items()
+                                                   if key != "host_step_us"}}
         baseline = result["variants"].get(BASELINE.name)
         if baseline is not None:
             key = PRIMARY[mode]

@@ -5,7 +5,9 @@
   step's time is the sum, host time the sum of the time until each call returned.
 - `pipelined`: a window of N steps back to back, no synchronise inside, one at
   the end: wall time per step (to the device being done) and host time per step
-  (until the last call returned), as a serving loop that never waits would see.
+  (until the last call returned), as a serving loop that never waits would see;
+  each step's host time is also kept alone, for its distribution (p50, p90, p99,
+  max: a step that compiles, captures or waits shows in the tail, not the median).
 - `busy`: as pipelined, but every step is followed by a fixed device workload
   standing in for the model's forward (`Forward`, `torch.cuda._sleep` calibrated
   on the card): the device time the bookkeeping adds per step is the window's
@@ -14,10 +16,16 @@
 
 Runners (`Replay`, or the asv suite's reference) take turns window by window,
 in alternating order, so that the machine's speed of the moment touches them all.
+A manager is warmed up once before its first step (`warm_up`, sized for the workload's
+largest step: what a serving engine does at start-up), and the garbage collector
+collects and freezes what exists before the timed windows (as an engine does once it
+has started), so that its pauses scan only what the steps make.
 """
 
 from __future__ import annotations
 
+import gc
+import math
 import time
 from typing import Callable, Mapping, Protocol
 
@@ -48,10 +56,15 @@ class Replay:
         self.max_window = workload.max_window
         self.position = 0
         self._segment_start = 0
+        self._warm = False
 
     def start(self) -> None:
-        """The workload's initial state (untimed), ending with the device synchronised."""
+        """The workload's initial state (untimed), ending with the device synchronised; the
+        first time, the manager's warm-up for the workload's largest step."""
         self.workload.start(self.manager)
+        if not self._warm and hasattr(self.manager, "warm_up"):  # (a commit's manager may predate it)
+            self.manager.warm_up(self.workload.max_step_tokens)
+        self._warm = True
         self.manager.synchronize()
         self.position = self._segment_start = 0
 
@@ -119,34 +132,50 @@ class Forward:
         torch.cuda._sleep(self.cycles)
 
 
-def time_window(runner: Runner, mode: str, steps: int, forward: Forward | None = None) -> tuple[float, float]:
+def time_window(runner: Runner, mode: str, steps: int, forward: Forward | None = None,
+                step_host: list[float] | None = None) -> tuple[float, float]:
     """(wall, host) seconds per step over `steps` steps of `runner` in `mode`; the
-    device is idle when the window starts (`before_window` and a synchronise first)."""
+    device is idle when the window starts (`before_window` and a synchronise first).
+    Each step's own host time (seconds; synced: the sum of its calls') is appended to
+    `step_host` when given."""
     runner.before_window(steps)
     runner.synchronize()
+    keep = step_host.append if step_host is not None else None
     if mode == "synced":
         wall = host = 0.0
         for _ in range(steps):
             w, h = runner.step_synced()
             wall += w
             host += h
+            if keep:
+                keep(h)
         return wall / steps, host / steps
-    start = time.perf_counter()
-    if mode == "pipelined":
-        for _ in range(steps):
-            runner.step()
-    elif mode == "busy":
-        if forward is None:
-            raise BusyUnavailable("busy timing needs a Forward (a CUDA device)")
-        for _ in range(steps):
-            runner.step()
-            forward()
-    else:
+    if mode not in MODES:
         raise ValueError(f"timing mode {mode!r} is not one of {MODES}")
-    returned = time.perf_counter()
+    if mode == "busy" and forward is None:
+        raise BusyUnavailable("busy timing needs a Forward (a CUDA device)")
+    clock = time.perf_counter
+    step = runner.step
+    start = clock()
+    for _ in range(steps):
+        began = clock()
+        step()
+        if keep:
+            keep(clock() - began)
+        if forward is not None and mode == "busy":
+            forward()
+    returned = clock()
     runner.synchronize()
-    done = time.perf_counter()
+    done = clock()
     return (done - start) / steps, (returned - start) / steps
+
+
+def tail(samples: list[float]) -> dict[str, float]:
+    """p50, p90, p99 and max of per-step times (nearest rank)."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    rank = lambda q: ordered[min(n - 1, max(0, math.ceil(q * n) - 1))]  # noqa: E731
+    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": ordered[-1]} if n else {}
 
 
 def time_forwards(forward: Forward, steps: int) -> tuple[float, float]:
@@ -173,9 +202,10 @@ def measure(runners: Mapping[str, Runner], mode: str, window: int, windows: int,
     of `window` steps, runners taking turns in alternating order.
 
     Returns {"steps_per_window": n, "runners": {name: {"wall_us": [...], "host_us":
-    [...]}}} with one value per window (microseconds per step); in busy mode each runner
-    also has "added_us" (its wall time minus that of the forwards alone, same round), and
-    "forward_us"/"forward_host_us" are the forwards' own.
+    [...], "host_step_us": {...}}}} with one value per window (microseconds per step) and
+    the distribution of each step's host time over every window (`tail`); in busy mode
+    each runner also has "added_us" (its wall time minus that of the forwards alone, same
+    round), and "forward_us"/"forward_host_us" are the forwards' own.
     """
     if mode not in MODES:
         raise ValueError(f"timing mode {mode!r} is not one of {MODES}")
@@ -191,7 +221,10 @@ def measure(runners: Mapping[str, Runner], mode: str, window: int, windows: int,
             done += n
     if forward is not None and mode == "busy":
         time_forwards(forward, steps)
+    gc.collect()
+    gc.freeze()
     result: dict = {"steps_per_window": steps, "runners": {name: {"wall_us": [], "host_us": []} for name in runners}}
+    step_host: dict[str, list[float]] = {name: [] for name in runners}
     if mode == "busy":
         result["forward_us"], result["forward_host_us"] = [], []
         for samples in result["runners"].values():
@@ -203,7 +236,7 @@ def measure(runners: Mapping[str, Runner], mode: str, window: int, windows: int,
             result["forward_us"].append(fwd_wall * 1e6)
             result["forward_host_us"].append(fwd_host * 1e6)
         for name in names if round_ % 2 == 0 else names[::-1]:
-            wall, host = time_window(runners[name], mode, steps, forward)
+            wall, host = time_window(runners[name], mode, steps, forward, step_host[name])
             samples = result["runners"][name]
             samples["wall_us"].append(wall * 1e6)
             samples["host_us"].append(host * 1e6)
@@ -211,6 +244,9 @@ def measure(runners: Mapping[str, Runner], mode: str, window: int, windows: int,
                 samples["added_us"].append((wall - fwd_wall) * 1e6)
             if on_window is not None:
                 on_window()
+    gc.unfreeze()
+    for name, samples in result["runners"].items():
+        samples["host_step_us"] = {k: v * 1e6 for k, v in tail(step_host[name]).items()}
     return result
 
 

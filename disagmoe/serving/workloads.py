@@ -111,6 +111,11 @@ class DecodeWorkload:
         grown = CYCLE_STEPS if self.lengths == "cycle" else num_steps
         return self.context + grown, self.batch_size
 
+    @property
+    def max_step_tokens(self) -> int:
+        """Query tokens of the largest step (what a manager is warmed up for)."""
+        return self.batch_size
+
     def start(self, manager: BlockManager) -> None:
         """Empties the manager and registers the B requests at length L (untimed)."""
         manager.reset_state()
@@ -177,6 +182,11 @@ class TraceWorkload:
     def sizes(self, num_steps: int) -> tuple[int, int]:
         """(max_seq_len, max_running_reqs): every request may reach P + O tokens."""
         return self.config.max_prompt + self.config.max_output, self.config.running
+
+    @property
+    def max_step_tokens(self) -> int:
+        """Query tokens of the largest step: a chunk of prefill and a decode of every request."""
+        return self.config.chunk + self.config.running
 
     def start(self, manager: BlockManager) -> None:
         manager.reset_state()
