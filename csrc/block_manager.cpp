@@ -120,6 +120,7 @@ void BlockManager::take_blocks(const BatchView& batch, const StepPlan& plan, int
     if (plan.old_lens[i] == 0) ++row_epochs_[row];  // a new request took the row
     int64_t first = table_.blocks_of(plan.old_lens[i]);
     int64_t count = table_.blocks_of(plan.new_lens[i]) - first;
+    if (count == 0) continue;  // most entries of a decode step
     int64_t offset = plan.block_offsets[i];
     int32_t* dst = blocks_.data() + static_cast<int64_t>(row) * max_blocks_per_seq_ + first;
     for (int64_t k = 0; k < count; ++k) dst[k] = free_blocks_[top - offset - k];

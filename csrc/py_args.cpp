@@ -1,5 +1,9 @@
 #include "py_args.h"
 
+#if PY_VERSION_HEX < 0x030B0000
+#include <longintrepr.h>  // (PyLongObject's digits: in Python.h from 3.11 on)
+#endif
+
 #include <cctype>
 #include <climits>
 
@@ -8,6 +12,23 @@
 namespace disagmoe {
 
 namespace {
+
+// The value of an exact int of one digit (ids and lengths below 2**30: nearly all), read
+// from the object without a call; false for any other int.
+inline bool compact_value(PyObject* obj, int64_t* out) {
+#if PY_VERSION_HEX >= 0x030C0000
+  auto* number = reinterpret_cast<PyLongObject*>(obj);
+  if (!PyUnstable_Long_IsCompact(number)) return false;
+  *out = PyUnstable_Long_CompactValue(number);
+  return true;
+#else
+  Py_ssize_t size = Py_SIZE(obj);
+  if (size < -1 || size > 1) return false;
+  int64_t digit = size ? reinterpret_cast<PyLongObject*>(obj)->ob_digit[0] : 0;
+  *out = size < 0 ? -digit : digit;
+  return true;
+#endif
+}
 
 std::string label(const char* name, Py_ssize_t index) {
   return index < 0 ? std::string(name) : std::string(name) + "[" + std::to_string(index) + "]";
@@ -138,6 +159,7 @@ void read_ints(const char* op, const char* name, py::handle obj, Ints& ints) {
   PyObject** items = PySequence_Fast_ITEMS(o);
   Py_ssize_t i = 0;
   for (; i < n && PyLong_CheckExact(items[i]); ++i) {  // reading an int runs no Python code
+    if (compact_value(items[i], out + i)) continue;
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
     if (overflow)
