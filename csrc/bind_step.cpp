@@ -31,7 +31,7 @@ py::object pack_result(const PackOutcome& o, int64_t batch_size) {
 struct PyHostStep {
   py::object core_ref;
   HostStep step;
-  std::vector<py::object> held;  // per buffer: table and small; then the out buffer
+  std::vector<py::object> held;  // per buffer: table and head; then the out buffer
 
   PyHostStep(py::object core, int64_t depth, int device)
       : core_ref(std::move(core)),
@@ -180,20 +180,20 @@ void bind_host_step(py::module_& m) {
       .def_property_readonly("packs", [](PyHostStep& s) { return s.step.packs(); })
       .def_property_readonly_static(
           "compact_bytes", [](py::object) { return HostStep::kCompactBytes; },
-          "Bytes at the start of each buffer's `small` kept for a small block table.")
+          "The largest block table a pack gathers after the head (one copy, not two).")
       .def(
           "set_buffer",
-          [](PyHostStep& s, py::handle k, py::object table, py::object small) {
+          [](PyHostStep& s, py::handle k, py::object table, py::object head) {
             int64_t i = read_int("set_buffer", "k", k);
             s.step.set_buffer(i, reinterpret_cast<int32_t*>(tensor_ptr(table)),
-                              reinterpret_cast<uint8_t*>(tensor_ptr(small)), tensor_bytes(small));
+                              reinterpret_cast<uint8_t*>(tensor_ptr(head)), tensor_bytes(head));
             s.held[2 * i] = std::move(table);
-            s.held[2 * i + 1] = std::move(small);
+            s.held[2 * i + 1] = std::move(head);
           },
-          py::arg("k"), py::arg("table"), py::arg("small"),
+          py::arg("k"), py::arg("table"), py::arg("head"),
           "Ring buffer k: the block table (max_reqs x max_blocks_per_seq int32) and the\n"
-          "bytes of the other arrays, compact_bytes of room first (tensors on the host,\n"
-          "pinned on CUDA).")
+          "head (the lengths and slot_mapping as laid out in the metadata buffer, then room\n"
+          "for a table of compact_bytes), tensors on the host, pinned on CUDA.")
       .def(
           "set_out",
           [](PyHostStep& s, py::object out) {
@@ -445,6 +445,7 @@ void bind_step(py::module_& m) {
                              {"RELEASE_HEIGHT", staged::RELEASE_HEIGHT},
                              {"RELEASE_AT", staged::RELEASE_AT},
                              {"RELEASE_STRIDE", staged::RELEASE_STRIDE},
+                             {"TABLE_AT", staged::TABLE_AT},
                              {"HEADER", staged::HEADER}})
     words[name] = value;
   m.attr("STAGED_WORDS") = words;

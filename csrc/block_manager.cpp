@@ -17,16 +17,17 @@ MetadataLayout metadata_layout(int64_t batch_size, int64_t width, int64_t num_to
   l.batch_size = batch_size;
   l.width = width;
   l.num_tokens = num_tokens;
-  // The table may pass int64; past it, every array is under 2**36 bytes.
-  l.block_tables = 0;
+  // The lengths first (where they lie depends on the batch size alone), then slot_mapping
+  // (on the batch size), then the table (16-byte aligned). Past int32 counts, every
+  // offset but the end is under 2**36 bytes; the table may pass int64.
+  l.seq_lens = 0;
+  l.context_lens = 4 * batch_size;
+  l.query_start_loc = 8 * batch_size;
+  l.seq_start_loc = 12 * batch_size + 4;
+  l.slot_mapping = 16 * batch_size + 8;
+  l.block_tables = (l.slot_mapping + 8 * num_tokens + 15) & ~int64_t{15};
   int64_t table_bytes = checked_mul(op, "the block table's bytes", 4 * batch_size, width);
-  l.slot_mapping = checked_add(op, "the buffer's bytes", table_bytes, 7) & ~int64_t{7};
-  int64_t rest = 8 * num_tokens + 4 * (4 * batch_size + 2);
-  l.seq_lens = checked_add(op, "the buffer's bytes", l.slot_mapping, 8 * num_tokens);
-  l.context_lens = l.seq_lens + 4 * batch_size;
-  l.query_start_loc = l.context_lens + 4 * batch_size;
-  l.seq_start_loc = l.query_start_loc + 4 * (batch_size + 1);
-  int64_t end = checked_add(op, "the buffer's bytes", l.slot_mapping, rest);
+  int64_t end = checked_add(op, "the buffer's bytes", l.block_tables, table_bytes);
   l.nbytes = checked_add(op, "the buffer's bytes", end, 7) & ~int64_t{7};
   return l;
 }
@@ -195,11 +196,9 @@ BatchStats BlockManager::lookup_planned(const BatchView& batch, const StepPlan& 
   return table_.lookup_planned(batch, plan, {rows_.data(), new_lens_.data(), query_lens_.data()});
 }
 
-void BlockManager::write_metadata(const BatchView& batch, const MetadataLayout& l, uint8_t* small,
+void BlockManager::write_metadata(const BatchView& batch, const MetadataLayout& l, uint8_t* head,
                                   int32_t* table, int64_t pitch, int64_t buffer) {
-  auto i32 = [small, &l](int64_t offset) {
-    return reinterpret_cast<int32_t*>(small + (offset - l.slot_mapping));
-  };
+  auto i32 = [head](int64_t offset) { return reinterpret_cast<int32_t*>(head + offset); };
   write_batch_infos(batch, i32(l.seq_lens), i32(l.context_lens), i32(l.query_start_loc),
                     i32(l.seq_start_loc));
   PackedRows* packed = nullptr;
@@ -207,7 +206,8 @@ void BlockManager::write_metadata(const BatchView& batch, const MetadataLayout& 
     if (static_cast<int64_t>(packed_.size()) <= buffer) packed_.resize(buffer + 1);
     packed = &packed_[buffer];
   }
-  write_block_table(batch, l.width, table, pitch, reinterpret_cast<int64_t*>(small), packed);
+  write_block_table(batch, l.width, table, pitch, reinterpret_cast<int64_t*>(head + l.slot_mapping),
+                    packed);
   if (packed) {
     packed->table = table;
     packed->pitch = pitch;
@@ -224,8 +224,7 @@ PackResult BlockManager::pack_flash_attn_metadata(const char* op, const BatchVie
   r.written = r.layout.nbytes <= capacity;
   if (!r.written) return r;
   const MetadataLayout& l = r.layout;
-  write_metadata(batch, l, out + l.slot_mapping, reinterpret_cast<int32_t*>(out + l.block_tables),
-                 l.width, buffer);
+  write_metadata(batch, l, out, reinterpret_cast<int32_t*>(out + l.block_tables), l.width, buffer);
   return r;
 }
 

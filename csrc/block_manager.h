@@ -15,10 +15,10 @@ namespace disagmoe {
 // Block id written into block tables past a row's last block.
 constexpr int32_t kPadBlockId = -1;
 
-// Byte offsets of the metadata arrays inside one packed buffer: the row-major
-// [batch_size, width] int32 block table first (so that a row stays where it was
-// from one pack to the next whatever the token count), then the int64 slot_mapping
-// and the int32 seq_lens, context_lens, query_start_loc and seq_start_loc.
+// Byte offsets of the metadata arrays inside one packed buffer: the int32 seq_lens,
+// context_lens, query_start_loc and seq_start_loc back to back from byte 0 (where they
+// lie depends on the batch size alone), then the int64 slot_mapping, then the
+// row-major [batch_size, width] int32 block table, 16-byte aligned.
 struct MetadataLayout {
   int64_t batch_size, width, num_tokens;
   int64_t slot_mapping, seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables;
@@ -85,17 +85,16 @@ class BlockManager {
   // A pack in two halves, for a caller that stages the metadata itself: lookup_for_pack
   // checks the batch and returns its stats (the lengths then at packed_lengths());
   // write_metadata, right after it with the same batch, writes the arrays laid out by
-  // `layout`: slot_mapping and the lengths at `small` (which stands for the layout's
-  // byte slot_mapping: the rest follow at their offsets from it), and block table row i
-  // at table + i * pitch (pitch >= layout.width). With a `buffer` index in
-  // [0, kMaxBuffers), the rows that this table already holds from the last write of
-  // that index (the same request in the same entry, the same table and pitch) get only
-  // the blocks added since.
+  // `layout`: the lengths and slot_mapping into `head` (the layout's bytes before the
+  // table, at their offsets), and block table row i at table + i * pitch (pitch >=
+  // layout.width). With a `buffer` index in [0, kMaxBuffers), the rows that this table
+  // already holds from the last write of that index (the same request in the same entry,
+  // the same table and pitch) get only the blocks added since.
   BatchStats lookup_for_pack(const char* op, const BatchView& batch);
   // lookup_for_pack of the batch of an update just committed with `plan`, from the plan.
   BatchStats lookup_planned(const BatchView& batch, const StepPlan& plan);
   const int32_t* packed_lengths() const { return new_lens_.data(); }
-  void write_metadata(const BatchView& batch, const MetadataLayout& layout, uint8_t* small,
+  void write_metadata(const BatchView& batch, const MetadataLayout& layout, uint8_t* head,
                       int32_t* table, int64_t pitch, int64_t buffer);
 
   // Every metadata array into one buffer of `capacity` bytes laid out by

@@ -139,10 +139,9 @@ HostStep::HostStep(BlockManager& core, int64_t depth, int device)
   buffers_.resize(depth_);
 }
 
-void HostStep::set_buffer(int64_t k, int32_t* table, uint8_t* small, int64_t small_bytes) {
+void HostStep::set_buffer(int64_t k, int32_t* table, uint8_t* head, int64_t head_bytes) {
   check_range("HostStep.set_buffer", "k", k, 0, depth_ - 1);
-  check_range("HostStep.set_buffer", "small_bytes", small_bytes, kCompactBytes, INT64_MAX);
-  buffers_[k] = {table, small + kCompactBytes, small_bytes - kCompactBytes};
+  buffers_[k] = {table, head, head_bytes};
 }
 
 void HostStep::set_out(uint8_t* out, int64_t nbytes) {
@@ -173,13 +172,14 @@ PackOutcome HostStep::pack(const char* op, const BatchView& batch, int64_t layer
   std::optional<cuda::ContextScope> scope;
   if (on_cuda()) scope.emplace(*ctx_);
   wait_current();  // (before a buffer is grown: its last copy is done)
-  int64_t small = l.nbytes - l.slot_mapping;
-  if (small > buffers_[current_].small_bytes) grow("host", small);
+  int64_t table_bytes = l.nbytes - l.block_tables;
+  int64_t head = l.block_tables + (on_cuda() && table_bytes <= kCompactBytes ? table_bytes : 0);
+  if (head > buffers_[current_].head_bytes) grow("host", head);
   if (l.nbytes > out_bytes_) grow("device", l.nbytes);
   Buffer& b = buffers_[current_];
-  if (small > b.small_bytes || l.nbytes > out_bytes_)
+  if (head > b.head_bytes || l.nbytes > out_bytes_)
     throw std::runtime_error(std::string(op) + ": grow() left a buffer too small");
-  core_.write_metadata(batch, l, b.small, b.table, pitch_, current_);
+  core_.write_metadata(batch, l, b.head, b.table, pitch_, current_);
   send(l, stream);
   advance(stream);
   o.pack_id = ++packs_;
@@ -190,38 +190,35 @@ PackOutcome HostStep::pack(const char* op, const BatchView& batch, int64_t layer
 
 void HostStep::send(const MetadataLayout& l, cuda::Stream stream) {
   const Buffer& b = buffers_[current_];
-  int64_t rows = l.batch_size, width = l.width, small = l.nbytes - l.slot_mapping;
+  int64_t rows = l.batch_size, width = l.width;
   if (!on_cuda()) {
+    std::memcpy(out_, b.head, l.block_tables);
     for (int64_t i = 0; i < rows; ++i)
-      std::memcpy(out_ + 4 * i * width, b.table + i * pitch_, 4 * width);
-    std::memcpy(out_ + l.slot_mapping, b.small, small);
+      std::memcpy(out_ + l.block_tables + 4 * i * width, b.table + i * pitch_, 4 * width);
     return;
   }
   const cuda::Api& a = cuda::api();
   follow_last(stream);
   auto device = reinterpret_cast<cuda::DevicePtr>(out_);
-  if (l.slot_mapping <= kCompactBytes) {  // the rows gathered before the rest: one copy
-    uint8_t* start = b.small - l.slot_mapping;
+  if (l.nbytes - l.block_tables <= kCompactBytes) {  // the rows gathered after the rest: one copy
     for (int64_t i = 0; i < rows; ++i)
-      std::memcpy(start + 4 * i * width, b.table + i * pitch_, 4 * width);
-    cuda::check(a.memcpy_htod_async(device, start, l.nbytes, stream), "cuMemcpyHtoDAsync");
+      std::memcpy(b.head + l.block_tables + 4 * i * width, b.table + i * pitch_, 4 * width);
+    cuda::check(a.memcpy_htod_async(device, b.head, l.nbytes, stream), "cuMemcpyHtoDAsync");
     return;
   }
+  cuda::check(a.memcpy_htod_async(device, b.head, l.block_tables, stream), "cuMemcpyHtoDAsync");
   if (rows > 0 && width > 0) {
     cuda::Copy2D c{};
     c.src_memory_type = cuda::kHostMemory;
     c.src_host = b.table;
     c.src_pitch = 4 * pitch_;
     c.dst_memory_type = cuda::kDeviceMemory;
-    c.dst_device = device;
+    c.dst_device = device + l.block_tables;
     c.dst_pitch = 4 * width;
     c.width_bytes = 4 * width;
     c.height = rows;
     cuda::check(a.memcpy_2d_async(&c, stream), "cuMemcpy2DAsync");
   }
-  if (small > 0)
-    cuda::check(a.memcpy_htod_async(device + l.slot_mapping, b.small, small, stream),
-                "cuMemcpyHtoDAsync");
 }
 
 void HostStep::release(const char* op, const int64_t* req_ids, int64_t n) {
@@ -372,6 +369,7 @@ PackOutcome DeviceStep::pack(const char* op, const BatchView& batch, int64_t lay
   w[staged::LOOKUP_STRIDE] = static_cast<int32_t>(stride);
   w[staged::SLOTS_AT] = static_cast<int32_t>(l.slot_mapping / 8);
   w[staged::SEQ_LENS_AT] = static_cast<int32_t>(l.seq_lens / 4);
+  w[staged::TABLE_AT] = static_cast<int32_t>(l.block_tables / 4);
   w[staged::END] = static_cast<int32_t>(at + staged::LOOKUP_COLUMNS * stride);
   try {
     launch(stream, true);

@@ -32,6 +32,7 @@ constexpr int32_t SLOTS_AT = 6;     // int64 word of slot_mapping in the metadat
 constexpr int32_t SEQ_LENS_AT = 7;  // int32 word of seq_lens there (then context_lens, ...)
 constexpr int32_t UPDATE_SIZE = 8, HEIGHT = 9, PLAN_AT = 10, PLAN_STRIDE = 11, IDS_AT = 12;
 constexpr int32_t RELEASE_SIZE = 13, RELEASE_HEIGHT = 14, RELEASE_AT = 15, RELEASE_STRIDE = 16;
+constexpr int32_t TABLE_AT = 17;  // int32 word of the block table in the metadata buffer
 constexpr int32_t HEADER = 32;
 // Columns: lookup (rows, lengths, query lengths, query starts, seq starts); plan (rows,
 // old lengths, new lengths, page offsets); release (rows, lengths, page offsets).
@@ -143,12 +144,14 @@ class HostStep : public Step {
  public:
   HostStep(BlockManager& core, int64_t depth, int device);
 
-  // Ring buffer k: its block table (max_reqs rows of max_blocks_per_seq words) and the
-  // bytes for the other arrays, the first kCompactBytes of them kept for a small table:
-  // a table of at most that many bytes is gathered there, before the other arrays, and
-  // the whole metadata goes in one copy (a 2D copy of the rows costs a call more).
+  // Ring buffer k: its block table (max_reqs rows of max_blocks_per_seq words) and its
+  // `head`, where the lengths and slot_mapping are laid out as in the metadata buffer
+  // (the layout's bytes before the table). A table of at most kCompactBytes is gathered
+  // there too, after them, and the whole metadata goes in one copy (a 2D copy of the
+  // rows costs a call more): the head needs layout.block_tables bytes, and the table's
+  // then.
   static constexpr int64_t kCompactBytes = 16384;
-  void set_buffer(int64_t k, int32_t* table, uint8_t* small, int64_t small_bytes);
+  void set_buffer(int64_t k, int32_t* table, uint8_t* head, int64_t head_bytes);
   // The device buffer (a host buffer on torch's CPU device) the metadata is copied into.
   void set_out(uint8_t* out, int64_t nbytes);
 
@@ -169,8 +172,8 @@ class HostStep : public Step {
   int64_t pitch_;
   struct Buffer {
     int32_t* table = nullptr;
-    uint8_t* small = nullptr;
-    int64_t small_bytes = 0;
+    uint8_t* head = nullptr;
+    int64_t head_bytes = 0;
   };
   std::vector<Buffer> buffers_;
   uint8_t* out_ = nullptr;

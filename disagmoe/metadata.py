@@ -44,15 +44,31 @@ class FlashAttentionMetadata:
 
 def packed_offsets(batch_size: int, width: int, num_tokens: int) -> tuple[int, int, int, int, int, int, int]:
     """Byte offsets of block_tables, slot_mapping, seq_lens, context_lens, query_start_loc and
-    seq_start_loc, and nbytes, as `_C.metadata_layout` lays them out (the C++ core writes
-    that layout; this is the same arithmetic without a call and nine attribute reads a
-    pack, and tests/test_core.py checks the two agree)."""
-    slots = (4 * batch_size * width + 7) & ~7
-    seq = slots + 8 * num_tokens
-    ctx = seq + 4 * batch_size
-    qsl = ctx + 4 * batch_size
-    ssl = qsl + 4 * (batch_size + 1)
-    return 0, slots, seq, ctx, qsl, ssl, (ssl + 4 * (batch_size + 1) + 7) & ~7
+    seq_start_loc, and nbytes, as `_C.metadata_layout` lays them out: the lengths back to
+    back from byte 0, then slot_mapping, then the table (16-byte aligned). The same
+    arithmetic without a call (tests/test_core.py checks the two agree)."""
+    b = batch_size
+    slots = 16 * b + 8
+    tables = (slots + 8 * num_tokens + 15) & ~15
+    return tables, slots, 0, 4 * b, 8 * b, 12 * b + 4, (tables + 4 * b * width + 7) & ~7
+
+
+def length_views(int32: torch.Tensor, batch_size: int) -> tuple:
+    """seq_lens, context_lens, query_start_loc and seq_start_loc of a batch of `batch_size`
+    entries in a buffer laid out by `packed_offsets` (where they lie depends on nothing
+    else)."""
+    b = batch_size
+    return (int32.as_strided((b,), (1,), 0), int32.as_strided((b,), (1,), b),
+            int32.as_strided((b + 1,), (1,), 2 * b), int32.as_strided((b + 1,), (1,), 3 * b + 1))
+
+
+def slot_view(int64: torch.Tensor, batch_size: int, num_tokens: int) -> torch.Tensor:
+    return int64.as_strided((num_tokens,), (1,), 2 * batch_size + 1)
+
+
+def table_view(int32: torch.Tensor, batch_size: int, width: int, num_tokens: int) -> torch.Tensor:
+    tables = packed_offsets(batch_size, width, num_tokens)[0]
+    return int32.as_strided((batch_size, width), (width, 1), tables // 4)
 
 
 def metadata_views(int32: torch.Tensor, int64: torch.Tensor, batch_size: int, width: int,
@@ -60,8 +76,5 @@ def metadata_views(int32: torch.Tensor, int64: torch.Tensor, batch_size: int, wi
     """The metadata tensors of a batch in a buffer laid out by `packed_offsets` (`int32`
     and `int64` are views of its storage from byte 0): (seq_lens, context_lens,
     query_start_loc, seq_start_loc, block_tables, slot_mapping)."""
-    _, slots, seq, _, _, _, _ = packed_offsets(batch_size, width, num_tokens)
-    b, s = batch_size, seq // 4
-    return (int32.as_strided((b,), (1,), s), int32.as_strided((b,), (1,), s + b),
-            int32.as_strided((b + 1,), (1,), s + 2 * b), int32.as_strided((b + 1,), (1,), s + 3 * b + 1),
-            int32.as_strided((b, width), (width, 1), 0), int64.as_strided((num_tokens,), (1,), slots // 8))
+    return (*length_views(int32, batch_size), table_view(int32, batch_size, width, num_tokens),
+            slot_view(int64, batch_size, num_tokens))

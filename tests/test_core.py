@@ -35,15 +35,17 @@ def test_metadata_layout():
     for batch_size, width, num_tokens in [(0, 0, 0), (1, 1, 1), (3, 5, 7), (4, 2, 130)]:
         layout = _C.metadata_layout(batch_size, width, num_tokens)
         assert (layout.batch_size, layout.width, layout.num_tokens) == (batch_size, width, num_tokens)
-        assert layout.block_tables == 0  # first: a row stays put whatever the token count
         b, t = batch_size, num_tokens
-        table = 4 * b * width
-        assert layout.slot_mapping % 8 == 0 and table <= layout.slot_mapping < table + 8
-        offsets = [layout.slot_mapping, layout.seq_lens, layout.context_lens, layout.query_start_loc,
-                   layout.seq_start_loc]
-        sizes = [8 * t, 4 * b, 4 * b, 4 * (b + 1)]
-        assert offsets == list(layout.slot_mapping + np.cumsum([0, *sizes]))  # back to back, in order
-        end = layout.seq_start_loc + 4 * (b + 1)
+        # The lengths first, back to back, at places the batch size alone decides; then
+        # slot_mapping (8-byte aligned); then the table (16-byte aligned).
+        offsets = [layout.seq_lens, layout.context_lens, layout.query_start_loc, layout.seq_start_loc,
+                   layout.slot_mapping]
+        sizes = [4 * b, 4 * b, 4 * (b + 1), 4 * (b + 1)]
+        assert offsets == list(np.cumsum([0, *sizes]))
+        assert layout.slot_mapping % 8 == 0
+        end = layout.slot_mapping + 8 * t
+        assert layout.block_tables % 16 == 0 and end <= layout.block_tables < end + 16
+        end = layout.block_tables + 4 * b * width
         assert layout.nbytes % 8 == 0 and end <= layout.nbytes < end + 8
 
 
@@ -441,8 +443,8 @@ def test_pack_into_named_buffers_writes_what_a_whole_pack_writes():
         bm.pack_flash_attn_metadata(ids, len(new), lens, whole)
         layout = _C.metadata_layout(stats.batch_size, stats.width, stats.num_tokens)
         table = 4 * stats.batch_size * stats.width
-        arrays = layout.seq_start_loc + 4 * (stats.batch_size + 1)  # the padding between is no array
-        for start, end in ((0, table), (layout.slot_mapping, arrays)):
+        slots = layout.slot_mapping + 8 * stats.num_tokens  # the padding after is no array
+        for start, end in ((0, slots), (layout.block_tables, layout.block_tables + table)):
             assert (ring[k][start:end] == whole[start:end]).all(), step
 
 

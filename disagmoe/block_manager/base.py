@@ -20,14 +20,14 @@ import torch
 from disagmoe import _C
 from disagmoe.batch import BatchMetadata
 from disagmoe.config import CacheConfig, ModelConfig, checked_int, checked_slots, describe
-from disagmoe.metadata import FlashAttentionMetadata, metadata_views
+from disagmoe.metadata import FlashAttentionMetadata, length_views, slot_view, table_view
 
 DEFAULT_DEPTH = 3
 """Host buffers a manager stages its steps through on CUDA: the host runs up to this many
 launches ahead of the device."""
 
 MAX_CACHED_SHAPES = 1024
-"""Batch shapes (entries, width, tokens) whose metadata views a manager keeps."""
+"""Views of each kind a manager keeps (by the sizes they depend on)."""
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -126,7 +126,11 @@ class BlockManager(ABC):
         # The raw current stream each launch goes on (torch's CPU device: 0, never read).
         self._stream = (functools.partial(torch._C._cuda_getCurrentRawStream, self.device.index)
                         if self.device.type == "cuda" else int)
-        self._shapes: dict[tuple[int, int, int], tuple] = {}  # metadata views by batch shape
+        # The metadata buffer's views, kept by what their place and shape depend on: the
+        # lengths by the batch size, slot_mapping by it and the tokens, the table by all three.
+        self._length_views: dict[int, tuple] = {}
+        self._slot_views: dict[tuple[int, int], Any] = {}
+        self._table_views: dict[tuple[int, int, int], Any] = {}
         self._memo: tuple | None = None  # the last pack: (id, stats, views)
         self._num_compiles = self._num_captures = 0
 
@@ -251,17 +255,28 @@ class BlockManager(ABC):
             if len(packed) == 2:  # the batch of the remembered pack, at another layer
                 return self._metadata(memo[1], packed[1], memo[2])  # type: ignore[index]
             pack_id, stats, seq_lens = packed
-            shape = (stats.batch_size, stats.width, stats.num_tokens)
-            views = self._shapes.get(shape) or self._views(shape)
+            views = self._views(stats.batch_size, stats.width, stats.num_tokens)
             self._memo = (pack_id, stats, views)
             return self._metadata(stats, seq_lens, views)
 
-    def _views(self, shape: tuple[int, int, int]) -> tuple:
-        """The metadata tensors of a batch shape in the metadata buffer (kept by shape)."""
-        if len(self._shapes) >= MAX_CACHED_SHAPES:
-            self._shapes.clear()
-        views = self._shapes[shape] = metadata_views(self._out32, self._out64, *shape)
-        return views
+    def _views(self, batch_size: int, width: int, num_tokens: int) -> tuple:
+        """The metadata tensors of a batch of this shape in the metadata buffer: (seq_lens,
+        context_lens, query_start_loc, seq_start_loc, block_tables, slot_mapping)."""
+        lengths = self._length_views.get(batch_size)
+        if lengths is None:
+            lengths = self._length_views[batch_size] = length_views(self._out32, batch_size)
+        slots = self._slot_views.get((batch_size, num_tokens))
+        if slots is None:
+            if len(self._slot_views) >= MAX_CACHED_SHAPES:
+                self._slot_views.clear()
+            slots = self._slot_views[(batch_size, num_tokens)] = slot_view(self._out64, batch_size, num_tokens)
+        table = self._table_views.get((batch_size, num_tokens, width))
+        if table is None:
+            if len(self._table_views) >= MAX_CACHED_SHAPES:
+                self._table_views.clear()
+            table = self._table_views[(batch_size, num_tokens, width)] = table_view(self._out32, batch_size, width,
+                                                                               num_tokens)
+        return (*lengths, table, slots)
 
     def _metadata(self, stats: Any, seq_lens: list[int], views: tuple) -> FlashAttentionMetadata:
         # Tensors of their own (aliases of the kept views): what a caller does to their
@@ -278,7 +293,9 @@ class BlockManager(ABC):
         self._out = out
         self._out32 = out.view(torch.int32)
         self._out64 = out.view(torch.int64)
-        self._shapes.clear()
+        self._length_views.clear()
+        self._slot_views.clear()
+        self._table_views.clear()
         self._memo = None
 
     def release_seqs(self, req_ids: Sequence[int]) -> None:

@@ -41,21 +41,26 @@ class CPUBlockManager(CoreBooks, BlockManager):
         self._tables = [checked_empty("CPUBlockManager", (self.max_running_reqs * pitch,), torch.int32,
                                       f"a staging block table of {self.max_running_reqs} x {pitch} blocks", HOST,
                                       pin_memory=on_cuda) for _ in range(self._step.depth)]
-        self._smalls: list[Any] = [None] * self._step.depth
+        self._heads: list[Any] = [None] * self._step.depth
         for k in range(self._step.depth):
-            self._set_small(k, layout.nbytes - layout.slot_mapping)
+            self._set_head(k, self._head_bytes(layout))
         self._grow("device", layout.nbytes)
 
-    def _set_small(self, k: int, nbytes: int) -> None:
-        nbytes += _C.HostStep.compact_bytes  # room to gather a small table before the rest
-        self._smalls[k] = checked_empty("CPUBlockManager", (nbytes,), torch.uint8, f"a staging buffer of {nbytes} "
-                                        "bytes", HOST, pin_memory=self.device.type == "cuda")
-        self._step.set_buffer(k, self._tables[k], self._smalls[k])
+    @staticmethod
+    def _head_bytes(layout) -> int:
+        """A buffer's head for a batch of this layout: its lengths and slot_mapping, and room
+        to gather a small table after them."""
+        return layout.block_tables + _C.HostStep.compact_bytes
+
+    def _set_head(self, k: int, nbytes: int) -> None:
+        self._heads[k] = checked_empty("CPUBlockManager", (nbytes,), torch.uint8, f"a staging buffer of {nbytes} "
+                                       "bytes", HOST, pin_memory=self.device.type == "cuda")
+        self._step.set_buffer(k, self._tables[k], self._heads[k])
 
     def _grow(self, which: str, nbytes: int) -> None:
         nbytes = (nbytes + nbytes // 2 + 63) // 64 * 64
         if which == "host":  # the buffer the pack writes: the device has read it (the step waited)
-            self._set_small(self._step.current, nbytes)
+            self._set_head(self._step.current, nbytes)
         else:
             out = checked_empty("CPUBlockManager", (nbytes,), torch.uint8, f"a metadata buffer of {nbytes} bytes",
                                 self.device)
@@ -76,10 +81,10 @@ class CPUBlockManager(CoreBooks, BlockManager):
 
     def _warm_up(self, max_num_tokens: int) -> None:
         layout = _C.metadata_layout(self.max_running_reqs, self._core.max_blocks_per_seq, max_num_tokens)
-        for k, small in enumerate(self._smalls):
-            if small.numel() < layout.nbytes - layout.slot_mapping + _C.HostStep.compact_bytes:
+        for k, head in enumerate(self._heads):
+            if head.numel() < self._head_bytes(layout):
                 self._step.wait_all()
-                self._set_small(k, layout.nbytes - layout.slot_mapping)
+                self._set_head(k, self._head_bytes(layout))
         if self._out.numel() < layout.nbytes:
             self._grow("device", layout.nbytes)
 
@@ -87,6 +92,6 @@ class CPUBlockManager(CoreBooks, BlockManager):
         self._check_core()
 
     def memory_footprint(self) -> MemoryFootprint:
-        host = self._core_bytes() + sum(t.nbytes for t in self._tables) + sum(s.nbytes for s in self._smalls)
+        host = self._core_bytes() + sum(t.nbytes for t in self._tables) + sum(h.nbytes for h in self._heads)
         return MemoryFootprint(device_bytes=self._out.nbytes if self.device.type == "cuda" else 0,
                                host_bytes=host if self.device.type == "cuda" else host + self._out.nbytes)

@@ -148,8 +148,7 @@ class DeviceTableManager(BlockManager):
             host = self._host_words[buffer]
             views = None
             if flags & L.PACK:
-                shape = (int(host[L.PACK_SIZE]), int(host[L.WIDTH]), int(host[L.NUM_TOKENS]))
-                views = self._shapes.get(shape) or self._views(shape)
+                views = self._views(int(host[L.PACK_SIZE]), int(host[L.WIDTH]), int(host[L.NUM_TOKENS]))
             kernels_torch.launch(staged, host, flags, self.req_to_page, self.free_pages, self.block_size, views)
             return
         before = self._triton.compiled()

@@ -81,7 +81,8 @@ def _update_kernel(staged_ptr, pages_ptr, req_to_page_ptr, r2p_row_stride,
 def _pack_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_ptr,
                  PAGE_SIZE: tl.constexpr, PAD: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr,
                  PACK_SIZE: tl.constexpr, WIDTH: tl.constexpr, NUM_TOKENS: tl.constexpr, LOOKUP_AT: tl.constexpr,
-                 LOOKUP_STRIDE: tl.constexpr, SLOTS_AT: tl.constexpr, SEQ_LENS_AT: tl.constexpr):
+                 LOOKUP_STRIDE: tl.constexpr, SLOTS_AT: tl.constexpr, SEQ_LENS_AT: tl.constexpr,
+                 TABLE_AT: tl.constexpr):
     # Programs (i, j): entry i; its block-table columns and slots are shared out among
     # the j = 0 .. num_programs(1) - 1 programs of the entry, chunk by chunk.
     i = tl.program_id(0)
@@ -118,7 +119,7 @@ def _pack_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_p
 
     row_ptr = req_to_page_ptr + row.to(tl.int64) * r2p_row_stride
     num_pages = (seq + PAGE_SIZE - 1) // PAGE_SIZE
-    table_row = out32_ptr + i.to(tl.int64) * width
+    table_row = out32_ptr + tl.load(staged_ptr + TABLE_AT).to(tl.int64) + i.to(tl.int64) * width
     for c in range(j * BLOCK_W, tl.where(valid, width, 0), parts * BLOCK_W):
         cols = c + tl.arange(0, BLOCK_W)
         owned = cols < num_pages
