@@ -303,18 +303,19 @@ void bind_device_step(py::module_& m) {
           py::arg("nbytes"), "Bytes of the metadata buffer the kernels write.")
       .def(
           "set_graph",
-          [](PyDeviceStep& s, py::handle flags, py::handle grid, py::object graph) {
+          [](PyDeviceStep& s, py::handle flags, py::handle grid, py::handle buffer,
+             py::object graph) {
             const char* op = "set_graph";
             int f = static_cast<int>(read_int(op, "flags", flags));
             int64_t g = read_int(op, "grid", grid);
+            int64_t k = read_int(op, "buffer", buffer);
             auto& handle = graph.cast<cuda::GraphHandle&>();
-            s.step->set_graph(f, g, &handle);
-            int k = 0;
-            while ((int64_t{1} << k) < g) ++k;
-            s.graphs[f * 32 + k] = std::move(graph);
+            s.step->set_graph(f, g, k, &handle);
+            s.graphs[DeviceStep::graph_index(f, g, k)] = std::move(graph);
           },
-          py::arg("flags"), py::arg("grid"), py::arg("graph"),
-          "Launches of these flags on `grid` programs replay `graph` from now on.")
+          py::arg("flags"), py::arg("grid"), py::arg("buffer"), py::arg("graph"),
+          "Launches of these flags on `grid` programs from ring buffer `buffer` replay\n"
+          "`graph` from now on.")
       .def(
           "clear_graphs",
           [](PyDeviceStep& s) {
@@ -332,7 +333,7 @@ void bind_device_step(py::module_& m) {
           },
           py::arg("launcher"),
           "launcher(buffer, flags, grid): runs the kernels of a launch that has no graph\n"
-          "(flags: release 4, update 2, pack 1), reading ring buffer `buffer`.")
+          "(flags: release 4, update 2, pack 1, fused 8), reading ring buffer `buffer`.")
       .def("plan", &plan_of<PyDeviceStep>, py::arg("req_ids"), py::arg("num_prefill_seqs"),
            py::arg("init_prefill_lens"), kPlanDoc)
       .def(

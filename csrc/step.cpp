@@ -235,7 +235,7 @@ void HostStep::reset() {
 DeviceStep::DeviceStep(RequestTable& table, int64_t num_pages, int64_t depth, int device)
     : Step(table, depth, device), free_pages_(num_pages), num_pages_(num_pages) {
   buffers_.resize(depth_);
-  graphs_.assign(8 * 32, nullptr);
+  graphs_.assign(depth_ * kFlagSets * 32, nullptr);
   release_rows_.resize(table.max_reqs() + 1);
   release_lens_.resize(table.max_reqs() + 1);
 }
@@ -268,15 +268,21 @@ void DeviceStep::set_twin(cuda::DevicePtr twin, int64_t nwords) {
 }
 
 int64_t DeviceStep::staged_capacity() const {
-  int64_t n = on_cuda() ? twin_words_ : INT64_MAX;
+  int64_t n = twin_ ? twin_words_ : INT64_MAX;
   for (const Buffer& b : buffers_) n = std::min(n, b.nwords);
   return n;
 }
 
-void DeviceStep::set_graph(int flags, int64_t grid, const cuda::GraphHandle* graph) {
-  check_range("DeviceStep.set_graph", "flags", flags, 1, 7);
+int64_t DeviceStep::graph_index(int flags, int64_t grid, int64_t buffer) {
+  return (buffer * kFlagSets + flags) * 32 + log2_of(grid);
+}
+
+void DeviceStep::set_graph(int flags, int64_t grid, int64_t buffer,
+                           const cuda::GraphHandle* graph) {
+  check_range("DeviceStep.set_graph", "flags", flags, 1, kFlagSets - 1);
   check_range("DeviceStep.set_graph", "grid", grid, 1, int64_t{1} << 31);
-  graphs_[flags * 32 + log2_of(grid)] = graph;
+  check_range("DeviceStep.set_graph", "buffer", buffer, 0, depth_ - 1);
+  graphs_[graph_index(flags, grid, buffer)] = graph;
 }
 
 void DeviceStep::clear_graphs() { std::fill(graphs_.begin(), graphs_.end(), nullptr); }
@@ -371,8 +377,11 @@ PackOutcome DeviceStep::pack(const char* op, const BatchView& batch, int64_t lay
   w[staged::SEQ_LENS_AT] = static_cast<int32_t>(l.seq_lens / 4);
   w[staged::TABLE_AT] = static_cast<int32_t>(l.block_tables / 4);
   w[staged::END] = static_cast<int32_t>(at + staged::LOOKUP_COLUMNS * stride);
+  // The update staged with this pack is of this very batch (a first-layer step): the pack
+  // kernel takes it over.
+  bool fused = w[staged::UPDATE_SIZE] > 0 && just_committed(batch);
   try {
-    launch(stream, true);
+    launch(stream, true, fused);
   } catch (...) {  // the deferred work stays staged, the pack is undone
     w[staged::PACK_SIZE] = 0;
     w[staged::END] = end;
@@ -430,19 +439,21 @@ void DeviceStep::flush(cuda::Stream stream) {
   launch(stream, false);
 }
 
-void DeviceStep::launch(cuda::Stream stream, bool pack) {
+void DeviceStep::launch(cuda::Stream stream, bool pack, bool fused) {
   int32_t* w = words();
   int flags = (w[staged::RELEASE_SIZE] > 0 ? kRelease : 0) |
-              (w[staged::UPDATE_SIZE] > 0 ? kUpdate : 0) | (pack ? kPack : 0);
+              (w[staged::UPDATE_SIZE] > 0 ? kUpdate : 0) | (pack ? kPack : 0) |
+              (fused ? kFused : 0);
   if (!flags) return;
   int64_t grid = grid_of(std::max({w[staged::RELEASE_SIZE], w[staged::UPDATE_SIZE],
                                    pack ? w[staged::PACK_SIZE] : 0, int32_t{1}}));
   if (on_cuda()) {
     follow_last(stream);
-    cuda::check(cuda::api().memcpy_htod_async(twin_, w, 4 * int64_t{w[staged::END]}, stream),
-                "cuMemcpyHtoDAsync");
+    if (twin_)
+      cuda::check(cuda::api().memcpy_htod_async(twin_, w, 4 * int64_t{w[staged::END]}, stream),
+                  "cuMemcpyHtoDAsync");
   }
-  const cuda::GraphHandle* graph = graphs_[flags * 32 + log2_of(grid)];
+  const cuda::GraphHandle* graph = graphs_[graph_index(flags, grid, current_)];
   if (graph) {
     graph->launch(stream);
   } else {

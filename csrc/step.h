@@ -41,8 +41,11 @@ constexpr int32_t LOOKUP_COLUMNS = 5, PLAN_COLUMNS = 4, RELEASE_COLUMNS = 3;
 int64_t words(int64_t max_reqs, int64_t ids);
 }  // namespace staged
 
-// Launch flags: which kernels a launch holds (release runs first, pack last).
-constexpr int kRelease = 4, kUpdate = 2, kPack = 1;
+// Launch flags: which kernels a launch holds (release runs first, pack last). kFused: the
+// update is the pack's own batch (a first-layer step), and the pack kernel writes the
+// new pages into the rows as it reads them (one kernel for both).
+constexpr int kRelease = 4, kUpdate = 2, kPack = 1, kFused = 8;
+constexpr int kFlagSets = 16;
 
 // The grid a launch of n entries runs on: the next power of two.
 int64_t grid_of(int64_t n);
@@ -189,6 +192,7 @@ class HostStep : public Step {
 class DeviceStep : public Step {
  public:
   using Launcher = std::function<void(int64_t buffer, int flags, int64_t grid)>;
+  static int64_t graph_index(int flags, int64_t grid, int64_t buffer);
 
   // gpu: `table` keeps the books, `num_pages` pages on the device's free stack.
   DeviceStep(RequestTable& table, int64_t num_pages, int64_t depth, int device);
@@ -198,17 +202,19 @@ class DeviceStep : public Step {
   bool host_allocates() const { return core_ != nullptr; }
   int64_t num_free_pages() const { return free_pages_; }
 
-  // Ring buffer k (words, pinned on CUDA), the device twin every launch copies into,
-  // the metadata buffer's bytes (the kernels write it).
+  // Ring buffer k (words, pinned on CUDA: the kernels read them there, over the bus), a
+  // device twin every launch copies its words into first (for kernels that read device
+  // memory only: torch's), the metadata buffer's bytes (the kernels write it).
   void set_buffer(int64_t k, int32_t* words, int64_t nwords);
   void set_twin(cuda::DevicePtr twin, int64_t nwords);
   void set_out_bytes(int64_t nbytes) { out_bytes_ = nbytes; }
   // gpu: the device's free stack and the stack as it starts (reset copies it back).
   void set_free_stack(uint8_t* stack, const uint8_t* initial);
   int64_t staged_capacity() const;  // words every buffer and the twin hold
-  // A captured launch of these flags on `grid` programs; launches without one call the
-  // launcher (eager kernels, and the capture of a graph for next time).
-  void set_graph(int flags, int64_t grid, const cuda::GraphHandle* graph);
+  // A captured launch of these flags on `grid` programs reading ring buffer `buffer`;
+  // launches without one call the launcher (eager kernels, and the capture of a graph
+  // for next time).
+  void set_graph(int flags, int64_t grid, int64_t buffer, const cuda::GraphHandle* graph);
   void clear_graphs();
   void set_launcher(Launcher launcher) { launcher_ = std::move(launcher); }
 
@@ -229,7 +235,7 @@ class DeviceStep : public Step {
   int32_t* staging();
   // Room for `n` words at the end of what is staged; throws when the buffer is too small.
   int64_t append(const char* op, int64_t n);
-  void launch(cuda::Stream stream, bool pack);
+  void launch(cuda::Stream stream, bool pack, bool fused = false);
 
   BlockManager* core_ = nullptr;  // hybrid
   int64_t free_pages_ = 0;        // gpu: the free stack's height
@@ -251,7 +257,8 @@ class DeviceStep : public Step {
     explicit InCall(bool& f) : flag(f) { flag = true; }
     ~InCall() { flag = false; }
   };
-  std::vector<const cuda::GraphHandle*> graphs_;  // [flags * 32 + log2(grid)]
+  std::vector<const cuda::GraphHandle*>
+      graphs_;  // [(buffer * kFlagSets + flags) * 32 + log2(grid)]
   Launcher launcher_;
   std::vector<int32_t> release_rows_, release_lens_;
 };

@@ -4,6 +4,9 @@ Three kernels, launched in this order when a launch holds them (`launch`): relea
 (gpu: push each released request's pages onto the free stack), update (write each
 entry's new page ids into its row of the page table: from the free stack on `gpu`, from
 the staged ids on `hybrid`) and pack (the FlashAttention metadata from the page table).
+When the update is of the pack's own batch (a first-layer step) the pack kernel does
+both: it reads the new pages from their source and writes them into the rows, one
+kernel fewer on the device.
 Every per-step value (sizes, width, where each region and each array lies) is read from
 the staged header on the device, never passed as an argument (`layout.py` names the
 words), so a launch can be captured in a CUDA graph and replayed for any batch up to its
@@ -78,13 +81,18 @@ def _update_kernel(staged_ptr, pages_ptr, req_to_page_ptr, r2p_row_stride,
 
 
 @triton.jit
-def _pack_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_ptr,
+def _pack_kernel(staged_ptr, pages_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_ptr,
                  PAGE_SIZE: tl.constexpr, PAD: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr,
+                 FUSED: tl.constexpr, FROM_STACK: tl.constexpr,
                  PACK_SIZE: tl.constexpr, WIDTH: tl.constexpr, NUM_TOKENS: tl.constexpr, LOOKUP_AT: tl.constexpr,
                  LOOKUP_STRIDE: tl.constexpr, SLOTS_AT: tl.constexpr, SEQ_LENS_AT: tl.constexpr,
-                 TABLE_AT: tl.constexpr):
+                 TABLE_AT: tl.constexpr, UPDATE_SIZE: tl.constexpr, HEIGHT: tl.constexpr, PLAN_AT: tl.constexpr,
+                 PLAN_STRIDE: tl.constexpr, IDS_AT: tl.constexpr):
     # Programs (i, j): entry i; its block-table columns and slots are shared out among
-    # the j = 0 .. num_programs(1) - 1 programs of the entry, chunk by chunk.
+    # the j = 0 .. num_programs(1) - 1 programs of the entry, chunk by chunk. FUSED: the
+    # update staged with this pack is of the same batch (entry i of both is the same
+    # request): the pages this step adds come from their source (the free stack, or the
+    # staged ids) instead of the row, which this kernel then writes them into.
     i = tl.program_id(0)
     j = tl.program_id(1)
     parts = tl.num_programs(1)
@@ -119,17 +127,46 @@ def _pack_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_p
 
     row_ptr = req_to_page_ptr + row.to(tl.int64) * r2p_row_stride
     num_pages = (seq + PAGE_SIZE - 1) // PAGE_SIZE
+    first_new = (context + PAGE_SIZE - 1) // PAGE_SIZE  # the update's first new page (FUSED)
+    offset = 0
+    if FUSED:
+        offset = tl.load(staged_ptr + tl.load(staged_ptr + PLAN_AT) + 3 * tl.load(staged_ptr + PLAN_STRIDE) + i,
+                         mask=valid, other=0)
+        if FROM_STACK:  # the m-th page taken is the m-th from the top of the stack
+            source = pages_ptr + (tl.load(staged_ptr + HEIGHT) - 1)
+        else:  # the m-th staged block id
+            source = staged_ptr + tl.load(staged_ptr + IDS_AT)
     table_row = out32_ptr + tl.load(staged_ptr + TABLE_AT).to(tl.int64) + i.to(tl.int64) * width
     for c in range(j * BLOCK_W, tl.where(valid, width, 0), parts * BLOCK_W):
         cols = c + tl.arange(0, BLOCK_W)
         owned = cols < num_pages
-        pages = tl.load(row_ptr + cols, mask=owned, other=0)
+        if FUSED:
+            new = owned & (cols >= first_new)
+            rank = offset + cols - first_new
+            if FROM_STACK:
+                added = tl.load(source - rank, mask=new, other=0)
+            else:
+                added = tl.load(source + rank, mask=new, other=0)
+            pages = tl.where(new, added, tl.load(row_ptr + cols, mask=owned & (cols < first_new), other=0))
+            tl.store(row_ptr + cols, pages, mask=new)
+        else:
+            pages = tl.load(row_ptr + cols, mask=owned, other=0)
         tl.store(table_row + cols, tl.where(owned, pages, PAD), mask=cols < width)
     for t in range(j * BLOCK_T, query, parts * BLOCK_T):
         ts = t + tl.arange(0, BLOCK_T)
         mask = ts < query
         pos = context + ts
-        pages = tl.load(row_ptr + pos // PAGE_SIZE, mask=mask, other=0)
+        page = pos // PAGE_SIZE
+        if FUSED:
+            new = mask & (page >= first_new)
+            rank = offset + page - first_new
+            if FROM_STACK:
+                added = tl.load(source - rank, mask=new, other=0)
+            else:
+                added = tl.load(source + rank, mask=new, other=0)
+            pages = tl.where(new, added, tl.load(row_ptr + page, mask=mask & (page < first_new), other=0))
+        else:
+            pages = tl.load(row_ptr + page, mask=mask, other=0)
         slots = pages.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
         tl.store(slots_ptr + q_start + ts, slots, mask=mask)
 
@@ -174,19 +211,22 @@ class Kernels:
 
 
 def launch(k: Kernels, staged: torch.Tensor, grid: int, flags: int) -> None:
-    """The kernels of `flags` (layout.RELEASE | UPDATE | PACK), in order, each over
-    `grid` programs; `staged` is the int32 device copy of the staged words."""
+    """The kernels of `flags` (layout.RELEASE | UPDATE | PACK | FUSED), in order, each over
+    `grid` programs; `staged` is the int32 staged words (pinned host memory, read over the
+    bus, or a device copy). FUSED: no update kernel, the pack writes the new pages."""
     r2p, row_stride = k.req_to_page, k.req_to_page.stride(0)
+    from_stack = k.free_pages is not None
+    pages = k.free_pages if from_stack else staged
+    fused = bool(flags & L.FUSED)
     if flags & L.RELEASE:
         _release_kernel[(grid,)](staged, r2p, row_stride, k.free_pages, PAGE_SIZE=k.page_size, BLOCK=256,
                                  **L.RELEASE_WORDS)
-    if flags & L.UPDATE:
-        from_stack = k.free_pages is not None
-        pages = k.free_pages if from_stack else staged
+    if flags & L.UPDATE and not fused:
         _update_kernel[(grid,)](staged, pages, r2p, row_stride, FROM_STACK=from_stack, PAGE_SIZE=k.page_size,
                                 BLOCK=256, **L.UPDATE_WORDS)
     if flags & L.PACK:
         p = k.launch
-        _pack_kernel[(grid, p.parts)](staged, r2p, row_stride, k.out32, k.out64, PAGE_SIZE=k.page_size,
-                                      PAD=PAD_BLOCK_ID, BLOCK_W=p.block_w, BLOCK_T=p.block_t,
-                                      num_warps=p.num_warps, **L.PACK_WORDS)
+        _pack_kernel[(grid, p.parts)](staged, pages, r2p, row_stride, k.out32, k.out64, PAGE_SIZE=k.page_size,
+                                      PAD=PAD_BLOCK_ID, BLOCK_W=p.block_w, BLOCK_T=p.block_t, FUSED=fused,
+                                      FROM_STACK=from_stack, num_warps=p.num_warps, **L.PACK_WORDS,
+                                      **L.UPDATE_WORDS)

@@ -29,8 +29,9 @@ UPDATE_SIZE, HEIGHT, PLAN_AT, PLAN_STRIDE, IDS_AT = (_W["UPDATE_SIZE"], _W["HEIG
 RELEASE_SIZE, RELEASE_HEIGHT, RELEASE_AT, RELEASE_STRIDE = (_W["RELEASE_SIZE"], _W["RELEASE_HEIGHT"],
                                                             _W["RELEASE_AT"], _W["RELEASE_STRIDE"])
 
-# Launch flags: the kernels a launch holds (release runs first, pack last).
-RELEASE, UPDATE, PACK = 4, 2, 1
+# Launch flags: the kernels a launch holds (release runs first, pack last); FUSED: the
+# update is the pack's own batch, and the pack kernel writes its pages (no update kernel).
+RELEASE, UPDATE, PACK, FUSED = 4, 2, 1, 8
 
 # Columns of each region, by index.
 LOOKUP_ROWS, LOOKUP_SEQ_LENS, LOOKUP_QUERY_LENS, LOOKUP_QUERY_STARTS, LOOKUP_SEQ_STARTS = 0, 1, 2, 3, 4
