@@ -261,7 +261,7 @@ void bind_device_step(py::module_& m) {
             }
             s->books_ref = std::move(books);
             s->held.resize(s->step->depth() + 1);
-            s->graphs.resize(8 * 32);
+            s->graphs.resize(s->step->depth() * kFlagSets * 32);
             return s;
           }),
           py::arg("books"), py::arg("num_pages"), py::arg("depth"), py::arg("device"),
@@ -311,7 +311,7 @@ void bind_device_step(py::module_& m) {
             int64_t k = read_int(op, "buffer", buffer);
             auto& handle = graph.cast<cuda::GraphHandle&>();
             s.step->set_graph(f, g, k, &handle);
-            s.graphs[DeviceStep::graph_index(f, g, k)] = std::move(graph);
+            s.graphs.at(DeviceStep::graph_index(f, g, k)) = std::move(graph);
           },
           py::arg("flags"), py::arg("grid"), py::arg("buffer"), py::arg("graph"),
           "Launches of these flags on `grid` programs from ring buffer `buffer` replay\n"
