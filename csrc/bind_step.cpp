@@ -450,6 +450,7 @@ void bind_step(py::module_& m) {
                              {"HEADER", staged::HEADER}})
     words[name] = value;
   m.attr("STAGED_WORDS") = words;
+  m.attr("MAX_HOST_BYTES") = kMaxHostBytes;
   m.def(
       "staged_words",
       [](py::handle max_reqs, py::handle ids) {

@@ -30,6 +30,19 @@ inline bool compact_value(PyObject* obj, int64_t* out) {
 #endif
 }
 
+// A 0-d array or tensor of booleans (numpy's bool_ has no __index__; torch's does): its
+// dtype says so. Reading it runs Python code only for objects that are not ints.
+bool is_bool_array(PyObject* obj) {
+  py::handle o(obj);
+  if (!py::hasattr(o, "dtype")) return false;
+  try {
+    std::string dtype = py::str(o.attr("dtype"));
+    return dtype == "torch.bool" || dtype == "bool";
+  } catch (const py::error_already_set&) {
+    return false;  // not an array's dtype: read it as the int it says it is
+  }
+}
+
 std::string label(const char* name, Py_ssize_t index) {
   return index < 0 ? std::string(name) : std::string(name) + "[" + std::to_string(index) + "]";
 }
@@ -51,7 +64,7 @@ int64_t index_value(const char* op, const char* name, Py_ssize_t index, PyObject
   py::object held;
   PyObject* number = obj;
   if (!PyLong_CheckExact(obj)) {
-    if (PyBool_Check(obj))
+    if (PyBool_Check(obj) || is_bool_array(obj))
       throw py::type_error(std::string(op) + ": " + label(name, index) + "=" + safe_repr(obj) +
                            " is a bool, not an int");
     number = PyNumber_Index(obj);  // may run Python code: nothing of the call is shared
@@ -67,8 +80,21 @@ int64_t index_value(const char* op, const char* name, Py_ssize_t index, PyObject
   return v;
 }
 
+// A buffer's request that fails (a dtype the buffer protocol cannot describe, a read-only
+// buffer asked to be written) becomes a ValueError naming the argument.
+py::buffer_info request_buffer(const char* op, const char* name, py::handle obj, bool writable) {
+  try {
+    return py::reinterpret_borrow<py::buffer>(obj).request(writable);
+  } catch (const py::error_already_set& e) {
+    if (!e.matches(PyExc_Exception)) throw;
+    throw py::value_error(std::string(op) + ": " + name + "=" + safe_repr(obj) + " cannot be " +
+                          (writable ? "written" : "read") + " as an integer buffer (" +
+                          py::str(e.value()).cast<std::string>() + ")");
+  }
+}
+
 void read_int_buffer(const char* op, const char* name, py::handle obj, Ints& ints) {
-  py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request();
+  py::buffer_info info = request_buffer(op, name, obj, false);
   char kind = info.format.empty() ? '?' : info.format.back();
   bool integral = std::string("bBhHiIlLqQnN").find(kind) != std::string::npos;
   if (info.ndim != 1 || !integral)
@@ -187,7 +213,7 @@ OutBuffer<uint8_t> out_bytes(const char* op, const char* name, py::handle obj, s
   if (!PyObject_CheckBuffer(obj.ptr()))
     throw py::type_error(std::string(op) + ": " + name + " must be a writable buffer, got " +
                          safe_repr(obj));
-  py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request(true);
+  py::buffer_info info = request_buffer(op, name, obj, true);
   int64_t expected = info.itemsize;
   for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
     if (info.shape[d] > 1 && info.strides[d] != expected)

@@ -40,11 +40,12 @@ inline int64_t checked_add(const char* op, const std::string& what, int64_t a, i
   return out;
 }
 
-// Bytes of memory this machine has, or INT64_MAX when it cannot say.
-int64_t host_memory_bytes();
+// The most bytes one manager's host books (a table, a free list) may take: 64 GiB. A
+// size past it is refused by arithmetic, whatever this machine has (one that could not
+// hold it must not find out by being killed when the pages are touched).
+constexpr int64_t kMaxHostBytes = int64_t{1} << 36;
 
-// Throws unless `bytes` of host memory could be allocated on this machine: a
-// request past its memory is refused before anything is allocated (or touched).
+// Throws unless `bytes` is at most kMaxHostBytes.
 void check_host_bytes(const char* op, const std::string& what, int64_t bytes);
 
 }  // namespace disagmoe

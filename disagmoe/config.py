@@ -25,8 +25,8 @@ def describe(value: object) -> str:
 
 def checked_int(owner: str, name: str, value: object, low: int = 1, high: int = MAX_INT32) -> int:
     """`value` as an int in [low, high]; TypeError or ValueError naming it otherwise."""
-    if isinstance(value, bool):
-        raise TypeError(f"{owner}: {name}={value!r} is a bool, not an int")
+    if isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("torch.bool", "bool"):
+        raise TypeError(f"{owner}: {name}={describe(value)} is a bool, not an int")
     try:
         number = operator.index(value)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 (whatever __index__ raises)
@@ -82,7 +82,7 @@ class CacheConfig:
     """The KV-cache pool: `num_gpu_blocks` blocks of `block_size` slots, at most
     2**31 - 1 slots in all.
 
-    `block_size=None` takes the backend's default (16 for `cpu`, 1 for `gpu`).
+    `block_size=None` takes the backend's default (16 for every backend).
     """
 
     block_size: int | None

@@ -178,9 +178,10 @@ class BlockManager(ABC):
             return req_ids
         try:
             memoryview(req_ids)  # type: ignore[arg-type]
-            return req_ids
-        except TypeError:
-            pass
+            return req_ids  # (an integer array; the step names any other kind of buffer)
+        except (TypeError, ValueError):  # no buffer, or one the buffer protocol cannot describe
+            if hasattr(req_ids, "__array_interface__"):
+                return req_ids
         try:
             return list(req_ids)  # type: ignore[call-overload]
         except TypeError as exc:

@@ -18,8 +18,8 @@ import torch
 
 from disagmoe import _C
 from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager, MemoryFootprint
+from disagmoe.block_manager.buffers import checked_empty
 from disagmoe.block_manager.core_books import CoreBooks
-from disagmoe.block_manager.mem_pool import checked_empty
 from disagmoe.config import CacheConfig, ModelConfig
 
 HOST = torch.device("cpu")

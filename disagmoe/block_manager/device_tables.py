@@ -38,7 +38,7 @@ from disagmoe import _C
 from disagmoe.block_manager import kernels_torch
 from disagmoe.block_manager import layout as L
 from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager
-from disagmoe.block_manager.mem_pool import checked_empty
+from disagmoe.block_manager.buffers import checked_empty
 from disagmoe.config import CacheConfig, ModelConfig
 
 KERNELS = ("auto", "triton", "torch")

@@ -15,9 +15,9 @@ import torch
 
 from disagmoe import _C
 from disagmoe.block_manager.base import MemoryFootprint
+from disagmoe.block_manager.buffers import empty_int32
 from disagmoe.block_manager.device_tables import KERNELS, DeviceTableManager
 from disagmoe.block_manager.integrity import check_pages
-from disagmoe.block_manager.mem_pool import empty_int32
 from disagmoe.config import CacheConfig, ModelConfig
 
 if TYPE_CHECKING:

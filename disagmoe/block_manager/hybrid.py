@@ -20,9 +20,9 @@ import torch
 
 from disagmoe import _C
 from disagmoe.block_manager.base import MemoryFootprint
+from disagmoe.block_manager.buffers import empty_int32
 from disagmoe.block_manager.core_books import CoreBooks
 from disagmoe.block_manager.device_tables import DeviceTableManager
-from disagmoe.block_manager.mem_pool import empty_int32
 from disagmoe.config import CacheConfig, ModelConfig
 
 if TYPE_CHECKING:

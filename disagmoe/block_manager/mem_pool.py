@@ -11,44 +11,11 @@ device back.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from disagmoe import _C
+from disagmoe.block_manager.buffers import empty_int32
 from disagmoe.config import checked_int, checked_slots
-
-
-def device_memory_bytes(device: torch.device) -> int:
-    """Bytes of memory the device has (the host's for torch's CPU device)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (OSError, ValueError):
-        return 2**63 - 1
-
-
-def checked_empty(owner: str, shape: tuple[int, ...], dtype: torch.dtype, what: str, device: torch.device,
-                  pin_memory: bool = False) -> torch.Tensor:
-    """torch.empty, or ValueError naming `what` and its bytes when the device (the host, for
-    pinned memory) cannot hold it: checked before allocating, since the managers write
-    every entry of their tables, touching every page."""
-    nbytes = torch.empty((), dtype=dtype).element_size()
-    for n in shape:
-        nbytes *= n
-    memory = device_memory_bytes(torch.device("cpu") if pin_memory else device)
-    if nbytes > memory:
-        raise ValueError(f"{owner}: {what} need {nbytes} bytes, more than the {memory} bytes "
-                         f"of memory of {device}")
-    try:
-        return torch.empty(shape, dtype=dtype, device=device, pin_memory=pin_memory)
-    except RuntimeError as exc:  # torch.OutOfMemoryError included
-        raise ValueError(f"{owner}: cannot allocate {nbytes} bytes for {what} on {device}") from exc
-
-
-def empty_int32(owner: str, shape: tuple[int, ...], what: str, device: torch.device) -> torch.Tensor:
-    return checked_empty(owner, shape, torch.int32, what, device)
 
 
 class ReqToTokenPool:
