@@ -113,7 +113,13 @@ def test_relative_time_tracks_a_slower_operation(monkeypatch):
     monkeypatch.syspath_prepend(ROOT)
     from benchmarks import common
     from disagmoe import CPUBlockManager, GPUBlockManager, HybridBlockManager
+    from disagmoe.block_manager import base
 
+    # Torch's CPU device whatever this machine has (and whatever earlier tests of this
+    # process initialised): the ratios are the fake clock's, the device plays no part.
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(common.workloads(), "default_device", lambda: cpu)
+    monkeypatch.setattr(base, "resolve_device", lambda device: cpu)
     monkeypatch.setattr(common, "BATCH_SIZES", [16])
     monkeypatch.setattr(common, "SEQ_LENS", [128])
     clock = _Clock()

@@ -10,7 +10,10 @@ its buffers and how they grow.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
@@ -28,6 +31,21 @@ launches ahead of the device."""
 
 MAX_CACHED_SHAPES = 1024
 """Views of each kind a manager keeps (by the sizes they depend on)."""
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Holds the signals back for a few statements that must all run or none (a buffer and
+    what reads it replaced together): a KeyboardInterrupt that arrives meanwhile is raised
+    once they have run. Signal handlers run in the main thread only; elsewhere nothing to do."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:

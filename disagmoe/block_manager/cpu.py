@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from disagmoe import _C
-from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager, MemoryFootprint
+from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager, MemoryFootprint, signals_held
 from disagmoe.block_manager.buffers import checked_empty
 from disagmoe.block_manager.core_books import CoreBooks
 from disagmoe.config import CacheConfig, ModelConfig
@@ -64,8 +64,9 @@ class CPUBlockManager(CoreBooks, BlockManager):
         else:
             out = checked_empty("CPUBlockManager", (nbytes,), torch.uint8, f"a metadata buffer of {nbytes} bytes",
                                 self.device)
-            self._step.set_out(out)
-            self._set_out(out)
+            with signals_held():  # the step's buffer and the views of it change together
+                self._step.set_out(out)
+                self._set_out(out)
 
     def _commit(self) -> None:
         self._step.commit()

@@ -37,7 +37,7 @@ import torch
 from disagmoe import _C
 from disagmoe.block_manager import kernels_torch
 from disagmoe.block_manager import layout as L
-from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager
+from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager, signals_held
 from disagmoe.block_manager.buffers import checked_empty
 from disagmoe.config import CacheConfig, ModelConfig
 
@@ -116,27 +116,31 @@ class DeviceTableManager(BlockManager):
             step.flush(self._stream())  # nothing staged stays in a buffer that goes
             step.wait_all()
         what = f"a staging buffer of {words} words"
-        self._words = [checked_empty(type(self).__name__, (words,), torch.int32, what, HOST, pin_memory=on_cuda)
-                       for _ in range(step.depth)]
-        self._host_words = [w.numpy() for w in self._words]
-        for k, w in enumerate(self._words):
-            step.set_buffer(k, w)
-        if self._twin_needed:
-            self._twin = checked_empty(type(self).__name__, (words,), torch.int32, what, self.device)
-            step.set_twin(self._twin)
+        buffers = [checked_empty(type(self).__name__, (words,), torch.int32, what, HOST, pin_memory=on_cuda)
+                   for _ in range(step.depth)]
+        twin = checked_empty(type(self).__name__, (words,), torch.int32, what, self.device) \
+            if self._twin_needed else None
         self._forget_graphs()
+        with signals_held():  # the step's buffers and this object's views of them change together
+            self._words, self._host_words = buffers, [w.numpy() for w in buffers]
+            for k, w in enumerate(buffers):
+                step.set_buffer(k, w)
+            if twin is not None:
+                self._twin = twin
+                step.set_twin(twin)
 
     def _grow(self, which: str, nbytes: int) -> None:
         """The metadata buffer (the only one a pack grows here), to `nbytes` and more."""
         nbytes = (nbytes + nbytes // 2 + 63) // 64 * 64
         out = checked_empty(type(self).__name__, (nbytes,), torch.uint8, f"a metadata buffer of {nbytes} bytes",
                             self.device)
-        self._set_out(out)
-        self._step.set_out_bytes(nbytes)
-        if self.kernels == "triton":
-            self._k = self._triton.Kernels(self.req_to_page, self.free_pages, self._out32, self._out64,
-                                           self.block_size, self._launch_shape)
-            self._forget_graphs()
+        self._forget_graphs()  # (first: a launch meanwhile runs eagerly, on what it names)
+        with signals_held():  # the kernels' buffer, the views of it and its size change together
+            self._set_out(out)
+            if self.kernels == "triton":
+                self._k = self._triton.Kernels(self.req_to_page, self.free_pages, self._out32, self._out64,
+                                               self.block_size, self._launch_shape)
+            self._step.set_out_bytes(nbytes)
 
     def _forget_graphs(self) -> None:
         if self._captured:
