@@ -8,11 +8,11 @@ a free stack on the device, which only its kernels read.
 
 Each launch stages its inputs in the next buffer of a ring of pinned host buffers (the
 words `layout.py` names): a first-layer update and a release are deferred into it, and
-the `pack_flash_attn_metadata` that follows launches the release, update and pack
-kernels in one replay of a CUDA graph captured for those kernels, the launch's grid (a
-power of two) and the ring buffer, whose words the Triton kernels read where they are,
-over the bus (a copy of a few KB costs the device more than the reads). A first-layer
-step's update and pack are one kernel (`kernels_triton`). Any other call that reads the
+the `pack_flash_attn_metadata` that follows sends all of it with one copy into a device
+twin and one replay of a CUDA graph of the release, update and pack kernels, captured
+for those kernels and the launch's grid (a power of two). (Kernels reading the words
+where they are, in pinned memory, cost the device more than the copy: measured, H200.)
+A first-layer step's update and pack are one kernel (`kernels_triton`). Any other call that reads the
 device tables (a second update, inspection, synchronize) launches what is deferred
 first, so every observable result is as if it had run at once. The host never waits for
 the device except for a ring buffer `depth` launches old.
@@ -87,7 +87,7 @@ class DeviceTableManager(BlockManager):
                                    self.device.index if on_cuda else -1)
         ref = weakref.ref(self)  # (the step keeps its launcher: no cycle through it)
         self._step.set_launcher(lambda buffer, flags, grid: ref()._launch(buffer, flags, grid))  # type: ignore
-        self._captured: set[tuple[int, int, int]] = set()
+        self._captured: set[tuple[int, int]] = set()
         self._capture_stream: Any = None
         self._k: Any = None
         if self.kernels == "triton":
@@ -97,9 +97,8 @@ class DeviceTableManager(BlockManager):
                 raise TypeError(f"pack_launch must be a kernels_triton.PackLaunch, got {launch!r}")
             self._triton = kernels_triton
             self._launch_shape = launch
-        # Triton reads the staged words in pinned host memory; torch's kernels on CUDA need a
-        # device copy of them (the twin).
-        self._twin_needed = self.device.type == "cuda" and self.kernels == "torch"
+        # On CUDA every launch copies its staged words into a device twin, which the kernels read.
+        self._twin_needed = self.device.type == "cuda"
         # Staged ids: a decode step of every request and more (hybrid); the rest grows.
         self._size_staging(max(2 * self.max_running_reqs, 4096) if self.host_allocates else 0)
         layout = _C.metadata_layout(self.max_running_reqs, self.max_width, self.max_running_reqs)
@@ -161,27 +160,28 @@ class DeviceTableManager(BlockManager):
             kernels_torch.launch(staged, host, flags, self.req_to_page, self.free_pages, self.block_size, views)
             return
         before = self._triton.compiled()
-        self._triton.launch(self._k, self._words[buffer], grid, flags)
+        self._triton.launch(self._k, self._twin, grid, flags)
         self._num_compiles += self._triton.compiled() - before
         if self.cuda_graphs:
-            self._capture(flags, grid, buffer)
+            self._capture(flags, grid)
 
-    def _capture(self, flags: int, grid: int, buffer: int) -> None:
-        """A CUDA graph of the kernels of `flags` on `grid` programs reading ring buffer
-        `buffer`, for the step to replay."""
+    def _capture(self, flags: int, grid: int) -> None:
+        """A CUDA graph of the kernels of `flags` on `grid` programs, for the step to replay
+        (whichever ring buffer the launch's words came from: they are in the twin)."""
         if self._capture_stream is None:
             self._capture_stream = torch.cuda.Stream(self.device)
         stream = self._capture_stream
         with torch.cuda.stream(stream):
             _C.begin_capture(stream.cuda_stream)
             try:
-                self._triton.launch(self._k, self._words[buffer], grid, flags)
+                self._triton.launch(self._k, self._twin, grid, flags)
             except BaseException:
                 _C.end_capture(stream.cuda_stream, False)
                 raise
             graph = _C.end_capture(stream.cuda_stream, True)
-        self._step.set_graph(flags, grid, buffer, graph)
-        self._captured.add((flags, grid, buffer))
+        for buffer in range(self._step.depth):
+            self._step.set_graph(flags, grid, buffer, graph)
+        self._captured.add((flags, grid))
         self._num_captures += 1
 
     def _flag_sets(self) -> tuple[int, ...]:
@@ -201,9 +201,8 @@ class DeviceTableManager(BlockManager):
                 self._size_staging(ids)
         if self.kernels != "triton":
             return
-        # Every kernel once, on a header of zeros (no work) in pinned memory, as the staged
-        # words are, and a scratch output: compiled.
-        zeros = torch.zeros(L.HEADER, dtype=torch.int32).pin_memory()
+        # Every kernel once, on a header of zeros (no work) and a scratch output: compiled.
+        zeros = torch.zeros(L.HEADER, dtype=torch.int32, device=self.device)
         scratch = torch.zeros(64, dtype=torch.int64, device=self.device)
         k = dataclasses.replace(self._k, out32=scratch.view(torch.int32), out64=scratch)
         before = self._triton.compiled()
@@ -215,11 +214,10 @@ class DeviceTableManager(BlockManager):
         if not self.cuda_graphs:
             return
         grids = [1 << b for b in range(L.grid_of(self.max_running_reqs).bit_length())]
-        for buffer in range(self._step.depth):
-            for flags in self._flag_sets():
-                for grid in grids:
-                    if (flags, grid, buffer) not in self._captured:
-                        self._capture(flags, grid, buffer)
+        for flags in self._flag_sets():
+            for grid in grids:
+                if (flags, grid) not in self._captured:
+                    self._capture(flags, grid)
         torch.cuda.synchronize(self.device)
 
     # -- the step hooks ---------------------------------------------------------------------

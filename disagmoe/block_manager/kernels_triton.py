@@ -212,8 +212,8 @@ class Kernels:
 
 def launch(k: Kernels, staged: torch.Tensor, grid: int, flags: int) -> None:
     """The kernels of `flags` (layout.RELEASE | UPDATE | PACK | FUSED), in order, each over
-    `grid` programs; `staged` is the int32 staged words (pinned host memory, read over the
-    bus, or a device copy). FUSED: no update kernel, the pack writes the new pages."""
+    `grid` programs; `staged` is the device copy of the int32 staged words. FUSED: no
+    update kernel, the pack writes the new pages."""
     r2p, row_stride = k.req_to_page, k.req_to_page.stride(0)
     from_stack = k.free_pages is not None
     pages = k.free_pages if from_stack else staged
