@@ -102,11 +102,17 @@ class BlockManager(ABC):
     Threads: a manager is not thread-safe. Calls on one manager must not
     overlap: use it from one thread at a time (one manager per thread, or a
     lock around it). Managers share no state, so different managers may be
-    used from different threads at the same time; the C++ core holds the GIL
-    while it runs. A call that would change a manager while another call on
-    it is still reading its arguments (an argument's `__index__` that calls
-    the manager, or a second thread) raises RuntimeError and changes nothing;
-    other overlapping calls are not detected.
+    used from different threads at the same time. A call that starts while
+    another call on the same manager is under way (from a second thread, or
+    from inside the first: an argument's `__index__`, a `seq_lens` setter)
+    raises RuntimeError and changes nothing; the reads (`seq_len`,
+    `num_free_slots`, `num_running_reqs`, `token_slots`, `check_integrity`)
+    are not refused.
+
+    Interrupts: every change a call makes happens in one native call, after
+    every check; a KeyboardInterrupt (or anything a signal handler raises)
+    between two of a call's steps leaves the manager as before the call or
+    as after it, never in between.
     """
 
     backend: ClassVar[str]
