@@ -8,6 +8,9 @@ A value spec is `(wrapper, base)`:
   non-int of hostile.NOT_INTS (base ignored); "clears" / "grows" (list items only);
   ("reenter", action) an __index__ that calls a manager first; "interrupt" an
   __index__ that raises KeyboardInterrupt.
+An API case's operations: update, pack (and an edit of what it returned), release,
+query, reset, and ("interrupted", kind, plain arguments, delay in us): one of those
+interrupted by a timer.
 """
 
 from __future__ import annotations
@@ -125,11 +128,32 @@ def batch(draw, pack: bool = False):
              [("plain", base) for _, base in len_items] if container == "array" else len_items))
 
 
+EDITS = (None, None, "list", "fields", "shape")
+PLAIN_IDS = st.tuples(st.just("list"), st.lists(st.tuples(st.just("plain"), st.tuples(st.just("live"),
+                                                                                      st.integers(0, 7))),
+                                                max_size=3))
+
+
+@st.composite
+def plain_batch(draw, pack: bool = False):
+    """A batch of plain ints, mostly well formed (the kind an interrupted operation gets)."""
+    layer, (container, items), nps, lens = draw(batch(pack))
+    if container == "bad":  # (a batch of one odd container): the same, with no ids
+        items = []
+    plain = [("plain", base) for _, base in items]
+    return (("plain", layer[1]), ("list", plain), (nps[0], ("plain", nps[1][1])),
+            ("list", [("plain", base) for _, base in lens[1]]))
+
+
 def operation():
     return st.one_of(
         st.tuples(st.just("update"), batch()),
         st.tuples(st.just("update"), batch()),
-        st.tuples(st.just("pack"), batch(pack=True)),
+        st.tuples(st.just("pack"), batch(pack=True), st.sampled_from(EDITS)),
+        st.tuples(st.just("interrupted"), st.just("update"), plain_batch(), st.integers(0, 300)),
+        st.tuples(st.just("interrupted"), st.just("pack"), plain_batch(pack=True), st.integers(0, 300)),
+        st.tuples(st.just("interrupted"), st.just("release"), PLAIN_IDS, st.integers(0, 300)),
+        st.tuples(st.just("interrupted"), st.just("reset"), st.none(), st.integers(0, 300)),
         st.tuples(st.just("release"), int_list(st.tuples(st.just("live"), st.integers(0, 7)), 3)),
         st.tuples(st.just("release"), int_list(REQ_ID, 3)),
         st.tuples(st.just("query"), st.sampled_from(["seq_len", "token_slots"]),

@@ -12,14 +12,23 @@ error: TypeError for a non-int (or an __index__ whose call into the same manager
 refused), ValueError for an int past int64, KeyboardInterrupt for an interrupt. Once every
 argument reads as an int, the reference model decides: malformed (ValueError or KeyError),
 KVCacheExhausted, or the exact result. After an error the manager must be as it was.
+
+Two more kinds of operation: a pack whose returned metadata the case then edits (its list
+of lengths, its fields, its tensors' shapes: nothing of it may reach the manager, which the
+operations after check), and an operation interrupted by a timer at a random microsecond
+(SIGALRM, whose handler raises KeyboardInterrupt wherever Python code runs, inside the
+call or after it): the manager must then be as before the operation or as after it, never
+in between, and take the next ones.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import faulthandler
 import os
 import pickle
+import signal
 import struct
 import sys
 import traceback
@@ -259,7 +268,7 @@ class ApiCase:
             assert batch.seq_lens == out[1], (batch.seq_lens, out[1])
             self.h.check_state()
 
-    def op_pack(self, spec) -> None:
+    def op_pack(self, spec, edit: str | None = None) -> None:
         batch, reads, plain = self.batch(spec)
         out = self.expect(lambda: self.h.manager.pack_flash_attn_metadata(batch), reads,
                           lambda: self.h.ref.pack(plain))
@@ -268,6 +277,72 @@ class ApiCase:
             assert_matches_reference(md, out[1], self.h.manager.block_size)
             assert_tables_consistent(md, out[1], plain, self.h.manager)
             self.h.check_state()
+            if edit is not None:
+                edit_metadata(out[0], edit)
+
+    def op_interrupted(self, kind: str, spec, delay_us: int) -> None:
+        """`kind` (update, pack, release, reset) of plain arguments, a timer interrupting it
+        after `delay_us`: the manager as before it or as after it."""
+        h, m = self.h, self.h.manager
+        ref_after = copy.deepcopy(h.ref)
+        if kind in ("update", "pack"):
+            _, _, plain = self.batch(spec)
+            call = m.update_block_table if kind == "update" else m.pack_flash_attn_metadata
+            args: tuple = (plain,)
+        elif kind == "release":
+            ids, _ = self.int_list(spec)
+            call, args = m.release_seqs, (list(ids) if not isinstance(ids, (list, tuple)) else ids,)
+        else:
+            call, args = m.reset_state, ()
+        try:  # what the operation does when nothing interrupts it
+            if kind == "update":
+                ref_after.update(copy.copy(args[0]))
+            elif kind == "release":
+                ref_after.release([int(i) for i in args[0]])
+            elif kind == "reset":
+                ref_after.reset()
+        except (ValueError, KeyError, KVCacheExhausted, TypeError):
+            ref_after = None  # an error: as before, interrupted or not
+        before = {r: m.seq_len(r) for r in h.ref.seq_lens}
+        armed = [True]
+
+        def interrupt(signum, frame):
+            if armed[0]:
+                armed[0] = False
+                raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, max(delay_us, 1) * 1e-6)
+            try:
+                call(*args)
+            except (KeyboardInterrupt, ValueError, KeyError, TypeError, KVCacheExhausted):
+                pass
+            armed[0] = False
+        except KeyboardInterrupt:  # after the call returned: it ran whole
+            pass
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        m.check_integrity()
+        now = {r: m.seq_len(r) for r in sorted(set(before) | set(ref_after.seq_lens if ref_after else {}))
+               if self.running_now(r)}
+        if ref_after is not None and now == ref_after.seq_lens and now != before:
+            h.ref = ref_after  # it ran whole
+            if kind in ("release", "reset"):
+                for r in list(h.known_slots):
+                    if r not in h.ref.seq_lens:
+                        del h.known_slots[r]
+        else:
+            assert now == before, f"interrupted {kind}: {before} -> {now}, neither before nor after"
+        h.check_state()
+
+    def running_now(self, req_id: int) -> bool:
+        try:
+            self.h.manager.seq_len(req_id)
+        except KeyError:
+            return False
+        return True
 
     def op_release(self, spec) -> None:
         req_ids, reads = self.int_list(spec)
@@ -290,6 +365,21 @@ class ApiCase:
 
     def op_reset(self) -> None:
         self.h.reset()
+
+
+def edit_metadata(md, edit: str) -> None:
+    """What a caller may do to the metadata it was handed (none of it may reach the manager)."""
+    if edit == "list":
+        md.seq_lens.append(12345)
+        if len(md.seq_lens) > 1:
+            md.seq_lens[0] = -1
+    elif edit == "fields":
+        md.max_query_len, md.num_prefills, md.block_size = 999, -3, 0
+    elif edit == "shape":
+        md.block_tables.unsqueeze_(0)
+        md.slot_mapping.resize_(0)
+        md.seq_lens_tensor.as_strided_((1,), (1,))
+        md.query_start_loc.t_()
 
 
 # -- direct calls into disagmoe._C ------------------------------------------------------------
