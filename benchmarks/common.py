@@ -25,11 +25,27 @@ import torch
 _CUDA_BEFORE = torch.cuda.is_initialized()  # (a test process may have initialised it already)
 
 
+def env_ints(variable: str, default: list[int]) -> list[int]:
+    """The integers listed in environment variable `variable` (spaces or commas), each in
+    [1, 2**31 - 1], else `default`; a ValueError naming the variable and its value
+    otherwise. (Here, not in the package: the suite runs against old commits too.)"""
+    text = os.environ.get(variable, "")
+    values = []
+    for item in text.replace(",", " ").split():
+        try:
+            value = int(item)
+        except ValueError:
+            raise ValueError(f"{variable}={text!r}: {item!r} is not an integer") from None
+        if not 1 <= value <= 2**31 - 1:
+            raise ValueError(f"{variable}={text!r}: {value} must be in [1, {2**31 - 1}]")
+        values.append(value)
+    return values or default
+
+
 def _grid(variable: str, default: list[int]) -> list[int]:
     """The contract's grid, or the integers listed in `variable` (a smaller grid for
     smoke runs: `DISAGMOE_BENCH_BATCH_SIZES="16 256" DISAGMOE_BENCH_SEQ_LENS="128 1024"`)."""
-    value = os.environ.get(variable, "").replace(",", " ").split()
-    return [int(v) for v in value] if value else default
+    return env_ints(variable, default)
 
 
 BACKENDS = ["cpu", "gpu", "hybrid"]

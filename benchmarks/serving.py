@@ -14,32 +14,40 @@ predates the serving benchmarks (or a variant's backend) skips them too.
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import time
 
 import numpy as np
 import torch
 
-from .common import SkipNotImplemented, check_fork_safe, workloads
+from .common import SkipNotImplemented, check_fork_safe, env_ints, workloads
+
+_ints = env_ints
+ALL_MODES = ("synced", "pipelined", "busy")
 
 
-def _ints(variable: str, default: list[int]) -> list[int]:
-    value = os.environ.get(variable, "").replace(",", " ").split()
-    return [int(v) for v in value] if value else default
+def _names(variable: str, default: list[str], pattern: str, what: str) -> list[str]:
+    """The names listed in `variable`, each matching `pattern`; ValueError naming the
+    variable and the value otherwise."""
+    text = os.environ.get(variable, "")
+    names = text.replace(",", " ").split() or default
+    for name in names:
+        if not re.fullmatch(pattern, name):
+            raise ValueError(f"{variable}={text!r}: {name!r} is not {what}")
+    return names
 
 
-def _names(variable: str, default: list[str]) -> list[str]:
-    return os.environ.get(variable, "").replace(",", " ").split() or default
-
-
-VARIANTS = _names("DISAGMOE_SERVING_VARIANTS", ["cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16"])
+VARIANTS = _names("DISAGMOE_SERVING_VARIANTS", ["cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16"],
+                  r"[a-z]+-bs[1-9][0-9]{0,8}", "a variant such as cpu-bs16 (<backend>-bs<block size>)")
 BASELINE = "cpu-bs16"
 COMPARED = [v for v in VARIANTS if v != BASELINE]
 BATCH_SIZES = _ints("DISAGMOE_SERVING_BATCH_SIZES", [16, 64, 256, 1024])
 CONTEXTS = _ints("DISAGMOE_SERVING_CONTEXTS", [1024, 8192, 65536])
 TRACE_RUNNING = _ints("DISAGMOE_TRACE_RUNNING", [64, 256, 1024])
 TRACE_PROMPTS = _ints("DISAGMOE_TRACE_PROMPTS", [2048, 16384, 65536])
-MODES = tuple(_names("DISAGMOE_SERVING_MODES", ["synced", "pipelined", "busy"]))
+MODES = tuple(_names("DISAGMOE_SERVING_MODES", list(ALL_MODES), "|".join(ALL_MODES),
+                    f"a timing mode ({', '.join(ALL_MODES)})"))
 CPU_DEVICE_TOKENS = 1 << 20
 WINDOW, WINDOWS, WARMUP = 32, 9, 16  # steps a window, windows (asv's samples), untimed steps first
 

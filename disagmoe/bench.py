@@ -1,4 +1,5 @@
-"""The command-line benchmark of both backends side by side.
+"""The command-line benchmark: the seed's table (the cpu and gpu designs side by side), and the
+serving benchmarks of all three designs (`--workload`).
 
     python -m disagmoe.bench [--quick] [--batch-sizes 16 64] [--seq-lens 128 1024]
         [--iterations 100] [--device cuda] [--output results.json] [--profile DIR]
@@ -32,6 +33,7 @@ import torch
 from disagmoe import BACKENDS
 from disagmoe.block_manager.base import resolve_device
 from disagmoe.serving import cli as serving_cli
+from disagmoe.serving import inputs
 from disagmoe.workloads import (
     BACKEND_NAMES,
     BATCH_SIZES,
@@ -127,13 +129,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10, help="untimed decode steps first")
     parser.add_argument("--quick", action="store_true",
                         help=f"small grid: batch sizes {QUICK_BATCH_SIZES}, seq lens {QUICK_SEQ_LENS}")
-    parser.add_argument("--device", help="torch device of both backends (default: CUDA if any, else cpu)")
+    parser.add_argument("--device", help="torch device of the managers (default: CUDA if any, else cpu)")
     parser.add_argument("--output", type=Path, metavar="FILE.json", help="write every number here")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="write a torch profiler trace per grid point here (timings then carry its overhead)")
     serving_cli.add_arguments(parser)
     args = parser.parse_args(argv)
     serving_cli.check_arguments(parser, args)
+    _check_device(parser, args)
     if args.workload is not None:
         if args.profile is not None:
             parser.error("--profile times the seed's table; it does not go with --workload")
@@ -143,12 +146,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         return args
     args.batch_sizes = args.batch_sizes or list(QUICK_BATCH_SIZES if args.quick else BATCH_SIZES)
     args.seq_lens = args.seq_lens or list(QUICK_SEQ_LENS if args.quick else SEQ_LENS)
-    for name in ("batch_sizes", "seq_lens"):
-        if min(getattr(args, name)) < 1:
-            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: every value must be >= 1")
-    if args.iterations < 1 or args.warmup < 0:
-        parser.error(f"--iterations {args.iterations} must be >= 1 and --warmup {args.warmup} >= 0")
+    try:
+        for name in ("batch_sizes", "seq_lens"):
+            for value in getattr(args, name):
+                inputs.count(f"--{name.replace('_', '-')}", value)
+        inputs.count("--iterations", args.iterations, 1, inputs.MAX_STEPS)
+        inputs.count("--warmup", args.warmup, 0, inputs.MAX_STEPS)
+        for b in args.batch_sizes:
+            for s in args.seq_lens:
+                for block_size in {CHECK_BLOCK_SIZE, *(BACKENDS[n].default_block_size for n in BACKEND_NAMES)}:
+                    inputs.pool_slots(f"--batch-sizes {b} --seq-lens {s}", b, s + DECODE_STEPS, block_size)
+        if args.output is not None:
+            inputs.output_path("--output", args.output)
+        if args.profile is not None and not args.profile.is_dir():
+            inputs.output_path("--profile", args.profile)  # a folder to make: its parent must take it
+    except inputs.InputError as err:
+        parser.error(str(err))
     return args
+
+
+def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--device names a device this machine has, which the managers run on; busy timing
+    needs CUDA."""
+    try:
+        args.device_resolved = resolve_device(args.device)
+    except (TypeError, ValueError) as err:
+        parser.error(f"--device {args.device}: {err}")
+    if args.workload is not None and "busy" in (args.timing or ()) and args.device_resolved.type != "cuda":
+        parser.error(f"--timing busy needs a CUDA device (the stand-in forward spins on the GPU); this run is on "
+                     f"{args.device_resolved}: run --timing synced pipelined here")
 
 
 def _run_info(device: torch.device) -> dict:
@@ -161,15 +187,14 @@ def _run_info(device: torch.device) -> dict:
 
 
 def _write(path: Path | None, run: dict) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is not None:  # (its folder was checked before the run)
         path.write_text(json.dumps(run, indent=1) + "\n")
         print(f"wrote {path}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = args.device_resolved
     limit_cpu_threads(device)
     if args.workload is not None:
         run = _run_info(device)
@@ -178,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _write(args.output, run)
         return status
     if args.profile is not None:
-        args.profile.mkdir(parents=True, exist_ok=True)
+        args.profile.mkdir(exist_ok=True)  # (its parent was checked: no folder is made above it)
     grid = [(b, s) for b in args.batch_sizes for s in args.seq_lens]
     run = {**_run_info(device), "iterations": args.iterations,
            "warmup": args.warmup, "decode_steps_per_state": DECODE_STEPS, "check_block_size": CHECK_BLOCK_SIZE,

@@ -238,9 +238,11 @@ def test_command_line_errors(capsys):
             bench.parse_args(argv)
         assert info.value.code == 2
         assert message in capsys.readouterr().err
-    if not torch.cuda.is_available():
-        assert bench.main(["--workload", "decode", "--timing", "busy", "--quick"]) == 2
-        assert "busy timing needs a CUDA device" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # refused before anything runs
+        with pytest.raises(SystemExit) as info:
+            bench.main(["--workload", "decode", "--timing", "busy", "--quick"])
+        assert info.value.code == 2
+        assert "--timing busy needs a CUDA device" in capsys.readouterr().err
 
 
 def test_seed_table_is_unchanged(tmp_path):

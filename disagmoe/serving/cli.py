@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from disagmoe.serving import points
+from disagmoe.serving import inputs, points
 from disagmoe.serving.floors import measure_floors
 from disagmoe.serving.timing import MODES, BusyUnavailable, Forward
 from disagmoe.serving.variants import BASELINE, VARIANT_NAMES, variant
@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every serving option checked before anything runs (`disagmoe.serving.inputs`): a
+    refusal is parser.error's one line naming the option (exit code 2)."""
     if args.workload is None:
         given = [name for name in SERVING_OPTIONS
                  if getattr(args, name) not in (None, parser.get_default(name))]
@@ -61,23 +63,54 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         return
     if args.seq_lens is not None:
         parser.error("--seq-lens is the seed table's; the serving decode takes --contexts")
-    for name in ("contexts", "running", "prompts", "batch_sizes"):
-        values = getattr(args, name)
-        if values is not None and min(values) < 1:
-            parser.error(f"--{name.replace('_', '-')} {values}: every value must be >= 1")
-    for name in ("chunk", "max_output", "layers", "window", "windows"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} {value} must be >= 1")
-    if not args.forward_us > 0:
-        parser.error(f"--forward-us {args.forward_us} must be > 0")
     try:
-        args.variant_list = [variant(name) for name in (args.variants or VARIANT_NAMES)]
-    except ValueError as err:
+        _check_serving(args)
+    except inputs.InputError as err:
+        parser.error(str(err))
+    except ValueError as err:  # a variant's name
         parser.error(str(err))
     names = [v.name for v in args.variant_list]
     if len(set(names)) != len(names):
         parser.error(f"--variants {names} names a variant twice")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_serving(args: argparse.Namespace) -> None:
+    for name in ("contexts", "running", "prompts", "batch_sizes"):
+        for value in getattr(args, name) or ():
+            inputs.count(_option(name), value)
+    for name in ("chunk", "max_output", "window", "windows"):
+        if getattr(args, name) is not None:
+            inputs.count(_option(name), getattr(args, name))
+    if args.layers is not None:
+        inputs.count("--layers", args.layers, 1, inputs.MAX_LAYERS)
+    inputs.count("--seed", args.seed, 0, 2**63 - 1)
+    inputs.forward_us(args.forward_us)
+    args.variant_list = [variant(name) for name in (args.variants or VARIANT_NAMES)]
+    for v in args.variant_list:
+        inputs.count(f"--variants {v.name}: the block size", v.block_size)
+    timing = points.QUICK_TIMING if args.quick else points.Timing()
+    window, windows = args.window or timing.window, args.windows or timing.windows
+    steps = timing.warmup + window * windows
+    if steps > inputs.MAX_STEPS:
+        raise inputs.InputError(f"--window {window} x --windows {windows}: {steps} steps a grid point, past "
+                                f"{inputs.MAX_STEPS}")
+    for point, _ in _grid(args):
+        for v in args.variant_list:
+            if args.workload == "decode":
+                grown = 16 if args.lengths == "cycle" else steps
+                inputs.pool_slots(f"--batch-sizes {point['batch_size']} --contexts {point['context']} ({v.name})",
+                                  point["batch_size"], point["context"] + grown, v.block_size)
+            else:
+                inputs.pool_slots(f"--running {point['running']} --prompts {point['max_prompt']} --max-output "
+                                  f"{args.max_output} ({v.name})", point["running"],
+                                  point["max_prompt"] + args.max_output, v.block_size)
+    for name in ("output", "plot"):
+        if getattr(args, name, None) is not None:
+            inputs.output_path(_option(name), getattr(args, name))
 
 
 def _grid(args) -> list[tuple[dict, Callable]]:

@@ -1,0 +1,98 @@
+"""The benchmarks' inputs are checked before anything runs: the command line's options (one
+line naming the option, exit code 2, never a traceback, never a run that fails at its end)
+and the asv modules' environment variables (a ValueError naming the variable)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from disagmoe import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--batch-sizes", "1099511627776"], "--batch-sizes 1099511627776"),
+    (["--seq-lens", "2147483648"], "--seq-lens 2147483648"),
+    (["--batch-sizes", "65536", "--seq-lens", "65536"], "int32 range of slots"),
+    (["--iterations", "0"], "--iterations 0"),
+    (["--iterations", "10000000"], "--iterations 10000000"),
+    (["--warmup", "-1"], "--warmup -1"),
+    (["--workload", "decode", "--contexts", "100000000000"], "--contexts 100000000000"),
+    (["--workload", "decode", "--batch-sizes", "65536", "--contexts", "65536"], "--batch-sizes 65536 --contexts 65536"),
+    (["--workload", "trace", "--variants", "cpu-bs99999999999"], "cpu-bs99999999999"),
+    (["--workload", "trace", "--variants", "gpu-bs0"], "gpu-bs0"),
+    (["--workload", "trace", "--seed", "-1"], "--seed -1"),
+    (["--workload", "trace", "--running", "3000000000"], "--running 3000000000"),
+    (["--workload", "trace", "--running", "600000", "--prompts", "4096"], "int32 range of slots"),
+    (["--workload", "trace", "--chunk", "0"], "--chunk 0"),
+    (["--workload", "trace", "--max-output", "2147483648"], "--max-output 2147483648"),
+    (["--workload", "trace", "--layers", "5000"], "--layers 5000"),
+    (["--workload", "trace", "--forward-us", "nan"], "--forward-us nan"),
+    (["--workload", "trace", "--forward-us", "-3"], "--forward-us -3"),
+    (["--workload", "trace", "--window", "100000", "--windows", "100"], "steps a grid point"),
+    (["--device", "tpu"], "--device tpu"),
+    (["--workload", "decode", "--device", "quantum"], "--device quantum"),
+])
+def test_out_of_range_options_are_refused_first(argv, named, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert named in err and err.startswith("disagmoe-bench: error:"), err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_and_busy_are_refused_without_a_gpu(capsys):
+    for argv, named in ((["--device", "cuda"], "--device cuda"),
+                        (["--workload", "decode", "--timing", "busy"], "--timing busy needs a CUDA device")):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+        assert named in capsys.readouterr().err
+
+
+def test_output_paths_are_checked_before_the_run(tmp_path, capsys):
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    cases = [(["--output", str(tmp_path / "missing" / "r.json")], "does not exist"),
+             (["--output", str(afile / "r.json")], "is not a folder"),
+             (["--output", str(tmp_path)], "is a folder"),
+             (["--workload", "trace", "--plot", str(tmp_path / "no" / "map.png")], "--plot"),
+             (["--workload", "trace", "--output", str(tmp_path / "no" / "r.json")], "--output"),
+             (["--profile", str(tmp_path / "a" / "b")], "--profile")]
+    for argv, named in cases:
+        with pytest.raises(SystemExit) as info:
+            bench.parse_args(argv)
+        assert info.value.code == 2
+        assert named in capsys.readouterr().err, argv
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "no").exists()  # nothing made
+
+
+def test_a_good_command_line_is_accepted(tmp_path):
+    args = bench.parse_args(["--workload", "trace", "--running", "16", "--prompts", "256",
+                             "--output", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+    assert args.running == [16] and args.device_resolved.type in ("cpu", "cuda")
+
+
+@pytest.mark.parametrize("variable, value, named", [
+    ("DISAGMOE_SERVING_MODES", "bogus", "'bogus' is not a timing mode"),
+    ("DISAGMOE_SERVING_BATCH_SIZES", "16,x", "'x' is not an integer"),
+    ("DISAGMOE_SERVING_CONTEXTS", "0", "0 must be in"),
+    ("DISAGMOE_TRACE_RUNNING", "3000000000", "3000000000 must be in"),
+    ("DISAGMOE_TRACE_PROMPTS", "2k", "'2k' is not an integer"),
+    ("DISAGMOE_SERVING_VARIANTS", "cpu16", "'cpu16' is not a variant"),
+    ("DISAGMOE_BENCH_SEQ_LENS", "1.5", "'1.5' is not an integer"),
+    ("DISAGMOE_BENCH_BATCH_SIZES", "-4", "-4 must be in"),
+])
+def test_asv_environment_variables_are_named(variable, value, named):
+    code = "import benchmarks.bench_pipelined, benchmarks.bench_trace, benchmarks.bench_update_block_table"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, variable: value})
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError:") and variable in last and named in last, last
