@@ -1,0 +1,261 @@
+"""The continuous-batching scheduler against a reference model of lengths and blocks: valid
+steps for a block manager, the token budget, first come first served, preemption only when
+the pool is short (newest first, recomputed under a new id), the time model, windows, and
+replays of the bundled traces through a CPU block manager."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+
+from disagmoe import CacheConfig, CPUBlockManager, ModelConfig
+from disagmoe.serving.scheduler import Scheduler, SchedulerConfig, TraceReplay, busiest_window
+from disagmoe.serving.traces import TraceRequest, bundled, read_trace
+
+
+def blocks(tokens: int, block_size: int) -> int:
+    return -(-tokens // block_size)
+
+
+class Model:
+    """What the steps say, replayed on lengths alone: asserts every promise of the scheduler
+    step by step. `admissions` maps each new id to its trace request (Scheduler.admissions)."""
+
+    def __init__(self, requests: list[TraceRequest], config: SchedulerConfig, admissions: dict) -> None:
+        self.requests, self.config, self.admissions = requests, config, admissions
+        self.held: dict[int, int] = {}
+        self.target: dict[int, int] = {}
+        self.index: dict[int, int] = {}
+        self.generated = [0] * len(requests)
+        self.seen: set[int] = set()
+        self.finished: set[int] = set()
+        self.waiting: deque[int] = deque()
+        self.arrivals = [config.arrival_step(r.arrival_s) for r in requests]
+        capacity = config.num_blocks * config.block_size
+        self.unfit = {i for i, r in enumerate(requests) if r.prompt_tokens + r.output_tokens - 1 > capacity}
+        self.next = 0
+        self.k = 0
+        self.preemptions = 0
+
+    def step(self, step) -> None:
+        config, bs = self.config, self.config.block_size
+        first = step.layers[0]
+        assert [b.layer_id for b in step.layers] == list(range(config.num_layers))
+        assert all((b.req_ids, b.num_prefill_seqs, b.init_prefill_lens) ==
+                   (first.req_ids, first.num_prefill_seqs, first.init_prefill_lens) for b in step.layers)
+        release = list(step.release)
+        assert len(set(release)) == len(release) and set(release) <= set(self.held)
+        assert self.finished <= set(release), "a finished request was not released at the next step"
+        for rid in self.finished:
+            del self.held[rid]
+        preempted = [rid for rid in release if rid not in self.finished]
+        self.finished = set()
+        while self.next < len(self.requests) and self.arrivals[self.next] <= self.k:
+            if self.next not in self.unfit:
+                self.waiting.append(self.next)
+            self.next += 1
+        assert preempted == sorted(self.held, reverse=True)[:len(preempted)], "not the newest first"
+        for rid in preempted:
+            need = sum(1 for r, n in self.held.items() if n >= self.target[r] and n % bs == 0)
+            assert need > config.num_blocks - sum(blocks(n, bs) for n in self.held.values()), \
+                "a preemption while the pool held the decodes"
+            del self.held[rid]
+            self.waiting.appendleft(self.index[rid])
+            self.preemptions += 1
+        ids, num_prefills, lens = first.req_ids, first.num_prefill_seqs, first.init_prefill_lens
+        assert len(set(ids)) == len(ids) and not set(ids) & set(release)
+        assert len(lens) == num_prefills and all(n >= 1 for n in lens)
+        assert sum(lens) + len(ids) - num_prefills <= config.token_budget
+        decodes = ids[num_prefills:]
+        assert list(decodes) == sorted(decodes), "decodes out of admission order"
+        assert set(decodes) == {r for r, n in self.held.items() if n >= self.target[r]}, \
+            "a decode missing or of a request whose prefill is not done"
+        completed = []
+        for rid, n in zip(ids, lens):
+            if rid not in self.held:
+                assert not preempted, "an admission in a step that preempted"
+                assert rid not in self.seen, "an id used again"
+                admission = self.admissions[rid]
+                assert admission.index == self.waiting.popleft(), "not first come first served"
+                assert self.arrivals[admission.index] <= self.k
+                self.index[rid], self.held[rid] = admission.index, 0
+                self.target[rid] = self.requests[admission.index].prompt_tokens + self.generated[admission.index]
+                assert admission.prefill_tokens == self.target[rid] and admission.step == self.k
+                self.seen.add(rid)
+            assert self.held[rid] < self.target[rid] and self.held[rid] + n <= self.target[rid]
+            self.held[rid] += n
+            if self.held[rid] == self.target[rid]:
+                completed.append(rid)
+        for rid in decodes:
+            self.held[rid] += 1
+        for rid in [*decodes, *completed]:
+            index = self.index[rid]
+            self.generated[index] += 1
+            assert self.generated[index] <= self.requests[index].output_tokens
+            if self.generated[index] == self.requests[index].output_tokens:
+                self.finished.add(rid)
+        assert sum(blocks(n, bs) for n in self.held.values()) <= config.num_blocks, "the pool over-committed"
+        assert len(self.held) <= config.max_running
+        for rid, n in self.held.items():
+            req = self.requests[self.index[rid]]
+            assert n <= req.prompt_tokens + req.output_tokens - 1
+        self.k += 1
+
+
+def replay_checked(requests, config, num_steps):
+    replay = TraceReplay(requests, config, 0, num_steps)
+    model = Model(requests, config, replay.scheduler.admissions)
+    for k in range(num_steps):
+        model.step(replay.step_at(k))
+    return replay, model
+
+
+def random_trace(seed: int, n: int = 60, rate: float = 20.0, prompt: int = 300, output: int = 40):
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1 / rate, n))
+    return [TraceRequest(float(t - arrivals[0]), int(rng.integers(1, prompt)), int(rng.integers(1, output)))
+            for t in arrivals]
+
+
+CONFIGS = [
+    SchedulerConfig(token_budget=128, max_running=8, num_blocks=64, block_size=16, step_seconds=0.01),
+    SchedulerConfig(token_budget=64, max_running=64, num_blocks=30, block_size=8, step_seconds=0.005),
+    SchedulerConfig(token_budget=512, max_running=3, num_blocks=1000, block_size=1, rate_scale=3.0),
+    SchedulerConfig(token_budget=40, max_running=40, num_blocks=12, block_size=32, num_layers=3, rate_scale=0.5),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("seed", range(4))
+def test_steps_keep_every_promise(config, seed):
+    requests = random_trace(seed)
+    replay, model = replay_checked(requests, config, 1500)
+    unfit = model.unfit
+    assert replay.scheduler.rejected == unfit
+    assert [i for i, r in enumerate(requests) if model.generated[i] < r.output_tokens] == sorted(unfit)
+    assert not model.held and not model.waiting
+    stats = replay.stats()
+    assert stats["preemptions"] == model.preemptions
+    assert stats["finished"] == len(requests) - len(unfit) and stats["arrived"] == len(requests)
+
+
+def test_a_small_pool_preempts_and_recomputes():
+    config = SchedulerConfig(token_budget=16, max_running=4, num_blocks=8, block_size=4)
+    requests = [TraceRequest(0.0, 6, 10) for _ in range(4)]
+    replay, model = replay_checked(requests, config, 200)
+    assert model.preemptions > 0 and model.generated == [10] * 4
+    admissions = replay.scheduler.admissions
+    assert len(admissions) == 4 + model.preemptions
+    assert any(a.prefill_tokens > 6 for a in admissions.values())  # a recomputation: prompt and outputs
+
+
+def test_deterministic():
+    requests, config = random_trace(7), CONFIGS[1]
+
+    def steps(replay):
+        return [(s.release, [(b.req_ids, b.init_prefill_lens) for b in s.layers]) for s in replay.steps]
+
+    assert steps(TraceReplay(requests, config, 0, 400)) == steps(TraceReplay(requests, config, 0, 400))
+
+
+def layer0(replay, k):
+    batch = replay.step_at(k).layers[0]
+    return replay.step_at(k).release, list(batch.req_ids), list(batch.init_prefill_lens)
+
+
+def test_time_model_and_first_token():
+    config = SchedulerConfig(token_budget=8, max_running=4, num_blocks=100, block_size=4, step_seconds=0.02)
+    assert [config.arrival_step(t) for t in (0.0, 0.01, 0.02, 0.05, 0.06, 0.1, 0.100001)] == [0, 1, 1, 3, 3, 5, 6]
+    assert SchedulerConfig(rate_scale=2.0).arrival_step(0.1) == 3
+    requests = [TraceRequest(0.0, 5, 1), TraceRequest(0.05, 20, 3)]
+    replay = TraceReplay(requests, config, 0, 10)
+    assert layer0(replay, 0) == ((), [0], [5])  # the first token comes from the prefill
+    assert layer0(replay, 1) == ((0,), [], [])  # and it was the last: released, no decode
+    assert layer0(replay, 3) == ((), [1], [8])  # arrives at 0.05: step 3; chunked prefill
+    assert layer0(replay, 4) == ((), [1], [8])
+    assert layer0(replay, 5) == ((), [1], [4])
+    assert [layer0(replay, k) for k in (6, 7, 8)] == [((), [1], []), ((), [1], []), ((1,), [], [])]
+    assert replay.sizes(10) == (23, 1) and replay.max_step_tokens == 8
+
+
+def test_budget_is_shared_decodes_first():
+    config = SchedulerConfig(token_budget=10, max_running=3, num_blocks=100, block_size=4)
+    requests = [TraceRequest(0.0, 4, 50), TraceRequest(0.0, 4, 50), TraceRequest(0.0, 30, 50), TraceRequest(0.0, 1, 5)]
+    replay = TraceReplay(requests, config, 0, 4)
+    assert layer0(replay, 0) == ((), [0, 1, 2], [4, 4, 2])
+    assert layer0(replay, 1) == ((), [2, 0, 1], [8])  # max_running: request 3 waits
+    assert replay.stats()["waiting_peak"] == 1
+
+
+def test_window_is_the_full_replay_sliced():
+    requests, config = random_trace(3, n=80, rate=5.0), CONFIGS[0]
+    full = TraceReplay(requests, config, 0, 900)
+    model = Model(requests, config, full.scheduler.admissions)
+    releasing = [k for k in range(900) if full.step_at(k).release]  # finished requests held until then
+    for start in sorted({0, 37, 700, *releasing[:3]}):
+        while model.k < start:
+            model.step(full.step_at(model.k))
+        window = TraceReplay(requests, config, start, 120)
+        assert window.initial == sorted(model.held.items())
+        assert [layer0(window, k) for k in range(120)] == [layer0(full, start + k) for k in range(120)]
+
+
+def test_busiest_window():
+    config = SchedulerConfig(step_seconds=0.5)
+    rng = np.random.default_rng(1)
+    requests = [TraceRequest(float(t), int(rng.integers(1, 900)), int(rng.integers(1, 90)))
+                for t in np.sort(rng.uniform(0, 300, 400))]
+    tokens = np.zeros(601, dtype=np.int64)
+    for r in requests:
+        tokens[config.arrival_step(r.arrival_s)] += r.prompt_tokens + r.output_tokens
+    for width in (1, 20, 77, 600, 5000):
+        sums = [tokens[s:s + width].sum() for s in range(max(1, len(tokens) - width + 1))]
+        assert busiest_window(requests, config, width) == int(np.argmax(sums))
+    assert busiest_window([], config, 10) == 0
+
+
+def test_config_and_requests_are_checked():
+    for bad in ({"token_budget": 0}, {"max_running": 2.0}, {"step_seconds": 0}, {"rate_scale": float("nan")},
+                {"num_layers": True}, {"max_running": 300, "token_budget": 200}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SchedulerConfig(**bad)
+    with pytest.raises(ValueError, match="sort"):
+        Scheduler([TraceRequest(1.0, 1, 1), TraceRequest(0.5, 1, 1)], SchedulerConfig())
+    with pytest.raises(ValueError, match="request 0"):
+        Scheduler([TraceRequest(0.0, 0, 1)], SchedulerConfig())
+    with pytest.raises(IndexError):
+        TraceReplay([TraceRequest(0.0, 1, 1)], SchedulerConfig(), 0, 5).step_at(5)
+
+
+@pytest.mark.parametrize("source", ["azure", "mooncake"])
+def test_bundled_trace_through_a_block_manager(source):
+    """A few hundred steps of the trace's busiest stretch (its first 1,500 requests, at four
+    times the rate, on a small pool) through the CPU block manager: the lengths it reports
+    are the model's, and its books are sound at the end."""
+    requests = read_trace(bundled(source))[:1500]
+    config = SchedulerConfig(token_budget=2048, max_running=16, num_blocks=4096, rate_scale=4.0)
+    start = busiest_window(requests, config, 300)
+    replay = TraceReplay(requests, config, start, 300, source=source)
+    full = Scheduler(requests, config)
+    full.skip_to(start)
+    max_seq_len, max_running = replay.sizes(300)
+    manager = CPUBlockManager(ModelConfig(layer_ids=replay.layer_ids, max_seq_len=max_seq_len,
+                                          max_batch_size_attn=max_running),
+                              CacheConfig(block_size=16, num_gpu_blocks=config.num_blocks), max_running, device="cpu")
+    replay.start(manager)
+    lengths = dict(replay.initial)
+    for k in range(300):
+        step = replay.step_at(k)
+        step.run(manager)
+        for rid in step.release:
+            del lengths[rid]
+        batch = step.layers[-1]
+        for i, rid in enumerate(batch.req_ids):
+            lengths[rid] = lengths.get(rid, 0) + (batch.init_prefill_lens[i] if i < batch.num_prefill_seqs else 1)
+        assert batch.seq_lens == [lengths[rid] for rid in batch.req_ids]
+    manager.check_integrity()
+    stats = replay.describe()["steps"]
+    assert stats["running_peak"] <= 16 and stats["pool_peak"] <= 1.0 and stats["finished"] > 0
+    assert stats["prefill_tokens_mean"] > 0 and stats["decode_tokens_mean"] > 0
