@@ -96,3 +96,26 @@ def test_asv_environment_variables_are_named(variable, value, named):
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("ValueError:") and variable in last and named in last, last
+
+
+def test_replay_options_are_checked_and_the_trace_read_first(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+                   "2023-11-16 18:15:45.0000000,12,3\n")
+    cases = [(["--trace", str(bad)], "line 3"),
+             (["--trace", str(tmp_path / "missing.csv")], "no such file"),
+             (["--trace", str(tmp_path / "log.txt")], "--trace"),
+             (["--workload", "decode", "--trace", str(bad)], "does not go with --workload decode"),
+             (["--workload", "mooncake", "--running", "9000"], "token budget"),
+             (["--workload", "azure-conv", "--pool-blocks", "0"], "--pool-blocks 0"),
+             (["--workload", "azure-conv", "--pool-blocks", "200000000"], "int32 range of slots"),
+             (["--workload", "azure-conv", "--rate-scale", "0"], "--rate-scale 0"),
+             (["--workload", "azure-conv", "--step-ms", "inf"], "--step-ms inf"),
+             (["--workload", "azure-conv", "--plot", str(tmp_path / "m.png")], "no grid"),
+             (["--rate-scale", "2"], "needs --workload")]
+    (tmp_path / "log.txt").write_text("x\n")
+    for argv, named in cases:
+        with pytest.raises(SystemExit) as info:
+            bench.parse_args(argv)
+        assert info.value.code == 2
+        assert named in capsys.readouterr().err, argv

@@ -291,3 +291,30 @@ def test_floors_are_measured():
     assert [c["bytes"] for c in floors["copies"]] == [4096, 1 << 20]
     big = floors["copies"][1]
     assert big["pipelined_us"] <= big["synced_us"] * 1.5
+
+
+@pytest.mark.parametrize("fmt", ["azure", "mooncake"])
+def test_command_line_replays_a_trace_file(tmp_path, capsys, fmt):
+    """A request log of either format, not one of the bundled ones, replayed by the
+    scheduler through every variant: the tables, the scheduler's statistics, the JSON."""
+    if fmt == "azure":
+        path = tmp_path / "log.csv"
+        rows = [f"2023-11-16 18:15:{10 + i // 4:02d}.{i % 4 * 25:02d}00000,{40 + 37 * i % 300},{3 + i % 9}"
+                for i in range(40)]
+        path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
+    else:
+        path = tmp_path / "log.jsonl"
+        path.write_text("".join(json.dumps({"timestamp": 250 * i, "input_length": 40 + 37 * i % 300,
+                                            "output_length": 3 + i % 9, "hash_ids": [i]}) + "\n"
+                                for i in range(40)))
+    out = tmp_path / "r.json"
+    assert bench.main(["--trace", str(path), "--timing", "pipelined", "--quick", "--running", "8",
+                       "--window", "3", "--windows", "2", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "replay of " + path.name in printed and "Scheduler, per replayed window" in printed
+    run = json.loads(out.read_text())
+    assert run["workload"] == "replay" and len(run["points"]) == 1
+    result = run["points"][0]
+    assert result["workload"]["source"] == path.name and result["workload"]["max_running"] == 8
+    assert result["workload"]["steps"]["num_steps"] == result["steps_per_window"] * 2 + 4  # windows and warm-up
+    assert set(result["variants"]) == {"cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16"}

@@ -9,35 +9,55 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
-from disagmoe.serving import inputs, points
+from disagmoe.serving import inputs, points, traces
 from disagmoe.serving.floors import measure_floors
+from disagmoe.serving.scheduler import SchedulerConfig, TraceReplay, busiest_window
 from disagmoe.serving.timing import MODES, BusyUnavailable, Forward
+from disagmoe.serving.traces import FORMATS
 from disagmoe.serving.variants import BASELINE, VARIANT_NAMES, variant
 from disagmoe.serving.workloads import LENGTHS, TraceConfig
 
-SERVING_OPTIONS = ("timing", "contexts", "running", "prompts", "chunk", "max_output", "layers",
+REPLAYS = {"azure-conv": "azure", "mooncake": "mooncake"}
+"""The production traces bundled with the package (disagmoe/data/traces), by workload name."""
+
+SERVING_OPTIONS = ("timing", "contexts", "running", "prompts", "chunk", "max_output", "layers", "trace",
+                   "trace_format", "rate_scale", "pool_blocks", "step_ms",
                    "lengths", "seed", "window", "windows", "forward_us", "variants", "plot")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("serving benchmarks (with --workload)")
-    group.add_argument("--workload", choices=("decode", "trace"),
-                       help="time whole engine steps of this workload (default: the seed's table)")
+    group.add_argument("--workload", choices=("decode", "trace", *REPLAYS),
+                       help="time whole engine steps of this workload (default: the seed's table); "
+                            "azure-conv and mooncake replay the bundled production traces")
+    group.add_argument("--trace", metavar="PATH",
+                       help="replay this request log (Azure's CSV or Mooncake's JSONL) through the scheduler")
+    group.add_argument("--trace-format", choices=FORMATS, help="the --trace file's format (default: by its suffix)")
+    group.add_argument("--rate-scale", type=float, default=1.0,
+                       help="replays: play the trace this many times faster (default 1)")
+    group.add_argument("--pool-blocks", type=int, default=SchedulerConfig.num_blocks,
+                       help=f"replays: the scheduler's KV pool, in blocks of 16 (default {SchedulerConfig.num_blocks})")
+    group.add_argument("--step-ms", type=float, default=SchedulerConfig.step_seconds * 1e3,
+                       help="replays: the engine step's duration the arrivals are mapped with (default 20)")
     group.add_argument("--timing", nargs="+", choices=MODES, metavar="MODE",
                        help="synced, pipelined and/or busy (default: all three on CUDA, else synced pipelined)")
     group.add_argument("--contexts", type=int, nargs="+", metavar="L",
                        help=f"decode contexts (default {' '.join(map(str, points.CONTEXTS))})")
     group.add_argument("--running", type=int, nargs="+", metavar="R",
-                       help=f"trace: running requests (default {' '.join(map(str, points.TRACE_RUNNING))})")
+                       help=f"trace: running requests (default {' '.join(map(str, points.TRACE_RUNNING))}); "
+                            f"replays: the cap on running requests (default {SchedulerConfig.max_running})")
     group.add_argument("--prompts", type=int, nargs="+", metavar="P",
                        help=f"trace: longest prompt (default {' '.join(map(str, points.TRACE_PROMPTS))})")
-    group.add_argument("--chunk", type=int, default=TraceConfig.chunk, help="trace: prefill tokens a step")
+    group.add_argument("--chunk", type=int, default=TraceConfig.chunk,
+                       help="trace: prefill tokens a step; replays: the step's token budget")
     group.add_argument("--max-output", type=int, default=TraceConfig.max_output, help="trace: longest output")
     group.add_argument("--seed", type=int, default=TraceConfig.seed, help="trace: random seed")
     group.add_argument("--layers", type=int, help="layers a step (default: decode 1, trace 2)")
@@ -55,6 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every serving option checked before anything runs (`disagmoe.serving.inputs`): a
     refusal is parser.error's one line naming the option (exit code 2)."""
+    if args.trace is not None:
+        if args.workload not in (None, "replay"):
+            parser.error(f"--trace replays a file; it does not go with --workload {args.workload}")
+        args.workload = "replay"
     if args.workload is None:
         given = [name for name in SERVING_OPTIONS
                  if getattr(args, name) not in (None, parser.get_default(name))]
@@ -98,6 +122,9 @@ def _check_serving(args: argparse.Namespace) -> None:
     if steps > inputs.MAX_STEPS:
         raise inputs.InputError(f"--window {window} x --windows {windows}: {steps} steps a grid point, past "
                                 f"{inputs.MAX_STEPS}")
+    if args.workload in ("replay", *REPLAYS):
+        _check_replay(args)
+        return
     for point, _ in _grid(args):
         for v in args.variant_list:
             if args.workload == "decode":
@@ -113,7 +140,55 @@ def _check_serving(args: argparse.Namespace) -> None:
             inputs.output_path(_option(name), getattr(args, name))
 
 
+def _check_replay(args: argparse.Namespace) -> None:
+    """A replay's options, and its trace read (a malformed file named by line, before anything
+    runs)."""
+    for r in args.running or ():
+        if r > args.chunk:
+            raise inputs.InputError(f"--running {r}: a replay's running cap must be at most its token budget "
+                                    f"(--chunk {args.chunk}), so that every running request can decode")
+    inputs.count("--pool-blocks", args.pool_blocks)
+    for v in args.variant_list:
+        inputs.pool_slots(f"--pool-blocks {args.pool_blocks} ({v.name})", 1, args.pool_blocks * 16, v.block_size)
+    for name, value in (("--rate-scale", args.rate_scale), ("--step-ms", args.step_ms)):
+        if not (math.isfinite(value) and 0 < value <= 1e6):
+            raise inputs.InputError(f"{name} {value} must be a number in (0, 1000000]")
+    if args.plot is not None:
+        raise inputs.InputError("--plot draws the synthetic grids' crossover maps; a replay has no grid")
+    if args.workload in REPLAYS:
+        path, fmt = traces.bundled(REPLAYS[args.workload]), REPLAYS[args.workload]
+        args.trace_source = args.workload
+    else:
+        path, fmt = Path(args.trace), args.trace_format
+        if not path.is_file():
+            raise inputs.InputError(f"--trace {path}: no such file")
+        args.trace_source = path.name
+    try:
+        args.trace_requests = traces.read_trace(path, fmt)
+    except traces.TraceError as err:
+        raise inputs.InputError(f"--trace {err}") from None
+    except ValueError as err:  # an unknown suffix
+        raise inputs.InputError(f"--trace {path}: {err}") from None
+    if not args.trace_requests:
+        raise inputs.InputError(f"--trace {path}: no requests")
+
+
+def _replay_point(requests: list, config: SchedulerConfig, source: str) -> Callable:
+    """A factory of the replay of `num_steps` steps from the trace's busiest stretch."""
+    def factory(num_steps: int) -> TraceReplay:
+        return TraceReplay(requests, config, busiest_window(requests, config, num_steps), num_steps, source)
+    return factory
+
+
 def _grid(args) -> list[tuple[dict, Callable]]:
+    if args.workload in ("replay", *REPLAYS):
+        layers = args.layers or SchedulerConfig.num_layers
+        return [({"trace": args.trace_source, "running": r},
+                 _replay_point(args.trace_requests,
+                               SchedulerConfig(token_budget=args.chunk, max_running=r, num_blocks=args.pool_blocks,
+                                               step_seconds=args.step_ms / 1e3, rate_scale=args.rate_scale,
+                                               num_layers=layers), args.trace_source))
+                for r in args.running or [SchedulerConfig.max_running]]
     if args.workload == "decode":
         batch_sizes = args.batch_sizes or (points.QUICK_BATCH_SIZES if args.quick else points.BATCH_SIZES)
         contexts = args.contexts or (points.QUICK_CONTEXTS if args.quick else points.CONTEXTS)
@@ -168,9 +243,15 @@ def _speedup(x: float | None) -> str:
 
 def mode_header(mode: str, workload: dict, result: dict) -> str:
     layers = f"{workload['num_layers']} layer{'s' if workload['num_layers'] > 1 else ''} a step"
-    shape = (f"decode, lengths {workload['lengths']}, {layers}" if workload["workload"] == "decode" else
-             f"trace, chunks of {workload['chunk']} tokens, outputs up to {workload['max_output']}, "
-             f"seed {workload['seed']}, {layers}")
+    if workload["workload"] == "decode":
+        shape = f"decode, lengths {workload['lengths']}, {layers}"
+    elif workload["workload"] == "replay":
+        shape = (f"replay of {workload['source']} from step {workload['start']} (its busiest stretch), token "
+                 f"budget {workload['token_budget']}, pool {workload['num_blocks']} blocks, "
+                 f"{workload['step_seconds'] * 1e3:g} ms a step, rate x{workload['rate_scale']:g}, {layers}")
+    else:
+        shape = (f"trace, chunks of {workload['chunk']} tokens, outputs up to {workload['max_output']}, "
+                 f"seed {workload['seed']}, {layers}")
     how = {"synced": "each call until the device is done",
            "pipelined": f"windows of {result['steps_per_window']} steps back to back, one synchronise at the end",
            "busy": (f"each step followed by a {result['forward_us']:.0f} us stand-in forward; 'added' is the "
@@ -198,6 +279,19 @@ def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
                   f"{_num(steps.get('p50')):>9}{_num(steps.get('p99')):>9}{_num(steps.get('max')):>10}"
                   f"{speedup:>10}", flush=True)
             lead = " " * len(lead)
+
+
+def print_scheduler(run: dict) -> None:
+    """What the scheduler made of each replayed window."""
+    print("\nScheduler, per replayed window: requests holding KV (mean / peak), waiting (mean / peak), "
+          "KV pool in use (mean / peak), prefill and decode tokens a step (mean), preemptions, "
+          "arrived / finished")
+    for point, results in _first_of_each(run):
+        s = results[0]["workload"]["steps"]
+        print(f"  {point['trace']} running cap {point['running']}: {s['num_steps']} steps, {s['running_mean']:.1f} / "
+              f"{s['running_peak']}, {s['waiting_mean']:.1f} / {s['waiting_peak']}, {100 * s['pool_mean']:.1f}% / "
+              f"{100 * s['pool_peak']:.1f}%, {s['prefill_tokens_mean']:.0f} and {s['decode_tokens_mean']:.1f}, "
+              f"{s['preemptions']}, {s['arrived']} / {s['finished']}")
 
 
 def _first_of_each(run: dict) -> list[tuple[dict, list]]:
@@ -268,6 +362,8 @@ def main(args, run: dict) -> int:
     progress.close()
     print("Variants checked against each other at every grid point (lengths and metadata; block tables "
           "and slots between equal block sizes): identical.")
+    if args.workload in ("replay", *REPLAYS):
+        print_scheduler(run)
     for mode in modes:
         print_table(mode, by_mode[mode])
     if device.type == "cuda":
