@@ -17,7 +17,8 @@ from typing import Callable
 
 import torch
 
-from disagmoe.serving import inputs, points, traces
+from disagmoe.serving import attention, inputs, points, traces
+from disagmoe.serving.attention import AttentionShape
 from disagmoe.serving.floors import measure_floors
 from disagmoe.serving.scheduler import SchedulerConfig, TraceReplay, busiest_window
 from disagmoe.serving.timing import MODES, BusyUnavailable, Forward
@@ -30,7 +31,7 @@ REPLAYS = {"azure-conv": "azure", "mooncake": "mooncake"}
 
 SERVING_OPTIONS = ("timing", "contexts", "running", "prompts", "chunk", "max_output", "layers", "trace",
                    "trace_format", "rate_scale", "pool_blocks", "step_ms",
-                   "lengths", "seed", "window", "windows", "forward_us", "variants", "plot")
+                   "lengths", "seed", "window", "windows", "forward_us", "variants", "plot", "model_layers")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--variants", nargs="+", metavar="NAME",
                        help=f"backend-bs<block size> (default {' '.join(VARIANT_NAMES)})")
     group.add_argument("--plot", metavar="FILE.png", help="draw the crossover map here (needs matplotlib)")
+    group.add_argument("--model-layers", type=int, default=AttentionShape.model_layers,
+                       help="replays: the model's attention layers, for the bookkeeping's share of a step of "
+                            "bookkeeping and FlexAttention over the metadata (0: no attention; default 32)")
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -125,6 +129,9 @@ def _check_serving(args: argparse.Namespace) -> None:
     if args.workload in ("replay", *REPLAYS):
         _check_replay(args)
         return
+    if args.model_layers != AttentionShape.model_layers:
+        raise inputs.InputError("--model-layers weighs the bookkeeping against attention in a replay "
+                                "(--workload azure-conv|mooncake or --trace)")
     for point, _ in _grid(args):
         for v in args.variant_list:
             if args.workload == "decode":
@@ -148,6 +155,7 @@ def _check_replay(args: argparse.Namespace) -> None:
             raise inputs.InputError(f"--running {r}: a replay's running cap must be at most its token budget "
                                     f"(--chunk {args.chunk}), so that every running request can decode")
     inputs.count("--pool-blocks", args.pool_blocks)
+    inputs.count("--model-layers", args.model_layers, 0, inputs.MAX_LAYERS)
     for v in args.variant_list:
         inputs.pool_slots(f"--pool-blocks {args.pool_blocks} ({v.name})", 1, args.pool_blocks * 16, v.block_size)
     for name, value in (("--rate-scale", args.rate_scale), ("--step-ms", args.step_ms)):
@@ -294,6 +302,17 @@ def print_scheduler(run: dict) -> None:
               f"{s['preemptions']}, {s['arrived']} / {s['finished']}")
 
 
+def print_attention(run: dict, grid: list, num_steps: int, device: torch.device, model_layers: int) -> None:
+    """Attention in the loop (`disagmoe.serving.attention`) at each replayed point."""
+    print("\nAttention in the loop: FlexAttention over the metadata of the same steps; a step is the "
+          f"bookkeeping once and {model_layers} layers of attention; share = bookkeeping / step")
+    run["attention"] = []
+    for (point, factory), (_, results) in zip(grid, _first_of_each(run)):
+        record = attention.report(results, factory, num_steps, device, model_layers)
+        run["attention"].append({"point": point, **record})
+        attention.print_report(point, record)
+
+
 def _first_of_each(run: dict) -> list[tuple[dict, list]]:
     """(point, [its results]) per grid point, in order."""
     seen: dict = {}
@@ -366,6 +385,8 @@ def main(args, run: dict) -> int:
         print_scheduler(run)
     for mode in modes:
         print_table(mode, by_mode[mode])
+    if args.workload in ("replay", *REPLAYS) and args.model_layers:
+        print_attention(run, grid, timing.num_steps, device, args.model_layers)
     if device.type == "cuda":
         run["floors"] = print_floors(device, [(point, results[0]) for point, results in _first_of_each(run)])
     if args.plot:
