@@ -1,5 +1,5 @@
-"""What the serving benchmark modules (bench_pipelined, bench_trace) share: their grids, the
-reference step their verdicts divide by, and the one measurement of a whole grid.
+"""What the serving benchmark modules (bench_pipelined, bench_trace, bench_replay) share: their
+grids, the reference step their verdicts divide by, and the one measurement of a whole grid.
 
 The workloads, timing modes and variants are the installed package's
 (`disagmoe.serving`), the same ones `python -m disagmoe.bench --workload ...` runs. A
@@ -46,6 +46,8 @@ BATCH_SIZES = _ints("DISAGMOE_SERVING_BATCH_SIZES", [16, 64, 256, 1024])
 CONTEXTS = _ints("DISAGMOE_SERVING_CONTEXTS", [1024, 8192, 65536])
 TRACE_RUNNING = _ints("DISAGMOE_TRACE_RUNNING", [64, 256, 1024])
 TRACE_PROMPTS = _ints("DISAGMOE_TRACE_PROMPTS", [2048, 16384, 65536])
+REPLAY_TRACES = _names("DISAGMOE_REPLAY_TRACES", ["azure-conv", "mooncake"], "azure-conv|mooncake",
+                       "a bundled trace (azure-conv, mooncake)")
 MODES = tuple(_names("DISAGMOE_SERVING_MODES", list(ALL_MODES), "|".join(ALL_MODES),
                     f"a timing mode ({', '.join(ALL_MODES)})"))
 CPU_DEVICE_TOKENS = 1 << 20
@@ -108,9 +110,34 @@ def _point(kind: str, key: tuple[int, int]) -> tuple[object, int]:
     return points.trace_point(TraceConfig(*key)), key[0] * key[1]
 
 
-def measure_grid(kind: str, keys: list[tuple[int, int]]) -> dict:
-    """Every point of a decode grid (B, L) or trace grid (R, P) in every mode; see the
-    module docstring.
+def _replay_point(key: tuple[str]) -> tuple[object, int]:
+    """(workload factory, the pool's slots) of a bundled trace's replay: the scheduler's
+    defaults, its busiest stretch (bench_replay's docstring)."""
+    from disagmoe.serving import traces
+    from disagmoe.serving.scheduler import SchedulerConfig, TraceReplay, busiest_window
+
+    name = {"azure-conv": "azure", "mooncake": "mooncake"}[key[0]]
+    requests, config = traces.read_trace(traces.bundled(name), name), SchedulerConfig()
+
+    def factory(num_steps: int) -> TraceReplay:
+        return TraceReplay(requests, config, busiest_window(requests, config, num_steps), num_steps, key[0])
+    return factory, config.num_blocks * config.block_size
+
+
+def measure_replays(names: list[str]) -> dict:
+    """Every bundled trace of `names`, replayed in every mode (`measure_grid`); a commit
+    whose package has no scheduler skips them."""
+    try:
+        import disagmoe.serving.scheduler  # noqa: F401
+    except ImportError as err:
+        return {"device": "-", "on_cuda": False, "skipped": {}, "points": {}, "missing_variants": {},
+                "unavailable": f"this commit's package has no trace replays ({err})"}
+    return measure_grid("replay", [(name,) for name in names])
+
+
+def measure_grid(kind: str, keys: list[tuple]) -> dict:
+    """Every point of a decode grid (B, L), trace grid (R, P) or of replays (trace name,)
+    in every mode; see the module docstring.
 
     Returns {"device", "on_cuda", "skipped": {key: reason}, "points": {key: {mode:
     {runner: samples}}}} with samples as `disagmoe.serving.timing.measure` gives them,
@@ -138,7 +165,7 @@ def measure_grid(kind: str, keys: list[tuple[int, int]]) -> dict:
     forward = Forward(timing.forward_us, device) if device.type == "cuda" else None
     modes = [m for m in MODES if m != "busy" or forward is not None]
     for key in keys:
-        factory, tokens = _point(kind, key)
+        factory, tokens = _replay_point(key) if kind == "replay" else _point(kind, key)
         if device.type != "cuda" and tokens > CPU_DEVICE_TOKENS:
             out["skipped"][key] = f"{tokens} tokens: past {CPU_DEVICE_TOKENS} on torch's CPU device"
             continue

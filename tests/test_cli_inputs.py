@@ -88,9 +88,11 @@ def test_a_good_command_line_is_accepted(tmp_path):
     ("DISAGMOE_SERVING_VARIANTS", "cpu16", "'cpu16' is not a variant"),
     ("DISAGMOE_BENCH_SEQ_LENS", "1.5", "'1.5' is not an integer"),
     ("DISAGMOE_BENCH_BATCH_SIZES", "-4", "-4 must be in"),
+    ("DISAGMOE_REPLAY_TRACES", "azure", "'azure' is not a bundled trace"),
 ])
 def test_asv_environment_variables_are_named(variable, value, named):
-    code = "import benchmarks.bench_pipelined, benchmarks.bench_trace, benchmarks.bench_update_block_table"
+    code = ("import benchmarks.bench_pipelined, benchmarks.bench_trace, benchmarks.bench_replay, "
+            "benchmarks.bench_update_block_table")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, variable: value})
     assert run.returncode != 0

@@ -1,0 +1,106 @@
+"""Production traffic: the bundled traces' busiest stretch, scheduled as an engine would, each design.
+
+The two production request logs bundled with the package (`disagmoe/data/traces`: Azure's
+LLM inference trace, conversation service, and Kimi's Mooncake conversation trace) go
+through the deterministic continuous-batching scheduler
+(`disagmoe.serving.scheduler`: a token budget of 8192 a step, chunked prefill, at most
+256 running requests, a pool of 32768 blocks of 16, preemption by recomputation, 20 ms a
+step). The window replayed is the trace's busiest stretch of 304 steps (16 untimed,
+then 9 windows of 32: the serving modules' timing), found by the scheduler's token count
+(`busiest_window`); the requests holding KV when it opens are registered untimed. Two layers
+a step (release + update + pack, then update + pack), replayed by every variant:
+cpu-bs16, gpu-bs1, gpu-bs16 and hybrid-bs16. Timing modes as in bench_pipelined (synced,
+pipelined windows of 32 steps, busy behind a 300 us forward, CUDA only). The tail of
+each step's own host time (p50, p90, p99, max) is its own figure: on a real trace the
+steps differ (a prefill chunk of thousands of tokens beside decodes), and a serving
+engineer reads the p99 first. One process measures both traces (about a minute on a GPU
+machine); the windows are asv's samples.
+
+For verdicts compare `RelativeStep` (a variant's pipelined replay step over a fixed
+reference step's, timed in turn).
+"""
+
+from .serving import (
+    REPLAY_TRACES,
+    VARIANTS,
+    check_measured,
+    measure_replays,
+    ratios,
+    samples,
+    step_tail,
+)
+
+
+def setup_cache():
+    measured = measure_replays(REPLAY_TRACES)
+    print(f"bench_replay: measured on {measured['device']}")
+    return measured
+
+
+setup_cache.timeout = 1800
+
+
+class Step:
+    params = (VARIANTS, REPLAY_TRACES)
+    param_names = ["variant", "trace"]
+    unit = "us per step"
+    processes = 1
+
+    def setup(self, cache, variant, trace):
+        check_measured(cache, (trace,), variant)
+
+    def track_synced(self, cache, variant, trace):
+        return samples(cache, (trace,), "synced", variant, "wall_us")
+
+    track_synced.pretty_name = "replay step, synced (each call until the device is done): us, lower is better"
+
+    def track_pipelined(self, cache, variant, trace):
+        return samples(cache, (trace,), "pipelined", variant, "wall_us")
+
+    track_pipelined.pretty_name = "replay step, pipelined (32 back to back): wall us per step, lower is better"
+
+    def track_pipelined_host(self, cache, variant, trace):
+        return samples(cache, (trace,), "pipelined", variant, "host_us")
+
+    track_pipelined_host.pretty_name = "replay step, pipelined: host us per step (until the calls return)"
+
+    def track_pipelined_host_p50(self, cache, variant, trace):
+        return step_tail(cache, (trace,), "pipelined", variant, "p50")
+
+    track_pipelined_host_p50.pretty_name = "replay step, pipelined: p50 of each step's host us"
+
+    def track_pipelined_host_p90(self, cache, variant, trace):
+        return step_tail(cache, (trace,), "pipelined", variant, "p90")
+
+    track_pipelined_host_p90.pretty_name = "replay step, pipelined: p90 of each step's host us"
+
+    def track_pipelined_host_p99(self, cache, variant, trace):
+        return step_tail(cache, (trace,), "pipelined", variant, "p99")
+
+    track_pipelined_host_p99.pretty_name = "replay step, pipelined: p99 of each step's host us (the tail)"
+
+    def track_pipelined_host_max(self, cache, variant, trace):
+        return step_tail(cache, (trace,), "pipelined", variant, "max")
+
+    track_pipelined_host_max.pretty_name = "replay step, pipelined: the slowest step's host us"
+
+    def track_busy_added(self, cache, variant, trace):
+        check_measured(cache, (trace,), variant, "busy")
+        return samples(cache, (trace,), "busy", variant, "added_us")
+
+    track_busy_added.pretty_name = "replay step behind a 300 us forward: device us added per step"
+
+
+class RelativeStep:
+    params = (VARIANTS, REPLAY_TRACES)
+    param_names = ["variant", "trace"]
+    unit = "step time / reference step time"
+    processes = 1
+
+    def setup(self, cache, variant, trace):
+        check_measured(cache, (trace,), variant)
+
+    def track_pipelined(self, cache, variant, trace):
+        return ratios(cache, (trace,), "pipelined", variant, "reference")
+
+    track_pipelined.pretty_name = "replay step, pipelined: wall time / reference step's, lower is better (verdicts)"
