@@ -54,7 +54,7 @@ from disagmoe.block_manager.base import BlockManager
 Q_BLOCK = 128  # FlexAttention's query block: the mask's rows
 DECODE_OPTIONS = {"BLOCK_M": 16, "BLOCK_N": 16}  # KV blocks of 16 tokens: the kernel's tile must divide them
 PREFILL_OPTIONS = {"BLOCK_M": 64, "BLOCK_N": 16}
-SPIN_US = 2000.0  # the device's spin before each timed layer: longer than the host's launches of one
+SPIN_US = 10_000.0  # the device's spin before each timed layer: longer than the host's launches of one
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,8 @@ def plan_step(batch, device: torch.device) -> StepPlan:
         starts.append(starts[-1] + n)
     ones = [i for i, n in enumerate(lens) if n == 1]
     prefills = tuple((i, starts[i], n) for i, n in enumerate(lens) if n > 1)
-    as_tensor = dict(dtype=torch.int64, device=device)
-    return StepPlan(starts[-1], torch.tensor(ones, **as_tensor), torch.tensor([starts[i] for i in ones], **as_tensor),
-                    prefills)
+    return StepPlan(starts[-1], torch.tensor(ones, dtype=torch.int64, device=device),
+                    torch.tensor([starts[i] for i in ones], dtype=torch.int64, device=device), prefills)
 
 
 def _flex(device: torch.device) -> Callable:
