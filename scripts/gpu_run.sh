@@ -21,6 +21,10 @@
 #   cli       python -m disagmoe.bench, whole grid, JSON beside the table
 #   serving   python -m disagmoe.bench --workload decode, then trace: the serving grid in every
 #             timing mode, the floors, JSON and the crossover maps (SERVING_ARGS adds arguments)
+#   replays   python -m disagmoe.bench --workload azure-conv, then mooncake: the bundled traces'
+#             busiest stretch through every variant and mode, attention in the loop (REPLAY_ARGS
+#             adds arguments)
+#   asv-replay  benchmarks/bench_replay.py's measurement (its setup_cache) outside asv, JSON
 #   lengths   the synced decode at L <= 1K with lengths growing and cycling, side by side
 #   goals     the serving points the performance goals name (docs/performance.md), every mode
 #   asv       the suite on HEAD (scripts/gpu_history.sh HEAD^!): results/<card>/, the site
@@ -83,6 +87,15 @@ for stage in "$@"; do
            python3 -m disagmoe.bench --workload trace --running 64 256 512 --prompts 2048 16384 \
              --output "$out/goals-trace.json" > "$out/goals-trace.txt" 2>&1 || rc=1
            grep -v "^\[" "$out/goals-decode.txt" "$out/goals-trace.txt" | cut -c1-240; [ $rc = 0 ] ;;
+    replays) rc=0
+             for w in azure-conv mooncake; do
+               python3 -m disagmoe.bench --workload $w ${REPLAY_ARGS:-} --output "$out/replay-$w.json" \
+                 > "$out/replay-$w.txt" 2> "$out/replay-$w.err" || rc=1
+               grep -v "^\[" "$out/replay-$w.txt" | cut -c1-220
+             done; [ $rc = 0 ] ;;
+    asv-replay) python3 -c "from benchmarks import bench_replay; import json, sys
+c = bench_replay.setup_cache(); json.dump({str(k): v for k, v in c['points'].items()}, open(sys.argv[1], 'w'))" \
+                  "$out/asv-replay.json" > "$out/asv-replay.log" 2>&1; rc=$?; tail -3 "$out/asv-replay.log"; [ $rc = 0 ] ;;
     lengths) rc=0
              for l in grow cycle; do
                python3 -m disagmoe.bench --workload decode --timing synced --lengths $l --batch-sizes 16 256 \
