@@ -24,9 +24,12 @@ of the scheduler's KV blocks:
 design sized as the scheduler's pool (every design hands out the same blocks: the serving
 benchmarks check their metadata equal first), then one layer of attention on the step's
 metadata. On CUDA a layer's device time is read with CUDA events behind a spin of the GPU
-(the device is busy while the host launches, so the events hold the kernels' time alone);
-on the CPU it is the call's time. Sampled steps are checked against dense attention over
-each sequence's contiguous K/V (`check`).
+twice as long as the host's time to launch that step's layer (measured in a pass of its
+own: the device is busy while the host launches, so the events hold the kernels' time
+alone; a launch that outlasts its spin is counted and reported); on the CPU it is the
+call's time. The host's time to launch a layer is reported beside it: FlexAttention's
+Python side (the block mask, the compiled function's guards) is not free either. Sampled
+steps are checked against dense attention over each sequence's contiguous K/V (`check`).
 
 The share: bookkeeping runs once a step (the step's calls, as the replay makes them),
 attention once per layer of the model (`AttentionShape.model_layers`), so a step costs
@@ -54,7 +57,7 @@ from disagmoe.block_manager.base import BlockManager
 Q_BLOCK = 128  # FlexAttention's query block: the mask's rows
 DECODE_OPTIONS = {"BLOCK_M": 16, "BLOCK_N": 16}  # KV blocks of 16 tokens: the kernel's tile must divide them
 PREFILL_OPTIONS = {"BLOCK_M": 64, "BLOCK_N": 16}
-SPIN_US = 10_000.0  # the device's spin before each timed layer: longer than the host's launches of one
+SPIN_US = 2000.0  # the device's least spin before a timed layer (else twice the host's time to launch it)
 
 
 @dataclass(frozen=True)
@@ -273,7 +276,11 @@ def measure(workload, manager, shape: AttentionShape, device: torch.device, chec
     made by `manager` (sized as the scheduler's pool); see the module docstring.
 
     Returns {"shape", "layer_us": [per step], "layer_p50_us", "layer_p99_us",
-    "layer_mean_us", "checked_steps", "max_abs_diff", "compiles_timed", "late_launches"}."""
+    "layer_mean_us", "layer_host_us": [per step], "layer_host_p50_us", "layer_host_p99_us",
+    "checked_steps", "max_abs_diff", "compiles_timed", "late_launches"}: on CUDA the layer's
+    device time (events behind a spin of at least twice the host's time to launch that
+    step's layer, measured in a pass of its own) and that host time; on the CPU both are
+    the call's time."""
     from disagmoe.serving.timing import Forward, tail
     from disagmoe.serving.workloads import Step
     steps: list[Step] = [workload.step_at(k) for k in range(workload.num_steps)]
@@ -306,36 +313,42 @@ def measure(workload, manager, shape: AttentionShape, device: torch.device, chec
 
     replay(warm)  # compiles every shape the window asks for (start-up), checks the sampled steps
     compiled = _compiles()
-    times: list[float] = []
-    late = 0
+    host: list[float] = []
+
+    def launch(k: int, md, plan: StepPlan) -> None:
+        start = time.perf_counter()
+        attention.layer(md, plan)
+        host.append((time.perf_counter() - start) * 1e6)
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    replay(launch)  # each layer's host time: on the CPU its whole time, on CUDA the spin's length
+    times, late = host, 0
     if cuda:
-        spin = Forward(SPIN_US, device)
+        calibrated = Forward(SPIN_US, device)
+        cycles_per_us = calibrated.cycles / calibrated.us
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in steps]
 
         def timed(k: int, md, plan: StepPlan) -> None:
             nonlocal late
-            spin()
+            spin_us = max(SPIN_US, 2 * host[k])
+            torch.cuda._sleep(int(spin_us * cycles_per_us))
             start = time.perf_counter()
             events[k][0].record()
             attention.layer(md, plan)
             events[k][1].record()
-            late += time.perf_counter() - start > SPIN_US * 1e-6
+            late += (time.perf_counter() - start) * 1e6 > spin_us
             torch.cuda.synchronize(device)  # one step at a time: the next spin starts on an idle device
 
         replay(timed)
         times = [a.elapsed_time(b) * 1e3 for a, b in events]
-    else:
-        def timed(k: int, md, plan: StepPlan) -> None:
-            start = time.perf_counter()
-            attention.layer(md, plan)
-            times.append((time.perf_counter() - start) * 1e6)
-
-        replay(timed)
-    spread = tail(times)
-    return {"shape": dataclasses.asdict(shape), "layer_us": times, "layer_mean_us": sum(times) / max(len(times), 1),
-            "layer_p50_us": spread["p50"], "layer_p99_us": spread["p99"], "checked_steps": sorted(sample),
-            "max_abs_diff": max(diffs, default=0.0), "compiles_timed": _compiles() - compiled,
-            "late_launches": late}
+    spread, launched = tail(times), tail(host)
+    return {"shape": dataclasses.asdict(shape), "timed": "device" if cuda else "CPU", "layer_us": times,
+            "layer_mean_us": sum(times) / max(len(times), 1),
+            "layer_p50_us": spread["p50"], "layer_p99_us": spread["p99"], "layer_host_us": host,
+            "layer_host_p50_us": launched["p50"], "layer_host_p99_us": launched["p99"],
+            "checked_steps": sorted(sample), "max_abs_diff": max(diffs, default=0.0),
+            "compiles_timed": _compiles() - compiled, "late_launches": late}
 
 
 def share(bookkeeping_us: float, layer_us: float, model_layers: int) -> float:
@@ -399,11 +412,14 @@ def print_report(point: dict, record: dict) -> None:
         print(f"  {label}: attention left out ({record['skipped']})")
         return
     s = record["shape"]
-    print(f"  {label}: one layer ({s['q_heads']} query heads, {s['kv_heads']} KV heads, dim {s['head_dim']}, "
-          f"{s['dtype']}) mean {record['layer_mean_us']:.1f} us, p50 {record['layer_p50_us']:.1f}, p99 "
-          f"{record['layer_p99_us']:.1f}; steps {record['checked_steps']} equal to dense attention (largest "
-          f"difference {record['max_abs_diff']:.2g}); compiles while timed {record['compiles_timed']}"
-          + (f"; {record['late_launches']} steps launched past the spin" if record["late_launches"] else ""))
+    print(f"  {label}: one layer of attention ({s['q_heads']} query heads, {s['kv_heads']} KV heads, "
+          f"dim {s['head_dim']}, {s['dtype']})")
+    print(f"    {record['timed']} us mean {record['layer_mean_us']:.1f}, p50 {record['layer_p50_us']:.1f}, p99 "
+          f"{record['layer_p99_us']:.1f}; host us to launch it p50 {record['layer_host_p50_us']:.1f}, p99 "
+          f"{record['layer_host_p99_us']:.1f}")
+    print(f"    steps {record['checked_steps']} equal to dense attention (largest difference "
+          f"{record['max_abs_diff']:.2g}); compiles while timed {record['compiles_timed']}"
+          + (f"; {record['late_launches']} launches outlasted their spin" if record["late_launches"] else ""))
     for name, fraction in record["share"].items():
         print(f"    {name:<14} bookkeeping {record['bookkeeping_us'][name]:9.1f} us a step "
               f"({record['bookkeeping_mode']}): {100 * fraction:.3g}% of a step with {s['model_layers']} layers")
