@@ -94,12 +94,15 @@ CPU_SHAPE = AttentionShape(q_heads=4, kv_heads=2, head_dim=16, dtype="float32")
 class StepPlan:
     """What the host knows of a step's first-layer batch before anything runs: its query
     tokens, the entries with one query (`decodes`: entry indices and their token's
-    index, on the device) and the prefill chunks (entry, first token, queries)."""
+    index, on the device), the prefill chunks (entry, first token, queries) and their
+    entries on the device (`prefill_entries`: copied from, device to device, where
+    writing a Python int would wait for the device)."""
 
     num_tokens: int
     decodes: torch.Tensor
     decode_tokens: torch.Tensor
     prefills: tuple[tuple[int, int, int], ...]
+    prefill_entries: torch.Tensor
 
 
 def plan_step(batch, device: torch.device) -> StepPlan:
@@ -111,7 +114,8 @@ def plan_step(batch, device: torch.device) -> StepPlan:
     ones = [i for i, n in enumerate(lens) if n == 1]
     prefills = tuple((i, starts[i], n) for i, n in enumerate(lens) if n > 1)
     return StepPlan(starts[-1], torch.tensor(ones, dtype=torch.int64, device=device),
-                    torch.tensor([starts[i] for i in ones], dtype=torch.int64, device=device), prefills)
+                    torch.tensor([starts[i] for i in ones], dtype=torch.int64, device=device), prefills,
+                    torch.tensor([i for i, _, _ in prefills], dtype=torch.int32, device=device))
 
 
 def _flex(device: torch.device) -> Callable:
@@ -211,9 +215,9 @@ class PagedAttention:
             q = self.queries.index_select(0, plan.decode_tokens).view(n, shape.kv_heads, group, shape.head_dim)
             o = self._flex(q, self.k, self.v, block_mask=mask, scale=self.scale, kernel_options=DECODE_OPTIONS)
             out.index_copy_(0, plan.decode_tokens, o.reshape(n, shape.q_heads, shape.head_dim))
-        for entry, first, num in plan.prefills:
+        for j, (entry, first, num) in enumerate(plan.prefills):
             rows = -(-num // Q_BLOCK)
-            self.prefill_at[0] = entry
+            self.prefill_at[:1].copy_(plan.prefill_entries[j:j + 1])
             self.prefill_at[1:].copy_(md.context_lens_tensor[entry:entry + 1])
             last = self.prefill_at[1] + self.positions[1:rows + 1] * Q_BLOCK  # past each query block's last position
             reach = torch.minimum((last + bs - 1) // bs, blocks[entry:entry + 1])
