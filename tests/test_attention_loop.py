@@ -176,3 +176,24 @@ def test_command_line_refuses_model_layers_it_cannot_use(capsys, argv, named):
         bench.main(argv)
     assert exit_.value.code == 2
     assert named in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_layer_never_waits_for_the_device():
+    """Once compiled, a layer's launch makes no synchronising call (the timed layer sits
+    behind a spin of the GPU: a wait would put the host's launch time into the device's)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    workload = replay(30)
+    manager, layer, plans = steps_with_metadata(workload, device)
+    mds = []
+    for k, plan in enumerate(plans):
+        mds.append(run_step(manager, layer, workload, k))
+        layer.layer(mds[-1], plan)  # compiles
+    workload.start(manager)
+    for k, plan in enumerate(plans):
+        md = run_step(manager, layer, workload, k)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            layer.layer(md, plan)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
