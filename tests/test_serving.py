@@ -325,3 +325,6 @@ def test_command_line_replays_a_trace_file(tmp_path, capsys, fmt):
     assert result["workload"]["source"] == path.name and result["workload"]["max_running"] == 8
     assert result["workload"]["steps"]["num_steps"] == result["steps_per_window"] * 2 + 4  # windows and warm-up
     assert set(result["variants"]) == {"cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16"}
+    assert run["trace"] == {"source": path.name, "requests": 40, "prefix_reuse": 0.0 if fmt == "mooncake" else None}
+    assert f"{path.name}: 40 requests; " + ("0.0% of its 512-token prefix blocks" if fmt == "mooncake"
+                                             else "prefix reuse: the trace has no prefix hashes") in printed

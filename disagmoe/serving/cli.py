@@ -302,6 +302,22 @@ def print_scheduler(run: dict) -> None:
               f"{s['preemptions']}, {s['arrived']} / {s['finished']}")
 
 
+def print_trace(requests: list, source: str, run: dict) -> None:
+    """The whole trace: requests, and the prefix reuse its hashes would allow (Mooncake's:
+    prefix caching is not in the contract, so the blocks are not shared here)."""
+    with_hashes = any(r.prefix_blocks for r in requests)
+    try:
+        reuse = traces.prefix_reuse(requests) if with_hashes else None
+    except ValueError as err:  # hashes that do not cover their prompts: said, not fatal
+        reuse, why = None, str(err)
+    else:
+        why = "" if with_hashes else "the trace has no prefix hashes"
+    run["trace"] = {"source": source, "requests": len(requests), "prefix_reuse": reuse}
+    said = (f"{100 * reuse:.1f}% of its 512-token prefix blocks repeat an earlier request's (what a prefix "
+            f"cache could reuse; blocks are not shared here)") if reuse is not None else f"prefix reuse: {why}"
+    print(f"  {source}: {len(requests)} requests; {said}")
+
+
 def print_attention(run: dict, grid: list, num_steps: int, device: torch.device, model_layers: int) -> None:
     """Attention in the loop (`disagmoe.serving.attention`) at each replayed point."""
     print("\nAttention in the loop: FlexAttention over the metadata of the same steps; a step is the "
@@ -383,6 +399,7 @@ def main(args, run: dict) -> int:
           "and slots between equal block sizes): identical.")
     if args.workload in ("replay", *REPLAYS):
         print_scheduler(run)
+        print_trace(args.trace_requests, args.trace_source, run)
     for mode in modes:
         print_table(mode, by_mode[mode])
     if args.workload in ("replay", *REPLAYS) and args.model_layers:
