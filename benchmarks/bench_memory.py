@@ -42,3 +42,11 @@ class Device:
         return int(cache["on_cuda"])
 
     track_on_cuda.pretty_name = "device of both backends: 1 = CUDA, 0 = torch's CPU device (no GPU)"
+
+
+# asv files every result under its benchmark's `version`: each is pinned to the value asv
+# computed from the code on 2026-12-03, so that moving shared code does not start a history
+# over. Change one only where what the benchmark measures changes (docs/benchmarking.md).
+Device.track_on_cuda.version = "198b27517a62bcdd13ea566ae7ff6797a2bf914d66e2e096e20e8f5154875f53"
+MemoryFootprint.track_device_bytes.version = "86dfd720b62dde3fa0d145db9a5a605e09970adec9e651cb8455ced3fd35b457"
+MemoryFootprint.track_host_bytes.version = "ed3f8c65e69d171b05be8d801d427f6b345055435368aed55d02ba4146185b94"

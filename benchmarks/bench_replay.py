@@ -104,3 +104,17 @@ class RelativeStep:
         return ratios(cache, (trace,), "pipelined", variant, "reference")
 
     track_pipelined.pretty_name = "replay step, pipelined: wall time / reference step's, lower is better (verdicts)"
+
+
+# asv files every result under its benchmark's `version`: each is pinned to the value asv
+# computed from the code on 2026-12-03, so that moving shared code does not start a history
+# over. Change one only where what the benchmark measures changes (docs/benchmarking.md).
+RelativeStep.track_pipelined.version = "699837c5690789ad6af18299064691cb31016f5ed39bbd076b2f2415beeda786"
+Step.track_busy_added.version = "298f5b2117db49970c6f5bcc221a4fb254a7663e986a43e84b5b1cba9f594a33"
+Step.track_pipelined.version = "da60dc2fbed630fc7f13a1efd96fc4128ee95292d7220d14826166c9b36cb537"
+Step.track_pipelined_host.version = "7feb903d8c895b251bcdce3889545f671cd857ac32b9cc33aaeb448bf87d9d65"
+Step.track_pipelined_host_max.version = "846aeee43e40c2d11c796d3112a58e363de1d38a52ccee86cd034994189be1cb"
+Step.track_pipelined_host_p50.version = "4048a0a7f4dc2bae0001cb62eae99144bd947d06b2376c45ba7f404b13815311"
+Step.track_pipelined_host_p90.version = "6bf604cb825c86746dd9b24f30cef9722fedcafcf9a19ee35dbbf9de1e95e9aa"
+Step.track_pipelined_host_p99.version = "722600b03b8166019510e7ee0d6af90cc247130bbe63044e9a184fc37f0bb565"
+Step.track_synced.version = "1750eb748840530ab6cbfde6bd72bf53daedb920a01508541499ca9284063a3a"

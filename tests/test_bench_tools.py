@@ -184,3 +184,12 @@ def test_the_committed_history_keeps_its_benchmark_versions():
     found = {b.name: b.version for b in asv_discovery.disc_benchmarks(os.path.join(ROOT, "benchmarks"))}
     kept = {name: info["version"] for name, info in committed.items() if name != "version"}
     assert kept and {name: found.get(name) for name in kept} == kept
+
+
+def test_every_benchmark_pins_its_version():
+    """A version computed from the code changes when shared code moves (asv hashes the
+    benchmark's setup and setup_cache too): every benchmark sets its own."""
+    asv_discovery = pytest.importorskip("asv_runner.discovery")
+    unpinned = [b.name for b in asv_discovery.disc_benchmarks(os.path.join(ROOT, "benchmarks"))
+                if getattr(b.func, "version", None) is None]
+    assert unpinned == []
