@@ -4,12 +4,16 @@
 the last point of every graph of the GPU history, on one scale, and the lists default
 to whichever machine comes first. This script runs `asv publish` once per machine
 instead, each on a copy of results/ that holds that machine alone, so every site
-shows one machine's history on its own scale:
+shows one machine's history on its own scale, and writes a landing page above them:
 
-    .asv/html/                    the first GPU machine (the history kept in git)
-    .asv/html/machines/<name>/    every other machine (a CPU machine's runs, not in git)
+    .asv/html/index.html          which design wins where: the crossover maps of each GPU
+                                  machine's latest results (scripts/landing.py)
+    .asv/html/machines/<name>/    each machine's asv site (the GPU histories kept in git,
+                                  a CPU machine's runs, not in git)
 
-Each page names its machine, links to the others and says which way the ratios go;
+An address of asv's page that used to be the front page (index.html#<benchmark>...) opens
+the first GPU machine's site. Each page names its machine, links to the landing page and
+the other machines and says which way the ratios go;
 the libraries asv loads from CDNs are copied into each site (scripts/site_libs.py).
 Open it with `asv preview` (http://127.0.0.1:8080) or any local web server of
 .asv/html; docs/site.md says more.
@@ -31,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 
+import landing
+import landing_html
 import site_libs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,22 +149,23 @@ def asv_publish(root: str, conf: dict, machine: str, staged: str, html_dir: str,
         raise SystemExit(f"publish_site: asv publish of {machine} failed (exit code {done.returncode})")
 
 
-def site_dir(html_dir: str, machines: list[Machine], machine: Machine) -> str:
-    return html_dir if machine is machines[0] else os.path.join(html_dir, "machines", machine.name)
+def site_dir(html_dir: str, machine: Machine) -> str:
+    return os.path.join(html_dir, "machines", machine.name)
 
 
 def footer(html_dir: str, machines: list[Machine], here: Machine) -> str:
     """The bar at the foot of every page of one machine's site: which machine, the
     others' sites, which way the ratios go."""
-    here_dir = site_dir(html_dir, machines, here)
+    here_dir = site_dir(html_dir, here)
     others = []
     for m in machines:
         if m is not here:
-            href = os.path.relpath(site_dir(html_dir, machines, m), here_dir) + "/index.html"
+            href = os.path.relpath(site_dir(html_dir, m), here_dir) + "/index.html"
             others.append(f'<a href="{html.escape(href)}">{html.escape(m.name)}</a> ({html.escape(m.label)})')
     also = "; other machines, each a site of its own: " + ", ".join(others) if others else ""
-    return (f'<div id="disagmoe-footer">Machine <b>{html.escape(here.name)}</b> '
-            f'({html.escape(here.label)}){also}.<br>{DIRECTION}</div>')
+    front = html.escape(os.path.relpath(os.path.join(html_dir, "index.html"), here_dir))
+    return (f'<div id="disagmoe-footer"><a href="{front}">Which design wins where</a> &middot; '
+            f'machine <b>{html.escape(here.name)}</b> ({html.escape(here.label)}){also}.<br>{DIRECTION}</div>')
 
 
 # the footer's room: asv lays its panels out with absolute positions down to the bottom
@@ -184,6 +191,26 @@ def label_pages(site: str, footer_html: str) -> None:
         f.write(page)
 
 
+def write_landing(results: str, html_dir: str, machines: list[Machine]) -> None:
+    """The landing page, html_dir/index.html: the maps of every GPU machine's latest results
+    (scripts/landing.py), links to every machine's site."""
+    entries, others = [], []
+    for m in machines:
+        folder = os.path.join(results, m.name)
+        href = os.path.relpath(site_dir(html_dir, m), html_dir) + "/index.html"
+        choice = landing.choose(landing.results_files(folder), tracked_files(ROOT, os.path.relpath(folder, ROOT)))
+        if not m.on_cuda or choice is None:
+            others.append(landing_html.MachineEntry(m.name, m.label, href, None))
+            continue
+        shown = os.path.join(os.path.basename(results), m.name, os.path.basename(choice.path))
+        run = landing.read_run(choice.path, m.name, shown)
+        entries.append(landing_html.MachineEntry(m.name, m.label, href, run, choice.in_git, choice.newer_not_in_git))
+    entries.sort(key=lambda e: (not e.run.has_serving, -e.run.commit_date.timestamp(), e.name))
+    old_front = os.path.relpath(site_dir(html_dir, machines[0]), html_dir) + "/index.html"
+    with open(os.path.join(html_dir, "index.html"), "w") as f:
+        f.write(landing_html.page(entries, others, old_front))
+
+
 def find_libs(explicit: str | None) -> str | None:
     try:
         return site_libs.find_folder(ROOT, [explicit] if explicit else [c for c in LIB_CANDIDATES if c])
@@ -202,15 +229,16 @@ def publish(results: str, html_dir: str, libs: str | None) -> int:
         return 1
     shutil.rmtree(html_dir, ignore_errors=True)
     for machine in machines:
-        site = site_dir(html_dir, machines, machine)
+        site = site_dir(html_dir, machine)
         with tempfile.TemporaryDirectory(prefix="disagmoe-site-") as work:
             stage_results(results, machine.name, os.path.join(work, "results"))
             asv_publish(ROOT, conf, machine.name, os.path.join(work, "results"), site, work)
         if libs:
             site_libs.localise(site, libs)
         label_pages(site, footer(html_dir, machines, machine))
-        where = os.path.relpath(site, html_dir)
-        print(f"publish_site: {machine.name} ({machine.label}): {'the front page' if where == '.' else where + '/'}")
+        print(f"publish_site: {machine.name} ({machine.label}): {os.path.relpath(site, html_dir)}/")
+    write_landing(results, html_dir, machines)
+    print("publish_site: the front page (index.html): which design wins where, per GPU machine")
     shown = os.path.relpath(html_dir)
     print(f"publish_site: site in {shown}, " + (f"libraries from {os.path.relpath(libs)}, works offline" if libs
                                                  else "NEEDS THE INTERNET (see the warning above)"))
