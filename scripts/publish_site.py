@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import html
 import json
 import os
 import shutil
@@ -37,17 +36,13 @@ import tempfile
 
 import landing
 import landing_html
+import site_labels
 import site_libs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB_CANDIDATES = [os.environ.get("DISAGMOE_SITELIBS", ""), ".sitelibs", "node_modules"]
 # machine.json fields besides the name: asv shows each as a filter on every graph
 MACHINE_INFO = ("arch", "cpu", "num_cpu", "os", "ram")
-DIRECTION = ("<b>Speedup pages</b> (<code>InverseSpeedup</code>): GPU time / CPU time, "
-             "<b>lower is better</b>; 1 / value is the CPU/GPU speedup that "
-             "<code>python -m disagmoe.bench</code> prints (0.25: the gpu backend is 4x faster). "
-             "<code>RelativeTime</code>: time / reference time, lower is better.")
-
 
 @dataclasses.dataclass
 class Machine:
@@ -154,41 +149,11 @@ def site_dir(html_dir: str, machine: Machine) -> str:
 
 
 def footer(html_dir: str, machines: list[Machine], here: Machine) -> str:
-    """The bar at the foot of every page of one machine's site: which machine, the
-    others' sites, which way the ratios go."""
     here_dir = site_dir(html_dir, here)
-    others = []
-    for m in machines:
-        if m is not here:
-            href = os.path.relpath(site_dir(html_dir, m), here_dir) + "/index.html"
-            others.append(f'<a href="{html.escape(href)}">{html.escape(m.name)}</a> ({html.escape(m.label)})')
-    also = "; other machines, each a site of its own: " + ", ".join(others) if others else ""
-    front = html.escape(os.path.relpath(os.path.join(html_dir, "index.html"), here_dir))
-    return (f'<div id="disagmoe-footer"><a href="{front}">Which design wins where</a> &middot; '
-            f'machine <b>{html.escape(here.name)}</b> ({html.escape(here.label)}){also}.<br>{DIRECTION}</div>')
-
-
-# the footer's room: asv lays its panels out with absolute positions down to the bottom
-FOOTER_STYLE = """<style>
-      #disagmoe-footer { position: fixed; left: 0; right: 0; bottom: 0; height: 40px; z-index: 1030;
-        padding: 2px 10px; font-size: 12px; line-height: 18px; background: #f8f8f8;
-        border-top: 1px solid #e7e7e7; overflow: hidden; }
-      #summarygrid-display, #regressions-display { height: auto !important; bottom: 40px; overflow-y: auto; }
-      #summarylist-navigation, #summarylist-body, #graphdisplay-navigation { bottom: 40px !important; }
-      #graph-display > div:last-child { bottom: 50px !important; }
-    </style>"""
-
-
-def label_pages(site: str, footer_html: str) -> None:
-    index = os.path.join(site, "index.html")
-    with open(index) as f:
-        page = f.read()
-    if "</head>" not in page or "</body>" not in page:
-        raise ValueError(f"{index}: not the page of asv 0.6.6 this script labels")
-    page = page.replace("</head>", FOOTER_STYLE + "\n  </head>", 1)
-    page = page.replace("</body>", footer_html + "\n  </body>", 1)
-    with open(index, "w") as f:
-        f.write(page)
+    others = [(os.path.relpath(site_dir(html_dir, m), here_dir) + "/index.html", m.name, m.label)
+              for m in machines if m is not here]
+    front = os.path.relpath(os.path.join(html_dir, "index.html"), here_dir)
+    return site_labels.footer(here.name, here.label, others, front)
 
 
 def write_landing(results: str, html_dir: str, machines: list[Machine]) -> None:
@@ -235,7 +200,7 @@ def publish(results: str, html_dir: str, libs: str | None) -> int:
             asv_publish(ROOT, conf, machine.name, os.path.join(work, "results"), site, work)
         if libs:
             site_libs.localise(site, libs)
-        label_pages(site, footer(html_dir, machines, machine))
+        site_labels.label_pages(site, footer(html_dir, machines, machine))
         print(f"publish_site: {machine.name} ({machine.label}): {os.path.relpath(site, html_dir)}/")
     write_landing(results, html_dir, machines)
     print("publish_site: the front page (index.html): which design wins where, per GPU machine")
