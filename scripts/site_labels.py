@@ -1,16 +1,30 @@
 """What the published asv pages say besides asv's own words: the bar at the foot of every
 page (which machine, the other machines' sites, the landing page, which way the ratios
-go). scripts/publish_site.py writes them into each machine's site after `asv publish`."""
+go) and the units that say which way is better. scripts/publish_site.py writes them into
+each machine's site after `asv publish`."""
 
 from __future__ import annotations
 
 import html
+import json
 import os
 
-DIRECTION = ("<b>Speedup pages</b> (<code>InverseSpeedup</code>): GPU time / CPU time, "
-             "<b>lower is better</b>; 1 / value is the CPU/GPU speedup that "
-             "<code>python -m disagmoe.bench</code> prints (0.25: the gpu backend is 4x faster). "
-             "<code>RelativeTime</code>: time / reference time, lower is better.")
+DIRECTION = ("<b>Speedup pages</b> (<code>bench_speedup.InverseSpeedup</code>): GPU time / CPU time, "
+             "<b>lower is better</b> (1 / the CPU/GPU speedup that <code>python -m disagmoe.bench</code> prints; "
+             "0.25: the gpu backend is 4x faster). <code>RelativeTime</code>: time / reference time, lower is "
+             "better.<br><b>Serving pages</b> (<code>bench_pipelined</code>, <code>bench_trace</code>): "
+             "<code>InverseSpeedup</code>: variant time / cpu-bs16 time, <b>lower is better</b> (0.25: the variant "
+             "is 4x faster than cpu-bs16). <code>RelativeStep</code>: step time / reference step time, lower is "
+             "better. <code>Step</code>: us per step, lower is better.")
+# Units (the graphs' y axis, the list's values) that do not say which way is better. The
+# benchmarks keep theirs (asv's history); the published index.json says more.
+# asv's copy of jquery.flot.axislabels draws a y label from the plot's middle upwards, so a
+# label longer than a third of the plot is cut at the top; centred, it has the plot's height.
+AXIS_LABELS = ("jquery.flot.axislabels.js", "y = plot.getPlotOffset().top + plot.height()/2 - width/2;",
+               "y = plot.getPlotOffset().top + plot.height()/2 + width/2;")
+UNITS = {"variant time / cpu-bs16 time": "variant time / cpu-bs16 time, lower is better",
+         "step time / reference step time": "step time / reference step time, lower is better",
+         "us per step": "us per step, lower is better"}
 
 
 def footer(name: str, label: str, others: list[tuple[str, str, str]], front: str) -> str:
@@ -25,12 +39,12 @@ def footer(name: str, label: str, others: list[tuple[str, str, str]], front: str
 
 # the footer's room: asv lays its panels out with absolute positions down to the bottom
 FOOTER_STYLE = """<style>
-      #disagmoe-footer { position: fixed; left: 0; right: 0; bottom: 0; height: 40px; z-index: 1030;
-        padding: 2px 10px; font-size: 12px; line-height: 18px; background: #f8f8f8;
+      #disagmoe-footer { position: fixed; left: 0; right: 0; bottom: 0; height: 72px; z-index: 1030;
+        padding: 2px 10px; font-size: 12px; line-height: 17px; background: #f8f8f8;
         border-top: 1px solid #e7e7e7; overflow: hidden; }
-      #summarygrid-display, #regressions-display { height: auto !important; bottom: 40px; overflow-y: auto; }
-      #summarylist-navigation, #summarylist-body, #graphdisplay-navigation { bottom: 40px !important; }
-      #graph-display > div:last-child { bottom: 50px !important; }
+      #summarygrid-display, #regressions-display { height: auto !important; bottom: 72px; overflow-y: auto; }
+      #summarylist-navigation, #summarylist-body, #graphdisplay-navigation { bottom: 72px !important; }
+      #graph-display > div:last-child { bottom: 82px !important; }
     </style>"""
 
 
@@ -44,3 +58,30 @@ def label_pages(site: str, footer_html: str) -> None:
     page = page.replace("</body>", footer_html + "\n  </body>", 1)
     with open(index, "w") as f:
         f.write(page)
+
+
+def label_units(site: str) -> list[str]:
+    """Units of UNITS in the site's index.json replaced by their longer words; returns the
+    benchmarks relabelled."""
+    path = os.path.join(site, "index.json")
+    with open(path) as f:
+        index = json.load(f)
+    changed = sorted(name for name, b in index["benchmarks"].items() if b.get("unit") in UNITS)
+    for name in changed:
+        index["benchmarks"][name]["unit"] = UNITS[index["benchmarks"][name]["unit"]]
+    with open(path, "w") as f:
+        json.dump(index, f)
+    return changed
+
+
+def centre_axis_labels(site: str) -> None:
+    """The y axis label centred on the axis (AXIS_LABELS); ValueError where the site's copy of
+    the plugin is not the one this fixes."""
+    name, drawn, centred = AXIS_LABELS
+    path = os.path.join(site, name)
+    with open(path) as f:
+        text = f.read()
+    if text.count(drawn) != 1:
+        raise ValueError(f"{path}: not the axis label plugin of asv 0.6.6 (no line {drawn!r})")
+    with open(path, "w") as f:
+        f.write(text.replace(drawn, centred))

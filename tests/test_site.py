@@ -240,6 +240,16 @@ def test_landing_page_links_open_graphs(page, site):
     assert page.console_errors == [] and page.external_requests == []
 
 
+def test_serving_ratios_say_which_way_is_better(page, site):
+    """The serving benchmarks' units name no direction (and stay so: asv's history); the
+    published pages add it, on the y axis and in the footer."""
+    _graph_points(page, f"{site}machines/h200/index.html#bench_trace.InverseSpeedup.track_pipelined")
+    unit = "variant time / cpu-bs16 time, lower is better"
+    assert page.evaluate("() => $.asv.main_json.benchmarks['bench_trace.InverseSpeedup.track_pipelined'].unit") == unit
+    assert page.evaluate("() => $('#main-graph').data('plot').getOptions().yaxes[0].axisLabel") == unit
+    assert "variant time / cpu-bs16 time, lower is better" in page.inner_text("#disagmoe-footer")
+
+
 def test_old_addresses_of_the_front_page_open_the_gpu_history(page, site):
     page.goto(f"{site}index.html#/regressions")
     page.wait_for_url("**/machines/h100-80gb-hbm3/index.html#*", timeout=30000)

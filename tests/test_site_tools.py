@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ import asv_torch_site  # noqa: E402
 import landing  # noqa: E402
 import landing_html  # noqa: E402
 import publish_site  # noqa: E402
+import site_labels  # noqa: E402
 import site_libs  # noqa: E402
 
 sys.path.pop(0)
@@ -187,3 +189,27 @@ def test_landing_page_links_into_asv_graphs(tmp_path):
            'p-batch_size=64"' in page
     assert page.count('class="cell') == 4 and 'data-winner="gpu-bs16"' in page
     assert "p99 not measured" in page
+
+
+def test_units_without_a_direction_get_one(tmp_path):
+    index = {"benchmarks": {"a.InverseSpeedup.track": {"unit": "variant time / cpu-bs16 time"},
+                            "b.Speedup.track": {"unit": "GPU time / CPU time, lower is better"},
+                            "c.Step.track": {"unit": "us per step"}}}
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    assert site_labels.label_units(str(tmp_path)) == ["a.InverseSpeedup.track", "c.Step.track"]
+    units = {k: v["unit"] for k, v in json.loads((tmp_path / "index.json").read_text())["benchmarks"].items()}
+    assert units == {"a.InverseSpeedup.track": site_labels.UNITS["variant time / cpu-bs16 time"],
+                     "b.Speedup.track": "GPU time / CPU time, lower is better",
+                     "c.Step.track": "us per step, lower is better"}
+    assert all("lower is better" in unit for unit in site_labels.UNITS.values())
+
+
+@pytest.mark.skipif(ASV_PAGE is None, reason="no asv")
+def test_axis_labels_are_centred_on_asvs_plugin(tmp_path):
+    name, drawn, centred = site_labels.AXIS_LABELS
+    shutil.copyfile(os.path.join(os.path.dirname(ASV_PAGE), name), tmp_path / name)
+    site_labels.centre_axis_labels(str(tmp_path))
+    text = (tmp_path / name).read_text()
+    assert drawn not in text and text.count(centred) == 1
+    with pytest.raises(ValueError, match="not the axis label plugin"):
+        site_labels.centre_axis_labels(str(tmp_path))  # already centred: not the file it knows
