@@ -203,6 +203,7 @@ def publish(results: str, html_dir: str, libs: str | None) -> int:
         site_labels.label_pages(site, footer(html_dir, machines, machine))
         site_labels.label_units(site)
         site_labels.centre_axis_labels(site)
+        site_labels.label_regressions(site, machine.num_in_git + machine.num_local, "regressions_thresholds" in conf)
         print(f"publish_site: {machine.name} ({machine.label}): {os.path.relpath(site, html_dir)}/")
     write_landing(results, html_dir, machines)
     print("publish_site: the front page (index.html): which design wins where, per GPU machine")

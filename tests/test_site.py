@@ -250,6 +250,23 @@ def test_serving_ratios_say_which_way_is_better(page, site):
     assert "variant time / cpu-bs16 time, lower is better" in page.inner_text("#disagmoe-footer")
 
 
+def test_regressions_pages_say_what_their_list_is_worth(page, site):
+    page.goto(f"{site}machines/h200/index.html#/regressions")  # one commit: nothing to compare
+    page.wait_for_selector("#disagmoe-regressions-note", state="visible", timeout=30000)
+    assert page.inner_text("#disagmoe-regressions-note").startswith("No regressions")
+    assert not page.is_visible("#regressions-body")
+    page.goto(f"{site}machines/h100-80gb-hbm3/index.html#/regressions")
+    page.wait_for_function("() => window.jQuery && $('#regressions-body table').length > 0", timeout=30000)
+    listed = page.evaluate("() => $.getJSON('regressions.json')"
+                           ".then(d => d.regressions.filter(r => r[6]).map(r => r[0]))")
+    timed = [name for name in listed if name.split("(")[0].rsplit(".", 1)[1].startswith("time_")]
+    note = page.inner_text("#disagmoe-regressions-note") if page.locator("#disagmoe-regressions-note").count() else ""
+    assert ("time_" in note) == bool(timed), (listed, note)
+    if not listed:
+        assert note.startswith("No regressions")
+    assert page.external_requests == []
+
+
 def test_old_addresses_of_the_front_page_open_the_gpu_history(page, site):
     page.goto(f"{site}index.html#/regressions")
     page.wait_for_url("**/machines/h100-80gb-hbm3/index.html#*", timeout=30000)
