@@ -44,6 +44,10 @@ LIB_CANDIDATES = [os.environ.get("DISAGMOE_SITELIBS", ""), ".sitelibs", "node_mo
 # machine.json fields besides the name: asv shows each as a filter on every graph
 MACHINE_INFO = ("arch", "cpu", "num_cpu", "os", "ram")
 
+def _commits(num: int) -> str:
+    return f"{num} commit" if num == 1 else f"{num} commits"
+
+
 @dataclasses.dataclass
 class Machine:
     name: str
@@ -55,10 +59,9 @@ class Machine:
     def label(self) -> str:
         parts = ["GPU" if self.on_cuda else "no CUDA: the gpu backend on torch's CPU device"]
         if self.num_in_git:
-            parts.append(f"history in git, {self.num_in_git} commits")
+            parts.append(f"history in git, {_commits(self.num_in_git)}")
         if self.num_local:
-            commits = "commit" if self.num_local == 1 else "commits"
-            parts.append(f"{self.num_local} {commits} measured in this clone, not in git")
+            parts.append(f"{_commits(self.num_local)} measured in this clone, not in git")
         return "; ".join(parts)
 
 

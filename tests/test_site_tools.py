@@ -237,3 +237,9 @@ def test_regressions_of_time_benchmarks_name_what_to_read_instead():
     mixed = timed + [_regression("bench_relative.RelativeTime.track_update_block_table('cpu', 16, 256)", 1.0, 2.0)]
     assert "2 of the 3 regressions below are" in site_labels.regressions_note(mixed, steady, 9, thresholds=False)
     assert site_labels.regressions_note(mixed[2:], steady, 9, thresholds=False) == ""  # ratios alone: no note
+
+
+def test_machine_labels_count_commits():
+    assert publish_site.Machine("h200", 1, 0, True).label == "GPU; history in git, 1 commit"
+    assert publish_site.Machine("cpu-a", 0, 2, False).label == ("no CUDA: the gpu backend on torch's CPU device; "
+                                                                "2 commits measured in this clone, not in git")
