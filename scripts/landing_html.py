@@ -221,8 +221,10 @@ def page(entries: list[MachineEntry], others: list[MachineEntry], old_front: str
     nav = " &middot; ".join(link(f"#machine-{e.name}", esc(e.name), "") for e in entries)
     other = "".join(f"<li>{link(e.site, esc(e.name), 'site')}: {esc(e.label)}</li>" for e in others)
     other_html = (f'<section id="other-machines"><h2>Other machines</h2><p>No maps: these ran the gpu backend '
-                  f"without CUDA, or hold no results in git; each has its site of asv graphs.</p><ul>{other}</ul>"
-                  "</section>") if others else ""
+                  "on torch's CPU device (no CUDA), where its times say nothing of a GPU; each has its site of asv "
+                  f"graphs.</p><ul>{other}</ul></section>") if others else ""
+    sections = "".join(machine_section(e) for e in entries) or (
+        '<p class="plain">No GPU machine has results in <code>results/</code>: no map to draw.</p>')
     redirect = REDIRECT % json.dumps(old_front) if old_front else ""
     to_others = ' &middot; <a href="#other-machines">other machines</a>' if others else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>disagmoe: which design wins '
@@ -234,6 +236,6 @@ def page(entries: list[MachineEntry], others: list[MachineEntry], old_front: str
             f"until the device is done), <b>busy</b> (the device time a step adds behind a stand-in forward). "
             f"Lower times are better; a speedup is {BASELINE}'s median / the design's.</p>"
             f"<nav>Machines: {nav}{to_others}"
-            f"</nav>{''.join(machine_section(e) for e in entries)}{other_html}"
+            f"</nav>{sections}{other_html}"
             f'<p class="note">Written by <code>scripts/publish_site.py</code> (<code>scripts/landing.py</code>) '
             f"from the results files named above.</p>{redirect}</body></html>\n")

@@ -243,3 +243,20 @@ def test_machine_labels_count_commits():
     assert publish_site.Machine("h200", 1, 0, True).label == "GPU; history in git, 1 commit"
     assert publish_site.Machine("cpu-a", 0, 2, False).label == ("no CUDA: the gpu backend on torch's CPU device; "
                                                                 "2 commits measured in this clone, not in git")
+
+
+def test_landing_page_shows_the_tail_where_measured(tmp_path):
+    params = (["cpu-bs16", "gpu-bs16"], [16], [1024])
+    results = {f"bench_pipelined.Step.{method}": _step(*params, values) for method, values in
+               (("track_pipelined", [10.0, 5.0]), ("track_pipelined_host", [9.0, 4.0]),
+                ("track_pipelined_host_p99", [30.0, 12.5]))}
+    run = landing.read_run(_results_file(tmp_path / "a.json", "a" * 40, 1000, results), "gpu-x")
+    assert run.host_p99 == {"decode": {(16, 1024): {"cpu-bs16": 30.0, "gpu-bs16": 12.5}}}
+    page = landing_html.page([landing_html.MachineEntry("gpu-x", "GPU", "s/index.html", run)], [], None)
+    assert "4 &middot; 12.5" in page and "p99 not measured" not in page
+
+
+def test_landing_page_without_a_gpu_machine_says_so():
+    cpu = landing_html.MachineEntry("cpu-a", "no CUDA", "machines/cpu-a/index.html", None)
+    page = landing_html.page([], [cpu], None)
+    assert "No GPU machine has results" in page and 'href="machines/cpu-a/index.html"' in page
