@@ -4,12 +4,16 @@
 the last point of every graph of the GPU history, on one scale, and the lists default
 to whichever machine comes first. This script runs `asv publish` once per machine
 instead, each on a copy of results/ that holds that machine alone, so every site
-shows one machine's history on its own scale:
+shows one machine's history on its own scale, and writes a landing page above them:
 
-    .asv/html/                    the first GPU machine (the history kept in git)
-    .asv/html/machines/<name>/    every other machine (a CPU machine's runs, not in git)
+    .asv/html/index.html          which design wins where: the crossover maps of each GPU
+                                  machine's latest results (scripts/landing.py)
+    .asv/html/machines/<name>/    each machine's asv site (the GPU histories kept in git,
+                                  a CPU machine's runs, not in git)
 
-Each page names its machine, links to the others and says which way the ratios go;
+An address of asv's page that used to be the front page (index.html#<benchmark>...) opens
+the first GPU machine's site. Each page names its machine, links to the landing page and
+the other machines and says which way the ratios go;
 the libraries asv loads from CDNs are copied into each site (scripts/site_libs.py).
 Open it with `asv preview` (http://127.0.0.1:8080) or any local web server of
 .asv/html; docs/site.md says more.
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import html
 import json
 import os
 import shutil
@@ -31,16 +34,18 @@ import subprocess
 import sys
 import tempfile
 
+import landing
+import landing_html
+import site_labels
 import site_libs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB_CANDIDATES = [os.environ.get("DISAGMOE_SITELIBS", ""), ".sitelibs", "node_modules"]
 # machine.json fields besides the name: asv shows each as a filter on every graph
 MACHINE_INFO = ("arch", "cpu", "num_cpu", "os", "ram")
-DIRECTION = ("<b>Speedup pages</b> (<code>InverseSpeedup</code>): GPU time / CPU time, "
-             "<b>lower is better</b>; 1 / value is the CPU/GPU speedup that "
-             "<code>python -m disagmoe.bench</code> prints (0.25: the gpu backend is 4x faster). "
-             "<code>RelativeTime</code>: time / reference time, lower is better.")
+
+def _commits(num: int) -> str:
+    return f"{num} commit" if num == 1 else f"{num} commits"
 
 
 @dataclasses.dataclass
@@ -54,10 +59,9 @@ class Machine:
     def label(self) -> str:
         parts = ["GPU" if self.on_cuda else "no CUDA: the gpu backend on torch's CPU device"]
         if self.num_in_git:
-            parts.append(f"history in git, {self.num_in_git} commits")
+            parts.append(f"history in git, {_commits(self.num_in_git)}")
         if self.num_local:
-            commits = "commit" if self.num_local == 1 else "commits"
-            parts.append(f"{self.num_local} {commits} measured in this clone, not in git")
+            parts.append(f"{_commits(self.num_local)} measured in this clone, not in git")
         return "; ".join(parts)
 
 
@@ -143,45 +147,36 @@ def asv_publish(root: str, conf: dict, machine: str, staged: str, html_dir: str,
         raise SystemExit(f"publish_site: asv publish of {machine} failed (exit code {done.returncode})")
 
 
-def site_dir(html_dir: str, machines: list[Machine], machine: Machine) -> str:
-    return html_dir if machine is machines[0] else os.path.join(html_dir, "machines", machine.name)
+def site_dir(html_dir: str, machine: Machine) -> str:
+    return os.path.join(html_dir, "machines", machine.name)
 
 
 def footer(html_dir: str, machines: list[Machine], here: Machine) -> str:
-    """The bar at the foot of every page of one machine's site: which machine, the
-    others' sites, which way the ratios go."""
-    here_dir = site_dir(html_dir, machines, here)
-    others = []
+    here_dir = site_dir(html_dir, here)
+    others = [(os.path.relpath(site_dir(html_dir, m), here_dir) + "/index.html", m.name, m.label)
+              for m in machines if m is not here]
+    front = os.path.relpath(os.path.join(html_dir, "index.html"), here_dir)
+    return site_labels.footer(here.name, here.label, others, front)
+
+
+def write_landing(results: str, html_dir: str, machines: list[Machine]) -> None:
+    """The landing page, html_dir/index.html: the maps of every GPU machine's latest results
+    (scripts/landing.py), links to every machine's site."""
+    entries, others = [], []
     for m in machines:
-        if m is not here:
-            href = os.path.relpath(site_dir(html_dir, machines, m), here_dir) + "/index.html"
-            others.append(f'<a href="{html.escape(href)}">{html.escape(m.name)}</a> ({html.escape(m.label)})')
-    also = "; other machines, each a site of its own: " + ", ".join(others) if others else ""
-    return (f'<div id="disagmoe-footer">Machine <b>{html.escape(here.name)}</b> '
-            f'({html.escape(here.label)}){also}.<br>{DIRECTION}</div>')
-
-
-# the footer's room: asv lays its panels out with absolute positions down to the bottom
-FOOTER_STYLE = """<style>
-      #disagmoe-footer { position: fixed; left: 0; right: 0; bottom: 0; height: 40px; z-index: 1030;
-        padding: 2px 10px; font-size: 12px; line-height: 18px; background: #f8f8f8;
-        border-top: 1px solid #e7e7e7; overflow: hidden; }
-      #summarygrid-display, #regressions-display { height: auto !important; bottom: 40px; overflow-y: auto; }
-      #summarylist-navigation, #summarylist-body, #graphdisplay-navigation { bottom: 40px !important; }
-      #graph-display > div:last-child { bottom: 50px !important; }
-    </style>"""
-
-
-def label_pages(site: str, footer_html: str) -> None:
-    index = os.path.join(site, "index.html")
-    with open(index) as f:
-        page = f.read()
-    if "</head>" not in page or "</body>" not in page:
-        raise ValueError(f"{index}: not the page of asv 0.6.6 this script labels")
-    page = page.replace("</head>", FOOTER_STYLE + "\n  </head>", 1)
-    page = page.replace("</body>", footer_html + "\n  </body>", 1)
-    with open(index, "w") as f:
-        f.write(page)
+        folder = os.path.join(results, m.name)
+        href = os.path.relpath(site_dir(html_dir, m), html_dir) + "/index.html"
+        choice = landing.choose(landing.results_files(folder), tracked_files(ROOT, os.path.relpath(folder, ROOT)))
+        if not m.on_cuda or choice is None:
+            others.append(landing_html.MachineEntry(m.name, m.label, href, None))
+            continue
+        shown = os.path.join(os.path.basename(results), m.name, os.path.basename(choice.path))
+        run = landing.read_run(choice.path, m.name, shown)
+        entries.append(landing_html.MachineEntry(m.name, m.label, href, run, choice.in_git, choice.newer_not_in_git))
+    entries.sort(key=lambda e: (not e.run.has_serving, -e.run.commit_date.timestamp(), e.name))
+    old_front = os.path.relpath(site_dir(html_dir, machines[0]), html_dir) + "/index.html"
+    with open(os.path.join(html_dir, "index.html"), "w") as f:
+        f.write(landing_html.page(entries, others, old_front))
 
 
 def find_libs(explicit: str | None) -> str | None:
@@ -202,15 +197,19 @@ def publish(results: str, html_dir: str, libs: str | None) -> int:
         return 1
     shutil.rmtree(html_dir, ignore_errors=True)
     for machine in machines:
-        site = site_dir(html_dir, machines, machine)
+        site = site_dir(html_dir, machine)
         with tempfile.TemporaryDirectory(prefix="disagmoe-site-") as work:
             stage_results(results, machine.name, os.path.join(work, "results"))
             asv_publish(ROOT, conf, machine.name, os.path.join(work, "results"), site, work)
         if libs:
             site_libs.localise(site, libs)
-        label_pages(site, footer(html_dir, machines, machine))
-        where = os.path.relpath(site, html_dir)
-        print(f"publish_site: {machine.name} ({machine.label}): {'the front page' if where == '.' else where + '/'}")
+        site_labels.label_pages(site, footer(html_dir, machines, machine))
+        site_labels.label_units(site)
+        site_labels.centre_axis_labels(site)
+        site_labels.label_regressions(site, machine.num_in_git + machine.num_local, "regressions_thresholds" in conf)
+        print(f"publish_site: {machine.name} ({machine.label}): {os.path.relpath(site, html_dir)}/")
+    write_landing(results, html_dir, machines)
+    print("publish_site: the front page (index.html): which design wins where, per GPU machine")
     shown = os.path.relpath(html_dir)
     print(f"publish_site: site in {shown}, " + (f"libraries from {os.path.relpath(libs)}, works offline" if libs
                                                  else "NEEDS THE INTERNET (see the warning above)"))

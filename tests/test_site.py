@@ -1,9 +1,10 @@
 """The published asv site in a real browser, with no network: scripts/publish_site.py
-publishes a small results set (two commits of the committed H100 history, and a CPU
-machine's run of one of them), a local web server serves it, and headless Chromium
-opens the pages with every host but 127.0.0.1 unreachable. The speedup graph must draw
-its points, each machine's site must show that machine alone, and the pages must make
-no request outside the local server.
+publishes a small results set (two commits of the committed H100 history, the committed
+H200 results with the serving benchmarks, and a CPU machine's run of an H100 commit), a
+local web server serves it, and headless Chromium opens the pages with every host but
+127.0.0.1 unreachable. The landing page must draw the H200's crossover maps and link into
+graphs that draw, the speedup graph must draw its points, each machine's site must show
+that machine alone, and the pages must make no request outside the local server.
 
 Needs Chromium (Debian's `chromium`; DISAGMOE_CHROMIUM names another binary), Python's
 `playwright` (the test extra; it drives the installed Chromium, it downloads none),
@@ -29,6 +30,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HISTORY = os.path.join(ROOT, "results", "h100-80gb-hbm3")
+SERVING = os.path.join(ROOT, "results", "h200")  # committed results with the serving benchmarks
 SPEEDUP = "bench_speedup.InverseSpeedup.track_pack_flash_attn_metadata"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -66,6 +68,8 @@ def _missing() -> str | None:
         return "no site libraries (npm ci, or a .sitelibs folder: docs/site.md)"
     if len(glob.glob(os.path.join(HISTORY, "*-*.json"))) < 2:
         return f"fewer than two results files in {HISTORY}"
+    if not glob.glob(os.path.join(SERVING, "*-*.json")):
+        return f"no results file in {SERVING}"
     return None
 
 
@@ -73,6 +77,15 @@ MISSING = _missing()
 if MISSING and os.environ.get("DISAGMOE_SITE_TEST") == "required" and "asan" not in os.environ.get("LD_PRELOAD", ""):
     raise RuntimeError(f"DISAGMOE_SITE_TEST=required, but the site test cannot run: {MISSING}")
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"site test: {MISSING or ''}")
+
+
+def _latest_serving() -> str:
+    """The H200's latest results file (by commit date): the one the landing page draws, and
+    alone in the test's set, one commit (its regressions page has nothing to compare)."""
+    def date(path: str) -> int:
+        with open(path) as f:
+            return json.load(f)["date"]
+    return max(glob.glob(os.path.join(SERVING, "*-*.json")), key=date)
 
 
 def _cpu_run(source: str, target_dir: str) -> None:
@@ -106,6 +119,9 @@ def site(tmp_path_factory):
     for path in files:
         shutil.copyfile(path, history / os.path.basename(path))
     _cpu_run(files[-1], str(results / CPU_MACHINE))
+    (results / "h200").mkdir()
+    shutil.copyfile(os.path.join(SERVING, "machine.json"), results / "h200" / "machine.json")
+    shutil.copyfile(_latest_serving(), results / "h200" / os.path.basename(_latest_serving()))
     html = tmp / "html"
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "publish_site.py"),
                     "--results", str(results), "--html-dir", str(html)], check=True, cwd=ROOT)
@@ -133,9 +149,12 @@ def browser():
 
 @pytest.fixture
 def page(browser, site):
-    """A page whose every request outside the local server is recorded and refused."""
+    """A page whose every request outside the local server is recorded and refused, and
+    whose console errors are recorded."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.external_requests = []
+    page.console_errors = []
+    page.on("console", lambda message: page.console_errors.append(message.text) if message.type == "error" else None)
 
     def route(route):
         if route.request.url.startswith(site):
@@ -158,15 +177,16 @@ def _graph_points(page, url: str) -> list[int]:
                          ".map(s => s.data.filter(p => p[1] !== null).length)")
 
 
-def test_front_page_is_the_gpu_history_and_draws_the_speedup(page, site):
-    points = _graph_points(page, f"{site}index.html#{SPEEDUP}")
+def test_gpu_history_site_draws_the_speedup(page, site):
+    points = _graph_points(page, f"{site}machines/h100-80gb-hbm3/index.html#{SPEEDUP}")
     assert points and all(n == 2 for n in points), points  # both commits, every series
     main = page.evaluate("() => $.asv.main_json")
     assert main["params"]["machine"] == ["h100-80gb-hbm3"]
     assert not {"arch", "cpu", "num_cpu", "os", "ram"} & set(main["params"])
     assert main["benchmarks"][SPEEDUP]["unit"] == "GPU time / CPU time, lower is better"
     footer = page.inner_text("#disagmoe-footer")
-    assert "h100-80gb-hbm3" in footer and CPU_MACHINE in footer
+    assert "h100-80gb-hbm3" in footer and CPU_MACHINE in footer and "h200" in footer
+    assert page.get_attribute("#disagmoe-footer a", "href") == "../../index.html"  # the landing page
     assert "GPU time / CPU time, lower is better" in footer
     assert "disagmoe on h100-80gb-hbm3" in page.title()
     assert page.external_requests == []
@@ -183,7 +203,86 @@ def test_cpu_machine_has_a_site_of_its_own(page, site):
 
 def test_every_view_loads_offline(page, site):
     for view in ("", "#/summarylist", "#/regressions"):
-        page.goto(f"{site}index.html{view}")
+        page.goto(f"{site}machines/h100-80gb-hbm3/index.html{view}")
         page.wait_for_function("() => window.jQuery && $.asv && $.asv.main_json", timeout=30000)
         assert "error.html" not in page.url  # asv's page for "dependencies failed to load"
     assert page.external_requests == []
+
+
+def test_landing_page_draws_the_maps(page, site):
+    page.goto(f"{site}index.html")
+    assert page.title() == "disagmoe: which design wins where"
+    h200 = page.locator("#machine-h200")
+    assert h200.locator("table.map").count() == 6  # decode and trace, three timing modes each
+    for workload, points in (("decode", 12), ("trace", 9)):
+        cells = h200.locator(f'table.map[data-workload="{workload}"][data-mode="pipelined"] td.cell')
+        assert cells.count() == points
+        winners = cells.evaluate_all("cells => cells.map(c => c.dataset.winner)")
+        assert all(w in ("cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16") for w in winners), winners
+    assert h200.locator("table.regimes tr").count() == 1 + 8  # four corners of each workload
+    with open(_latest_serving()) as f:
+        p99 = json.load(f)["results"].get("bench_pipelined.Step.track_pipelined_host_p99")
+    measured = p99 is not None and any(v is not None for v in p99[0])
+    assert ("p99 not measured" in h200.inner_text()) == (not measured)  # 6e82aea's results predate it
+    history = page.inner_text("#machine-h100-80gb-hbm3")
+    assert "No map for h100-80gb-hbm3" in history and "hold no serving benchmarks" in history
+    assert page.locator("#machine-h100-80gb-hbm3 table").count() == 0
+    assert CPU_MACHINE in page.inner_text("#other-machines")
+    assert page.console_errors == [] and page.external_requests == []
+
+
+def test_landing_page_links_open_graphs(page, site):
+    """One link of every benchmark the landing page links to opens asv's graph of it, with
+    the link's parameter on the x axis and a point for each of its values."""
+    page.goto(f"{site}index.html")
+    hrefs = page.eval_on_selector_all("#machine-h200 a.graph", "links => links.map(a => a.getAttribute('href'))")
+    first = {}
+    for href in hrefs:
+        assert href.startswith("machines/h200/index.html#bench_"), href
+        first.setdefault(href.split("#")[1].split("?")[0], href)
+    assert len(first) == 10  # Step: three modes, InverseSpeedup: two; decode and trace
+    for benchmark, href in sorted(first.items()):
+        page.goto("about:blank")  # a fresh load each time: no graph left from the previous one
+        points = _graph_points(page, site + href)
+        x_axis = href.split("x-axis=")[1].split("&")[0]
+        values = page.evaluate(f"() => $.asv.main_json.benchmarks['{benchmark}']")
+        num_x = len(values["params"][values["param_names"].index(x_axis)])
+        assert points and all(n == num_x for n in points), (href, points)
+        fixed = href.split("&p-")[1].split("=")[1]
+        active = page.evaluate("() => $('#graphdisplay-navigation .active').map((i, e) => $(e).text().trim()).get()")
+        assert x_axis in active and fixed in active, (href, active)  # the buttons asv lit from the address
+    assert page.console_errors == [] and page.external_requests == []
+
+
+def test_serving_ratios_say_which_way_is_better(page, site):
+    """The serving benchmarks' units name no direction (and stay so: asv's history); the
+    published pages add it, on the y axis and in the footer."""
+    _graph_points(page, f"{site}machines/h200/index.html#bench_trace.InverseSpeedup.track_pipelined")
+    unit = "variant time / cpu-bs16 time, lower is better"
+    assert page.evaluate("() => $.asv.main_json.benchmarks['bench_trace.InverseSpeedup.track_pipelined'].unit") == unit
+    assert page.evaluate("() => $('#main-graph').data('plot').getOptions().yaxes[0].axisLabel") == unit
+    assert "variant time / cpu-bs16 time, lower is better" in page.inner_text("#disagmoe-footer")
+
+
+def test_regressions_pages_say_what_their_list_is_worth(page, site):
+    page.goto(f"{site}machines/h200/index.html#/regressions")  # one commit: nothing to compare
+    page.wait_for_selector("#disagmoe-regressions-note", state="visible", timeout=30000)
+    assert page.inner_text("#disagmoe-regressions-note").startswith("No regressions")
+    assert not page.is_visible("#regressions-body")
+    page.goto(f"{site}machines/h100-80gb-hbm3/index.html#/regressions")
+    page.wait_for_function("() => window.jQuery && $('#regressions-body table').length > 0", timeout=30000)
+    listed = page.evaluate("() => $.getJSON('regressions.json')"
+                           ".then(d => d.regressions.filter(r => r[6]).map(r => r[0]))")
+    timed = [name for name in listed if name.split("(")[0].rsplit(".", 1)[1].startswith("time_")]
+    note = page.inner_text("#disagmoe-regressions-note") if page.locator("#disagmoe-regressions-note").count() else ""
+    assert ("time_" in note) == bool(timed), (listed, note)
+    if not listed:
+        assert note.startswith("No regressions")
+    assert page.external_requests == []
+
+
+def test_old_addresses_of_the_front_page_open_the_gpu_history(page, site):
+    page.goto(f"{site}index.html#/regressions")
+    page.wait_for_url("**/machines/h100-80gb-hbm3/index.html#*", timeout=30000)
+    page.wait_for_function("() => window.jQuery && $.asv && $.asv.main_json", timeout=30000)
+    assert page.evaluate("() => $.asv.main_json.params.machine") == ["h100-80gb-hbm3"]

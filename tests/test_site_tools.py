@@ -1,6 +1,7 @@
 """The site's and the main job's tools without a browser: the asv plugin that finds torch
-(scripts/asv_torch_site.py), the libraries' rewrite of asv's page (scripts/site_libs.py)
-and the per-machine copy of results (scripts/publish_site.py). tests/test_site.py opens
+(scripts/asv_torch_site.py), the libraries' rewrite of asv's page (scripts/site_libs.py),
+the per-machine copy of results (scripts/publish_site.py) and the landing page's reading
+of results (scripts/landing.py). tests/test_site.py opens
 the published site in Chromium."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +18,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import asv_torch_site  # noqa: E402
+import landing  # noqa: E402
+import landing_html  # noqa: E402
 import publish_site  # noqa: E402
+import site_labels  # noqa: E402
 import site_libs  # noqa: E402
 
 sys.path.pop(0)
@@ -115,3 +120,143 @@ def test_gpu_machines_come_first(tmp_path):
         (results / name / "abcd1234-env.json").write_text(json.dumps(run))
     machines = publish_site.find_machines(ROOT, str(results))
     assert [(m.name, m.on_cuda) for m in machines] == [("z-gpu", True), ("a-cpu", False)]
+
+
+COLUMNS = ["result", "params", "version", "started_at", "duration", "samples"]
+
+
+def _step(variants: list[str], rows: list[int], columns: list[int], values: list) -> list:
+    params = [[repr(v) for v in variants], [str(r) for r in rows], [str(c) for c in columns]]
+    return [values, params, "v", 1796166127000, 1.0, None]
+
+
+def _results_file(path, commit: str, date: int, results: dict) -> str:
+    data = {"commit_hash": commit, "date": date, "params": {"machine": "gpu-x"}, "result_columns": COLUMNS,
+            "results": {"bench_memory.Device.track_on_cuda": [[1], [], "v", 1796166000000, 1.0, None], **results}}
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_landing_reads_the_winner_of_every_cell(tmp_path):
+    # variant-major, then batch size, then context: asv's order of a parameter grid
+    decode = _step(["cpu-bs16", "gpu-bs16", "hybrid-bs16"], [16, 64], [1024, 8192],
+                   [10.0, 20.0, 40.0, None,     # cpu-bs16
+                    12.0, 10.5, 10.0, None,     # gpu-bs16
+                    11.0, 5.0, 10.5, None])     # hybrid-bs16
+    path = _results_file(tmp_path / "a.json", "a" * 40, 1000, {"bench_pipelined.Step.track_pipelined": decode})
+    run = landing.read_run(path, "gpu-x")
+    assert run.on_cuda and run.has_serving
+    assert list(run.maps) == [("decode", "pipelined")]  # no trace, no other mode: no map
+    grid = run.maps[("decode", "pipelined")]
+    assert (grid.rows, grid.columns) == ((16, 64), (1024, 8192))
+    assert (64, 8192) not in grid.cells  # measured by no variant
+    winners = {point: cell.winner for point, cell in grid.cells.items()}
+    assert winners == {(16, 1024): "cpu-bs16", (16, 8192): "hybrid-bs16", (64, 1024): "gpu-bs16"}
+    assert grid.cells[(16, 8192)].speedup("hybrid-bs16") == 4.0
+    assert grid.cells[(16, 1024)].margin == 1.1 and not grid.cells[(16, 1024)].near_tie
+    assert grid.cells[(64, 1024)].near_tie and grid.cells[(64, 1024)].margin == 1.05  # hybrid-bs16 10.5
+    assert grid.wins() == {"cpu-bs16": 1, "gpu-bs16": 1, "hybrid-bs16": 1}
+    assert [(r.name, r.point) for r in landing.regimes(grid)] == [
+        ("small batch, short context", (16, 1024)), ("small batch, long context", (16, 8192)),
+        ("large batch, short context", (64, 1024))]
+    assert run.host_p99 == {}  # track_pipelined_host_p99 not in the results: not measured
+
+
+def test_landing_without_serving_benchmarks_says_so(tmp_path):
+    path = _results_file(tmp_path / "a.json", "a" * 40, 1000, {})
+    run = landing.read_run(path, "gpu-x")
+    assert not run.has_serving
+    page = landing_html.page([landing_html.MachineEntry("gpu-x", "GPU", "machines/gpu-x/index.html", run)], [], None)
+    assert "No map for gpu-x" in page and "<table" not in page
+
+
+def test_landing_takes_the_latest_results_in_git(tmp_path):
+    old = _results_file(tmp_path / "old.json", "1" * 40, 1000, {})
+    new = _results_file(tmp_path / "new.json", "2" * 40, 2000, {})
+    local = _results_file(tmp_path / "local.json", "3" * 40, 3000, {})
+    choice = landing.choose([local, new, old], {old, new})
+    assert (choice.path, choice.in_git, choice.newer_not_in_git) == (new, True, ("3" * 40,))
+    assert landing.choose([local], set()) == landing.Choice(local, False, ())
+
+
+def test_landing_page_links_into_asv_graphs(tmp_path):
+    decode = _step(["cpu-bs16", "gpu-bs16"], [16, 64], [1024, 8192], [10.0, 20.0, 40.0, 80.0, 12.0, 10.0, 10.0, 8.0])
+    path = _results_file(tmp_path / "a.json", "a" * 40, 1000, {"bench_pipelined.Step.track_pipelined": decode})
+    entry = landing_html.MachineEntry("gpu-x", "GPU", "machines/gpu-x/index.html", landing.read_run(path, "gpu-x"))
+    page = landing_html.page([entry], [], "machines/gpu-x/index.html")
+    assert page == landing_html.page([entry], [], "machines/gpu-x/index.html")  # deterministic
+    assert 'href="machines/gpu-x/index.html#bench_pipelined.Step.track_pipelined?x-axis=context&amp;' \
+           'p-batch_size=64"' in page
+    assert page.count('class="cell') == 4 and 'data-winner="gpu-bs16"' in page
+    assert "p99 not measured" in page
+
+
+def test_units_without_a_direction_get_one(tmp_path):
+    index = {"benchmarks": {"a.InverseSpeedup.track": {"unit": "variant time / cpu-bs16 time"},
+                            "b.Speedup.track": {"unit": "GPU time / CPU time, lower is better"},
+                            "c.Step.track": {"unit": "us per step"}}}
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    assert site_labels.label_units(str(tmp_path)) == ["a.InverseSpeedup.track", "c.Step.track"]
+    units = {k: v["unit"] for k, v in json.loads((tmp_path / "index.json").read_text())["benchmarks"].items()}
+    assert units == {"a.InverseSpeedup.track": site_labels.UNITS["variant time / cpu-bs16 time"],
+                     "b.Speedup.track": "GPU time / CPU time, lower is better",
+                     "c.Step.track": "us per step, lower is better"}
+    assert all("lower is better" in unit for unit in site_labels.UNITS.values())
+
+
+@pytest.mark.skipif(ASV_PAGE is None, reason="no asv")
+def test_axis_labels_are_centred_on_asvs_plugin(tmp_path):
+    name, drawn, centred = site_labels.AXIS_LABELS
+    shutil.copyfile(os.path.join(os.path.dirname(ASV_PAGE), name), tmp_path / name)
+    site_labels.centre_axis_labels(str(tmp_path))
+    text = (tmp_path / name).read_text()
+    assert drawn not in text and text.count(centred) == 1
+    with pytest.raises(ValueError, match="not the axis label plugin"):
+        site_labels.centre_axis_labels(str(tmp_path))  # already centred: not the file it knows
+
+
+def _regression(name: str, before: float, after: float) -> list:
+    return [name, "graphs/x.json", {}, None, after, after, [[1, 2, before, after]]]
+
+
+def test_an_empty_regressions_page_says_no_regressions():
+    note = site_labels.regressions_note([], ["a.RelativeTime.track"], 9, thresholds=False)
+    assert "No regressions" in note and "9 commits compared" in note
+    assert "#regressions-body { display: none; }" in note  # no empty table
+    assert "nothing to compare yet" in site_labels.regressions_note([], [], 1, thresholds=False)
+
+
+def test_regressions_of_time_benchmarks_name_what_to_read_instead():
+    timed = [_regression("m.C.time_update_block_table('cpu', 16, 256)", 1.0, 1.95),
+             _regression("m.C.time_pack_flash_attn_metadata('gpu', 16, 128)", 2.0, 3.0)]
+    steady = ["bench_relative.RelativeTime.track_update_block_table", "bench_trace.RelativeStep.track_pipelined"]
+    note = site_labels.regressions_note(timed, steady + ["m.C.time_update_block_table"], 9, thresholds=True)
+    assert "all the regressions below are of <code>time_</code> benchmarks (factor 1.50-1.95x)" in note
+    assert all(f'href="#{name}"' in note for name in steady) and 'href="#m.C.time_' not in note
+    assert "regressions_thresholds" in note
+    mixed = timed + [_regression("bench_relative.RelativeTime.track_update_block_table('cpu', 16, 256)", 1.0, 2.0)]
+    assert "2 of the 3 regressions below are" in site_labels.regressions_note(mixed, steady, 9, thresholds=False)
+    assert site_labels.regressions_note(mixed[2:], steady, 9, thresholds=False) == ""  # ratios alone: no note
+
+
+def test_machine_labels_count_commits():
+    assert publish_site.Machine("h200", 1, 0, True).label == "GPU; history in git, 1 commit"
+    assert publish_site.Machine("cpu-a", 0, 2, False).label == ("no CUDA: the gpu backend on torch's CPU device; "
+                                                                "2 commits measured in this clone, not in git")
+
+
+def test_landing_page_shows_the_tail_where_measured(tmp_path):
+    params = (["cpu-bs16", "gpu-bs16"], [16], [1024])
+    results = {f"bench_pipelined.Step.{method}": _step(*params, values) for method, values in
+               (("track_pipelined", [10.0, 5.0]), ("track_pipelined_host", [9.0, 4.0]),
+                ("track_pipelined_host_p99", [30.0, 12.5]))}
+    run = landing.read_run(_results_file(tmp_path / "a.json", "a" * 40, 1000, results), "gpu-x")
+    assert run.host_p99 == {"decode": {(16, 1024): {"cpu-bs16": 30.0, "gpu-bs16": 12.5}}}
+    page = landing_html.page([landing_html.MachineEntry("gpu-x", "GPU", "s/index.html", run)], [], None)
+    assert "4 &middot; 12.5" in page and "p99 not measured" not in page
+
+
+def test_landing_page_without_a_gpu_machine_says_so():
+    cpu = landing_html.MachineEntry("cpu-a", "no CUDA", "machines/cpu-a/index.html", None)
+    page = landing_html.page([], [cpu], None)
+    assert "No GPU machine has results" in page and 'href="machines/cpu-a/index.html"' in page
