@@ -24,6 +24,8 @@
 #   replays   python -m disagmoe.bench --workload azure-conv, then mooncake: the bundled traces'
 #             busiest stretch through every variant and mode, attention in the loop (REPLAY_ARGS
 #             adds arguments)
+#   replay-map  the bundled traces at running caps 64 256 1024 and rates x1 x8, pipelined, no
+#             attention: the crossover on production traffic
 #   asv-replay  benchmarks/bench_replay.py's measurement (its setup_cache) outside asv, JSON
 #   lengths   the synced decode at L <= 1K with lengths growing and cycling, side by side
 #   goals     the serving points the performance goals name (docs/performance.md), every mode
@@ -93,6 +95,15 @@ for stage in "$@"; do
                  > "$out/replay-$w.txt" 2> "$out/replay-$w.err" || rc=1
                grep -v "^\[" "$out/replay-$w.txt" | cut -c1-220
              done; [ $rc = 0 ] ;;
+    replay-map) rc=0
+                for w in mooncake azure-conv; do
+                  for r in 1 8; do
+                    python3 -m disagmoe.bench --workload $w --timing pipelined --running 64 256 1024 --rate-scale $r \
+                      --model-layers 0 --windows 3 --output "$out/map-$w-x$r.json" > "$out/map-$w-x$r.txt" \
+                      2> "$out/map-$w-x$r.err" || rc=1
+                    grep -A14 "^Trace " "$out/map-$w-x$r.txt" | cut -c1-110
+                  done
+                done; [ $rc = 0 ] ;;
     asv-replay) python3 -c "from benchmarks import bench_replay; import json, sys
 c = bench_replay.setup_cache(); json.dump({str(k): v for k, v in c['points'].items()}, open(sys.argv[1], 'w'))" \
                   "$out/asv-replay.json" > "$out/asv-replay.log" 2>&1; rc=$?; tail -3 "$out/asv-replay.log"; [ $rc = 0 ] ;;
