@@ -175,12 +175,39 @@ def test_pack_sweep_runs(tmp_path):
     assert "w128-p4-nw4" in run.stdout
 
 
-def test_the_committed_history_keeps_its_benchmark_versions():
+def _what_asv_writes(tmp_path) -> str:
+    """results/benchmarks.json as asv writes it at every discovery of the suite: the suite found
+    at its default grid (no DISAGMOE_* variable) by a fresh interpreter importing this
+    checkout's package, in asv's own format."""
+    asv_util = pytest.importorskip("asv.util")
+    from asv.benchmarks import Benchmarks
+
+    listed = tmp_path / "discovered.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISAGMOE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    code = ("import sys; from asv_runner.discovery import list_benchmarks; "
+            "list_benchmarks(sys.argv[1], open(sys.argv[2], 'w'))")
+    done = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, "benchmarks"), str(listed)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / "benchmarks.json"
+    asv_util.write_json(str(written), {b["name"]: b for b in json.loads(listed.read_text())},
+                        Benchmarks.api_version)
+    return written.read_text()
+
+
+def test_the_committed_history_keeps_its_benchmark_versions(tmp_path):
     """asv files a result under its benchmark's version, the hash of the benchmark's source:
     every benchmark the committed history (results/benchmarks.json) holds must still hash
-    the same, or its history would start over."""
-    asv_discovery = pytest.importorskip("asv_runner.discovery")
-    committed = json.load(open(os.path.join(ROOT, "results", "benchmarks.json")))
-    found = {b.name: b.version for b in asv_discovery.disc_benchmarks(os.path.join(ROOT, "benchmarks"))}
+    the same, or its history would start over. And the committed file is exactly what asv
+    writes there at every run (scripts/run_suite.sh included), so that a run leaves the
+    clone as it found it: after a change to the suite, `asv run --python=same --dry-run
+    --bench NONE` (no DISAGMOE_* variable set) writes it anew."""
+    pytest.importorskip("asv_runner.discovery")
+    committed_text = open(os.path.join(ROOT, "results", "benchmarks.json")).read()
+    committed, written = json.loads(committed_text), _what_asv_writes(tmp_path)
+    found = {name: info["version"] for name, info in json.loads(written).items() if name != "version"}
     kept = {name: info["version"] for name, info in committed.items() if name != "version"}
     assert kept and {name: found.get(name) for name in kept} == kept
+    differ = sorted(name for name, info in json.loads(written).items() if committed.get(name) != info)
+    assert committed_text == written, f"results/benchmarks.json is not what asv writes now: {differ}"
