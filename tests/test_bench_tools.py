@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -211,3 +212,22 @@ def test_the_committed_history_keeps_its_benchmark_versions(tmp_path):
     assert kept and {name: found.get(name) for name in kept} == kept
     differ = sorted(name for name, info in json.loads(written).items() if committed.get(name) != info)
     assert committed_text == written, f"results/benchmarks.json is not what asv writes now: {differ}"
+
+
+def test_regressions_page_thresholds_spare_only_the_absolute_times():
+    """asv.conf.json's regressions_thresholds (asv matches each regex at the start of a grid
+    point's name): absolute times need a step past 2.5x on the regressions page, the ratios
+    the verdicts read and the memory footprint keep asv's 5%."""
+    asv_util = pytest.importorskip("asv.util")
+    conf = asv_util.load_json(os.path.join(ROOT, "asv.conf.json"), js_comments=True)
+    suite = json.load(open(os.path.join(ROOT, "results", "benchmarks.json")))
+    names = [name for name in suite if name != "version"]
+
+    def threshold(name: str) -> float:
+        entry = f"{name}('cpu', 16, 128)@main"
+        return max([float(t) for regex, t in conf["regressions_thresholds"].items() if re.match(regex, entry)],
+                   default=0.05)
+
+    absolute = [n for n in names if ".time_" in n or ".Step.track_" in n]
+    assert sum(".time_" in n for n in absolute) == 4 and all(threshold(n) == 1.5 for n in absolute), absolute
+    assert all(threshold(n) == 0.05 for n in names if n not in absolute)
