@@ -231,3 +231,22 @@ def test_regressions_page_thresholds_spare_only_the_absolute_times():
     absolute = [n for n in names if ".time_" in n or ".Step.track_" in n]
     assert sum(".time_" in n for n in absolute) == 4 and all(threshold(n) == 1.5 for n in absolute), absolute
     assert all(threshold(n) == 0.05 for n in names if n not in absolute)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_verdicts_stop_at_once_without_two_commits(tmp_path):
+    """In a clone of one commit, the README's `scripts/verdicts.sh main HEAD` and a commit
+    that is not there stop before asv runs, saying what to compare (exit code 2)."""
+    repo = tmp_path / "clone"
+    (repo / "scripts" / "lib").mkdir(parents=True)
+    for path in ("scripts/verdicts.sh", "scripts/lib/machine_name.sh"):
+        shutil.copy(os.path.join(ROOT, path), repo / path)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "one"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    for argv, said in ((["main", "HEAD"], "are one commit"),
+                       (["HEAD~1", "HEAD"], "no commit HEAD~1 in this clone (commits on HEAD here: 1)"),
+                       (["v9", "HEAD"], "scripts/verdicts.sh HEAD~1 HEAD")):
+        done = subprocess.run(["bash", str(repo / "scripts" / "verdicts.sh"), *argv], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "ASV": "false", "ASV_MACHINE": "m"})
+        assert done.returncode == 2 and said in done.stderr, (argv, done.stderr)
