@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The verdict between two commits, and this machine's noise measured in the same run:
-# `asv continuous` over the verdict benchmarks (RelativeTime, InverseSpeedup), ROUNDS
-# processes per commit taking turns, then scripts/verdict_noise.py on the results: how far
-# each point moved from one process of a commit to the next, against asv's factor.
+# `asv continuous` over the verdict benchmarks (RelativeTime, and InverseSpeedup of the
+# seed's suite and of the serving benchmarks), ROUNDS processes per commit taking turns,
+# then scripts/verdict_noise.py on the results: how far each point moved from one process
+# of a commit to the next, against asv's factor.
 #
 #   scripts/verdicts.sh [BASE [HEAD]] [-- ASV_CONTINUOUS_ARGS...]   # default: main HEAD
 #
@@ -53,12 +54,13 @@ trap 'rm -rf "$folder"' EXIT
 "${asv[@]}" machine --yes --machine "$machine" >/dev/null || exit 2
 echo "verdicts.sh: $base (${base_hash:0:8}) against $head (${head_hash:0:8}), $rounds processes a commit," \
      "factor $factor, machine $machine"
-"${asv[@]}" continuous --machine "$machine" --bench "RelativeTime|InverseSpeedup" -a rounds="$rounds" \
+bench="RelativeTime|InverseSpeedup"
+"${asv[@]}" continuous --machine "$machine" --bench "$bench" -a rounds="$rounds" \
   --interleave-rounds --factor "$factor" "$@" "$base_hash" "$head_hash"
 status=$?
 files=$(ls "$folder"/"${base_hash:0:8}"-*.json "$folder"/"${head_hash:0:8}"-*.json 2>/dev/null)
 if [ -n "$files" ]; then
-  python3 scripts/verdict_noise.py --rounds "$rounds" --factor "$factor" $files
+  python3 scripts/verdict_noise.py --rounds "$rounds" --factor "$factor" --bench "$bench" $files
 else
   echo "verdicts.sh: no results were written: nothing to measure the noise with" >&2
 fi

@@ -250,3 +250,28 @@ def test_verdicts_stop_at_once_without_two_commits(tmp_path):
         done = subprocess.run(["bash", str(repo / "scripts" / "verdicts.sh"), *argv], capture_output=True,
                               text=True, timeout=60, env={**os.environ, "ASV": "false", "ASV_MACHINE": "m"})
         assert done.returncode == 2 and said in done.stderr, (argv, done.stderr)
+
+
+def test_verdict_noise_covers_the_serving_ratios(tmp_path, capsys):
+    """The noise report reads every benchmark that verdicts.sh compares, the serving
+    benchmarks' InverseSpeedup included: each grid point's spread between the processes of
+    one commit, per benchmark and variant."""
+    from scripts import verdict_noise
+
+    columns = ["result", "params", "samples"]
+    results = {
+        "bench_relative.RelativeTime.track_update_block_table":
+            [None, [["'cpu'"], ["16"], ["128"]], [[1.0] * 9 + [1.02] * 9]],
+        "bench_trace.InverseSpeedup.track_pipelined":
+            [None, [["'gpu-bs16'", "'hybrid-bs16'"], ["64"], ["2048"]], [[0.5] * 9 + [0.8] * 9, None]],
+        "bench_trace.Step.track_pipelined": [None, [["'cpu-bs16'"], ["64"], ["2048"]], [[10.0] * 9 + [99.0] * 9]],
+    }
+    path = tmp_path / "commit.json"
+    path.write_text(json.dumps({"result_columns": columns, "results": results}))
+    assert verdict_noise.process_medians(str(path), 2) == {
+        "RelativeTime update_block_table('cpu', 16, 128)": [1.0, 1.02],
+        "trace InverseSpeedup pipelined('gpu-bs16', 64, 2048)": [0.5, 0.8]}
+    assert verdict_noise.main(["--rounds", "2", "--factor", "1.1", str(path)]) == 1
+    printed = capsys.readouterr().out
+    assert "1 of 2 points beyond" in printed
+    assert "trace InverseSpeedup pipelined 'gpu-bs16'" in printed and "WARNING" in printed
