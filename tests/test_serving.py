@@ -228,6 +228,43 @@ def test_command_line_trace_pipelined_quick(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _map_run(modes: list[str], device_name: str) -> dict:
+    """A run of the command line's JSON shape, enough for the crossover map."""
+    compared = {"gpu-bs1": 0.12, "gpu-bs16": 1.3, "hybrid-bs16": 2.1}
+    points = [{"mode": mode, "point": {"running": r, "max_prompt": p}, "speedup": compared}
+              for mode in modes for r in (64, 256, 1024) for p in (2048, 16384, 65536)]
+    return {"timing_modes": modes, "baseline": "cpu-bs16", "workload": "trace", "device_name": device_name,
+            "commit": "0123456789abcdef", "points": points,
+            "variants": [{"name": n} for n in ("cpu-bs16", *compared)]}
+
+
+@pytest.mark.parametrize("modes", [["pipelined"], ["synced", "pipelined"], ["synced", "pipelined", "busy"]])
+def test_crossover_map_fits_and_names_the_modes_run(modes):
+    """Every text of the map lies within the figure (a long card name included), and the
+    title explains the timing modes that were run, no other."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from disagmoe.serving.plot import MODE_FIGURES, crossover_figure
+
+    fig = crossover_figure(_map_run(modes, "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz " * 4))
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        frame = fig.bbox
+        for text in fig.findobj(Text):
+            if text.get_visible() and text.get_text():
+                box = text.get_window_extent(renderer)
+                assert (box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1 and box.y0 >= frame.y0 - 1
+                        and box.y1 <= frame.y1 + 1), text.get_text()
+        title = " ".join(fig.get_suptitle().split())
+        for mode, said in MODE_FIGURES.items():
+            assert (" ".join(said.split()) in title) == (mode in modes), (mode, title)
+    finally:
+        plt.close(fig)
+
+
 def test_command_line_errors(capsys):
     for argv, message in ((["--timing", "pipelined"], "--timing needs --workload"),
                           (["--workload", "decode", "--seq-lens", "8"], "--contexts"),
