@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -217,7 +218,9 @@ def test_command_line_trace_pipelined_quick(tmp_path, capsys):
     assert "timing pipelined" in printed and "p99" in printed
     lines = [line.split() for line in printed.splitlines()]
     gpu = [cells for cells in lines if cells and cells[0] == "gpu-bs16"]
-    assert gpu and gpu[0][-1].endswith("x")  # its speedup over cpu-bs16
+    # its speedup over cpu-bs16, and every figure, in one format whatever its size
+    assert gpu and re.fullmatch(r"\d+\.\d{3}x", gpu[0][-1]), gpu
+    assert all(re.fullmatch(r"\d+\.\d", cell) for cells in gpu for cell in cells[1:-1]), gpu
     run = json.loads(out.read_text())
     assert run["workload"] == "trace" and run["timing_modes"] == ["pipelined"] and run["device_name"]
     assert {v["name"]: v["block_size"] for v in run["variants"]} == {"cpu-bs16": 16, "gpu-bs1": 1, "gpu-bs16": 16,
@@ -291,6 +294,8 @@ def test_seed_table_is_unchanged(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[1] == bench.HEADER
     assert lines[2].split()[:2] == ["4", "32"]
+    speedups = [lines[2].split()[i] for i in (4, 7)] + re.findall(r"(?:mean|median|min|max) (\S+)x", proc.stdout)
+    assert len(speedups) == 10 and all(re.fullmatch(r"\d+\.\d{3}", s) for s in speedups), speedups
     assert "Equivalence check passed at all 1 grid points" in proc.stdout
     assert set(json.loads((tmp_path / "s.json").read_text())["results"][0]) >= {"update_block_table",
                                                                                   "pack_flash_attn_metadata"}

@@ -232,13 +232,12 @@ class Progress:
 
 
 def _num(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.1f}" if abs(x) >= 100 else f"{x:.3g}"
+    return "-" if x is None else f"{x:.1f}"
 
 
-def _speedup(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3g}x"
+def speedup_text(x: float | None) -> str:
+    """A speedup as every table prints it: three decimals, whatever its size."""
+    return "-" if x is None else f"{x:.3f}"
 
 
 def mode_header(mode: str, workload: dict, result: dict) -> str:
@@ -274,7 +273,7 @@ def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
         lead = "".join(f"{point[k]:<12}" for k in keys)
         for name, r in result["variants"].items():
             steps = r.get("host_step_us", {})
-            speedup = "" if name == BASELINE.name else _speedup(result.get("speedup", {}).get(name))
+            speedup = "" if name == BASELINE.name else speedup_text(result.get("speedup", {}).get(name)) + "x"
             print(f"{lead}{name:<14}{_num(r['median'][first['primary']]):>9}{_num(r['median']['host_us']):>9}"
                   f"{_num(steps.get('p50')):>9}{_num(steps.get('p99')):>9}{_num(steps.get('max')):>10}"
                   f"{speedup:>10}", flush=True)
