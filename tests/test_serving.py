@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from disagmoe import bench
-from disagmoe.serving import points, timing
+from disagmoe.serving import cli, points, timing
 from disagmoe.serving.variants import VARIANTS, Variant, variant
 from disagmoe.serving.variants import make_manager as variant_manager
 from disagmoe.serving.workloads import CYCLE_STEPS, DecodeWorkload, TraceConfig, TraceWorkload
@@ -216,6 +216,7 @@ def test_command_line_trace_pipelined_quick(tmp_path, capsys):
                        "--output", str(out), "--plot", str(png)]) == 0
     printed = capsys.readouterr().out
     assert "timing pipelined" in printed and "p99" in printed
+    assert max(len(line) for line in printed.splitlines()) <= cli.WIDTH  # a terminal's width, not 200
     lines = [line.split() for line in printed.splitlines()]
     gpu = [cells for cells in lines if cells and cells[0] == "gpu-bs16"]
     # its speedup over cpu-bs16, and every figure, in one format whatever its size
@@ -360,7 +361,8 @@ def test_command_line_replays_a_trace_file(tmp_path, capsys, fmt):
     assert bench.main(["--trace", str(path), "--timing", "pipelined", "--quick", "--running", "8",
                        "--window", "3", "--windows", "2", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "replay of " + path.name in printed and "Scheduler, per replayed window" in printed
+    assert "replay of " + path.name in " ".join(printed.split()) and "Scheduler, per replayed window" in printed
+    assert max(len(line) for line in printed.splitlines()) <= cli.WIDTH
     run = json.loads(out.read_text())
     assert run["workload"] == "replay" and len(run["points"]) == 1
     result = run["points"][0]

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import math
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Callable
@@ -231,6 +232,16 @@ class Progress:
             print(file=sys.stderr)
 
 
+WIDTH = 120
+"""Printed lines stay within this many characters: the tables fit, prose wraps."""
+
+
+def wrap(text: str) -> str:
+    """`text`, each of its lines wrapped at WIDTH characters."""
+    return "\n".join(textwrap.fill(line, WIDTH, break_long_words=False, break_on_hyphens=False) or line
+                     for line in text.split("\n"))
+
+
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
@@ -264,7 +275,7 @@ def mode_header(mode: str, workload: dict, result: dict) -> str:
 def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
     """One line per grid point and variant."""
     first = rows[0][1]
-    print(mode_header(mode, first["workload"], {**first, "forward_us": first.get("forward_median_us", 0.0)}))
+    print(wrap(mode_header(mode, first["workload"], {**first, "forward_us": first.get("forward_median_us", 0.0)})))
     figure = "added" if mode == "busy" else "wall"
     keys = list(rows[0][0])
     head = "".join(f"{k.replace('_', ' ').capitalize():<12}" for k in keys)
@@ -282,9 +293,9 @@ def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
 
 def print_scheduler(run: dict) -> None:
     """What the scheduler made of each replayed window."""
-    print("\nScheduler, per replayed window: requests holding KV (mean / peak), waiting (mean / peak), "
-          "KV pool in use (mean / peak), prefill and decode tokens a step (mean), preemptions, "
-          "arrived / finished")
+    print(wrap("\nScheduler, per replayed window: requests holding KV (mean / peak), waiting (mean / peak), "
+               "KV pool in use (mean / peak), prefill and decode tokens a step (mean), preemptions, "
+               "arrived / finished"))
     for point, results in _first_of_each(run):
         s = results[0]["workload"]["steps"]
         print(f"  {point['trace']} running cap {point['running']}: {s['num_steps']} steps, {s['running_mean']:.1f} / "
@@ -306,11 +317,11 @@ def print_floors(device: torch.device, rows: list[tuple[dict, dict]]) -> dict:
     that the cpu backend copies per pack."""
     copied = {tuple(p.items()): r["metadata_bytes"].get(BASELINE.name) for p, r in rows}
     floors = measure_floors(device, [n for n in copied.values() if n])
-    print(f"\nFloors, same process: bare synchronise {floors['bare_synchronize_us']:.1f} us; one tiny kernel "
-          f"{floors['tiny_kernel_synced_us']:.1f} us synced, {floors['tiny_kernel_pipelined_us']:.1f} us a "
-          f"launch back to back, {floors['graph_replay_pipelined_us']:.1f} us a graph replay of it; the "
-          f"metadata's views {floors['metadata_views_us']:.1f} us; pinned host-to-device copies of the bytes "
-          f"{BASELINE.name} copies per pack (first layer):")
+    print(wrap(f"\nFloors, same process: bare synchronise {floors['bare_synchronize_us']:.1f} us; one tiny kernel "
+               f"{floors['tiny_kernel_synced_us']:.1f} us synced, {floors['tiny_kernel_pipelined_us']:.1f} us a "
+               f"launch back to back, {floors['graph_replay_pipelined_us']:.1f} us a graph replay of it; the "
+               f"metadata's views {floors['metadata_views_us']:.1f} us; pinned host-to-device copies of the bytes "
+               f"{BASELINE.name} copies per pack (first layer):"))
     by_bytes = {c["bytes"]: c for c in floors["copies"]}
     for point, nbytes in copied.items():
         if nbytes:
@@ -336,9 +347,9 @@ def main(args, run: dict) -> int:
     timing = points.Timing(args.window or timing.window, args.windows or timing.windows, timing.warmup,
                            args.forward_us)
     grid = _grid(args)
-    print(f"Device: {run['device_name']}; torch {run['torch_version']}; triton {run['triton_version'] or 'none'}; "
-          f"commit {run['commit'][:12]}; workload {args.workload}; timing {' '.join(modes)}; "
-          f"variants {' '.join(v.name for v in args.variant_list)}")
+    print(wrap(f"Device: {run['device_name']}; torch {run['torch_version']}; triton {run['triton_version'] or 'none'}; "
+               f"commit {run['commit'][:12]}; workload {args.workload}; timing {' '.join(modes)}; "
+               f"variants {' '.join(v.name for v in args.variant_list)}"))
     progress = Progress(len(grid) * (1 + len(modes) * timing.windows * len(args.variant_list)))
     run.update({"workload": args.workload, "timing_modes": modes, "timing": dataclasses.asdict(timing),
                 "variants": [{"name": v.name, "backend": v.backend, "block_size": v.block_size}
@@ -359,8 +370,8 @@ def main(args, run: dict) -> int:
             run["points"].append(result)
             by_mode[result["mode"]].append((point, result))
     progress.close()
-    print("Variants checked against each other at every grid point (lengths and metadata; block tables "
-          "and slots between equal block sizes): identical.")
+    print(wrap("Variants checked against each other at every grid point (lengths and metadata; block tables "
+               "and slots between equal block sizes): identical."))
     if args.workload in ("replay", *REPLAYS):
         print_scheduler(run)
     for mode in modes:
