@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import sys
 import textwrap
@@ -104,6 +105,12 @@ def _option(name: str) -> str:
 
 
 def _check_serving(args: argparse.Namespace) -> None:
+    for name in ("output", "plot"):  # every workload's, replays' included
+        if getattr(args, name, None) is not None:
+            inputs.output_path(_option(name), getattr(args, name))
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise inputs.InputError(f"--plot {args.plot}: drawing the map needs matplotlib (pip install "
+                                "'disagmoe[plot]')")
     for name in ("contexts", "running", "prompts", "batch_sizes"):
         for value in getattr(args, name) or ():
             inputs.count(_option(name), value)
@@ -136,9 +143,6 @@ def _check_serving(args: argparse.Namespace) -> None:
                 inputs.pool_slots(f"--running {point['running']} --prompts {point['max_prompt']} --max-output "
                                   f"{args.max_output} ({v.name})", point["running"],
                                   point["max_prompt"] + args.max_output, v.block_size)
-    for name in ("output", "plot"):
-        if getattr(args, name, None) is not None:
-            inputs.output_path(_option(name), getattr(args, name))
 
 
 def _check_replay(args: argparse.Namespace) -> None:
