@@ -155,3 +155,11 @@ def test_replay_options_are_checked_and_the_trace_read_first(tmp_path, capsys):
         assert info.value.code == 2
         assert named in capsys.readouterr().err, argv
 
+
+def test_help_names_the_three_designs(capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert info.value.code == 0
+    assert "all three designs" in shown and "both backends" not in shown
+    assert "hybrid-bs16" in shown  # the --variants default, all of them
