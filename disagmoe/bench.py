@@ -34,6 +34,7 @@ from disagmoe import BACKENDS
 from disagmoe.block_manager.base import resolve_device
 from disagmoe.serving import cli as serving_cli
 from disagmoe.serving import inputs
+from disagmoe.serving.cli import speedup_text
 from disagmoe.workloads import (
     BACKEND_NAMES,
     BATCH_SIZES,
@@ -59,16 +60,11 @@ HEADER = ("Batch Size   Seq Len   CPU Update (ms) GPU Update (ms) Speedup   "
           "CPU Pack (ms) GPU Pack (ms) Speedup")
 
 
-def _speedup(x: float) -> str:
-    """Two decimals, as the table always printed them, or three significant digits below 0.1."""
-    return f"{x:.2f}" if x >= 0.1 else f"{x:.3g}"
-
-
 def _row(point: dict) -> str:
     update, pack = point["update_block_table"], point["pack_flash_attn_metadata"]
     return (f"{point['batch_size']:<13}{point['seq_len']:<10}{update['cpu_ms']:<16.4f}{update['gpu_ms']:<16.4f}"
-            f"{_speedup(update['speedup']):<10}{pack['cpu_ms']:<14.4f}{pack['gpu_ms']:<14.4f}"
-            f"{_speedup(pack['speedup'])}")
+            f"{speedup_text(update['speedup']):<10}{pack['cpu_ms']:<14.4f}{pack['gpu_ms']:<14.4f}"
+            f"{speedup_text(pack['speedup'])}")
 
 
 def _run_point(batch_size: int, seq_len: int, device: torch.device, iterations: int, warmup: int,
@@ -227,8 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run["summary"] = {op: summarize([p[op]["speedup"] for p in run["results"]]) for op in OPS}
     print(f"Speedup (CPU time / GPU time, > 1: the gpu backend is faster) over {len(grid)} grid points:")
     for op, s in run["summary"].items():
-        print(f"  {op:<26} mean {_speedup(s['mean'])}x  median {_speedup(s['median'])}x  "
-              f"min {_speedup(s['min'])}x  max {_speedup(s['max'])}x")
+        print(f"  {op:<26} mean {speedup_text(s['mean'])}x  median {speedup_text(s['median'])}x  "
+              f"min {speedup_text(s['min'])}x  max {speedup_text(s['max'])}x")
     _write(args.output, run)
     return 0
 

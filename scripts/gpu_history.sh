@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command on an offline GPU machine with a preinstalled torch: asv from the wheels
-# in .wheels/ (scripts/asv_gpu.sh), the suite over a set of commits, then `asv publish`.
+# in .wheels/ (scripts/asv_gpu.sh), the suite over a set of commits, then the site (scripts/publish_site.py).
 # Results land in results/<machine>/ (kept in git: results/README.md), the site in
 # .asv/html; with --out DIR both are also packed into DIR/history.tar.gz.
 #

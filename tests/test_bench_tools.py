@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -175,15 +176,105 @@ def test_pack_sweep_runs(tmp_path):
     assert "w128-p4-nw4" in run.stdout
 
 
-def test_the_committed_history_keeps_its_benchmark_versions():
+def _what_asv_writes(tmp_path) -> str:
+    """results/benchmarks.json as asv writes it at every discovery of the suite: the suite found
+    at its default grid (no DISAGMOE_* variable) by a fresh interpreter importing this
+    checkout's package, in asv's own format."""
+    asv_util = pytest.importorskip("asv.util")
+    from asv.benchmarks import Benchmarks
+
+    listed = tmp_path / "discovered.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISAGMOE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    code = ("import sys; from asv_runner.discovery import list_benchmarks; "
+            "list_benchmarks(sys.argv[1], open(sys.argv[2], 'w'))")
+    done = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, "benchmarks"), str(listed)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / "benchmarks.json"
+    asv_util.write_json(str(written), {b["name"]: b for b in json.loads(listed.read_text())},
+                        Benchmarks.api_version)
+    return written.read_text()
+
+
+def test_the_committed_history_keeps_its_benchmark_versions(tmp_path):
     """asv files a result under its benchmark's version, the hash of the benchmark's source:
     every benchmark the committed history (results/benchmarks.json) holds must still hash
-    the same, or its history would start over."""
-    asv_discovery = pytest.importorskip("asv_runner.discovery")
-    committed = json.load(open(os.path.join(ROOT, "results", "benchmarks.json")))
-    found = {b.name: b.version for b in asv_discovery.disc_benchmarks(os.path.join(ROOT, "benchmarks"))}
+    the same, or its history would start over. And the committed file is exactly what asv
+    writes there at every run (scripts/run_suite.sh included), so that a run leaves the
+    clone as it found it: after a change to the suite, `asv run --python=same --dry-run
+    --bench NONE` (no DISAGMOE_* variable set) writes it anew."""
+    pytest.importorskip("asv_runner.discovery")
+    committed_text = open(os.path.join(ROOT, "results", "benchmarks.json")).read()
+    committed, written = json.loads(committed_text), _what_asv_writes(tmp_path)
+    found = {name: info["version"] for name, info in json.loads(written).items() if name != "version"}
     kept = {name: info["version"] for name, info in committed.items() if name != "version"}
     assert kept and {name: found.get(name) for name in kept} == kept
+    differ = sorted(name for name, info in json.loads(written).items() if committed.get(name) != info)
+    assert committed_text == written, f"results/benchmarks.json is not what asv writes now: {differ}"
+
+
+def test_regressions_page_thresholds_spare_only_the_absolute_times():
+    """asv.conf.json's regressions_thresholds (asv matches each regex at the start of a grid
+    point's name): absolute times need a step past 2.5x on the regressions page, the ratios
+    the verdicts read and the memory footprint keep asv's 5%."""
+    asv_util = pytest.importorskip("asv.util")
+    conf = asv_util.load_json(os.path.join(ROOT, "asv.conf.json"), js_comments=True)
+    suite = json.load(open(os.path.join(ROOT, "results", "benchmarks.json")))
+    names = [name for name in suite if name != "version"]
+
+    def threshold(name: str) -> float:
+        entry = f"{name}('cpu', 16, 128)@main"
+        return max([float(t) for regex, t in conf["regressions_thresholds"].items() if re.match(regex, entry)],
+                   default=0.05)
+
+    absolute = [n for n in names if ".time_" in n or ".Step.track_" in n]
+    assert sum(".time_" in n for n in absolute) == 4 and all(threshold(n) == 1.5 for n in absolute), absolute
+    assert all(threshold(n) == 0.05 for n in names if n not in absolute)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_verdicts_stop_at_once_without_two_commits(tmp_path):
+    """In a clone of one commit, the README's `scripts/verdicts.sh main HEAD` and a commit
+    that is not there stop before asv runs, saying what to compare (exit code 2)."""
+    repo = tmp_path / "clone"
+    (repo / "scripts" / "lib").mkdir(parents=True)
+    for path in ("scripts/verdicts.sh", "scripts/lib/machine_name.sh"):
+        shutil.copy(os.path.join(ROOT, path), repo / path)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "one"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    for argv, said in ((["main", "HEAD"], "are one commit"),
+                       (["HEAD~1", "HEAD"], "no commit HEAD~1 in this clone (commits on HEAD here: 1)"),
+                       (["v9", "HEAD"], "scripts/verdicts.sh HEAD~1 HEAD")):
+        done = subprocess.run(["bash", str(repo / "scripts" / "verdicts.sh"), *argv], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "ASV": "false", "ASV_MACHINE": "m"})
+        assert done.returncode == 2 and said in done.stderr, (argv, done.stderr)
+
+
+def test_verdict_noise_covers_the_serving_ratios(tmp_path, capsys):
+    """The noise report reads every benchmark that verdicts.sh compares, the serving
+    benchmarks' InverseSpeedup included: each grid point's spread between the processes of
+    one commit, per benchmark and variant."""
+    from scripts import verdict_noise
+
+    columns = ["result", "params", "samples"]
+    results = {
+        "bench_relative.RelativeTime.track_update_block_table":
+            [None, [["'cpu'"], ["16"], ["128"]], [[1.0] * 9 + [1.02] * 9]],
+        "bench_trace.InverseSpeedup.track_pipelined":
+            [None, [["'gpu-bs16'", "'hybrid-bs16'"], ["64"], ["2048"]], [[0.5] * 9 + [0.8] * 9, None]],
+        "bench_trace.Step.track_pipelined": [None, [["'cpu-bs16'"], ["64"], ["2048"]], [[10.0] * 9 + [99.0] * 9]],
+    }
+    path = tmp_path / "commit.json"
+    path.write_text(json.dumps({"result_columns": columns, "results": results}))
+    assert verdict_noise.process_medians(str(path), 2) == {
+        "RelativeTime update_block_table('cpu', 16, 128)": [1.0, 1.02],
+        "trace InverseSpeedup pipelined('gpu-bs16', 64, 2048)": [0.5, 0.8]}
+    assert verdict_noise.main(["--rounds", "2", "--factor", "1.1", str(path)]) == 1
+    printed = capsys.readouterr().out
+    assert "1 of 2 points beyond" in printed
+    assert "trace InverseSpeedup pipelined 'gpu-bs16'" in printed and "WARNING" in printed
 
 
 def test_every_benchmark_pins_its_version():

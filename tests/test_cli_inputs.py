@@ -56,21 +56,56 @@ def test_cuda_and_busy_are_refused_without_a_gpu(capsys):
         assert named in capsys.readouterr().err
 
 
-def test_output_paths_are_checked_before_the_run(tmp_path, capsys):
+def _path_cases(tmp_path) -> list[tuple[list[str], str]]:
+    """(argv, what its one-line refusal says): a missing folder is never made, a regular file
+    is never taken for a folder, for the seed's table and every serving workload."""
     afile = tmp_path / "a-file"
     afile.write_text("x")
-    cases = [(["--output", str(tmp_path / "missing" / "r.json")], "does not exist"),
-             (["--output", str(afile / "r.json")], "is not a folder"),
-             (["--output", str(tmp_path)], "is a folder"),
-             (["--workload", "trace", "--plot", str(tmp_path / "no" / "map.png")], "--plot"),
-             (["--workload", "trace", "--output", str(tmp_path / "no" / "r.json")], "--output"),
-             (["--profile", str(tmp_path / "a" / "b")], "--profile")]
-    for argv, named in cases:
+    missing, under_file = tmp_path / "missing", afile / "r.json"
+    return [(["--output", str(missing / "r.json")],
+             f"--output {missing / 'r.json'}: its folder {missing} does not exist"),
+            (["--output", str(under_file)], f"--output {under_file}: its folder {afile} is not a folder"),
+            (["--output", str(tmp_path)], f"--output {tmp_path}: is a folder"),
+            (["--workload", "trace", "--plot", str(missing / "map.png")], f"--plot {missing / 'map.png'}: its folder"),
+            (["--workload", "decode", "--plot", str(afile / "map.png")], "is not a folder"),
+            (["--workload", "trace", "--plot", str(tmp_path)], f"--plot {tmp_path}: is a folder"),
+            (["--workload", "trace", "--output", str(missing / "r.json")], "--output"),
+            (["--workload", "decode", "--output", str(under_file)], f"--output {under_file}: its folder"),
+            (["--workload", "azure-conv", "--output", str(missing / "r.json")], "does not exist"),
+            (["--trace", str(afile), "--trace-format", "azure", "--output", str(under_file)], "is not a folder"),
+            (["--profile", str(tmp_path / "a" / "b")], "--profile")]
+
+
+def test_output_paths_are_checked_before_the_run(tmp_path, capsys):
+    for argv, said in _path_cases(tmp_path):
         with pytest.raises(SystemExit) as info:
             bench.parse_args(argv)
         assert info.value.code == 2
-        assert named in capsys.readouterr().err, argv
-    assert not (tmp_path / "missing").exists() and not (tmp_path / "no").exists()  # nothing made
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("disagmoe-bench: error:") and said in err, (argv, err)
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "a").exists()  # nothing made
+
+
+def test_a_bad_path_stops_the_command_before_anything_runs(tmp_path, capsys, monkeypatch):
+    """main() refuses before measuring: nothing is printed on stdout, no table, no progress."""
+    monkeypatch.setattr(bench, "_run_point", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr(bench.serving_cli.points, "run_point", lambda *a, **k: pytest.fail("measured"))
+    for argv, said in _path_cases(tmp_path):
+        with pytest.raises(SystemExit) as info:
+            bench.main(argv)
+        captured = capsys.readouterr()
+        assert info.value.code == 2 and said in captured.err and captured.out == "", argv
+
+
+def test_plot_without_matplotlib_is_refused_first(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else
+                        find_spec(name, *a))
+    with pytest.raises(SystemExit) as info:
+        bench.parse_args(["--workload", "trace", "--plot", str(tmp_path / "m.png")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--plot" in err and "needs matplotlib" in err, err
 
 
 def test_a_good_command_line_is_accepted(tmp_path):
@@ -121,3 +156,12 @@ def test_replay_options_are_checked_and_the_trace_read_first(tmp_path, capsys):
             bench.parse_args(argv)
         assert info.value.code == 2
         assert named in capsys.readouterr().err, argv
+
+
+def test_help_names_the_three_designs(capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert info.value.code == 0
+    assert "all three designs" in shown and "both backends" not in shown
+    assert "hybrid-bs16" in shown  # the --variants default, all of them

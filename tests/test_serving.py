@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from disagmoe import bench
-from disagmoe.serving import points, timing
+from disagmoe.serving import cli, points, timing
 from disagmoe.serving.variants import VARIANTS, Variant, variant
 from disagmoe.serving.variants import make_manager as variant_manager
 from disagmoe.serving.workloads import CYCLE_STEPS, DecodeWorkload, TraceConfig, TraceWorkload
@@ -215,9 +216,12 @@ def test_command_line_trace_pipelined_quick(tmp_path, capsys):
                        "--output", str(out), "--plot", str(png)]) == 0
     printed = capsys.readouterr().out
     assert "timing pipelined" in printed and "p99" in printed
+    assert max(len(line) for line in printed.splitlines()) <= cli.WIDTH  # a terminal's width, not 200
     lines = [line.split() for line in printed.splitlines()]
     gpu = [cells for cells in lines if cells and cells[0] == "gpu-bs16"]
-    assert gpu and gpu[0][-1].endswith("x")  # its speedup over cpu-bs16
+    # its speedup over cpu-bs16, and every figure, in one format whatever its size
+    assert gpu and re.fullmatch(r"\d+\.\d{3}x", gpu[0][-1]), gpu
+    assert all(re.fullmatch(r"\d+\.\d", cell) for cells in gpu for cell in cells[1:-1]), gpu
     run = json.loads(out.read_text())
     assert run["workload"] == "trace" and run["timing_modes"] == ["pipelined"] and run["device_name"]
     assert {v["name"]: v["block_size"] for v in run["variants"]} == {"cpu-bs16": 16, "gpu-bs1": 1, "gpu-bs16": 16,
@@ -226,6 +230,43 @@ def test_command_line_trace_pipelined_quick(tmp_path, capsys):
     steps = run["points"][0]["variants"]["hybrid-bs16"]["host_step_us"]
     assert 0 < steps["p50"] <= steps["p90"] <= steps["p99"] <= steps["max"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _map_run(modes: list[str], device_name: str) -> dict:
+    """A run of the command line's JSON shape, enough for the crossover map."""
+    compared = {"gpu-bs1": 0.12, "gpu-bs16": 1.3, "hybrid-bs16": 2.1}
+    points = [{"mode": mode, "point": {"running": r, "max_prompt": p}, "speedup": compared}
+              for mode in modes for r in (64, 256, 1024) for p in (2048, 16384, 65536)]
+    return {"timing_modes": modes, "baseline": "cpu-bs16", "workload": "trace", "device_name": device_name,
+            "commit": "0123456789abcdef", "points": points,
+            "variants": [{"name": n} for n in ("cpu-bs16", *compared)]}
+
+
+@pytest.mark.parametrize("modes", [["pipelined"], ["synced", "pipelined"], ["synced", "pipelined", "busy"]])
+def test_crossover_map_fits_and_names_the_modes_run(modes):
+    """Every text of the map lies within the figure (a long card name included), and the
+    title explains the timing modes that were run, no other."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from disagmoe.serving.plot import MODE_FIGURES, crossover_figure
+
+    fig = crossover_figure(_map_run(modes, "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz " * 4))
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        frame = fig.bbox
+        for text in fig.findobj(Text):
+            if text.get_visible() and text.get_text():
+                box = text.get_window_extent(renderer)
+                assert (box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1 and box.y0 >= frame.y0 - 1
+                        and box.y1 <= frame.y1 + 1), text.get_text()
+        title = " ".join(fig.get_suptitle().split())
+        for mode, said in MODE_FIGURES.items():
+            assert (" ".join(said.split()) in title) == (mode in modes), (mode, title)
+    finally:
+        plt.close(fig)
 
 
 def test_command_line_errors(capsys):
@@ -254,6 +295,8 @@ def test_seed_table_is_unchanged(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[1] == bench.HEADER
     assert lines[2].split()[:2] == ["4", "32"]
+    speedups = [lines[2].split()[i] for i in (4, 7)] + re.findall(r"(?:mean|median|min|max) (\S+)x", proc.stdout)
+    assert len(speedups) == 10 and all(re.fullmatch(r"\d+\.\d{3}", s) for s in speedups), speedups
     assert "Equivalence check passed at all 1 grid points" in proc.stdout
     assert set(json.loads((tmp_path / "s.json").read_text())["results"][0]) >= {"update_block_table",
                                                                                   "pack_flash_attn_metadata"}
@@ -318,7 +361,8 @@ def test_command_line_replays_a_trace_file(tmp_path, capsys, fmt):
     assert bench.main(["--trace", str(path), "--timing", "pipelined", "--quick", "--running", "8",
                        "--window", "3", "--windows", "2", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "replay of " + path.name in printed and "Scheduler, per replayed window" in printed
+    assert "replay of " + path.name in " ".join(printed.split()) and "Scheduler, per replayed window" in printed
+    assert max(len(line) for line in printed.splitlines()) <= cli.WIDTH
     run = json.loads(out.read_text())
     assert run["workload"] == "replay" and len(run["points"]) == 1
     result = run["points"][0]

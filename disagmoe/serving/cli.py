@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Callable
@@ -107,6 +109,12 @@ def _option(name: str) -> str:
 
 
 def _check_serving(args: argparse.Namespace) -> None:
+    for name in ("output", "plot"):  # every workload's, replays' included
+        if getattr(args, name, None) is not None:
+            inputs.output_path(_option(name), getattr(args, name))
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise inputs.InputError(f"--plot {args.plot}: drawing the map needs matplotlib (pip install "
+                                "'disagmoe[plot]')")
     for name in ("contexts", "running", "prompts", "batch_sizes"):
         for value in getattr(args, name) or ():
             inputs.count(_option(name), value)
@@ -142,9 +150,6 @@ def _check_serving(args: argparse.Namespace) -> None:
                 inputs.pool_slots(f"--running {point['running']} --prompts {point['max_prompt']} --max-output "
                                   f"{args.max_output} ({v.name})", point["running"],
                                   point["max_prompt"] + args.max_output, v.block_size)
-    for name in ("output", "plot"):
-        if getattr(args, name, None) is not None:
-            inputs.output_path(_option(name), getattr(args, name))
 
 
 def _check_replay(args: argparse.Namespace) -> None:
@@ -239,14 +244,23 @@ class Progress:
             print(file=sys.stderr)
 
 
+WIDTH = 120
+"""Printed lines stay within this many characters: the tables fit, prose wraps."""
+
+
+def wrap(text: str) -> str:
+    """`text`, each of its lines wrapped at WIDTH characters."""
+    return "\n".join(textwrap.fill(line, WIDTH, break_long_words=False, break_on_hyphens=False) or line
+                     for line in text.split("\n"))
+
+
 def _num(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.1f}" if abs(x) >= 100 else f"{x:.3g}"
+    return "-" if x is None else f"{x:.1f}"
 
 
-def _speedup(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3g}x"
+def speedup_text(x: float | None) -> str:
+    """A speedup as every table prints it: three decimals, whatever its size."""
+    return "-" if x is None else f"{x:.3f}"
 
 
 def mode_header(mode: str, workload: dict, result: dict) -> str:
@@ -273,7 +287,7 @@ def mode_header(mode: str, workload: dict, result: dict) -> str:
 def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
     """One line per grid point and variant."""
     first = rows[0][1]
-    print(mode_header(mode, first["workload"], {**first, "forward_us": first.get("forward_median_us", 0.0)}))
+    print(wrap(mode_header(mode, first["workload"], {**first, "forward_us": first.get("forward_median_us", 0.0)})))
     figure = "added" if mode == "busy" else "wall"
     keys = list(rows[0][0])
     head = "".join(f"{k.replace('_', ' ').capitalize():<12}" for k in keys)
@@ -282,7 +296,7 @@ def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
         lead = "".join(f"{point[k]:<12}" for k in keys)
         for name, r in result["variants"].items():
             steps = r.get("host_step_us", {})
-            speedup = "" if name == BASELINE.name else _speedup(result.get("speedup", {}).get(name))
+            speedup = "" if name == BASELINE.name else speedup_text(result.get("speedup", {}).get(name)) + "x"
             print(f"{lead}{name:<14}{_num(r['median'][first['primary']]):>9}{_num(r['median']['host_us']):>9}"
                   f"{_num(steps.get('p50')):>9}{_num(steps.get('p99')):>9}{_num(steps.get('max')):>10}"
                   f"{speedup:>10}", flush=True)
@@ -291,9 +305,9 @@ def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
 
 def print_scheduler(run: dict) -> None:
     """What the scheduler made of each replayed window."""
-    print("\nScheduler, per replayed window: requests holding KV (mean / peak), waiting (mean / peak), "
-          "KV pool in use (mean / peak), prefill and decode tokens a step (mean), preemptions, "
-          "arrived / finished")
+    print(wrap("\nScheduler, per replayed window: requests holding KV (mean / peak), waiting (mean / peak), "
+               "KV pool in use (mean / peak), prefill and decode tokens a step (mean), preemptions, "
+               "arrived / finished"))
     for point, results in _first_of_each(run):
         s = results[0]["workload"]["steps"]
         print(f"  {point['trace']} running cap {point['running']}: {s['num_steps']} steps, {s['running_mean']:.1f} / "
@@ -342,11 +356,11 @@ def print_floors(device: torch.device, rows: list[tuple[dict, dict]]) -> dict:
     that the cpu backend copies per pack."""
     copied = {tuple(p.items()): r["metadata_bytes"].get(BASELINE.name) for p, r in rows}
     floors = measure_floors(device, [n for n in copied.values() if n])
-    print(f"\nFloors, same process: bare synchronise {floors['bare_synchronize_us']:.1f} us; one tiny kernel "
-          f"{floors['tiny_kernel_synced_us']:.1f} us synced, {floors['tiny_kernel_pipelined_us']:.1f} us a "
-          f"launch back to back, {floors['graph_replay_pipelined_us']:.1f} us a graph replay of it; the "
-          f"metadata's views {floors['metadata_views_us']:.1f} us; pinned host-to-device copies of the bytes "
-          f"{BASELINE.name} copies per pack (first layer):")
+    print(wrap(f"\nFloors, same process: bare synchronise {floors['bare_synchronize_us']:.1f} us; one tiny kernel "
+               f"{floors['tiny_kernel_synced_us']:.1f} us synced, {floors['tiny_kernel_pipelined_us']:.1f} us a "
+               f"launch back to back, {floors['graph_replay_pipelined_us']:.1f} us a graph replay of it; the "
+               f"metadata's views {floors['metadata_views_us']:.1f} us; pinned host-to-device copies of the bytes "
+               f"{BASELINE.name} copies per pack (first layer):"))
     by_bytes = {c["bytes"]: c for c in floors["copies"]}
     for point, nbytes in copied.items():
         if nbytes:
@@ -372,9 +386,9 @@ def main(args, run: dict) -> int:
     timing = points.Timing(args.window or timing.window, args.windows or timing.windows, timing.warmup,
                            args.forward_us)
     grid = _grid(args)
-    print(f"Device: {run['device_name']}; torch {run['torch_version']}; triton {run['triton_version'] or 'none'}; "
-          f"commit {run['commit'][:12]}; workload {args.workload}; timing {' '.join(modes)}; "
-          f"variants {' '.join(v.name for v in args.variant_list)}")
+    print(wrap(f"Device: {run['device_name']}; torch {run['torch_version']}; triton {run['triton_version'] or 'none'}; "
+               f"commit {run['commit'][:12]}; workload {args.workload}; timing {' '.join(modes)}; "
+               f"variants {' '.join(v.name for v in args.variant_list)}"))
     progress = Progress(len(grid) * (1 + len(modes) * timing.windows * len(args.variant_list)))
     run.update({"workload": args.workload, "timing_modes": modes, "timing": dataclasses.asdict(timing),
                 "variants": [{"name": v.name, "backend": v.backend, "block_size": v.block_size}
@@ -395,8 +409,8 @@ def main(args, run: dict) -> int:
             run["points"].append(result)
             by_mode[result["mode"]].append((point, result))
     progress.close()
-    print("Variants checked against each other at every grid point (lengths and metadata; block tables "
-          "and slots between equal block sizes): identical.")
+    print(wrap("Variants checked against each other at every grid point (lengths and metadata; block tables "
+               "and slots between equal block sizes): identical."))
     if args.workload in ("replay", *REPLAYS):
         print_scheduler(run)
         print_trace(args.trace_requests, args.trace_source, run)

@@ -10,9 +10,25 @@ Needs matplotlib (`pip install 'disagmoe[plot]'`).
 from __future__ import annotations
 
 import math
+import textwrap
+
+MODE_FIGURES = {"synced": "synced: each call until the device is done",
+                "pipelined": "pipelined: wall time of steps back to back",
+                "busy": "busy: device time added behind the forward"}
+"""What each timing mode's panels compare, for the title (the modes run, only)."""
 
 
 def crossover_map(run: dict, path: str) -> None:
+    """Draws the map of `run` (the command line's JSON) into `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = crossover_figure(run)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def crossover_figure(run: dict):
+    """The map's matplotlib figure (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,8 +44,9 @@ def crossover_map(run: dict, path: str) -> None:
     rows_key, cols_key = axes_keys
     row_values = sorted({p["point"][rows_key] for p in run["points"]})
     col_values = sorted({p["point"][cols_key] for p in run["points"]})
+    width = max(7.5, 1.5 + 3.6 * len(modes))
     fig, axes = plt.subplots(len(compared), len(modes), squeeze=False, layout="constrained",
-                             figsize=(max(7.5, 1.5 + 3.6 * len(modes)), 1.2 + 2.8 * len(compared)))
+                             figsize=(width, 1.2 + 2.8 * len(compared)))
     norm = LogNorm(vmin=1 / 8, vmax=8)
     image = None
     for j, mode in enumerate(modes):
@@ -53,16 +70,17 @@ def crossover_map(run: dict, path: str) -> None:
             ax.set_xlabel(cols_key.replace("_", " "))
             ax.set_ylabel(rows_key.replace("_", " "))
             ax.set_title(f"{name} vs {baseline}: {mode}", fontsize=10)
-    fig.suptitle(f"{run['workload']}: speedup = {baseline} time / variant time (> 1, blue: variant faster)\n"
-                 f"busy: device time added behind the forward; {run['device_name']}, commit "
-                 f"{run['commit'][:10]}", fontsize=9)
+    lines = [f"{run['workload']}: speedup = {baseline} time / variant time (> 1, blue: the variant is faster)",
+             "; ".join(MODE_FIGURES[mode] for mode in modes),
+             f"{run['device_name']}, commit {run['commit'][:10]}"]
+    # about 0.6 of the font size a character: the title stays within the figure's width
+    fig.suptitle("\n".join(textwrap.fill(line, int(width * 72 / (0.6 * 9)) - 4) for line in lines), fontsize=9)
     assert image is not None  # one panel at least
     ticks = [1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8]
     bar = fig.colorbar(image, ax=axes, shrink=0.8, label="speedup (log scale)", ticks=ticks)
     bar.ax.set_yticklabels(["1/8x", "1/4x", "1/2x", "1x", "2x", "4x", "8x"])
     bar.ax.minorticks_off()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _short(tokens: int) -> str:
