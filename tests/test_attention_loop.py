@@ -147,6 +147,7 @@ def test_command_line_reports_the_share(tmp_path, capsys):
                        "--model-layers", "4", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Attention in the loop" in printed and "of a step with 4 layers" in printed
+    assert max(len(line) for line in printed.splitlines()) <= 120
     run = json.loads(out.read_text())
     record = run["attention"][0]
     assert record["point"]["running"] == 6 and record["shape"]["model_layers"] == 4

@@ -409,21 +409,21 @@ def report(results: list[dict], factory: Callable, num_steps: int, device: torch
     return measured
 
 
-def print_report(point: dict, record: dict) -> None:
-    """A replayed point's attention and each variant's share, a few lines."""
+def report_lines(point: dict, record: dict) -> list[str]:
+    """A replayed point's attention and each variant's share, as lines to print."""
     label = " ".join(f"{k}={v}" for k, v in point.items())
     if "skipped" in record:
-        print(f"  {label}: attention left out ({record['skipped']})")
-        return
+        return [f"  {label}: attention left out ({record['skipped']})"]
     s = record["shape"]
-    print(f"  {label}: one layer of attention ({s['q_heads']} query heads, {s['kv_heads']} KV heads, "
-          f"dim {s['head_dim']}, {s['dtype']})")
-    print(f"    {record['timed']} us mean {record['layer_mean_us']:.1f}, p50 {record['layer_p50_us']:.1f}, p99 "
-          f"{record['layer_p99_us']:.1f}; host us to launch it p50 {record['layer_host_p50_us']:.1f}, p99 "
-          f"{record['layer_host_p99_us']:.1f}")
-    print(f"    steps {record['checked_steps']} equal to dense attention (largest difference "
-          f"{record['max_abs_diff']:.2g}); compiles while timed {record['compiles_timed']}"
-          + (f"; {record['late_launches']} launches outlasted their spin" if record["late_launches"] else ""))
+    lines = [f"  {label}: one layer of attention ({s['q_heads']} query heads, {s['kv_heads']} KV heads, "
+             f"dim {s['head_dim']}, {s['dtype']})",
+             f"    {record['timed']} us mean {record['layer_mean_us']:.1f}, p50 {record['layer_p50_us']:.1f}, p99 "
+             f"{record['layer_p99_us']:.1f}; host us to launch it p50 {record['layer_host_p50_us']:.1f}, p99 "
+             f"{record['layer_host_p99_us']:.1f}",
+             f"    steps {record['checked_steps']} equal to dense attention (largest difference "
+             f"{record['max_abs_diff']:.2g}); compiles while timed {record['compiles_timed']}"
+             + (f"; {record['late_launches']} launches outlasted their spin" if record["late_launches"] else "")]
     for name, fraction in record["share"].items():
-        print(f"    {name:<14} bookkeeping {record['bookkeeping_us'][name]:9.1f} us a step "
-              f"({record['bookkeeping_mode']}): {100 * fraction:.3g}% of a step with {s['model_layers']} layers")
+        lines.append(f"    {name:<14} bookkeeping {record['bookkeeping_us'][name]:9.1f} us a step "
+                     f"({record['bookkeeping_mode']}): {100 * fraction:.3g}% of a step with {s['model_layers']} layers")
+    return lines

@@ -329,18 +329,18 @@ def print_trace(requests: list, source: str, run: dict) -> None:
     run["trace"] = {"source": source, "requests": len(requests), "prefix_reuse": reuse}
     said = (f"{100 * reuse:.1f}% of its 512-token prefix blocks repeat an earlier request's (what a prefix "
             f"cache could reuse; blocks are not shared here)") if reuse is not None else f"prefix reuse: {why}"
-    print(f"  {source}: {len(requests)} requests; {said}")
+    print(wrap(f"  {source}: {len(requests)} requests; {said}"))
 
 
 def print_attention(run: dict, grid: list, num_steps: int, device: torch.device, model_layers: int) -> None:
     """Attention in the loop (`disagmoe.serving.attention`) at each replayed point."""
-    print("\nAttention in the loop: FlexAttention over the metadata of the same steps; a step is the "
-          f"bookkeeping once and {model_layers} layers of attention; share = bookkeeping / step")
+    print(wrap("\nAttention in the loop: FlexAttention over the metadata of the same steps; a step is the "
+               f"bookkeeping once and {model_layers} layers of attention; share = bookkeeping / step"))
     run["attention"] = []
     for (point, factory), (_, results) in zip(grid, _first_of_each(run)):
         record = attention.report(results, factory, num_steps, device, model_layers)
         run["attention"].append({"point": point, **record})
-        attention.print_report(point, record)
+        print(wrap("\n".join(attention.report_lines(point, record))))
 
 
 def _first_of_each(run: dict) -> list[tuple[dict, list]]:
