@@ -25,4 +25,5 @@ class PackFlashAttnMetadataDecode(StepTiming):
 # computed from the code on 2026-12-03, so that moving shared code does not start a history
 # over. Change one only where what the benchmark measures changes (docs/benchmarking.md).
 PackFlashAttnMetadataDecode.time_pack_flash_attn_metadata.version = (
-    "ed9ab444ec6e30e442e16e8f31539cf5221cd7e170f54e5bf74a9a84a037e982")
+    "ed9ab444ec6e30e442e16e8f31539cf5221cd7e170f54e5bf74a9a84a037e982"
+)

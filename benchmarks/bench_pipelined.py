@@ -91,8 +91,7 @@ class InverseSpeedup:
     def track_pipelined(self, cache, variant, batch_size, context):
         return ratios(cache, (batch_size, context), "pipelined", variant, BASELINE)
 
-    track_pipelined.pretty_name = ("decode step, pipelined: variant time / cpu-bs16 time = 1 / speedup, "
-                                   "lower is better")
+    track_pipelined.pretty_name = "decode step, pipelined: variant time / cpu-bs16 time = 1 / speedup, lower is better"
 
     def track_synced(self, cache, variant, batch_size, context):
         return ratios(cache, (batch_size, context), "synced", variant, BASELINE)

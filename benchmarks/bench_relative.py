@@ -40,14 +40,16 @@ class RelativeTime:
     def track_update_block_table(self, cache, backend, batch_size, seq_len):
         return self._ratios(cache, backend, "update_block_table", batch_size, seq_len)
 
-    track_update_block_table.pretty_name = ("update: time / reference time, lower is better "
-                                            "(update_block_table, decode, first layer)")
+    track_update_block_table.pretty_name = (
+        "update: time / reference time, lower is better (update_block_table, decode, first layer)"
+    )
 
     def track_pack_flash_attn_metadata(self, cache, backend, batch_size, seq_len):
         return self._ratios(cache, backend, "pack_flash_attn_metadata", batch_size, seq_len)
 
-    track_pack_flash_attn_metadata.pretty_name = ("pack: time / reference time, lower is better "
-                                                  "(pack_flash_attn_metadata, decode)")
+    track_pack_flash_attn_metadata.pretty_name = (
+        "pack: time / reference time, lower is better (pack_flash_attn_metadata, decode)"
+    )
 
 
 # asv files every result under its benchmark's `version`: each is pinned to the value asv

@@ -34,19 +34,23 @@ class InverseSpeedup:
     def track_update_block_table(self, cache, batch_size, seq_len):
         return self._ratios(cache, "update_block_table", batch_size, seq_len)
 
-    track_update_block_table.pretty_name = ("update: GPU time / CPU time, lower is better (1 / the CPU/GPU "
-                                            "speedup; update_block_table, decode, first layer)")
+    track_update_block_table.pretty_name = (
+        "update: GPU time / CPU time, lower is better (1 / the CPU/GPU "
+        "speedup; update_block_table, decode, first layer)"
+    )
 
     def track_pack_flash_attn_metadata(self, cache, batch_size, seq_len):
         return self._ratios(cache, "pack_flash_attn_metadata", batch_size, seq_len)
 
-    track_pack_flash_attn_metadata.pretty_name = ("pack: GPU time / CPU time, lower is better (1 / the CPU/GPU "
-                                                  "speedup; pack_flash_attn_metadata, decode)")
+    track_pack_flash_attn_metadata.pretty_name = (
+        "pack: GPU time / CPU time, lower is better (1 / the CPU/GPU speedup; pack_flash_attn_metadata, decode)"
+    )
 
 
 # asv files every result under its benchmark's `version`: each is pinned to the value asv
 # computed from the code on 2026-12-03, so that moving shared code does not start a history
 # over. Change one only where what the benchmark measures changes (docs/benchmarking.md).
 InverseSpeedup.track_pack_flash_attn_metadata.version = (
-    "b8fba31d802b03e4fd528e16ae579291d300a3f1e8565b5cd13e5c221e11f67b")
+    "b8fba31d802b03e4fd528e16ae579291d300a3f1e8565b5cd13e5c221e11f67b"
+)
 InverseSpeedup.track_update_block_table.version = "d2d718821b9a083d0ac9d61552e7c9657e8855a8ffad2995fc6a3e6f43f4496a"

@@ -89,8 +89,7 @@ class InverseSpeedup:
     def track_pipelined(self, cache, variant, running, max_prompt):
         return ratios(cache, (running, max_prompt), "pipelined", variant, BASELINE)
 
-    track_pipelined.pretty_name = ("trace step, pipelined: variant time / cpu-bs16 time = 1 / speedup, "
-                                   "lower is better")
+    track_pipelined.pretty_name = "trace step, pipelined: variant time / cpu-bs16 time = 1 / speedup, lower is better"
 
     def track_synced(self, cache, variant, running, max_prompt):
         return ratios(cache, (running, max_prompt), "synced", variant, BASELINE)

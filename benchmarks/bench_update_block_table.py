@@ -50,8 +50,11 @@ class UpdateBlockTableDecodeLaterLayer(StepTiming):
 # computed from the code on 2026-12-03, so that moving shared code does not start a history
 # over. Change one only where what the benchmark measures changes (docs/benchmarking.md).
 UpdateBlockTableDecode.time_update_block_table.version = (
-    "e89955b963d7ae6e086b5d7bc4b9d114f9006c9c323590601070a98ca7412a87")
+    "e89955b963d7ae6e086b5d7bc4b9d114f9006c9c323590601070a98ca7412a87"
+)
 UpdateBlockTableDecodeLaterLayer.time_update_block_table.version = (
-    "5d17c359f77df9981c4efa3b8426adabd574f8ed79baf991479e818a09025241")
+    "5d17c359f77df9981c4efa3b8426adabd574f8ed79baf991479e818a09025241"
+)
 UpdateBlockTablePrefill.time_update_block_table.version = (
-    "342b4e705944d6aeb0efdea06f0a9573b5f87c484d3c3b34351318f84c7856ee")
+    "342b4e705944d6aeb0efdea06f0a9573b5f87c484d3c3b34351318f84c7856ee"
+)

@@ -69,6 +69,8 @@ class Measured(dict):
 
     def __missing__(self, key):
         raise SkipNotImplemented(f"nothing measured for {key!r}: a backend this commit predates")
+
+
 BATCH_SIZES = _grid("DISAGMOE_BENCH_BATCH_SIZES", [16, 32, 64, 128, 256])
 SEQ_LENS = _grid("DISAGMOE_BENCH_SEQ_LENS", [128, 256, 512, 1024])
 
@@ -111,8 +113,10 @@ def workloads():
         if os.path.exists(os.path.join(package, name + ".py")):
             bench = importlib.import_module("disagmoe." + name)
             if os.path.dirname(bench.__file__) != package:
-                raise ImportError(f"{bench.__name__} comes from {bench.__file__}, not from the installed "
-                                  f"disagmoe ({disagmoe.__file__})")
+                raise ImportError(
+                    f"{bench.__name__} comes from {bench.__file__}, not from the installed "
+                    f"disagmoe ({disagmoe.__file__})"
+                )
             return bench
     raise ImportError(f"the installed disagmoe ({disagmoe.__file__}) predates the benchmark workloads")
 
@@ -121,9 +125,11 @@ def check_fork_safe() -> None:
     """Raise if this process was forked from one that had initialised CUDA (the fork
     server must only import torch: a CUDA call there breaks every child)."""
     if torch.cuda._is_in_bad_fork():
-        raise RuntimeError("CUDA was initialised in asv's fork server before it forked this benchmark; "
-                           "nothing at benchmark import time may touch CUDA (or run asv with "
-                           "--launch-method spawn)")
+        raise RuntimeError(
+            "CUDA was initialised in asv's fork server before it forked this benchmark; "
+            "nothing at benchmark import time may touch CUDA (or run asv with "
+            "--launch-method spawn)"
+        )
 
 
 try:  # the server imports the package once for all children; a commit that lacks it fails later, per benchmark
@@ -172,8 +178,9 @@ def decode_state(backend: str, batch_size: int, seq_len: int, owner: str = "deco
     return _states[key]
 
 
-def _side_by_side(rounds: int, iterations: int, warmup: int, backends: list[str],
-                  reference: bool = False) -> tuple[str, dict]:
+def _side_by_side(
+    rounds: int, iterations: int, warmup: int, backends: list[str], reference: bool = False
+) -> tuple[str, dict]:
     """Decode steps of the backends taking turns (and of `ReferenceWork` with
     `reference`), as in `python -m disagmoe.bench`, for the whole grid in one process:
     (device name, {(batch_size, seq_len): one `time_decode_steps` result per round})."""
@@ -205,9 +212,10 @@ def measure_inverse_speedups(rounds: int = 9, iterations: int = 20, warmup: int 
     so asv gets samples (and confidence intervals) rather than one number.
     """
     device, rounds_of = _side_by_side(rounds, iterations, warmup, ["cpu", "gpu"])
-    ratios = {point: {op: [_ratio(samples["gpu"][op], samples["cpu"][op]) for samples in runs]
-                      for op in runs[0]["cpu"]}
-              for point, runs in rounds_of.items()}
+    ratios = {
+        point: {op: [_ratio(samples["gpu"][op], samples["cpu"][op]) for samples in runs] for op in runs[0]["cpu"]}
+        for point, runs in rounds_of.items()
+    }
     return {"device": device, "ratios": ratios}
 
 
@@ -223,8 +231,10 @@ def measure_footprints() -> dict:
             for seq_len in SEQ_LENS:
                 state = bench.decode_state(backend, batch_size, seq_len)
                 footprint = state.manager.memory_footprint()  # plain ints: readers skip torch
-                footprints[(backend, batch_size, seq_len)] = {"device_bytes": footprint.device_bytes,
-                                                              "host_bytes": footprint.host_bytes}
+                footprints[(backend, batch_size, seq_len)] = {
+                    "device_bytes": footprint.device_bytes,
+                    "host_bytes": footprint.host_bytes,
+                }
                 del state
     return {"device": bench.device_name(device), "on_cuda": device.type == "cuda", "footprints": footprints}
 
@@ -278,8 +288,14 @@ def measure_relative_times(rounds: int = 9, iterations: int = 20, warmup: int = 
     operation, the rounds being asv's samples."""
     backends = installed_backends()
     device, rounds_of = _side_by_side(rounds, iterations, warmup, backends, reference=True)
-    ratios = {point: Measured({(backend, op): [_ratio(samples[backend][op], samples["reference"][op])
-                                               for samples in runs]
-                               for backend in backends for op in runs[0][backend]})
-              for point, runs in rounds_of.items()}
+    ratios = {
+        point: Measured(
+            {
+                (backend, op): [_ratio(samples[backend][op], samples["reference"][op]) for samples in runs]
+                for backend in backends
+                for op in runs[0][backend]
+            }
+        )
+        for point, runs in rounds_of.items()
+    }
     return {"device": device, "ratios": ratios}

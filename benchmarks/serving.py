@@ -38,18 +38,27 @@ def _names(variable: str, default: list[str], pattern: str, what: str) -> list[s
     return names
 
 
-VARIANTS = _names("DISAGMOE_SERVING_VARIANTS", ["cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16"],
-                  r"[a-z]+-bs[1-9][0-9]{0,8}", "a variant such as cpu-bs16 (<backend>-bs<block size>)")
+VARIANTS = _names(
+    "DISAGMOE_SERVING_VARIANTS",
+    ["cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16"],
+    r"[a-z]+-bs[1-9][0-9]{0,8}",
+    "a variant such as cpu-bs16 (<backend>-bs<block size>)",
+)
 BASELINE = "cpu-bs16"
 COMPARED = [v for v in VARIANTS if v != BASELINE]
 BATCH_SIZES = _ints("DISAGMOE_SERVING_BATCH_SIZES", [16, 64, 256, 1024])
 CONTEXTS = _ints("DISAGMOE_SERVING_CONTEXTS", [1024, 8192, 65536])
 TRACE_RUNNING = _ints("DISAGMOE_TRACE_RUNNING", [64, 256, 1024])
 TRACE_PROMPTS = _ints("DISAGMOE_TRACE_PROMPTS", [2048, 16384, 65536])
-REPLAY_TRACES = _names("DISAGMOE_REPLAY_TRACES", ["azure-conv", "mooncake"], "azure-conv|mooncake",
-                       "a bundled trace (azure-conv, mooncake)")
-MODES = tuple(_names("DISAGMOE_SERVING_MODES", list(ALL_MODES), "|".join(ALL_MODES),
-                    f"a timing mode ({', '.join(ALL_MODES)})"))
+REPLAY_TRACES = _names(
+    "DISAGMOE_REPLAY_TRACES",
+    ["azure-conv", "mooncake"],
+    "azure-conv|mooncake",
+    "a bundled trace (azure-conv, mooncake)",
+)
+MODES = tuple(
+    _names("DISAGMOE_SERVING_MODES", list(ALL_MODES), "|".join(ALL_MODES), f"a timing mode ({', '.join(ALL_MODES)})")
+)
 CPU_DEVICE_TOKENS = 1 << 20
 WINDOW, WINDOWS, WARMUP = 32, 9, 16  # steps a window, windows (asv's samples), untimed steps first
 
@@ -121,6 +130,7 @@ def _replay_point(key: tuple[str]) -> tuple[object, int]:
 
     def factory(num_steps: int) -> TraceReplay:
         return TraceReplay(requests, config, busiest_window(requests, config, num_steps), num_steps, key[0])
+
     return factory, config.num_blocks * config.block_size
 
 
@@ -130,8 +140,14 @@ def measure_replays(names: list[str]) -> dict:
     try:
         import disagmoe.serving.scheduler  # noqa: F401
     except ImportError as err:
-        return {"device": "-", "on_cuda": False, "skipped": {}, "points": {}, "missing_variants": {},
-                "unavailable": f"this commit's package has no trace replays ({err})"}
+        return {
+            "device": "-",
+            "on_cuda": False,
+            "skipped": {},
+            "points": {},
+            "missing_variants": {},
+            "unavailable": f"this commit's package has no trace replays ({err})",
+        }
     return measure_grid("replay", [(name,) for name in names])
 
 
@@ -170,12 +186,15 @@ def measure_grid(kind: str, keys: list[tuple]) -> dict:
             out["skipped"][key] = f"{tokens} tokens: past {CPU_DEVICE_TOKENS} on torch's CPU device"
             continue
         workload = factory(timing.num_steps)
-        runners = {name: Replay(make_manager(v, workload, timing.num_steps, device), workload)
-                   for name, v in variants.items()}
+        runners = {
+            name: Replay(make_manager(v, workload, timing.num_steps, device), workload) for name, v in variants.items()
+        }
         serving_points.check_variants(runners, variants)
         runners["reference"] = ReferenceStep(device)
-        out["points"][key] = {mode: measure(runners, mode, timing.window, timing.windows, timing.warmup,
-                                            forward)["runners"] for mode in modes}
+        out["points"][key] = {
+            mode: measure(runners, mode, timing.window, timing.windows, timing.warmup, forward)["runners"]
+            for mode in modes
+        }
         for runner in runners.values():
             if isinstance(runner, Replay):
                 runner.manager.reset_state()

@@ -37,17 +37,25 @@ class MetadataLayout:
     def __eq__(self, other: object) -> bool: ...
     def __hash__(self) -> int: ...
 
-def metadata_layout(batch_size: SupportsIndex, width: SupportsIndex,
-                    num_tokens: SupportsIndex) -> MetadataLayout: ...
+def metadata_layout(batch_size: SupportsIndex, width: SupportsIndex, num_tokens: SupportsIndex) -> MetadataLayout: ...
 
 @final
 class BatchStats:
     """The host integers of a batch's FlashAttention metadata and its arrays' shape."""
 
-    __match_args__: Final = ("batch_size", "num_prefills", "num_tokens", "num_prefill_tokens",
-                             "num_decode_tokens", "max_query_len", "max_seq_len",
-                             "max_prefill_seq_len", "max_decode_seq_len", "max_decode_query_len",
-                             "width")
+    __match_args__: Final = (
+        "batch_size",
+        "num_prefills",
+        "num_tokens",
+        "num_prefill_tokens",
+        "num_decode_tokens",
+        "max_query_len",
+        "max_seq_len",
+        "max_prefill_seq_len",
+        "max_decode_seq_len",
+        "max_decode_query_len",
+        "width",
+    )
     @property
     def batch_size(self) -> int: ...
     @property
@@ -72,8 +80,7 @@ class BatchStats:
     def width(self) -> int: ...
 
 class RequestTable:
-    def __init__(self, max_reqs: SupportsIndex, max_seq_len: SupportsIndex,
-                 block_size: SupportsIndex) -> None: ...
+    def __init__(self, max_reqs: SupportsIndex, max_seq_len: SupportsIndex, block_size: SupportsIndex) -> None: ...
     @property
     def max_reqs(self) -> int: ...
     @property
@@ -84,12 +91,24 @@ class RequestTable:
     def num_reqs(self) -> int: ...
     @property
     def num_free_rows(self) -> int: ...
-    def update_block_table(self, req_ids: _Ints, num_prefill_seqs: SupportsIndex,
-                           init_prefill_lens: _Ints, num_free_blocks: SupportsIndex,
-                           plan: NDArray[np.int32], stride: SupportsIndex) -> tuple[int, list[int]]: ...
-    def lookup(self, req_ids: _Ints, num_prefill_seqs: SupportsIndex, init_prefill_lens: _Ints,
-               out: NDArray[np.int32], stride: SupportsIndex,
-               op: str = "lookup") -> tuple[BatchStats, list[int]]: ...
+    def update_block_table(
+        self,
+        req_ids: _Ints,
+        num_prefill_seqs: SupportsIndex,
+        init_prefill_lens: _Ints,
+        num_free_blocks: SupportsIndex,
+        plan: NDArray[np.int32],
+        stride: SupportsIndex,
+    ) -> tuple[int, list[int]]: ...
+    def lookup(
+        self,
+        req_ids: _Ints,
+        num_prefill_seqs: SupportsIndex,
+        init_prefill_lens: _Ints,
+        out: NDArray[np.int32],
+        stride: SupportsIndex,
+        op: str = "lookup",
+    ) -> tuple[BatchStats, list[int]]: ...
     def release_seqs(self, req_ids: _Ints) -> tuple[list[int], list[int]]: ...
     def reset_state(self) -> None: ...
     def seq_len(self, req_id: SupportsIndex) -> int: ...
@@ -97,8 +116,9 @@ class RequestTable:
     def req_ids(self) -> list[int]: ...
 
 class BlockManager:
-    def __init__(self, block_size: SupportsIndex, num_blocks: SupportsIndex,
-                 max_seq_len: SupportsIndex, max_reqs: SupportsIndex) -> None: ...
+    def __init__(
+        self, block_size: SupportsIndex, num_blocks: SupportsIndex, max_seq_len: SupportsIndex, max_reqs: SupportsIndex
+    ) -> None: ...
     @property
     def block_size(self) -> int: ...
     @property
@@ -108,21 +128,37 @@ class BlockManager:
     @property
     def num_reqs(self) -> int: ...
     def num_free_blocks(self) -> int: ...
-    def update_block_table(self, req_ids: _Ints, num_prefill_seqs: SupportsIndex,
-                           init_prefill_lens: _Ints, first_layer: bool) -> list[int]: ...
+    def update_block_table(
+        self, req_ids: _Ints, num_prefill_seqs: SupportsIndex, init_prefill_lens: _Ints, first_layer: bool
+    ) -> list[int]: ...
     def pack_flash_attn_metadata(
-            self, req_ids: _Ints, num_prefill_seqs: SupportsIndex, init_prefill_lens: _Ints,
-            out: NDArray[np.uint8], grow: Callable[[int], NDArray[np.uint8]] | None = None,
-            buffer: SupportsIndex = -1,
+        self,
+        req_ids: _Ints,
+        num_prefill_seqs: SupportsIndex,
+        init_prefill_lens: _Ints,
+        out: NDArray[np.uint8],
+        grow: Callable[[int], NDArray[np.uint8]] | None = None,
+        buffer: SupportsIndex = -1,
     ) -> tuple[BatchStats, list[int] | None]: ...
-    def update_block_table_plan(self, req_ids: _Ints, num_prefill_seqs: SupportsIndex,
-                                init_prefill_lens: _Ints, plan: NDArray[np.int32], stride: SupportsIndex,
-                                block_ids: NDArray[np.int32],
-                                grow: Callable[[int], NDArray[np.int32]] | None = None,
-                                ) -> tuple[int, list[int] | None]: ...
-    def lookup(self, req_ids: _Ints, num_prefill_seqs: SupportsIndex, init_prefill_lens: _Ints,
-               out: NDArray[np.int32], stride: SupportsIndex,
-               op: str = "lookup") -> tuple[BatchStats, list[int]]: ...
+    def update_block_table_plan(
+        self,
+        req_ids: _Ints,
+        num_prefill_seqs: SupportsIndex,
+        init_prefill_lens: _Ints,
+        plan: NDArray[np.int32],
+        stride: SupportsIndex,
+        block_ids: NDArray[np.int32],
+        grow: Callable[[int], NDArray[np.int32]] | None = None,
+    ) -> tuple[int, list[int] | None]: ...
+    def lookup(
+        self,
+        req_ids: _Ints,
+        num_prefill_seqs: SupportsIndex,
+        init_prefill_lens: _Ints,
+        out: NDArray[np.int32],
+        stride: SupportsIndex,
+        op: str = "lookup",
+    ) -> tuple[BatchStats, list[int]]: ...
     def release_seqs(self, req_ids: _Ints) -> None: ...
     def reset_state(self) -> None: ...
     def block_ids(self, req_id: SupportsIndex) -> list[int]: ...
@@ -170,15 +206,24 @@ class HostStep:
     def plan(self, req_ids: _Ints, num_prefill_seqs: SupportsIndex, init_prefill_lens: _Ints) -> list[int]: ...
     def commit(self) -> None: ...
     def lengths(self, req_ids: _Ints, num_prefill_seqs: SupportsIndex, init_prefill_lens: _Ints) -> list[int]: ...
-    def pack(self, req_ids: _Ints, num_prefill_seqs: SupportsIndex, init_prefill_lens: _Ints, layer: SupportsIndex,
-             stream: SupportsIndex, known: SupportsIndex = -1, grow: _Grow = None) -> _Packed: ...
+    def pack(
+        self,
+        req_ids: _Ints,
+        num_prefill_seqs: SupportsIndex,
+        init_prefill_lens: _Ints,
+        layer: SupportsIndex,
+        stream: SupportsIndex,
+        known: SupportsIndex = -1,
+        grow: _Grow = None,
+    ) -> _Packed: ...
     def release(self, req_ids: _Ints) -> None: ...
     def reset(self) -> None: ...
     def wait_all(self) -> None: ...
 
 class DeviceStep:
-    def __init__(self, books: RequestTable | BlockManager, num_pages: SupportsIndex, depth: SupportsIndex,
-                 device: SupportsIndex) -> None: ...
+    def __init__(
+        self, books: RequestTable | BlockManager, num_pages: SupportsIndex, depth: SupportsIndex, device: SupportsIndex
+    ) -> None: ...
     @property
     def depth(self) -> int: ...
     @property
@@ -203,8 +248,16 @@ class DeviceStep:
     def plan(self, req_ids: _Ints, num_prefill_seqs: SupportsIndex, init_prefill_lens: _Ints) -> list[int]: ...
     def commit(self, stream: SupportsIndex) -> None: ...
     def lengths(self, req_ids: _Ints, num_prefill_seqs: SupportsIndex, init_prefill_lens: _Ints) -> list[int]: ...
-    def pack(self, req_ids: _Ints, num_prefill_seqs: SupportsIndex, init_prefill_lens: _Ints, layer: SupportsIndex,
-             stream: SupportsIndex, known: SupportsIndex = -1, grow: _Grow = None) -> _Packed: ...
+    def pack(
+        self,
+        req_ids: _Ints,
+        num_prefill_seqs: SupportsIndex,
+        init_prefill_lens: _Ints,
+        layer: SupportsIndex,
+        stream: SupportsIndex,
+        known: SupportsIndex = -1,
+        grow: _Grow = None,
+    ) -> _Packed: ...
     def release(self, req_ids: _Ints, stream: SupportsIndex) -> None: ...
     def flush(self, stream: SupportsIndex) -> None: ...
     def reset(self, stream: SupportsIndex) -> None: ...

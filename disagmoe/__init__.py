@@ -8,15 +8,15 @@ on the device.
 
 from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager import (
-                                    BACKENDS,
-                                    BlockManager,
-                                    CPUBlockManager,
-                                    GPUBlockManager,
-                                    HybridBlockManager,
-                                    MemoryFootprint,
-                                    PagedTokenToKVPoolAllocator,
-                                    ReqToTokenPool,
-                                    TokenToKVPoolAllocator,
+    BACKENDS,
+    BlockManager,
+    CPUBlockManager,
+    GPUBlockManager,
+    HybridBlockManager,
+    MemoryFootprint,
+    PagedTokenToKVPoolAllocator,
+    ReqToTokenPool,
+    TokenToKVPoolAllocator,
 )
 from disagmoe.config import CacheConfig, ModelConfig
 from disagmoe.errors import KVCacheExhausted
@@ -25,7 +25,19 @@ from disagmoe.metadata import PAD_BLOCK_ID, FlashAttentionMetadata
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "PAD_BLOCK_ID", "BatchMetadata", "BlockManager", "CPUBlockManager", "CacheConfig",
-    "FlashAttentionMetadata", "GPUBlockManager", "HybridBlockManager", "KVCacheExhausted", "MemoryFootprint",
-    "ModelConfig", "PagedTokenToKVPoolAllocator", "ReqToTokenPool", "TokenToKVPoolAllocator",
+    "BACKENDS",
+    "PAD_BLOCK_ID",
+    "BatchMetadata",
+    "BlockManager",
+    "CPUBlockManager",
+    "CacheConfig",
+    "FlashAttentionMetadata",
+    "GPUBlockManager",
+    "HybridBlockManager",
+    "KVCacheExhausted",
+    "MemoryFootprint",
+    "ModelConfig",
+    "PagedTokenToKVPoolAllocator",
+    "ReqToTokenPool",
+    "TokenToKVPoolAllocator",
 ]

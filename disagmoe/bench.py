@@ -56,19 +56,21 @@ from disagmoe.workloads import (
 
 # -- the command line -----------------------------------------------------------------------
 
-HEADER = ("Batch Size   Seq Len   CPU Update (ms) GPU Update (ms) Speedup   "
-          "CPU Pack (ms) GPU Pack (ms) Speedup")
+HEADER = "Batch Size   Seq Len   CPU Update (ms) GPU Update (ms) Speedup   CPU Pack (ms) GPU Pack (ms) Speedup"
 
 
 def _row(point: dict) -> str:
     update, pack = point["update_block_table"], point["pack_flash_attn_metadata"]
-    return (f"{point['batch_size']:<13}{point['seq_len']:<10}{update['cpu_ms']:<16.4f}{update['gpu_ms']:<16.4f}"
-            f"{speedup_text(update['speedup']):<10}{pack['cpu_ms']:<14.4f}{pack['gpu_ms']:<14.4f}"
-            f"{speedup_text(pack['speedup'])}")
+    return (
+        f"{point['batch_size']:<13}{point['seq_len']:<10}{update['cpu_ms']:<16.4f}{update['gpu_ms']:<16.4f}"
+        f"{speedup_text(update['speedup']):<10}{pack['cpu_ms']:<14.4f}{pack['gpu_ms']:<14.4f}"
+        f"{speedup_text(pack['speedup'])}"
+    )
 
 
-def _run_point(batch_size: int, seq_len: int, device: torch.device, iterations: int, warmup: int,
-               profile_dir: Path | None) -> dict:
+def _run_point(
+    batch_size: int, seq_len: int, device: torch.device, iterations: int, warmup: int, profile_dir: Path | None
+) -> dict:
     profiler: contextlib.AbstractContextManager = contextlib.nullcontext()
     label = no_label
     if profile_dir is not None:
@@ -91,16 +93,25 @@ def _run_point(batch_size: int, seq_len: int, device: torch.device, iterations: 
     for op in OPS:
         ms = {backend: [s * 1e3 for s in samples[backend][op]] for backend in BACKEND_NAMES}
         cpu_ms, gpu_ms = statistics.median(ms["cpu"]), statistics.median(ms["gpu"])
-        point[op] = {"cpu_ms": cpu_ms, "gpu_ms": gpu_ms, "speedup": cpu_ms / gpu_ms,
-                     "stats_ms": {backend: summarize(ms[backend]) for backend in BACKEND_NAMES},
-                     "samples_ms": ms}
+        point[op] = {
+            "cpu_ms": cpu_ms,
+            "gpu_ms": gpu_ms,
+            "speedup": cpu_ms / gpu_ms,
+            "stats_ms": {backend: summarize(ms[backend]) for backend in BACKEND_NAMES},
+            "samples_ms": ms,
+        }
     return point
 
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
@@ -115,20 +126,28 @@ def _triton_version() -> str | None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="disagmoe-bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="B",
-                        help=f"default {' '.join(map(str, BATCH_SIZES))}")
-    parser.add_argument("--seq-lens", type=int, nargs="+", metavar="L",
-                        help=f"default {' '.join(map(str, SEQ_LENS))}")
+    parser = argparse.ArgumentParser(
+        prog="disagmoe-bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", metavar="B", help=f"default {' '.join(map(str, BATCH_SIZES))}"
+    )
+    parser.add_argument("--seq-lens", type=int, nargs="+", metavar="L", help=f"default {' '.join(map(str, SEQ_LENS))}")
     parser.add_argument("--iterations", type=int, default=100, help="timed decode steps per grid point")
     parser.add_argument("--warmup", type=int, default=10, help="untimed decode steps first")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"small grid: batch sizes {QUICK_BATCH_SIZES}, seq lens {QUICK_SEQ_LENS}")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"small grid: batch sizes {QUICK_BATCH_SIZES}, seq lens {QUICK_SEQ_LENS}"
+    )
     parser.add_argument("--device", help="torch device of the managers (default: CUDA if any, else cpu)")
     parser.add_argument("--output", type=Path, metavar="FILE.json", help="write every number here")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="write a torch profiler trace per grid point here (timings then carry its overhead)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="write a torch profiler trace per grid point here (timings then carry its overhead)",
+    )
     serving_cli.add_arguments(parser)
     args = parser.parse_args(argv)
     serving_cli.check_arguments(parser, args)
@@ -137,8 +156,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.profile is not None:
             parser.error("--profile times the seed's table; it does not go with --workload")
         if args.iterations != parser.get_default("iterations") or args.warmup != parser.get_default("warmup"):
-            parser.error("--iterations and --warmup are the seed table's; the serving benchmarks take "
-                         "--window and --windows")
+            parser.error(
+                "--iterations and --warmup are the seed table's; the serving benchmarks take --window and --windows"
+            )
         return args
     args.batch_sizes = args.batch_sizes or list(QUICK_BATCH_SIZES if args.quick else BATCH_SIZES)
     args.seq_lens = args.seq_lens or list(QUICK_SEQ_LENS if args.quick else SEQ_LENS)
@@ -169,17 +189,25 @@ def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     except (TypeError, ValueError) as err:
         parser.error(f"--device {args.device}: {err}")
     if args.workload is not None and "busy" in (args.timing or ()) and args.device_resolved.type != "cuda":
-        parser.error(f"--timing busy needs a CUDA device (the stand-in forward spins on the GPU); this run is on "
-                     f"{args.device_resolved}: run --timing synced pipelined here")
+        parser.error(
+            f"--timing busy needs a CUDA device (the stand-in forward spins on the GPU); this run is on "
+            f"{args.device_resolved}: run --timing synced pipelined here"
+        )
 
 
 def _run_info(device: torch.device) -> dict:
     """What every JSON output records of the run: device, card, versions, commit, host."""
-    return {"device": str(device), "device_name": device_name(device), "torch_version": torch.__version__,
-            "triton_version": _triton_version(), "commit": _commit(),
-            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(), "host": platform.node(),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch_version": torch.__version__,
+        "triton_version": _triton_version(),
+        "commit": _commit(),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def _write(path: Path | None, run: dict) -> None:
@@ -201,16 +229,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile is not None:
         args.profile.mkdir(exist_ok=True)  # (its parent was checked: no folder is made above it)
     grid = [(b, s) for b in args.batch_sizes for s in args.seq_lens]
-    run = {**_run_info(device), "iterations": args.iterations,
-           "warmup": args.warmup, "decode_steps_per_state": DECODE_STEPS, "check_block_size": CHECK_BLOCK_SIZE,
-           "block_size": {b: BACKENDS[b].default_block_size for b in BACKEND_NAMES}, "results": []}
-    print(f"Device: {run['device_name']}; torch {run['torch_version']}; triton {run['triton_version'] or 'none'}; "
-          f"commit {run['commit'][:12]}; {args.iterations} decode steps per point, medians")
+    run = {
+        **_run_info(device),
+        "iterations": args.iterations,
+        "warmup": args.warmup,
+        "decode_steps_per_state": DECODE_STEPS,
+        "check_block_size": CHECK_BLOCK_SIZE,
+        "block_size": {b: BACKENDS[b].default_block_size for b in BACKEND_NAMES},
+        "results": [],
+    }
+    print(
+        f"Device: {run['device_name']}; torch {run['torch_version']}; triton {run['triton_version'] or 'none'}; "
+        f"commit {run['commit'][:12]}; {args.iterations} decode steps per point, medians"
+    )
     print(HEADER, flush=True)
     started = time.perf_counter()
     for k, (batch_size, seq_len) in enumerate(grid, 1):
-        print(f"[{k}/{len(grid)}] batch_size={batch_size} seq_len={seq_len} "
-              f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+        print(
+            f"[{k}/{len(grid)}] batch_size={batch_size} seq_len={seq_len} ({time.perf_counter() - started:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             point = _run_point(batch_size, seq_len, device, args.iterations, args.warmup, args.profile)
         except BackendMismatch as err:
@@ -218,13 +257,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         run["results"].append(point)
         print(_row(point), flush=True)
-    print(f"\nEquivalence check passed at all {len(grid)} grid points: both backends gave identical metadata "
-          f"and lengths at block size {CHECK_BLOCK_SIZE}.")
+    print(
+        f"\nEquivalence check passed at all {len(grid)} grid points: both backends gave identical metadata "
+        f"and lengths at block size {CHECK_BLOCK_SIZE}."
+    )
     run["summary"] = {op: summarize([p[op]["speedup"] for p in run["results"]]) for op in OPS}
     print(f"Speedup (CPU time / GPU time, > 1: the gpu backend is faster) over {len(grid)} grid points:")
     for op, s in run["summary"].items():
-        print(f"  {op:<26} mean {speedup_text(s['mean'])}x  median {speedup_text(s['median'])}x  "
-              f"min {speedup_text(s['min'])}x  max {speedup_text(s['max'])}x")
+        print(
+            f"  {op:<26} mean {speedup_text(s['mean'])}x  median {speedup_text(s['median'])}x  "
+            f"min {speedup_text(s['min'])}x  max {speedup_text(s['max'])}x"
+        )
     _write(args.output, run)
     return 0
 

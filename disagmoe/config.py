@@ -36,13 +36,16 @@ def checked_int(owner: str, name: str, value: object, low: int = 1, high: int = 
     return number
 
 
-def checked_slots(owner: str, num_blocks: int, block_size: int,
-                  names: tuple[str, str] = ("num_gpu_blocks", "block_size")) -> int:
+def checked_slots(
+    owner: str, num_blocks: int, block_size: int, names: tuple[str, str] = ("num_gpu_blocks", "block_size")
+) -> int:
     """num_blocks * block_size, or ValueError when the slots pass the int32 range."""
     capacity = num_blocks * block_size
     if capacity > MAX_INT32:
-        raise ValueError(f"{owner}: {names[0]}={num_blocks} x {names[1]}={block_size} = "
-                         f"{capacity} slots, past the int32 range of slots ({MAX_INT32})")
+        raise ValueError(
+            f"{owner}: {names[0]}={num_blocks} x {names[1]}={block_size} = "
+            f"{capacity} slots, past the int32 range of slots ({MAX_INT32})"
+        )
     return capacity
 
 
@@ -64,10 +67,11 @@ class ModelConfig:
         try:
             layer_ids = tuple(self.layer_ids)
         except Exception as exc:  # noqa: BLE001 (not iterable, or its iterator raised)
-            raise TypeError(f"ModelConfig: layer_ids={describe(self.layer_ids)} is not a "
-                            "sequence of ints") from exc
-        layer_ids = tuple(checked_int("ModelConfig", f"layer_ids[{i}]", layer_id, -2**63, 2**63 - 1)
-                          for i, layer_id in enumerate(layer_ids))
+            raise TypeError(f"ModelConfig: layer_ids={describe(self.layer_ids)} is not a sequence of ints") from exc
+        layer_ids = tuple(
+            checked_int("ModelConfig", f"layer_ids[{i}]", layer_id, -(2**63), 2**63 - 1)
+            for i, layer_id in enumerate(layer_ids)
+        )
         if not layer_ids:
             raise ValueError("ModelConfig: layer_ids is empty")
         if len(set(layer_ids)) != len(layer_ids):
@@ -90,8 +94,7 @@ class CacheConfig:
 
     def __post_init__(self) -> None:
         if self.block_size is not None:
-            object.__setattr__(self, "block_size",
-                               checked_int("CacheConfig", "block_size", self.block_size))
+            object.__setattr__(self, "block_size", checked_int("CacheConfig", "block_size", self.block_size))
         num_blocks = checked_int("CacheConfig", "num_gpu_blocks", self.num_gpu_blocks)
         object.__setattr__(self, "num_gpu_blocks", num_blocks)
         if self.block_size is not None:

@@ -58,8 +58,12 @@ def length_views(int32: torch.Tensor, batch_size: int) -> tuple:
     entries in a buffer laid out by `packed_offsets` (where they lie depends on nothing
     else)."""
     b = batch_size
-    return (int32.as_strided((b,), (1,), 0), int32.as_strided((b,), (1,), b),
-            int32.as_strided((b + 1,), (1,), 2 * b), int32.as_strided((b + 1,), (1,), 3 * b + 1))
+    return (
+        int32.as_strided((b,), (1,), 0),
+        int32.as_strided((b,), (1,), b),
+        int32.as_strided((b + 1,), (1,), 2 * b),
+        int32.as_strided((b + 1,), (1,), 3 * b + 1),
+    )
 
 
 def slot_view(int64: torch.Tensor, batch_size: int, num_tokens: int) -> torch.Tensor:
@@ -71,10 +75,12 @@ def table_view(int32: torch.Tensor, batch_size: int, width: int, num_tokens: int
     return int32.as_strided((batch_size, width), (width, 1), tables // 4)
 
 
-def metadata_views(int32: torch.Tensor, int64: torch.Tensor, batch_size: int, width: int,
-                   num_tokens: int) -> tuple:
+def metadata_views(int32: torch.Tensor, int64: torch.Tensor, batch_size: int, width: int, num_tokens: int) -> tuple:
     """The metadata tensors of a batch in a buffer laid out by `packed_offsets` (`int32`
     and `int64` are views of its storage from byte 0): (seq_lens, context_lens,
     query_start_loc, seq_start_loc, block_tables, slot_mapping)."""
-    return (*length_views(int32, batch_size), table_view(int32, batch_size, width, num_tokens),
-            slot_view(int64, batch_size, num_tokens))
+    return (
+        *length_views(int32, batch_size),
+        table_view(int32, batch_size, width, num_tokens),
+        slot_view(int64, batch_size, num_tokens),
+    )

@@ -32,6 +32,7 @@ OPS = ("update_block_table", "pack_flash_attn_metadata")
 
 # -- workloads (shared with the asv suite) -------------------------------------------------
 
+
 def default_device() -> torch.device:
     """The CUDA device when there is one, else torch's CPU device (as the managers do)."""
     return resolve_device(None)
@@ -53,8 +54,9 @@ def limit_cpu_threads(device: torch.device) -> None:
         torch.set_num_threads(1)
 
 
-def make_manager(backend: str, batch_size: int, seq_len: int, device: torch.device | str | None = None,
-                 block_size: int | None = None) -> BlockManager:
+def make_manager(
+    backend: str, batch_size: int, seq_len: int, device: torch.device | str | None = None, block_size: int | None = None
+) -> BlockManager:
     """A manager sized for B requests of up to `seq_len + DECODE_STEPS` tokens.
 
     `block_size=None` takes the backend's default (16 for each).
@@ -63,8 +65,7 @@ def make_manager(backend: str, batch_size: int, seq_len: int, device: torch.devi
     block_size = block_size or cls.default_block_size
     max_seq_len = seq_len + DECODE_STEPS
     num_blocks = batch_size * -(-max_seq_len // block_size)
-    model = ModelConfig(layer_ids=(FIRST_LAYER, LATER_LAYER), max_seq_len=max_seq_len,
-                        max_batch_size_attn=batch_size)
+    model = ModelConfig(layer_ids=(FIRST_LAYER, LATER_LAYER), max_seq_len=max_seq_len, max_batch_size_attn=batch_size)
     return cls(model, CacheConfig(block_size, num_blocks), batch_size, device=device)
 
 
@@ -114,15 +115,19 @@ class DecodeState:
         captured, buffers reach their size, caches warm. Then rebuilds the state."""
         for _ in range(steps):
             self.make_room()
-            for call in (self.step, lambda: self.manager.pack_flash_attn_metadata(self.first),
-                         lambda: self.manager.update_block_table(self.later)):
+            for call in (
+                self.step,
+                lambda: self.manager.pack_flash_attn_metadata(self.first),
+                lambda: self.manager.update_block_table(self.later),
+            ):
                 call()
                 self.manager.synchronize()
         self.rebuild()
 
 
-def decode_state(backend: str, batch_size: int, seq_len: int, device: torch.device | str | None = None,
-                 block_size: int | None = None) -> DecodeState:
+def decode_state(
+    backend: str, batch_size: int, seq_len: int, device: torch.device | str | None = None, block_size: int | None = None
+) -> DecodeState:
     """A warmed-up decode state on a fresh manager."""
     state = DecodeState(make_manager(backend, batch_size, seq_len, device, block_size), batch_size, seq_len)
     state.warm_up()
@@ -131,21 +136,27 @@ def decode_state(backend: str, batch_size: int, seq_len: int, device: torch.devi
 
 # -- equivalence ----------------------------------------------------------------------------
 
+
 class BackendMismatch(AssertionError):
     """The two backends disagree on a workload's metadata."""
 
 
 def _snapshot(metadata) -> dict:
-    return {field.name: (value.cpu().clone() if isinstance(value, torch.Tensor) else value)
-            for field in dataclasses.fields(metadata)
-            for value in (getattr(metadata, field.name),)}
+    return {
+        field.name: (value.cpu().clone() if isinstance(value, torch.Tensor) else value)
+        for field in dataclasses.fields(metadata)
+        for value in (getattr(metadata, field.name),)
+    }
 
 
 def _trace(backend: str, batch_size: int, seq_len: int, device, block_size: int) -> dict[str, dict]:
     """What a prefill step, then a decode step at the first and a later layer, produce."""
     manager = make_manager(backend, batch_size, seq_len, device, block_size)
-    prefill, first, later = prefill_batch(batch_size, seq_len), decode_batch(batch_size), \
-        decode_batch(batch_size, LATER_LAYER)
+    prefill, first, later = (
+        prefill_batch(batch_size, seq_len),
+        decode_batch(batch_size),
+        decode_batch(batch_size, LATER_LAYER),
+    )
     manager.update_block_table(prefill)
     trace = {"prefill pack": _snapshot(manager.pack_flash_attn_metadata(prefill))}
     manager.update_block_table(first)
@@ -162,19 +173,23 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def check_equivalent(batch_size: int, seq_len: int, device: torch.device | str | None = None,
-                     block_size: int = CHECK_BLOCK_SIZE) -> None:
+def check_equivalent(
+    batch_size: int, seq_len: int, device: torch.device | str | None = None, block_size: int = CHECK_BLOCK_SIZE
+) -> None:
     """Raises BackendMismatch unless both backends, at the same block size, produce
     identical metadata (every field) and lengths for the grid point's workloads."""
     expected, got = (_trace(backend, batch_size, seq_len, device, block_size) for backend in BACKEND_NAMES)
     for step, fields in expected.items():
         for name, value in fields.items():
             if not _same(value, got[step][name]):
-                raise BackendMismatch(f"batch_size={batch_size} seq_len={seq_len} block_size={block_size}: "
-                                      f"{step}: {name} differs: cpu {value!r:.200} != gpu {got[step][name]!r:.200}")
+                raise BackendMismatch(
+                    f"batch_size={batch_size} seq_len={seq_len} block_size={block_size}: "
+                    f"{step}: {name} differs: cpu {value!r:.200} != gpu {got[step][name]!r:.200}"
+                )
 
 
 # -- side-by-side timing --------------------------------------------------------------------
+
 
 def no_label(name: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
@@ -188,9 +203,11 @@ def _timed(call: Callable[[], object], manager: BlockManager) -> float:
     return time.perf_counter() - start
 
 
-def time_decode_steps(states: dict[str, DecodeState], iterations: int,
-                      label: Callable[[str], contextlib.AbstractContextManager] = no_label
-                      ) -> dict[str, dict[str, list[float]]]:
+def time_decode_steps(
+    states: dict[str, DecodeState],
+    iterations: int,
+    label: Callable[[str], contextlib.AbstractContextManager] = no_label,
+) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of `iterations` decode steps on each backend: the first-layer
     `update_block_table`, then `pack_flash_attn_metadata`, each call ending with the
     device synchronised. Backends take turns, in alternating order."""
@@ -210,5 +227,9 @@ def time_decode_steps(states: dict[str, DecodeState], iterations: int,
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "median": statistics.median(values),
-            "min": min(values), "max": max(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+    }

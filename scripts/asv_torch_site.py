@@ -34,7 +34,10 @@ def setup() -> None:
         return
     site = torch_site()
     if site is None:
-        print(f"asv_torch_site: {sys.executable} has no torch; the asv environment sees only "
-              "the system's packages (scripts/setup.sh installs torch)", file=sys.stderr)
+        print(
+            f"asv_torch_site: {sys.executable} has no torch; the asv environment sees only "
+            "the system's packages (scripts/setup.sh installs torch)",
+            file=sys.stderr,
+        )
         return
     os.environ["DISAGMOE_TORCH_SITE"] = site

@@ -18,16 +18,16 @@ import os
 from ast import literal_eval
 
 BASELINE = "cpu-bs16"  # benchmarks/serving.py: the variant the InverseSpeedup pages divide by
-NEAR_TIE = 1.10        # a winner within this factor of the runner-up is drawn as a near tie
+NEAR_TIE = 1.10  # a winner within this factor of the runner-up is drawn as a near tie
 Point = tuple[int, int]
 Values = dict[Point, dict[str, float]]  # grid point -> variant -> median
 
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    name: str                # "decode"
-    module: str              # its asv module
-    axes: tuple[str, str]    # the asv parameter names of the rows and the columns
+    name: str  # "decode"
+    module: str  # its asv module
+    axes: tuple[str, str]  # the asv parameter names of the rows and the columns
     labels: tuple[str, str]  # the same in words
     symbols: tuple[str, str]
     ends: tuple[str, str, str, str]  # the rows' small and large end, the columns' short and long end
@@ -35,18 +35,34 @@ class Workload:
 
 @dataclasses.dataclass(frozen=True)
 class Mode:
-    name: str    # the timing mode
+    name: str  # the timing mode
     method: str  # the Step benchmark that holds its figure
-    what: str    # the figure in words
+    what: str  # the figure in words
 
 
-WORKLOADS = (Workload("decode", "bench_pipelined", ("batch_size", "context"), ("batch size", "context"), ("B", "L"),
-                      ("small batch", "large batch", "short context", "long context")),
-             Workload("trace", "bench_trace", ("running", "max_prompt"), ("running requests", "max prompt"),
-                      ("R", "P"), ("few requests", "many requests", "short prompts", "long prompts")))
-MODES = (Mode("pipelined", "track_pipelined", "wall us per step, 32 steps back to back"),
-         Mode("synced", "track_synced", "us per step, each call until the device is done"),
-         Mode("busy", "track_busy_added", "device us a step adds behind a stand-in forward"))
+WORKLOADS = (
+    Workload(
+        "decode",
+        "bench_pipelined",
+        ("batch_size", "context"),
+        ("batch size", "context"),
+        ("B", "L"),
+        ("small batch", "large batch", "short context", "long context"),
+    ),
+    Workload(
+        "trace",
+        "bench_trace",
+        ("running", "max_prompt"),
+        ("running requests", "max prompt"),
+        ("R", "P"),
+        ("few requests", "many requests", "short prompts", "long prompts"),
+    ),
+)
+MODES = (
+    Mode("pipelined", "track_pipelined", "wall us per step, 32 steps back to back"),
+    Mode("synced", "track_synced", "us per step, each call until the device is done"),
+    Mode("busy", "track_busy_added", "device us a step adds behind a stand-in forward"),
+)
 HOST, HOST_P99 = "track_pipelined_host", "track_pipelined_host_p99"  # pipelined host us: median, p99
 
 
@@ -122,10 +138,10 @@ class Run:
     commit_date: datetime.datetime
     measured: datetime.datetime | None  # when the last benchmark of the file started
     on_cuda: bool
-    maps: dict[tuple[str, str], CrossoverMap]   # (workload, mode) -> map, measured ones only
-    host: dict[str, Values]                     # workload -> pipelined host us, median of windows
-    host_p99: dict[str, Values]                 # workload -> p99 of each step's host us (if measured)
-    benchmarks: frozenset[str]                  # the benchmarks with at least one value
+    maps: dict[tuple[str, str], CrossoverMap]  # (workload, mode) -> map, measured ones only
+    host: dict[str, Values]  # workload -> pipelined host us, median of windows
+    host_p99: dict[str, Values]  # workload -> p99 of each step's host us (if measured)
+    benchmarks: frozenset[str]  # the benchmarks with at least one value
 
     @property
     def has_serving(self) -> bool:
@@ -181,9 +197,18 @@ def read_run(path: str, machine: str, shown: str | None = None) -> Run:
     started = [e.get("started_at") for e in entries.values() if e.get("started_at")]
     on_cuda = entries.get("bench_memory.Device.track_on_cuda", {}).get("result")
     measured = frozenset(name for name, e in entries.items() if _any_value(e["result"]))
-    return Run(machine, shown or path, data["commit_hash"], _utc(data["date"]),
-               _utc(max(started)) if started else None, bool(on_cuda and on_cuda[0] == 1), maps,
-               {k: v for k, v in host.items() if v}, {k: v for k, v in p99.items() if v}, measured)
+    return Run(
+        machine,
+        shown or path,
+        data["commit_hash"],
+        _utc(data["date"]),
+        _utc(max(started)) if started else None,
+        bool(on_cuda and on_cuda[0] == 1),
+        maps,
+        {k: v for k, v in host.items() if v},
+        {k: v for k, v in p99.items() if v},
+        measured,
+    )
 
 
 def results_files(folder: str) -> list[str]:
@@ -223,10 +248,12 @@ def choose(paths: list[str], tracked: set[str]) -> Choice | None:
 def regimes(grid: CrossoverMap) -> list[Regime]:
     """The four corners of the grid, named by the workload's axes, the smallest first."""
     small, large, short, long_ = grid.workload.ends
-    corners = [(small, short, min(grid.rows), min(grid.columns)),
-               (small, long_, min(grid.rows), max(grid.columns)),
-               (large, short, max(grid.rows), min(grid.columns)),
-               (large, long_, max(grid.rows), max(grid.columns))]
+    corners = [
+        (small, short, min(grid.rows), min(grid.columns)),
+        (small, long_, min(grid.rows), max(grid.columns)),
+        (large, short, max(grid.rows), min(grid.columns)),
+        (large, long_, max(grid.rows), max(grid.columns)),
+    ]
     out: list[Regime] = []
     for row_words, column_words, row, column in corners:
         if (row, column) in grid.cells and all(r.point != (row, column) for r in out):

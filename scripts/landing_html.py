@@ -14,10 +14,12 @@ from landing import BASELINE, MODES, NEAR_TIE, WORKLOADS, CrossoverMap, Run, Wor
 
 COLOURS = {"cpu-bs16": "#b9d3ee", "gpu-bs1": "#f7c58f", "gpu-bs16": "#a8dba0", "hybrid-bs16": "#d6bde8"}
 SPARE_COLOURS = ("#f4a9a8", "#f1e59a", "#9fdfe0", "#d9c2a7")
-DESIGNS = {"cpu-bs16": "C++ host tables, copied to the device each pack",
-           "gpu-bs1": "device pools and free stack, token level (block size 1)",
-           "gpu-bs16": "device pools and free stack, paged (block size 16)",
-           "hybrid-bs16": "host allocation, device tables updated from staged diffs"}
+DESIGNS = {
+    "cpu-bs16": "C++ host tables, copied to the device each pack",
+    "gpu-bs1": "device pools and free stack, token level (block size 1)",
+    "gpu-bs16": "device pools and free stack, paged (block size 16)",
+    "hybrid-bs16": "host allocation, device tables updated from staged diffs",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,9 +27,9 @@ class MachineEntry:
     """A machine as the landing page shows it."""
 
     name: str
-    label: str                 # what publish_site says of it (GPU or not, commits in git)
-    site: str                  # its asv site's index.html, relative to the landing page
-    run: Run | None            # the results its maps come from (GPU machines only)
+    label: str  # what publish_site says of it (GPU or not, commits in git)
+    site: str  # its asv site's index.html, relative to the landing page
+    run: Run | None  # the results its maps come from (GPU machines only)
     run_in_git: bool = True
     newer_not_in_git: tuple[str, ...] = ()  # commits of later runs of this clone
 
@@ -77,8 +79,10 @@ def map_table(grid: CrossoverMap, site: str) -> str:
     w = grid.workload
     bench = step_benchmark(w, grid.mode.method)
     (rs, cs), (row_axis, column_axis) = w.symbols, w.axes
-    head = "".join(f"<th>{link(graph_href(site, bench, row_axis, {column_axis: c}), f'{cs} = {size(c)}')}</th>"
-                   for c in grid.columns)
+    head = "".join(
+        f"<th>{link(graph_href(site, bench, row_axis, {column_axis: c}), f'{cs} = {size(c)}')}</th>"
+        for c in grid.columns
+    )
     rows = []
     for r in grid.rows:
         cells = []
@@ -88,31 +92,41 @@ def map_table(grid: CrossoverMap, site: str) -> str:
                 cells.append('<td class="cell none">not measured</td>')
                 continue
             times = " | ".join(f"{v} {us(cell.medians[v])} us" for v in grid.variants if v in cell.medians)
-            cells.append(f'<td class="cell{" tie" if cell.near_tie else ""}" data-winner="{esc(cell.winner)}" '
-                         f'style="background-color:{colour(cell.winner, grid.variants)}" title="{esc(times)}">'
-                         f"{verdict(grid, (r, c))}</td>")
+            cells.append(
+                f'<td class="cell{" tie" if cell.near_tie else ""}" data-winner="{esc(cell.winner)}" '
+                f'style="background-color:{colour(cell.winner, grid.variants)}" title="{esc(times)}">'
+                f"{verdict(grid, (r, c))}</td>"
+            )
         row_link = link(graph_href(site, bench, column_axis, {row_axis: r}), f"{rs} = {r}")
         rows.append(f"<tr><th>{row_link}</th>{''.join(cells)}</tr>")
     wins = ", ".join(f"{esc(v)} {n}" for v, n in grid.wins().items())
-    return (f'<table class="map" data-workload="{w.name}" data-mode="{grid.mode.name}">'
-            f"<caption><b>{grid.mode.name}</b>: {esc(grid.mode.what)}<br>cells won: {wins} "
-            f"of {len(grid.cells)}</caption>"
-            f'<tr><th class="corner">{rs} \\ {cs}</th>{head}</tr>{"".join(rows)}</table>')
+    return (
+        f'<table class="map" data-workload="{w.name}" data-mode="{grid.mode.name}">'
+        f"<caption><b>{grid.mode.name}</b>: {esc(grid.mode.what)}<br>cells won: {wins} "
+        f"of {len(grid.cells)}</caption>"
+        f'<tr><th class="corner">{rs} \\ {cs}</th>{head}</tr>{"".join(rows)}</table>'
+    )
 
 
 def legend(variants: tuple[str, ...]) -> str:
-    keys = "".join(f'<span class="key" style="background-color:{colour(v, variants)}">{esc(v)}</span> '
-                   f'{esc(DESIGNS.get(v, ""))}<br>' for v in variants)
-    return (f'<div class="legend">{keys}Each cell: the design with the lowest median there, and its speedup over '
-            f"{BASELINE} ({BASELINE}'s median / the winner's, &gt; 1: faster); where {BASELINE} wins, its lead "
-            f"over the runner-up. &asymp; and hatching: the runner-up within {NEAR_TIE:.2f}x (a near tie: single "
-            "points move more than that from run to run). Hover a cell for every design's median; the axis "
-            "labels open asv's graph of that row or column, the other axis on the x axis.</div>")
+    keys = "".join(
+        f'<span class="key" style="background-color:{colour(v, variants)}">{esc(v)}</span> '
+        f"{esc(DESIGNS.get(v, ''))}<br>"
+        for v in variants
+    )
+    return (
+        f'<div class="legend">{keys}Each cell: the design with the lowest median there, and its speedup over '
+        f"{BASELINE} ({BASELINE}'s median / the winner's, &gt; 1: faster); where {BASELINE} wins, its lead "
+        f"over the runner-up. &asymp; and hatching: the runner-up within {NEAR_TIE:.2f}x (a near tie: single "
+        "points move more than that from run to run). Hover a cell for every design's median; the axis "
+        "labels open asv's graph of that row or column, the other axis on the x axis.</div>"
+    )
 
 
 def row_links(benchmark: str, w: Workload, rows: tuple[int, ...], site: str) -> str:
-    return " &middot; ".join(link(graph_href(site, benchmark, w.axes[1], {w.axes[0]: r}), f"{w.symbols[0]} = {r}")
-                             for r in rows)
+    return " &middot; ".join(
+        link(graph_href(site, benchmark, w.axes[1], {w.axes[0]: r}), f"{w.symbols[0]} = {r}") for r in rows
+    )
 
 
 def workload_section(run: Run, w: Workload, site: str) -> str:
@@ -121,19 +135,29 @@ def workload_section(run: Run, w: Workload, site: str) -> str:
         return f"<p>{w.name}: not in these results.</p>"
     missing = [m.name for m in MODES if (w.name, m.name) not in run.maps]
     note = f'<p class="note">Not measured: {", ".join(missing)}.</p>' if missing else ""
-    speedups = [f"{w.module}.InverseSpeedup.{m.method}" for m in MODES
-                if f"{w.module}.InverseSpeedup.{m.method}" in run.benchmarks]
-    graphs = "".join(f"<li>{esc(b.split('.', 1)[1])} (variant time / {BASELINE} time, lower is better), "
-                     f"{w.labels[1]} on the x axis: {row_links(b, w, grids[0].rows, site)}</li>" for b in speedups)
-    return (f'<h3 id="{esc(run.machine)}-{w.name}">{w.name.capitalize()}: {w.labels[0]} {w.symbols[0]} x '
-            f'{w.labels[1]} {w.symbols[1]} (<code>{w.module}</code>)</h3>'
-            f'<div class="maps">{"".join(map_table(g, site) for g in grids)}</div>{note}'
-            f'<ul class="links">{graphs}</ul>')
+    speedups = [
+        f"{w.module}.InverseSpeedup.{m.method}"
+        for m in MODES
+        if f"{w.module}.InverseSpeedup.{m.method}" in run.benchmarks
+    ]
+    graphs = "".join(
+        f"<li>{esc(b.split('.', 1)[1])} (variant time / {BASELINE} time, lower is better), "
+        f"{w.labels[1]} on the x axis: {row_links(b, w, grids[0].rows, site)}</li>"
+        for b in speedups
+    )
+    return (
+        f'<h3 id="{esc(run.machine)}-{w.name}">{w.name.capitalize()}: {w.labels[0]} {w.symbols[0]} x '
+        f"{w.labels[1]} {w.symbols[1]} (<code>{w.module}</code>)</h3>"
+        f'<div class="maps">{"".join(map_table(g, site) for g in grids)}</div>{note}'
+        f'<ul class="links">{graphs}</ul>'
+    )
 
 
 def regime_table(run: Run, site: str) -> str:
-    head = ("<tr><th>workload</th><th>regime</th><th>pipelined: winner, speedup</th>"
-            "<th>its host us per step: median &middot; p99</th><th>synced</th><th>busy</th><th>graph</th></tr>")
+    head = (
+        "<tr><th>workload</th><th>regime</th><th>pipelined: winner, speedup</th>"
+        "<th>its host us per step: median &middot; p99</th><th>synced</th><th>busy</th><th>graph</th></tr>"
+    )
     rows, no_p99 = [], []
     for w in WORKLOADS:
         pipelined = run.maps.get((w.name, "pipelined"))
@@ -146,19 +170,29 @@ def regime_table(run: Run, site: str) -> str:
             winner = pipelined.cells[point].winner
             median = run.host.get(w.name, {}).get(point, {}).get(winner)
             p99 = run.host_p99.get(w.name, {}).get(point, {}).get(winner)
-            tail = (f"{us(median) if median is not None else 'not measured'} &middot; "
-                    f"{us(p99) if p99 is not None else 'not measured'}")
+            tail = (
+                f"{us(median) if median is not None else 'not measured'} &middot; "
+                f"{us(p99) if p99 is not None else 'not measured'}"
+            )
             others = []
             for mode in ("synced", "busy"):
                 grid = run.maps.get((w.name, mode))
                 others.append(verdict(grid, point) if grid and point in grid.cells else "not measured")
             href = graph_href(site, step_benchmark(w, "track_pipelined"), w.axes[1], {w.axes[0]: point[0]})
             where = f"{w.symbols[0]} = {point[0]}, {w.symbols[1]} = {size(point[1])}"
-            rows.append(f"<tr><td>{w.name}</td><td>{regime.name} ({where})</td><td>{verdict(pipelined, point)}</td>"
-                        f"<td>{tail}</td><td>{others[0]}</td><td>{others[1]}</td>"
-                        f"<td>{link(href, f'{w.symbols[1]} on the x axis')}</td></tr>")
-    note = (f'<p class="note">p99 not measured: the results of {run.commit[:7]} predate '
-            f"<code>Step.track_pipelined_host_p99</code> ({', '.join(no_p99)}).</p>") if no_p99 else ""
+            rows.append(
+                f"<tr><td>{w.name}</td><td>{regime.name} ({where})</td><td>{verdict(pipelined, point)}</td>"
+                f"<td>{tail}</td><td>{others[0]}</td><td>{others[1]}</td>"
+                f"<td>{link(href, f'{w.symbols[1]} on the x axis')}</td></tr>"
+            )
+    note = (
+        (
+            f'<p class="note">p99 not measured: the results of {run.commit[:7]} predate '
+            f"<code>Step.track_pipelined_host_p99</code> ({', '.join(no_p99)}).</p>"
+        )
+        if no_p99
+        else ""
+    )
     return f'<table class="regimes">{head}{"".join(rows)}</table>{note}'
 
 
@@ -170,9 +204,11 @@ def when(run: Run) -> str:
 def machine_section(entry: MachineEntry) -> str:
     run = entry.run
     graphs = link(entry.site, f"all graphs of {esc(entry.name)}", "site")
-    head = (f'<section class="machine" id="machine-{esc(entry.name)}"><h2>{esc(entry.name)}</h2>'
-            f'<p class="meta">Card <b>{esc(entry.name)}</b> (the asv machine, named after its GPU); '
-            f"{esc(entry.label)}. {graphs}.</p>")
+    head = (
+        f'<section class="machine" id="machine-{esc(entry.name)}"><h2>{esc(entry.name)}</h2>'
+        f'<p class="meta">Card <b>{esc(entry.name)}</b> (the asv machine, named after its GPU); '
+        f"{esc(entry.label)}. {graphs}.</p>"
+    )
     if run is None:
         return head + "<p>No results.</p></section>"
     source = "in git" if entry.run_in_git else "measured in this clone, not in git"
@@ -180,14 +216,26 @@ def machine_section(entry: MachineEntry) -> str:
     later = f" Later runs of this clone, not in git: {newer}." if newer else ""
     used = f'<p class="meta">Results used: {when(run)} ({source}: <code>{esc(run.path)}</code>).{later}</p>'
     if not run.has_serving:
-        return head + used + (
-            f'<p class="plain">No map for {esc(entry.name)}: its latest results ({when(run)}) hold no serving '
-            f"benchmarks (<code>bench_pipelined</code>, <code>bench_trace</code>); they measure the operations "
-            f"alone (update, pack), whose history is in {graphs}.</p></section>")
+        return (
+            head
+            + used
+            + (
+                f'<p class="plain">No map for {esc(entry.name)}: its latest results ({when(run)}) hold no serving '
+                f"benchmarks (<code>bench_pipelined</code>, <code>bench_trace</code>); they measure the operations "
+                f"alone (update, pack), whose history is in {graphs}.</p></section>"
+            )
+        )
     variants = next(iter(run.maps.values())).variants
     sections = "".join(workload_section(run, w, entry.site) for w in WORKLOADS)
-    return (head + used + legend(variants) + "<h3>In short: the winner per regime</h3>"
-            + regime_table(run, entry.site) + sections + "</section>")
+    return (
+        head
+        + used
+        + legend(variants)
+        + "<h3>In short: the winner per regime</h3>"
+        + regime_table(run, entry.site)
+        + sections
+        + "</section>"
+    )
 
 
 STYLE = """
@@ -220,22 +268,31 @@ def page(entries: list[MachineEntry], others: list[MachineEntry], old_front: str
     """The landing page: a section per GPU machine, links to the other machines' sites."""
     nav = " &middot; ".join(link(f"#machine-{e.name}", esc(e.name), "") for e in entries)
     other = "".join(f"<li>{link(e.site, esc(e.name), 'site')}: {esc(e.label)}</li>" for e in others)
-    other_html = (f'<section id="other-machines"><h2>Other machines</h2><p>No maps: these ran the gpu backend '
-                  "on torch's CPU device (no CUDA), where its times say nothing of a GPU; each has its site of asv "
-                  f"graphs.</p><ul>{other}</ul></section>") if others else ""
+    other_html = (
+        (
+            f'<section id="other-machines"><h2>Other machines</h2><p>No maps: these ran the gpu backend '
+            "on torch's CPU device (no CUDA), where its times say nothing of a GPU; each has its site of asv "
+            f"graphs.</p><ul>{other}</ul></section>"
+        )
+        if others
+        else ""
+    )
     sections = "".join(machine_section(e) for e in entries) or (
-        '<p class="plain">No GPU machine has results in <code>results/</code>: no map to draw.</p>')
+        '<p class="plain">No GPU machine has results in <code>results/</code>: no map to draw.</p>'
+    )
     redirect = REDIRECT % json.dumps(old_front) if old_front else ""
     to_others = ' &middot; <a href="#other-machines">other machines</a>' if others else ""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>disagmoe: which design wins '
-            f"where</title><style>{STYLE}</style></head><body><h1>disagmoe: which design wins where</h1>"
-            f"<p>The KV-cache bookkeeping designs side by side on each GPU machine, from the latest results of "
-            f"the serving benchmarks kept in <code>results/</code>: decode steps of B requests at context L, and "
-            f"a continuous-batching trace of R running requests with prompts up to P. Timing modes: "
-            f"<b>pipelined</b> (steps back to back, one synchronise at the end), <b>synced</b> (every call "
-            f"until the device is done), <b>busy</b> (the device time a step adds behind a stand-in forward). "
-            f"Lower times are better; a speedup is {BASELINE}'s median / the design's.</p>"
-            f"<nav>Machines: {nav}{to_others}"
-            f"</nav>{sections}{other_html}"
-            f'<p class="note">Written by <code>scripts/publish_site.py</code> (<code>scripts/landing.py</code>) '
-            f"from the results files named above.</p>{redirect}</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>disagmoe: which design wins '
+        f"where</title><style>{STYLE}</style></head><body><h1>disagmoe: which design wins where</h1>"
+        f"<p>The KV-cache bookkeeping designs side by side on each GPU machine, from the latest results of "
+        f"the serving benchmarks kept in <code>results/</code>: decode steps of B requests at context L, and "
+        f"a continuous-batching trace of R running requests with prompts up to P. Timing modes: "
+        f"<b>pipelined</b> (steps back to back, one synchronise at the end), <b>synced</b> (every call "
+        f"until the device is done), <b>busy</b> (the device time a step adds behind a stand-in forward). "
+        f"Lower times are better; a speedup is {BASELINE}'s median / the design's.</p>"
+        f"<nav>Machines: {nav}{to_others}"
+        f"</nav>{sections}{other_html}"
+        f'<p class="note">Written by <code>scripts/publish_site.py</code> (<code>scripts/landing.py</code>) '
+        f"from the results files named above.</p>{redirect}</body></html>\n"
+    )

@@ -44,6 +44,7 @@ LIB_CANDIDATES = [os.environ.get("DISAGMOE_SITELIBS", ""), ".sitelibs", "node_mo
 # machine.json fields besides the name: asv shows each as a filter on every graph
 MACHINE_INFO = ("arch", "cpu", "num_cpu", "os", "ram")
 
+
 def _commits(num: int) -> str:
     return f"{num} commit" if num == 1 else f"{num} commits"
 
@@ -52,8 +53,8 @@ def _commits(num: int) -> str:
 class Machine:
     name: str
     num_in_git: int  # results files of this machine that git tracks
-    num_local: int   # the others: runs of this clone
-    on_cuda: bool    # bench_memory.Device.track_on_cuda read 1 in one of them
+    num_local: int  # the others: runs of this clone
+    on_cuda: bool  # bench_memory.Device.track_on_cuda read 1 in one of them
 
     @property
     def label(self) -> str:
@@ -73,8 +74,9 @@ def load_conf(root: str) -> dict:
 
 def tracked_files(root: str, folder: str) -> set[str]:
     try:
-        out = subprocess.run(["git", "ls-files", "--", folder], cwd=root, capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "--", folder], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return set()
     return {os.path.join(root, line) for line in out.splitlines()}
@@ -126,8 +128,12 @@ def existing_branch(root: str, branch: str) -> str:
     """`branch`, else its remote-tracking branch, else HEAD: asv publish walks the branch's
     commits and fails on a name the clone does not have (a clone of another branch)."""
     for name in (branch, f"origin/{branch}"):
-        if subprocess.run(["git", "rev-parse", "--verify", "-q", name + "^{commit}"], cwd=root,
-                          capture_output=True).returncode == 0:
+        if (
+            subprocess.run(
+                ["git", "rev-parse", "--verify", "-q", name + "^{commit}"], cwd=root, capture_output=True
+            ).returncode
+            == 0
+        ):
             return name
     return "HEAD"
 
@@ -135,8 +141,14 @@ def existing_branch(root: str, branch: str) -> str:
 def asv_publish(root: str, conf: dict, machine: str, staged: str, html_dir: str, build: str) -> None:
     paths = {key: os.path.join(root, conf[key]) for key in ("benchmark_dir", "env_dir")}
     derived = {k: v for k, v in conf.items() if k != "plugins"}  # the plugin matters to runs only
-    derived.update(paths, repo=root, results_dir=staged, html_dir=html_dir, project=f"disagmoe on {machine}",
-                   branches=[existing_branch(root, b) for b in conf.get("branches", ["main"])])
+    derived.update(
+        paths,
+        repo=root,
+        results_dir=staged,
+        html_dir=html_dir,
+        project=f"disagmoe on {machine}",
+        branches=[existing_branch(root, b) for b in conf.get("branches", ["main"])],
+    )
     config = os.path.join(build, "asv.conf.json")
     with open(config, "w") as f:
         json.dump(derived, f, indent=1)
@@ -153,8 +165,11 @@ def site_dir(html_dir: str, machine: Machine) -> str:
 
 def footer(html_dir: str, machines: list[Machine], here: Machine) -> str:
     here_dir = site_dir(html_dir, here)
-    others = [(os.path.relpath(site_dir(html_dir, m), here_dir) + "/index.html", m.name, m.label)
-              for m in machines if m is not here]
+    others = [
+        (os.path.relpath(site_dir(html_dir, m), here_dir) + "/index.html", m.name, m.label)
+        for m in machines
+        if m is not here
+    ]
     front = os.path.relpath(os.path.join(html_dir, "index.html"), here_dir)
     return site_labels.footer(here.name, here.label, others, front)
 
@@ -183,9 +198,12 @@ def find_libs(explicit: str | None) -> str | None:
     try:
         return site_libs.find_folder(ROOT, [explicit] if explicit else [c for c in LIB_CANDIDATES if c])
     except site_libs.LibsMissing as err:
-        print(f"publish_site: WARNING: {err}.\n  The site loads its libraries from CDNs and is blank without "
-              "the internet. `npm ci` installs them; on a machine without npm carry a folder filled with "
-              "`python3 scripts/publish_site.py --fill-libs .sitelibs` (docs/site.md).", file=sys.stderr)
+        print(
+            f"publish_site: WARNING: {err}.\n  The site loads its libraries from CDNs and is blank without "
+            "the internet. `npm ci` installs them; on a machine without npm carry a folder filled with "
+            "`python3 scripts/publish_site.py --fill-libs .sitelibs` (docs/site.md).",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -211,8 +229,14 @@ def publish(results: str, html_dir: str, libs: str | None) -> int:
     write_landing(results, html_dir, machines)
     print("publish_site: the front page (index.html): which design wins where, per GPU machine")
     shown = os.path.relpath(html_dir)
-    print(f"publish_site: site in {shown}, " + (f"libraries from {os.path.relpath(libs)}, works offline" if libs
-                                                 else "NEEDS THE INTERNET (see the warning above)"))
+    print(
+        f"publish_site: site in {shown}, "
+        + (
+            f"libraries from {os.path.relpath(libs)}, works offline"
+            if libs
+            else "NEEDS THE INTERNET (see the warning above)"
+        )
+    )
     serve = f"`python3 -m http.server -b 127.0.0.1 -d {shown} 8080`"
     if html_dir == os.path.join(ROOT, conf["html_dir"]):
         serve = "`asv preview` or " + serve
@@ -222,12 +246,16 @@ def publish(results: str, html_dir: str, libs: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--libs", help="folder laid out like node_modules/ that holds the site's libraries "
-                        "(default: $DISAGMOE_SITELIBS, .sitelibs, node_modules, the first that holds them)")
+    parser.add_argument(
+        "--libs",
+        help="folder laid out like node_modules/ that holds the site's libraries "
+        "(default: $DISAGMOE_SITELIBS, .sitelibs, node_modules, the first that holds them)",
+    )
     parser.add_argument("--results", help="the asv results folder (default: asv.conf.json's results_dir)")
     parser.add_argument("--html-dir", help="where the site goes (default: asv.conf.json's html_dir)")
-    parser.add_argument("--fill-libs", metavar="DIR",
-                        help="copy the libraries the site needs from node_modules/ into DIR, then stop")
+    parser.add_argument(
+        "--fill-libs", metavar="DIR", help="copy the libraries the site needs from node_modules/ into DIR, then stop"
+    )
     args = parser.parse_args(argv)
     if args.fill_libs:
         site_libs.fill(os.path.join(ROOT, "node_modules"), os.path.abspath(args.fill_libs), ROOT)

@@ -10,32 +10,42 @@ import json
 import os
 import re
 
-DIRECTION = ("<b>Speedup pages</b> (<code>bench_speedup.InverseSpeedup</code>): GPU time / CPU time, "
-             "<b>lower is better</b> (1 / the CPU/GPU speedup that <code>python -m disagmoe.bench</code> prints; "
-             "0.25: the gpu backend is 4x faster). <code>RelativeTime</code>: time / reference time, lower is "
-             "better.<br><b>Serving pages</b> (<code>bench_pipelined</code>, <code>bench_trace</code>): "
-             "<code>InverseSpeedup</code>: variant time / cpu-bs16 time, <b>lower is better</b> (0.25: the variant "
-             "is 4x faster than cpu-bs16). <code>RelativeStep</code>: step time / reference step time, lower is "
-             "better. <code>Step</code>: us per step, lower is better.")
+DIRECTION = (
+    "<b>Speedup pages</b> (<code>bench_speedup.InverseSpeedup</code>): GPU time / CPU time, "
+    "<b>lower is better</b> (1 / the CPU/GPU speedup that <code>python -m disagmoe.bench</code> prints; "
+    "0.25: the gpu backend is 4x faster). <code>RelativeTime</code>: time / reference time, lower is "
+    "better.<br><b>Serving pages</b> (<code>bench_pipelined</code>, <code>bench_trace</code>): "
+    "<code>InverseSpeedup</code>: variant time / cpu-bs16 time, <b>lower is better</b> (0.25: the variant "
+    "is 4x faster than cpu-bs16). <code>RelativeStep</code>: step time / reference step time, lower is "
+    "better. <code>Step</code>: us per step, lower is better."
+)
 # Units (the graphs' y axis, the list's values) that do not say which way is better. The
 # benchmarks keep theirs (asv's history); the published index.json says more.
 # asv's copy of jquery.flot.axislabels draws a y label from the plot's middle upwards, so a
 # label longer than a third of the plot is cut at the top; centred, it has the plot's height.
-AXIS_LABELS = ("jquery.flot.axislabels.js", "y = plot.getPlotOffset().top + plot.height()/2 - width/2;",
-               "y = plot.getPlotOffset().top + plot.height()/2 + width/2;")
-UNITS = {"variant time / cpu-bs16 time": "variant time / cpu-bs16 time, lower is better",
-         "step time / reference step time": "step time / reference step time, lower is better",
-         "us per step": "us per step, lower is better"}
+AXIS_LABELS = (
+    "jquery.flot.axislabels.js",
+    "y = plot.getPlotOffset().top + plot.height()/2 - width/2;",
+    "y = plot.getPlotOffset().top + plot.height()/2 + width/2;",
+)
+UNITS = {
+    "variant time / cpu-bs16 time": "variant time / cpu-bs16 time, lower is better",
+    "step time / reference step time": "step time / reference step time, lower is better",
+    "us per step": "us per step, lower is better",
+}
 
 
 def footer(name: str, label: str, others: list[tuple[str, str, str]], front: str) -> str:
     """The bar at the foot of every page of machine `name`'s site; `others`: (href, name,
     label) of the other machines' sites, `front`: the landing page's href."""
-    links = [f'<a href="{html.escape(href)}">{html.escape(other)}</a> ({html.escape(what)})'
-             for href, other, what in others]
+    links = [
+        f'<a href="{html.escape(href)}">{html.escape(other)}</a> ({html.escape(what)})' for href, other, what in others
+    ]
     also = "; other machines, each a site of its own: " + ", ".join(links) if links else ""
-    return (f'<div id="disagmoe-footer"><a href="{html.escape(front)}">Which design wins where</a> &middot; '
-            f'machine <b>{html.escape(name)}</b> ({html.escape(label)}){also}.<br>{DIRECTION}</div>')
+    return (
+        f'<div id="disagmoe-footer"><a href="{html.escape(front)}">Which design wins where</a> &middot; '
+        f"machine <b>{html.escape(name)}</b> ({html.escape(label)}){also}.<br>{DIRECTION}</div>"
+    )
 
 
 # the footer's room: asv lays its panels out with absolute positions down to the bottom
@@ -90,8 +100,7 @@ def centre_axis_labels(site: str) -> None:
 
 # ratios measured in one process, each against work timed in turn: what to read for a verdict
 STEADY = (".RelativeTime.", ".InverseSpeedup.", ".RelativeStep.")
-NOTE_STYLE = ("margin: 10px 25px 0; padding: 6px 10px; font-size: 13px; background: #fcf8e3; "
-              "border: 1px solid #faebcc;")
+NOTE_STYLE = "margin: 10px 25px 0; padding: 6px 10px; font-size: 13px; background: #fcf8e3; border: 1px solid #faebcc;"
 
 
 def _timed(name: str) -> bool:
@@ -104,24 +113,34 @@ def regressions_note(regressions: list, benchmarks: list[str], num_commits: int,
     listed = [r for r in regressions if r[6]]
     if not listed:
         why = "one set of results, nothing to compare yet" if num_commits < 2 else f"{num_commits} commits compared"
-        return (f'<div id="disagmoe-regressions-note" style="{NOTE_STYLE}"><b>No regressions</b> in this '
-                f"machine's history ({why}).</div><style>#regressions-body {{ display: none; }}</style>")
+        return (
+            f'<div id="disagmoe-regressions-note" style="{NOTE_STYLE}"><b>No regressions</b> in this '
+            f"machine's history ({why}).</div><style>#regressions-body {{ display: none; }}</style>"
+        )
     timed = [r for r in listed if _timed(r[0])]
     if not timed:
         return ""
     factors = [after / before for r in timed for _, _, before, after in r[6]]
     steady = [b for b in benchmarks if any(k in b for k in STEADY)]
     links = ", ".join(f'<a href="#{html.escape(b)}">{html.escape(b)}</a>' for b in sorted(steady)) or "none here"
-    which = "all the regressions below are" if len(timed) == len(listed) else \
-        f"{len(timed)} of the {len(listed)} regressions below are"
-    rule = (" The factor each benchmark must pass is asv.conf.json's <code>regressions_thresholds</code>."
-            if thresholds else "")
-    return (f'<div id="disagmoe-regressions-note" style="{NOTE_STYLE}"><b>Read with care:</b> {which} '
-            f"of <code>time_</code> benchmarks (factor {min(factors):.2f}-{max(factors):.2f}x), the absolute time of "
-            "one call, which moves from run to run here: a lent machine's host speed changes between processes, "
-            "and a history can span several machines of one kind (results/README.md). A step is a change of code "
-            "only where the ratios measured in one process, each against work timed in turn, agree "
-            f"(docs/benchmarking.md): {links}.{rule}</div>")
+    which = (
+        "all the regressions below are"
+        if len(timed) == len(listed)
+        else f"{len(timed)} of the {len(listed)} regressions below are"
+    )
+    rule = (
+        " The factor each benchmark must pass is asv.conf.json's <code>regressions_thresholds</code>."
+        if thresholds
+        else ""
+    )
+    return (
+        f'<div id="disagmoe-regressions-note" style="{NOTE_STYLE}"><b>Read with care:</b> {which} '
+        f"of <code>time_</code> benchmarks (factor {min(factors):.2f}-{max(factors):.2f}x), the absolute time of "
+        "one call, which moves from run to run here: a lent machine's host speed changes between processes, "
+        "and a history can span several machines of one kind (results/README.md). A step is a change of code "
+        "only where the ratios measured in one process, each against work timed in turn, agree "
+        f"(docs/benchmarking.md): {links}.{rule}</div>"
+    )
 
 
 def label_regressions(site: str, num_commits: int, thresholds: bool) -> str:
@@ -139,5 +158,5 @@ def label_regressions(site: str, num_commits: int, thresholds: bool) -> str:
     if opening is None:
         raise ValueError(f"{index}: no regressions view, not the page of asv 0.6.6 this script labels")
     with open(index, "w") as f:
-        f.write(page[:opening.end()] + note + page[opening.end():])
+        f.write(page[: opening.end()] + note + page[opening.end() :])
     return note

@@ -31,22 +31,31 @@ CDN_FILES = {
     "https://code.jquery.com/jquery-3.3.1.min.js": ("jquery", "dist/jquery.min.js"),
     "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.min.js": ("flot", "jquery.flot.js"),
     "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.time.min.js": ("flot", "jquery.flot.time.js"),
-    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.selection.min.js":
-        ("flot", "jquery.flot.selection.js"),
-    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.categories.min.js":
-        ("flot", "jquery.flot.categories.js"),
-    "https://cdn.jsdelivr.net/npm/flot-orderbars@1.0.0/js/jquery.flot.orderBars.js":
-        ("flot-orderbars", "js/jquery.flot.orderBars.js"),
-    "https://cdnjs.cloudflare.com/ajax/libs/stupidtable/1.0.1/stupidtable.min.js":
-        ("stupid-table-plugin", "stupidtable.min.js"),
+    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.selection.min.js": (
+        "flot",
+        "jquery.flot.selection.js",
+    ),
+    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.categories.min.js": (
+        "flot",
+        "jquery.flot.categories.js",
+    ),
+    "https://cdn.jsdelivr.net/npm/flot-orderbars@1.0.0/js/jquery.flot.orderBars.js": (
+        "flot-orderbars",
+        "js/jquery.flot.orderBars.js",
+    ),
+    "https://cdnjs.cloudflare.com/ajax/libs/stupidtable/1.0.1/stupidtable.min.js": (
+        "stupid-table-plugin",
+        "stupidtable.min.js",
+    ),
     "https://cdnjs.cloudflare.com/ajax/libs/blueimp-md5/2.19.0/js/md5.min.js": ("blueimp-md5", "js/md5.min.js"),
     "https://cdn.jsdelivr.net/npm/bootstrap@3.1.1/dist/js/bootstrap.min.js": ("bootstrap", "dist/js/bootstrap.min.js"),
-    "https://cdn.jsdelivr.net/npm/bootstrap@3.1.1/dist/css/bootstrap.min.css":
-        ("bootstrap", "dist/css/bootstrap.min.css"),
+    "https://cdn.jsdelivr.net/npm/bootstrap@3.1.1/dist/css/bootstrap.min.css": (
+        "bootstrap",
+        "dist/css/bootstrap.min.css",
+    ),
 }
 # files the ones above load by a relative address (Bootstrap's icon font)
-EXTRA_FILES = [("bootstrap", "dist/fonts/glyphicons-halflings-regular." + ext)
-               for ext in ("eot", "svg", "ttf", "woff")]
+EXTRA_FILES = [("bootstrap", "dist/fonts/glyphicons-halflings-regular." + ext) for ext in ("eot", "svg", "ttf", "woff")]
 LIB_DIR = "lib"  # inside the site
 TAG = re.compile(r"<(script|link)\b[^>]*?\b(?:src|href)=\"(https?://[^\"]+)\"[^>]*>")
 DROPPED_ATTRIBUTES = ("crossorigin", "referrerpolicy")
@@ -78,8 +87,11 @@ def check_folder(folder: str, versions: dict[str, str]) -> list[str]:
             found = json.load(f).get("version")
         if found != version:
             problems.append(f"{package} is {found}, not {version}")
-    problems += [f"{package}/{path} is missing" for package, path in all_files()
-                 if not os.path.exists(os.path.join(folder, package, path))]
+    problems += [
+        f"{package}/{path} is missing"
+        for package, path in all_files()
+        if not os.path.exists(os.path.join(folder, package, path))
+    ]
     return problems
 
 

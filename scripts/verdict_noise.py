@@ -44,8 +44,9 @@ def process_medians(path: str, rounds: int, bench: str = VERDICTS) -> dict[str, 
             if not samples or len(samples) % rounds:
                 continue
             size = len(samples) // rounds
-            out[f"{short(name)}({', '.join(point)})"] = [statistics.median(samples[i:i + size])
-                                                         for i in range(0, len(samples), size)]
+            out[f"{short(name)}({', '.join(point)})"] = [
+                statistics.median(samples[i : i + size]) for i in range(0, len(samples), size)
+            ]
     return out
 
 
@@ -77,16 +78,17 @@ def main(argv: list[str] | None = None) -> int:
         for point, medians in process_medians(path, args.rounds, args.bench).items():
             spreads[point] = max(spreads.get(point, 0.0), spread(medians))
     if not spreads:
-        print("verdict_noise: no verdict benchmark with recorded samples in " + " ".join(args.results),
-              file=sys.stderr)
+        print("verdict_noise: no verdict benchmark with recorded samples in " + " ".join(args.results), file=sys.stderr)
         return 2
     limit = args.factor - 1
     values = sorted(spreads.values())
     worst = max(spreads, key=spreads.get)
     beyond = sum(v > limit for v in values)
-    print(f"verdict noise: the same commit, one process against the next ({args.rounds} a commit): "
-          f"median {statistics.median(values):.0%}, largest {values[-1]:.0%} ({worst}); "
-          f"{beyond} of {len(values)} points beyond asv's factor {args.factor:g} ({limit:.0%})")
+    print(
+        f"verdict noise: the same commit, one process against the next ({args.rounds} a commit): "
+        f"median {statistics.median(values):.0%}, largest {values[-1]:.0%} ({worst}); "
+        f"{beyond} of {len(values)} points beyond asv's factor {args.factor:g} ({limit:.0%})"
+    )
     by_benchmark: dict[str, list[float]] = {}
     for point, value in spreads.items():
         name, _, params = point.partition("(")
@@ -95,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     for key, vs in sorted(by_benchmark.items()):
         print(f"  {key:<52} median {statistics.median(vs):4.0%}, largest {max(vs):4.0%}")
     if beyond:
-        print(f"verdict noise: WARNING: this machine's noise is beyond asv's factor {args.factor:g}: identical "
-              f"code moved by up to {values[-1]:.0%} here, so a point flagged above may be noise, and only a "
-              f"change well beyond {values[-1]:.0%} is one this machine can show.")
+        print(
+            f"verdict noise: WARNING: this machine's noise is beyond asv's factor {args.factor:g}: identical "
+            f"code moved by up to {values[-1]:.0%} here, so a point flagged above may be noise, and only a "
+            f"change well beyond {values[-1]:.0%} is one this machine can show."
+        )
     return 1 if beyond else 0
 
 

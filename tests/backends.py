@@ -20,18 +20,23 @@ class Backend:
     device: str
     kwargs: dict = field(default_factory=dict)
 
-    def make(self, *, block_size: int | None = 4, num_blocks: int = 32, max_running_reqs: int = 8,
-             max_seq_len: int = 64, layer_ids: tuple[int, ...] = LAYER_IDS) -> BlockManager:
+    def make(
+        self,
+        *,
+        block_size: int | None = 4,
+        num_blocks: int = 32,
+        max_running_reqs: int = 8,
+        max_seq_len: int = 64,
+        layer_ids: tuple[int, ...] = LAYER_IDS,
+    ) -> BlockManager:
         if self.device == "cuda":
             # Free dead managers now: a CUDA graph destroyed by a collection that happens to
             # run while another manager captures its first graph breaks that capture
             # (test_gpu_sync_free.py::test_graph_capture_survives_garbage_collection).
             gc.collect()
-        model_config = ModelConfig(layer_ids=layer_ids, max_seq_len=max_seq_len,
-                                   max_batch_size_attn=max_running_reqs)
+        model_config = ModelConfig(layer_ids=layer_ids, max_seq_len=max_seq_len, max_batch_size_attn=max_running_reqs)
         cache_config = CacheConfig(block_size=block_size, num_gpu_blocks=num_blocks)
-        return self.cls(model_config, cache_config, max_running_reqs, device=self.device,
-                        **self.kwargs)
+        return self.cls(model_config, cache_config, max_running_reqs, device=self.device, **self.kwargs)
 
 
 CPU_DEVICE_BACKENDS = [

@@ -18,7 +18,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from backends import BACKENDS, Backend  # noqa: E402
 
 settings.register_profile(
-    "disagmoe", max_examples=25, deadline=None,
+    "disagmoe",
+    max_examples=25,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "disagmoe"))

@@ -17,10 +17,16 @@ from disagmoe import PAD_BLOCK_ID, BatchMetadata, BlockManager, FlashAttentionMe
 
 from reference import RefManager, RefMetadata, cdiv
 
-INT32_FIELDS = ("seq_lens_tensor", "context_lens_tensor", "query_start_loc", "seq_start_loc",
-                "block_tables")
-INT_FIELDS = ("num_prefills", "num_prefill_tokens", "num_decode_tokens", "max_query_len",
-              "max_prefill_seq_len", "max_decode_seq_len", "max_decode_query_len")
+INT32_FIELDS = ("seq_lens_tensor", "context_lens_tensor", "query_start_loc", "seq_start_loc", "block_tables")
+INT_FIELDS = (
+    "num_prefills",
+    "num_prefill_tokens",
+    "num_decode_tokens",
+    "max_query_len",
+    "max_prefill_seq_len",
+    "max_decode_seq_len",
+    "max_decode_query_len",
+)
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,7 @@ def assert_matches_reference(md: HostMetadata, ref: RefMetadata, block_size: int
     assert len(md.slot_mapping) == ref.num_tokens
 
 
-def assert_tables_consistent(md: HostMetadata, ref: RefMetadata, batch: BatchMetadata,
-                             manager: BlockManager) -> None:
+def assert_tables_consistent(md: HostMetadata, ref: RefMetadata, batch: BatchMetadata, manager: BlockManager) -> None:
     """slot_mapping[t] == block_tables[i, p // bs] * bs + p % bs, padding is PAD_BLOCK_ID,
     and both agree with the manager's token_slots."""
     bs = manager.block_size
@@ -108,11 +113,16 @@ class Harness:
     def first_layer(self) -> int:
         return self.ref.layer_ids[0]
 
-    def batch(self, req_ids: list[int], prefill_lens: list[int] = (), layer: int | None = None,
-              ) -> BatchMetadata:
+    def batch(
+        self,
+        req_ids: list[int],
+        prefill_lens: list[int] = (),
+        layer: int | None = None,
+    ) -> BatchMetadata:
         """Prefill entries first (one per length), then decode entries."""
-        return BatchMetadata(self.first_layer if layer is None else layer, list(req_ids),
-                             len(prefill_lens), list(prefill_lens))
+        return BatchMetadata(
+            self.first_layer if layer is None else layer, list(req_ids), len(prefill_lens), list(prefill_lens)
+        )
 
     def try_update(self, batch: BatchMetadata, check: bool = True) -> list[int] | None:
         """Updates both; on an expected error checks that the manager raised it and did not
@@ -186,8 +196,7 @@ class Harness:
     def snapshot(self) -> tuple:
         m = self.manager
         live = sorted(self.ref.seq_lens)
-        return (m.num_free_slots(), m.num_running_reqs(),
-                {r: (m.seq_len(r), m.token_slots(r)) for r in live})
+        return (m.num_free_slots(), m.num_running_reqs(), {r: (m.seq_len(r), m.token_slots(r)) for r in live})
 
     def check_state(self) -> None:
         m, ref, bs = self.manager, self.ref, self.manager.block_size
@@ -200,7 +209,7 @@ class Harness:
             slots = m.token_slots(req_id)
             assert len(slots) == seq_len
             old = self.known_slots.get(req_id, [])
-            assert slots[:len(old)] == old, f"request {req_id}'s slots moved"
+            assert slots[: len(old)] == old, f"request {req_id}'s slots moved"
             self.known_slots[req_id] = slots
             for p, slot in enumerate(slots):
                 assert 0 <= slot < m.capacity, (req_id, p, slot)

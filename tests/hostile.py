@@ -83,11 +83,13 @@ SPRAY: list[bytearray] = []  # keeps what clears() wrote over freed memory alive
 def clears(items: list, value: int) -> Index:
     """An item that empties `items` when read, then fills freed memory of the size its
     array had with 0xff bytes: a reader still holding that array reads garbage pointers."""
+
     def action():
         nbytes = 8 * len(items)
         items.clear()  # its items die now (the list held the last reference to most)
         SPRAY.clear()
         SPRAY.extend(bytearray(b"\xff" * nbytes) for _ in range(64))
+
     return Index(value, action)
 
 

@@ -49,8 +49,9 @@ def prefix_sums(values: list[int]) -> list[int]:
 class RefManager:
     """The contract's allocation rules and errors over plain dicts and ints."""
 
-    def __init__(self, layer_ids: tuple[int, ...], max_seq_len: int, block_size: int,
-                 num_blocks: int, max_reqs: int) -> None:
+    def __init__(
+        self, layer_ids: tuple[int, ...], max_seq_len: int, block_size: int, num_blocks: int, max_reqs: int
+    ) -> None:
         self.layer_ids = tuple(layer_ids)
         self.max_seq_len = max_seq_len
         self.block_size = block_size
@@ -60,8 +61,13 @@ class RefManager:
 
     @classmethod
     def like(cls, manager) -> RefManager:
-        return cls(manager.model_config.layer_ids, manager.max_seq_len, manager.block_size,
-                   manager.num_blocks, manager.max_running_reqs)
+        return cls(
+            manager.model_config.layer_ids,
+            manager.max_seq_len,
+            manager.block_size,
+            manager.num_blocks,
+            manager.max_running_reqs,
+        )
 
     @property
     def capacity(self) -> int:

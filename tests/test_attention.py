@@ -60,8 +60,12 @@ def paged_attention(q: torch.Tensor, cache: PagedKV, md: HostMetadata) -> torch.
     return out
 
 
-def dense_attention(q: torch.Tensor, cache: PagedKV, md: HostMetadata, req_ids: list[int],
-                    ) -> torch.Tensor:
+def dense_attention(
+    q: torch.Tensor,
+    cache: PagedKV,
+    md: HostMetadata,
+    req_ids: list[int],
+) -> torch.Tensor:
     out = torch.empty_like(q)
     for i, req_id in enumerate(req_ids):
         start, end = md.query_start_loc[i], md.query_start_loc[i + 1]
@@ -69,7 +73,10 @@ def dense_attention(q: torch.Tensor, cache: PagedKV, md: HostMetadata, req_ids: 
         n, s = end - start, len(k)
         mask = torch.ones(n, s, dtype=torch.bool, device=q.device).tril(s - n)  # causal, offset
         out[start:end] = F.scaled_dot_product_attention(
-            q[start:end].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask,
+            q[start:end].transpose(0, 1),
+            k.transpose(0, 1),
+            v.transpose(0, 1),
+            attn_mask=mask,
         ).transpose(0, 1)
     return out
 
@@ -79,8 +86,7 @@ def run_and_check(h: Harness, cache: PagedKV, batch) -> None:
     if batch.layer_id == h.first_layer:
         cache.write_step(md, batch.req_ids)
     q = cache.random(len(md.slot_mapping))
-    torch.testing.assert_close(paged_attention(q, cache, md),
-                               dense_attention(q, cache, md, batch.req_ids))
+    torch.testing.assert_close(paged_attention(q, cache, md), dense_attention(q, cache, md, batch.req_ids))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -88,8 +94,7 @@ def run_and_check(h: Harness, cache: PagedKV, batch) -> None:
 def test_paged_attention_equals_dense(make_manager, block_size, seed):
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    manager = make_manager(block_size=block_size, num_blocks=256 // block_size,
-                           max_running_reqs=4, max_seq_len=64)
+    manager = make_manager(block_size=block_size, num_blocks=256 // block_size, max_running_reqs=4, max_seq_len=64)
     h, cache = Harness(manager), PagedKV(manager.capacity, manager.device, gen)
 
     def lens(n: int, high: int) -> list[int]:

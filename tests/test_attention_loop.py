@@ -53,8 +53,9 @@ def steps_with_metadata(workload: TraceReplay, device: torch.device):
     manager = attention.pool_manager(workload, device)
     workload.start(manager)
     plans = [attention.plan_step(workload.step_at(k).layers[0], device) for k in range(workload.num_steps)]
-    layer = attention.PagedAttention(manager.num_blocks, manager.block_size,
-                                     max(p.num_tokens for p in plans), shape_for(device), device)
+    layer = attention.PagedAttention(
+        manager.num_blocks, manager.block_size, max(p.num_tokens for p in plans), shape_for(device), device
+    )
     return manager, layer, plans
 
 
@@ -123,10 +124,16 @@ def test_share_is_bookkeeping_over_the_step():
     assert attention.share(0.0, 0.0, 32) == 0.0
 
 
-@pytest.mark.parametrize("field, value, named", [
-    ("q_heads", 12, "multiple of kv_heads"), ("head_dim", 8, "head_dim=8"), ("model_layers", 0, "model_layers=0"),
-    ("dtype", "bf16", "dtype='bf16'"), ("kv_heads", 2.0, "kv_heads=2.0"),
-])
+@pytest.mark.parametrize(
+    "field, value, named",
+    [
+        ("q_heads", 12, "multiple of kv_heads"),
+        ("head_dim", 8, "head_dim=8"),
+        ("model_layers", 0, "model_layers=0"),
+        ("dtype", "bf16", "dtype='bf16'"),
+        ("kv_heads", 2.0, "kv_heads=2.0"),
+    ],
+)
 def test_a_bad_shape_is_named(field, value, named):
     with pytest.raises(ValueError, match=named):
         dataclasses.replace(attention.AttentionShape(kv_heads=8), **{field: value})
@@ -134,17 +141,42 @@ def test_a_bad_shape_is_named(field, value, named):
 
 def _log(tmp_path):
     path = tmp_path / "log.csv"
-    rows = [f"2023-11-16 18:15:{10 + i // 4:02d}.{i % 4 * 25:02d}00000,{5 + 37 * i % 86},{2 + 5 * i % 11}"
-            for i in range(60)]
+    rows = [
+        f"2023-11-16 18:15:{10 + i // 4:02d}.{i % 4 * 25:02d}00000,{5 + 37 * i % 86},{2 + 5 * i % 11}"
+        for i in range(60)
+    ]
     path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
     return path
 
 
 def test_command_line_reports_the_share(tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert bench.main(["--trace", str(_log(tmp_path)), "--timing", "pipelined", "--quick", "--running", "6",
-                       "--chunk", "96", "--pool-blocks", "24", "--window", "3", "--windows", "2",
-                       "--model-layers", "4", "--output", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--trace",
+                str(_log(tmp_path)),
+                "--timing",
+                "pipelined",
+                "--quick",
+                "--running",
+                "6",
+                "--chunk",
+                "96",
+                "--pool-blocks",
+                "24",
+                "--window",
+                "3",
+                "--windows",
+                "2",
+                "--model-layers",
+                "4",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Attention in the loop" in printed and "of a step with 4 layers" in printed
     assert max(len(line) for line in printed.splitlines()) <= 120
@@ -159,8 +191,23 @@ def test_command_line_reports_the_share(tmp_path, capsys):
 
 def test_command_line_leaves_attention_out_when_asked_or_too_large(tmp_path, capsys):
     log = str(_log(tmp_path))
-    common = ["--trace", log, "--timing", "pipelined", "--quick", "--running", "6", "--chunk", "96",
-              "--window", "3", "--windows", "2", "--output", str(tmp_path / "r.json")]
+    common = [
+        "--trace",
+        log,
+        "--timing",
+        "pipelined",
+        "--quick",
+        "--running",
+        "6",
+        "--chunk",
+        "96",
+        "--window",
+        "3",
+        "--windows",
+        "2",
+        "--output",
+        str(tmp_path / "r.json"),
+    ]
     assert bench.main(common + ["--pool-blocks", "24", "--model-layers", "0"]) == 0
     assert "Attention in the loop" not in capsys.readouterr().out
     if not torch.cuda.is_available():  # the CPU's eager attention over a large pool: left out, said why
@@ -168,10 +215,13 @@ def test_command_line_leaves_attention_out_when_asked_or_too_large(tmp_path, cap
         assert "attention left out (eager FlexAttention on the CPU" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["--workload", "decode", "--model-layers", "8"], "--model-layers weighs"),
-    (["--workload", "azure-conv", "--model-layers", "-1"], "--model-layers -1"),
-])
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--workload", "decode", "--model-layers", "8"], "--model-layers weighs"),
+        (["--workload", "azure-conv", "--model-layers", "-1"], "--model-layers -1"),
+    ],
+)
 def test_command_line_refuses_model_layers_it_cannot_use(capsys, argv, named):
     with pytest.raises(SystemExit) as exit_:
         bench.main(argv)

@@ -20,29 +20,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_history_rule_lists_commits_that_change_the_package():
-    rule = subprocess.run(["git", "-C", ROOT, "log", "--format=%h", "main", "--", "asv.conf.json"],
-                          capture_output=True, text=True)
+    rule = subprocess.run(
+        ["git", "-C", ROOT, "log", "--format=%h", "main", "--", "asv.conf.json"], capture_output=True, text=True
+    )
     if rule.returncode != 0 or not rule.stdout.strip():
         pytest.skip("no main branch with the suite in this checkout's history")
-    listed = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_history.sh"), "--list"],
-                            capture_output=True, text=True, cwd=ROOT)
+    listed = subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "gpu_history.sh"), "--list"], capture_output=True, text=True, cwd=ROOT
+    )
     assert listed.returncode == 0, listed.stderr
     hashes = [line.split()[0] for line in listed.stdout.splitlines()]
     assert hashes, "the rule picks no commit"
     for commit in hashes:
-        changed = subprocess.run(["git", "-C", ROOT, "show", "--name-only", "--format=", commit],
-                                 capture_output=True, text=True).stdout.split()
-        assert any(path.startswith(("csrc/", "disagmoe/")) or path in ("setup.py", "pyproject.toml")
-                   for path in changed), (commit, changed)
+        changed = subprocess.run(
+            ["git", "-C", ROOT, "show", "--name-only", "--format=", commit], capture_output=True, text=True
+        ).stdout.split()
+        assert any(
+            path.startswith(("csrc/", "disagmoe/")) or path in ("setup.py", "pyproject.toml") for path in changed
+        ), (commit, changed)
 
 
 def test_importing_the_suite_leaves_cuda_alone():
     """asv's fork server imports the benchmark modules, then forks every benchmark: an
     initialised CUDA there would break every child."""
-    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); "
-            "import benchmarks.common, benchmarks.bench_update_block_table, "
-            "benchmarks.bench_pack_flash_attn_metadata, benchmarks.bench_speedup, benchmarks.bench_memory; "
-            "print(torch.cuda.is_initialized())")
+    code = (
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); "
+        "import benchmarks.common, benchmarks.bench_update_block_table, "
+        "benchmarks.bench_pack_flash_attn_metadata, benchmarks.bench_speedup, benchmarks.bench_memory; "
+        "print(torch.cuda.is_initialized())"
+    )
     done = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
@@ -52,9 +58,11 @@ def test_importing_the_suite_leaves_cuda_alone():
 def test_importing_the_suite_computes_tritons_key_once_for_every_child():
     """The fork server computes the hash Triton keys its kernel cache with, so that no
     forked child hashes Triton's library again; CUDA stays untouched."""
-    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import benchmarks.common; "
-            "from triton.runtime.cache import triton_key; "
-            "print(triton_key.cache_info().currsize, torch.cuda.is_initialized())")
+    code = (
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); import benchmarks.common; "
+        "from triton.runtime.cache import triton_key; "
+        "print(triton_key.cache_info().currsize, torch.cuda.is_initialized())"
+    )
     done = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1", "False"]
@@ -126,9 +134,16 @@ def test_relative_time_tracks_a_slower_operation(monkeypatch):
     clock = _Clock()
     monkeypatch.setattr(common.workloads(), "time", clock)
     ops = ("update_block_table", "pack_flash_attn_metadata")
-    costs = {("cpu", ops[0]): 2e-6, ("cpu", ops[1]): 8e-6, ("gpu", ops[0]): 12e-6, ("gpu", ops[1]): 16e-6,
-             ("hybrid", ops[0]): 4e-6, ("hybrid", ops[1]): 20e-6,
-             ("reference", ops[0]): 40e-6, ("reference", ops[1]): 40e-6}
+    costs = {
+        ("cpu", ops[0]): 2e-6,
+        ("cpu", ops[1]): 8e-6,
+        ("gpu", ops[0]): 12e-6,
+        ("gpu", ops[1]): 16e-6,
+        ("hybrid", ops[0]): 4e-6,
+        ("hybrid", ops[1]): 20e-6,
+        ("reference", ops[0]): 40e-6,
+        ("reference", ops[1]): 40e-6,
+    }
     for backend, cls in (("cpu", CPUBlockManager), ("gpu", GPUBlockManager), ("hybrid", HybridBlockManager)):
         for op in ops:
             _charge(monkeypatch, clock, cls, op, costs, (backend, op))
@@ -144,22 +159,33 @@ def test_relative_time_tracks_a_slower_operation(monkeypatch):
     hybrid = {("hybrid", ops[0]): 0.1, ("hybrid", ops[1]): 0.5}
     check_ratios({("cpu", ops[0]): 0.05, ("cpu", ops[1]): 0.2, ("gpu", ops[0]): 0.3, ("gpu", ops[1]): 0.4, **hybrid})
     costs[("cpu", ops[1])] *= 1.2  # the cpu pack 20% slower
-    check_ratios({("cpu", ops[0]): 0.05, ("cpu", ops[1]): 0.24, ("gpu", ops[0]): 0.3, ("gpu", ops[1]): 0.4,
-                  **hybrid})
+    check_ratios({("cpu", ops[0]): 0.05, ("cpu", ops[1]): 0.24, ("gpu", ops[0]): 0.3, ("gpu", ops[1]): 0.4, **hybrid})
 
 
 def _probe(name: str, *args: str) -> subprocess.CompletedProcess:
     """`python3 -m scripts.probes.NAME ARGS`, from the repository root."""
-    return subprocess.run([sys.executable, "-m", f"scripts.probes.{name}", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", f"scripts.probes.{name}", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 def test_perf_probe_runs_and_reports(tmp_path):
     """The probe behind docs/performance.md, on a tiny grid, then its tables."""
     saved = tmp_path / "probe.json"
     variants = ["cpu", "gpu-torch"] + (["gpu-triton-graphs"] if torch.cuda.is_available() else [])
-    run = _probe("perf_probe", "--batch-sizes", "16", "--seq-lens", "128", "--iterations", "3",
-                 "--variants", *variants, "--json", str(saved))
+    run = _probe(
+        "perf_probe",
+        "--batch-sizes",
+        "16",
+        "--seq-lens",
+        "128",
+        "--iterations",
+        "3",
+        "--variants",
+        *variants,
+        "--json",
+        str(saved),
+    )
     assert run.returncode == 0, run.stderr
     report = _probe("perf_probe", "--report", str(saved))
     assert report.returncode == 0, report.stderr
@@ -170,8 +196,7 @@ def test_perf_probe_runs_and_reports(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_pack_sweep_runs(tmp_path):
     saved = tmp_path / "sweep.json"
-    run = _probe("pack_sweep", "--batch-sizes", "16", "--seq-lens", "128", "--iterations", "3",
-                 "--json", str(saved))
+    run = _probe("pack_sweep", "--batch-sizes", "16", "--seq-lens", "128", "--iterations", "3", "--json", str(saved))
     assert run.returncode == 0, run.stderr
     assert "w128-p4-nw4" in run.stdout
 
@@ -186,14 +211,21 @@ def _what_asv_writes(tmp_path) -> str:
     listed = tmp_path / "discovered.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISAGMOE_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    code = ("import sys; from asv_runner.discovery import list_benchmarks; "
-            "list_benchmarks(sys.argv[1], open(sys.argv[2], 'w'))")
-    done = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, "benchmarks"), str(listed)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys; from asv_runner.discovery import list_benchmarks; "
+        "list_benchmarks(sys.argv[1], open(sys.argv[2], 'w'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, os.path.join(ROOT, "benchmarks"), str(listed)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     written = tmp_path / "benchmarks.json"
-    asv_util.write_json(str(written), {b["name"]: b for b in json.loads(listed.read_text())},
-                        Benchmarks.api_version)
+    asv_util.write_json(str(written), {b["name"]: b for b in json.loads(listed.read_text())}, Benchmarks.api_version)
     return written.read_text()
 
 
@@ -225,8 +257,9 @@ def test_regressions_page_thresholds_spare_only_the_absolute_times():
 
     def threshold(name: str) -> float:
         entry = f"{name}('cpu', 16, 128)@main"
-        return max([float(t) for regex, t in conf["regressions_thresholds"].items() if re.match(regex, entry)],
-                   default=0.05)
+        return max(
+            [float(t) for regex, t in conf["regressions_thresholds"].items() if re.match(regex, entry)], default=0.05
+        )
 
     absolute = [n for n in names if ".time_" in n or ".Step.track_" in n]
     assert sum(".time_" in n for n in absolute) == 4 and all(threshold(n) == 1.5 for n in absolute), absolute
@@ -244,11 +277,18 @@ def test_verdicts_stop_at_once_without_two_commits(tmp_path):
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "one"]):
         subprocess.run(git + args, check=True, capture_output=True)
-    for argv, said in ((["main", "HEAD"], "are one commit"),
-                       (["HEAD~1", "HEAD"], "no commit HEAD~1 in this clone (commits on HEAD here: 1)"),
-                       (["v9", "HEAD"], "scripts/verdicts.sh HEAD~1 HEAD")):
-        done = subprocess.run(["bash", str(repo / "scripts" / "verdicts.sh"), *argv], capture_output=True,
-                              text=True, timeout=60, env={**os.environ, "ASV": "false", "ASV_MACHINE": "m"})
+    for argv, said in (
+        (["main", "HEAD"], "are one commit"),
+        (["HEAD~1", "HEAD"], "no commit HEAD~1 in this clone (commits on HEAD here: 1)"),
+        (["v9", "HEAD"], "scripts/verdicts.sh HEAD~1 HEAD"),
+    ):
+        done = subprocess.run(
+            ["bash", str(repo / "scripts" / "verdicts.sh"), *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "ASV": "false", "ASV_MACHINE": "m"},
+        )
         assert done.returncode == 2 and said in done.stderr, (argv, done.stderr)
 
 
@@ -260,17 +300,24 @@ def test_verdict_noise_covers_the_serving_ratios(tmp_path, capsys):
 
     columns = ["result", "params", "samples"]
     results = {
-        "bench_relative.RelativeTime.track_update_block_table":
-            [None, [["'cpu'"], ["16"], ["128"]], [[1.0] * 9 + [1.02] * 9]],
-        "bench_trace.InverseSpeedup.track_pipelined":
-            [None, [["'gpu-bs16'", "'hybrid-bs16'"], ["64"], ["2048"]], [[0.5] * 9 + [0.8] * 9, None]],
+        "bench_relative.RelativeTime.track_update_block_table": [
+            None,
+            [["'cpu'"], ["16"], ["128"]],
+            [[1.0] * 9 + [1.02] * 9],
+        ],
+        "bench_trace.InverseSpeedup.track_pipelined": [
+            None,
+            [["'gpu-bs16'", "'hybrid-bs16'"], ["64"], ["2048"]],
+            [[0.5] * 9 + [0.8] * 9, None],
+        ],
         "bench_trace.Step.track_pipelined": [None, [["'cpu-bs16'"], ["64"], ["2048"]], [[10.0] * 9 + [99.0] * 9]],
     }
     path = tmp_path / "commit.json"
     path.write_text(json.dumps({"result_columns": columns, "results": results}))
     assert verdict_noise.process_medians(str(path), 2) == {
         "RelativeTime update_block_table('cpu', 16, 128)": [1.0, 1.02],
-        "trace InverseSpeedup pipelined('gpu-bs16', 64, 2048)": [0.5, 0.8]}
+        "trace InverseSpeedup pipelined('gpu-bs16', 64, 2048)": [0.5, 0.8],
+    }
     assert verdict_noise.main(["--rounds", "2", "--factor", "1.1", str(path)]) == 1
     printed = capsys.readouterr().out
     assert "1 of 2 points beyond" in printed
@@ -281,6 +328,9 @@ def test_every_benchmark_pins_its_version():
     """A version computed from the code changes when shared code moves (asv hashes the
     benchmark's setup and setup_cache too): every benchmark sets its own."""
     asv_discovery = pytest.importorskip("asv_runner.discovery")
-    unpinned = [b.name for b in asv_discovery.disc_benchmarks(os.path.join(ROOT, "benchmarks"))
-                if getattr(b.func, "version", None) is None]
+    unpinned = [
+        b.name
+        for b in asv_discovery.disc_benchmarks(os.path.join(ROOT, "benchmarks"))
+        if getattr(b.func, "version", None) is None
+    ]
     assert unpinned == []

@@ -103,8 +103,14 @@ def test_writes_into_returned_tensors_do_not_corrupt_the_next_step(make_manager)
     design once handed out its staging buffer): the next step's metadata is right."""
     h = running(make_manager)
     md = h.manager.pack_flash_attn_metadata(h.batch([1, 2], layer=h.ref.layer_ids[1]))
-    for tensor in (md.block_tables, md.slot_mapping, md.seq_lens_tensor, md.context_lens_tensor,
-                   md.query_start_loc, md.seq_start_loc):
+    for tensor in (
+        md.block_tables,
+        md.slot_mapping,
+        md.seq_lens_tensor,
+        md.context_lens_tensor,
+        md.query_start_loc,
+        md.seq_start_loc,
+    ):
         tensor.fill_(77)
     for _ in range(3):
         h.step(h.batch([1, 2]))
@@ -135,9 +141,11 @@ def test_an_interrupt_inside_a_step_changes_nothing(make_manager):
     def interrupt():
         raise KeyboardInterrupt
 
-    for batch in (BatchMetadata(h.first_layer, [1, Index(2, interrupt)], 0, []),
-                  BatchMetadata(h.first_layer, [Index(9, interrupt)], 1, [2]),
-                  BatchMetadata(h.first_layer, [9], 1, [Index(2, interrupt)])):
+    for batch in (
+        BatchMetadata(h.first_layer, [1, Index(2, interrupt)], 0, []),
+        BatchMetadata(h.first_layer, [Index(9, interrupt)], 1, [2]),
+        BatchMetadata(h.first_layer, [9], 1, [Index(2, interrupt)]),
+    ):
         h.expect_error(lambda: m.update_block_table(batch), KeyboardInterrupt)
         h.expect_error(lambda: m.pack_flash_attn_metadata(batch), KeyboardInterrupt)
 
@@ -177,9 +185,14 @@ def test_two_threads_on_one_manager_are_refused(make_manager):
     t.start()
     assert inside.wait(timeout=30)
     refused = 0
-    for call in (lambda: m.update_block_table(h.batch([1, 2])), lambda: m.release_seqs([2]),
-                 lambda: m.pack_flash_attn_metadata(h.batch([1, 2], layer=h.ref.layer_ids[1])),
-                 m.reset_state, m.synchronize, lambda: m.warm_up()):
+    for call in (
+        lambda: m.update_block_table(h.batch([1, 2])),
+        lambda: m.release_seqs([2]),
+        lambda: m.pack_flash_attn_metadata(h.batch([1, 2], layer=h.ref.layer_ids[1])),
+        m.reset_state,
+        m.synchronize,
+        lambda: m.warm_up(),
+    ):
         with pytest.raises(RuntimeError, match="another call"):
             call()
         refused += 1
@@ -225,8 +238,11 @@ def test_a_batch_that_is_not_a_batch(make_manager, batch):
 def test_an_array_of_dates_is_named(make_manager):
     h = running(make_manager)
     dates = np.array(["2024-01-01"], dtype="datetime64[D]")
-    h.expect_error(lambda: h.manager.update_block_table(BatchMetadata(h.first_layer, dates, 1, [2])),
-                   (TypeError, ValueError), "req_ids")  # type: ignore[arg-type]
+    h.expect_error(
+        lambda: h.manager.update_block_table(BatchMetadata(h.first_layer, dates, 1, [2])),
+        (TypeError, ValueError),
+        "req_ids",
+    )  # type: ignore[arg-type]
     h.expect_error(lambda: h.manager.release_seqs(dates), (TypeError, ValueError), "req_ids")
 
 

@@ -12,8 +12,18 @@ from disagmoe import _C, KVCacheExhausted
 
 PAD = _C.PAD_BLOCK_ID
 INT32_MAX = 2**31 - 1
-LAYOUT_FIELDS = ("batch_size", "width", "num_tokens", "slot_mapping", "seq_lens", "context_lens",
-                 "query_start_loc", "seq_start_loc", "block_tables", "nbytes")
+LAYOUT_FIELDS = (
+    "batch_size",
+    "width",
+    "num_tokens",
+    "slot_mapping",
+    "seq_lens",
+    "context_lens",
+    "query_start_loc",
+    "seq_start_loc",
+    "block_tables",
+    "nbytes",
+)
 
 
 def core(block_size: int = 4, num_blocks: int = 8, max_seq_len: int = 32, max_reqs: int = 3):
@@ -36,8 +46,13 @@ def test_metadata_layout():
         b, t = batch_size, num_tokens
         # The lengths first, back to back, at places the batch size alone decides; then
         # slot_mapping (8-byte aligned); then the table (16-byte aligned).
-        offsets = [layout.seq_lens, layout.context_lens, layout.query_start_loc, layout.seq_start_loc,
-                   layout.slot_mapping]
+        offsets = [
+            layout.seq_lens,
+            layout.context_lens,
+            layout.query_start_loc,
+            layout.seq_start_loc,
+            layout.slot_mapping,
+        ]
         sizes = [4 * b, 4 * b, 4 * (b + 1), 4 * (b + 1)]
         assert offsets == list(np.cumsum([0, *sizes]))
         assert layout.slot_mapping % 8 == 0
@@ -56,11 +71,17 @@ def test_metadata_layout_is_a_value():
         a.nbytes = 0
 
 
-@pytest.mark.parametrize("args, named", [
-    ((-1, 1, 1), "batch_size=-1"), ((1, -1, 1), "width=-1"), ((1, 1, -1), "num_tokens=-1"),
-    ((2**31, 1, 1), f"batch_size={2**31}"), ((1, 1, 2**62), f"num_tokens={2**62}"),
-    ((INT32_MAX, INT32_MAX, 1), "does not fit in int64"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        ((-1, 1, 1), "batch_size=-1"),
+        ((1, -1, 1), "width=-1"),
+        ((1, 1, -1), "num_tokens=-1"),
+        ((2**31, 1, 1), f"batch_size={2**31}"),
+        ((1, 1, 2**62), f"num_tokens={2**62}"),
+        ((INT32_MAX, INT32_MAX, 1), "does not fit in int64"),
+    ],
+)
 def test_metadata_layout_rejects(args, named):
     with pytest.raises(ValueError, match=named):
         _C.metadata_layout(*args)
@@ -72,25 +93,37 @@ def test_construction():
     assert (bm.num_free_blocks(), bm.num_reqs, bm.req_ids(), bm.check_integrity()) == (8, 0, [], "")
 
 
-@pytest.mark.parametrize("args, named", [
-    ((0, 8, 30, 3), "block_size=0"), ((4, 0, 30, 3), "num_blocks=0"),
-    ((4, 8, 0, 3), "max_seq_len=0"), ((4, 8, 30, 0), "max_reqs=0"),
-    ((2**31, 4, 30, 3), f"block_size={2**31}"),
-    ((4, 2**30, 30, 3), f"num_blocks={2**30} x block_size=4"),
-    ((1, 2**31, 30, 3), f"num_blocks={2**31}"),
-    ((4, 8, 2**62, 3), f"max_seq_len={2**62}"), ((4, 8, 30, 2**62 + 1), f"max_reqs={2**62 + 1}"),
-    ((1, 8, INT32_MAX, INT32_MAX), "does not fit in int64"),
-    ((1, 8, INT32_MAX, 2**20), "bytes of memory"), ((1, 8, 2**25, 2**10), "bytes of memory"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        ((0, 8, 30, 3), "block_size=0"),
+        ((4, 0, 30, 3), "num_blocks=0"),
+        ((4, 8, 0, 3), "max_seq_len=0"),
+        ((4, 8, 30, 0), "max_reqs=0"),
+        ((2**31, 4, 30, 3), f"block_size={2**31}"),
+        ((4, 2**30, 30, 3), f"num_blocks={2**30} x block_size=4"),
+        ((1, 2**31, 30, 3), f"num_blocks={2**31}"),
+        ((4, 8, 2**62, 3), f"max_seq_len={2**62}"),
+        ((4, 8, 30, 2**62 + 1), f"max_reqs={2**62 + 1}"),
+        ((1, 8, INT32_MAX, INT32_MAX), "does not fit in int64"),
+        ((1, 8, INT32_MAX, 2**20), "bytes of memory"),
+        ((1, 8, 2**25, 2**10), "bytes of memory"),
+    ],
+)
 def test_construction_rejects(args, named):
     with pytest.raises(ValueError, match=named):
         _C.BlockManager(*args)
 
 
-@pytest.mark.parametrize("args, named", [
-    ((0, 8, 4), "max_reqs=0"), ((2**62 + 1, 8, 4), f"max_reqs={2**62 + 1}"),
-    ((3, 2**31, 4), f"max_seq_len={2**31}"), ((3, 8, 0), "block_size=0"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        ((0, 8, 4), "max_reqs=0"),
+        ((2**62 + 1, 8, 4), f"max_reqs={2**62 + 1}"),
+        ((3, 2**31, 4), f"max_seq_len={2**31}"),
+        ((3, 8, 0), "block_size=0"),
+    ],
+)
 def test_request_table_construction_rejects(args, named):
     with pytest.raises(ValueError, match=named):
         _C.RequestTable(*args)
@@ -152,18 +185,28 @@ def test_numpy_req_ids_accepted(dtype):
     assert bm.num_reqs == 0
 
 
-@pytest.mark.parametrize("ids, named", [
-    (np.array([1.0]), "1-D integer array"), (np.array([[1]]), "1-D integer array"),
-    (np.array([True]), "1-D integer array"), ("12", "list of ints"), ([1, "x"], "'x'"),
-    ([True], "bool"), ((1, 2.5), "2.5"),
-])
+@pytest.mark.parametrize(
+    "ids, named",
+    [
+        (np.array([1.0]), "1-D integer array"),
+        (np.array([[1]]), "1-D integer array"),
+        (np.array([True]), "1-D integer array"),
+        ("12", "list of ints"),
+        ([1, "x"], "'x'"),
+        ([True], "bool"),
+        ((1, 2.5), "2.5"),
+    ],
+)
 def test_bad_req_ids(ids, named):
     with pytest.raises(TypeError, match=named):
         core().update_block_table(ids, 0, [], True)
 
 
-@pytest.mark.parametrize("ids", [np.array([1, 2], dtype=">i8"), np.array([2**64 - 1], dtype=np.uint64)],
-                         ids=["big-endian", "uint64-over-int64"])
+@pytest.mark.parametrize(
+    "ids",
+    [np.array([1, 2], dtype=">i8"), np.array([2**64 - 1], dtype=np.uint64)],
+    ids=["big-endian", "uint64-over-int64"],
+)
 def test_numpy_values_read_exactly(ids):
     """An array's values are its ids (as for a list), or the call raises: never other ids."""
     bm = core()
@@ -174,18 +217,21 @@ def test_numpy_values_read_exactly(ids):
     assert sorted(bm.req_ids()) == sorted(int(v) for v in ids)
 
 
-@pytest.mark.parametrize("call, error, named", [
-    (lambda bm: bm.update_block_table([1], 1.5, [1], True), TypeError, "num_prefill_seqs=1.5"),
-    (lambda bm: bm.update_block_table([1], None, [1], True), TypeError, "num_prefill_seqs=None"),
-    (lambda bm: bm.update_block_table([1], 2**64, [1], True), ValueError, f"num_prefill_seqs={2**64}"),
-    (lambda bm: bm.update_block_table([1], 1, [1], 1), TypeError, "first_layer=1"),
-    (lambda bm: bm.seq_len("1"), TypeError, "req_id='1'"),
-    (lambda bm: bm.block_ids(None), TypeError, "req_id=None"),
-    (lambda bm: bm.pack_flash_attn_metadata([1], 1, [1], [0] * 64), TypeError, "out"),
-    (lambda bm: _C.BlockManager(4.0, 8, 32, 3), TypeError, "block_size=4.0"),
-    (lambda bm: _C.RequestTable(3, None, 4), TypeError, "max_seq_len=None"),
-], ids=["float", "none", "huge", "first-layer-int", "str-id", "none-id", "list-out", "ctor-float",
-        "table-ctor-none"])
+@pytest.mark.parametrize(
+    "call, error, named",
+    [
+        (lambda bm: bm.update_block_table([1], 1.5, [1], True), TypeError, "num_prefill_seqs=1.5"),
+        (lambda bm: bm.update_block_table([1], None, [1], True), TypeError, "num_prefill_seqs=None"),
+        (lambda bm: bm.update_block_table([1], 2**64, [1], True), ValueError, f"num_prefill_seqs={2**64}"),
+        (lambda bm: bm.update_block_table([1], 1, [1], 1), TypeError, "first_layer=1"),
+        (lambda bm: bm.seq_len("1"), TypeError, "req_id='1'"),
+        (lambda bm: bm.block_ids(None), TypeError, "req_id=None"),
+        (lambda bm: bm.pack_flash_attn_metadata([1], 1, [1], [0] * 64), TypeError, "out"),
+        (lambda bm: _C.BlockManager(4.0, 8, 32, 3), TypeError, "block_size=4.0"),
+        (lambda bm: _C.RequestTable(3, None, 4), TypeError, "max_seq_len=None"),
+    ],
+    ids=["float", "none", "huge", "first-layer-int", "str-id", "none-id", "list-out", "ctor-float", "table-ctor-none"],
+)
 def test_arguments_are_named_never_a_signature(call, error, named):
     """No argument is converted by pybind11: a bad one gets a sentence, not a signature dump."""
     with pytest.raises(error, match=named) as info:
@@ -209,12 +255,21 @@ def test_pack_flash_attn_metadata_into_a_buffer():
     stats, seq_lens, out = pack(bm, [1, 2], 2, [5, 2], layout.nbytes)
     assert seq_lens == [5, 2]
     assert stats_dict(stats) == dict(
-        batch_size=2, num_prefills=2, num_tokens=7, num_prefill_tokens=7, num_decode_tokens=0,
-        max_query_len=5, max_seq_len=5, max_prefill_seq_len=5, max_decode_seq_len=0,
-        max_decode_query_len=0, width=2)
+        batch_size=2,
+        num_prefills=2,
+        num_tokens=7,
+        num_prefill_tokens=7,
+        num_decode_tokens=0,
+        max_query_len=5,
+        max_seq_len=5,
+        max_prefill_seq_len=5,
+        max_decode_seq_len=0,
+        max_decode_query_len=0,
+        width=2,
+    )
     slots = layout.slot_mapping
-    assert out[slots:slots + 56].view(np.int64).tolist() == slots_of(bm, 1) + slots_of(bm, 2)
-    tables = out[layout.block_tables:layout.block_tables + 16].view(np.int32).tolist()
+    assert out[slots : slots + 56].view(np.int64).tolist() == slots_of(bm, 1) + slots_of(bm, 2)
+    tables = out[layout.block_tables : layout.block_tables + 16].view(np.int32).tolist()
     assert tables == bm.block_ids(1) + bm.block_ids(2) + [PAD]
 
 
@@ -225,21 +280,32 @@ def test_pack_of_a_mixed_batch():
     stats, seq_lens, out = pack(bm, [2, 3, 1], 1, [2])
     assert seq_lens == [3, 4, 7]
     assert stats_dict(stats) == dict(
-        batch_size=3, num_prefills=1, num_tokens=4, num_prefill_tokens=2, num_decode_tokens=2,
-        max_query_len=2, max_seq_len=7, max_prefill_seq_len=3, max_decode_seq_len=7,
-        max_decode_query_len=1, width=2)
+        batch_size=3,
+        num_prefills=1,
+        num_tokens=4,
+        num_prefill_tokens=2,
+        num_decode_tokens=2,
+        max_query_len=2,
+        max_seq_len=7,
+        max_prefill_seq_len=3,
+        max_decode_seq_len=7,
+        max_decode_query_len=1,
+        width=2,
+    )
     layout = _C.metadata_layout(3, 2, 4)
     i32 = out.view(np.int32)
 
     def ints(offset, n):
-        return i32[offset // 4:offset // 4 + n].tolist()
+        return i32[offset // 4 : offset // 4 + n].tolist()
+
     assert ints(layout.seq_lens, 3) == [3, 4, 7]
     assert ints(layout.context_lens, 3) == [1, 3, 6]
     assert ints(layout.query_start_loc, 4) == [0, 2, 3, 4]
     assert ints(layout.seq_start_loc, 4) == [0, 3, 7, 14]
     slots = layout.slot_mapping
-    assert out[slots:slots + 32].view(np.int64).tolist() == (slots_of(bm, 2)[1:] + slots_of(bm, 3)[3:]
-                                                             + slots_of(bm, 1)[6:])
+    assert out[slots : slots + 32].view(np.int64).tolist() == (
+        slots_of(bm, 2)[1:] + slots_of(bm, 3)[3:] + slots_of(bm, 1)[6:]
+    )
 
 
 def test_pack_grows_its_buffer_through_grow():
@@ -250,6 +316,7 @@ def test_pack_grows_its_buffer_through_grow():
     def grow(nbytes):
         asked.append(nbytes)
         return np.zeros(nbytes, np.uint8)
+
     stats, seq_lens = bm.pack_flash_attn_metadata([1, 2], 2, [5, 2], np.zeros(8, np.uint8), grow)
     assert seq_lens == [5, 2] and asked == [_C.metadata_layout(2, 2, 7).nbytes]
     for bad, error, named in [
@@ -263,10 +330,13 @@ def test_pack_grows_its_buffer_through_grow():
         assert bm.req_ids() == [1, 2] and bm.check_integrity() == ""
 
 
-@pytest.mark.parametrize("out, named", [
-    (np.zeros(64, np.int32), "1-byte items"),
-    (np.zeros((8, 16), np.uint8)[:, ::2], "C-contiguous"),
-])
+@pytest.mark.parametrize(
+    "out, named",
+    [
+        (np.zeros(64, np.int32), "1-byte items"),
+        (np.zeros((8, 16), np.uint8)[:, ::2], "C-contiguous"),
+    ],
+)
 def test_pack_buffer_errors(out, named):
     bm = core()
     bm.update_block_table([1], 1, [9], True)
@@ -314,12 +384,23 @@ def test_request_table():
     assert (blocks, lens) == (1, [9, 4])  # 6 grows to 3 blocks; 5 stays in its block
     out = np.zeros(5 * stride, np.int32)  # rows, lengths, query lengths, and their starts
     stats, lens = table.lookup([5, 6], 0, [], out, stride)
-    assert (stats.num_tokens, stats.max_query_len, stats.max_seq_len, stats.max_decode_seq_len,
-            stats.width, lens) == (2, 1, 9, 9, 3, [4, 9])
+    assert (stats.num_tokens, stats.max_query_len, stats.max_seq_len, stats.max_decode_seq_len, stats.width, lens) == (
+        2,
+        1,
+        9,
+        9,
+        3,
+        [4, 9],
+    )
     assert out.reshape(5, stride)[:, :2].tolist() == [[0, 1], [4, 9], [1, 1], [0, 1], [0, 4]]
     stats, lens = table.lookup([6, 5], 1, [3], out, stride)
-    assert (stats.num_tokens, stats.max_query_len, stats.max_prefill_seq_len,
-            stats.max_decode_seq_len, lens) == (4, 3, 9, 4, [9, 4])
+    assert (stats.num_tokens, stats.max_query_len, stats.max_prefill_seq_len, stats.max_decode_seq_len, lens) == (
+        4,
+        3,
+        9,
+        4,
+        [9, 4],
+    )
     assert out.reshape(5, stride)[:, :2].tolist() == [[1, 0], [9, 4], [3, 1], [0, 3], [0, 9]]
     with pytest.raises(KVCacheExhausted, match="needs 2 free blocks"):
         table.update_block_table([7], 1, [5], 1, plan, stride)
@@ -331,12 +412,15 @@ def test_request_table():
         table.seq_len(5)
 
 
-@pytest.mark.parametrize("size, stride, named", [
-    (8, 2, "stride=2 cannot hold"),  # the batch needs 3 entries a region
-    (8, 4, "8 entries with stride=4"),  # 4 regions of 4 need 16
-    (16, 2**62, "stride=4611686018427387904"),  # 4 * stride overflows int64
-    (16, -4, "stride=-4"),
-])
+@pytest.mark.parametrize(
+    "size, stride, named",
+    [
+        (8, 2, "stride=2 cannot hold"),  # the batch needs 3 entries a region
+        (8, 4, "8 entries with stride=4"),  # 4 regions of 4 need 16
+        (16, 2**62, "stride=4611686018427387904"),  # 4 * stride overflows int64
+        (16, -4, "stride=-4"),
+    ],
+)
 def test_request_table_plan_checks(size, stride, named):
     """The plan's size check cannot overflow: rows * stride past int64 is refused."""
     table = _C.RequestTable(4, 10, 1)
@@ -373,8 +457,7 @@ def test_plan_update_into_overlapping_buffers():
     past max_reqs, written out of bounds)."""
     bm, stride = _C.BlockManager(1, 64, 32, 4), 5
     plan = np.zeros(40, np.int32)  # the plan's 4 regions of 5, and room for 36 block ids
-    blocks, seq_lens = bm.update_block_table_plan([1, 2, 3, 4], 4, [9, 9, 9, 9], plan, stride,
-                                                  plan[:36])
+    blocks, seq_lens = bm.update_block_table_plan([1, 2, 3, 4], 4, [9, 9, 9, 9], plan, stride, plan[:36])
     assert (blocks, seq_lens) == (36, [9, 9, 9, 9])
     assert bm.check_integrity() == "" and [bm.seq_len(r) for r in (1, 2, 3, 4)] == [9] * 4
     assert sorted(b for r in (1, 2, 3, 4) for b in bm.block_ids(r)) == list(range(36))
@@ -383,8 +466,7 @@ def test_plan_update_into_overlapping_buffers():
     assert [table.seq_len(5), table.seq_len(6)] == [3, 4]
 
 
-IDS = st.one_of(st.integers(0, 20), st.integers(-2**63, 2**63 - 1),
-                st.sampled_from([-1, 0, 2**63 - 1, -2**63]))
+IDS = st.one_of(st.integers(0, 20), st.integers(-(2**63), 2**63 - 1), st.sampled_from([-1, 0, 2**63 - 1, -(2**63)]))
 
 
 @settings(max_examples=60)
@@ -457,10 +539,17 @@ def test_packed_offsets_are_metadata_layout():
     """The cpu backend computes the layout's offsets in Python (a call and nine attribute
     reads a pack saved): the same numbers as the C++ core's."""
     from disagmoe.metadata import packed_offsets
+
     for b in (0, 1, 2, 3, 7, 64, 1023):
         for w in (0, 1, 3, 65, 4097):
             for t in (0, 1, 5, 9000):
                 layout = _C.metadata_layout(b, w, t)
-                assert packed_offsets(b, w, t) == (layout.block_tables, layout.slot_mapping, layout.seq_lens,
-                                                   layout.context_lens, layout.query_start_loc,
-                                                   layout.seq_start_loc, layout.nbytes), (b, w, t)
+                assert packed_offsets(b, w, t) == (
+                    layout.block_tables,
+                    layout.slot_mapping,
+                    layout.seq_lens,
+                    layout.context_lens,
+                    layout.query_start_loc,
+                    layout.seq_start_loc,
+                    layout.nbytes,
+                ), (b, w, t)

@@ -67,8 +67,11 @@ def test_anything_in_between_is_seen(harness, change):
     else:  # not remembered: looked up again, and the same as for a list
         got = to_host(m.pack_flash_attn_metadata(BatchMetadata(5, np.array([1, 2, 3]), 0, [])), m.device)
         h.pack(h.batch([2, 1, 3], layer=5))
-        assert to_host(m.pack_flash_attn_metadata(BatchMetadata(5, np.array([1, 2, 3]), 0, [])),
-                       m.device) == got == h.pack(batch)
+        assert (
+            to_host(m.pack_flash_attn_metadata(BatchMetadata(5, np.array([1, 2, 3]), 0, [])), m.device)
+            == got
+            == h.pack(batch)
+        )
     h.pack(batch)  # checked against the reference model: nothing stale
     h.check_state()
 

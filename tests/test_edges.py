@@ -14,11 +14,15 @@ from strategies import BLOCK_SIZES
 pytestmark = pytest.mark.parametrize("block_size", BLOCK_SIZES)
 
 
-def harness(make_manager, block_size: int, num_blocks: int = 16, max_running_reqs: int = 4,
-            max_seq_len: int | None = None) -> Harness:
+def harness(
+    make_manager, block_size: int, num_blocks: int = 16, max_running_reqs: int = 4, max_seq_len: int | None = None
+) -> Harness:
     max_seq_len = max_seq_len or num_blocks * block_size
-    return Harness(make_manager(block_size=block_size, num_blocks=num_blocks,
-                                max_running_reqs=max_running_reqs, max_seq_len=max_seq_len))
+    return Harness(
+        make_manager(
+            block_size=block_size, num_blocks=num_blocks, max_running_reqs=max_running_reqs, max_seq_len=max_seq_len
+        )
+    )
 
 
 @pytest.mark.parametrize("running", [False, True], ids=["idle", "running"])

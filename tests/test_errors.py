@@ -70,13 +70,13 @@ BAD_PACKS = [
     ("id-over-int64", b([2**64], 0, []), (ValueError, OverflowError, TypeError), [2**64]),
 ]
 
+
 def ids(cases):
     return [case[0] for case in cases]
 
 
 def running(make_manager, block_size: int) -> Harness:
-    h = Harness(make_manager(block_size=block_size, num_blocks=40 // block_size,
-                             max_running_reqs=4, max_seq_len=32))
+    h = Harness(make_manager(block_size=block_size, num_blocks=40 // block_size, max_running_reqs=4, max_seq_len=32))
     h.step(h.batch([10, 11], [6, 2]))
     h.step(h.batch([12, 10], [1]))
     return h
@@ -97,8 +97,7 @@ def assert_still_usable(h: Harness) -> None:
 @pytest.mark.parametrize("name, batch, error, names", BAD_UPDATES, ids=ids(BAD_UPDATES))
 def test_update_block_table_rejects(make_manager, block_size, name, batch, error, names):
     h = running(make_manager, block_size)
-    batch = b(list(batch.req_ids), batch.num_prefill_seqs, list(batch.init_prefill_lens),
-              batch.layer_id)
+    batch = b(list(batch.req_ids), batch.num_prefill_seqs, list(batch.init_prefill_lens), batch.layer_id)
     if error is KVCacheExhausted:
         with pytest.raises(KVCacheExhausted):  # the reference agrees it does not fit
             h.ref.update(batch)
@@ -116,19 +115,22 @@ def test_kv_cache_exhausted_is_a_runtime_error():
 @pytest.mark.parametrize("name, batch, error, names", BAD_PACKS, ids=ids(BAD_PACKS))
 def test_pack_flash_attn_metadata_rejects(make_manager, block_size, name, batch, error, names):
     h = running(make_manager, block_size)
-    batch = b(list(batch.req_ids), batch.num_prefill_seqs, list(batch.init_prefill_lens),
-              batch.layer_id)
+    batch = b(list(batch.req_ids), batch.num_prefill_seqs, list(batch.init_prefill_lens), batch.layer_id)
     message = h.expect_error(lambda: h.manager.pack_flash_attn_metadata(batch), error)
     assert_names(message, names)
     assert_still_usable(h)
 
 
 @per_block_size
-@pytest.mark.parametrize("op, layer, req_ids", [
-    ("update_block_table", L0, [10, 555]),
-    ("update_block_table", L1, [10, 555]),
-    ("pack_flash_attn_metadata", L0, [10, 555]),
-], ids=["update-first-layer", "update-later-layer", "pack"])
+@pytest.mark.parametrize(
+    "op, layer, req_ids",
+    [
+        ("update_block_table", L0, [10, 555]),
+        ("update_block_table", L1, [10, 555]),
+        ("pack_flash_attn_metadata", L0, [10, 555]),
+    ],
+    ids=["update-first-layer", "update-later-layer", "pack"],
+)
 def test_errors_name_the_operation(make_manager, block_size, op, layer, req_ids):
     """Every entry point's errors name the operation."""
     h = running(make_manager, block_size)
@@ -138,12 +140,16 @@ def test_errors_name_the_operation(make_manager, block_size, op, layer, req_ids)
 
 
 @per_block_size
-@pytest.mark.parametrize("release, error, names", [
-    ([555], KeyError, [555]),
-    ([10, 555], KeyError, [555]),  # all or nothing: 10 stays
-    ([11, 11], ValueError, [11]),
-    ([10, "x"], TypeError, ["'x'"]),
-], ids=["unknown", "known-and-unknown", "duplicate", "non-int"])
+@pytest.mark.parametrize(
+    "release, error, names",
+    [
+        ([555], KeyError, [555]),
+        ([10, 555], KeyError, [555]),  # all or nothing: 10 stays
+        ([11, 11], ValueError, [11]),
+        ([10, "x"], TypeError, ["'x'"]),
+    ],
+    ids=["unknown", "known-and-unknown", "duplicate", "non-int"],
+)
 def test_release_seqs_rejects(make_manager, block_size, release, error, names):
     h = running(make_manager, block_size)
     message = h.expect_error(lambda: h.manager.release_seqs(release), error)
@@ -193,11 +199,9 @@ def test_more_new_requests_than_request_rows(backend):
     """A first-layer batch of 10 new requests for 2 request rows: KVCacheExhausted, and
     nothing changed. Run in a child process: a buffer overrun may kill it."""
     script = SCRIPT.format(tests=__file__.rsplit("/", 1)[0], backend=backend.id)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout}\n{run.stderr[-2000:]}"
-    assert run.stdout.startswith("KVCacheExhausted") and run.stdout.rstrip().endswith("OK"), \
-        run.stdout
+    assert run.stdout.startswith("KVCacheExhausted") and run.stdout.rstrip().endswith("OK"), run.stdout
     assert_names(run.stdout.splitlines()[0], [10, 2])
 
 

@@ -42,8 +42,14 @@ def dtype_of(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cuda" else torch.float64
 
 
-def paged_block_mask(block_tables: torch.Tensor, seq_lens: torch.Tensor, context_lens: torch.Tensor,
-                     query_start_loc: torch.Tensor, block_size: int, capacity: int) -> BlockMask:
+def paged_block_mask(
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    context_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    block_size: int,
+    capacity: int,
+) -> BlockMask:
     """Query token t (of entry i, at position p) may read physical slot s when the block of s
     is one of entry i's in `block_tables` (row i, column j, a column that holds one of its
     blocks) and s's position in the sequence, j * block_size + s % block_size, is <= p."""
@@ -82,8 +88,7 @@ class Cache:
         self.dense: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def random(self, n: int) -> torch.Tensor:
-        return torch.randn(n, HEADS, DIM, generator=self.gen, dtype=torch.float64).to(
-            self.k.device, self.dtype)
+        return torch.randn(n, HEADS, DIM, generator=self.gen, dtype=torch.float64).to(self.k.device, self.dtype)
 
     def write(self, md, req_ids: list[int]) -> None:
         """The step's new K/V: into the cache at slot_mapping, and after each sequence's."""
@@ -95,14 +100,21 @@ class Cache:
             old_k, old_v = self.dense.get(req_id, (k[:0], v[:0]))
             if int(md.context_lens_tensor[i]) == 0:
                 old_k, old_v = k[:0], v[:0]
-            self.dense[req_id] = (torch.cat([old_k, k[starts[i]:starts[i + 1]]]),
-                                  torch.cat([old_v, v[starts[i]:starts[i + 1]]]))
+            self.dense[req_id] = (
+                torch.cat([old_k, k[starts[i] : starts[i + 1]]]),
+                torch.cat([old_v, v[starts[i] : starts[i + 1]]]),
+            )
 
 
 def paged_attention(q: torch.Tensor, cache: Cache, block_mask: BlockMask) -> torch.Tensor:
     run = flex(q.device)
-    out = run(q.transpose(0, 1)[None], cache.k.transpose(0, 1)[None],
-              cache.v.transpose(0, 1)[None], block_mask=block_mask, scale=1 / math.sqrt(DIM))
+    out = run(
+        q.transpose(0, 1)[None],
+        cache.k.transpose(0, 1)[None],
+        cache.v.transpose(0, 1)[None],
+        block_mask=block_mask,
+        scale=1 / math.sqrt(DIM),
+    )
     return out[0].transpose(0, 1)
 
 
@@ -113,15 +125,19 @@ def dense_attention(q: torch.Tensor, cache: Cache, md, req_ids: list[int]) -> to
         k, v = cache.dense[req_id]
         n, s = starts[i + 1] - starts[i], len(k)
         mask = torch.ones(n, s, dtype=torch.bool, device=q.device).tril(s - n)  # causal, offset
-        out[starts[i]:starts[i + 1]] = F.scaled_dot_product_attention(
-            q[starts[i]:starts[i + 1]].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-            attn_mask=mask).transpose(0, 1)
+        out[starts[i] : starts[i + 1]] = F.scaled_dot_product_attention(
+            q[starts[i] : starts[i + 1]].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask
+        ).transpose(0, 1)
     return out
 
 
 def mask_of(md, capacity: int, **override) -> BlockMask:
-    fields = dict(block_tables=md.block_tables, seq_lens=md.seq_lens_tensor,
-                  context_lens=md.context_lens_tensor, query_start_loc=md.query_start_loc)
+    fields = dict(
+        block_tables=md.block_tables,
+        seq_lens=md.seq_lens_tensor,
+        context_lens=md.context_lens_tensor,
+        query_start_loc=md.query_start_loc,
+    )
     return paged_block_mask(**{**fields, **override}, block_size=md.block_size, capacity=capacity)
 
 
@@ -154,8 +170,7 @@ def steps(h: Harness):
 
 @pytest.mark.parametrize("block_size", [1, 16])
 def test_flex_attention_over_the_metadata_equals_dense(make_manager, block_size):
-    manager = make_manager(block_size=block_size, num_blocks=256 // block_size,
-                           max_running_reqs=4, max_seq_len=80)
+    manager = make_manager(block_size=block_size, num_blocks=256 // block_size, max_running_reqs=4, max_seq_len=80)
     h, cache = Harness(manager), Cache(manager.capacity, manager.device, seed=block_size)
     for batch in steps(h):
         md, q, want = step(h, cache, batch)
@@ -167,17 +182,14 @@ def test_flex_attention_over_the_metadata_equals_dense(make_manager, block_size)
 def test_corrupted_metadata_fails_the_check(make_manager, block_size):
     """The check can fail: one request's first block swapped for another's, or a query
     placed one position late, gives attention that is not the dense one."""
-    manager = make_manager(block_size=block_size, num_blocks=256 // block_size,
-                           max_running_reqs=4, max_seq_len=80)
+    manager = make_manager(block_size=block_size, num_blocks=256 // block_size, max_running_reqs=4, max_seq_len=80)
     h, cache = Harness(manager), Cache(manager.capacity, manager.device, seed=7)
     md, q, want = step(h, cache, h.batch([1, 2], [9, 20]))
     md, q, want = step(h, cache, h.batch([3, 1, 2], [17]))  # 3 prefills, 1 and 2 decode
     assert close(paged_attention(q, cache, mask_of(md, manager.capacity)), want)
     tables = md.block_tables.clone()
     tables[0, 0] = md.block_tables[1, 0]  # request 3 reads request 1's first block
-    assert not close(paged_attention(q, cache, mask_of(md, manager.capacity, block_tables=tables)),
-                     want)
+    assert not close(paged_attention(q, cache, mask_of(md, manager.capacity, block_tables=tables)), want)
     late = md.context_lens_tensor.clone()
     late[0] += 1  # request 3's tokens placed one later: each sees one more position
-    assert not close(paged_attention(q, cache, mask_of(md, manager.capacity, context_lens=late)),
-                     want)
+    assert not close(paged_attention(q, cache, mask_of(md, manager.capacity, context_lens=late)), want)

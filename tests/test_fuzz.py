@@ -30,8 +30,7 @@ def worker():
 
 
 def test_fuzz(worker):
-    @settings(max_examples=100, deadline=None, database=None, phases=PHASES,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=100, deadline=None, database=None, phases=PHASES, suppress_health_check=list(HealthCheck))
     @given(case=cases())
     def one(case):
         failure = worker.run(case)
@@ -40,5 +39,4 @@ def test_fuzz(worker):
     start = time.monotonic()
     while time.monotonic() - start < SECONDS:
         one()
-    print(f"\nfuzz: {worker.cases} cases in {time.monotonic() - start:.0f} s, "
-          f"{worker.restarts} worker restarts")
+    print(f"\nfuzz: {worker.cases} cases in {time.monotonic() - start:.0f} s, {worker.restarts} worker restarts")

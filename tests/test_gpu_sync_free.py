@@ -48,8 +48,7 @@ def sync_is_an_error():
 
 
 def copy_batch(batch: BatchMetadata) -> BatchMetadata:
-    return BatchMetadata(batch.layer_id, list(batch.req_ids), batch.num_prefill_seqs,
-                         list(batch.init_prefill_lens))
+    return BatchMetadata(batch.layer_id, list(batch.req_ids), batch.num_prefill_seqs, list(batch.init_prefill_lens))
 
 
 def run_steps(manager, batches: list[BatchMetadata]) -> list[tuple]:
@@ -58,9 +57,17 @@ def run_steps(manager, batches: list[BatchMetadata]) -> list[tuple]:
     for batch in map(copy_batch, batches):
         manager.update_block_table(batch)
         md = manager.pack_flash_attn_metadata(batch)
-        tensors = {name: getattr(md, name).clone() for name in
-                   ("seq_lens_tensor", "context_lens_tensor", "query_start_loc",
-                    "seq_start_loc", "block_tables", "slot_mapping")}
+        tensors = {
+            name: getattr(md, name).clone()
+            for name in (
+                "seq_lens_tensor",
+                "context_lens_tensor",
+                "query_start_loc",
+                "seq_start_loc",
+                "block_tables",
+                "slot_mapping",
+            )
+        }
         kept.append((md, tensors))
     return kept
 
@@ -81,8 +88,7 @@ def test_sync_debug_mode_catches_a_sync():
 @pytest.mark.parametrize("block_size", [1, 16, 5])
 def test_steps_do_not_sync(backend_id, block_size):
     backend = BY_ID[backend_id]
-    manager = backend.make(block_size=block_size, num_blocks=512 // block_size,
-                           max_running_reqs=8, max_seq_len=128)
+    manager = backend.make(block_size=block_size, num_blocks=512 // block_size, max_running_reqs=8, max_seq_len=128)
     steps = prefill_steps() + decode_steps()
     run_steps(manager, steps)  # warm-up: compiles kernels, captures graphs, sizes buffers
     manager.reset_state()
@@ -90,9 +96,11 @@ def test_steps_do_not_sync(backend_id, block_size):
         prefill = run_steps(manager, prefill_steps())
         decode = run_steps(manager, decode_steps())
     # The same steps through the torch kernels, checked step by step against the reference.
-    reference = Harness(BY_ID["gpu-torch-cuda"].make(block_size=block_size,
-                                                     num_blocks=512 // block_size,
-                                                     max_running_reqs=8, max_seq_len=128))
+    reference = Harness(
+        BY_ID["gpu-torch-cuda"].make(
+            block_size=block_size, num_blocks=512 // block_size, max_running_reqs=8, max_seq_len=128
+        )
+    )
     for batch, (md, tensors) in zip(steps, prefill + decode):
         assert host_copy(md, tensors) == reference.step(copy_batch(batch))
     manager.check_integrity()
@@ -109,8 +117,13 @@ def test_trace_steps_do_not_sync(backend_id, block_size):
 
     trace = TraceWorkload(TraceConfig(running=10, max_prompt=200, chunk=150, max_output=30, seed=1), 60)
     max_seq_len, max_reqs = trace.sizes(60)
-    sizes = dict(block_size=block_size, num_blocks=max_reqs * -(-max_seq_len // block_size),
-                 max_running_reqs=max_reqs, max_seq_len=max_seq_len, layer_ids=(0, 1))
+    sizes = dict(
+        block_size=block_size,
+        num_blocks=max_reqs * -(-max_seq_len // block_size),
+        max_running_reqs=max_reqs,
+        max_seq_len=max_seq_len,
+        layer_ids=(0, 1),
+    )
     manager = BY_ID[backend_id].make(**sizes)
 
     def steps() -> list[tuple]:
@@ -174,8 +187,7 @@ GC_DURING_CAPTURE = textwrap.dedent("""
 def test_graph_capture_survives_garbage_collection():
     """A garbage collection can run at any allocation, so also while a manager captures its
     first CUDA graph; freeing another (dead) manager's graphs then must not break the step."""
-    run = subprocess.run([sys.executable, "-c", GC_DURING_CAPTURE], capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", GC_DURING_CAPTURE], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-1500:]}"
     slots = [int(s) for s in run.stdout.strip().strip("[]").split(",")]
     assert len(set(slots)) == 7 and all(0 <= s < 64 for s in slots)

@@ -35,8 +35,7 @@ def b(req_ids, num_prefill, lens, layer=L0) -> BatchMetadata:
 
 def running(make_manager, block_size: int = 4) -> Harness:
     """Requests 10 (7 tokens), 11 (2), 12 (1); one of four request rows free; 40 slots."""
-    h = Harness(make_manager(block_size=block_size, num_blocks=40 // block_size,
-                             max_running_reqs=4, max_seq_len=32))
+    h = Harness(make_manager(block_size=block_size, num_blocks=40 // block_size, max_running_reqs=4, max_seq_len=32))
     h.step(h.batch([10, 11], [6, 2]))
     h.step(h.batch([12, 10], [1]))
     return h
@@ -58,8 +57,7 @@ def run_child(body: str, backend_id: str, timeout: float = 60) -> str:
         make = BY_ID[{backend_id!r}].make
     """) + textwrap.dedent(body)
     try:
-        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                             timeout=timeout)
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         pytest.fail(f"the child hung for {timeout} s:\n{body}")
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout}\n{run.stderr[-3000:]}"
@@ -148,27 +146,25 @@ HUGE_CONFIGS = """
 def test_huge_sizes_are_refused_before_allocating(backend_id):
     """A table size that wrapped to 0, a capacity loop that never ended, std::bad_alloc:
     each is now a ValueError naming the argument, raised before anything is allocated."""
-    out = run_child(f"BACKEND = {backend_id!r}\n" + textwrap.dedent(HUGE_CONFIGS), backend_id,
-                    timeout=120)
+    out = run_child(f"BACKEND = {backend_id!r}\n" + textwrap.dedent(HUGE_CONFIGS), backend_id, timeout=120)
     assert out.strip().endswith("OK")
 
 
 # -- 2 and 3. state after an error ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [2**63 - 1, 2**63 - 7, 2**62, 2**31, 2**31 - 1, 26])
 def test_chunk_length_near_int64(make_manager, n):
     """old_len + n past int64: KVCacheExhausted (it cannot fit), nothing changed; 2**63 and
     beyond are not int64 at all (ValueError)."""
     h = running(make_manager)
-    message = h.expect_error(lambda: h.manager.update_block_table(b([10], 1, [n])),
-                             KVCacheExhausted)
+    message = h.expect_error(lambda: h.manager.update_block_table(b([10], 1, [n])), KVCacheExhausted)
     assert "max_seq_len=32" in message and "req_ids[0]=10" in message
-    h.expect_error(lambda: h.manager.update_block_table(b([10, 100], 2, [1, n])),
-                   KVCacheExhausted)
+    h.expect_error(lambda: h.manager.update_block_table(b([10, 100], 2, [1, n])), KVCacheExhausted)
     assert_still_usable(h)
 
 
-@pytest.mark.parametrize("n", [2**63, 2**64, 10**30, -2**63 - 1])
+@pytest.mark.parametrize("n", [2**63, 2**64, 10**30, -(2**63) - 1])
 def test_lengths_past_int64(make_manager, n):
     h = running(make_manager)
     message = h.expect_error(lambda: h.manager.update_block_table(b([10], 1, [n])), ValueError)
@@ -213,8 +209,7 @@ def test_index_that_calls_the_same_manager(make_manager):
     except TypeError as exc:
         cause = exc.__cause__
     assert isinstance(cause, RuntimeError) and "another call" in str(cause)
-    for inner in (lambda: m.release_seqs([10]), m.reset_state,
-                  lambda: m.pack_flash_attn_metadata(b([10], 0, []))):
+    for inner in (lambda: m.release_seqs([10]), m.reset_state, lambda: m.pack_flash_attn_metadata(b([10], 0, []))):
         h.expect_error(lambda: m.pack_flash_attn_metadata(b([10], Index(0, inner), [])), TypeError)
     reads = Index(1, lambda: (m.seq_len(10), m.token_slots(10), m.num_free_slots()))
     batch = h.batch([100], [reads])
@@ -231,16 +226,16 @@ def test_pack_that_grows_its_buffer_reads_the_batch_once(backend):
     """A batch too big for the metadata buffer made at construction: the buffer grows
     within the one call that read the batch. (Packing again after growing read the batch
     a second time, and a list emptied by the first read was then an empty batch.)"""
-    plain, odd = (Harness(backend.make(block_size=4, num_blocks=64, max_running_reqs=2,
-                                       max_seq_len=64)) for _ in range(2))
+    plain, odd = (
+        Harness(backend.make(block_size=4, num_blocks=64, max_running_reqs=2, max_seq_len=64)) for _ in range(2)
+    )
     for h in (plain, odd):
         h.update(h.batch([1, 2], [60, 60]))
     want = plain.pack(plain.batch([1, 2], [60, 60]))
     ids = [1]
     ids.append(clears(ids, 2))
     lens = [60, Index(60)]
-    got = to_host(odd.manager.pack_flash_attn_metadata(BatchMetadata(L0, ids, 2, lens)),
-                  odd.manager.device)
+    got = to_host(odd.manager.pack_flash_attn_metadata(BatchMetadata(L0, ids, 2, lens)), odd.manager.device)
     assert got == want and lens[1].calls == 1 and ids == []
 
 
@@ -270,6 +265,7 @@ def test_batch_memo_compares_the_ints_the_core_reads(make_manager):
 
 # -- 4. wrong results ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("block_size, num_blocks", [(1, 2**31), (2, 2**30), (16, 2**27), (2**31, 1)])
 def test_pool_past_int32_slots(backend, block_size, num_blocks):
     """Slots are int32 in block tables: a pool past 2**31 - 1 slots is refused on every
@@ -288,12 +284,15 @@ def test_default_block_size_pool_past_int32_slots():
 
 
 @pytest.mark.parametrize("layer", [L0, L1], ids=["first-layer", "later-layer"])
-@pytest.mark.parametrize("req_ids, error, named", [
-    ([10, 11, 12, 10, 13], ValueError, "10"),  # a repeat, and more entries than rows
-    ([10, 11, 12, 600, 601], KeyError, "600"),  # unknown decode ids, more entries than rows
-    ([10, 10, 10, 10, 10, 10], ValueError, "10"),
-    (list(range(600, 700)), KeyError, "600"),
-])
+@pytest.mark.parametrize(
+    "req_ids, error, named",
+    [
+        ([10, 11, 12, 10, 13], ValueError, "10"),  # a repeat, and more entries than rows
+        ([10, 11, 12, 600, 601], KeyError, "600"),  # unknown decode ids, more entries than rows
+        ([10, 10, 10, 10, 10, 10], ValueError, "10"),
+        (list(range(600, 700)), KeyError, "600"),
+    ],
+)
 def test_malformed_batch_longer_than_the_rows(make_manager, layer, req_ids, error, named):
     """KVCacheExhausted is back-pressure (retry later); a malformed batch never fits, so it
     is a ValueError / KeyError even when it also holds more entries than request rows."""
@@ -310,10 +309,11 @@ def test_malformed_batch_past_max_seq_len(make_manager):
     h.expect_error(lambda: h.manager.update_block_table(b([100, 11, 555], 1, [40])), KeyError)
 
 
-@pytest.mark.parametrize("value", [1.5, Fraction(3, 2), torch.tensor(1.5), 1.0, True, "1", None,
-                                   np.float64(1.0)],
-                         ids=["float", "fraction", "float-tensor", "integral-float", "bool", "str",
-                              "none", "numpy-float"])
+@pytest.mark.parametrize(
+    "value",
+    [1.5, Fraction(3, 2), torch.tensor(1.5), 1.0, True, "1", None, np.float64(1.0)],
+    ids=["float", "fraction", "float-tensor", "integral-float", "bool", "str", "none", "numpy-float"],
+)
 def test_num_prefill_seqs_not_an_int(make_manager, value):
     """Never truncated: a TypeError naming num_prefill_seqs and the value, no signature."""
     h = running(make_manager)
@@ -325,23 +325,31 @@ def test_num_prefill_seqs_not_an_int(make_manager, value):
 
 # -- 5. errors that name the argument and the value ----------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(NOT_INTS))
-@pytest.mark.parametrize("where", ["req_id", "prefill_len", "num_prefill_seqs", "layer_id",
-                                   "release", "seq_len"])
+@pytest.mark.parametrize("where", ["req_id", "prefill_len", "num_prefill_seqs", "layer_id", "release", "seq_len"])
 def test_not_an_int_anywhere(make_manager, where, name):
     """Every int argument refuses every non-int the same way: TypeError naming it."""
     value = NOT_INTS[name]
     h = running(make_manager)
     m = h.manager
     calls = {
-        "req_id": [lambda: m.update_block_table(b([100, value], 2, [1, 1])),
-                   lambda: m.pack_flash_attn_metadata(b([10, value], 0, []))],
-        "prefill_len": [lambda: m.update_block_table(b([100, 10], 2, [1, value])),
-                        lambda: m.pack_flash_attn_metadata(b([10], 1, [value]))],
-        "num_prefill_seqs": [lambda: m.update_block_table(b([10], value, [1])),
-                             lambda: m.pack_flash_attn_metadata(b([10], value, [1]))],
-        "layer_id": [lambda: m.update_block_table(b([10], 0, [], layer=value)),
-                     lambda: m.pack_flash_attn_metadata(b([10], 0, [], layer=value))],
+        "req_id": [
+            lambda: m.update_block_table(b([100, value], 2, [1, 1])),
+            lambda: m.pack_flash_attn_metadata(b([10, value], 0, [])),
+        ],
+        "prefill_len": [
+            lambda: m.update_block_table(b([100, 10], 2, [1, value])),
+            lambda: m.pack_flash_attn_metadata(b([10], 1, [value])),
+        ],
+        "num_prefill_seqs": [
+            lambda: m.update_block_table(b([10], value, [1])),
+            lambda: m.pack_flash_attn_metadata(b([10], value, [1])),
+        ],
+        "layer_id": [
+            lambda: m.update_block_table(b([10], 0, [], layer=value)),
+            lambda: m.pack_flash_attn_metadata(b([10], 0, [], layer=value)),
+        ],
         "release": [lambda: m.release_seqs([10, value])],
         "seq_len": [lambda: m.seq_len(value), lambda: m.token_slots(value)],
     }[where]
@@ -361,8 +369,7 @@ def test_int_like_values_act_as_ints(backend, kind):
     steps = [([100, 10, 11], [3, 2]), ([12, 100, 10], [])]
     for ids, lens in steps:
         want = plain.step(plain.batch(ids, lens))
-        batch = BatchMetadata(as_int(L0), [as_int(r) for r in ids], as_int(len(lens)),
-                              [as_int(n) for n in lens])
+        batch = BatchMetadata(as_int(L0), [as_int(r) for r in ids], as_int(len(lens)), [as_int(n) for n in lens])
         odd.manager.update_block_table(batch)
         assert batch.seq_lens == want.seq_lens and all(type(n) is int for n in batch.seq_lens)
         got = to_host(odd.manager.pack_flash_attn_metadata(batch), odd.manager.device)
@@ -371,15 +378,27 @@ def test_int_like_values_act_as_ints(backend, kind):
     assert odd.manager.seq_len(as_int(10)) == plain.manager.seq_len(10)
 
 
-@pytest.mark.parametrize("field, value, error", [
-    ("max_seq_len", 0, ValueError), ("max_seq_len", -1, ValueError), ("max_seq_len", 8.0, TypeError),
-    ("max_seq_len", None, TypeError), ("max_seq_len", "8", TypeError), ("max_seq_len", True, TypeError),
-    ("max_seq_len", 2**31, ValueError), ("max_batch_size_attn", 0, ValueError),
-    ("max_batch_size_attn", 2.5, TypeError), ("layer_ids", (), ValueError),
-    ("layer_ids", (1, 1), ValueError), ("layer_ids", (1.0,), TypeError), ("layer_ids", 3, TypeError),
-    ("layer_ids", "012", TypeError), ("layer_ids", [0, None], TypeError),
-    ("layer_ids", (IndexRaises(ValueError("no")),), TypeError),
-])
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("max_seq_len", 0, ValueError),
+        ("max_seq_len", -1, ValueError),
+        ("max_seq_len", 8.0, TypeError),
+        ("max_seq_len", None, TypeError),
+        ("max_seq_len", "8", TypeError),
+        ("max_seq_len", True, TypeError),
+        ("max_seq_len", 2**31, ValueError),
+        ("max_batch_size_attn", 0, ValueError),
+        ("max_batch_size_attn", 2.5, TypeError),
+        ("layer_ids", (), ValueError),
+        ("layer_ids", (1, 1), ValueError),
+        ("layer_ids", (1.0,), TypeError),
+        ("layer_ids", 3, TypeError),
+        ("layer_ids", "012", TypeError),
+        ("layer_ids", [0, None], TypeError),
+        ("layer_ids", (IndexRaises(ValueError("no")),), TypeError),
+    ],
+)
 def test_model_config_rejects(field, value, error):
     kwargs = dict(layer_ids=(0, 1), max_seq_len=8, max_batch_size_attn=2)
     with pytest.raises(error, match=field) as info:
@@ -387,12 +406,20 @@ def test_model_config_rejects(field, value, error):
     assert "not supported between" not in str(info.value)
 
 
-@pytest.mark.parametrize("field, value, error", [
-    ("block_size", 0, ValueError), ("block_size", 1.5, TypeError), ("block_size", "4", TypeError),
-    ("block_size", False, TypeError), ("block_size", 2**31, ValueError),
-    ("num_gpu_blocks", 0, ValueError), ("num_gpu_blocks", None, TypeError),
-    ("num_gpu_blocks", 2**63, ValueError), ("num_gpu_blocks", Fraction(4, 1), TypeError),
-])
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("block_size", 0, ValueError),
+        ("block_size", 1.5, TypeError),
+        ("block_size", "4", TypeError),
+        ("block_size", False, TypeError),
+        ("block_size", 2**31, ValueError),
+        ("num_gpu_blocks", 0, ValueError),
+        ("num_gpu_blocks", None, TypeError),
+        ("num_gpu_blocks", 2**63, ValueError),
+        ("num_gpu_blocks", Fraction(4, 1), TypeError),
+    ],
+)
 def test_cache_config_rejects(field, value, error):
     kwargs = dict(block_size=4, num_gpu_blocks=8)
     with pytest.raises(error, match=f"{field}=") as info:
@@ -401,42 +428,64 @@ def test_cache_config_rejects(field, value, error):
 
 
 def test_configs_keep_the_int():
-    model = ModelConfig(layer_ids=np.array([3, 5]), max_seq_len=np.int64(8),
-                        max_batch_size_attn=torch.tensor(2))
+    model = ModelConfig(layer_ids=np.array([3, 5]), max_seq_len=np.int64(8), max_batch_size_attn=torch.tensor(2))
     cache = CacheConfig(block_size=np.int32(4), num_gpu_blocks=torch.tensor(8))
     assert model == ModelConfig((3, 5), 8, 2) and cache == CacheConfig(4, 8)
-    assert all(type(v) is int for v in (*model.layer_ids, model.max_seq_len, cache.block_size,
-                                         cache.num_gpu_blocks))
+    assert all(type(v) is int for v in (*model.layer_ids, model.max_seq_len, cache.block_size, cache.num_gpu_blocks))
 
 
-@pytest.mark.parametrize("value, error", [(0, ValueError), (-5, ValueError), (2.0, TypeError),
-                                          (None, TypeError), (True, TypeError), (2**31, ValueError),
-                                          ("4", TypeError)])
+@pytest.mark.parametrize(
+    "value, error",
+    [
+        (0, ValueError),
+        (-5, ValueError),
+        (2.0, TypeError),
+        (None, TypeError),
+        (True, TypeError),
+        (2**31, ValueError),
+        ("4", TypeError),
+    ],
+)
 def test_max_running_reqs_rejects(backend, value, error):
-    with pytest.raises(error, match=f"max_running_reqs={value!r}" if error is TypeError
-                       else f"max_running_reqs={value}"):
-        backend.cls(ModelConfig(LAYER_IDS, 8, 2), CacheConfig(4, 8), value, device=backend.device,
-                    **backend.kwargs)
+    with pytest.raises(
+        error, match=f"max_running_reqs={value!r}" if error is TypeError else f"max_running_reqs={value}"
+    ):
+        backend.cls(ModelConfig(LAYER_IDS, 8, 2), CacheConfig(4, 8), value, device=backend.device, **backend.kwargs)
 
 
-@pytest.mark.parametrize("model, cache, error", [
-    ("not a config", CacheConfig(4, 8), TypeError),
-    (ModelConfig(LAYER_IDS, 8, 2), (4, 8), TypeError),
-])
+@pytest.mark.parametrize(
+    "model, cache, error",
+    [
+        ("not a config", CacheConfig(4, 8), TypeError),
+        (ModelConfig(LAYER_IDS, 8, 2), (4, 8), TypeError),
+    ],
+)
 def test_constructor_argument_types(backend, model, cache, error):
     with pytest.raises(error, match="config"):
         backend.cls(model, cache, 2, device=backend.device, **backend.kwargs)
 
 
-@pytest.mark.parametrize("device, error", [
-    ("bogus", ValueError), ("meta", ValueError), (3.5, TypeError), (["cpu"], TypeError),
-    ("cuda:99", ValueError), *([] if torch.cuda.is_available() else [("cuda", ValueError)]),
-])
+@pytest.mark.parametrize(
+    "device, error",
+    [
+        ("bogus", ValueError),
+        ("meta", ValueError),
+        (3.5, TypeError),
+        (["cpu"], TypeError),
+        ("cuda:99", ValueError),
+        *([] if torch.cuda.is_available() else [("cuda", ValueError)]),
+    ],
+)
 def test_bad_device(backend, device, error):
     model, cache = ModelConfig(LAYER_IDS, 8, 2), CacheConfig(4, 8)
     with pytest.raises(error, match="device="):
-        backend.cls(model, cache, 2, device=device, **{**backend.kwargs, "kernels": "torch"}
-                    if backend.cls.backend == "gpu" else {})
+        backend.cls(
+            model,
+            cache,
+            2,
+            device=device,
+            **{**backend.kwargs, "kernels": "torch"} if backend.cls.backend == "gpu" else {},
+        )
 
 
 @pytest.mark.parametrize("req_ids", [None, 3, 2.5])
@@ -449,5 +498,6 @@ def test_release_of_a_non_sequence(make_manager, req_ids):
 def test_keyboard_interrupt_passes_through(make_manager):
     """An interrupt raised by an __index__ is not turned into a TypeError."""
     h = running(make_manager)
-    h.expect_error(lambda: h.manager.update_block_table(
-        b([100], 1, [IndexRaises(KeyboardInterrupt())])), KeyboardInterrupt)
+    h.expect_error(
+        lambda: h.manager.update_block_table(b([100], 1, [IndexRaises(KeyboardInterrupt())])), KeyboardInterrupt
+    )

@@ -28,7 +28,7 @@ def taken_pages(a: PagedTokenToKVPoolAllocator, height: int, count: int) -> list
 
 
 def free_set(a: PagedTokenToKVPoolAllocator) -> list[int]:
-    return sorted(a.free_pages[:a.num_free_pages].tolist())
+    return sorted(a.free_pages[: a.num_free_pages].tolist())
 
 
 def test_req_to_token_pool(device):
@@ -78,17 +78,26 @@ def test_take_and_free_errors_change_nothing(device, kind):
 
 def test_constructor_errors(device):
     dev = torch.device(device)
-    for num_pages, page_size, named in ((0, 4, "num_pages=0"), (4, 0, "page_size=0"),
-                                        (-1, 1, "num_pages=-1"), (2**30, 2, "x page_size=2")):
+    for num_pages, page_size, named in (
+        (0, 4, "num_pages=0"),
+        (4, 0, "page_size=0"),
+        (-1, 1, "num_pages=-1"),
+        (2**30, 2, "x page_size=2"),
+    ):
         with pytest.raises(ValueError, match=named):  # the bad one, never the other
             PagedTokenToKVPoolAllocator(num_pages, page_size, dev)
     with pytest.raises(ValueError):
         TokenToKVPoolAllocator(0, dev)
 
 
-OPS = st.lists(st.one_of(st.tuples(st.just("take"), st.integers(0, 5)),
-                         st.tuples(st.just("free"), st.integers(0, 5)),
-                         st.tuples(st.just("clear"), st.just(0))), max_size=20)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("take"), st.integers(0, 5)),
+        st.tuples(st.just("free"), st.integers(0, 5)),
+        st.tuples(st.just("clear"), st.just(0)),
+    ),
+    max_size=20,
+)
 
 
 @settings(max_examples=40)

@@ -18,8 +18,7 @@ PAIRS = backend_pairs()
 @settings(max_examples=50)
 @given(data=st.data())
 def test_random_steps(make_manager, block_size, data):
-    manager = make_manager(block_size=block_size, num_blocks=pool_size(block_size),
-                           max_running_reqs=5, max_seq_len=40)
+    manager = make_manager(block_size=block_size, num_blocks=pool_size(block_size), max_running_reqs=5, max_seq_len=40)
     run_random_steps(data, [Harness(manager)], pack=True)
 
 
@@ -30,8 +29,10 @@ def test_random_steps(make_manager, block_size, data):
 def test_backends_agree(pair, block_size, data):
     """Both backends hand out blocks in the same order, so the same steps give the same
     metadata, block ids included."""
-    harnesses = [b.make(block_size=block_size, num_blocks=pool_size(block_size),
-                        max_running_reqs=5, max_seq_len=40) for b in pair]
+    harnesses = [
+        b.make(block_size=block_size, num_blocks=pool_size(block_size), max_running_reqs=5, max_seq_len=40)
+        for b in pair
+    ]
     harnesses = [Harness(m) for m in harnesses]
     for cpu_step, gpu_step in run_random_steps(data, harnesses, pack=True):
         assert cpu_step == gpu_step
@@ -45,9 +46,15 @@ def test_worked_example(make_manager):
     h = Harness(make_manager(block_size=4, num_blocks=16))
     h.step(h.batch([10, 11], [6, 3]))
     md = h.step(h.batch([11, 12, 10], [2, 5]))
-    assert md.ints == dict(num_prefills=2, num_prefill_tokens=7, num_decode_tokens=1,
-                           max_query_len=5, max_prefill_seq_len=5, max_decode_seq_len=7,
-                           max_decode_query_len=1)
+    assert md.ints == dict(
+        num_prefills=2,
+        num_prefill_tokens=7,
+        num_decode_tokens=1,
+        max_query_len=5,
+        max_prefill_seq_len=5,
+        max_decode_seq_len=7,
+        max_decode_query_len=1,
+    )
     assert md.seq_lens == md.seq_lens_tensor == [5, 5, 7]
     assert md.context_lens_tensor == [3, 0, 6]
     assert md.query_start_loc == [0, 2, 7, 8]
@@ -82,8 +89,7 @@ def test_pack_reads_lengths_without_an_update(make_manager, block_size):
 @pytest.mark.parametrize("block_size", [1, 5])
 def test_large_then_small_then_large(make_manager, block_size):
     """Prefills far above the decode-sized metadata buffer, between small steps."""
-    h = Harness(make_manager(block_size=block_size, num_blocks=1024 // block_size,
-                             max_running_reqs=4, max_seq_len=256))
+    h = Harness(make_manager(block_size=block_size, num_blocks=1024 // block_size, max_running_reqs=4, max_seq_len=256))
     big = h.step(h.batch([1, 2, 3], [200, 150, 100]))
     assert len(big.slot_mapping) == 450
     h.step(h.batch([1, 2, 3]))

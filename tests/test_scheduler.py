@@ -43,8 +43,11 @@ class Model:
         config, bs = self.config, self.config.block_size
         first = step.layers[0]
         assert [b.layer_id for b in step.layers] == list(range(config.num_layers))
-        assert all((b.req_ids, b.num_prefill_seqs, b.init_prefill_lens) ==
-                   (first.req_ids, first.num_prefill_seqs, first.init_prefill_lens) for b in step.layers)
+        assert all(
+            (b.req_ids, b.num_prefill_seqs, b.init_prefill_lens)
+            == (first.req_ids, first.num_prefill_seqs, first.init_prefill_lens)
+            for b in step.layers
+        )
         release = list(step.release)
         assert len(set(release)) == len(release) and set(release) <= set(self.held)
         assert self.finished <= set(release), "a finished request was not released at the next step"
@@ -56,11 +59,12 @@ class Model:
             if self.next not in self.unfit:
                 self.waiting.append(self.next)
             self.next += 1
-        assert preempted == sorted(self.held, reverse=True)[:len(preempted)], "not the newest first"
+        assert preempted == sorted(self.held, reverse=True)[: len(preempted)], "not the newest first"
         for rid in preempted:
             need = sum(1 for r, n in self.held.items() if n >= self.target[r] and n % bs == 0)
-            assert need > config.num_blocks - sum(blocks(n, bs) for n in self.held.values()), \
+            assert need > config.num_blocks - sum(blocks(n, bs) for n in self.held.values()), (
                 "a preemption while the pool held the decodes"
+            )
             del self.held[rid]
             self.waiting.appendleft(self.index[rid])
             self.preemptions += 1
@@ -70,8 +74,9 @@ class Model:
         assert sum(lens) + len(ids) - num_prefills <= config.token_budget
         decodes = ids[num_prefills:]
         assert list(decodes) == sorted(decodes), "decodes out of admission order"
-        assert set(decodes) == {r for r, n in self.held.items() if n >= self.target[r]}, \
+        assert set(decodes) == {r for r, n in self.held.items() if n >= self.target[r]}, (
             "a decode missing or of a request whose prefill is not done"
+        )
         completed = []
         for rid, n in zip(ids, lens):
             if rid not in self.held:
@@ -115,8 +120,10 @@ def replay_checked(requests, config, num_steps):
 def random_trace(seed: int, n: int = 60, rate: float = 20.0, prompt: int = 300, output: int = 40):
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1 / rate, n))
-    return [TraceRequest(float(t - arrivals[0]), int(rng.integers(1, prompt)), int(rng.integers(1, output)))
-            for t in arrivals]
+    return [
+        TraceRequest(float(t - arrivals[0]), int(rng.integers(1, prompt)), int(rng.integers(1, output)))
+        for t in arrivals
+    ]
 
 
 CONFIGS = [
@@ -205,20 +212,28 @@ def test_window_is_the_full_replay_sliced():
 def test_busiest_window():
     config = SchedulerConfig(step_seconds=0.5)
     rng = np.random.default_rng(1)
-    requests = [TraceRequest(float(t), int(rng.integers(1, 900)), int(rng.integers(1, 90)))
-                for t in np.sort(rng.uniform(0, 300, 400))]
+    requests = [
+        TraceRequest(float(t), int(rng.integers(1, 900)), int(rng.integers(1, 90)))
+        for t in np.sort(rng.uniform(0, 300, 400))
+    ]
     tokens = np.zeros(601, dtype=np.int64)
     for r in requests:
         tokens[config.arrival_step(r.arrival_s)] += r.prompt_tokens + r.output_tokens
     for width in (1, 20, 77, 600, 5000):
-        sums = [tokens[s:s + width].sum() for s in range(max(1, len(tokens) - width + 1))]
+        sums = [tokens[s : s + width].sum() for s in range(max(1, len(tokens) - width + 1))]
         assert busiest_window(requests, config, width) == int(np.argmax(sums))
     assert busiest_window([], config, 10) == 0
 
 
 def test_config_and_requests_are_checked():
-    for bad in ({"token_budget": 0}, {"max_running": 2.0}, {"step_seconds": 0}, {"rate_scale": float("nan")},
-                {"num_layers": True}, {"max_running": 300, "token_budget": 200}):
+    for bad in (
+        {"token_budget": 0},
+        {"max_running": 2.0},
+        {"step_seconds": 0},
+        {"rate_scale": float("nan")},
+        {"num_layers": True},
+        {"max_running": 300, "token_budget": 200},
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             SchedulerConfig(**bad)
     with pytest.raises(ValueError, match="sort"):
@@ -241,9 +256,12 @@ def test_bundled_trace_through_a_block_manager(source):
     full = Scheduler(requests, config)
     full.skip_to(start)
     max_seq_len, max_running = replay.sizes(300)
-    manager = CPUBlockManager(ModelConfig(layer_ids=replay.layer_ids, max_seq_len=max_seq_len,
-                                          max_batch_size_attn=max_running),
-                              CacheConfig(block_size=16, num_gpu_blocks=config.num_blocks), max_running, device="cpu")
+    manager = CPUBlockManager(
+        ModelConfig(layer_ids=replay.layer_ids, max_seq_len=max_seq_len, max_batch_size_attn=max_running),
+        CacheConfig(block_size=16, num_gpu_blocks=config.num_blocks),
+        max_running,
+        device="cpu",
+    )
     replay.start(manager)
     lengths = dict(replay.initial)
     for k in range(300):

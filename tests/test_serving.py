@@ -27,6 +27,7 @@ SMALL = TraceConfig(running=12, max_prompt=300, chunk=200, max_output=40, num_la
 def test_trace_is_deterministic_and_seeded():
     a, b = TraceWorkload(SMALL, 60), TraceWorkload(SMALL, 60)
     assert a.initial == b.initial
+
     def steps(trace):
         return [(s.release, [(b.req_ids, b.init_prefill_lens) for b in s.layers]) for s in trace.steps]
 
@@ -74,8 +75,13 @@ def test_every_backend_replays_the_trace_as_the_reference_says(backend, block_si
     against the reference model at every layer."""
     trace = TraceWorkload(SMALL, 40)
     max_seq_len, max_reqs = trace.sizes(40)
-    manager = backend.make(block_size=block_size, num_blocks=max_reqs * -(-max_seq_len // block_size),
-                           max_running_reqs=max_reqs, max_seq_len=max_seq_len, layer_ids=(0, 1))
+    manager = backend.make(
+        block_size=block_size,
+        num_blocks=max_reqs * -(-max_seq_len // block_size),
+        max_running_reqs=max_reqs,
+        max_seq_len=max_seq_len,
+        layer_ids=(0, 1),
+    )
     harness = Harness(manager)
     harness.update(harness.batch([r for r, _ in trace.initial], [n for _, n in trace.initial]))
     for step in trace.steps:
@@ -86,8 +92,10 @@ def test_every_backend_replays_the_trace_as_the_reference_says(backend, block_si
 
 
 def test_decode_lengths_grow_or_cycle():
-    for lengths, expected in (("grow", [40 + k for k in range(1, 2 * CYCLE_STEPS + 1)]),
-                              ("cycle", [40 + k for k in range(1, CYCLE_STEPS + 1)] * 2)):
+    for lengths, expected in (
+        ("grow", [40 + k for k in range(1, 2 * CYCLE_STEPS + 1)]),
+        ("cycle", [40 + k for k in range(1, CYCLE_STEPS + 1)] * 2),
+    ):
         workload = DecodeWorkload(3, 40, num_layers=2, lengths=lengths)
         manager = variant_manager(Variant("cpu", 16), workload, 2 * CYCLE_STEPS, "cpu")
         replay = timing.Replay(manager, workload)
@@ -127,6 +135,7 @@ class FakeRunner:
 
     def _spin(self) -> None:
         import time
+
         end = time.perf_counter() + self.host
         while time.perf_counter() < end:
             pass
@@ -136,6 +145,7 @@ class FakeRunner:
 
     def step_synced(self) -> tuple[float, float]:
         import time
+
         start = time.perf_counter()
         self._spin()
         return time.perf_counter() - start, time.perf_counter() - start
@@ -195,8 +205,13 @@ def test_check_variants_catches_a_disagreement():
 
 
 def test_run_point_reports_every_variant_and_mode():
-    results = points.run_point(points.trace_point(SMALL), VARIANTS, ["synced", "pipelined"],
-                               points.Timing(window=3, windows=2, warmup=2), torch.device("cpu"))
+    results = points.run_point(
+        points.trace_point(SMALL),
+        VARIANTS,
+        ["synced", "pipelined"],
+        points.Timing(window=3, windows=2, warmup=2),
+        torch.device("cpu"),
+    )
     assert [r["mode"] for r in results] == ["synced", "pipelined"]
     for r in results:
         assert r["workload"]["workload"] == "trace" and r["workload"]["running"] == SMALL.running
@@ -211,9 +226,31 @@ def test_command_line_trace_pipelined_quick(tmp_path, capsys):
     whole --quick one)."""
     pytest.importorskip("matplotlib")
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    assert bench.main(["--workload", "trace", "--timing", "pipelined", "--quick", "--running", "16",
-                       "--prompts", "256", "1024", "--window", "3", "--windows", "2",
-                       "--output", str(out), "--plot", str(png)]) == 0
+    assert (
+        bench.main(
+            [
+                "--workload",
+                "trace",
+                "--timing",
+                "pipelined",
+                "--quick",
+                "--running",
+                "16",
+                "--prompts",
+                "256",
+                "1024",
+                "--window",
+                "3",
+                "--windows",
+                "2",
+                "--output",
+                str(out),
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "timing pipelined" in printed and "p99" in printed
     assert max(len(line) for line in printed.splitlines()) <= cli.WIDTH  # a terminal's width, not 200
@@ -224,8 +261,12 @@ def test_command_line_trace_pipelined_quick(tmp_path, capsys):
     assert all(re.fullmatch(r"\d+\.\d", cell) for cells in gpu for cell in cells[1:-1]), gpu
     run = json.loads(out.read_text())
     assert run["workload"] == "trace" and run["timing_modes"] == ["pipelined"] and run["device_name"]
-    assert {v["name"]: v["block_size"] for v in run["variants"]} == {"cpu-bs16": 16, "gpu-bs1": 1, "gpu-bs16": 16,
-                                                                     "hybrid-bs16": 16}
+    assert {v["name"]: v["block_size"] for v in run["variants"]} == {
+        "cpu-bs16": 16,
+        "gpu-bs1": 1,
+        "gpu-bs16": 16,
+        "hybrid-bs16": 16,
+    }
     assert len(run["points"]) == 2 and all(p["mode"] == "pipelined" for p in run["points"])
     steps = run["points"][0]["variants"]["hybrid-bs16"]["host_step_us"]
     assert 0 < steps["p50"] <= steps["p90"] <= steps["p99"] <= steps["max"]
@@ -235,11 +276,21 @@ def test_command_line_trace_pipelined_quick(tmp_path, capsys):
 def _map_run(modes: list[str], device_name: str) -> dict:
     """A run of the command line's JSON shape, enough for the crossover map."""
     compared = {"gpu-bs1": 0.12, "gpu-bs16": 1.3, "hybrid-bs16": 2.1}
-    points = [{"mode": mode, "point": {"running": r, "max_prompt": p}, "speedup": compared}
-              for mode in modes for r in (64, 256, 1024) for p in (2048, 16384, 65536)]
-    return {"timing_modes": modes, "baseline": "cpu-bs16", "workload": "trace", "device_name": device_name,
-            "commit": "0123456789abcdef", "points": points,
-            "variants": [{"name": n} for n in ("cpu-bs16", *compared)]}
+    points = [
+        {"mode": mode, "point": {"running": r, "max_prompt": p}, "speedup": compared}
+        for mode in modes
+        for r in (64, 256, 1024)
+        for p in (2048, 16384, 65536)
+    ]
+    return {
+        "timing_modes": modes,
+        "baseline": "cpu-bs16",
+        "workload": "trace",
+        "device_name": device_name,
+        "commit": "0123456789abcdef",
+        "points": points,
+        "variants": [{"name": n} for n in ("cpu-bs16", *compared)],
+    }
 
 
 @pytest.mark.parametrize("modes", [["pipelined"], ["synced", "pipelined"], ["synced", "pipelined", "busy"]])
@@ -260,8 +311,12 @@ def test_crossover_map_fits_and_names_the_modes_run(modes):
         for text in fig.findobj(Text):
             if text.get_visible() and text.get_text():
                 box = text.get_window_extent(renderer)
-                assert (box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1 and box.y0 >= frame.y0 - 1
-                        and box.y1 <= frame.y1 + 1), text.get_text()
+                assert (
+                    box.x0 >= frame.x0 - 1
+                    and box.x1 <= frame.x1 + 1
+                    and box.y0 >= frame.y0 - 1
+                    and box.y1 <= frame.y1 + 1
+                ), text.get_text()
         title = " ".join(fig.get_suptitle().split())
         for mode, said in MODE_FIGURES.items():
             assert (" ".join(said.split()) in title) == (mode in modes), (mode, title)
@@ -270,11 +325,13 @@ def test_crossover_map_fits_and_names_the_modes_run(modes):
 
 
 def test_command_line_errors(capsys):
-    for argv, message in ((["--timing", "pipelined"], "--timing needs --workload"),
-                          (["--workload", "decode", "--seq-lens", "8"], "--contexts"),
-                          (["--workload", "trace", "--variants", "gpu-bs0"], "gpu-bs0"),
-                          (["--workload", "trace", "--chunk", "0"], "--chunk 0"),
-                          (["--workload", "trace", "--iterations", "7"], "--window")):
+    for argv, message in (
+        (["--timing", "pipelined"], "--timing needs --workload"),
+        (["--workload", "decode", "--seq-lens", "8"], "--contexts"),
+        (["--workload", "trace", "--variants", "gpu-bs0"], "gpu-bs0"),
+        (["--workload", "trace", "--chunk", "0"], "--chunk 0"),
+        (["--workload", "trace", "--iterations", "7"], "--window"),
+    ):
         with pytest.raises(SystemExit) as info:
             bench.parse_args(argv)
         assert info.value.code == 2
@@ -288,9 +345,27 @@ def test_command_line_errors(capsys):
 
 def test_seed_table_is_unchanged(tmp_path):
     """The default command line still prints the seed's table, and says the check passed."""
-    proc = subprocess.run([sys.executable, "-m", "disagmoe.bench", "--batch-sizes", "4", "--seq-lens", "32",
-                           "--iterations", "2", "--warmup", "1", "--output", str(tmp_path / "s.json")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "disagmoe.bench",
+            "--batch-sizes",
+            "4",
+            "--seq-lens",
+            "32",
+            "--iterations",
+            "2",
+            "--warmup",
+            "1",
+            "--output",
+            str(tmp_path / "s.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[1] == bench.HEADER
@@ -298,8 +373,10 @@ def test_seed_table_is_unchanged(tmp_path):
     speedups = [lines[2].split()[i] for i in (4, 7)] + re.findall(r"(?:mean|median|min|max) (\S+)x", proc.stdout)
     assert len(speedups) == 10 and all(re.fullmatch(r"\d+\.\d{3}", s) for s in speedups), speedups
     assert "Equivalence check passed at all 1 grid points" in proc.stdout
-    assert set(json.loads((tmp_path / "s.json").read_text())["results"][0]) >= {"update_block_table",
-                                                                                  "pack_flash_attn_metadata"}
+    assert set(json.loads((tmp_path / "s.json").read_text())["results"][0]) >= {
+        "update_block_table",
+        "pack_flash_attn_metadata",
+    }
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -320,8 +397,9 @@ def test_forward_is_calibrated_in_clock_cycles():
 def test_busy_mode_reports_the_device_time_added():
     device = torch.device("cuda", torch.cuda.current_device())
     forward = timing.Forward(300.0, device)
-    results = points.run_point(points.decode_point(64, 1024), VARIANTS, ["busy"],
-                               points.Timing(window=8, windows=2, warmup=4), device, forward)
+    results = points.run_point(
+        points.decode_point(64, 1024), VARIANTS, ["busy"], points.Timing(window=8, windows=2, warmup=4), device, forward
+    )
     busy = results[0]
     assert busy["forward_median_us"] > 0  # (its length is the card's: no bound here)
     for name, v in busy["variants"].items():
@@ -336,6 +414,7 @@ def test_busy_mode_reports_the_device_time_added():
 @cuda
 def test_floors_are_measured():
     from disagmoe.serving.floors import measure_floors
+
     floors = measure_floors(torch.device("cuda", torch.cuda.current_device()), [4096, 1 << 20], repeats=10)
     assert 0 < floors["bare_synchronize_us"] < floors["tiny_kernel_synced_us"] + 50
     assert [c["bytes"] for c in floors["copies"]] == [4096, 1 << 20]
@@ -349,17 +428,48 @@ def test_command_line_replays_a_trace_file(tmp_path, capsys, fmt):
     scheduler through every variant: the tables, the scheduler's statistics, the JSON."""
     if fmt == "azure":
         path = tmp_path / "log.csv"
-        rows = [f"2023-11-16 18:15:{10 + i // 4:02d}.{i % 4 * 25:02d}00000,{40 + 37 * i % 300},{3 + i % 9}"
-                for i in range(40)]
+        rows = [
+            f"2023-11-16 18:15:{10 + i // 4:02d}.{i % 4 * 25:02d}00000,{40 + 37 * i % 300},{3 + i % 9}"
+            for i in range(40)
+        ]
         path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
     else:
         path = tmp_path / "log.jsonl"
-        path.write_text("".join(json.dumps({"timestamp": 250 * i, "input_length": 40 + 37 * i % 300,
-                                            "output_length": 3 + i % 9, "hash_ids": [i]}) + "\n"
-                                for i in range(40)))
+        path.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "timestamp": 250 * i,
+                        "input_length": 40 + 37 * i % 300,
+                        "output_length": 3 + i % 9,
+                        "hash_ids": [i],
+                    }
+                )
+                + "\n"
+                for i in range(40)
+            )
+        )
     out = tmp_path / "r.json"
-    assert bench.main(["--trace", str(path), "--timing", "pipelined", "--quick", "--running", "8",
-                       "--window", "3", "--windows", "2", "--output", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--trace",
+                str(path),
+                "--timing",
+                "pipelined",
+                "--quick",
+                "--running",
+                "8",
+                "--window",
+                "3",
+                "--windows",
+                "2",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "replay of " + path.name in " ".join(printed.split()) and "Scheduler, per replayed window" in printed
     assert max(len(line) for line in printed.splitlines()) <= cli.WIDTH
@@ -370,5 +480,12 @@ def test_command_line_replays_a_trace_file(tmp_path, capsys, fmt):
     assert result["workload"]["steps"]["num_steps"] == result["steps_per_window"] * 2 + 4  # windows and warm-up
     assert set(result["variants"]) == {"cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16"}
     assert run["trace"] == {"source": path.name, "requests": 40, "prefix_reuse": 0.0 if fmt == "mooncake" else None}
-    assert f"{path.name}: 40 requests; " + ("0.0% of its 512-token prefix blocks" if fmt == "mooncake"
-                                             else "prefix reuse: the trace has no prefix hashes") in printed
+    assert (
+        f"{path.name}: 40 requests; "
+        + (
+            "0.0% of its 512-token prefix blocks"
+            if fmt == "mooncake"
+            else "prefix reuse: the trace has no prefix hashes"
+        )
+        in printed
+    )

@@ -32,9 +32,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HISTORY = os.path.join(ROOT, "results", "h100-80gb-hbm3")
 SERVING = os.path.join(ROOT, "results", "h200")  # committed results with the serving benchmarks
 SPEEDUP = "bench_speedup.InverseSpeedup.track_pack_flash_attn_metadata"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
 CPU_MACHINE = "cpu-sitetest"
 
 
@@ -49,6 +57,7 @@ def _site_libs() -> str | None:
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     try:
         import site_libs
+
         return site_libs.find_folder(ROOT, [os.environ.get("DISAGMOE_SITELIBS") or ".sitelibs", "node_modules"])
     except Exception:
         return None
@@ -82,9 +91,11 @@ pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"site test: {MISSIN
 def _latest_serving() -> str:
     """The H200's latest results file (by commit date): the one the landing page draws, and
     alone in the test's set, one commit (its regressions page has nothing to compare)."""
+
     def date(path: str) -> int:
         with open(path) as f:
             return json.load(f)["date"]
+
     return max(glob.glob(os.path.join(SERVING, "*-*.json")), key=date)
 
 
@@ -123,8 +134,18 @@ def site(tmp_path_factory):
     shutil.copyfile(os.path.join(SERVING, "machine.json"), results / "h200" / "machine.json")
     shutil.copyfile(_latest_serving(), results / "h200" / os.path.basename(_latest_serving()))
     html = tmp / "html"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "publish_site.py"),
-                    "--results", str(results), "--html-dir", str(html)], check=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "publish_site.py"),
+            "--results",
+            str(results),
+            "--html-dir",
+            str(html),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     handler = functools.partial(_QuietHandler, directory=str(html))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -171,10 +192,13 @@ def page(browser, site):
 def _graph_points(page, url: str) -> list[int]:
     """Opens a graph page and returns how many points each of its series drew."""
     page.goto(url)
-    page.wait_for_function("() => window.jQuery && $('#main-graph').data('plot') && "
-                           "$('#main-graph').data('plot').getData().length > 0", timeout=30000)
-    return page.evaluate("() => $('#main-graph').data('plot').getData()"
-                         ".map(s => s.data.filter(p => p[1] !== null).length)")
+    page.wait_for_function(
+        "() => window.jQuery && $('#main-graph').data('plot') && $('#main-graph').data('plot').getData().length > 0",
+        timeout=30000,
+    )
+    return page.evaluate(
+        "() => $('#main-graph').data('plot').getData().map(s => s.data.filter(p => p[1] !== null).length)"
+    )
 
 
 def test_gpu_history_site_draws_the_speedup(page, site):
@@ -271,8 +295,9 @@ def test_regressions_pages_say_what_their_list_is_worth(page, site):
     assert not page.is_visible("#regressions-body")
     page.goto(f"{site}machines/h100-80gb-hbm3/index.html#/regressions")
     page.wait_for_function("() => window.jQuery && $('#regressions-body table').length > 0", timeout=30000)
-    listed = page.evaluate("() => $.getJSON('regressions.json')"
-                           ".then(d => d.regressions.filter(r => r[6]).map(r => r[0]))")
+    listed = page.evaluate(
+        "() => $.getJSON('regressions.json').then(d => d.regressions.filter(r => r[6]).map(r => r[0]))"
+    )
     timed = [name for name in listed if name.split("(")[0].rsplit(".", 1)[1].startswith("time_")]
     note = page.inner_text("#disagmoe-regressions-note") if page.locator("#disagmoe-regressions-note").count() else ""
     assert ("time_" in note) == bool(timed), (listed, note)

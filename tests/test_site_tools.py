@@ -44,14 +44,25 @@ def test_plugin_keeps_a_folder_already_named(monkeypatch):
 def test_asv_conf_loads_the_plugin():
     assert publish_site.load_conf(ROOT)["plugins"] == [".scripts.asv_torch_site"]
     # asv imports a plugin named ".x.y" as x.y with the config's folder first on sys.path
-    done = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
-                           "import scripts.asv_torch_site as m; print(m.__file__)"],
-                          cwd=ROOT, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, '.'); import scripts.asv_torch_site as m; print(m.__file__)",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert done.stdout.strip() == os.path.join(ROOT, "scripts", "asv_torch_site.py")
 
 
-ASV_PAGE = os.path.join(os.path.dirname(importlib.util.find_spec("asv").origin), "www", "index.html") \
-    if importlib.util.find_spec("asv") else None
+ASV_PAGE = (
+    os.path.join(os.path.dirname(importlib.util.find_spec("asv").origin), "www", "index.html")
+    if importlib.util.find_spec("asv")
+    else None
+)
 
 
 def _fake_libs(folder) -> str:
@@ -131,18 +142,38 @@ def _step(variants: list[str], rows: list[int], columns: list[int], values: list
 
 
 def _results_file(path, commit: str, date: int, results: dict) -> str:
-    data = {"commit_hash": commit, "date": date, "params": {"machine": "gpu-x"}, "result_columns": COLUMNS,
-            "results": {"bench_memory.Device.track_on_cuda": [[1], [], "v", 1796166000000, 1.0, None], **results}}
+    data = {
+        "commit_hash": commit,
+        "date": date,
+        "params": {"machine": "gpu-x"},
+        "result_columns": COLUMNS,
+        "results": {"bench_memory.Device.track_on_cuda": [[1], [], "v", 1796166000000, 1.0, None], **results},
+    }
     path.write_text(json.dumps(data))
     return str(path)
 
 
 def test_landing_reads_the_winner_of_every_cell(tmp_path):
     # variant-major, then batch size, then context: asv's order of a parameter grid
-    decode = _step(["cpu-bs16", "gpu-bs16", "hybrid-bs16"], [16, 64], [1024, 8192],
-                   [10.0, 20.0, 40.0, None,     # cpu-bs16
-                    12.0, 10.5, 10.0, None,     # gpu-bs16
-                    11.0, 5.0, 10.5, None])     # hybrid-bs16
+    decode = _step(
+        ["cpu-bs16", "gpu-bs16", "hybrid-bs16"],
+        [16, 64],
+        [1024, 8192],
+        [
+            10.0,
+            20.0,
+            40.0,
+            None,  # cpu-bs16
+            12.0,
+            10.5,
+            10.0,
+            None,  # gpu-bs16
+            11.0,
+            5.0,
+            10.5,
+            None,
+        ],
+    )  # hybrid-bs16
     path = _results_file(tmp_path / "a.json", "a" * 40, 1000, {"bench_pipelined.Step.track_pipelined": decode})
     run = landing.read_run(path, "gpu-x")
     assert run.on_cuda and run.has_serving
@@ -157,8 +188,10 @@ def test_landing_reads_the_winner_of_every_cell(tmp_path):
     assert grid.cells[(64, 1024)].near_tie and grid.cells[(64, 1024)].margin == 1.05  # hybrid-bs16 10.5
     assert grid.wins() == {"cpu-bs16": 1, "gpu-bs16": 1, "hybrid-bs16": 1}
     assert [(r.name, r.point) for r in landing.regimes(grid)] == [
-        ("small batch, short context", (16, 1024)), ("small batch, long context", (16, 8192)),
-        ("large batch, short context", (64, 1024))]
+        ("small batch, short context", (16, 1024)),
+        ("small batch, long context", (16, 8192)),
+        ("large batch, short context", (64, 1024)),
+    ]
     assert run.host_p99 == {}  # track_pipelined_host_p99 not in the results: not measured
 
 
@@ -185,22 +218,30 @@ def test_landing_page_links_into_asv_graphs(tmp_path):
     entry = landing_html.MachineEntry("gpu-x", "GPU", "machines/gpu-x/index.html", landing.read_run(path, "gpu-x"))
     page = landing_html.page([entry], [], "machines/gpu-x/index.html")
     assert page == landing_html.page([entry], [], "machines/gpu-x/index.html")  # deterministic
-    assert 'href="machines/gpu-x/index.html#bench_pipelined.Step.track_pipelined?x-axis=context&amp;' \
-           'p-batch_size=64"' in page
+    assert (
+        'href="machines/gpu-x/index.html#bench_pipelined.Step.track_pipelined?x-axis=context&amp;'
+        'p-batch_size=64"' in page
+    )
     assert page.count('class="cell') == 4 and 'data-winner="gpu-bs16"' in page
     assert "p99 not measured" in page
 
 
 def test_units_without_a_direction_get_one(tmp_path):
-    index = {"benchmarks": {"a.InverseSpeedup.track": {"unit": "variant time / cpu-bs16 time"},
-                            "b.Speedup.track": {"unit": "GPU time / CPU time, lower is better"},
-                            "c.Step.track": {"unit": "us per step"}}}
+    index = {
+        "benchmarks": {
+            "a.InverseSpeedup.track": {"unit": "variant time / cpu-bs16 time"},
+            "b.Speedup.track": {"unit": "GPU time / CPU time, lower is better"},
+            "c.Step.track": {"unit": "us per step"},
+        }
+    }
     (tmp_path / "index.json").write_text(json.dumps(index))
     assert site_labels.label_units(str(tmp_path)) == ["a.InverseSpeedup.track", "c.Step.track"]
     units = {k: v["unit"] for k, v in json.loads((tmp_path / "index.json").read_text())["benchmarks"].items()}
-    assert units == {"a.InverseSpeedup.track": site_labels.UNITS["variant time / cpu-bs16 time"],
-                     "b.Speedup.track": "GPU time / CPU time, lower is better",
-                     "c.Step.track": "us per step, lower is better"}
+    assert units == {
+        "a.InverseSpeedup.track": site_labels.UNITS["variant time / cpu-bs16 time"],
+        "b.Speedup.track": "GPU time / CPU time, lower is better",
+        "c.Step.track": "us per step, lower is better",
+    }
     assert all("lower is better" in unit for unit in site_labels.UNITS.values())
 
 
@@ -227,8 +268,10 @@ def test_an_empty_regressions_page_says_no_regressions():
 
 
 def test_regressions_of_time_benchmarks_name_what_to_read_instead():
-    timed = [_regression("m.C.time_update_block_table('cpu', 16, 256)", 1.0, 1.95),
-             _regression("m.C.time_pack_flash_attn_metadata('gpu', 16, 128)", 2.0, 3.0)]
+    timed = [
+        _regression("m.C.time_update_block_table('cpu', 16, 256)", 1.0, 1.95),
+        _regression("m.C.time_pack_flash_attn_metadata('gpu', 16, 128)", 2.0, 3.0),
+    ]
     steady = ["bench_relative.RelativeTime.track_update_block_table", "bench_trace.RelativeStep.track_pipelined"]
     note = site_labels.regressions_note(timed, steady + ["m.C.time_update_block_table"], 9, thresholds=True)
     assert "all the regressions below are of <code>time_</code> benchmarks (factor 1.50-1.95x)" in note
@@ -241,15 +284,21 @@ def test_regressions_of_time_benchmarks_name_what_to_read_instead():
 
 def test_machine_labels_count_commits():
     assert publish_site.Machine("h200", 1, 0, True).label == "GPU; history in git, 1 commit"
-    assert publish_site.Machine("cpu-a", 0, 2, False).label == ("no CUDA: the gpu backend on torch's CPU device; "
-                                                                "2 commits measured in this clone, not in git")
+    assert publish_site.Machine("cpu-a", 0, 2, False).label == (
+        "no CUDA: the gpu backend on torch's CPU device; 2 commits measured in this clone, not in git"
+    )
 
 
 def test_landing_page_shows_the_tail_where_measured(tmp_path):
     params = (["cpu-bs16", "gpu-bs16"], [16], [1024])
-    results = {f"bench_pipelined.Step.{method}": _step(*params, values) for method, values in
-               (("track_pipelined", [10.0, 5.0]), ("track_pipelined_host", [9.0, 4.0]),
-                ("track_pipelined_host_p99", [30.0, 12.5]))}
+    results = {
+        f"bench_pipelined.Step.{method}": _step(*params, values)
+        for method, values in (
+            ("track_pipelined", [10.0, 5.0]),
+            ("track_pipelined_host", [9.0, 4.0]),
+            ("track_pipelined_host_p99", [30.0, 12.5]),
+        )
+    }
     run = landing.read_run(_results_file(tmp_path / "a.json", "a" * 40, 1000, results), "gpu-x")
     assert run.host_p99 == {"decode": {(16, 1024): {"cpu-bs16": 30.0, "gpu-bs16": 12.5}}}
     page = landing_html.page([landing_html.MachineEntry("gpu-x", "GPU", "s/index.html", run)], [], None)

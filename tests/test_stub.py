@@ -35,7 +35,7 @@ def split_top_level(text: str) -> list[str]:
 def runtime_params(func) -> list[tuple[str, object]]:
     """(name, default) of each parameter, from pybind11's `name(a: T, b: T = v) -> R`."""
     line = func.__doc__.splitlines()[0]
-    inside = line[line.index("(") + 1:line.rindex(") ->")]
+    inside = line[line.index("(") + 1 : line.rindex(") ->")]
     params = []
     for part in split_top_level(inside):
         name, _, rest = part.partition(":")
@@ -46,8 +46,7 @@ def runtime_params(func) -> list[tuple[str, object]]:
 
 def stub_params(node: ast.FunctionDef) -> list[tuple[str, object]]:
     args = node.args.args
-    defaults = [MISSING] * (len(args) - len(node.args.defaults)) + [
-        ast.literal_eval(d) for d in node.args.defaults]
+    defaults = [MISSING] * (len(args) - len(node.args.defaults)) + [ast.literal_eval(d) for d in node.args.defaults]
     return [(a.arg, d) for a, d in zip(args, defaults)]
 
 
@@ -63,8 +62,11 @@ def stub_functions():
         elif isinstance(node, ast.ClassDef):
             cls = getattr(_C, node.name)
             for item in node.body:
-                if isinstance(item, ast.FunctionDef) and not is_property(item) and (
-                        item.name == "__init__" or not item.name.startswith("__")):
+                if (
+                    isinstance(item, ast.FunctionDef)
+                    and not is_property(item)
+                    and (item.name == "__init__" or not item.name.startswith("__"))
+                ):
                     yield f"{node.name}.{item.name}", getattr(cls, item.name), item
 
 
@@ -80,8 +82,13 @@ def test_parameters_match(name, runtime, node):
 
 def test_every_method_is_in_the_stub():
     tree = ast.parse(STUB.read_text())
-    in_stub = {f"{c.name}.{f.name}" for c in tree.body if isinstance(c, ast.ClassDef)
-               for f in c.body if isinstance(f, ast.FunctionDef)}
+    in_stub = {
+        f"{c.name}.{f.name}"
+        for c in tree.body
+        if isinstance(c, ast.ClassDef)
+        for f in c.body
+        if isinstance(f, ast.FunctionDef)
+    }
     in_stub |= {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}
     for cls_name in ("BlockManager", "RequestTable", "MetadataLayout"):
         cls = getattr(_C, cls_name)

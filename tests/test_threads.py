@@ -59,8 +59,9 @@ def workload(h: Harness, seed: int) -> None:
 
 
 def test_one_manager_per_thread(backend, fine_switching):
-    harnesses = [Harness(backend.make(block_size=2, num_blocks=64, max_running_reqs=4,
-                                      max_seq_len=64)) for _ in range(THREADS)]
+    harnesses = [
+        Harness(backend.make(block_size=2, num_blocks=64, max_running_reqs=4, max_seq_len=64)) for _ in range(THREADS)
+    ]
     errors: list[BaseException] = []
     start = threading.Barrier(THREADS)
 
@@ -102,9 +103,12 @@ def test_a_call_from_another_thread_while_one_reads_is_refused(backend):
     a.start()
     assert reading.wait(timeout=60)
     refused = []
-    for call in (lambda: m.update_block_table(h.batch([9], [1])),
-                 lambda: m.pack_flash_attn_metadata(h.batch([1, 2])),
-                 lambda: m.release_seqs([2]), m.reset_state):
+    for call in (
+        lambda: m.update_block_table(h.batch([9], [1])),
+        lambda: m.pack_flash_attn_metadata(h.batch([1, 2])),
+        lambda: m.release_seqs([2]),
+        m.reset_state,
+    ):
         with pytest.raises(RuntimeError, match="another call") as info:
             call()
         refused.append(info.value)

@@ -36,8 +36,15 @@ def test_bundled_files_are_the_published_bytes(name):
 
 def test_attribution_names_every_file_and_its_commit():
     text = (TRACES / "ATTRIBUTION.md").read_text()
-    for needle in ("b469a113cedca53ddc3bdea71a143dc4b7d8700c", "3b5a594133958449a1feaf1c9e0fc1b553e34a28",
-                   "CC-BY-4.0", "Apache License 2.0", "Splitwise", "FAST 2025", *SHA256):
+    for needle in (
+        "b469a113cedca53ddc3bdea71a143dc4b7d8700c",
+        "3b5a594133958449a1feaf1c9e0fc1b553e34a28",
+        "CC-BY-4.0",
+        "Apache License 2.0",
+        "Splitwise",
+        "FAST 2025",
+        *SHA256,
+    ):
         assert needle in text
 
 
@@ -88,24 +95,42 @@ def test_read_trace_picks_the_format():
 
 
 def test_small_azure_files(tmp_path):
-    path = write(tmp_path, "a.csv", AZURE_HEADER + "2024-02-29 23:59:59.9999999,10,2\r\n"
-                                    "2024-03-01 00:00:00.5,7,1\r\n\r\n2024-03-01 00:00:01,1,3\r\n")
-    assert read_azure(path) == [TraceRequest(0.0, 10, 2), TraceRequest(pytest.approx(0.5000001), 7, 1),
-                                TraceRequest(pytest.approx(1.0000001), 1, 3)]
+    path = write(
+        tmp_path,
+        "a.csv",
+        AZURE_HEADER + "2024-02-29 23:59:59.9999999,10,2\r\n"
+        "2024-03-01 00:00:00.5,7,1\r\n\r\n2024-03-01 00:00:01,1,3\r\n",
+    )
+    assert read_azure(path) == [
+        TraceRequest(0.0, 10, 2),
+        TraceRequest(pytest.approx(0.5000001), 7, 1),
+        TraceRequest(pytest.approx(1.0000001), 1, 3),
+    ]
     # any column order, extra columns, LF line endings, a byte-order mark, no final newline
-    path = write(tmp_path, "b.csv", "\ufeffGeneratedTokens,Model,TIMESTAMP,ContextTokens\n"
-                                    "5,x,2023-11-16 18:15:46.6805900,9\n5,y,2023-11-16 18:15:46.6805900,8")
+    path = write(
+        tmp_path,
+        "b.csv",
+        "\ufeffGeneratedTokens,Model,TIMESTAMP,ContextTokens\n"
+        "5,x,2023-11-16 18:15:46.6805900,9\n5,y,2023-11-16 18:15:46.6805900,8",
+    )
     assert read_azure(path) == [TraceRequest(0.0, 9, 5), TraceRequest(0.0, 8, 5)]
 
 
 def test_small_mooncake_files(tmp_path):
-    path = write(tmp_path, "a.jsonl", '{"timestamp": 1500, "input_length": 600, "output_length": 3, '
-                                      '"hash_ids": [7, 8]}\n\n{"timestamp": 1500.5, "input_length": 1, '
-                                      '"output_length": 1, "extra": null}\n{"timestamp": 4000, '
-                                      '"input_length": 1024, "output_length": 9, "hash_ids": [7, 9]}')
+    path = write(
+        tmp_path,
+        "a.jsonl",
+        '{"timestamp": 1500, "input_length": 600, "output_length": 3, '
+        '"hash_ids": [7, 8]}\n\n{"timestamp": 1500.5, "input_length": 1, '
+        '"output_length": 1, "extra": null}\n{"timestamp": 4000, '
+        '"input_length": 1024, "output_length": 9, "hash_ids": [7, 9]}',
+    )
     requests = read_mooncake(path)
-    assert requests == [TraceRequest(0.0, 600, 3, (7, 8)), TraceRequest(0.0005, 1, 1),
-                        TraceRequest(2.5, 1024, 9, (7, 9))]
+    assert requests == [
+        TraceRequest(0.0, 600, 3, (7, 8)),
+        TraceRequest(0.0005, 1, 1),
+        TraceRequest(2.5, 1024, 9, (7, 9)),
+    ]
     assert prefix_reuse(requests) == 0.25
     with pytest.raises(ValueError, match="request 0: 2 prefix blocks"):
         prefix_reuse(requests, block_tokens=1024)
@@ -116,8 +141,11 @@ AZURE_BAD = [
     (AZURE_HEADER, 2, "no requests"),
     ("TIMESTAMP,ContextTokens\r\n", 1, "missing column 'GeneratedTokens'"),
     (AZURE_HEADER + "2023-11-16 18:15:46.6805900,374\r\n", 2, "2 fields"),
-    (AZURE_HEADER + "2023-11-16 18:15:46.6805900,374,44\r\n2023-11-16 18:15:47.1,3.5,44\r\n", 3,
-     "ContextTokens='3.5' is not an integer"),
+    (
+        AZURE_HEADER + "2023-11-16 18:15:46.6805900,374,44\r\n2023-11-16 18:15:47.1,3.5,44\r\n",
+        3,
+        "ContextTokens='3.5' is not an integer",
+    ),
     (AZURE_HEADER + "2023-11-16 18:15:46.6805900,374,-4\r\n", 2, "GeneratedTokens=-4 is negative"),
     (AZURE_HEADER + "2023-11-16 18:15:46.6805900,0,4\r\n", 2, "ContextTokens=0"),
     (AZURE_HEADER + "2023-11-16 18:15:46.6805900,1,0\r\n", 2, "GeneratedTokens=0"),
@@ -131,8 +159,11 @@ AZURE_BAD = [
 MOONCAKE_BAD = [
     ("", 1, "no requests"),
     ("\n\n", 3, "no requests"),
-    ('{"timestamp": 0, "input_length": 5, "output_length": 1}\n{"timestamp": 1, "input_length": 5,\n', 2,
-     "invalid JSON"),
+    (
+        '{"timestamp": 0, "input_length": 5, "output_length": 1}\n{"timestamp": 1, "input_length": 5,\n',
+        2,
+        "invalid JSON",
+    ),
     ("[1, 2]\n", 1, "a JSON list, not an object"),
     ('{"timestamp": 0, "output_length": 1}\n', 1, "missing field 'input_length'"),
     ('{"input_length": 3, "output_length": 1}\n', 1, "missing field 'timestamp'"),
@@ -142,8 +173,12 @@ MOONCAKE_BAD = [
     ('{"timestamp": 0, "input_length": -3, "output_length": 1}\n', 1, "input_length=-3 is negative"),
     ('{"timestamp": 0, "input_length": 3, "output_length": 0}\n', 1, "output_length=0"),
     ('{"timestamp": 0, "input_length": 3, "output_length": 1, "hash_ids": [1, -2]}\n', 1, "hash_ids"),
-    ('{"timestamp": 5, "input_length": 3, "output_length": 1}\n{"timestamp": 4, "input_length": 3, '
-     '"output_length": 1}\n', 2, "back in time: 4 ms after 5 ms"),
+    (
+        '{"timestamp": 5, "input_length": 3, "output_length": 1}\n{"timestamp": 4, "input_length": 3, '
+        '"output_length": 1}\n',
+        2,
+        "back in time: 4 ms after 5 ms",
+    ),
     (b'{"timestamp": 0, "input_length": 3, "output_length": 1}\n\xc3\x28\n', 2, "not UTF-8"),
 ]
 

@@ -18,8 +18,7 @@ from strategies import BLOCK_SIZES, pool_size, run_random_steps
 @settings(max_examples=50)
 @given(data=st.data())
 def test_random_steps(make_manager, block_size, data):
-    manager = make_manager(block_size=block_size, num_blocks=pool_size(block_size),
-                           max_running_reqs=5, max_seq_len=40)
+    manager = make_manager(block_size=block_size, num_blocks=pool_size(block_size), max_running_reqs=5, max_seq_len=40)
     run_random_steps(data, [Harness(manager)], pack=False)
 
 
@@ -47,8 +46,7 @@ def test_later_layer_reserves_nothing(make_manager, block_size):
 
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
 def test_release_returns_every_slot_and_row(make_manager, block_size):
-    h = Harness(make_manager(block_size=block_size, num_blocks=pool_size(block_size),
-                             max_running_reqs=3))
+    h = Harness(make_manager(block_size=block_size, num_blocks=pool_size(block_size), max_running_reqs=3))
     h.update(h.batch([1, 2, 3], [5, 17, 1]))
     h.release([2, 1])
     assert h.manager.num_free_slots() == h.manager.capacity - block_size
@@ -62,8 +60,7 @@ def test_release_returns_every_slot_and_row(make_manager, block_size):
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
 def test_freed_blocks_are_reused(make_manager, block_size):
     """Cycling requests through a pool that holds two at a time never double-books a slot."""
-    h = Harness(make_manager(block_size=block_size, num_blocks=4, max_running_reqs=2,
-                             max_seq_len=4 * block_size))
+    h = Harness(make_manager(block_size=block_size, num_blocks=4, max_running_reqs=2, max_seq_len=4 * block_size))
     for req_id in range(10):
         assert h.update(h.batch([req_id], [2 * block_size])) == [2 * block_size]
         if req_id:
@@ -93,9 +90,11 @@ def test_default_block_size(backend):
     assert h.update(h.batch([1], [expected + 1])) == [expected + 1]
 
 
-@pytest.mark.parametrize("as_array", [tuple, lambda v: np.asarray(v, dtype=np.int64),
-                                      lambda v: np.asarray(v, dtype=np.int32)],
-                         ids=["tuple", "int64-array", "int32-array"])
+@pytest.mark.parametrize(
+    "as_array",
+    [tuple, lambda v: np.asarray(v, dtype=np.int64), lambda v: np.asarray(v, dtype=np.int32)],
+    ids=["tuple", "int64-array", "int32-array"],
+)
 def test_integer_sequences_are_accepted(make_manager, as_array):
     h = Harness(make_manager())
     h.update(h.batch([1], [3]))
@@ -114,6 +113,5 @@ def test_memory_footprint(make_manager):
         footprint = manager.memory_footprint()
         assert isinstance(footprint, MemoryFootprint)
         assert footprint.device_bytes >= 0 and footprint.host_bytes >= 0
-    total = [m.memory_footprint().device_bytes + m.memory_footprint().host_bytes
-             for m in (small, large)]
+    total = [m.memory_footprint().device_bytes + m.memory_footprint().host_bytes for m in (small, large)]
     assert total[1] > total[0]  # more request rows take more memory

@@ -21,8 +21,13 @@ CUDA_IDS = ["cpu-cuda", "gpu-triton-graphs", "gpu-triton", "hybrid-triton-graphs
 def trace_manager(backend_id: str, **kwargs):
     workload = TraceWorkload(TRACE, STEPS)
     max_seq_len, max_reqs = workload.sizes(STEPS)
-    manager = BY_ID[backend_id].make(block_size=16, num_blocks=max_reqs * -(-max_seq_len // 16),
-                                     max_running_reqs=max_reqs, max_seq_len=max_seq_len, layer_ids=(0, 1))
+    manager = BY_ID[backend_id].make(
+        block_size=16,
+        num_blocks=max_reqs * -(-max_seq_len // 16),
+        max_running_reqs=max_reqs,
+        max_seq_len=max_seq_len,
+        layer_ids=(0, 1),
+    )
     return workload, manager
 
 
@@ -62,8 +67,13 @@ def test_a_kernel_compiled_for_a_manager_is_counted():
     from disagmoe.block_manager.kernels_triton import PackLaunch
 
     backend = BY_ID["gpu-triton-graphs"]
-    manager = backend.cls(*_configs(), 8, device="cuda", kernels="triton",
-                          pack_launch=PackLaunch(block_w=32, block_t=32, parts=3, num_warps=2))
+    manager = backend.cls(
+        *_configs(),
+        8,
+        device="cuda",
+        kernels="triton",
+        pack_launch=PackLaunch(block_w=32, block_t=32, parts=3, num_warps=2),
+    )
     manager.warm_up()
     assert manager.num_compiles >= 1
     before = manager.num_compiles
@@ -88,8 +98,10 @@ def test_warm_up_on_the_cpu_device(backend):
     assert (manager.num_compiles, manager.num_captures) == (0, 0)
 
 
-@pytest.mark.parametrize("bad, error", [(0, ValueError), (-5, ValueError), (True, TypeError), (2.0, TypeError),
-                                        ("8", TypeError), (2**31, ValueError)])
+@pytest.mark.parametrize(
+    "bad, error",
+    [(0, ValueError), (-5, ValueError), (True, TypeError), (2.0, TypeError), ("8", TypeError), (2**31, ValueError)],
+)
 def test_warm_up_refuses_a_bad_token_count(make_manager, bad, error):
     manager = make_manager()
     with pytest.raises(error, match="max_num_tokens"):

@@ -6,8 +6,16 @@ from disagmoe.block_manager.gpu import GPUBlockManager
 from disagmoe.block_manager.hybrid import HybridBlockManager
 from disagmoe.block_manager.mem_pool import PagedTokenToKVPoolAllocator, ReqToTokenPool, TokenToKVPoolAllocator
 
-BACKENDS: dict[str, type[BlockManager]] = {"cpu": CPUBlockManager, "gpu": GPUBlockManager,
-                                           "hybrid": HybridBlockManager}
+BACKENDS: dict[str, type[BlockManager]] = {"cpu": CPUBlockManager, "gpu": GPUBlockManager, "hybrid": HybridBlockManager}
 
-__all__ = ["BACKENDS", "BlockManager", "CPUBlockManager", "GPUBlockManager", "HybridBlockManager", "MemoryFootprint",
-           "PagedTokenToKVPoolAllocator", "ReqToTokenPool", "TokenToKVPoolAllocator"]
+__all__ = [
+    "BACKENDS",
+    "BlockManager",
+    "CPUBlockManager",
+    "GPUBlockManager",
+    "HybridBlockManager",
+    "MemoryFootprint",
+    "PagedTokenToKVPoolAllocator",
+    "ReqToTokenPool",
+    "TokenToKVPoolAllocator",
+]

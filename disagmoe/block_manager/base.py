@@ -63,8 +63,7 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
         raise ValueError(f"device={device!r}: the managers run on torch's CPU device or on CUDA")
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = resolved.index if resolved.index is not None else (
-            torch.cuda.current_device() if count else 0)
+        index = resolved.index if resolved.index is not None else (torch.cuda.current_device() if count else 0)
         if not 0 <= index < count:
             raise ValueError(f"device={device!r}: this machine has {count} CUDA devices")
         resolved = torch.device("cuda", index)
@@ -119,8 +118,13 @@ class BlockManager(ABC):
     default_block_size: ClassVar[int]
     _step: Any  # the native step: _C.HostStep or _C.DeviceStep, made by the design
 
-    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
-                 max_running_reqs: int, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        max_running_reqs: int,
+        device: torch.device | str | None = None,
+    ) -> None:
         """Raises TypeError / ValueError (see the table above) before allocating anything."""
         name = type(self).__name__
         if not isinstance(model_config, ModelConfig):
@@ -131,8 +135,7 @@ class BlockManager(ABC):
         self.cache_config = cache_config
         # The configs checked these when they were made; checked again, as ints, in case
         # a frozen config was changed since.
-        self.block_size = checked_int(name, "block_size",
-                                      cache_config.block_size or self.default_block_size)
+        self.block_size = checked_int(name, "block_size", cache_config.block_size or self.default_block_size)
         self.num_blocks = checked_int(name, "num_gpu_blocks", cache_config.num_gpu_blocks)
         checked_slots(name, self.num_blocks, self.block_size)
         self.max_running_reqs = checked_int(name, "max_running_reqs", max_running_reqs)
@@ -141,15 +144,18 @@ class BlockManager(ABC):
         layer_ids = model_config.layer_ids
         if type(layer_ids) is not tuple or not layer_ids:
             raise TypeError(f"{name}: model_config.layer_ids={describe(layer_ids)} is not a non-empty tuple")
-        layers = [checked_int(name, f"layer_ids[{i}]", layer, -2**63, 2**63 - 1) for i, layer in enumerate(layer_ids)]
+        layers = [checked_int(name, f"layer_ids[{i}]", layer, -(2**63), 2**63 - 1) for i, layer in enumerate(layer_ids)]
         self._layer_ids = frozenset(layers)
         self._first_layer = layers[0]
         self.max_width = -(-self.max_seq_len // self.block_size)
         """Blocks of the longest request: the widest block table a pack returns."""
         self._guard = _C.Guard()
         # The raw current stream each launch goes on (torch's CPU device: 0, never read).
-        self._stream = (functools.partial(torch._C._cuda_getCurrentRawStream, self.device.index)
-                        if self.device.type == "cuda" else int)
+        self._stream = (
+            functools.partial(torch._C._cuda_getCurrentRawStream, self.device.index)
+            if self.device.type == "cuda"
+            else int
+        )
         # The metadata buffer's views, kept by what their place and shape depend on: the
         # lengths by the batch size, slot_mapping by it and the tokens, the table by all three.
         self._length_views: dict[int, tuple] = {}
@@ -159,8 +165,9 @@ class BlockManager(ABC):
         self._num_compiles = self._num_captures = 0
 
     def __copy__(self):
-        raise TypeError(f"{type(self).__name__} cannot be copied: it owns its buffers and its native "
-                        "books (make another manager)")
+        raise TypeError(
+            f"{type(self).__name__} cannot be copied: it owns its buffers and its native books (make another manager)"
+        )
 
     def __deepcopy__(self, memo: dict):
         self.__copy__()
@@ -189,10 +196,9 @@ class BlockManager(ABC):
             raise TypeError(f"{type(self).__name__}: batch={describe(batch)} is not a BatchMetadata")
         layer_id = batch.layer_id
         if type(layer_id) is not int:
-            layer_id = checked_int(type(self).__name__, "layer_id", layer_id, -2**63, 2**63 - 1)
+            layer_id = checked_int(type(self).__name__, "layer_id", layer_id, -(2**63), 2**63 - 1)
         if layer_id not in self._layer_ids:
-            raise ValueError(f"layer_id={layer_id!r} is not one of this worker's layers "
-                             f"{sorted(self._layer_ids)}")
+            raise ValueError(f"layer_id={layer_id!r} is not one of this worker's layers {sorted(self._layer_ids)}")
         return layer_id
 
     def _id_list(self, req_ids: object) -> Any:
@@ -209,12 +215,11 @@ class BlockManager(ABC):
         try:
             return list(req_ids)  # type: ignore[call-overload]
         except TypeError as exc:
-            raise TypeError(f"{type(self).__name__}: req_ids={describe(req_ids)} is not a "
-                            "sequence of ints") from exc
+            raise TypeError(f"{type(self).__name__}: req_ids={describe(req_ids)} is not a sequence of ints") from exc
 
     def _checked_req_id(self, req_id: object) -> int:
         """The id as an int, read once (for methods that pass it on more than once)."""
-        return checked_int(type(self).__name__, "req_id", req_id, -2**63, 2**63 - 1)
+        return checked_int(type(self).__name__, "req_id", req_id, -(2**63), 2**63 - 1)
 
     # -- the step ---------------------------------------------------------------------
 
@@ -275,8 +280,15 @@ class BlockManager(ABC):
         with self._guard:
             layer = self._layer_of(batch)
             memo = self._memo
-            packed = self._step.pack(batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens, layer,
-                                     self._stream(), memo[0] if memo else -1, self._grow)
+            packed = self._step.pack(
+                batch.req_ids,
+                batch.num_prefill_seqs,
+                batch.init_prefill_lens,
+                layer,
+                self._stream(),
+                memo[0] if memo else -1,
+                self._grow,
+            )
             if len(packed) == 2:  # the batch of the remembered pack, at another layer
                 return self._metadata(memo[1], packed[1], memo[2])  # type: ignore[index]
             pack_id, stats, seq_lens = packed
@@ -299,8 +311,9 @@ class BlockManager(ABC):
         if table is None:
             if len(self._table_views) >= MAX_CACHED_SHAPES:
                 self._table_views.clear()
-            table = self._table_views[(batch_size, num_tokens, width)] = table_view(self._out32, batch_size, width,
-                                                                               num_tokens)
+            table = self._table_views[(batch_size, num_tokens, width)] = table_view(
+                self._out32, batch_size, width, num_tokens
+            )
         return (*lengths, table, slots)
 
     def _metadata(self, stats: Any, seq_lens: list[int], views: tuple) -> FlashAttentionMetadata:
@@ -308,10 +321,22 @@ class BlockManager(ABC):
         # shapes reaches nothing here.
         seq, ctx, qsl, ssl, tables, slots = views
         return FlashAttentionMetadata(
-            stats.num_prefills, stats.num_prefill_tokens, stats.num_decode_tokens, seq_lens, seq.detach(),
-            ctx.detach(), qsl.detach(), ssl.detach(), stats.max_query_len, stats.max_prefill_seq_len,
-            stats.max_decode_seq_len, stats.max_decode_query_len, tables.detach(), slots.detach(),
-            self.block_size)
+            stats.num_prefills,
+            stats.num_prefill_tokens,
+            stats.num_decode_tokens,
+            seq_lens,
+            seq.detach(),
+            ctx.detach(),
+            qsl.detach(),
+            ssl.detach(),
+            stats.max_query_len,
+            stats.max_prefill_seq_len,
+            stats.max_decode_seq_len,
+            stats.max_decode_query_len,
+            tables.detach(),
+            slots.detach(),
+            self.block_size,
+        )
 
     def _set_out(self, out: torch.Tensor) -> None:
         """The metadata buffer (bytes, a multiple of 8) every pack writes; forgets the views."""
@@ -353,8 +378,11 @@ class BlockManager(ABC):
         and capture nothing (`num_compiles`, `num_captures`). A step past those sizes
         grows its buffers (the device-table designs capture again then)."""
         with self._guard:
-            tokens = self.max_running_reqs if max_num_tokens is None else checked_int(
-                type(self).__name__, "max_num_tokens", max_num_tokens)
+            tokens = (
+                self.max_running_reqs
+                if max_num_tokens is None
+                else checked_int(type(self).__name__, "max_num_tokens", max_num_tokens)
+            )
             self._warm_up(tokens)
 
     # -- what a design provides ---------------------------------------------------------

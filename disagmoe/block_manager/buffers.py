@@ -19,8 +19,9 @@ def device_bytes_limit(device: torch.device) -> int:
     return MAX_HOST_BYTES
 
 
-def checked_empty(owner: str, shape: tuple[int, ...], dtype: torch.dtype, what: str, device: torch.device,
-                  pin_memory: bool = False) -> torch.Tensor:
+def checked_empty(
+    owner: str, shape: tuple[int, ...], dtype: torch.dtype, what: str, device: torch.device, pin_memory: bool = False
+) -> torch.Tensor:
     """torch.empty, or ValueError naming `what` and its bytes when they pass what one buffer
     on the device (on the host, for pinned memory) may take: checked before allocating,
     since the managers write every entry of their tables, touching every page."""
@@ -29,8 +30,10 @@ def checked_empty(owner: str, shape: tuple[int, ...], dtype: torch.dtype, what: 
         nbytes *= n
     limit = device_bytes_limit(torch.device("cpu") if pin_memory else device)
     if nbytes > limit:
-        raise ValueError(f"{owner}: {what} need {nbytes} bytes, past the {limit} bytes one buffer on "
-                         f"{'pinned host memory' if pin_memory else device} may take")
+        raise ValueError(
+            f"{owner}: {what} need {nbytes} bytes, past the {limit} bytes one buffer on "
+            f"{'pinned host memory' if pin_memory else device} may take"
+        )
     try:
         return torch.empty(shape, dtype=dtype, device=device, pin_memory=pin_memory)
     except RuntimeError as exc:  # torch.OutOfMemoryError included

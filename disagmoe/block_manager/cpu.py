@@ -29,8 +29,13 @@ class CPUBlockManager(CoreBooks, BlockManager):
     backend = "cpu"
     default_block_size = 16
 
-    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
-                 max_running_reqs: int, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        max_running_reqs: int,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__(model_config, cache_config, max_running_reqs, device)
         self._core = _C.BlockManager(self.block_size, self.num_blocks, self.max_seq_len, self.max_running_reqs)
         on_cuda = self.device.type == "cuda"
@@ -38,9 +43,17 @@ class CPUBlockManager(CoreBooks, BlockManager):
         pitch = self._core.max_blocks_per_seq
         # Sized for a decode step of every request; a step of more tokens grows them.
         layout = _C.metadata_layout(self.max_running_reqs, pitch, self.max_running_reqs)
-        self._tables = [checked_empty("CPUBlockManager", (self.max_running_reqs * pitch,), torch.int32,
-                                      f"a staging block table of {self.max_running_reqs} x {pitch} blocks", HOST,
-                                      pin_memory=on_cuda) for _ in range(self._step.depth)]
+        self._tables = [
+            checked_empty(
+                "CPUBlockManager",
+                (self.max_running_reqs * pitch,),
+                torch.int32,
+                f"a staging block table of {self.max_running_reqs} x {pitch} blocks",
+                HOST,
+                pin_memory=on_cuda,
+            )
+            for _ in range(self._step.depth)
+        ]
         self._heads: list[Any] = [None] * self._step.depth
         for k in range(self._step.depth):
             self._set_head(k, self._head_bytes(layout))
@@ -53,8 +66,14 @@ class CPUBlockManager(CoreBooks, BlockManager):
         return layout.block_tables + _C.HostStep.compact_bytes
 
     def _set_head(self, k: int, nbytes: int) -> None:
-        self._heads[k] = checked_empty("CPUBlockManager", (nbytes,), torch.uint8, f"a staging buffer of {nbytes} "
-                                       "bytes", HOST, pin_memory=self.device.type == "cuda")
+        self._heads[k] = checked_empty(
+            "CPUBlockManager",
+            (nbytes,),
+            torch.uint8,
+            f"a staging buffer of {nbytes} bytes",
+            HOST,
+            pin_memory=self.device.type == "cuda",
+        )
         self._step.set_buffer(k, self._tables[k], self._heads[k])
 
     def _grow(self, which: str, nbytes: int) -> None:
@@ -62,8 +81,9 @@ class CPUBlockManager(CoreBooks, BlockManager):
         if which == "host":  # the buffer the pack writes: the device has read it (the step waited)
             self._set_head(self._step.current, nbytes)
         else:
-            out = checked_empty("CPUBlockManager", (nbytes,), torch.uint8, f"a metadata buffer of {nbytes} bytes",
-                                self.device)
+            out = checked_empty(
+                "CPUBlockManager", (nbytes,), torch.uint8, f"a metadata buffer of {nbytes} bytes", self.device
+            )
             with signals_held():  # the step's buffer and the views of it change together
                 self._step.set_out(out)
                 self._set_out(out)
@@ -94,5 +114,7 @@ class CPUBlockManager(CoreBooks, BlockManager):
 
     def memory_footprint(self) -> MemoryFootprint:
         host = self._core_bytes() + sum(t.nbytes for t in self._tables) + sum(h.nbytes for h in self._heads)
-        return MemoryFootprint(device_bytes=self._out.nbytes if self.device.type == "cuda" else 0,
-                               host_bytes=host if self.device.type == "cuda" else host + self._out.nbytes)
+        return MemoryFootprint(
+            device_bytes=self._out.nbytes if self.device.type == "cuda" else 0,
+            host_bytes=host if self.device.type == "cuda" else host + self._out.nbytes,
+        )

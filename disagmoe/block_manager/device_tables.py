@@ -61,8 +61,16 @@ class DeviceTableManager(BlockManager):
     req_to_page: torch.Tensor
     free_pages: torch.Tensor | None
 
-    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig, max_running_reqs: int,
-                 device: torch.device | str | None, kernels: str, cuda_graphs: bool, pack_launch: Any) -> None:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        max_running_reqs: int,
+        device: torch.device | str | None,
+        kernels: str,
+        cuda_graphs: bool,
+        pack_launch: Any,
+    ) -> None:
         super().__init__(model_config, cache_config, max_running_reqs, device)
         self.kernels = self._choose_kernels(kernels, pack_launch)
         self.cuda_graphs = bool(cuda_graphs) and self.kernels == "triton"
@@ -83,8 +91,9 @@ class DeviceTableManager(BlockManager):
     def _start(self, books: Any) -> None:
         """The native step over `books` (a _C.RequestTable: gpu; a _C.BlockManager: hybrid)."""
         on_cuda = self.device.type == "cuda"
-        self._step = _C.DeviceStep(books, self.num_blocks, DEFAULT_DEPTH if on_cuda else 1,
-                                   self.device.index if on_cuda else -1)
+        self._step = _C.DeviceStep(
+            books, self.num_blocks, DEFAULT_DEPTH if on_cuda else 1, self.device.index if on_cuda else -1
+        )
         ref = weakref.ref(self)  # (the step keeps its launcher: no cycle through it)
         self._step.set_launcher(lambda buffer, flags, grid: ref()._launch(buffer, flags, grid))  # type: ignore
         self._captured: set[tuple[int, int]] = set()
@@ -92,6 +101,7 @@ class DeviceTableManager(BlockManager):
         self._k: Any = None
         if self.kernels == "triton":
             from disagmoe.block_manager import kernels_triton
+
             launch = self._pack_launch or kernels_triton.PackLaunch()
             if not isinstance(launch, kernels_triton.PackLaunch):
                 raise TypeError(f"pack_launch must be a kernels_triton.PackLaunch, got {launch!r}")
@@ -115,10 +125,13 @@ class DeviceTableManager(BlockManager):
             step.flush(self._stream())  # nothing staged stays in a buffer that goes
             step.wait_all()
         what = f"a staging buffer of {words} words"
-        buffers = [checked_empty(type(self).__name__, (words,), torch.int32, what, HOST, pin_memory=on_cuda)
-                   for _ in range(step.depth)]
-        twin = checked_empty(type(self).__name__, (words,), torch.int32, what, self.device) \
-            if self._twin_needed else None
+        buffers = [
+            checked_empty(type(self).__name__, (words,), torch.int32, what, HOST, pin_memory=on_cuda)
+            for _ in range(step.depth)
+        ]
+        twin = (
+            checked_empty(type(self).__name__, (words,), torch.int32, what, self.device) if self._twin_needed else None
+        )
         self._forget_graphs()
         with signals_held():  # the step's buffers and this object's views of them change together
             self._words, self._host_words = buffers, [w.numpy() for w in buffers]
@@ -131,14 +144,16 @@ class DeviceTableManager(BlockManager):
     def _grow(self, which: str, nbytes: int) -> None:
         """The metadata buffer (the only one a pack grows here), to `nbytes` and more."""
         nbytes = (nbytes + nbytes // 2 + 63) // 64 * 64
-        out = checked_empty(type(self).__name__, (nbytes,), torch.uint8, f"a metadata buffer of {nbytes} bytes",
-                            self.device)
+        out = checked_empty(
+            type(self).__name__, (nbytes,), torch.uint8, f"a metadata buffer of {nbytes} bytes", self.device
+        )
         self._forget_graphs()  # (first: a launch meanwhile runs eagerly, on what it names)
         with signals_held():  # the kernels' buffer, the views of it and its size change together
             self._set_out(out)
             if self.kernels == "triton":
-                self._k = self._triton.Kernels(self.req_to_page, self.free_pages, self._out32, self._out64,
-                                               self.block_size, self._launch_shape)
+                self._k = self._triton.Kernels(
+                    self.req_to_page, self.free_pages, self._out32, self._out64, self.block_size, self._launch_shape
+                )
             self._step.set_out_bytes(nbytes)
 
     def _forget_graphs(self) -> None:
@@ -206,8 +221,10 @@ class DeviceTableManager(BlockManager):
         scratch = torch.zeros(64, dtype=torch.int64, device=self.device)
         k = dataclasses.replace(self._k, out32=scratch.view(torch.int32), out64=scratch)
         before = self._triton.compiled()
-        for flags in {f & ~L.RELEASE if self.host_allocates else f for f in (L.RELEASE | L.UPDATE | L.PACK,
-                                                                              L.UPDATE | L.PACK | L.FUSED)}:
+        for flags in {
+            f & ~L.RELEASE if self.host_allocates else f
+            for f in (L.RELEASE | L.UPDATE | L.PACK, L.UPDATE | L.PACK | L.FUSED)
+        }:
             self._triton.launch(k, zeros, 1, flags)
         torch.cuda.synchronize(self.device)
         self._num_compiles += self._triton.compiled() - before

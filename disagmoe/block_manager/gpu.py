@@ -43,15 +43,25 @@ class GPUBlockManager(DeviceTableManager):
     host_allocates = False
     free_pages: torch.Tensor
 
-    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
-                 max_running_reqs: int, device: torch.device | str | None = None,
-                 kernels: str = "auto", cuda_graphs: bool = True, pack_launch: PackLaunch | None = None) -> None:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        max_running_reqs: int,
+        device: torch.device | str | None = None,
+        kernels: str = "auto",
+        cuda_graphs: bool = True,
+        pack_launch: PackLaunch | None = None,
+    ) -> None:
         super().__init__(model_config, cache_config, max_running_reqs, device, kernels, cuda_graphs, pack_launch)
         name = type(self).__name__
         self._books = _C.RequestTable(self.max_running_reqs, self.max_seq_len, self.block_size)
-        self.req_to_page = empty_int32(name, (self.max_running_reqs, self.max_width),
-                                       f"the device page table of {self.max_running_reqs} x {self.max_width} "
-                                       "pages", self.device).zero_()
+        self.req_to_page = empty_int32(
+            name,
+            (self.max_running_reqs, self.max_width),
+            f"the device page table of {self.max_running_reqs} x {self.max_width} pages",
+            self.device,
+        ).zero_()
         # Taking from the top hands out page 0 first, as the C++ core does.
         initial = torch.arange(self.num_blocks - 1, -1, -1, dtype=torch.int32, device=self.device)
         self.free_pages = initial.clone()
@@ -75,7 +85,7 @@ class GPUBlockManager(DeviceTableManager):
         seq_len = self._books.seq_len(req_id)
         row = self._books.row_of(req_id)
         self._flush()  # a read: allowed while another call reads its arguments
-        pages = self.req_to_page[row, :-(-seq_len // self.block_size)].tolist()
+        pages = self.req_to_page[row, : -(-seq_len // self.block_size)].tolist()
         bs = self.block_size
         return [pages[p // bs] * bs + p % bs for p in range(seq_len)]
 
@@ -84,15 +94,19 @@ class GPUBlockManager(DeviceTableManager):
         rows of the books' requests), and the request rows add up."""
         books, name = self._books, type(self).__name__
         if books.num_reqs + books.num_free_rows != books.max_reqs:
-            raise AssertionError(f"{name}: {books.num_reqs} live + {books.num_free_rows} free request "
-                                 f"rows != {books.max_reqs}")
+            raise AssertionError(
+                f"{name}: {books.num_reqs} live + {books.num_free_rows} free request rows != {books.max_reqs}"
+            )
         table = self._device_rows()
-        free = self.free_pages[:self._step.num_free_pages].cpu().numpy()
-        owned = {req_id: table[books.row_of(req_id), :-(-books.seq_len(req_id) // self.block_size)]
-                 for req_id in books.req_ids()}
+        free = self.free_pages[: self._step.num_free_pages].cpu().numpy()
+        owned = {
+            req_id: table[books.row_of(req_id), : -(-books.seq_len(req_id) // self.block_size)]
+            for req_id in books.req_ids()
+        }
         check_pages(name, owned, free, self.num_blocks)
 
     def memory_footprint(self) -> MemoryFootprint:
         host = self._staging_bytes() if self.device.type == "cuda" else 0
-        return MemoryFootprint(device_bytes=self._device_bytes() + (0 if host else self._staging_bytes()),
-                               host_bytes=host)
+        return MemoryFootprint(
+            device_bytes=self._device_bytes() + (0 if host else self._staging_bytes()), host_bytes=host
+        )

@@ -36,14 +36,24 @@ class HybridBlockManager(CoreBooks, DeviceTableManager):
     default_block_size = 16
     host_allocates = True
 
-    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
-                 max_running_reqs: int, device: torch.device | str | None = None,
-                 kernels: str = "auto", cuda_graphs: bool = True, pack_launch: PackLaunch | None = None) -> None:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        max_running_reqs: int,
+        device: torch.device | str | None = None,
+        kernels: str = "auto",
+        cuda_graphs: bool = True,
+        pack_launch: PackLaunch | None = None,
+    ) -> None:
         super().__init__(model_config, cache_config, max_running_reqs, device, kernels, cuda_graphs, pack_launch)
         self._core = _C.BlockManager(self.block_size, self.num_blocks, self.max_seq_len, self.max_running_reqs)
-        self.req_to_page = empty_int32("HybridBlockManager", (self.max_running_reqs, self.max_width),
-                                       f"the device block table of {self.max_running_reqs} x {self.max_width} "
-                                       "blocks", self.device).zero_()
+        self.req_to_page = empty_int32(
+            "HybridBlockManager",
+            (self.max_running_reqs, self.max_width),
+            f"the device block table of {self.max_running_reqs} x {self.max_width} blocks",
+            self.device,
+        ).zero_()
         self.free_pages = None
         self._start(self._core)
 
@@ -55,10 +65,11 @@ class HybridBlockManager(CoreBooks, DeviceTableManager):
         table = self._device_rows()
         for req_id in self._core.req_ids():
             blocks = list(self._core.block_ids(req_id))
-            row = table[self._core.row_of(req_id), :len(blocks)].tolist()
+            row = table[self._core.row_of(req_id), : len(blocks)].tolist()
             if row != blocks:
-                raise AssertionError(f"HybridBlockManager: request {req_id}'s device row {row} != its host "
-                                     f"blocks {blocks}")
+                raise AssertionError(
+                    f"HybridBlockManager: request {req_id}'s device row {row} != its host blocks {blocks}"
+                )
 
     def memory_footprint(self) -> MemoryFootprint:
         host = self._core_bytes() + (self._staging_bytes() if self.device.type == "cuda" else 0)

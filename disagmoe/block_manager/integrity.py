@@ -16,5 +16,4 @@ def check_pages(name: str, owned: dict[int, np.ndarray], free: np.ndarray, num_p
     if (counts > 1).any():
         raise AssertionError(f"{name}: pages {np.flatnonzero(counts > 1).tolist()} are held twice")
     if everything.size != num_pages:
-        raise AssertionError(f"{name}: {everything.size - free.size} owned + {free.size} free pages "
-                             f"!= {num_pages}")
+        raise AssertionError(f"{name}: {everything.size - free.size} owned + {free.size} free pages != {num_pages}")

@@ -14,15 +14,16 @@ from disagmoe.block_manager import layout as L
 from disagmoe.metadata import PAD_BLOCK_ID
 
 
-def _columns(staged: torch.Tensor, host: np.ndarray, at_word: int, stride_word: int, count: int,
-             n: int) -> list[torch.Tensor]:
+def _columns(
+    staged: torch.Tensor, host: np.ndarray, at_word: int, stride_word: int, count: int, n: int
+) -> list[torch.Tensor]:
     at, stride = int(host[at_word]), int(host[stride_word])
-    return [staged[at + k * stride:at + k * stride + count].long() for k in range(n)]
+    return [staged[at + k * stride : at + k * stride + count].long() for k in range(n)]
 
 
 def _host_columns(host: np.ndarray, at_word: int, stride_word: int, count: int, n: int) -> list[np.ndarray]:
     at, stride = int(host[at_word]), int(host[stride_word])
-    return [host[at + k * stride:at + k * stride + count].astype(np.int64) for k in range(n)]
+    return [host[at + k * stride : at + k * stride + count].astype(np.int64) for k in range(n)]
 
 
 def _repeat(counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,8 +34,9 @@ def _repeat(counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tenso
     return entry, torch.arange(total, device=device) - firsts[entry]
 
 
-def release(staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, free_pages: torch.Tensor,
-            page_size: int) -> None:
+def release(
+    staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, free_pages: torch.Tensor, page_size: int
+) -> None:
     """Pushes every released request's pages, in order, at the staged height."""
     count = int(host[L.RELEASE_SIZE])
     (lens,) = _host_columns(host, L.RELEASE_AT, L.RELEASE_STRIDE, count, 2)[1:]
@@ -44,11 +46,12 @@ def release(staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, f
     rows, lengths = _columns(staged, host, L.RELEASE_AT, L.RELEASE_STRIDE, count, 2)
     entry, k = _repeat((lengths + page_size - 1) // page_size, total)
     height = int(host[L.RELEASE_HEIGHT])
-    free_pages[height:height + total] = req_to_page[rows[entry], k]
+    free_pages[height : height + total] = req_to_page[rows[entry], k]
 
 
-def update(staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, free_pages: torch.Tensor | None,
-           page_size: int) -> None:
+def update(
+    staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, free_pages: torch.Tensor | None, page_size: int
+) -> None:
     """Writes each planned entry's new pages into its row: the m-th page the step adds is
     free_pages[height - 1 - m] (gpu) or the m-th staged block id (hybrid)."""
     count = int(host[L.UPDATE_SIZE])
@@ -64,7 +67,7 @@ def update(staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, fr
     if free_pages is not None:
         pages = free_pages[int(host[L.HEIGHT]) - 1 - rank]
     else:
-        pages = staged[int(host[L.IDS_AT]):][rank]
+        pages = staged[int(host[L.IDS_AT]) :][rank]
     req_to_page[rows[entry], first_new[entry] + k] = pages
 
 
@@ -94,8 +97,15 @@ def pack(staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, page
     slots.copy_(req_to_page[rows[entry], pos // page_size].long() * page_size + pos % page_size)
 
 
-def launch(staged: torch.Tensor, host: np.ndarray, flags: int, req_to_page: torch.Tensor,
-           free_pages: torch.Tensor | None, page_size: int, views: tuple | None) -> None:
+def launch(
+    staged: torch.Tensor,
+    host: np.ndarray,
+    flags: int,
+    req_to_page: torch.Tensor,
+    free_pages: torch.Tensor | None,
+    page_size: int,
+    views: tuple | None,
+) -> None:
     """The operations of `flags` (layout.RELEASE | UPDATE | PACK), in order."""
     if flags & L.RELEASE:
         assert free_pages is not None  # only the gpu design stages releases

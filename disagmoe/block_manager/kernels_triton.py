@@ -26,10 +26,18 @@ from disagmoe.metadata import PAD_BLOCK_ID
 
 
 @triton.jit
-def _release_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, free_pages_ptr,
-                    PAGE_SIZE: tl.constexpr, BLOCK: tl.constexpr,
-                    RELEASE_SIZE: tl.constexpr, RELEASE_HEIGHT: tl.constexpr, RELEASE_AT: tl.constexpr,
-                    RELEASE_STRIDE: tl.constexpr):
+def _release_kernel(
+    staged_ptr,
+    req_to_page_ptr,
+    r2p_row_stride,
+    free_pages_ptr,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    RELEASE_SIZE: tl.constexpr,
+    RELEASE_HEIGHT: tl.constexpr,
+    RELEASE_AT: tl.constexpr,
+    RELEASE_STRIDE: tl.constexpr,
+):
     i = tl.program_id(0)
     count = tl.load(staged_ptr + RELEASE_SIZE)
     valid = i < count
@@ -49,10 +57,20 @@ def _release_kernel(staged_ptr, req_to_page_ptr, r2p_row_stride, free_pages_ptr,
 
 
 @triton.jit
-def _update_kernel(staged_ptr, pages_ptr, req_to_page_ptr, r2p_row_stride,
-                   FROM_STACK: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK: tl.constexpr,
-                   UPDATE_SIZE: tl.constexpr, HEIGHT: tl.constexpr, PLAN_AT: tl.constexpr,
-                   PLAN_STRIDE: tl.constexpr, IDS_AT: tl.constexpr):
+def _update_kernel(
+    staged_ptr,
+    pages_ptr,
+    req_to_page_ptr,
+    r2p_row_stride,
+    FROM_STACK: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    UPDATE_SIZE: tl.constexpr,
+    HEIGHT: tl.constexpr,
+    PLAN_AT: tl.constexpr,
+    PLAN_STRIDE: tl.constexpr,
+    IDS_AT: tl.constexpr,
+):
     i = tl.program_id(0)
     count = tl.load(staged_ptr + UPDATE_SIZE)
     valid = i < count
@@ -81,13 +99,33 @@ def _update_kernel(staged_ptr, pages_ptr, req_to_page_ptr, r2p_row_stride,
 
 
 @triton.jit
-def _pack_kernel(staged_ptr, pages_ptr, req_to_page_ptr, r2p_row_stride, out32_ptr, out64_ptr,
-                 PAGE_SIZE: tl.constexpr, PAD: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr,
-                 FUSED: tl.constexpr, FROM_STACK: tl.constexpr,
-                 PACK_SIZE: tl.constexpr, WIDTH: tl.constexpr, NUM_TOKENS: tl.constexpr, LOOKUP_AT: tl.constexpr,
-                 LOOKUP_STRIDE: tl.constexpr, SLOTS_AT: tl.constexpr, SEQ_LENS_AT: tl.constexpr,
-                 TABLE_AT: tl.constexpr, UPDATE_SIZE: tl.constexpr, HEIGHT: tl.constexpr, PLAN_AT: tl.constexpr,
-                 PLAN_STRIDE: tl.constexpr, IDS_AT: tl.constexpr):
+def _pack_kernel(
+    staged_ptr,
+    pages_ptr,
+    req_to_page_ptr,
+    r2p_row_stride,
+    out32_ptr,
+    out64_ptr,
+    PAGE_SIZE: tl.constexpr,
+    PAD: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    FUSED: tl.constexpr,
+    FROM_STACK: tl.constexpr,
+    PACK_SIZE: tl.constexpr,
+    WIDTH: tl.constexpr,
+    NUM_TOKENS: tl.constexpr,
+    LOOKUP_AT: tl.constexpr,
+    LOOKUP_STRIDE: tl.constexpr,
+    SLOTS_AT: tl.constexpr,
+    SEQ_LENS_AT: tl.constexpr,
+    TABLE_AT: tl.constexpr,
+    UPDATE_SIZE: tl.constexpr,
+    HEIGHT: tl.constexpr,
+    PLAN_AT: tl.constexpr,
+    PLAN_STRIDE: tl.constexpr,
+    IDS_AT: tl.constexpr,
+):
     # Programs (i, j): entry i; its block-table columns and slots are shared out among
     # the j = 0 .. num_programs(1) - 1 programs of the entry, chunk by chunk. FUSED: the
     # update staged with this pack is of the same batch (entry i of both is the same
@@ -130,8 +168,9 @@ def _pack_kernel(staged_ptr, pages_ptr, req_to_page_ptr, r2p_row_stride, out32_p
     first_new = (context + PAGE_SIZE - 1) // PAGE_SIZE  # the update's first new page (FUSED)
     offset = 0
     if FUSED:
-        offset = tl.load(staged_ptr + tl.load(staged_ptr + PLAN_AT) + 3 * tl.load(staged_ptr + PLAN_STRIDE) + i,
-                         mask=valid, other=0)
+        offset = tl.load(
+            staged_ptr + tl.load(staged_ptr + PLAN_AT) + 3 * tl.load(staged_ptr + PLAN_STRIDE) + i, mask=valid, other=0
+        )
         if FROM_STACK:  # the m-th page taken is the m-th from the top of the stack
             source = pages_ptr + (tl.load(staged_ptr + HEIGHT) - 1)
         else:  # the m-th staged block id
@@ -219,14 +258,29 @@ def launch(k: Kernels, staged: torch.Tensor, grid: int, flags: int) -> None:
     pages = k.free_pages if from_stack else staged
     fused = bool(flags & L.FUSED)
     if flags & L.RELEASE:
-        _release_kernel[(grid,)](staged, r2p, row_stride, k.free_pages, PAGE_SIZE=k.page_size, BLOCK=256,
-                                 **L.RELEASE_WORDS)
+        _release_kernel[(grid,)](
+            staged, r2p, row_stride, k.free_pages, PAGE_SIZE=k.page_size, BLOCK=256, **L.RELEASE_WORDS
+        )
     if flags & L.UPDATE and not fused:
-        _update_kernel[(grid,)](staged, pages, r2p, row_stride, FROM_STACK=from_stack, PAGE_SIZE=k.page_size,
-                                BLOCK=256, **L.UPDATE_WORDS)
+        _update_kernel[(grid,)](
+            staged, pages, r2p, row_stride, FROM_STACK=from_stack, PAGE_SIZE=k.page_size, BLOCK=256, **L.UPDATE_WORDS
+        )
     if flags & L.PACK:
         p = k.launch
-        _pack_kernel[(grid, p.parts)](staged, pages, r2p, row_stride, k.out32, k.out64, PAGE_SIZE=k.page_size,
-                                      PAD=PAD_BLOCK_ID, BLOCK_W=p.block_w, BLOCK_T=p.block_t, FUSED=fused,
-                                      FROM_STACK=from_stack, num_warps=p.num_warps, **L.PACK_WORDS,
-                                      **L.UPDATE_WORDS)
+        _pack_kernel[(grid, p.parts)](
+            staged,
+            pages,
+            r2p,
+            row_stride,
+            k.out32,
+            k.out64,
+            PAGE_SIZE=k.page_size,
+            PAD=PAD_BLOCK_ID,
+            BLOCK_W=p.block_w,
+            BLOCK_T=p.block_t,
+            FUSED=fused,
+            FROM_STACK=from_stack,
+            num_warps=p.num_warps,
+            **L.PACK_WORDS,
+            **L.UPDATE_WORDS,
+        )

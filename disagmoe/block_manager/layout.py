@@ -22,12 +22,26 @@ _W: dict[str, int] = _C.STAGED_WORDS
 END = _W["END"]
 HEADER = _W["HEADER"]
 PACK_SIZE, WIDTH, NUM_TOKENS = _W["PACK_SIZE"], _W["WIDTH"], _W["NUM_TOKENS"]
-LOOKUP_AT, LOOKUP_STRIDE, SLOTS_AT, SEQ_LENS_AT, TABLE_AT = (_W["LOOKUP_AT"], _W["LOOKUP_STRIDE"], _W["SLOTS_AT"],
-                                                         _W["SEQ_LENS_AT"], _W["TABLE_AT"])
-UPDATE_SIZE, HEIGHT, PLAN_AT, PLAN_STRIDE, IDS_AT = (_W["UPDATE_SIZE"], _W["HEIGHT"], _W["PLAN_AT"],
-                                                     _W["PLAN_STRIDE"], _W["IDS_AT"])
-RELEASE_SIZE, RELEASE_HEIGHT, RELEASE_AT, RELEASE_STRIDE = (_W["RELEASE_SIZE"], _W["RELEASE_HEIGHT"],
-                                                            _W["RELEASE_AT"], _W["RELEASE_STRIDE"])
+LOOKUP_AT, LOOKUP_STRIDE, SLOTS_AT, SEQ_LENS_AT, TABLE_AT = (
+    _W["LOOKUP_AT"],
+    _W["LOOKUP_STRIDE"],
+    _W["SLOTS_AT"],
+    _W["SEQ_LENS_AT"],
+    _W["TABLE_AT"],
+)
+UPDATE_SIZE, HEIGHT, PLAN_AT, PLAN_STRIDE, IDS_AT = (
+    _W["UPDATE_SIZE"],
+    _W["HEIGHT"],
+    _W["PLAN_AT"],
+    _W["PLAN_STRIDE"],
+    _W["IDS_AT"],
+)
+RELEASE_SIZE, RELEASE_HEIGHT, RELEASE_AT, RELEASE_STRIDE = (
+    _W["RELEASE_SIZE"],
+    _W["RELEASE_HEIGHT"],
+    _W["RELEASE_AT"],
+    _W["RELEASE_STRIDE"],
+)
 
 # Launch flags: the kernels a launch holds (release runs first, pack last); FUSED: the
 # update is the pack's own batch, and the pack kernel writes its pages (no update kernel).
@@ -54,5 +68,16 @@ def grid_of(n: int) -> int:
 # names (module globals are not read inside a kernel).
 RELEASE_WORDS = {name: _W[name] for name in ("RELEASE_SIZE", "RELEASE_HEIGHT", "RELEASE_AT", "RELEASE_STRIDE")}
 UPDATE_WORDS = {name: _W[name] for name in ("UPDATE_SIZE", "HEIGHT", "PLAN_AT", "PLAN_STRIDE", "IDS_AT")}
-PACK_WORDS = {name: _W[name] for name in ("PACK_SIZE", "WIDTH", "NUM_TOKENS", "LOOKUP_AT", "LOOKUP_STRIDE",
-                                          "SLOTS_AT", "SEQ_LENS_AT", "TABLE_AT")}
+PACK_WORDS = {
+    name: _W[name]
+    for name in (
+        "PACK_SIZE",
+        "WIDTH",
+        "NUM_TOKENS",
+        "LOOKUP_AT",
+        "LOOKUP_STRIDE",
+        "SLOTS_AT",
+        "SEQ_LENS_AT",
+        "TABLE_AT",
+    )
+}

@@ -26,8 +26,7 @@ class ReqToTokenPool:
     `_C.RequestTable`; the table itself is an int32 device tensor.
     """
 
-    def __init__(self, size: int, max_context_len: int, page_size: int,
-                 device: torch.device) -> None:
+    def __init__(self, size: int, max_context_len: int, page_size: int, device: torch.device) -> None:
         self.books = _C.RequestTable(size, max_context_len, page_size)  # checks the sizes
         self.size = self.books.max_reqs
         self.max_context_len = self.books.max_seq_len
@@ -41,7 +40,7 @@ class ReqToTokenPool:
 
     def token_slots(self, row: int, seq_len: int) -> list[int]:
         """The slot of each of the row's first `seq_len` positions (reads the device)."""
-        pages = self.req_to_page[row, :-(-seq_len // self.page_size)].tolist()
+        pages = self.req_to_page[row, : -(-seq_len // self.page_size)].tolist()
         return [pages[p // self.page_size] * self.page_size + p % self.page_size for p in range(seq_len)]
 
     @property
@@ -63,8 +62,7 @@ class PagedTokenToKVPoolAllocator:
         # Slots are int32 in req_to_token: a pool past that would hand out negative slots.
         checked_slots(owner, self.num_pages, self.page_size, ("num_pages", "page_size"))
         self.device = device
-        self.free_pages = empty_int32(owner, (self.num_pages,), f"num_pages={self.num_pages} pages",
-                                      device)
+        self.free_pages = empty_int32(owner, (self.num_pages,), f"num_pages={self.num_pages} pages", device)
         self.clear()
 
     def clear(self) -> None:
@@ -91,8 +89,7 @@ class PagedTokenToKVPoolAllocator:
         """Makes room for `num_pages` pages that a kernel pushes; returns the height
         before (the kernel writes them at free_pages[height:height + num_pages])."""
         if num_pages > self.num_pages - self.num_free_pages:
-            raise ValueError(f"push: {num_pages} pages pushed, only "
-                             f"{self.num_pages - self.num_free_pages} are taken")
+            raise ValueError(f"push: {num_pages} pages pushed, only {self.num_pages - self.num_free_pages} are taken")
         height = self.num_free_pages
         self.num_free_pages += num_pages
         return height
@@ -101,9 +98,8 @@ class PagedTokenToKVPoolAllocator:
         """Pushes `pages` (int32, on the device), in order."""
         count = pages.numel()
         if count > self.num_pages - self.num_free_pages:
-            raise ValueError(f"free: {count} pages pushed, only "
-                             f"{self.num_pages - self.num_free_pages} are taken")
-        self.free_pages[self.num_free_pages:self.num_free_pages + count].copy_(pages)
+            raise ValueError(f"free: {count} pages pushed, only {self.num_pages - self.num_free_pages} are taken")
+        self.free_pages[self.num_free_pages : self.num_free_pages + count].copy_(pages)
         self.num_free_pages += count
 
     @property

@@ -113,13 +113,18 @@ def plan_step(batch, device: torch.device) -> StepPlan:
         starts.append(starts[-1] + n)
     ones = [i for i, n in enumerate(lens) if n == 1]
     prefills = tuple((i, starts[i], n) for i, n in enumerate(lens) if n > 1)
-    return StepPlan(starts[-1], torch.tensor(ones, dtype=torch.int64, device=device),
-                    torch.tensor([starts[i] for i in ones], dtype=torch.int64, device=device), prefills,
-                    torch.tensor([i for i, _, _ in prefills], dtype=torch.int32, device=device))
+    return StepPlan(
+        starts[-1],
+        torch.tensor(ones, dtype=torch.int64, device=device),
+        torch.tensor([starts[i] for i in ones], dtype=torch.int64, device=device),
+        prefills,
+        torch.tensor([i for i, _, _ in prefills], dtype=torch.int32, device=device),
+    )
 
 
 def _flex(device: torch.device) -> Callable:
     from torch.nn.attention.flex_attention import flex_attention
+
     if device.type == "cuda":
         return torch.compile(flex_attention, dynamic=True)
 
@@ -127,6 +132,7 @@ def _flex(device: torch.device) -> Callable:
         with warnings.catch_warnings():  # eager on purpose: the CPU's tiny shape, for CI
             warnings.filterwarnings("ignore", "flex_attention called without torch.compile")
             return flex_attention(*args, **kwargs)
+
     return eager
 
 
@@ -134,8 +140,15 @@ class PagedAttention:
     """One attention layer over a paged KV pool of `num_blocks` blocks of `block_size`
     tokens (see the module docstring)."""
 
-    def __init__(self, num_blocks: int, block_size: int, max_tokens: int, shape: AttentionShape,
-                 device: torch.device, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        max_tokens: int,
+        shape: AttentionShape,
+        device: torch.device,
+        seed: int = 0,
+    ) -> None:
         self.shape, self.device, self.block_size = shape, device, block_size
         self.num_slots = num_blocks * block_size
         gen = torch.Generator(device=device).manual_seed(seed)
@@ -143,11 +156,13 @@ class PagedAttention:
         dtype = shape.torch_dtype
         self.k = torch.randn(kv, generator=gen, device=device, dtype=dtype)
         self.v = torch.randn(kv, generator=gen, device=device, dtype=dtype)
-        self.new_k = torch.randn((shape.kv_heads, max_tokens, shape.head_dim), generator=gen, device=device,
-                                 dtype=dtype)
+        self.new_k = torch.randn(
+            (shape.kv_heads, max_tokens, shape.head_dim), generator=gen, device=device, dtype=dtype
+        )
         self.new_v = torch.randn_like(self.new_k)
-        self.queries = torch.randn((max_tokens, shape.q_heads, shape.head_dim), generator=gen, device=device,
-                                   dtype=dtype)
+        self.queries = torch.randn(
+            (max_tokens, shape.q_heads, shape.head_dim), generator=gen, device=device, dtype=dtype
+        )
         # each block's column in its sequence's row and that row (the entry); the last: a dump
         self.column = torch.zeros(num_blocks + 1, dtype=torch.int32, device=device)
         self.owner = torch.full((num_blocks + 1,), -1, dtype=torch.int32, device=device)
@@ -183,19 +198,20 @@ class PagedAttention:
         index = torch.where(held, tables.long(), dump).reshape(-1)
         self.column.scatter_(0, index, cols.expand_as(tables).reshape(-1))
         self.owner.fill_(-1)
-        rows = self.positions[:tables.shape[0], None].expand_as(tables).reshape(-1)
+        rows = self.positions[: tables.shape[0], None].expand_as(tables).reshape(-1)
         self.owner.scatter_(0, index, rows)
 
     def write(self, md, plan: StepPlan) -> None:
         """The step's new K/V into the pool at `slot_mapping` (a layer's cache write)."""
         slots = md.slot_mapping
-        self.k[0].index_copy_(1, slots, self.new_k[:, :plan.num_tokens])
-        self.v[0].index_copy_(1, slots, self.new_v[:, :plan.num_tokens])
+        self.k[0].index_copy_(1, slots, self.new_k[:, : plan.num_tokens])
+        self.v[0].index_copy_(1, slots, self.new_v[:, : plan.num_tokens])
 
     def layer(self, md, plan: StepPlan) -> torch.Tensor:
         """One layer: the cache write, then attention of every query token; returns the
         output [num_tokens, q_heads, head_dim]."""
         from torch.nn.attention.flex_attention import BlockMask
+
         shape, bs = self.shape, self.block_size
         group = shape.q_heads // shape.kv_heads
         self.write(md, plan)
@@ -210,25 +226,33 @@ class PagedAttention:
             mask = BlockMask.from_kv_blocks(
                 blocks.index_select(0, plan.decodes).view(n, 1, 1),
                 tables.index_select(0, plan.decodes).view(n, 1, 1, width),
-                BLOCK_SIZE=(Q_BLOCK, bs), mask_mod=self._decode_mask, seq_lengths=(group, self.num_slots),
-                compute_q_blocks=False)
+                BLOCK_SIZE=(Q_BLOCK, bs),
+                mask_mod=self._decode_mask,
+                seq_lengths=(group, self.num_slots),
+                compute_q_blocks=False,
+            )
             q = self.queries.index_select(0, plan.decode_tokens).view(n, shape.kv_heads, group, shape.head_dim)
             o = self._flex(q, self.k, self.v, block_mask=mask, scale=self.scale, kernel_options=DECODE_OPTIONS)
             out.index_copy_(0, plan.decode_tokens, o.reshape(n, shape.q_heads, shape.head_dim))
         for j, (entry, first, num) in enumerate(plan.prefills):
             rows = -(-num // Q_BLOCK)
-            self.prefill_at[:1].copy_(plan.prefill_entries[j:j + 1])
-            self.prefill_at[1:].copy_(md.context_lens_tensor[entry:entry + 1])
-            last = self.prefill_at[1] + self.positions[1:rows + 1] * Q_BLOCK  # past each query block's last position
-            reach = torch.minimum((last + bs - 1) // bs, blocks[entry:entry + 1])
+            self.prefill_at[:1].copy_(plan.prefill_entries[j : j + 1])
+            self.prefill_at[1:].copy_(md.context_lens_tensor[entry : entry + 1])
+            last = self.prefill_at[1] + self.positions[1 : rows + 1] * Q_BLOCK  # past each query block's last position
+            reach = torch.minimum((last + bs - 1) // bs, blocks[entry : entry + 1])
             mask = BlockMask.from_kv_blocks(
-                reach.view(1, 1, rows), tables[entry:entry + 1].view(1, 1, 1, width).expand(1, 1, rows, width),
-                BLOCK_SIZE=(Q_BLOCK, bs), mask_mod=self._prefill_mask, seq_lengths=(num, self.num_slots),
-                compute_q_blocks=False)
-            q = self.queries[first:first + num].transpose(0, 1)[None]
-            o = self._flex(q, self.k, self.v, block_mask=mask, scale=self.scale, enable_gqa=True,
-                           kernel_options=PREFILL_OPTIONS)
-            out[first:first + num] = o[0].transpose(0, 1)
+                reach.view(1, 1, rows),
+                tables[entry : entry + 1].view(1, 1, 1, width).expand(1, 1, rows, width),
+                BLOCK_SIZE=(Q_BLOCK, bs),
+                mask_mod=self._prefill_mask,
+                seq_lengths=(num, self.num_slots),
+                compute_q_blocks=False,
+            )
+            q = self.queries[first : first + num].transpose(0, 1)[None]
+            o = self._flex(
+                q, self.k, self.v, block_mask=mask, scale=self.scale, enable_gqa=True, kernel_options=PREFILL_OPTIONS
+            )
+            out[first : first + num] = o[0].transpose(0, 1)
         return out
 
     def dense(self, md, plan: StepPlan) -> torch.Tensor:
@@ -242,14 +266,15 @@ class PagedAttention:
         out = torch.empty((plan.num_tokens, shape.q_heads, shape.head_dim), dtype=torch.float32, device=self.device)
         offsets = torch.arange(bs, device=self.device)
         for i, seq_len in enumerate(seq_lens):
-            slots = (tables[i, :-(-seq_len // bs)][:, None] * bs + offsets).reshape(-1)[:seq_len]
+            slots = (tables[i, : -(-seq_len // bs)][:, None] * bs + offsets).reshape(-1)[:seq_len]
             k = self.k[0][:, slots].float().repeat_interleave(group, 0)
             v = self.v[0][:, slots].float().repeat_interleave(group, 0)
-            q = self.queries[starts[i]:starts[i + 1]].float().transpose(0, 1)
+            q = self.queries[starts[i] : starts[i + 1]].float().transpose(0, 1)
             num = starts[i + 1] - starts[i]
             allowed = torch.ones(num, seq_len, dtype=torch.bool, device=self.device).tril(seq_len - num)
-            out[starts[i]:starts[i + 1]] = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=allowed, scale=self.scale).transpose(0, 1)
+            out[starts[i] : starts[i + 1]] = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, scale=self.scale
+            ).transpose(0, 1)
         return out
 
 
@@ -265,13 +290,16 @@ def check(attention: PagedAttention, md, plan: StepPlan, step: int) -> float:
     tol = 1e-4 if attention.shape.torch_dtype == torch.float32 else 3e-2
     diff = float((got - want).abs().max()) if got.numel() else 0.0
     if not diff <= tol:
-        raise AttentionMismatch(f"step {step}: FlexAttention over the metadata differs from dense attention by "
-                                f"{diff:.3g} (tolerance {tol:g})")
+        raise AttentionMismatch(
+            f"step {step}: FlexAttention over the metadata differs from dense attention by "
+            f"{diff:.3g} (tolerance {tol:g})"
+        )
     return diff
 
 
 def _compiles() -> int:
     from torch._dynamo.utils import counters
+
     return int(sum(counters["stats"].values())) if "stats" in counters else 0
 
 
@@ -287,6 +315,7 @@ def measure(workload, manager, shape: AttentionShape, device: torch.device, chec
     the call's time."""
     from disagmoe.serving.timing import Forward, tail
     from disagmoe.serving.workloads import Step
+
     steps: list[Step] = [workload.step_at(k) for k in range(workload.num_steps)]
     plans = [plan_step(step.layers[0], device) for step in steps]
     max_tokens = max((p.num_tokens for p in plans), default=1)
@@ -347,12 +376,21 @@ def measure(workload, manager, shape: AttentionShape, device: torch.device, chec
         replay(timed)
         times = [a.elapsed_time(b) * 1e3 for a, b in events]
     spread, launched = tail(times), tail(host)
-    return {"shape": dataclasses.asdict(shape), "timed": "device" if cuda else "CPU", "layer_us": times,
-            "layer_mean_us": sum(times) / max(len(times), 1),
-            "layer_p50_us": spread["p50"], "layer_p99_us": spread["p99"], "layer_host_us": host,
-            "layer_host_p50_us": launched["p50"], "layer_host_p99_us": launched["p99"],
-            "checked_steps": sorted(sample), "max_abs_diff": max(diffs, default=0.0),
-            "compiles_timed": _compiles() - compiled, "late_launches": late}
+    return {
+        "shape": dataclasses.asdict(shape),
+        "timed": "device" if cuda else "CPU",
+        "layer_us": times,
+        "layer_mean_us": sum(times) / max(len(times), 1),
+        "layer_p50_us": spread["p50"],
+        "layer_p99_us": spread["p99"],
+        "layer_host_us": host,
+        "layer_host_p50_us": launched["p50"],
+        "layer_host_p99_us": launched["p99"],
+        "checked_steps": sorted(sample),
+        "max_abs_diff": max(diffs, default=0.0),
+        "compiles_timed": _compiles() - compiled,
+        "late_launches": late,
+    }
 
 
 def share(bookkeeping_us: float, layer_us: float, model_layers: int) -> float:
@@ -366,6 +404,7 @@ def pool_manager(workload, device: torch.device, backend: str = "cpu") -> BlockM
     block size) and the window's sizes: the pool the attention's KV lives in."""
     from disagmoe.block_manager import BACKENDS
     from disagmoe.config import CacheConfig, ModelConfig
+
     config = workload.config
     max_seq_len, max_reqs = workload.sizes(workload.num_steps)
     model = ModelConfig(layer_ids=workload.layer_ids, max_seq_len=max_seq_len, max_batch_size_attn=max_reqs)
@@ -378,8 +417,7 @@ the pool for every query: past this many evaluations a layer, a replay's attenti
 left out (a smaller `--pool-blocks` brings it back)."""
 
 
-def report(results: list[dict], factory: Callable, num_steps: int, device: torch.device,
-           model_layers: int) -> dict:
+def report(results: list[dict], factory: Callable, num_steps: int, device: torch.device, model_layers: int) -> dict:
     """Attention in the loop for one replayed grid point: `measure` on the same steps the
     variants were timed on (`factory(num_steps)`), and each variant's bookkeeping share
     (its pipelined wall time per step, else its synced one). Returns the JSON record,
@@ -388,14 +426,18 @@ def report(results: list[dict], factory: Callable, num_steps: int, device: torch
     shape = dataclasses.replace(AttentionShape() if device.type == "cuda" else CPU_SHAPE, model_layers=model_layers)
     slots = workload.config.num_blocks * workload.config.block_size
     if device.type != "cuda" and slots * workload.max_step_tokens > CPU_MASK_EVALUATIONS:
-        return {"skipped": f"eager FlexAttention on the CPU over {slots} slots x {workload.max_step_tokens} "
-                           f"queries a layer; a pool of at most "
-                           f"{CPU_MASK_EVALUATIONS // workload.max_step_tokens // workload.config.block_size} "
-                           f"blocks runs it"}
+        return {
+            "skipped": f"eager FlexAttention on the CPU over {slots} slots x {workload.max_step_tokens} "
+            f"queries a layer; a pool of at most "
+            f"{CPU_MASK_EVALUATIONS // workload.max_step_tokens // workload.config.block_size} "
+            f"blocks runs it"
+        }
     pool_bytes = 2 * slots * shape.kv_heads * shape.head_dim * shape.torch_dtype.itemsize
     if device.type == "cuda" and pool_bytes > torch.cuda.get_device_properties(device).total_memory // 2:
-        return {"skipped": f"a KV pool of {slots} slots at this layer shape takes {pool_bytes / 2**30:.1f} GiB, "
-                           f"past half the device's memory"}
+        return {
+            "skipped": f"a KV pool of {slots} slots at this layer shape takes {pool_bytes / 2**30:.1f} GiB, "
+            f"past half the device's memory"
+        }
     manager = pool_manager(workload, device)
     measured = measure(workload, manager, shape, device)
     manager.reset_state()
@@ -404,8 +446,9 @@ def report(results: list[dict], factory: Callable, num_steps: int, device: torch
     measured["bookkeeping_mode"] = timed["mode"] if timed else None
     variants = timed["variants"].items() if timed else ()
     measured["bookkeeping_us"] = {name: v["median"]["wall_us"] for name, v in variants}
-    measured["share"] = {name: share(us, measured["layer_mean_us"], model_layers)
-                         for name, us in measured["bookkeeping_us"].items()}
+    measured["share"] = {
+        name: share(us, measured["layer_mean_us"], model_layers) for name, us in measured["bookkeeping_us"].items()
+    }
     return measured
 
 
@@ -415,15 +458,19 @@ def report_lines(point: dict, record: dict) -> list[str]:
     if "skipped" in record:
         return [f"  {label}: attention left out ({record['skipped']})"]
     s = record["shape"]
-    lines = [f"  {label}: one layer of attention ({s['q_heads']} query heads, {s['kv_heads']} KV heads, "
-             f"dim {s['head_dim']}, {s['dtype']})",
-             f"    {record['timed']} us mean {record['layer_mean_us']:.1f}, p50 {record['layer_p50_us']:.1f}, p99 "
-             f"{record['layer_p99_us']:.1f}; host us to launch it p50 {record['layer_host_p50_us']:.1f}, p99 "
-             f"{record['layer_host_p99_us']:.1f}",
-             f"    steps {record['checked_steps']} equal to dense attention (largest difference "
-             f"{record['max_abs_diff']:.2g}); compiles while timed {record['compiles_timed']}"
-             + (f"; {record['late_launches']} launches outlasted their spin" if record["late_launches"] else "")]
+    lines = [
+        f"  {label}: one layer of attention ({s['q_heads']} query heads, {s['kv_heads']} KV heads, "
+        f"dim {s['head_dim']}, {s['dtype']})",
+        f"    {record['timed']} us mean {record['layer_mean_us']:.1f}, p50 {record['layer_p50_us']:.1f}, p99 "
+        f"{record['layer_p99_us']:.1f}; host us to launch it p50 {record['layer_host_p50_us']:.1f}, p99 "
+        f"{record['layer_host_p99_us']:.1f}",
+        f"    steps {record['checked_steps']} equal to dense attention (largest difference "
+        f"{record['max_abs_diff']:.2g}); compiles while timed {record['compiles_timed']}"
+        + (f"; {record['late_launches']} launches outlasted their spin" if record["late_launches"] else ""),
+    ]
     for name, fraction in record["share"].items():
-        lines.append(f"    {name:<14} bookkeeping {record['bookkeeping_us'][name]:9.1f} us a step "
-                     f"({record['bookkeeping_mode']}): {100 * fraction:.3g}% of a step with {s['model_layers']} layers")
+        lines.append(
+            f"    {name:<14} bookkeeping {record['bookkeeping_us'][name]:9.1f} us a step "
+            f"({record['bookkeeping_mode']}): {100 * fraction:.3g}% of a step with {s['model_layers']} layers"
+        )
     return lines

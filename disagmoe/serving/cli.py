@@ -31,51 +31,119 @@ from disagmoe.serving.workloads import LENGTHS, TraceConfig
 REPLAYS = {"azure-conv": "azure", "mooncake": "mooncake"}
 """The production traces bundled with the package (disagmoe/data/traces), by workload name."""
 
-SERVING_OPTIONS = ("timing", "contexts", "running", "prompts", "chunk", "max_output", "layers", "trace",
-                   "trace_format", "rate_scale", "pool_blocks", "step_ms",
-                   "lengths", "seed", "window", "windows", "forward_us", "variants", "plot", "model_layers")
+SERVING_OPTIONS = (
+    "timing",
+    "contexts",
+    "running",
+    "prompts",
+    "chunk",
+    "max_output",
+    "layers",
+    "trace",
+    "trace_format",
+    "rate_scale",
+    "pool_blocks",
+    "step_ms",
+    "lengths",
+    "seed",
+    "window",
+    "windows",
+    "forward_us",
+    "variants",
+    "plot",
+    "model_layers",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("serving benchmarks (with --workload)")
-    group.add_argument("--workload", choices=("decode", "trace", *REPLAYS),
-                       help="time whole engine steps of this workload (default: the seed's table); "
-                            "azure-conv and mooncake replay the bundled production traces")
-    group.add_argument("--trace", metavar="PATH",
-                       help="replay this request log (Azure's CSV or Mooncake's JSONL) through the scheduler")
+    group.add_argument(
+        "--workload",
+        choices=("decode", "trace", *REPLAYS),
+        help="time whole engine steps of this workload (default: the seed's table); "
+        "azure-conv and mooncake replay the bundled production traces",
+    )
+    group.add_argument(
+        "--trace",
+        metavar="PATH",
+        help="replay this request log (Azure's CSV or Mooncake's JSONL) through the scheduler",
+    )
     group.add_argument("--trace-format", choices=FORMATS, help="the --trace file's format (default: by its suffix)")
-    group.add_argument("--rate-scale", type=float, default=1.0,
-                       help="replays: play the trace this many times faster (default 1)")
-    group.add_argument("--pool-blocks", type=int, default=SchedulerConfig.num_blocks,
-                       help=f"replays: the scheduler's KV pool, in blocks of 16 (default {SchedulerConfig.num_blocks})")
-    group.add_argument("--step-ms", type=float, default=SchedulerConfig.step_seconds * 1e3,
-                       help="replays: the engine step's duration the arrivals are mapped with (default 20)")
-    group.add_argument("--timing", nargs="+", choices=MODES, metavar="MODE",
-                       help="synced, pipelined and/or busy (default: all three on CUDA, else synced pipelined)")
-    group.add_argument("--contexts", type=int, nargs="+", metavar="L",
-                       help=f"decode contexts (default {' '.join(map(str, points.CONTEXTS))})")
-    group.add_argument("--running", type=int, nargs="+", metavar="R",
-                       help=f"trace: running requests (default {' '.join(map(str, points.TRACE_RUNNING))}); "
-                            f"replays: the cap on running requests (default {SchedulerConfig.max_running})")
-    group.add_argument("--prompts", type=int, nargs="+", metavar="P",
-                       help=f"trace: longest prompt (default {' '.join(map(str, points.TRACE_PROMPTS))})")
-    group.add_argument("--chunk", type=int, default=TraceConfig.chunk,
-                       help="trace: prefill tokens a step; replays: the step's token budget")
+    group.add_argument(
+        "--rate-scale", type=float, default=1.0, help="replays: play the trace this many times faster (default 1)"
+    )
+    group.add_argument(
+        "--pool-blocks",
+        type=int,
+        default=SchedulerConfig.num_blocks,
+        help=f"replays: the scheduler's KV pool, in blocks of 16 (default {SchedulerConfig.num_blocks})",
+    )
+    group.add_argument(
+        "--step-ms",
+        type=float,
+        default=SchedulerConfig.step_seconds * 1e3,
+        help="replays: the engine step's duration the arrivals are mapped with (default 20)",
+    )
+    group.add_argument(
+        "--timing",
+        nargs="+",
+        choices=MODES,
+        metavar="MODE",
+        help="synced, pipelined and/or busy (default: all three on CUDA, else synced pipelined)",
+    )
+    group.add_argument(
+        "--contexts",
+        type=int,
+        nargs="+",
+        metavar="L",
+        help=f"decode contexts (default {' '.join(map(str, points.CONTEXTS))})",
+    )
+    group.add_argument(
+        "--running",
+        type=int,
+        nargs="+",
+        metavar="R",
+        help=f"trace: running requests (default {' '.join(map(str, points.TRACE_RUNNING))}); "
+        f"replays: the cap on running requests (default {SchedulerConfig.max_running})",
+    )
+    group.add_argument(
+        "--prompts",
+        type=int,
+        nargs="+",
+        metavar="P",
+        help=f"trace: longest prompt (default {' '.join(map(str, points.TRACE_PROMPTS))})",
+    )
+    group.add_argument(
+        "--chunk",
+        type=int,
+        default=TraceConfig.chunk,
+        help="trace: prefill tokens a step; replays: the step's token budget",
+    )
     group.add_argument("--max-output", type=int, default=TraceConfig.max_output, help="trace: longest output")
     group.add_argument("--seed", type=int, default=TraceConfig.seed, help="trace: random seed")
     group.add_argument("--layers", type=int, help="layers a step (default: decode 1, trace 2)")
-    group.add_argument("--lengths", choices=LENGTHS, default="grow",
-                       help="decode: lengths grow every step (default) or cycle through [L, L+16]")
+    group.add_argument(
+        "--lengths",
+        choices=LENGTHS,
+        default="grow",
+        help="decode: lengths grow every step (default) or cycle through [L, L+16]",
+    )
     group.add_argument("--window", type=int, help="steps per timed window (default 48, --quick 8)")
     group.add_argument("--windows", type=int, help="timed windows per mode (default 5, --quick 3)")
-    group.add_argument("--forward-us", type=float, default=points.Timing.forward_us,
-                       help="busy: the stand-in forward's length")
-    group.add_argument("--variants", nargs="+", metavar="NAME",
-                       help=f"backend-bs<block size> (default {' '.join(VARIANT_NAMES)})")
+    group.add_argument(
+        "--forward-us", type=float, default=points.Timing.forward_us, help="busy: the stand-in forward's length"
+    )
+    group.add_argument(
+        "--variants", nargs="+", metavar="NAME", help=f"backend-bs<block size> (default {' '.join(VARIANT_NAMES)})"
+    )
     group.add_argument("--plot", metavar="FILE.png", help="draw the crossover map here (needs matplotlib)")
-    group.add_argument("--model-layers", type=int, default=AttentionShape.model_layers,
-                       help="replays: the model's attention layers, for the bookkeeping's share of a step of "
-                            "bookkeeping and FlexAttention over the metadata (0: no attention; default 32)")
+    group.add_argument(
+        "--model-layers",
+        type=int,
+        default=AttentionShape.model_layers,
+        help="replays: the model's attention layers, for the bookkeeping's share of a step of "
+        "bookkeeping and FlexAttention over the metadata (0: no attention; default 32)",
+    )
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -86,8 +154,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"--trace replays a file; it does not go with --workload {args.workload}")
         args.workload = "replay"
     if args.workload is None:
-        given = [name for name in SERVING_OPTIONS
-                 if getattr(args, name) not in (None, parser.get_default(name))]
+        given = [name for name in SERVING_OPTIONS if getattr(args, name) not in (None, parser.get_default(name))]
         if given:
             parser.error(f"--{given[0].replace('_', '-')} needs --workload decode|trace")
         return
@@ -113,8 +180,7 @@ def _check_serving(args: argparse.Namespace) -> None:
         if getattr(args, name, None) is not None:
             inputs.output_path(_option(name), getattr(args, name))
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
-        raise inputs.InputError(f"--plot {args.plot}: drawing the map needs matplotlib (pip install "
-                                "'disagmoe[plot]')")
+        raise inputs.InputError(f"--plot {args.plot}: drawing the map needs matplotlib (pip install 'disagmoe[plot]')")
     for name in ("contexts", "running", "prompts", "batch_sizes"):
         for value in getattr(args, name) or ():
             inputs.count(_option(name), value)
@@ -132,24 +198,35 @@ def _check_serving(args: argparse.Namespace) -> None:
     window, windows = args.window or timing.window, args.windows or timing.windows
     steps = timing.warmup + window * windows
     if steps > inputs.MAX_STEPS:
-        raise inputs.InputError(f"--window {window} x --windows {windows}: {steps} steps a grid point, past "
-                                f"{inputs.MAX_STEPS}")
+        raise inputs.InputError(
+            f"--window {window} x --windows {windows}: {steps} steps a grid point, past {inputs.MAX_STEPS}"
+        )
     if args.workload in ("replay", *REPLAYS):
         _check_replay(args)
         return
     if args.model_layers != AttentionShape.model_layers:
-        raise inputs.InputError("--model-layers weighs the bookkeeping against attention in a replay "
-                                "(--workload azure-conv|mooncake or --trace)")
+        raise inputs.InputError(
+            "--model-layers weighs the bookkeeping against attention in a replay "
+            "(--workload azure-conv|mooncake or --trace)"
+        )
     for point, _ in _grid(args):
         for v in args.variant_list:
             if args.workload == "decode":
                 grown = 16 if args.lengths == "cycle" else steps
-                inputs.pool_slots(f"--batch-sizes {point['batch_size']} --contexts {point['context']} ({v.name})",
-                                  point["batch_size"], point["context"] + grown, v.block_size)
+                inputs.pool_slots(
+                    f"--batch-sizes {point['batch_size']} --contexts {point['context']} ({v.name})",
+                    point["batch_size"],
+                    point["context"] + grown,
+                    v.block_size,
+                )
             else:
-                inputs.pool_slots(f"--running {point['running']} --prompts {point['max_prompt']} --max-output "
-                                  f"{args.max_output} ({v.name})", point["running"],
-                                  point["max_prompt"] + args.max_output, v.block_size)
+                inputs.pool_slots(
+                    f"--running {point['running']} --prompts {point['max_prompt']} --max-output "
+                    f"{args.max_output} ({v.name})",
+                    point["running"],
+                    point["max_prompt"] + args.max_output,
+                    v.block_size,
+                )
 
 
 def _check_replay(args: argparse.Namespace) -> None:
@@ -157,8 +234,10 @@ def _check_replay(args: argparse.Namespace) -> None:
     runs)."""
     for r in args.running or ():
         if r > args.chunk:
-            raise inputs.InputError(f"--running {r}: a replay's running cap must be at most its token budget "
-                                    f"(--chunk {args.chunk}), so that every running request can decode")
+            raise inputs.InputError(
+                f"--running {r}: a replay's running cap must be at most its token budget "
+                f"(--chunk {args.chunk}), so that every running request can decode"
+            )
     inputs.count("--pool-blocks", args.pool_blocks)
     inputs.count("--model-layers", args.model_layers, 0, inputs.MAX_LAYERS)
     for v in args.variant_list:
@@ -188,32 +267,54 @@ def _check_replay(args: argparse.Namespace) -> None:
 
 def _replay_point(requests: list, config: SchedulerConfig, source: str) -> Callable:
     """A factory of the replay of `num_steps` steps from the trace's busiest stretch."""
+
     def factory(num_steps: int) -> TraceReplay:
         return TraceReplay(requests, config, busiest_window(requests, config, num_steps), num_steps, source)
+
     return factory
 
 
 def _grid(args) -> list[tuple[dict, Callable]]:
     if args.workload in ("replay", *REPLAYS):
         layers = args.layers or SchedulerConfig.num_layers
-        return [({"trace": args.trace_source, "running": r},
-                 _replay_point(args.trace_requests,
-                               SchedulerConfig(token_budget=args.chunk, max_running=r, num_blocks=args.pool_blocks,
-                                               step_seconds=args.step_ms / 1e3, rate_scale=args.rate_scale,
-                                               num_layers=layers), args.trace_source))
-                for r in args.running or [SchedulerConfig.max_running]]
+        return [
+            (
+                {"trace": args.trace_source, "running": r},
+                _replay_point(
+                    args.trace_requests,
+                    SchedulerConfig(
+                        token_budget=args.chunk,
+                        max_running=r,
+                        num_blocks=args.pool_blocks,
+                        step_seconds=args.step_ms / 1e3,
+                        rate_scale=args.rate_scale,
+                        num_layers=layers,
+                    ),
+                    args.trace_source,
+                ),
+            )
+            for r in args.running or [SchedulerConfig.max_running]
+        ]
     if args.workload == "decode":
         batch_sizes = args.batch_sizes or (points.QUICK_BATCH_SIZES if args.quick else points.BATCH_SIZES)
         contexts = args.contexts or (points.QUICK_CONTEXTS if args.quick else points.CONTEXTS)
         layers = args.layers or 1
-        return [({"batch_size": b, "context": c}, points.decode_point(b, c, layers, args.lengths))
-                for b in batch_sizes for c in contexts]
+        return [
+            ({"batch_size": b, "context": c}, points.decode_point(b, c, layers, args.lengths))
+            for b in batch_sizes
+            for c in contexts
+        ]
     running = args.running or (points.QUICK_TRACE_RUNNING if args.quick else points.TRACE_RUNNING)
     prompts = args.prompts or (points.QUICK_TRACE_PROMPTS if args.quick else points.TRACE_PROMPTS)
     layers = args.layers or TraceConfig.num_layers
-    return [({"running": r, "max_prompt": p},
-             points.trace_point(TraceConfig(r, p, args.chunk, args.max_output, layers, args.seed)))
-            for r in running for p in prompts]
+    return [
+        (
+            {"running": r, "max_prompt": p},
+            points.trace_point(TraceConfig(r, p, args.chunk, args.max_output, layers, args.seed)),
+        )
+        for r in running
+        for p in prompts
+    ]
 
 
 class Progress:
@@ -232,12 +333,19 @@ class Progress:
         fraction = self.done / self.total
         if self.tty:
             bar = "#" * int(30 * fraction)
-            print(f"\r[{bar:<30}] {self.done}/{self.total} {self.label:<28} {elapsed:4.0f} s, ~{left:.0f} s left",
-                  end="", file=sys.stderr, flush=True)
+            print(
+                f"\r[{bar:<30}] {self.done}/{self.total} {self.label:<28} {elapsed:4.0f} s, ~{left:.0f} s left",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         elif int(10 * fraction) > self._last_tenth:
             self._last_tenth = int(10 * fraction)
-            print(f"[{100 * fraction:3.0f}%] {self.label} ({elapsed:.0f} s, ~{left:.0f} s left)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{100 * fraction:3.0f}%] {self.label} ({elapsed:.0f} s, ~{left:.0f} s left)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.tty:
@@ -250,8 +358,9 @@ WIDTH = 120
 
 def wrap(text: str) -> str:
     """`text`, each of its lines wrapped at WIDTH characters."""
-    return "\n".join(textwrap.fill(line, WIDTH, break_long_words=False, break_on_hyphens=False) or line
-                     for line in text.split("\n"))
+    return "\n".join(
+        textwrap.fill(line, WIDTH, break_long_words=False, break_on_hyphens=False) or line for line in text.split("\n")
+    )
 
 
 def _num(x: float | None) -> str:
@@ -268,20 +377,30 @@ def mode_header(mode: str, workload: dict, result: dict) -> str:
     if workload["workload"] == "decode":
         shape = f"decode, lengths {workload['lengths']}, {layers}"
     elif workload["workload"] == "replay":
-        shape = (f"replay of {workload['source']} from step {workload['start']} (its busiest stretch), token "
-                 f"budget {workload['token_budget']}, pool {workload['num_blocks']} blocks, "
-                 f"{workload['step_seconds'] * 1e3:g} ms a step, rate x{workload['rate_scale']:g}, {layers}")
+        shape = (
+            f"replay of {workload['source']} from step {workload['start']} (its busiest stretch), token "
+            f"budget {workload['token_budget']}, pool {workload['num_blocks']} blocks, "
+            f"{workload['step_seconds'] * 1e3:g} ms a step, rate x{workload['rate_scale']:g}, {layers}"
+        )
     else:
-        shape = (f"trace, chunks of {workload['chunk']} tokens, outputs up to {workload['max_output']}, "
-                 f"seed {workload['seed']}, {layers}")
-    how = {"synced": "each call until the device is done",
-           "pipelined": f"windows of {result['steps_per_window']} steps back to back, one synchronise at the end",
-           "busy": (f"each step followed by a {result['forward_us']:.0f} us stand-in forward; 'added' is the "
-                    "wall time beyond the forwards alone")}[mode]
+        shape = (
+            f"trace, chunks of {workload['chunk']} tokens, outputs up to {workload['max_output']}, "
+            f"seed {workload['seed']}, {layers}"
+        )
+    how = {
+        "synced": "each call until the device is done",
+        "pipelined": f"windows of {result['steps_per_window']} steps back to back, one synchronise at the end",
+        "busy": (
+            f"each step followed by a {result['forward_us']:.0f} us stand-in forward; 'added' is the "
+            "wall time beyond the forwards alone"
+        ),
+    }[mode]
     figure = "added" if mode == "busy" else "wall"
-    return (f"\n{shape}; timing {mode}: {how}.\nus per step: {figure} and host are medians of "
-            f"{result['windows']} windows; p50/p99/max are of every step's own host time; speedup = "
-            f"{BASELINE.name}'s {result['primary'][:-3]} / the variant's (> 1: the variant is faster)")
+    return (
+        f"\n{shape}; timing {mode}: {how}.\nus per step: {figure} and host are medians of "
+        f"{result['windows']} windows; p50/p99/max are of every step's own host time; speedup = "
+        f"{BASELINE.name}'s {result['primary'][:-3]} / the variant's (> 1: the variant is faster)"
+    )
 
 
 def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
@@ -297,23 +416,32 @@ def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
         for name, r in result["variants"].items():
             steps = r.get("host_step_us", {})
             speedup = "" if name == BASELINE.name else speedup_text(result.get("speedup", {}).get(name)) + "x"
-            print(f"{lead}{name:<14}{_num(r['median'][first['primary']]):>9}{_num(r['median']['host_us']):>9}"
-                  f"{_num(steps.get('p50')):>9}{_num(steps.get('p99')):>9}{_num(steps.get('max')):>10}"
-                  f"{speedup:>10}", flush=True)
+            print(
+                f"{lead}{name:<14}{_num(r['median'][first['primary']]):>9}{_num(r['median']['host_us']):>9}"
+                f"{_num(steps.get('p50')):>9}{_num(steps.get('p99')):>9}{_num(steps.get('max')):>10}"
+                f"{speedup:>10}",
+                flush=True,
+            )
             lead = " " * len(lead)
 
 
 def print_scheduler(run: dict) -> None:
     """What the scheduler made of each replayed window."""
-    print(wrap("\nScheduler, per replayed window: requests holding KV (mean / peak), waiting (mean / peak), "
-               "KV pool in use (mean / peak), prefill and decode tokens a step (mean), preemptions, "
-               "arrived / finished"))
+    print(
+        wrap(
+            "\nScheduler, per replayed window: requests holding KV (mean / peak), waiting (mean / peak), "
+            "KV pool in use (mean / peak), prefill and decode tokens a step (mean), preemptions, "
+            "arrived / finished"
+        )
+    )
     for point, results in _first_of_each(run):
         s = results[0]["workload"]["steps"]
-        print(f"  {point['trace']} running cap {point['running']}: {s['num_steps']} steps, {s['running_mean']:.1f} / "
-              f"{s['running_peak']}, {s['waiting_mean']:.1f} / {s['waiting_peak']}, {100 * s['pool_mean']:.1f}% / "
-              f"{100 * s['pool_peak']:.1f}%, {s['prefill_tokens_mean']:.0f} and {s['decode_tokens_mean']:.1f}, "
-              f"{s['preemptions']}, {s['arrived']} / {s['finished']}")
+        print(
+            f"  {point['trace']} running cap {point['running']}: {s['num_steps']} steps, {s['running_mean']:.1f} / "
+            f"{s['running_peak']}, {s['waiting_mean']:.1f} / {s['waiting_peak']}, {100 * s['pool_mean']:.1f}% / "
+            f"{100 * s['pool_peak']:.1f}%, {s['prefill_tokens_mean']:.0f} and {s['decode_tokens_mean']:.1f}, "
+            f"{s['preemptions']}, {s['arrived']} / {s['finished']}"
+        )
 
 
 def print_trace(requests: list, source: str, run: dict) -> None:
@@ -327,15 +455,25 @@ def print_trace(requests: list, source: str, run: dict) -> None:
     else:
         why = "" if with_hashes else "the trace has no prefix hashes"
     run["trace"] = {"source": source, "requests": len(requests), "prefix_reuse": reuse}
-    said = (f"{100 * reuse:.1f}% of its 512-token prefix blocks repeat an earlier request's (what a prefix "
-            f"cache could reuse; blocks are not shared here)") if reuse is not None else f"prefix reuse: {why}"
+    said = (
+        (
+            f"{100 * reuse:.1f}% of its 512-token prefix blocks repeat an earlier request's (what a prefix "
+            f"cache could reuse; blocks are not shared here)"
+        )
+        if reuse is not None
+        else f"prefix reuse: {why}"
+    )
     print(wrap(f"  {source}: {len(requests)} requests; {said}"))
 
 
 def print_attention(run: dict, grid: list, num_steps: int, device: torch.device, model_layers: int) -> None:
     """Attention in the loop (`disagmoe.serving.attention`) at each replayed point."""
-    print(wrap("\nAttention in the loop: FlexAttention over the metadata of the same steps; a step is the "
-               f"bookkeeping once and {model_layers} layers of attention; share = bookkeeping / step"))
+    print(
+        wrap(
+            "\nAttention in the loop: FlexAttention over the metadata of the same steps; a step is the "
+            f"bookkeeping once and {model_layers} layers of attention; share = bookkeeping / step"
+        )
+    )
     run["attention"] = []
     for (point, factory), (_, results) in zip(grid, _first_of_each(run)):
         record = attention.report(results, factory, num_steps, device, model_layers)
@@ -356,18 +494,24 @@ def print_floors(device: torch.device, rows: list[tuple[dict, dict]]) -> dict:
     that the cpu backend copies per pack."""
     copied = {tuple(p.items()): r["metadata_bytes"].get(BASELINE.name) for p, r in rows}
     floors = measure_floors(device, [n for n in copied.values() if n])
-    print(wrap(f"\nFloors, same process: bare synchronise {floors['bare_synchronize_us']:.1f} us; one tiny kernel "
-               f"{floors['tiny_kernel_synced_us']:.1f} us synced, {floors['tiny_kernel_pipelined_us']:.1f} us a "
-               f"launch back to back, {floors['graph_replay_pipelined_us']:.1f} us a graph replay of it; the "
-               f"metadata's views {floors['metadata_views_us']:.1f} us; pinned host-to-device copies of the bytes "
-               f"{BASELINE.name} copies per pack (first layer):"))
+    print(
+        wrap(
+            f"\nFloors, same process: bare synchronise {floors['bare_synchronize_us']:.1f} us; one tiny kernel "
+            f"{floors['tiny_kernel_synced_us']:.1f} us synced, {floors['tiny_kernel_pipelined_us']:.1f} us a "
+            f"launch back to back, {floors['graph_replay_pipelined_us']:.1f} us a graph replay of it; the "
+            f"metadata's views {floors['metadata_views_us']:.1f} us; pinned host-to-device copies of the bytes "
+            f"{BASELINE.name} copies per pack (first layer):"
+        )
+    )
     by_bytes = {c["bytes"]: c for c in floors["copies"]}
     for point, nbytes in copied.items():
         if nbytes:
             c = by_bytes[nbytes]
             label = " ".join(f"{k}={v}" for k, v in point)
-            print(f"  {label:<28} {nbytes / 1024:10.1f} KB: {c['synced_us']:8.1f} us synced, "
-                  f"{c['pipelined_us']:8.1f} us back to back")
+            print(
+                f"  {label:<28} {nbytes / 1024:10.1f} KB: {c['synced_us']:8.1f} us synced, "
+                f"{c['pipelined_us']:8.1f} us back to back"
+            )
     floors["copied_bytes"] = [{"point": dict(p), "bytes": n} for p, n in copied.items()]
     return floors
 
@@ -383,22 +527,33 @@ def main(args, run: dict) -> int:
             print(f"disagmoe-bench: {err}; run --timing synced pipelined here", file=sys.stderr)
             return 2
     timing = points.QUICK_TIMING if args.quick else points.Timing()
-    timing = points.Timing(args.window or timing.window, args.windows or timing.windows, timing.warmup,
-                           args.forward_us)
+    timing = points.Timing(args.window or timing.window, args.windows or timing.windows, timing.warmup, args.forward_us)
     grid = _grid(args)
-    print(wrap(f"Device: {run['device_name']}; torch {run['torch_version']}; triton {run['triton_version'] or 'none'}; "
-               f"commit {run['commit'][:12]}; workload {args.workload}; timing {' '.join(modes)}; "
-               f"variants {' '.join(v.name for v in args.variant_list)}"))
+    print(
+        wrap(
+            f"Device: {run['device_name']}; torch {run['torch_version']}; triton {run['triton_version'] or 'none'}; "
+            f"commit {run['commit'][:12]}; workload {args.workload}; timing {' '.join(modes)}; "
+            f"variants {' '.join(v.name for v in args.variant_list)}"
+        )
+    )
     progress = Progress(len(grid) * (1 + len(modes) * timing.windows * len(args.variant_list)))
-    run.update({"workload": args.workload, "timing_modes": modes, "timing": dataclasses.asdict(timing),
-                "variants": [{"name": v.name, "backend": v.backend, "block_size": v.block_size}
-                             for v in args.variant_list], "baseline": BASELINE.name, "points": []})
+    run.update(
+        {
+            "workload": args.workload,
+            "timing_modes": modes,
+            "timing": dataclasses.asdict(timing),
+            "variants": [{"name": v.name, "backend": v.backend, "block_size": v.block_size} for v in args.variant_list],
+            "baseline": BASELINE.name,
+            "points": [],
+        }
+    )
     by_mode: dict[str, list] = {mode: [] for mode in modes}
     for point, factory in grid:
         progress.label = " ".join(f"{k}={v}" for k, v in point.items())
         try:
-            results = points.run_point(factory, args.variant_list, modes, timing, device, forward,
-                                       on_window=progress.advance)
+            results = points.run_point(
+                factory, args.variant_list, modes, timing, device, forward, on_window=progress.advance
+            )
         except points.VariantMismatch as err:
             progress.close()
             print(f"disagmoe-bench: the variants disagree, nothing timed: {err}", file=sys.stderr)
@@ -409,8 +564,12 @@ def main(args, run: dict) -> int:
             run["points"].append(result)
             by_mode[result["mode"]].append((point, result))
     progress.close()
-    print(wrap("Variants checked against each other at every grid point (lengths and metadata; block tables "
-               "and slots between equal block sizes): identical."))
+    print(
+        wrap(
+            "Variants checked against each other at every grid point (lengths and metadata; block tables "
+            "and slots between equal block sizes): identical."
+        )
+    )
     if args.workload in ("replay", *REPLAYS):
         print_scheduler(run)
         print_trace(args.trace_requests, args.trace_source, run)
@@ -422,6 +581,7 @@ def main(args, run: dict) -> int:
         run["floors"] = print_floors(device, [(point, results[0]) for point, results in _first_of_each(run)])
     if args.plot:
         from disagmoe.serving.plot import crossover_map
+
         try:
             crossover_map(run, args.plot)
         except ImportError as err:

@@ -69,8 +69,7 @@ def measure_floors(device: torch.device, copy_bytes: Sequence[int], repeats: int
     out["graph_replay_pipelined_us"] = _median_us(replays_back_to_back, repeats) / BACK_TO_BACK
     int32 = torch.zeros(1 << 20, dtype=torch.int32, device=device)
     int64 = torch.zeros(1 << 16, dtype=torch.int64, device=device)
-    out["metadata_views_us"] = _median_us(lambda: metadata_views(int32, int64, 256, 64, 256),
-                                          repeats * 4)
+    out["metadata_views_us"] = _median_us(lambda: metadata_views(int32, int64, 256, 64, 256), repeats * 4)
     out["copies"] = []
     for nbytes in sorted(set(copy_bytes)):
         src = torch.ones(nbytes, dtype=torch.uint8, pin_memory=True)
@@ -87,6 +86,11 @@ def measure_floors(device: torch.device, copy_bytes: Sequence[int], repeats: int
 
         copy_synced()
         count = max(5, min(repeats, int(2e9 // max(nbytes * BACK_TO_BACK, 1))))
-        out["copies"].append({"bytes": nbytes, "synced_us": _median_us(copy_synced, repeats),
-                              "pipelined_us": _median_us(copies_back_to_back, count) / BACK_TO_BACK})
+        out["copies"].append(
+            {
+                "bytes": nbytes,
+                "synced_us": _median_us(copy_synced, repeats),
+                "pipelined_us": _median_us(copies_back_to_back, count) / BACK_TO_BACK,
+            }
+        )
     return out

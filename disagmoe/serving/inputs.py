@@ -36,8 +36,10 @@ def pool_slots(option: str, requests: int, max_seq_len: int, block_size: int) ->
     when they pass the int32 range of slots."""
     slots = requests * math.ceil(max_seq_len / block_size) * block_size
     if max_seq_len > MAX_INT32 or slots > MAX_INT32:
-        raise InputError(f"{option}: {requests} requests of up to {max_seq_len} tokens at block size {block_size} "
-                         f"need {slots} KV slots, past the int32 range of slots ({MAX_INT32})")
+        raise InputError(
+            f"{option}: {requests} requests of up to {max_seq_len} tokens at block size {block_size} "
+            f"need {slots} KV slots, past the int32 range of slots ({MAX_INT32})"
+        )
     return slots
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 import textwrap
 
-MODE_FIGURES = {"synced": "synced: each call until the device is done",
-                "pipelined": "pipelined: wall time of steps back to back",
-                "busy": "busy: device time added behind the forward"}
+MODE_FIGURES = {
+    "synced": "synced: each call until the device is done",
+    "pipelined": "pipelined: wall time of steps back to back",
+    "busy": "busy: device time added behind the forward",
+}
 """What each timing mode's panels compare, for the title (the modes run, only)."""
 
 
@@ -45,8 +47,9 @@ def crossover_figure(run: dict):
     row_values = sorted({p["point"][rows_key] for p in run["points"]})
     col_values = sorted({p["point"][cols_key] for p in run["points"]})
     width = max(7.5, 1.5 + 3.6 * len(modes))
-    fig, axes = plt.subplots(len(compared), len(modes), squeeze=False, layout="constrained",
-                             figsize=(width, 1.2 + 2.8 * len(compared)))
+    fig, axes = plt.subplots(
+        len(compared), len(modes), squeeze=False, layout="constrained", figsize=(width, 1.2 + 2.8 * len(compared))
+    )
     norm = LogNorm(vmin=1 / 8, vmax=8)
     image = None
     for j, mode in enumerate(modes):
@@ -63,16 +66,25 @@ def crossover_figure(run: dict):
             for r, row in enumerate(grid):
                 for c, v in enumerate(row):
                     if not math.isnan(v):
-                        ax.text(c, r, f"{v:.2g}x", ha="center", va="center", fontsize=9,
-                                color="white" if abs(math.log2(v)) > 1.5 else "black")
+                        ax.text(
+                            c,
+                            r,
+                            f"{v:.2g}x",
+                            ha="center",
+                            va="center",
+                            fontsize=9,
+                            color="white" if abs(math.log2(v)) > 1.5 else "black",
+                        )
             ax.set_xticks(range(len(col_values)), [_short(v) for v in col_values])
             ax.set_yticks(range(len(row_values)), [str(v) for v in row_values])
             ax.set_xlabel(cols_key.replace("_", " "))
             ax.set_ylabel(rows_key.replace("_", " "))
             ax.set_title(f"{name} vs {baseline}: {mode}", fontsize=10)
-    lines = [f"{run['workload']}: speedup = {baseline} time / variant time (> 1, blue: the variant is faster)",
-             "; ".join(MODE_FIGURES[mode] for mode in modes),
-             f"{run['device_name']}, commit {run['commit'][:10]}"]
+    lines = [
+        f"{run['workload']}: speedup = {baseline} time / variant time (> 1, blue: the variant is faster)",
+        "; ".join(MODE_FIGURES[mode] for mode in modes),
+        f"{run['device_name']}, commit {run['commit'][:10]}",
+    ]
     # about 0.6 of the font size a character: the title stays within the figure's width
     fig.suptitle("\n".join(textwrap.fill(line, int(width * 72 / (0.6 * 9)) - 4) for line in lines), fontsize=9)
     assert image is not None  # one panel at least

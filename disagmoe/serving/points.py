@@ -68,8 +68,12 @@ def _snapshot(metadata, tables: bool) -> dict:
 
 def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
-        return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-                and bool(torch.equal(a, b.to(a.device))))
+        return (
+            isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and bool(torch.equal(a, b.to(a.device)))
+        )
     return a == b
 
 
@@ -106,12 +110,14 @@ def check_variants(replays: dict[str, Replay], variants: dict[str, Variant], ste
         seen[name] = packs
     names = list(seen)
     for name in names[1:]:
-        for other in names[:names.index(name)]:
+        for other in names[: names.index(name)]:
             for k, (a, b) in enumerate(zip(seen[other], seen[name])):
                 for field in a.keys() & b.keys():
                     if not _same(a[field], b[field]):
-                        raise VariantMismatch(f"{replays[name].workload.label()}: pack {k}: {field} differs: "
-                                              f"{other} {a[field]!r:.200} != {name} {b[field]!r:.200}")
+                        raise VariantMismatch(
+                            f"{replays[name].workload.label()}: pack {k}: {field} differs: "
+                            f"{other} {a[field]!r:.200} != {name} {b[field]!r:.200}"
+                        )
     return nbytes
 
 
@@ -119,9 +125,16 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def run_point(factory: Callable, variants: Sequence[Variant], modes: Sequence[str], timing: Timing,
-              device: torch.device, forward: Forward | None = None,
-              on_window: Callable[[], None] | None = None, check: bool = True) -> list[dict]:
+def run_point(
+    factory: Callable,
+    variants: Sequence[Variant],
+    modes: Sequence[str],
+    timing: Timing,
+    device: torch.device,
+    forward: Forward | None = None,
+    on_window: Callable[[], None] | None = None,
+    check: bool = True,
+) -> list[dict]:
     """One grid point in every mode: a list of one result per mode (see `measure`), each
     with the workload's description, the variants' medians of their windows, the
     distribution of their steps' host times ("host_step_us": p50, p90, p99, max) and the
@@ -134,23 +147,35 @@ def run_point(factory: Callable, variants: Sequence[Variant], modes: Sequence[st
     results = []
     for mode in modes:
         measured = measure(replays, mode, timing.window, timing.windows, timing.warmup, forward, on_window)
-        result = {"workload": workload.describe(), "mode": mode, **dataclasses.asdict(timing),
-                  "steps_per_window": measured["steps_per_window"], "primary": PRIMARY[mode],
-                  "metadata_bytes": nbytes, "variants": {}}
+        result = {
+            "workload": workload.describe(),
+            "mode": mode,
+            **dataclasses.asdict(timing),
+            "steps_per_window": measured["steps_per_window"],
+            "primary": PRIMARY[mode],
+            "metadata_bytes": nbytes,
+            "variants": {},
+        }
         if mode == "busy":
             result["forward_us"] = measured["forward_us"]
             result["forward_host_us"] = measured["forward_host_us"]
             result["forward_median_us"] = median(measured["forward_us"])
         for name, samples in measured["runners"].items():
             v = by_name[name]
-            result["variants"][name] = {"backend": v.backend, "block_size": v.block_size, **samples,
-                                        "median": {key: median(values) for key, values in samples.items()
-                                                   if key != "host_step_us"}}
+            result["variants"][name] = {
+                "backend": v.backend,
+                "block_size": v.block_size,
+                **samples,
+                "median": {key: median(values) for key, values in samples.items() if key != "host_step_us"},
+            }
         baseline = result["variants"].get(BASELINE.name)
         if baseline is not None:
             key = PRIMARY[mode]
-            result["speedup"] = {name: _ratio(baseline["median"][key], r["median"][key])
-                                 for name, r in result["variants"].items() if name != BASELINE.name}
+            result["speedup"] = {
+                name: _ratio(baseline["median"][key], r["median"][key])
+                for name, r in result["variants"].items()
+                if name != BASELINE.name
+            }
         results.append(result)
     for replay in replays.values():
         replay.manager.reset_state()

@@ -84,8 +84,10 @@ class SchedulerConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"SchedulerConfig: {name}={value!r} is not a number > 0")
         if self.max_running > self.token_budget:
-            raise ValueError(f"SchedulerConfig: max_running={self.max_running} > token_budget="
-                             f"{self.token_budget}: every running request must be able to decode")
+            raise ValueError(
+                f"SchedulerConfig: max_running={self.max_running} > token_budget="
+                f"{self.token_budget}: every running request must be able to decode"
+            )
 
     def arrival_step(self, arrival_s: float) -> int:
         """The first step whose time is >= the arrival (scaled by `rate_scale`)."""
@@ -130,8 +132,11 @@ class Scheduler:
     def __init__(self, requests: Sequence[TraceRequest], config: SchedulerConfig) -> None:
         self.requests, self.config = requests, config
         for i, r in enumerate(requests):
-            if type(r.prompt_tokens) is not int or type(r.output_tokens) is not int or min(
-                    r.prompt_tokens, r.output_tokens) < 1:
+            if (
+                type(r.prompt_tokens) is not int
+                or type(r.output_tokens) is not int
+                or min(r.prompt_tokens, r.output_tokens) < 1
+            ):
                 raise ValueError(f"request {i}: {r} needs int lengths >= 1")
             if i and r.arrival_s < requests[i - 1].arrival_s:
                 raise ValueError(f"request {i} arrives before request {i - 1}: sort the requests by arrival")
@@ -219,8 +224,16 @@ class Scheduler:
         if self._finished:
             self._running = [r for r in running if generated[r.index] < requests[r.index].output_tokens]
         self.step += 1
-        return Scheduled(tuple(release), tuple((r.id, n) for r, n in chunks), tuple(r.id for r in decodes),
-                         preempted, len(self._finished), len(running), self._used, len(waiting))
+        return Scheduled(
+            tuple(release),
+            tuple((r.id, n) for r, n in chunks),
+            tuple(r.id for r in decodes),
+            preempted,
+            len(self._finished),
+            len(running),
+            self._used,
+            len(waiting),
+        )
 
 
 def _blocks(tokens: int, block_size: int) -> int:
@@ -238,7 +251,7 @@ def busiest_window(requests: Sequence[TraceRequest], config: SchedulerConfig, nu
     tokens = np.bincount(steps, weights=[r.prompt_tokens + r.output_tokens for r in requests]).astype(np.int64)
     totals = np.concatenate(([0], np.cumsum(tokens)))
     width = min(num_steps, len(tokens))
-    return int(np.argmax(totals[width:] - totals[:len(totals) - width]))
+    return int(np.argmax(totals[width:] - totals[: len(totals) - width]))
 
 
 class TraceReplay:
@@ -249,8 +262,14 @@ class TraceReplay:
     name = "replay"
     max_window = None
 
-    def __init__(self, requests: Sequence[TraceRequest], config: SchedulerConfig = SchedulerConfig(),
-                 start: int = 0, num_steps: int = 1000, source: str = "trace") -> None:
+    def __init__(
+        self,
+        requests: Sequence[TraceRequest],
+        config: SchedulerConfig = SchedulerConfig(),
+        start: int = 0,
+        num_steps: int = 1000,
+        source: str = "trace",
+    ) -> None:
         if start < 0 or num_steps < 1:
             raise ValueError(f"start={start} must be >= 0 and num_steps={num_steps} >= 1")
         self.config, self.source = config, source
@@ -261,8 +280,13 @@ class TraceReplay:
         scheduler.skip_to(start)
         self.initial = scheduler.holding()
         self.scheduled = [scheduler.run() for _ in range(num_steps)]
-        self.steps = [Step(s.release, layer_batches(self.layer_ids, [i for i, _ in s.prefills] + list(s.decodes),
-                                                    [n for _, n in s.prefills])) for s in self.scheduled]
+        self.steps = [
+            Step(
+                s.release,
+                layer_batches(self.layer_ids, [i for i, _ in s.prefills] + list(s.decodes), [n for _, n in s.prefills]),
+            )
+            for s in self.scheduled
+        ]
         ids = {i for i, _ in self.initial} | {i for s in self.scheduled for i, _ in s.prefills}
         indices = {scheduler.admissions[i].index for i in ids}
         self._max_seq_len = max((requests[i].prompt_tokens + requests[i].output_tokens for i in indices), default=1)
@@ -271,8 +295,13 @@ class TraceReplay:
         self._arrived = sum(start <= step < start + num_steps for step in scheduler.arrivals)
 
     def describe(self) -> dict:
-        return {"workload": self.name, "source": self.source, **dataclasses.asdict(self.config),
-                "start": self.first_step, "steps": self.stats()}
+        return {
+            "workload": self.name,
+            "source": self.source,
+            **dataclasses.asdict(self.config),
+            "start": self.first_step,
+            "steps": self.stats(),
+        }
 
     def label(self) -> str:
         return f"{self.source} steps {self.first_step}-{self.first_step + self.num_steps}"

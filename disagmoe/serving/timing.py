@@ -108,8 +108,10 @@ class Forward:
 
     def __init__(self, us: float = DEFAULT_FORWARD_US, device: torch.device | None = None) -> None:
         if device is None or device.type != "cuda" or not torch.cuda.is_available():
-            raise BusyUnavailable(f"busy timing needs a CUDA device (the model's forward is a CUDA "
-                                  f"kernel that spins on the GPU clock); this run is on {device}")
+            raise BusyUnavailable(
+                f"busy timing needs a CUDA device (the model's forward is a CUDA "
+                f"kernel that spins on the GPU clock); this run is on {device}"
+            )
         if not us > 0:
             raise ValueError(f"forward_us={us} must be > 0")
         self.us = us
@@ -132,8 +134,9 @@ class Forward:
         torch.cuda._sleep(self.cycles)
 
 
-def time_window(runner: Runner, mode: str, steps: int, forward: Forward | None = None,
-                step_host: list[float] | None = None) -> tuple[float, float]:
+def time_window(
+    runner: Runner, mode: str, steps: int, forward: Forward | None = None, step_host: list[float] | None = None
+) -> tuple[float, float]:
     """(wall, host) seconds per step over `steps` steps of `runner` in `mode`; the
     device is idle when the window starts (`before_window` and a synchronise first).
     Each step's own host time (seconds; synced: the sum of its calls') is appended to
@@ -196,8 +199,15 @@ def window_steps(runners: Mapping[str, Runner], window: int) -> int:
     return min([window, *caps])
 
 
-def measure(runners: Mapping[str, Runner], mode: str, window: int, windows: int, warmup: int,
-            forward: Forward | None = None, on_window: Callable[[], None] | None = None) -> dict:
+def measure(
+    runners: Mapping[str, Runner],
+    mode: str,
+    window: int,
+    windows: int,
+    warmup: int,
+    forward: Forward | None = None,
+    on_window: Callable[[], None] | None = None,
+) -> dict:
     """Each runner from its start: `warmup` untimed steps, then `windows` timed windows
     of `window` steps, runners taking turns in alternating order.
 

@@ -70,8 +70,10 @@ def read_trace(path: str | Path, format: str | None = None) -> list[TraceRequest
     if format is None:
         format = SUFFIXES.get(Path(path).suffix.lower())
         if format is None:
-            raise ValueError(f"{path}: cannot tell the trace's format from its suffix "
-                             f"(one of {sorted(SUFFIXES)}); pass format= one of {FORMATS}")
+            raise ValueError(
+                f"{path}: cannot tell the trace's format from its suffix "
+                f"(one of {sorted(SUFFIXES)}); pass format= one of {FORMATS}"
+            )
     if format == "azure":
         return read_azure(path)
     if format == "mooncake":
@@ -100,8 +102,15 @@ def read_azure(path: str | Path) -> list[TraceRequest]:
                     raise TraceError(path, reader.line_num, f"{len(row)} fields, the header has {len(names)}")
                 stamp, prompt, output = (row[c].strip() for c in columns)
                 line = reader.line_num
-                rows.append((line, _azure_time(stamp, path, line), stamp, _length(prompt, "ContextTokens", path, line),
-                             _length(output, "GeneratedTokens", path, line)))
+                rows.append(
+                    (
+                        line,
+                        _azure_time(stamp, path, line),
+                        stamp,
+                        _length(prompt, "ContextTokens", path, line),
+                        _length(output, "GeneratedTokens", path, line),
+                    )
+                )
         except csv.Error as exc:
             raise TraceError(path, reader.line_num, f"not CSV: {exc}") from None
     if not rows:
@@ -132,8 +141,16 @@ def read_mooncake(path: str | Path) -> list[TraceRequest]:
             prefix = record.get("hash_ids", [])
             if not isinstance(prefix, list) or not all(type(h) is int and h >= 0 for h in prefix):
                 raise TraceError(path, line, f"hash_ids={prefix!r:.80} is not a list of non-negative integers")
-            rows.append((line, stamp, f"{stamp} ms", _length(record["input_length"], "input_length", path, line),
-                         _length(record["output_length"], "output_length", path, line), tuple(prefix)))
+            rows.append(
+                (
+                    line,
+                    stamp,
+                    f"{stamp} ms",
+                    _length(record["input_length"], "input_length", path, line),
+                    _length(record["output_length"], "output_length", path, line),
+                    tuple(prefix),
+                )
+            )
     if not rows:
         raise TraceError(path, line + 1, "the file holds no requests")
     return _requests(path, rows, 1000)
@@ -150,8 +167,10 @@ def prefix_reuse(requests: Iterable[TraceRequest], block_tokens: int = 512) -> f
     for index, request in enumerate(requests):
         blocks = request.prefix_blocks
         if blocks and len(blocks) != -(-request.prompt_tokens // block_tokens):
-            raise ValueError(f"request {index}: {len(blocks)} prefix blocks of {block_tokens} tokens for a "
-                             f"prompt of {request.prompt_tokens} tokens")
+            raise ValueError(
+                f"request {index}: {len(blocks)} prefix blocks of {block_tokens} tokens for a "
+                f"prompt of {request.prompt_tokens} tokens"
+            )
         total += len(blocks)
         reused += sum(block in seen for block in blocks)
         seen.update(blocks)
@@ -179,8 +198,11 @@ def _length(value: object, name: str, path: str | Path, line: int) -> int:
     if number is None:
         raise TraceError(path, line, f"{name}={value!r:.40} is not an integer")
     if number < 1:
-        raise TraceError(path, line, f"{name}={number} is negative" if number < 0 else
-                         f"{name}=0: a request has at least 1 token of each kind")
+        raise TraceError(
+            path,
+            line,
+            f"{name}={number} is negative" if number < 0 else f"{name}=0: a request has at least 1 token of each kind",
+        )
     return number
 
 

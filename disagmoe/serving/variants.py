@@ -35,8 +35,10 @@ def variant(name: str) -> Variant:
     """The variant named `name` ("<backend>-bs<block size>", any backend and block size)."""
     backend, sep, size = name.rpartition("-bs")
     if not sep or backend not in BACKENDS or not size.isdigit() or int(size) < 1:
-        raise ValueError(f"variant {name!r} is not <backend>-bs<block size> with a backend of "
-                         f"{sorted(BACKENDS)}, e.g. {', '.join(VARIANT_NAMES)}")
+        raise ValueError(
+            f"variant {name!r} is not <backend>-bs<block size> with a backend of "
+            f"{sorted(BACKENDS)}, e.g. {', '.join(VARIANT_NAMES)}"
+        )
     return Variant(backend, int(size))
 
 
@@ -44,7 +46,6 @@ def make_manager(v: Variant, workload, num_steps: int, device: torch.device | st
     """A manager sized for `num_steps` steps of `workload`: every request may reach
     max_seq_len at once (no step of the workload exhausts the pool)."""
     max_seq_len, max_reqs = workload.sizes(num_steps)
-    model = ModelConfig(layer_ids=workload.layer_ids, max_seq_len=max_seq_len,
-                        max_batch_size_attn=max_reqs)
+    model = ModelConfig(layer_ids=workload.layer_ids, max_seq_len=max_seq_len, max_batch_size_attn=max_reqs)
     num_blocks = max_reqs * -(-max_seq_len // v.block_size)
     return BACKENDS[v.backend](model, CacheConfig(v.block_size, num_blocks), max_reqs, device=device)

@@ -56,14 +56,12 @@ class Step:
             yield manager.pack_flash_attn_metadata, batch
 
 
-def layer_batches(layer_ids: tuple[int, ...], req_ids: list[int], prefill_lens: list[int]
-                  ) -> tuple[BatchMetadata, ...]:
+def layer_batches(layer_ids: tuple[int, ...], req_ids: list[int], prefill_lens: list[int]) -> tuple[BatchMetadata, ...]:
     """The same batch at each layer; the first `len(prefill_lens)` entries are prefill entries."""
     return tuple(BatchMetadata(layer, req_ids, len(prefill_lens), prefill_lens) for layer in layer_ids)
 
 
-def prefill(manager: BlockManager, layer_id: int, lengths: list[tuple[int, int]],
-            max_tokens: int = 1 << 22) -> None:
+def prefill(manager: BlockManager, layer_id: int, lengths: list[tuple[int, int]], max_tokens: int = 1 << 22) -> None:
     """Registers requests (id, length) at the first layer, in batches of at most
     `max_tokens` tokens, untimed; ends with the device synchronised."""
     start = 0
@@ -73,8 +71,7 @@ def prefill(manager: BlockManager, layer_id: int, lengths: list[tuple[int, int]]
             tokens += lengths[end][1]
             end += 1
         chunk = lengths[start:end]
-        manager.update_block_table(BatchMetadata(layer_id, [i for i, _ in chunk], len(chunk),
-                                                 [n for _, n in chunk]))
+        manager.update_block_table(BatchMetadata(layer_id, [i for i, _ in chunk], len(chunk), [n for _, n in chunk]))
         start = end
     manager.synchronize()
 
@@ -86,8 +83,7 @@ class DecodeWorkload:
 
     def __init__(self, batch_size: int, context: int, num_layers: int = 1, lengths: str = "grow") -> None:
         if batch_size < 1 or context < 1 or num_layers < 1:
-            raise ValueError(f"batch_size={batch_size}, context={context} and num_layers={num_layers} "
-                             "must be >= 1")
+            raise ValueError(f"batch_size={batch_size}, context={context} and num_layers={num_layers} must be >= 1")
         if lengths not in LENGTHS:
             raise ValueError(f"lengths={lengths!r} is not one of {LENGTHS}")
         self.batch_size = batch_size
@@ -100,8 +96,13 @@ class DecodeWorkload:
         self.max_window = CYCLE_STEPS if lengths == "cycle" else None
 
     def describe(self) -> dict:
-        return {"workload": self.name, "batch_size": self.batch_size, "context": self.context,
-                "num_layers": self.num_layers, "lengths": self.lengths}
+        return {
+            "workload": self.name,
+            "batch_size": self.batch_size,
+            "context": self.context,
+            "num_layers": self.num_layers,
+            "lengths": self.lengths,
+        }
 
     def label(self) -> str:
         return f"B={self.batch_size} L={self.context}"
@@ -224,8 +225,9 @@ class _Request:
     decoded: int = 0
 
 
-def _generate(config: TraceConfig, num_steps: int, layer_ids: tuple[int, ...]
-              ) -> tuple[list[tuple[int, int]], list[Step]]:
+def _generate(
+    config: TraceConfig, num_steps: int, layer_ids: tuple[int, ...]
+) -> tuple[list[tuple[int, int]], list[Step]]:
     rng = np.random.default_rng(config.seed)
     next_id = 0
 

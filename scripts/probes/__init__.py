@@ -16,5 +16,6 @@ from disagmoe import BlockManager
 def rebuilt(manager: BlockManager, **keywords) -> BlockManager:
     """A new, empty manager of `manager`'s class, configuration and device, built with
     `keywords` added to the constructor's arguments (e.g. `kernels="torch"`)."""
-    return type(manager)(manager.model_config, manager.cache_config, manager.max_running_reqs,
-                         device=manager.device, **keywords)
+    return type(manager)(
+        manager.model_config, manager.cache_config, manager.max_running_reqs, device=manager.device, **keywords
+    )

@@ -19,8 +19,10 @@ from disagmoe.serving.points import PRIMARY
 from disagmoe.serving.variants import BASELINE
 
 FIGURES = {"synced": "track_synced", "pipelined": "track_pipelined", "busy": "track_busy_added"}
-MODULES = {"decode": ("bench_pipelined", ("batch_size", "context")),
-           "trace": ("bench_trace", ("running", "max_prompt"))}
+MODULES = {
+    "decode": ("bench_pipelined", ("batch_size", "context")),
+    "trace": ("bench_trace", ("running", "max_prompt")),
+}
 
 
 def read(path: str, workload: str) -> dict:
@@ -38,17 +40,27 @@ def read(path: str, workload: str) -> dict:
                 variants.append(variant)
             if value is None:
                 continue
-            result = points.setdefault((mode, *point), {"mode": mode, "point": dict(zip(axes, point)),
-                                                        "primary": PRIMARY[mode], "variants": {}})
+            result = points.setdefault(
+                (mode, *point),
+                {"mode": mode, "point": dict(zip(axes, point)), "primary": PRIMARY[mode], "variants": {}},
+            )
             result["variants"][variant] = {"median": {PRIMARY[mode]: value}}
     for result in points.values():
         base = result["variants"].get(BASELINE.name, {}).get("median", {}).get(result["primary"])
-        result["speedup"] = {v: base / r["median"][result["primary"]] for v, r in result["variants"].items()
-                             if v != BASELINE.name and base and r["median"][result["primary"]] > 0}
-    return {"workload": workload, "timing_modes": list(FIGURES), "baseline": BASELINE.name,
-            "variants": [{"name": v} for v in variants], "points": list(points.values()),
-            "device_name": data["params"].get("machine", "?") + " (asv results)",
-            "commit": data["commit_hash"]}
+        result["speedup"] = {
+            v: base / r["median"][result["primary"]]
+            for v, r in result["variants"].items()
+            if v != BASELINE.name and base and r["median"][result["primary"]] > 0
+        }
+    return {
+        "workload": workload,
+        "timing_modes": list(FIGURES),
+        "baseline": BASELINE.name,
+        "variants": [{"name": v} for v in variants],
+        "points": list(points.values()),
+        "device_name": data["params"].get("machine", "?") + " (asv results)",
+        "commit": data["commit_hash"],
+    }
 
 
 def print_tables(run: dict) -> None:
@@ -75,6 +87,7 @@ def main() -> None:
     print_tables(run)
     if args.plot:
         from disagmoe.serving.plot import crossover_map
+
         crossover_map(run, args.plot)
 
 

@@ -36,12 +36,20 @@ def main() -> None:
         manager = attention.pool_manager(workload, device)
         start = time.perf_counter()
         record = attention.measure(workload, manager, shape, device)
-        record.update(trace=name, steps=args.steps, seconds=time.perf_counter() - start, schedule_seconds=built,
-                      stats=workload.stats())
-        print(f"{name}: schedule {built:.1f} s, measure {record['seconds']:.1f} s; layer mean "
-              f"{record['layer_mean_us']:.1f} us p50 {record['layer_p50_us']:.1f} p99 {record['layer_p99_us']:.1f} "
-              f"max {max(record['layer_us']):.1f}; diff {record['max_abs_diff']:.3g} at {record['checked_steps']}; "
-              f"compiles timed {record['compiles_timed']}; late {record['late_launches']}", flush=True)
+        record.update(
+            trace=name,
+            steps=args.steps,
+            seconds=time.perf_counter() - start,
+            schedule_seconds=built,
+            stats=workload.stats(),
+        )
+        print(
+            f"{name}: schedule {built:.1f} s, measure {record['seconds']:.1f} s; layer mean "
+            f"{record['layer_mean_us']:.1f} us p50 {record['layer_p50_us']:.1f} p99 {record['layer_p99_us']:.1f} "
+            f"max {max(record['layer_us']):.1f}; diff {record['max_abs_diff']:.3g} at {record['checked_steps']}; "
+            f"compiles timed {record['compiles_timed']}; late {record['late_launches']}",
+            flush=True,
+        )
         out.append(record)
     if args.json:
         with open(args.json, "w") as f:

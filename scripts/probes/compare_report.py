@@ -38,17 +38,23 @@ def main() -> None:
         canaries[label].append(run[0]["canary_us"])
         for r in run[1:]:
             medians[(point(r), label)].append(r["host_median_us"])
-    print(f"Median host time of a pipelined step, us, per round (old {args.old}, new {args.new}); "
-          f"card: {runs[0][0]['card']}\n")
+    print(
+        f"Median host time of a pipelined step, us, per round (old {args.old}, new {args.new}); "
+        f"card: {runs[0][0]['card']}\n"
+    )
     print("| design, point | new | old | new / old |")
     print("|---|---|---|---|")
     for p in sorted({p for p, _ in medians}):
         new, old = medians.get((p, args.new), []), medians.get((p, args.old), [])
         ratios = ", ".join(f"{n / o:.2f}" for n, o in zip(new, old)) if new and old else "-"
-        print(f"| {p} | {', '.join(f'{v:.1f}' for v in new) or '-'} | {', '.join(f'{v:.1f}' for v in old) or '-'} "
-              f"| {ratios} |")
-    print(f"\nCanary (host-only workload, us) per process: new {', '.join(f'{v:.0f}' for v in canaries[args.new])}; "
-          f"old {', '.join(f'{v:.0f}' for v in canaries[args.old])}")
+        print(
+            f"| {p} | {', '.join(f'{v:.1f}' for v in new) or '-'} | {', '.join(f'{v:.1f}' for v in old) or '-'} "
+            f"| {ratios} |"
+        )
+    print(
+        f"\nCanary (host-only workload, us) per process: new {', '.join(f'{v:.0f}' for v in canaries[args.new])}; "
+        f"old {', '.join(f'{v:.0f}' for v in canaries[args.old])}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,21 @@ from disagmoe.block_manager.kernels_triton import PackLaunch
 from disagmoe.workloads import DecodeState, make_manager
 from scripts.probes import rebuilt
 
-CONFIGS = [PackLaunch(block_w=w, block_t=128, parts=p, num_warps=n)
-           for w, p, n in [(128, 1, 4), (256, 1, 4), (512, 1, 4), (1024, 1, 4), (1024, 1, 8),
-                           (128, 2, 4), (128, 4, 4), (128, 8, 4), (256, 4, 4), (64, 8, 2)]]
+CONFIGS = [
+    PackLaunch(block_w=w, block_t=128, parts=p, num_warps=n)
+    for w, p, n in [
+        (128, 1, 4),
+        (256, 1, 4),
+        (512, 1, 4),
+        (1024, 1, 4),
+        (1024, 1, 8),
+        (128, 2, 4),
+        (128, 4, 4),
+        (128, 8, 4),
+        (256, 4, 4),
+        (64, 8, 2),
+    ]
+]
 
 
 def name(launch: PackLaunch | None) -> str:
@@ -79,8 +91,9 @@ def main() -> None:
                 print(f"  {key:>16} {value['pack_us']:8.1f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                       "results": results}, f, indent=1)
+            json.dump(
+                {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results}, f, indent=1
+            )
 
 
 if __name__ == "__main__":

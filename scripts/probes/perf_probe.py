@@ -72,6 +72,7 @@ COPY_KB = (4, 16, 64, 256)
 
 def floors(device: torch.device, iterations: int) -> dict:
     x = torch.zeros(1, device=device)
+
     def nothing() -> None:
         pass
 
@@ -97,8 +98,10 @@ def floors(device: torch.device, iterations: int) -> dict:
 def make_variants(variants: list[str], max_reqs: int, max_seq_len: int, device) -> dict:
     """{variant: manager} for up to `max_reqs` requests of up to `max_seq_len` tokens,
     each backend sized by `make_manager` and rebuilt with the variant's keywords."""
-    sized = {backend: make_manager(backend, max_reqs, max_seq_len - DECODE_STEPS, device)
-             for backend in {VARIANTS[v][0] for v in variants}}
+    sized = {
+        backend: make_manager(backend, max_reqs, max_seq_len - DECODE_STEPS, device)
+        for backend in {VARIANTS[v][0] for v in variants}
+    }
     return {v: rebuilt(sized[VARIANTS[v][0]], **VARIANTS[v][1]) for v in variants}
 
 
@@ -108,43 +111,61 @@ def time_cases(manager, device, batch_size: int, seq_len: int, iterations: int) 
     decode1 = decode_batch(batch_size, LATER_LAYER)
     out = {}
     # Prefill: every timed call starts from an empty manager.
-    out["prefill_update_us"] = median_us(lambda: manager.update_block_table(prefill()),
-                                         manager.reset_state, device, iterations, manager)
+    out["prefill_update_us"] = median_us(
+        lambda: manager.update_block_table(prefill()), manager.reset_state, device, iterations, manager
+    )
     manager.reset_state()
     manager.update_block_table(prefill())
     for _ in range(3):  # warm-up: compile, capture
         manager.update_block_table(decode0)
         manager.pack_flash_attn_metadata(decode0)
+
     def nothing() -> None:
         pass
 
-    timed = {"decode_update_us": lambda: manager.update_block_table(decode0),
-             "later_layer_update_us": lambda: manager.update_block_table(decode1),
-             "decode_pack_us": lambda: manager.pack_flash_attn_metadata(decode0),
-             "decode_step_us": lambda: (manager.update_block_table(decode0),
-                                        manager.pack_flash_attn_metadata(decode0))}
+    timed = {
+        "decode_update_us": lambda: manager.update_block_table(decode0),
+        "later_layer_update_us": lambda: manager.update_block_table(decode1),
+        "decode_pack_us": lambda: manager.pack_flash_attn_metadata(decode0),
+        "decode_step_us": lambda: (manager.update_block_table(decode0), manager.pack_flash_attn_metadata(decode0)),
+    }
     for name, fn in timed.items():
         out[name] = median_us(fn, nothing, device, iterations, manager)
     manager.reset_state()
     return out
 
 
-CASES = [("decode_update_us", "decode update, first layer"), ("prefill_update_us", "prefill update"),
-         ("later_layer_update_us", "decode update, later layer"), ("decode_pack_us", "decode pack"),
-         ("decode_step_us", "decode step (update + pack)")]
+CASES = [
+    ("decode_update_us", "decode update, first layer"),
+    ("prefill_update_us", "prefill update"),
+    ("later_layer_update_us", "decode update, later layer"),
+    ("decode_pack_us", "decode pack"),
+    ("decode_step_us", "decode step (update + pack)"),
+]
 
 
 def floors_line(report: dict) -> str:
     floors = report["floors"]
-    return (f"{report['device']}, torch {report['torch']}, triton {report.get('triton', '-')}; "
-            f"bare synchronise {floors['bare_sync_us']:.1f} us, one tiny kernel + synchronise "
-            f"{floors['one_launch_us']:.1f} us, eight tiny kernels + synchronise {floors['eight_launches_us']:.1f} us"
-            + "".join(f"; pinned copy of {key[5:-5]} KB to the device + synchronise {value:.1f} us"
-                      for key, value in floors.items() if key.startswith("copy_"))
-            + "".join(f"; host write of {key[6:-5]} KB + synchronise {value:.1f} us" for key, value in floors.items()
-                      if key.startswith("write_") and not key.startswith("write_copy_"))
-            + "".join(f"; host write of {key[11:-5]} KB then its copy + synchronise {value:.1f} us"
-                      for key, value in floors.items() if key.startswith("write_copy_")))
+    return (
+        f"{report['device']}, torch {report['torch']}, triton {report.get('triton', '-')}; "
+        f"bare synchronise {floors['bare_sync_us']:.1f} us, one tiny kernel + synchronise "
+        f"{floors['one_launch_us']:.1f} us, eight tiny kernels + synchronise {floors['eight_launches_us']:.1f} us"
+        + "".join(
+            f"; pinned copy of {key[5:-5]} KB to the device + synchronise {value:.1f} us"
+            for key, value in floors.items()
+            if key.startswith("copy_")
+        )
+        + "".join(
+            f"; host write of {key[6:-5]} KB + synchronise {value:.1f} us"
+            for key, value in floors.items()
+            if key.startswith("write_") and not key.startswith("write_copy_")
+        )
+        + "".join(
+            f"; host write of {key[11:-5]} KB then its copy + synchronise {value:.1f} us"
+            for key, value in floors.items()
+            if key.startswith("write_copy_")
+        )
+    )
 
 
 def print_report(report: dict) -> None:
@@ -153,8 +174,11 @@ def print_report(report: dict) -> None:
     print(floors_line(report) + "\n")
     points = {(p["batch_size"], p["seq_len"], p["variant"]): p for p in report["points"]}
     variants = list(dict.fromkeys(p["variant"] for p in report["points"]))
-    gpu = "gpu-triton-graphs" if "gpu-triton-graphs" in variants else \
-        next((v for v in variants if v.startswith("gpu")), None)
+    gpu = (
+        "gpu-triton-graphs"
+        if "gpu-triton-graphs" in variants
+        else next((v for v in variants if v.startswith("gpu")), None)
+    )
     speedup = "cpu" in variants and gpu is not None
     grid = sorted({(b, s) for b, s, _ in points})
     for key, title in CASES:
@@ -173,8 +197,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS,
-                        default=["cpu", "gpu-triton-graphs", "gpu-triton", "gpu-torch"])
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=["cpu", "gpu-triton-graphs", "gpu-triton", "gpu-torch"]
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--report", metavar="JSON", help="print the tables of an earlier --json, measure nothing")
     args = parser.parse_args()
@@ -186,10 +211,15 @@ def main() -> None:
     limit_cpu_threads(device)
     max_seq_len = max(args.seq_lens) + 4 * args.iterations + 64  # each timed decode call adds a token
     managers = make_variants(args.variants, max(args.batch_sizes), max_seq_len, device)
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "floors": floors(device, 2000), "points": []}
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "floors": floors(device, 2000),
+        "points": [],
+    }
     try:
         import triton
+
         report["triton"] = triton.__version__
     except ImportError:
         pass

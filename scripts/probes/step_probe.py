@@ -77,8 +77,13 @@ def floors(nbytes: int, repeats: int = 2000) -> dict:
     copy = host_us(lambda: dst.copy_(src, non_blocking=True))
     replay = host_us(graph.replay)
     record = host_us(event.record)
-    return {"copy_bytes": nbytes, "copy_us": copy, "replay_us": replay, "record_us": record,
-            "floor_us": copy + replay + record}
+    return {
+        "copy_bytes": nbytes,
+        "copy_us": copy,
+        "replay_us": replay,
+        "record_us": record,
+        "floor_us": copy + replay + record,
+    }
 
 
 def make(design: str, batch_size: int, max_seq_len: int, layers: int = 1):
@@ -93,7 +98,7 @@ def decode(design: str, batch_size: int, context: int, steps: int, warmup: int =
     ids = list(range(batch_size))
     chunk = max(1, (1 << 22) // context)
     for start in range(0, batch_size, chunk):
-        part = ids[start:start + chunk]
+        part = ids[start : start + chunk]
         manager.update_block_table(BatchMetadata(0, part, len(part), [context] * len(part)))
     if hasattr(manager, "warm_up"):
         manager.warm_up()
@@ -118,11 +123,20 @@ def decode(design: str, batch_size: int, context: int, steps: int, warmup: int =
     manager.synchronize()
     done = clock()
     us = [s * 1e6 for s in samples]
-    return {"design": design, "workload": "decode", "batch_size": batch_size, "context": context, "steps": steps,
-            "host_median_us": statistics.median(us), "host_p99_us": percentile(us, 0.99), "host_max_us": max(us),
-            "host_mean_us": (returned - begin) / steps * 1e6, "wall_us": (done - begin) / steps * 1e6,
-            "compiles": getattr(manager, "num_compiles", 0) - compiles,
-            "captures": getattr(manager, "num_captures", 0) - captures}
+    return {
+        "design": design,
+        "workload": "decode",
+        "batch_size": batch_size,
+        "context": context,
+        "steps": steps,
+        "host_median_us": statistics.median(us),
+        "host_p99_us": percentile(us, 0.99),
+        "host_max_us": max(us),
+        "host_mean_us": (returned - begin) / steps * 1e6,
+        "wall_us": (done - begin) / steps * 1e6,
+        "compiles": getattr(manager, "num_compiles", 0) - compiles,
+        "captures": getattr(manager, "num_captures", 0) - captures,
+    }
 
 
 def trace(design: str, running: int, max_prompt: int, steps: int) -> dict | None:
@@ -161,13 +175,20 @@ def trace(design: str, running: int, max_prompt: int, steps: int) -> dict | None
     tokens = sum(b.num_tokens for b in first) / steps
     entries = sum(len(b.req_ids) for b in first) / steps
     width = -(-max_seq_len // BLOCK_SIZE)  # (an upper bound: the widest row a step can have)
-    return {"design": design, "workload": "trace",
-            "mean_bytes": int(4 * entries * width + 8 * tokens + 16 * entries),
-            "running": running, "max_prompt": max_prompt, "steps": steps,
-            "host_median_us": statistics.median(us), "host_p99_us": percentile(us, 0.99), "host_max_us": max(us),
-            "wall_us": (done - begin) / steps * 1e6,
-            "compiles": getattr(manager, "num_compiles", 0) - compiles,
-            "captures": getattr(manager, "num_captures", 0) - captures}
+    return {
+        "design": design,
+        "workload": "trace",
+        "mean_bytes": int(4 * entries * width + 8 * tokens + 16 * entries),
+        "running": running,
+        "max_prompt": max_prompt,
+        "steps": steps,
+        "host_median_us": statistics.median(us),
+        "host_p99_us": percentile(us, 0.99),
+        "host_max_us": max(us),
+        "wall_us": (done - begin) / steps * 1e6,
+        "compiles": getattr(manager, "num_compiles", 0) - compiles,
+        "captures": getattr(manager, "num_captures", 0) - captures,
+    }
 
 
 def cpu_bytes(batch_size: int, context: int) -> int:
@@ -182,14 +203,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 256])
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024])
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--trace", type=int, nargs="*", default=[], metavar="R",
-                        help="also the trace step (release, two layers) at these running counts")
+    parser.add_argument(
+        "--trace",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="R",
+        help="also the trace step (release, two layers) at these running counts",
+    )
     parser.add_argument("--max-prompt", type=int, default=2048)
     parser.add_argument("--label", default="")
     parser.add_argument("--json", help="append one JSON line per result here")
     args = parser.parse_args(argv)
-    results = [{"label": args.label, "canary_us": canary_us(), "torch": torch.__version__,
-                "card": torch.cuda.get_device_name(), "package": disagmoe.__file__}]
+    results = [
+        {
+            "label": args.label,
+            "canary_us": canary_us(),
+            "torch": torch.__version__,
+            "card": torch.cuda.get_device_name(),
+            "package": disagmoe.__file__,
+        }
+    ]
     for design in args.designs:
         if not hasattr(disagmoe, DESIGNS[design]):
             print(f"{design}: not in this version", file=sys.stderr)
@@ -205,14 +239,19 @@ def main(argv: list[str] | None = None) -> int:
                 r["floors"] = floors(r.pop("mean_bytes"))
                 results.append(r)
     for r in results[1:]:
-        where = f"B={r['batch_size']} L={r['context']}" if r["workload"] == "decode" else \
-            f"R={r['running']} P={r['max_prompt']}"
+        where = (
+            f"B={r['batch_size']} L={r['context']}"
+            if r["workload"] == "decode"
+            else f"R={r['running']} P={r['max_prompt']}"
+        )
         f = r["floors"]
-        print(f"{args.label:>8} {r['design']:>6} {r['workload']:>6} {where:>14}: "
-              f"host median {r['host_median_us']:7.1f} p99 {r['host_p99_us']:7.1f} max {r['host_max_us']:8.1f} "
-              f"wall {r['wall_us']:7.1f} us | floor "
-              f"{f['floor_us']:5.1f} (copy {f['copy_us']:.1f} replay {f['replay_us']:.1f} record {f['record_us']:.1f}) "
-              f"| compiles {r['compiles']} captures {r['captures']}")
+        print(
+            f"{args.label:>8} {r['design']:>6} {r['workload']:>6} {where:>14}: "
+            f"host median {r['host_median_us']:7.1f} p99 {r['host_p99_us']:7.1f} max {r['host_max_us']:8.1f} "
+            f"wall {r['wall_us']:7.1f} us | floor "
+            f"{f['floor_us']:5.1f} (copy {f['copy_us']:.1f} replay {f['replay_us']:.1f} record {f['record_us']:.1f}) "
+            f"| compiles {r['compiles']} captures {r['captures']}"
+        )
     print(f"{args.label:>8} canary {results[0]['canary_us']:.0f} us")
     if args.json:
         with open(args.json, "a") as out:

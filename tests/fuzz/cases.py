@@ -23,8 +23,7 @@ BACKENDS = ("cpu", "gpu-torch", "hybrid-torch")
 SAME_MANAGER_ACTIONS = ("update_same", "pack_same", "release_same", "reset_same")
 CONTAINERS = ("list", "list", "list", "tuple", "array")
 BAD_CONTAINERS = ("str", "none", "dict", "float-array", "2d-array", "tensor", "generator")
-EDGE_INTS = (0, -1, 1, 2**31 - 1, 2**31, 2**32, 2**62, 2**63 - 1, 2**63, 2**64, -2**63,
-             -2**63 - 1, 10**30)
+EDGE_INTS = (0, -1, 1, 2**31 - 1, 2**31, 2**32, 2**62, 2**63 - 1, 2**63, 2**64, -(2**63), -(2**63) - 1, 10**30)
 
 edge = st.sampled_from(EDGE_INTS)
 
@@ -41,8 +40,7 @@ like = st.tuples(st.just("like"), st.sampled_from(sorted(INT_LIKE)))
 # "grows"), and wrappers that make the call fail while it reads its arguments.
 BENIGN = st.one_of(like, st.tuples(st.just("reenter"), st.sampled_from(["read_same", "step_other"])))
 BENIGN_ITEM = st.one_of(BENIGN, st.sampled_from(["clears", "grows"]))
-FAILING = st.one_of(not_int, st.just("interrupt"),
-                    st.tuples(st.just("reenter"), st.sampled_from(SAME_MANAGER_ACTIONS)))
+FAILING = st.one_of(not_int, st.just("interrupt"), st.tuples(st.just("reenter"), st.sampled_from(SAME_MANAGER_ACTIONS)))
 
 
 def wrapped(base, *, in_list: bool, allow_reenter: bool = True):
@@ -51,8 +49,7 @@ def wrapped(base, *, in_list: bool, allow_reenter: bool = True):
     failing = FAILING if allow_reenter else st.one_of(not_int, st.just("interrupt"))
     if not allow_reenter:
         benign = like
-    wrapper = st.one_of(st.just("plain"), st.just("plain"), st.just("plain"), st.just("plain"),
-                        benign, failing)
+    wrapper = st.one_of(st.just("plain"), st.just("plain"), st.just("plain"), st.just("plain"), benign, failing)
     return st.tuples(wrapper, base)
 
 
@@ -84,8 +81,13 @@ def batch(draw, pack: bool = False):
     """
     prefill_ks = draw(st.lists(st.integers(0, 7), max_size=4, unique=True))
     decode_ks = draw(st.lists(st.integers(0, 7), max_size=4, unique=True))
-    kinds = draw(st.lists(st.sampled_from(["live"] if pack else ["fresh", "fresh", "live"]),
-                          min_size=len(prefill_ks), max_size=len(prefill_ks)))
+    kinds = draw(
+        st.lists(
+            st.sampled_from(["live"] if pack else ["fresh", "fresh", "live"]),
+            min_size=len(prefill_ks),
+            max_size=len(prefill_ks),
+        )
+    )
     bases = [(kind, k) for kind, k in zip(kinds, prefill_ks)] + [("live", k) for k in decode_ks]
     odd = draw(st.sampled_from([None] * 6 + [0, 1, 2, 3, 4]))  # one kind of oddity each
     if odd == 0:  # a few raw ids: unknown, or past int64
@@ -93,16 +95,19 @@ def batch(draw, pack: bool = False):
     elif odd == 1:  # longer than any pool's rows
         bases += [("fresh", k) for k in range(8, 16)]
     num_prefill = len(prefill_ks)
-    lens = draw(st.lists(st.one_of(st.integers(1, 6), st.integers(1, 6), st.integers(1, 40)),
-                         min_size=num_prefill, max_size=num_prefill))
+    lens = draw(
+        st.lists(
+            st.one_of(st.integers(1, 6), st.integers(1, 6), st.integers(1, 40)),
+            min_size=num_prefill,
+            max_size=num_prefill,
+        )
+    )
     if odd == 2:
         lens = draw(st.lists(LENGTH, max_size=5))
     container = draw(st.sampled_from(CONTAINERS))
     benign = draw(st.booleans())
-    items = [(draw(BENIGN_ITEM) if benign and draw(one_in(4)) else "plain", base)
-             for base in bases]
-    len_items = [(draw(BENIGN_ITEM) if benign and draw(one_in(4)) else "plain",
-                  ("raw", n)) for n in lens]
+    items = [(draw(BENIGN_ITEM) if benign and draw(one_in(4)) else "plain", base) for base in bases]
+    len_items = [(draw(BENIGN_ITEM) if benign and draw(one_in(4)) else "plain", ("raw", n)) for n in lens]
     nps = ("plain", ("auto",) if odd != 3 else ("raw", draw(edge)))
     layer = ("plain", ("raw", draw(LAYER) if odd == 4 else 3))
     if draw(one_in(4)):  # one argument that fails to read
@@ -117,21 +122,26 @@ def batch(draw, pack: bool = False):
         else:
             len_items[where - len(items) - 2] = (failing, len_items[where - len(items) - 2][1])
     elif draw(one_in(30)):
-        return (layer, ("bad", draw(st.sampled_from(BAD_CONTAINERS))), (num_prefill, nps),
-                ("list", len_items))
+        return (layer, ("bad", draw(st.sampled_from(BAD_CONTAINERS))), (num_prefill, nps), ("list", len_items))
     if container == "array":
         items = [("plain", base) for _, base in items]
     elif benign and draw(one_in(4)):
         layer = (draw(like), layer[1])
-    return (layer, (container, items), (num_prefill, nps),
-            ("array" if container == "array" else "list",
-             [("plain", base) for _, base in len_items] if container == "array" else len_items))
+    return (
+        layer,
+        (container, items),
+        (num_prefill, nps),
+        (
+            "array" if container == "array" else "list",
+            [("plain", base) for _, base in len_items] if container == "array" else len_items,
+        ),
+    )
 
 
 EDITS = (None, None, "list", "fields", "shape")
-PLAIN_IDS = st.tuples(st.just("list"), st.lists(st.tuples(st.just("plain"), st.tuples(st.just("live"),
-                                                                                      st.integers(0, 7))),
-                                                max_size=3))
+PLAIN_IDS = st.tuples(
+    st.just("list"), st.lists(st.tuples(st.just("plain"), st.tuples(st.just("live"), st.integers(0, 7))), max_size=3)
+)
 
 
 @st.composite
@@ -141,8 +151,12 @@ def plain_batch(draw, pack: bool = False):
     if container == "bad":  # (a batch of one odd container): the same, with no ids
         items = []
     plain = [("plain", base) for _, base in items]
-    return (("plain", layer[1]), ("list", plain), (nps[0], ("plain", nps[1][1])),
-            ("list", [("plain", base) for _, base in lens[1]]))
+    return (
+        ("plain", layer[1]),
+        ("list", plain),
+        (nps[0], ("plain", nps[1][1])),
+        ("list", [("plain", base) for _, base in lens[1]]),
+    )
 
 
 def operation():
@@ -156,8 +170,11 @@ def operation():
         st.tuples(st.just("interrupted"), st.just("reset"), st.none(), st.integers(0, 300)),
         st.tuples(st.just("release"), int_list(st.tuples(st.just("live"), st.integers(0, 7)), 3)),
         st.tuples(st.just("release"), int_list(REQ_ID, 3)),
-        st.tuples(st.just("query"), st.sampled_from(["seq_len", "token_slots"]),
-                  wrapped(REQ_ID, in_list=False, allow_reenter=False)),
+        st.tuples(
+            st.just("query"),
+            st.sampled_from(["seq_len", "token_slots"]),
+            wrapped(REQ_ID, in_list=False, allow_reenter=False),
+        ),
         st.just(("reset",)),
     )
 
@@ -168,7 +185,7 @@ SIZE = {
     "max_reqs": st.integers(1, 6),
     "max_seq_len": st.integers(1, 48),
 }
-BAD_SIZE = st.sampled_from([0, -1, 2**31, 2**62 + 1, 2**63, 2**64, -2**63])
+BAD_SIZE = st.sampled_from([0, -1, 2**31, 2**62 + 1, 2**63, 2**64, -(2**63)])
 
 
 @st.composite
@@ -189,12 +206,18 @@ def config(draw):
 
 
 FIRST_PREFILL = st.builds(
-    lambda ks, lens: ("update", (("plain", ("raw", 3)),
-                                 ("list", [("plain", ("fresh", k)) for k in ks]),
-                                 (len(ks), ("plain", ("auto",))),
-                                 ("list", [("plain", ("raw", n)) for n in lens[:len(ks)]]))),
+    lambda ks, lens: (
+        "update",
+        (
+            ("plain", ("raw", 3)),
+            ("list", [("plain", ("fresh", k)) for k in ks]),
+            (len(ks), ("plain", ("auto",))),
+            ("list", [("plain", ("raw", n)) for n in lens[: len(ks)]]),
+        ),
+    ),
     st.lists(st.integers(0, 7), min_size=1, max_size=4, unique=True),
-    st.lists(st.integers(1, 12), min_size=4, max_size=4))
+    st.lists(st.integers(1, 12), min_size=4, max_size=4),
+)
 
 
 @st.composite
@@ -211,35 +234,50 @@ def api_case(draw):
 DTYPES = ("uint8", "int8", "int16", "int32", "int64", "uint32", "float32", "bool")
 # (dtype, entries, step, read-only): a view with guard bytes on both sides.
 BUFFER = st.one_of(
-    st.tuples(st.just("buffer"), st.sampled_from(DTYPES), st.integers(0, 600),
-              st.sampled_from([1, 1, 1, 2]), st.just(False)),
-    st.tuples(st.just("buffer"), st.sampled_from(DTYPES), st.integers(0, 64), st.just(1),
-              st.just(True)),  # read-only
+    st.tuples(
+        st.just("buffer"), st.sampled_from(DTYPES), st.integers(0, 600), st.sampled_from([1, 1, 1, 2]), st.just(False)
+    ),
+    st.tuples(st.just("buffer"), st.sampled_from(DTYPES), st.integers(0, 64), st.just(1), st.just(True)),  # read-only
     st.tuples(st.just("not"), st.sampled_from(["none", "list", "str", "bytes"])),
 )
-ANY_INT = st.one_of(st.integers(-3, 40), edge,
-                    st.tuples(st.just("not"), st.sampled_from(sorted(NOT_INTS))))
+ANY_INT = st.one_of(st.integers(-3, 40), edge, st.tuples(st.just("not"), st.sampled_from(sorted(NOT_INTS))))
 # Sizes: small, or surely refused. Never valid and large (2**31 - 1 rows would be
 # allocated, gigabytes of them).
-BAD_SIZES = st.sampled_from([0, -1, 2**31, 2**32, 2**62 + 1, 2**63, 2**64, -2**63])
-CORE_SIZE = st.one_of(st.integers(1, 12), st.integers(1, 12), BAD_SIZES,
-                      st.tuples(st.just("not"), st.sampled_from(sorted(NOT_INTS))))
-RAW_IDS = st.one_of(st.lists(st.one_of(st.integers(0, 9), edge), max_size=6),
-                    st.tuples(st.just("not"), st.sampled_from(["none", "str"])))
+BAD_SIZES = st.sampled_from([0, -1, 2**31, 2**32, 2**62 + 1, 2**63, 2**64, -(2**63)])
+CORE_SIZE = st.one_of(
+    st.integers(1, 12), st.integers(1, 12), BAD_SIZES, st.tuples(st.just("not"), st.sampled_from(sorted(NOT_INTS)))
+)
+RAW_IDS = st.one_of(
+    st.lists(st.one_of(st.integers(0, 9), edge), max_size=6),
+    st.tuples(st.just("not"), st.sampled_from(["none", "str"])),
+)
 RAW_LENS = st.lists(st.one_of(st.integers(-1, 20), edge), max_size=6)
 GROW = st.sampled_from(["none", "grow", "grow-small", "grow-raises", "grow-reenters"])
 CORE_CALLS = st.one_of(
     st.tuples(st.just("bm_update"), RAW_IDS, ANY_INT, RAW_LENS, st.sampled_from([True, False, 1, None])),
-    st.tuples(st.just("bm_pack"), RAW_IDS, ANY_INT, RAW_LENS, BUFFER, GROW,
-              st.one_of(st.just(-1), st.integers(-2, 17), ANY_INT)),
+    st.tuples(
+        st.just("bm_pack"),
+        RAW_IDS,
+        ANY_INT,
+        RAW_LENS,
+        BUFFER,
+        GROW,
+        st.one_of(st.just(-1), st.integers(-2, 17), ANY_INT),
+    ),
     st.tuples(st.just("bm_plan"), RAW_IDS, ANY_INT, RAW_LENS, BUFFER, ANY_INT, BUFFER, GROW),
-    st.tuples(st.just("bm_lookup"), RAW_IDS, ANY_INT, RAW_LENS, BUFFER, ANY_INT,
-              st.sampled_from(["lookup", 7])),
+    st.tuples(st.just("bm_lookup"), RAW_IDS, ANY_INT, RAW_LENS, BUFFER, ANY_INT, st.sampled_from(["lookup", 7])),
     st.tuples(st.just("bm_release"), RAW_IDS),
     st.tuples(st.just("bm_query"), st.sampled_from(["seq_len", "block_ids"]), ANY_INT),
     st.tuples(st.just("table_update"), RAW_IDS, ANY_INT, RAW_LENS, ANY_INT, BUFFER, ANY_INT),
-    st.tuples(st.just("table_lookup"), RAW_IDS, ANY_INT, RAW_LENS, BUFFER, ANY_INT,
-              st.sampled_from(["lookup", "pack_flash_attn_metadata", 7])),
+    st.tuples(
+        st.just("table_lookup"),
+        RAW_IDS,
+        ANY_INT,
+        RAW_LENS,
+        BUFFER,
+        ANY_INT,
+        st.sampled_from(["lookup", "pack_flash_attn_metadata", 7]),
+    ),
     st.tuples(st.just("table_release"), RAW_IDS),
     st.tuples(st.just("layout"), ANY_INT, ANY_INT, ANY_INT),
     st.just(("reset",)),

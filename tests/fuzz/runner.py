@@ -35,8 +35,9 @@ class Worker:
     def start(self) -> None:
         env = dict(os.environ, DISAGMOE_FUZZ_PACKAGE_ROOT=PACKAGE_ROOT)
         self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, WORKER], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env
+        )
 
     def run(self, case: tuple) -> str | None:
         if self.proc is None:
@@ -60,7 +61,7 @@ class Worker:
 
     def died(self, case: tuple) -> str:
         status = self.proc.wait()
-        how = (f"signal {signal.Signals(-status).name}" if status < 0 else f"exit status {status}")
+        how = f"signal {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
         self.stderr.seek(0)
         tail = self.stderr.read()[-6000:].decode(errors="replace")
         self.forget()

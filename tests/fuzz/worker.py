@@ -47,7 +47,7 @@ from backends import BY_ID, LAYER_IDS  # noqa: E402
 from harness import Harness, assert_matches_reference, assert_tables_consistent, to_host  # noqa: E402
 from hostile import INT_LIKE, NOT_INTS, Index, IndexRaises, clears, grows  # noqa: E402
 
-INT64 = (-2**63, 2**63 - 1)
+INT64 = (-(2**63), 2**63 - 1)
 INT32_MAX = 2**31 - 1
 PLAIN, TYPE, VALUE, REFUSED, INTERRUPT = "plain", "type", "value", "refused", "interrupt"
 OUTCOME = {TYPE: TypeError, VALUE: ValueError, REFUSED: TypeError, INTERRUPT: KeyboardInterrupt}
@@ -117,9 +117,15 @@ class ApiCase:
     def int_list(self, spec: tuple) -> tuple[object, list[Read] | Read]:
         container, items = spec
         if container == "bad":
-            return {"str": "12", "none": None, "dict": {1: 1}, "float-array": np.ones(2),
-                    "2d-array": np.ones((1, 2), np.int64), "tensor": torch.tensor([1, 2]),
-                    "generator": (i for i in range(2))}[items], Read(TYPE)
+            return {
+                "str": "12",
+                "none": None,
+                "dict": {1: 1},
+                "float-array": np.ones(2),
+                "2d-array": np.ones((1, 2), np.int64),
+                "tensor": torch.tensor([1, 2]),
+                "generator": (i for i in range(2)),
+            }[items], Read(TYPE)
         if container == "array":
             values = [self.base(base) for _, base in items]
             if not all(in_int64(v) for v in values):
@@ -160,8 +166,7 @@ class ApiCase:
     def step_other(self) -> None:
         """A valid step on a second manager, checked by its own harness."""
         if self.other is None:
-            self.other = Harness(self.backend.make(block_size=2, num_blocks=64, max_running_reqs=4,
-                                                   max_seq_len=64))
+            self.other = Harness(self.backend.make(block_size=2, num_blocks=64, max_running_reqs=4, max_seq_len=64))
         o = self.other
         running = sorted(o.ref.seq_lens)
         if len(running) == 4 or any(o.ref.seq_lens[r] >= 60 for r in running):
@@ -197,8 +202,9 @@ class ApiCase:
         try:
             model = ModelConfig(LAYER_IDS, values["max_seq_len"], 8)
             cache = CacheConfig(values["block_size"], values["num_blocks"])
-            manager = self.backend.cls(model, cache, values["max_reqs"], device=self.backend.device,
-                                       **self.backend.kwargs)
+            manager = self.backend.cls(
+                model, cache, values["max_reqs"], device=self.backend.device, **self.backend.kwargs
+            )
         except (TypeError, ValueError) as exc:
             assert error is not None and isinstance(exc, error), (error, exc)
             return
@@ -256,22 +262,24 @@ class ApiCase:
                 reads.append(part)
                 break
             reads += part
-        plain = BatchMetadata(layer_read.plain, [r.plain for r in id_reads] if isinstance(id_reads, list) else [],
-                              nps_read.plain, [r.plain for r in len_reads] if isinstance(len_reads, list) else [])
+        plain = BatchMetadata(
+            layer_read.plain,
+            [r.plain for r in id_reads] if isinstance(id_reads, list) else [],
+            nps_read.plain,
+            [r.plain for r in len_reads] if isinstance(len_reads, list) else [],
+        )
         return BatchMetadata(layer, req_ids, nps, lens), reads, plain
 
     def op_update(self, spec) -> None:
         batch, reads, plain = self.batch(spec)
-        out = self.expect(lambda: self.h.manager.update_block_table(batch), reads,
-                          lambda: self.h.ref.update(plain))
+        out = self.expect(lambda: self.h.manager.update_block_table(batch), reads, lambda: self.h.ref.update(plain))
         if out is not None:
             assert batch.seq_lens == out[1], (batch.seq_lens, out[1])
             self.h.check_state()
 
     def op_pack(self, spec, edit: str | None = None) -> None:
         batch, reads, plain = self.batch(spec)
-        out = self.expect(lambda: self.h.manager.pack_flash_attn_metadata(batch), reads,
-                          lambda: self.h.ref.pack(plain))
+        out = self.expect(lambda: self.h.manager.pack_flash_attn_metadata(batch), reads, lambda: self.h.ref.pack(plain))
         if out is not None:
             md = to_host(out[0], self.h.manager.device)
             assert_matches_reference(md, out[1], self.h.manager.block_size)
@@ -325,8 +333,11 @@ class ApiCase:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
         m.check_integrity()
-        now = {r: m.seq_len(r) for r in sorted(set(before) | set(ref_after.seq_lens if ref_after else {}))
-               if self.running_now(r)}
+        now = {
+            r: m.seq_len(r)
+            for r in sorted(set(before) | set(ref_after.seq_lens if ref_after else {}))
+            if self.running_now(r)
+        }
         if ref_after is not None and now == ref_after.seq_lens and now != before:
             h.ref = ref_after  # it ran whole
             if kind in ("release", "reset"):
@@ -347,8 +358,7 @@ class ApiCase:
     def op_release(self, spec) -> None:
         req_ids, reads = self.int_list(spec)
         plain = [r.plain for r in reads]
-        out = self.expect(lambda: self.h.manager.release_seqs(req_ids), reads,
-                          lambda: self.h.ref.release(plain))
+        out = self.expect(lambda: self.h.manager.release_seqs(req_ids), reads, lambda: self.h.ref.release(plain))
         if out is not None:
             for req_id in plain:
                 self.h.known_slots.pop(req_id, None)
@@ -357,8 +367,7 @@ class ApiCase:
     def op_query(self, method: str, spec) -> None:
         req_id, read = self.value(spec)
         ref = self.h.ref.seq_lens
-        out = self.expect(lambda: getattr(self.h.manager, method)(req_id), [read],
-                          lambda: ref[read.plain])
+        out = self.expect(lambda: getattr(self.h.manager, method)(req_id), [read], lambda: ref[read.plain])
         if out is not None:
             got, seq_len = out
             assert (got if method == "seq_len" else len(got)) == seq_len
@@ -398,7 +407,7 @@ class Guarded:
     def __init__(self, dtype: str, entries: int, step: int, read_only: bool) -> None:
         itemsize = np.dtype(dtype).itemsize
         self.base = np.full(2 * GUARD + entries * step * itemsize, 0x5A, dtype=np.uint8)
-        self.view = self.base[GUARD:len(self.base) - GUARD].view(dtype)[::step]
+        self.view = self.base[GUARD : len(self.base) - GUARD].view(dtype)[::step]
         starts = GUARD + np.arange(entries) * step * itemsize
         self.inside = np.zeros(len(self.base), dtype=bool)
         for k in range(itemsize):
@@ -461,9 +470,14 @@ class CoreCase:
 
     def snapshot(self) -> tuple:
         bm, t = self.bm, self.table
-        return (sorted(bm.req_ids()), {r: (bm.seq_len(r), bm.block_ids(r)) for r in bm.req_ids()},
-                bm.num_free_blocks(), sorted(t.req_ids()),
-                {r: (t.seq_len(r), t.row_of(r)) for r in t.req_ids()}, t.num_free_rows)
+        return (
+            sorted(bm.req_ids()),
+            {r: (bm.seq_len(r), bm.block_ids(r)) for r in bm.req_ids()},
+            bm.num_free_blocks(),
+            sorted(t.req_ids()),
+            {r: (t.seq_len(r), t.row_of(r)) for r in t.req_ids()},
+            t.num_free_rows,
+        )
 
     def run_call(self, call: tuple) -> None:
         made: list[Guarded] = []
@@ -479,30 +493,45 @@ class CoreCase:
                 ids, nps, lens, out, grow_kind, index = args
                 buffer = core_buffer(out, made)
                 grow, allowed = self.grow(grow_kind, "uint8", made, allowed)
-                bm.pack_flash_attn_metadata(core_ints(ids), core_value(nps), core_ints(lens),
-                                            buffer, grow, core_value(index))
+                bm.pack_flash_attn_metadata(
+                    core_ints(ids), core_value(nps), core_ints(lens), buffer, grow, core_value(index)
+                )
             elif kind == "bm_plan":
                 ids, nps, lens, plan, stride, block_ids, grow_kind = args
                 grow, allowed = self.grow(grow_kind, "int32", made, allowed)
-                bm.update_block_table_plan(core_ints(ids), core_value(nps), core_ints(lens),
-                                           core_buffer(plan, made), core_value(stride),
-                                           core_buffer(block_ids, made), grow)
+                bm.update_block_table_plan(
+                    core_ints(ids),
+                    core_value(nps),
+                    core_ints(lens),
+                    core_buffer(plan, made),
+                    core_value(stride),
+                    core_buffer(block_ids, made),
+                    grow,
+                )
             elif kind == "bm_lookup":
                 ids, nps, lens, out, stride, op = args
-                bm.lookup(core_ints(ids), core_value(nps), core_ints(lens), core_buffer(out, made),
-                          core_value(stride), op)
+                bm.lookup(
+                    core_ints(ids), core_value(nps), core_ints(lens), core_buffer(out, made), core_value(stride), op
+                )
             elif kind == "bm_release":
                 bm.release_seqs(core_ints(args[0]))
             elif kind == "bm_query":
                 getattr(bm, args[0])(core_value(args[1]))
             elif kind == "table_update":
                 ids, nps, lens, free, plan, stride = args
-                t.update_block_table(core_ints(ids), core_value(nps), core_ints(lens),
-                                     core_value(free), core_buffer(plan, made), core_value(stride))
+                t.update_block_table(
+                    core_ints(ids),
+                    core_value(nps),
+                    core_ints(lens),
+                    core_value(free),
+                    core_buffer(plan, made),
+                    core_value(stride),
+                )
             elif kind == "table_lookup":
                 ids, nps, lens, out, stride, op = args
-                t.lookup(core_ints(ids), core_value(nps), core_ints(lens), core_buffer(out, made),
-                         core_value(stride), op)
+                t.lookup(
+                    core_ints(ids), core_value(nps), core_ints(lens), core_buffer(out, made), core_value(stride), op
+                )
             elif kind == "table_release":
                 t.release_seqs(core_ints(args[0]))
             elif kind == "layout":
@@ -523,9 +552,16 @@ class CoreCase:
 def check_layout(layout) -> None:
     """The arrays lie within nbytes, apart, slot_mapping 8-byte aligned."""
     b, w, t = layout.batch_size, layout.width, layout.num_tokens
-    arrays = sorted([(layout.block_tables, 4 * b * w), (layout.slot_mapping, 8 * t),
-                     (layout.seq_lens, 4 * b), (layout.context_lens, 4 * b),
-                     (layout.query_start_loc, 4 * (b + 1)), (layout.seq_start_loc, 4 * (b + 1))])
+    arrays = sorted(
+        [
+            (layout.block_tables, 4 * b * w),
+            (layout.slot_mapping, 8 * t),
+            (layout.seq_lens, 4 * b),
+            (layout.context_lens, 4 * b),
+            (layout.query_start_loc, 4 * (b + 1)),
+            (layout.seq_start_loc, 4 * (b + 1)),
+        ]
+    )
     end = 0
     for start, size in arrays:
         assert start >= end, (layout, arrays)
