@@ -1,9 +1,10 @@
 """KV-cache block management for the attention workers of disaggregated MoE serving.
 
-Two backends implement one contract (`BlockManager`): `CPUBlockManager` keeps
+Three designs implement one contract (`BlockManager`): `CPUBlockManager` keeps
 block tables in a C++ core on the host and copies metadata to the device;
 `GPUBlockManager` keeps them in device-resident pools and builds the metadata
-on the device.
+on the device; `HybridBlockManager` allocates on the host (the C++ core) and
+keeps the tables on the device, updated each step from the blocks it adds.
 """
 
 from disagmoe.batch import BatchMetadata

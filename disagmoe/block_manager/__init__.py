@@ -1,4 +1,4 @@
-"""Block managers: the contract (`base`) and its two backends (`cpu`, `gpu`)."""
+"""Block managers: the contract (`base`) and its three designs (`cpu`, `gpu`, `hybrid`)."""
 
 from disagmoe.block_manager.base import BlockManager, MemoryFootprint
 from disagmoe.block_manager.cpu import CPUBlockManager
