@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -42,7 +43,40 @@ class FlashAttentionMetadata:
     block_size: int
 
 
-def packed_offsets(batch_size: int, width: int, num_tokens: int) -> tuple[int, int, int, int, int, int, int]:
+class PackedOffsets(NamedTuple):
+    """Byte offsets of each field in a packed metadata buffer, and its size (the order of
+    `_C.metadata_layout`'s tuple)."""
+
+    block_tables: int
+    slot_mapping: int
+    seq_lens: int
+    context_lens: int
+    query_start_loc: int
+    seq_start_loc: int
+    nbytes: int
+
+
+class LengthViews(NamedTuple):
+    """The four length fields of a packed buffer, as tensors viewing it."""
+
+    seq_lens: torch.Tensor
+    context_lens: torch.Tensor
+    query_start_loc: torch.Tensor
+    seq_start_loc: torch.Tensor
+
+
+class MetadataViews(NamedTuple):
+    """Every tensor field of a packed buffer, as tensors viewing it."""
+
+    seq_lens: torch.Tensor
+    context_lens: torch.Tensor
+    query_start_loc: torch.Tensor
+    seq_start_loc: torch.Tensor
+    block_tables: torch.Tensor
+    slot_mapping: torch.Tensor
+
+
+def packed_offsets(batch_size: int, width: int, num_tokens: int) -> PackedOffsets:
     """Byte offsets of block_tables, slot_mapping, seq_lens, context_lens, query_start_loc and
     seq_start_loc, and nbytes, as `_C.metadata_layout` lays them out: the lengths back to
     back from byte 0, then slot_mapping, then the table (16-byte aligned). The same
@@ -50,15 +84,15 @@ def packed_offsets(batch_size: int, width: int, num_tokens: int) -> tuple[int, i
     b = batch_size
     slots = 16 * b + 8
     tables = (slots + 8 * num_tokens + 15) & ~15
-    return tables, slots, 0, 4 * b, 8 * b, 12 * b + 4, (tables + 4 * b * width + 7) & ~7
+    return PackedOffsets(tables, slots, 0, 4 * b, 8 * b, 12 * b + 4, (tables + 4 * b * width + 7) & ~7)
 
 
-def length_views(int32: torch.Tensor, batch_size: int) -> tuple:
+def length_views(int32: torch.Tensor, batch_size: int) -> LengthViews:
     """seq_lens, context_lens, query_start_loc and seq_start_loc of a batch of `batch_size`
     entries in a buffer laid out by `packed_offsets` (where they lie depends on nothing
     else)."""
     b = batch_size
-    return (
+    return LengthViews(
         int32.as_strided((b,), (1,), 0),
         int32.as_strided((b,), (1,), b),
         int32.as_strided((b + 1,), (1,), 2 * b),
@@ -71,15 +105,16 @@ def slot_view(int64: torch.Tensor, batch_size: int, num_tokens: int) -> torch.Te
 
 
 def table_view(int32: torch.Tensor, batch_size: int, width: int, num_tokens: int) -> torch.Tensor:
-    tables = packed_offsets(batch_size, width, num_tokens)[0]
+    tables = packed_offsets(batch_size, width, num_tokens).block_tables
     return int32.as_strided((batch_size, width), (width, 1), tables // 4)
 
 
-def metadata_views(int32: torch.Tensor, int64: torch.Tensor, batch_size: int, width: int, num_tokens: int) -> tuple:
+def metadata_views(
+    int32: torch.Tensor, int64: torch.Tensor, batch_size: int, width: int, num_tokens: int
+) -> MetadataViews:
     """The metadata tensors of a batch in a buffer laid out by `packed_offsets` (`int32`
-    and `int64` are views of its storage from byte 0): (seq_lens, context_lens,
-    query_start_loc, seq_start_loc, block_tables, slot_mapping)."""
-    return (
+    and `int64` are views of its storage from byte 0)."""
+    return MetadataViews(
         *length_views(int32, batch_size),
         table_view(int32, batch_size, width, num_tokens),
         slot_view(int64, batch_size, num_tokens),

@@ -544,12 +544,29 @@ def test_packed_offsets_are_metadata_layout():
         for w in (0, 1, 3, 65, 4097):
             for t in (0, 1, 5, 9000):
                 layout = _C.metadata_layout(b, w, t)
-                assert packed_offsets(b, w, t) == (
-                    layout.block_tables,
-                    layout.slot_mapping,
-                    layout.seq_lens,
-                    layout.context_lens,
-                    layout.query_start_loc,
-                    layout.seq_start_loc,
-                    layout.nbytes,
-                ), (b, w, t)
+                offsets = packed_offsets(b, w, t)
+                assert {name: getattr(layout, name) for name in offsets._fields} == offsets._asdict(), (b, w, t)
+
+
+def test_metadata_views_are_named_fields_of_the_buffer():
+    """Each named view lies where `packed_offsets` puts its field, with its field's shape."""
+    import torch
+
+    from disagmoe.metadata import metadata_views, packed_offsets
+
+    b, w, t = 5, 7, 11
+    offsets = packed_offsets(b, w, t)
+    buffer = torch.zeros(offsets.nbytes, dtype=torch.uint8)
+    views = metadata_views(buffer.view(torch.int32), buffer[: offsets.nbytes // 8 * 8].view(torch.int64), b, w, t)
+    shapes = {
+        "seq_lens": (b,),
+        "context_lens": (b,),
+        "query_start_loc": (b + 1,),
+        "seq_start_loc": (b + 1,),
+        "block_tables": (b, w),
+        "slot_mapping": (t,),
+    }
+    for name, shape in shapes.items():
+        view = getattr(views, name)
+        assert tuple(view.shape) == shape, name
+        assert view.storage_offset() * view.element_size() == getattr(offsets, name), name

@@ -23,7 +23,7 @@ import torch
 from disagmoe import _C
 from disagmoe.batch import BatchMetadata
 from disagmoe.config import CacheConfig, ModelConfig, checked_int, checked_slots, describe
-from disagmoe.metadata import FlashAttentionMetadata, length_views, slot_view, table_view
+from disagmoe.metadata import FlashAttentionMetadata, LengthViews, length_views, slot_view, table_view
 
 DEFAULT_DEPTH = 3
 """Host buffers a manager stages its steps through on CUDA: the host runs up to this many
@@ -158,7 +158,7 @@ class BlockManager(ABC):
         )
         # The metadata buffer's views, kept by what their place and shape depend on: the
         # lengths by the batch size, slot_mapping by it and the tokens, the table by all three.
-        self._length_views: dict[int, tuple] = {}
+        self._length_views: dict[int, LengthViews] = {}
         self._slot_views: dict[tuple[int, int], Any] = {}
         self._table_views: dict[tuple[int, int, int], Any] = {}
         self._memo: tuple | None = None  # the last pack: (id, stats, views)
