@@ -326,13 +326,7 @@ def measure(workload, manager, shape: AttentionShape, device: torch.device, chec
     def replay(each: Callable[[int, object, StepPlan], None]) -> None:
         workload.start(manager)
         for k, (step, plan) in enumerate(zip(steps, plans)):
-            if step.release:
-                manager.release_seqs(step.release)
-            md = None
-            for batch in step.layers:
-                manager.update_block_table(batch)
-                packed = manager.pack_flash_attn_metadata(batch)
-                md = packed if md is None else md
+            md = step.run(manager)
             attention.scatter_columns(md)
             each(k, md, plan)
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager.base import BlockManager
+from disagmoe.metadata import FlashAttentionMetadata
 
 CYCLE_STEPS = 16  # steps between rebuilds with lengths="cycle" (the seed suite's DECODE_STEPS)
 LENGTHS = ("grow", "cycle")
@@ -39,13 +40,18 @@ class Step:
     release: tuple[int, ...]
     layers: tuple[BatchMetadata, ...]
 
-    def run(self, manager: BlockManager) -> None:
-        """Every call of the step, back to back (nothing waits for the device)."""
+    def run(self, manager: BlockManager) -> FlashAttentionMetadata | None:
+        """Every call of the step, back to back (nothing waits for the device); returns the
+        first layer's metadata (what an attention layer of the step reads)."""
         if self.release:
             manager.release_seqs(self.release)
+        first = None
         for batch in self.layers:
             manager.update_block_table(batch)
-            manager.pack_flash_attn_metadata(batch)
+            packed = manager.pack_flash_attn_metadata(batch)
+            if first is None:
+                first = packed
+        return first
 
     def calls(self, manager: BlockManager) -> Iterator[tuple]:
         """(method, argument) of every call of the step, in order."""
