@@ -60,14 +60,7 @@ def steps_with_metadata(workload: TraceReplay, device: torch.device):
 
 
 def run_step(manager, layer, workload, k):
-    step = workload.step_at(k)
-    if step.release:
-        manager.release_seqs(step.release)
-    md = None
-    for batch in step.layers:
-        manager.update_block_table(batch)
-        packed = manager.pack_flash_attn_metadata(batch)
-        md = packed if md is None else md
+    md = workload.step_at(k).run(manager)
     layer.scatter_columns(md)
     return md
 
@@ -149,51 +142,11 @@ def _log(tmp_path):
     return path
 
 
-def test_command_line_reports_the_share(tmp_path, capsys):
-    out = tmp_path / "r.json"
-    assert (
-        bench.main(
-            [
-                "--trace",
-                str(_log(tmp_path)),
-                "--timing",
-                "pipelined",
-                "--quick",
-                "--running",
-                "6",
-                "--chunk",
-                "96",
-                "--pool-blocks",
-                "24",
-                "--window",
-                "3",
-                "--windows",
-                "2",
-                "--model-layers",
-                "4",
-                "--output",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    printed = capsys.readouterr().out
-    assert "Attention in the loop" in printed and "of a step with 4 layers" in printed
-    assert max(len(line) for line in printed.splitlines()) <= 120
-    run = json.loads(out.read_text())
-    record = run["attention"][0]
-    assert record["point"]["running"] == 6 and record["shape"]["model_layers"] == 4
-    wall = {name: v["median"]["wall_us"] for name, v in run["points"][0]["variants"].items()}
-    assert record["bookkeeping_us"] == wall
-    for name, fraction in record["share"].items():
-        assert fraction == pytest.approx(wall[name] / (wall[name] + 4 * record["layer_mean_us"]))
-
-
-def test_command_line_leaves_attention_out_when_asked_or_too_large(tmp_path, capsys):
-    log = str(_log(tmp_path))
-    common = [
+def _replay_argv(tmp_path, *extra: str) -> list[str]:
+    """A quick pipelined replay of the synthetic log through every variant, into r.json."""
+    return [
         "--trace",
-        log,
+        str(_log(tmp_path)),
         "--timing",
         "pipelined",
         "--quick",
@@ -207,11 +160,30 @@ def test_command_line_leaves_attention_out_when_asked_or_too_large(tmp_path, cap
         "2",
         "--output",
         str(tmp_path / "r.json"),
+        *extra,
     ]
-    assert bench.main(common + ["--pool-blocks", "24", "--model-layers", "0"]) == 0
+
+
+def test_command_line_reports_the_share(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert bench.main(_replay_argv(tmp_path, "--pool-blocks", "24", "--model-layers", "4")) == 0
+    printed = capsys.readouterr().out
+    assert "Attention in the loop" in printed and "of a step with 4 layers" in printed
+    assert max(len(line) for line in printed.splitlines()) <= 120
+    run = json.loads(out.read_text())
+    record = run["attention"][0]
+    assert record["point"]["running"] == 6 and record["shape"]["model_layers"] == 4
+    wall = {name: v["median"]["wall_us"] for name, v in run["points"][0]["variants"].items()}
+    assert record["bookkeeping_us"] == wall
+    for name, fraction in record["share"].items():
+        assert fraction == pytest.approx(wall[name] / (wall[name] + 4 * record["layer_mean_us"]))
+
+
+def test_command_line_leaves_attention_out_when_asked_or_too_large(tmp_path, capsys):
+    assert bench.main(_replay_argv(tmp_path, "--pool-blocks", "24", "--model-layers", "0")) == 0
     assert "Attention in the loop" not in capsys.readouterr().out
     if not torch.cuda.is_available():  # the CPU's eager attention over a large pool: left out, said why
-        assert bench.main(common + ["--pool-blocks", str(1 << 20)]) == 0
+        assert bench.main(_replay_argv(tmp_path, "--pool-blocks", str(1 << 20))) == 0
         assert "attention left out (eager FlexAttention on the CPU" in capsys.readouterr().out
 
 
@@ -236,10 +208,8 @@ def test_a_layer_never_waits_for_the_device():
     device = torch.device("cuda", torch.cuda.current_device())
     workload = replay(30)
     manager, layer, plans = steps_with_metadata(workload, device)
-    mds = []
     for k, plan in enumerate(plans):
-        mds.append(run_step(manager, layer, workload, k))
-        layer.layer(mds[-1], plan)  # compiles
+        layer.layer(run_step(manager, layer, workload, k), plan)  # compiles
     workload.start(manager)
     for k, plan in enumerate(plans):
         md = run_step(manager, layer, workload, k)
