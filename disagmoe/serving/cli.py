@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import math
 import sys
@@ -266,8 +267,10 @@ def _check_replay(args: argparse.Namespace) -> None:
 
 
 def _replay_point(requests: list, config: SchedulerConfig, source: str) -> Callable:
-    """A factory of the replay of `num_steps` steps from the trace's busiest stretch."""
+    """A factory of the replay of `num_steps` steps from the trace's busiest stretch; the
+    same replay each time (the timing and the attention read the same steps: scheduled once)."""
 
+    @functools.cache
     def factory(num_steps: int) -> TraceReplay:
         return TraceReplay(requests, config, busiest_window(requests, config, num_steps), num_steps, source)
 
