@@ -1,17 +1,18 @@
-"""The command-line benchmark: the seed's table (the cpu and gpu designs side by side), and the
-serving benchmarks of all three designs (`--workload`).
+"""The command-line benchmark: the seed's table (the cpu and gpu designs side by side, then
+hybrid beside cpu), and the serving benchmarks of all three designs (`--workload`).
 
     python -m disagmoe.bench [--quick] [--batch-sizes 16 64] [--seq-lens 128 1024]
         [--iterations 100] [--device cuda] [--output results.json] [--profile DIR]
 
-For each grid point (batch size B, sequence length L) it first checks that both
-backends, given the same block size, produce the same metadata; then it times
-one decode step of B requests holding L tokens: `update_block_table` at the
-first layer, then `pack_flash_attn_metadata`, on both backends in turn (the
-order alternates), each call ending with `manager.synchronize()`. It prints
-the medians and CPU-over-GPU speedups, and writes every sample to `--output`.
+For each grid point (batch size B, sequence length L) it first checks that the three
+designs, given the same block size, produce the same metadata; then it times one
+decode step of B requests holding L tokens: `update_block_table` at the first layer,
+then `pack_flash_attn_metadata`, on every design in turn (the order alternates), each
+call ending with `manager.synchronize()`. It prints the medians and CPU-over-GPU
+speedups (the seed's table), then the same for hybrid beside cpu, and writes every
+sample to `--output`.
 
-The workloads (shared with the asv suite) are in `disagmoe.workloads`.
+The workload and its timing are the serving harness's (`disagmoe.serving.seed`).
 """
 
 from __future__ import annotations
@@ -35,37 +36,53 @@ from disagmoe.block_manager.base import resolve_device
 from disagmoe.serving import cli as serving_cli
 from disagmoe.serving import inputs
 from disagmoe.serving.cli import speedup_text
-from disagmoe.workloads import (
-    BACKEND_NAMES,
+from disagmoe.serving.points import VariantMismatch
+from disagmoe.serving.seed import (
     BATCH_SIZES,
     CHECK_BLOCK_SIZE,
     DECODE_STEPS,
+    DESIGNS,
     OPS,
     QUICK_BATCH_SIZES,
     QUICK_SEQ_LENS,
     SEQ_LENS,
-    BackendMismatch,
     check_equivalent,
     decode_state,
-    device_name,
-    limit_cpu_threads,
     no_label,
     summarize,
     time_decode_steps,
 )
+from disagmoe.serving.timing import device_name, limit_cpu_threads
 
 # -- the command line -----------------------------------------------------------------------
 
 HEADER = "Batch Size   Seq Len   CPU Update (ms) GPU Update (ms) Speedup   CPU Pack (ms) GPU Pack (ms) Speedup"
+HYBRID_HEADER = (
+    "Batch Size   Seq Len   CPU Update (ms) Hybrid Update (ms) Speedup   CPU Pack (ms) Hybrid Pack (ms) Speedup"
+)
+_WIDTHS = {"gpu": (16, 14), "hybrid": (19, 17)}  # the design's update and pack columns
 
 
-def _row(point: dict) -> str:
+def _row(point: dict, design: str = "gpu") -> str:
+    """A grid point's line of the table of `design` beside cpu."""
     update, pack = point["update_block_table"], point["pack_flash_attn_metadata"]
+    speedup = "speedup" if design == "gpu" else f"{design}_speedup"
+    update_width, pack_width = _WIDTHS[design]
     return (
-        f"{point['batch_size']:<13}{point['seq_len']:<10}{update['cpu_ms']:<16.4f}{update['gpu_ms']:<16.4f}"
-        f"{speedup_text(update['speedup']):<10}{pack['cpu_ms']:<14.4f}{pack['gpu_ms']:<14.4f}"
-        f"{speedup_text(pack['speedup'])}"
+        f"{point['batch_size']:<13}{point['seq_len']:<10}{update['cpu_ms']:<16.4f}"
+        f"{update[f'{design}_ms']:<{update_width}.4f}{speedup_text(update[speedup]):<10}"
+        f"{pack['cpu_ms']:<14.4f}{pack[f'{design}_ms']:<{pack_width}.4f}{speedup_text(pack[speedup])}"
     )
+
+
+def _print_summary(summary: dict, design: str, points: int) -> None:
+    time_of = "GPU" if design == "gpu" else design
+    print(f"Speedup (CPU time / {time_of} time, > 1: the {design} design is faster) over {points} grid points:")
+    for op, s in summary.items():
+        print(
+            f"  {op:<26} mean {speedup_text(s['mean'])}x  median {speedup_text(s['median'])}x  "
+            f"min {speedup_text(s['min'])}x  max {speedup_text(s['max'])}x"
+        )
 
 
 def _run_point(
@@ -83,7 +100,7 @@ def _run_point(
         with label("setup: check_equivalent"):
             check_equivalent(batch_size, seq_len, device)
         with label("setup: decode states"):
-            states = {backend: decode_state(backend, batch_size, seq_len, device) for backend in BACKEND_NAMES}
+            states = {design: decode_state(design, batch_size, seq_len, device) for design in DESIGNS}
         with label("setup: warm-up steps"):
             time_decode_steps(states, warmup)
         samples = time_decode_steps(states, iterations, label)
@@ -91,13 +108,13 @@ def _run_point(
         prof.export_chrome_trace(str(profile_dir / f"trace_b{batch_size}_s{seq_len}.json"))
     point: dict[str, object] = {"batch_size": batch_size, "seq_len": seq_len}
     for op in OPS:
-        ms = {backend: [s * 1e3 for s in samples[backend][op]] for backend in BACKEND_NAMES}
-        cpu_ms, gpu_ms = statistics.median(ms["cpu"]), statistics.median(ms["gpu"])
+        ms = {design: [s * 1e3 for s in samples[design][op]] for design in DESIGNS}
+        medians = {f"{design}_ms": statistics.median(ms[design]) for design in DESIGNS}
         point[op] = {
-            "cpu_ms": cpu_ms,
-            "gpu_ms": gpu_ms,
-            "speedup": cpu_ms / gpu_ms,
-            "stats_ms": {backend: summarize(ms[backend]) for backend in BACKEND_NAMES},
+            **medians,
+            "speedup": medians["cpu_ms"] / medians["gpu_ms"],
+            "hybrid_speedup": medians["cpu_ms"] / medians["hybrid_ms"],
+            "stats_ms": {design: summarize(ms[design]) for design in DESIGNS},
             "samples_ms": ms,
         }
     return point
@@ -170,7 +187,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         inputs.count("--warmup", args.warmup, 0, inputs.MAX_STEPS)
         for b in args.batch_sizes:
             for s in args.seq_lens:
-                for block_size in {CHECK_BLOCK_SIZE, *(BACKENDS[n].default_block_size for n in BACKEND_NAMES)}:
+                for block_size in {CHECK_BLOCK_SIZE, *(BACKENDS[n].default_block_size for n in DESIGNS)}:
                     inputs.pool_slots(f"--batch-sizes {b} --seq-lens {s}", b, s + DECODE_STEPS, block_size)
         if args.output is not None:
             inputs.output_path("--output", args.output)
@@ -235,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warmup": args.warmup,
         "decode_steps_per_state": DECODE_STEPS,
         "check_block_size": CHECK_BLOCK_SIZE,
-        "block_size": {b: BACKENDS[b].default_block_size for b in BACKEND_NAMES},
+        "block_size": {d: BACKENDS[d].default_block_size for d in DESIGNS},
         "results": [],
     }
     print(
@@ -252,22 +269,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         try:
             point = _run_point(batch_size, seq_len, device, args.iterations, args.warmup, args.profile)
-        except BackendMismatch as err:
-            print(f"disagmoe-bench: the backends disagree, nothing timed: {err}", file=sys.stderr)
+        except VariantMismatch as err:
+            print(f"disagmoe-bench: the designs disagree, nothing timed: {err}", file=sys.stderr)
             return 1
         run["results"].append(point)
         print(_row(point), flush=True)
     print(
-        f"\nEquivalence check passed at all {len(grid)} grid points: both backends gave identical metadata "
+        f"\nEquivalence check passed at all {len(grid)} grid points: the three designs gave identical metadata "
         f"and lengths at block size {CHECK_BLOCK_SIZE}."
     )
     run["summary"] = {op: summarize([p[op]["speedup"] for p in run["results"]]) for op in OPS}
-    print(f"Speedup (CPU time / GPU time, > 1: the gpu backend is faster) over {len(grid)} grid points:")
-    for op, s in run["summary"].items():
-        print(
-            f"  {op:<26} mean {speedup_text(s['mean'])}x  median {speedup_text(s['median'])}x  "
-            f"min {speedup_text(s['min'])}x  max {speedup_text(s['max'])}x"
-        )
+    _print_summary(run["summary"], "gpu", len(grid))
+    print(f"\nThe third design beside cpu, timed in the same turns:\n{HYBRID_HEADER}")
+    for point in run["results"]:
+        print(_row(point, "hybrid"))
+    run["summary_hybrid"] = {op: summarize([p[op]["hybrid_speedup"] for p in run["results"]]) for op in OPS}
+    _print_summary(run["summary_hybrid"], "hybrid", len(grid))
     _write(args.output, run)
     return 0
 

@@ -344,7 +344,8 @@ def test_command_line_errors(capsys):
 
 
 def test_seed_table_is_unchanged(tmp_path):
-    """The default command line still prints the seed's table, and says the check passed."""
+    """The default command line still prints the seed's table, then hybrid's beside cpu, and
+    says the check passed."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -370,13 +371,15 @@ def test_seed_table_is_unchanged(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[1] == bench.HEADER
     assert lines[2].split()[:2] == ["4", "32"]
-    speedups = [lines[2].split()[i] for i in (4, 7)] + re.findall(r"(?:mean|median|min|max) (\S+)x", proc.stdout)
-    assert len(speedups) == 10 and all(re.fullmatch(r"\d+\.\d{3}", s) for s in speedups), speedups
+    hybrid = lines.index(bench.HYBRID_HEADER) + 1  # the third design, after the seed's table
+    assert lines[hybrid].split()[:2] == ["4", "32"]
+    speedups = [line.split()[i] for line in (lines[2], lines[hybrid]) for i in (4, 7)]
+    speedups += re.findall(r"(?:mean|median|min|max) (\S+)x", proc.stdout)
+    assert len(speedups) == 20 and all(re.fullmatch(r"\d+\.\d{3}", s) for s in speedups), speedups
     assert "Equivalence check passed at all 1 grid points" in proc.stdout
-    assert set(json.loads((tmp_path / "s.json").read_text())["results"][0]) >= {
-        "update_block_table",
-        "pack_flash_attn_metadata",
-    }
+    point = json.loads((tmp_path / "s.json").read_text())["results"][0]
+    assert set(point) >= {"update_block_table", "pack_flash_attn_metadata"}
+    assert set(point["update_block_table"]["samples_ms"]) == {"cpu", "gpu", "hybrid"}
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -56,7 +56,9 @@ def trace_point(config: TraceConfig) -> Callable:
     return lambda num_steps: TraceWorkload(config, num_steps)
 
 
-def _snapshot(metadata, tables: bool) -> dict:
+def snapshot(metadata, tables: bool = True) -> dict:
+    """Every field of a FlashAttentionMetadata, tensors cloned (block tables, slots and the
+    block size left out unless `tables`: variants of other block sizes differ there)."""
     out = {}
     for field in dataclasses.fields(metadata):
         value = getattr(metadata, field.name)
@@ -66,7 +68,8 @@ def _snapshot(metadata, tables: bool) -> dict:
     return out
 
 
-def _same(a, b) -> bool:
+def same(a, b) -> bool:
+    """Equal values; tensors of one dtype and shape, equal element by element."""
     if isinstance(a, torch.Tensor):
         return (
             isinstance(b, torch.Tensor)
@@ -104,7 +107,7 @@ def check_variants(replays: dict[str, Replay], variants: dict[str, Variant], ste
                 metadata = replay.manager.pack_flash_attn_metadata(batch)
                 if k == 0:
                     nbytes[name] = metadata_bytes(metadata)
-                packs.append(_snapshot(metadata, tables))
+                packs.append(snapshot(metadata, tables))
             replay.position += 1
         replay.manager.check_integrity()
         seen[name] = packs
@@ -113,7 +116,7 @@ def check_variants(replays: dict[str, Replay], variants: dict[str, Variant], ste
         for other in names[: names.index(name)]:
             for k, (a, b) in enumerate(zip(seen[other], seen[name])):
                 for field in a.keys() & b.keys():
-                    if not _same(a[field], b[field]):
+                    if not same(a[field], b[field]):
                         raise VariantMismatch(
                             f"{replays[name].workload.label()}: pack {k}: {field} differs: "
                             f"{other} {a[field]!r:.200} != {name} {b[field]!r:.200}"

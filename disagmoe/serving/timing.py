@@ -31,10 +31,41 @@ from typing import Callable, Mapping, Protocol
 
 import torch
 
-from disagmoe.block_manager.base import BlockManager
+from disagmoe.block_manager.base import BlockManager, resolve_device
 
 MODES = ("synced", "pipelined", "busy")
 DEFAULT_FORWARD_US = 300.0
+
+
+def default_device() -> torch.device:
+    """The CUDA device when there is one, else torch's CPU device (as the managers do)."""
+    return resolve_device(None)
+
+
+def device_name(device: torch.device) -> str:
+    """The device and what it is, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)"."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    cuda = "" if torch.cuda.is_available() else ", no CUDA on this machine"
+    return f"{device} (torch's CPU device{cuda})"
+
+
+def limit_cpu_threads(device: torch.device) -> None:
+    """One intra-op thread when the managers run on torch's CPU device: their small
+    torch operations gain nothing from more, and waking the thread pool made timings
+    on a busy 2-core machine swing twentyfold."""
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+
+
+def timed_call(synchronize: Callable[[], None], call: Callable[..., object], *args: object) -> tuple[float, float]:
+    """(wall, host) seconds of `call(*args)`: until the device is done (`synchronize()`
+    inside the timed region), and until the call returned."""
+    start = time.perf_counter()
+    call(*args)
+    returned = time.perf_counter()
+    synchronize()
+    return time.perf_counter() - start, returned - start
 
 
 class Runner(Protocol):
@@ -84,13 +115,9 @@ class Replay:
         wall = host = 0.0
         manager = self.manager
         for call, argument in self.workload.step_at(self.position).calls(manager):
-            start = time.perf_counter()
-            call(argument)
-            returned = time.perf_counter()
-            manager.synchronize()
-            done = time.perf_counter()
-            wall += done - start
-            host += returned - start
+            w, h = timed_call(manager.synchronize, call, argument)
+            wall += w
+            host += h
         self.position += 1
         return wall, host
 

@@ -1,4 +1,4 @@
-"""Floors and per-operation timings of both backends' variants, side by side in one process.
+"""Floors and per-operation timings of the designs' variants, side by side in one process.
 
 Measures the machine's floor (a bare device synchronise, one tiny kernel plus
 the synchronise, pinned copies) and, for each grid point, the median of
@@ -22,15 +22,8 @@ import time
 
 import torch
 
-from disagmoe.workloads import (
-    DECODE_STEPS,
-    LATER_LAYER,
-    decode_batch,
-    default_device,
-    limit_cpu_threads,
-    make_manager,
-    prefill_batch,
-)
+from disagmoe.serving.seed import DECODE_STEPS, LATER_LAYER, decode_batch, make_manager, prefill_batch
+from disagmoe.serving.timing import default_device, limit_cpu_threads
 from scripts.probes import rebuilt
 
 VARIANTS = {  # name: (backend, constructor keywords)
