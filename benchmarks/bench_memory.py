@@ -9,7 +9,7 @@ device (a machine without CUDA, where the `gpu` backend's timings say nothing
 about a GPU).
 """
 
-from .common import BACKENDS, BATCH_SIZES, SEQ_LENS, measure_footprints
+from .common import BATCH_SIZES, DESIGNS, SEQ_LENS, measure_footprints
 
 
 def setup_cache():
@@ -22,7 +22,7 @@ setup_cache.timeout = 600
 
 
 class MemoryFootprint:
-    params = (BACKENDS, BATCH_SIZES, SEQ_LENS)
+    params = (DESIGNS, BATCH_SIZES, SEQ_LENS)
     param_names = ["backend", "batch_size", "seq_len"]
     unit = "bytes"
     processes = 1
@@ -41,7 +41,7 @@ class Device:
     def track_on_cuda(self, cache):
         return int(cache["on_cuda"])
 
-    track_on_cuda.pretty_name = "device of both backends: 1 = CUDA, 0 = torch's CPU device (no GPU)"
+    track_on_cuda.pretty_name = "device of every design: 1 = CUDA, 0 = torch's CPU device (no GPU)"
 
 
 # asv files every result under its benchmark's `version`: each is pinned to the value asv

@@ -11,7 +11,7 @@ commit that slows one operation of one backend by 20% raises that value by 20%. 
 reference belongs to the suite, so every commit is measured against the same work.
 
 One process measures the whole grid (`common.measure_relative_times`): per grid point
-both backends and the reference take turns for 9 rounds of 20 decode steps, the
+the three designs and the reference take turns for 9 rounds of 20 decode steps, the
 first-layer `update_block_table` then `pack_flash_attn_metadata`, each call synchronised;
 each round gives one ratio of medians, the rounds being asv's samples.
 
@@ -19,11 +19,11 @@ For verdicts compare these (and `InverseSpeedup`):
 `asv continuous --bench "RelativeTime|InverseSpeedup" main HEAD`.
 """
 
-from .common import BACKENDS, BATCH_SIZES, SEQ_LENS, measure_relative_times
+from .common import BATCH_SIZES, DESIGNS, SEQ_LENS, measure_relative_times
 
 
 class RelativeTime:
-    params = (BACKENDS, BATCH_SIZES, SEQ_LENS)
+    params = (DESIGNS, BATCH_SIZES, SEQ_LENS)
     param_names = ["backend", "batch_size", "seq_len"]
     unit = "time / reference time, lower is better"
     processes = 1

@@ -1,13 +1,14 @@
-"""Speedup of the `gpu` backend over the `cpu` backend, per operation and grid point.
+"""Speedup of the `gpu` and `hybrid` designs over the `cpu` design, per operation and grid point.
 
-One process times both backends side by side, interleaved, for every grid
+One process times the three designs side by side, interleaved, for every grid
 point (see `common.measure_inverse_speedups`): one decode step of B requests
 holding `seq_len` tokens, `update_block_table` at the first layer then
 `pack_flash_attn_metadata`, each call synchronised.
 
 asv counts a higher value as worse and has no switch to say otherwise, so the
 tracked value is the inverse of the speedup: GPU time / CPU time, lower is better (the
-CPU/GPU speedup `python -m disagmoe.bench` prints is 1 / value). A drop in speedup is
+CPU/GPU speedup `python -m disagmoe.bench` prints is 1 / value), and hybrid time / CPU
+time for the third design (`track_hybrid_*`). A drop in speedup is
 a rise here, which `asv continuous` and `asv publish` report as a regression. Each
 value is the median of 9 rounds of 20 steps, the rounds being asv's samples.
 """
@@ -18,7 +19,7 @@ from .common import BATCH_SIZES, SEQ_LENS, measure_inverse_speedups
 class InverseSpeedup:
     params = (BATCH_SIZES, SEQ_LENS)
     param_names = ["batch_size", "seq_len"]
-    unit = "GPU time / CPU time, lower is better"
+    unit = "design time / CPU time, lower is better"
     processes = 1
     timeout = 600
 
@@ -27,12 +28,12 @@ class InverseSpeedup:
         print(f"InverseSpeedup: measured on {measured['device']}")
         return measured
 
-    def _ratios(self, cache, op, batch_size, seq_len):
+    def _ratios(self, cache, design, op, batch_size, seq_len):
         # A dict with samples: asv stores their median with confidence intervals.
-        return {"samples": cache["ratios"][(batch_size, seq_len)][op], "number": 1}
+        return {"samples": cache["ratios"][(batch_size, seq_len)][(design, op)], "number": 1}
 
     def track_update_block_table(self, cache, batch_size, seq_len):
-        return self._ratios(cache, "update_block_table", batch_size, seq_len)
+        return self._ratios(cache, "gpu", "update_block_table", batch_size, seq_len)
 
     track_update_block_table.pretty_name = (
         "update: GPU time / CPU time, lower is better (1 / the CPU/GPU "
@@ -40,10 +41,25 @@ class InverseSpeedup:
     )
 
     def track_pack_flash_attn_metadata(self, cache, batch_size, seq_len):
-        return self._ratios(cache, "pack_flash_attn_metadata", batch_size, seq_len)
+        return self._ratios(cache, "gpu", "pack_flash_attn_metadata", batch_size, seq_len)
 
     track_pack_flash_attn_metadata.pretty_name = (
         "pack: GPU time / CPU time, lower is better (1 / the CPU/GPU speedup; pack_flash_attn_metadata, decode)"
+    )
+
+    def track_hybrid_update_block_table(self, cache, batch_size, seq_len):
+        return self._ratios(cache, "hybrid", "update_block_table", batch_size, seq_len)
+
+    track_hybrid_update_block_table.pretty_name = (
+        "update: hybrid time / CPU time, lower is better (1 / the CPU/hybrid speedup; "
+        "update_block_table, decode, first layer)"
+    )
+
+    def track_hybrid_pack_flash_attn_metadata(self, cache, batch_size, seq_len):
+        return self._ratios(cache, "hybrid", "pack_flash_attn_metadata", batch_size, seq_len)
+
+    track_hybrid_pack_flash_attn_metadata.pretty_name = (
+        "pack: hybrid time / CPU time, lower is better (1 / the CPU/hybrid speedup; pack_flash_attn_metadata, decode)"
     )
 
 
@@ -54,3 +70,9 @@ InverseSpeedup.track_pack_flash_attn_metadata.version = (
     "b8fba31d802b03e4fd528e16ae579291d300a3f1e8565b5cd13e5c221e11f67b"
 )
 InverseSpeedup.track_update_block_table.version = "d2d718821b9a083d0ac9d61552e7c9657e8855a8ffad2995fc6a3e6f43f4496a"
+InverseSpeedup.track_hybrid_pack_flash_attn_metadata.version = (
+    "77d96922493007fbdef3ea132c97d620170d7577a015a8acf8f2e331d27abb46"
+)
+InverseSpeedup.track_hybrid_update_block_table.version = (
+    "36d253232fa007650e4623db884e423d04df603ca66ef61afdb761c7d096ee76"
+)

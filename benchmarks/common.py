@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ def _grid(variable: str, default: list[int]) -> list[int]:
     return env_ints(variable, default)
 
 
-BACKENDS = ["cpu", "gpu", "hybrid"]
+DESIGNS = ["cpu", "gpu", "hybrid"]  # (asv's parameter keeps its first name: "backend")
 
 try:  # a skip from inside a track_ method (asv shows n/a); in setup a NotImplementedError does
     from asv_runner.benchmarks.mark import SkipNotImplemented
@@ -56,19 +57,19 @@ except ImportError:  # pragma: no cover - asv_runner < 0.1
     SkipNotImplemented = NotImplementedError
 
 
-def installed_backends() -> list[str]:
-    """The suite's backends that the installed commit has (older commits predate hybrid)."""
+def installed_designs() -> list[str]:
+    """The suite's designs that the installed commit has (older commits predate hybrid)."""
     import disagmoe
 
-    return [b for b in BACKENDS if b in getattr(disagmoe, "BACKENDS", {"cpu": None, "gpu": None})]
+    return [d for d in DESIGNS if d in getattr(disagmoe, "BACKENDS", {"cpu": None, "gpu": None})]
 
 
 class Measured(dict):
     """Measurements by key, where a missing key is a skip (asv: n/a), not a failure: a
-    backend that the installed commit predates was not measured."""
+    design that the installed commit predates was not measured."""
 
     def __missing__(self, key):
-        raise SkipNotImplemented(f"nothing measured for {key!r}: a backend this commit predates")
+        raise SkipNotImplemented(f"nothing measured for {key!r}: a design this commit predates")
 
 
 BATCH_SIZES = _grid("DISAGMOE_BENCH_BATCH_SIZES", [16, 32, 64, 128, 256])
@@ -90,7 +91,7 @@ class StepTiming:
     most half of them.
     """
 
-    params = (BACKENDS, BATCH_SIZES, SEQ_LENS)
+    params = (DESIGNS, BATCH_SIZES, SEQ_LENS)
     param_names = ["backend", "batch_size", "seq_len"]
     rounds = 2
     number = 1
@@ -169,8 +170,8 @@ def decode_state(backend: str, batch_size: int, seq_len: int, owner: str = "deco
     A benchmark that empties the manager passes its own `owner`."""
     key = (owner, backend, batch_size, seq_len)
     if key not in _states:
-        if backend not in installed_backends():
-            raise NotImplementedError(f"the installed commit has no {backend!r} backend")
+        if backend not in installed_designs():
+            raise NotImplementedError(f"the installed commit has no {backend!r} design")
         check_fork_safe()
         bench = workloads()
         bench.limit_cpu_threads(bench.default_device())
@@ -179,9 +180,9 @@ def decode_state(backend: str, batch_size: int, seq_len: int, owner: str = "deco
 
 
 def _side_by_side(
-    rounds: int, iterations: int, warmup: int, backends: list[str], reference: bool = False
+    rounds: int, iterations: int, warmup: int, designs: list[str], reference: bool = False
 ) -> tuple[str, dict]:
-    """Decode steps of the backends taking turns (and of `ReferenceWork` with
+    """Decode steps of the designs taking turns (and of `ReferenceWork` with
     `reference`), as in `python -m disagmoe.bench`, for the whole grid in one process:
     (device name, {(batch_size, seq_len): one `time_decode_steps` result per round})."""
     check_fork_safe()
@@ -192,7 +193,7 @@ def _side_by_side(
     rounds_of = {}
     for batch_size in BATCH_SIZES:
         for seq_len in SEQ_LENS:
-            states = {backend: bench.decode_state(backend, batch_size, seq_len) for backend in backends}
+            states = {design: bench.decode_state(design, batch_size, seq_len) for design in designs}
             states.update(extra)
             bench.time_decode_steps(states, warmup)
             rounds_of[(batch_size, seq_len)] = [bench.time_decode_steps(states, iterations) for _ in range(rounds)]
@@ -205,33 +206,43 @@ def _ratio(samples: list[float], over: list[float]) -> float:
 
 
 def measure_inverse_speedups(rounds: int = 9, iterations: int = 20, warmup: int = 5) -> dict:
-    """GPU time over CPU time of each decode-step operation, for the whole grid in one process.
+    """Each design's time over the cpu design's, per decode-step operation, for the whole
+    grid in one process.
 
-    Per grid point both backends take turns as in `python -m disagmoe.bench`;
-    each of `rounds` rounds of `iterations` steps gives one ratio of medians,
-    so asv gets samples (and confidence intervals) rather than one number.
-    """
-    device, rounds_of = _side_by_side(rounds, iterations, warmup, ["cpu", "gpu"])
+    Per grid point the designs take turns as in `python -m disagmoe.bench`; each of
+    `rounds` rounds of `iterations` steps gives one ratio of medians, so asv gets
+    samples (and confidence intervals) rather than one number. Returns {"device",
+    "ratios": {point: {(design, op): [ratio per round]}}} for gpu and hybrid (a design the
+    installed commit predates is a skip)."""
+    designs = installed_designs()
+    device, rounds_of = _side_by_side(rounds, iterations, warmup, designs)
     ratios = {
-        point: {op: [_ratio(samples["gpu"][op], samples["cpu"][op]) for samples in runs] for op in runs[0]["cpu"]}
+        point: Measured(
+            {
+                (design, op): [_ratio(samples[design][op], samples["cpu"][op]) for samples in runs]
+                for design in designs
+                if design != "cpu"
+                for op in runs[0]["cpu"]
+            }
+        )
         for point, runs in rounds_of.items()
     }
     return {"device": device, "ratios": ratios}
 
 
 def measure_footprints() -> dict:
-    """`memory_footprint()` of each backend's manager for every grid point, once its
+    """`memory_footprint()` of each design's manager for every grid point, once its
     decode state has run every benchmarked operation (buffers at their size)."""
     check_fork_safe()
     bench = workloads()
     device = bench.default_device()
     footprints = Measured()
-    for backend in installed_backends():
+    for design in installed_designs():
         for batch_size in BATCH_SIZES:
             for seq_len in SEQ_LENS:
-                state = bench.decode_state(backend, batch_size, seq_len)
+                state = bench.decode_state(design, batch_size, seq_len)
                 footprint = state.manager.memory_footprint()  # plain ints: readers skip torch
-                footprints[(backend, batch_size, seq_len)] = {
+                footprints[(design, batch_size, seq_len)] = {
                     "device_bytes": footprint.device_bytes,
                     "host_bytes": footprint.host_bytes,
                 }
@@ -240,34 +251,56 @@ def measure_footprints() -> dict:
 
 
 class ReferenceWork:
-    """A fixed workload shaped like a step, timed in turn with the backends so that the
-    machine's own speed of the moment divides out (see bench_relative). It is part of the
-    suite, not of the package, so every commit is measured against the same work: a numpy
-    sort of 4096 ints and a Python pass over 512 (host work of a step's size) then, on
-    CUDA, a 4 KB pinned copy to the device. Duck-types a `DecodeState` for
-    `time_decode_steps`: its "update" and "pack" are both that work, ended like every timed
-    call by `synchronize()`."""
+    """A fixed workload shaped like a step, timed in turn with the designs so that the
+    machine's own speed of the moment divides out of the verdicts (bench_relative, and
+    the serving modules' RelativeStep). It is part of the suite, not of the package, so
+    every commit is measured against the same work: a numpy sort of 4096 ints and a
+    Python pass over 512 (host work of a step's size) then, on CUDA, a pinned copy of
+    `pinned_ints` int32 to the device and a device-to-device copy of `device_ints`.
 
-    def __init__(self, device: torch.device) -> None:
+    The seed's classes use the default (a 4 KB copy) and time it as a decode state of
+    `time_decode_steps`: its "update" (`step`) and "pack" (`manager.pack_flash_attn_metadata`)
+    are both that work, each ended by `synchronize()`. The serving modules use
+    `ReferenceWork.serving` (16 KB and 4 MB) as a runner of the package's serving timing
+    (`start`, `before_window`, `step`, `step_synced`, `synchronize`)."""
+
+    max_window = None
+
+    def __init__(self, device: torch.device, pinned_ints: int = 1024, device_ints: int = 0) -> None:
         self._keys = np.arange(4096, dtype=np.int32)[::-1].copy()
         self._items = list(range(512))
         self._cuda = device.type == "cuda"
+        self._copies = []
         if self._cuda:
-            self._host = torch.arange(1024, dtype=torch.int32).pin_memory()
-            self._device = torch.empty(1024, dtype=torch.int32, device=device)
+            host = torch.arange(pinned_ints, dtype=torch.int32).pin_memory()
+            self._copies.append((torch.empty(pinned_ints, dtype=torch.int32, device=device), host))
+            if device_ints:
+                source = torch.zeros(device_ints, dtype=torch.int32, device=device)
+                self._copies.append((torch.empty_like(source), source))
         self.manager = self
         self.first = None
+
+    @classmethod
+    def serving(cls, device: torch.device) -> "ReferenceWork":
+        """The serving modules' reference: a 16 KB pinned copy and a 4 MB device copy."""
+        return cls(device, pinned_ints=4096, device_ints=1 << 20)
 
     def _work(self) -> int:
         np.sort(self._keys)
         total = 0
         for item in self._items:
             total += item
-        if self._cuda:
-            self._device.copy_(self._host, non_blocking=True)
+        for destination, source in self._copies:
+            destination.copy_(source, non_blocking=True)
         return total
 
     def make_room(self) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def before_window(self, steps: int) -> None:
         pass
 
     def step(self) -> None:
@@ -276,24 +309,31 @@ class ReferenceWork:
     def pack_flash_attn_metadata(self, batch) -> None:
         self._work()
 
+    def step_synced(self) -> tuple[float, float]:
+        start = time.perf_counter()
+        self._work()
+        returned = time.perf_counter()
+        self.synchronize()
+        return time.perf_counter() - start, returned - start
+
     def synchronize(self) -> None:
         if self._cuda:
             torch.cuda.synchronize()
 
 
 def measure_relative_times(rounds: int = 9, iterations: int = 20, warmup: int = 5) -> dict:
-    """Each backend's time for each decode-step operation over the time of `ReferenceWork`,
-    for the whole grid in one process: both backends and the reference take turns, as in
-    `measure_inverse_speedups`; each round gives one ratio of medians per backend and
+    """Each design's time for each decode-step operation over the time of `ReferenceWork`,
+    for the whole grid in one process: the designs and the reference take turns, as in
+    `measure_inverse_speedups`; each round gives one ratio of medians per design and
     operation, the rounds being asv's samples."""
-    backends = installed_backends()
-    device, rounds_of = _side_by_side(rounds, iterations, warmup, backends, reference=True)
+    designs = installed_designs()
+    device, rounds_of = _side_by_side(rounds, iterations, warmup, designs, reference=True)
     ratios = {
         point: Measured(
             {
-                (backend, op): [_ratio(samples[backend][op], samples["reference"][op]) for samples in runs]
-                for backend in backends
-                for op in runs[0][backend]
+                (design, op): [_ratio(samples[design][op], samples["reference"][op]) for samples in runs]
+                for design in designs
+                for op in runs[0][design]
             }
         )
         for point, runs in rounds_of.items()

@@ -16,12 +16,8 @@ from __future__ import annotations
 import os
 import re
 import statistics
-import time
 
-import numpy as np
-import torch
-
-from .common import SkipNotImplemented, check_fork_safe, env_ints, workloads
+from .common import ReferenceWork, SkipNotImplemented, check_fork_safe, env_ints, workloads
 
 _ints = env_ints
 ALL_MODES = ("synced", "pipelined", "busy")
@@ -61,52 +57,6 @@ MODES = tuple(
 )
 CPU_DEVICE_TOKENS = 1 << 20
 WINDOW, WINDOWS, WARMUP = 32, 9, 16  # steps a window, windows (asv's samples), untimed steps first
-
-
-class ReferenceStep:
-    """A fixed step, timed in turn with the variants so that the machine's speed of the
-    moment divides out of the verdicts (as `common.ReferenceWork` does for the seed
-    suite): host work of a step's size (a numpy sort of 4096 ints, a Python pass over
-    512) and, on CUDA, a 16 KB pinned copy to the device and a 4 MB device-to-device
-    copy. It belongs to the suite, so every commit is measured against the same work."""
-
-    max_window = None
-
-    def __init__(self, device: torch.device) -> None:
-        self._keys = np.arange(4096, dtype=np.int32)[::-1].copy()
-        self._items = list(range(512))
-        self._cuda = device.type == "cuda"
-        if self._cuda:
-            self._host = torch.arange(4096, dtype=torch.int32).pin_memory()
-            self._small = torch.empty(4096, dtype=torch.int32, device=device)
-            self._src = torch.zeros(1 << 20, dtype=torch.int32, device=device)
-            self._dst = torch.empty_like(self._src)
-
-    def start(self) -> None:
-        pass
-
-    def before_window(self, steps: int) -> None:
-        pass
-
-    def step(self) -> None:
-        np.sort(self._keys)
-        total = 0
-        for item in self._items:
-            total += item
-        if self._cuda:
-            self._small.copy_(self._host, non_blocking=True)
-            self._dst.copy_(self._src, non_blocking=True)
-
-    def step_synced(self) -> tuple[float, float]:
-        start = time.perf_counter()
-        self.step()
-        returned = time.perf_counter()
-        self.synchronize()
-        return time.perf_counter() - start, returned - start
-
-    def synchronize(self) -> None:
-        if self._cuda:
-            torch.cuda.synchronize()
 
 
 def _point(kind: str, key: tuple[int, int]) -> tuple[object, int]:
@@ -190,7 +140,7 @@ def measure_grid(kind: str, keys: list[tuple]) -> dict:
             name: Replay(make_manager(v, workload, timing.num_steps, device), workload) for name, v in variants.items()
         }
         serving_points.check_variants(runners, variants)
-        runners["reference"] = ReferenceStep(device)
+        runners["reference"] = ReferenceWork.serving(device)
         out["points"][key] = {
             mode: measure(runners, mode, timing.window, timing.windows, timing.warmup, forward)["runners"]
             for mode in modes
@@ -212,7 +162,7 @@ def step_tail(cache: dict, key: tuple, mode: str, runner: str, quantile: str = "
     windows (an older commit's package did not keep them: skipped)."""
     steps = cache["points"][key][mode][runner].get("host_step_us")
     if not steps:
-        raise NotImplementedError("this commit's serving benchmarks kept no per-step host times")
+        raise SkipNotImplemented("this commit's serving benchmarks kept no per-step host times")
     return {"samples": [_digits(steps[quantile])], "number": 1}
 
 
@@ -241,3 +191,4 @@ def check_measured(cache: dict, key: tuple, variant_name: str | None = None, mod
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
+
