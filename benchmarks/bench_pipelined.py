@@ -14,18 +14,7 @@ For verdicts compare `RelativeStep` (a variant's pipelined step over a fixed ref
 step's, timed in turn) and `InverseSpeedup`.
 """
 
-from .serving import (
-    BASELINE,
-    BATCH_SIZES,
-    COMPARED,
-    CONTEXTS,
-    VARIANTS,
-    check_measured,
-    measure_grid,
-    ratios,
-    samples,
-    step_tail,
-)
+from .serving import BATCH_SIZES, CONTEXTS, SERVING_FIGURES, measure_grid, speedup_class, step_classes
 
 
 def setup_cache():
@@ -36,82 +25,8 @@ def setup_cache():
 
 setup_cache.timeout = 1800
 
-
-class Step:
-    params = (VARIANTS, BATCH_SIZES, CONTEXTS)
-    param_names = ["variant", "batch_size", "context"]
-    unit = "us per step"
-    processes = 1
-
-    def setup(self, cache, variant, batch_size, context):
-        check_measured(cache, (batch_size, context), variant)
-
-    def track_synced(self, cache, variant, batch_size, context):
-        return samples(cache, (batch_size, context), "synced", variant, "wall_us")
-
-    track_synced.pretty_name = "decode step, synced (each call until the device is done): us, lower is better"
-
-    def track_pipelined(self, cache, variant, batch_size, context):
-        return samples(cache, (batch_size, context), "pipelined", variant, "wall_us")
-
-    track_pipelined.pretty_name = "decode step, pipelined (32 back to back): wall us per step, lower is better"
-
-    def track_pipelined_host(self, cache, variant, batch_size, context):
-        return samples(cache, (batch_size, context), "pipelined", variant, "host_us")
-
-    track_pipelined_host.pretty_name = "decode step, pipelined: host us per step (until the calls return)"
-
-    def track_pipelined_host_p99(self, cache, variant, batch_size, context):
-        return step_tail(cache, (batch_size, context), "pipelined", variant, "p99")
-
-    track_pipelined_host_p99.pretty_name = "decode step, pipelined: p99 of each step's host us (the tail)"
-
-    def track_busy_added(self, cache, variant, batch_size, context):
-        check_measured(cache, (batch_size, context), variant, "busy")
-        return samples(cache, (batch_size, context), "busy", variant, "added_us")
-
-    track_busy_added.pretty_name = "decode step behind a 300 us forward: device us added per step"
-
-    def track_busy_host(self, cache, variant, batch_size, context):
-        check_measured(cache, (batch_size, context), variant, "busy")
-        return samples(cache, (batch_size, context), "busy", variant, "host_us")
-
-    track_busy_host.pretty_name = "decode step behind a 300 us forward: host us per step"
-
-
-class InverseSpeedup:
-    params = (COMPARED, BATCH_SIZES, CONTEXTS)
-    param_names = ["variant", "batch_size", "context"]
-    unit = "variant time / cpu-bs16 time"
-    processes = 1
-
-    def setup(self, cache, variant, batch_size, context):
-        check_measured(cache, (batch_size, context), variant)
-
-    def track_pipelined(self, cache, variant, batch_size, context):
-        return ratios(cache, (batch_size, context), "pipelined", variant, BASELINE)
-
-    track_pipelined.pretty_name = "decode step, pipelined: variant time / cpu-bs16 time = 1 / speedup, lower is better"
-
-    def track_synced(self, cache, variant, batch_size, context):
-        return ratios(cache, (batch_size, context), "synced", variant, BASELINE)
-
-    track_synced.pretty_name = "decode step, synced: variant time / cpu-bs16 time = 1 / speedup, lower is better"
-
-
-class RelativeStep:
-    params = (VARIANTS, BATCH_SIZES, CONTEXTS)
-    param_names = ["variant", "batch_size", "context"]
-    unit = "step time / reference step time"
-    processes = 1
-
-    def setup(self, cache, variant, batch_size, context):
-        check_measured(cache, (batch_size, context), variant)
-
-    def track_pipelined(self, cache, variant, batch_size, context):
-        return ratios(cache, (batch_size, context), "pipelined", variant, "reference")
-
-    track_pipelined.pretty_name = "decode step, pipelined: wall time / reference step's, lower is better (verdicts)"
+Step, RelativeStep = step_classes("decode", (BATCH_SIZES, CONTEXTS), ["batch_size", "context"], SERVING_FIGURES)
+InverseSpeedup = speedup_class("decode", (BATCH_SIZES, CONTEXTS), ["batch_size", "context"])
 
 
 # asv files every result under its benchmark's `version`: each is pinned to the value asv

@@ -20,15 +20,7 @@ For verdicts compare `RelativeStep` (a variant's pipelined replay step over a fi
 reference step's, timed in turn).
 """
 
-from .serving import (
-    REPLAY_TRACES,
-    VARIANTS,
-    check_measured,
-    measure_replays,
-    ratios,
-    samples,
-    step_tail,
-)
+from .serving import REPLAY_FIGURES, REPLAY_TRACES, measure_replays, step_classes
 
 
 def setup_cache():
@@ -39,71 +31,7 @@ def setup_cache():
 
 setup_cache.timeout = 1800
 
-
-class Step:
-    params = (VARIANTS, REPLAY_TRACES)
-    param_names = ["variant", "trace"]
-    unit = "us per step"
-    processes = 1
-
-    def setup(self, cache, variant, trace):
-        check_measured(cache, (trace,), variant)
-
-    def track_synced(self, cache, variant, trace):
-        return samples(cache, (trace,), "synced", variant, "wall_us")
-
-    track_synced.pretty_name = "replay step, synced (each call until the device is done): us, lower is better"
-
-    def track_pipelined(self, cache, variant, trace):
-        return samples(cache, (trace,), "pipelined", variant, "wall_us")
-
-    track_pipelined.pretty_name = "replay step, pipelined (32 back to back): wall us per step, lower is better"
-
-    def track_pipelined_host(self, cache, variant, trace):
-        return samples(cache, (trace,), "pipelined", variant, "host_us")
-
-    track_pipelined_host.pretty_name = "replay step, pipelined: host us per step (until the calls return)"
-
-    def track_pipelined_host_p50(self, cache, variant, trace):
-        return step_tail(cache, (trace,), "pipelined", variant, "p50")
-
-    track_pipelined_host_p50.pretty_name = "replay step, pipelined: p50 of each step's host us"
-
-    def track_pipelined_host_p90(self, cache, variant, trace):
-        return step_tail(cache, (trace,), "pipelined", variant, "p90")
-
-    track_pipelined_host_p90.pretty_name = "replay step, pipelined: p90 of each step's host us"
-
-    def track_pipelined_host_p99(self, cache, variant, trace):
-        return step_tail(cache, (trace,), "pipelined", variant, "p99")
-
-    track_pipelined_host_p99.pretty_name = "replay step, pipelined: p99 of each step's host us (the tail)"
-
-    def track_pipelined_host_max(self, cache, variant, trace):
-        return step_tail(cache, (trace,), "pipelined", variant, "max")
-
-    track_pipelined_host_max.pretty_name = "replay step, pipelined: the slowest step's host us"
-
-    def track_busy_added(self, cache, variant, trace):
-        check_measured(cache, (trace,), variant, "busy")
-        return samples(cache, (trace,), "busy", variant, "added_us")
-
-    track_busy_added.pretty_name = "replay step behind a 300 us forward: device us added per step"
-
-
-class RelativeStep:
-    params = (VARIANTS, REPLAY_TRACES)
-    param_names = ["variant", "trace"]
-    unit = "step time / reference step time"
-    processes = 1
-
-    def setup(self, cache, variant, trace):
-        check_measured(cache, (trace,), variant)
-
-    def track_pipelined(self, cache, variant, trace):
-        return ratios(cache, (trace,), "pipelined", variant, "reference")
-
-    track_pipelined.pretty_name = "replay step, pipelined: wall time / reference step's, lower is better (verdicts)"
+Step, RelativeStep = step_classes("replay", (REPLAY_TRACES,), ["trace"], REPLAY_FIGURES)
 
 
 # asv files every result under its benchmark's `version`: each is pinned to the value asv

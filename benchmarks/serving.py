@@ -192,3 +192,88 @@ def check_measured(cache: dict, key: tuple, variant_name: str | None = None, mod
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
+
+# -- the asv classes of a serving module, from one definition ---------------------------------
+
+_FORWARD = "behind a 300 us forward"
+FIGURES = {
+    # name: (mode, figure or tail quantile, what asv's page says after "<workload> step")
+    "synced": ("synced", "wall_us", ", synced (each call until the device is done): us, lower is better"),
+    "pipelined": ("pipelined", "wall_us", ", pipelined (32 back to back): wall us per step, lower is better"),
+    "pipelined_host": ("pipelined", "host_us", ", pipelined: host us per step (until the calls return)"),
+    "pipelined_host_p50": ("pipelined", "p50", ", pipelined: p50 of each step's host us"),
+    "pipelined_host_p90": ("pipelined", "p90", ", pipelined: p90 of each step's host us"),
+    "pipelined_host_p99": ("pipelined", "p99", ", pipelined: p99 of each step's host us (the tail)"),
+    "pipelined_host_max": ("pipelined", "max", ", pipelined: the slowest step's host us"),
+    "busy_added": ("busy", "added_us", f" {_FORWARD}: device us added per step"),
+    "busy_host": ("busy", "host_us", f" {_FORWARD}: host us per step"),
+}
+
+
+def _track_figure(workload: str, name: str):
+    mode, figure, says = FIGURES[name]
+
+    def track(self, cache, variant, *key):
+        if mode == "busy":
+            check_measured(cache, key, variant, "busy")
+        if figure in ("p50", "p90", "p99", "max"):
+            return step_tail(cache, key, mode, variant, figure)
+        return samples(cache, key, mode, variant, figure)
+
+    track.pretty_name = f"{workload} step{says}"
+    return track
+
+
+def _track_ratio(workload: str, mode: str, over: str):
+    def track(self, cache, variant, *key):
+        return ratios(cache, key, mode, variant, over)
+
+    if over == "reference":
+        track.pretty_name = f"{workload} step, {mode}: wall time / reference step's, lower is better (verdicts)"
+    else:
+        track.pretty_name = f"{workload} step, {mode}: variant time / {over} time = 1 / speedup, lower is better"
+    return track
+
+
+def _setup(self, cache, variant, *key):
+    check_measured(cache, key, variant)
+
+
+def step_classes(workload: str, grid: tuple[list, ...], names: list[str], figures: list[str]) -> tuple[type, type]:
+    """(Step, RelativeStep): the asv classes of a serving module whose setup_cache measured
+    `grid` (one list of values per name in `names`). `Step` tracks each of `figures`
+    (FIGURES' names) per variant; `RelativeStep` the pipelined wall time over the reference
+    step's (the verdicts). asv names a benchmark after the module that holds its class and
+    the class's name, so each module assigns them under these names."""
+    common = {"param_names": ["variant", *names], "processes": 1, "setup": _setup}
+    step = {"track_" + name: _track_figure(workload, name) for name in figures}
+    relative = {"track_pipelined": _track_ratio(workload, "pipelined", "reference")}
+    return (
+        type("Step", (), {**common, "params": (VARIANTS, *grid), "unit": "us per step", **step}),
+        type(
+            "RelativeStep",
+            (),
+            {**common, "params": (VARIANTS, *grid), "unit": "step time / reference step time", **relative},
+        ),
+    )
+
+
+def speedup_class(workload: str, grid: tuple[list, ...], names: list[str]) -> type:
+    """InverseSpeedup of a serving module (as `step_classes`): each compared variant's time
+    over the baseline's, pipelined and synced, window by window."""
+    tracks = {f"track_{mode}": _track_ratio(workload, mode, BASELINE) for mode in ("pipelined", "synced")}
+    attrs = {"param_names": ["variant", *names], "processes": 1, "setup": _setup, "params": (COMPARED, *grid)}
+    return type("InverseSpeedup", (), {**attrs, "unit": f"variant time / {BASELINE} time", **tracks})
+
+
+SERVING_FIGURES = ["synced", "pipelined", "pipelined_host", "pipelined_host_p99", "busy_added", "busy_host"]
+REPLAY_FIGURES = [
+    "synced",
+    "pipelined",
+    "pipelined_host",
+    "pipelined_host_p50",
+    "pipelined_host_p90",
+    "pipelined_host_p99",
+    "pipelined_host_max",
+    "busy_added",
+]
