@@ -152,8 +152,10 @@ def _utc(ms: int | None) -> datetime.datetime | None:
     return None if ms is None else datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
 
 
-def _entries(data: dict) -> dict[str, dict]:
-    columns = data["result_columns"]
+def entries_of(data: dict) -> dict[str, dict]:
+    """{benchmark: {column: value}} of a results file (asv's columns; "result" first where
+    a file names none)."""
+    columns = data.get("result_columns", ["result"])
     return {name: dict(zip(columns, row)) for name, row in data["results"].items()}
 
 
@@ -182,11 +184,27 @@ def _any_value(result: object) -> bool:
     return any(v is not None for v in result) if isinstance(result, list) else result is not None
 
 
+BUSY = (
+    "bench_pipelined.Step.track_busy_added",
+    "bench_trace.Step.track_busy_added",
+    "bench_replay.Step.track_busy_added",
+)
+
+
+def ran_on_cuda(entries: dict[str, dict]) -> bool:
+    """bench_memory's `Device.track_on_cuda` read 1, or, in results of the serving modules
+    alone (no bench_memory), a busy figure was measured: the busy mode runs on CUDA only."""
+    on_cuda = entries.get("bench_memory.Device.track_on_cuda", {}).get("result")
+    if on_cuda is not None:
+        return bool(on_cuda and on_cuda[0] == 1)
+    return any(_any_value(entries[name].get("result")) for name in BUSY if name in entries)
+
+
 def read_run(path: str, machine: str, shown: str | None = None) -> Run:
     """The results file `path` of `machine`; `shown`: the path the page names (default `path`)."""
     with open(path) as f:
         data = json.load(f)
-    entries = _entries(data)
+    entries = entries_of(data)
     maps = {}
     for workload, mode in itertools.product(WORKLOADS, MODES):
         found = read_map(entries, workload, mode)
@@ -195,7 +213,6 @@ def read_run(path: str, machine: str, shown: str | None = None) -> Run:
     host = {w.name: read_values(entries, step_benchmark(w, HOST), w.axes)[1] for w in WORKLOADS}
     p99 = {w.name: read_values(entries, step_benchmark(w, HOST_P99), w.axes)[1] for w in WORKLOADS}
     started = [e.get("started_at") for e in entries.values() if e.get("started_at")]
-    on_cuda = entries.get("bench_memory.Device.track_on_cuda", {}).get("result")
     measured = frozenset(name for name, e in entries.items() if _any_value(e["result"]))
     return Run(
         machine,
@@ -203,7 +220,7 @@ def read_run(path: str, machine: str, shown: str | None = None) -> Run:
         data["commit_hash"],
         _utc(data["date"]),
         _utc(max(started)) if started else None,
-        bool(on_cuda and on_cuda[0] == 1),
+        ran_on_cuda(entries),
         maps,
         {k: v for k, v in host.items() if v},
         {k: v for k, v in p99.items() if v},

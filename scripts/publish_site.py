@@ -54,7 +54,7 @@ class Machine:
     name: str
     num_in_git: int  # results files of this machine that git tracks
     num_local: int  # the others: runs of this clone
-    on_cuda: bool  # bench_memory.Device.track_on_cuda read 1 in one of them
+    on_cuda: bool  # one of them ran on CUDA (landing.ran_on_cuda)
 
     @property
     def label(self) -> str:
@@ -84,8 +84,7 @@ def tracked_files(root: str, folder: str) -> set[str]:
 
 def ran_on_cuda(path: str) -> bool:
     with open(path) as f:
-        result = json.load(f).get("results", {}).get("bench_memory.Device.track_on_cuda")
-    return bool(result and result[0] and result[0][0] == 1)
+        return landing.ran_on_cuda(landing.entries_of(json.load(f)))
 
 
 def find_machines(root: str, results: str) -> list[Machine]:

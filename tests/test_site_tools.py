@@ -133,6 +133,20 @@ def test_gpu_machines_come_first(tmp_path):
     assert [(m.name, m.on_cuda) for m in machines] == [("z-gpu", True), ("a-cpu", False)]
 
 
+def test_serving_results_alone_tell_cuda_by_the_busy_mode(tmp_path):
+    """A results file of the serving modules alone (no bench_memory) ran on CUDA when a busy
+    figure was measured (the busy mode runs on CUDA only), not otherwise."""
+    results = tmp_path / "results"
+    busy = "bench_trace.Step.track_busy_added"
+    for name, values in (("a-cpu", [None, None]), ("z-gpu", [None, 12.5])):
+        (results / name).mkdir(parents=True)
+        (results / name / "machine.json").write_text(json.dumps({"machine": name}))
+        run = {"result_columns": ["result"], "results": {busy: [values], "bench_trace.Step.track_synced": [[1.0, 2.0]]}}
+        (results / name / "abcd1234-env.json").write_text(json.dumps(run))
+    machines = publish_site.find_machines(ROOT, str(results))
+    assert [(m.name, m.on_cuda) for m in machines] == [("z-gpu", True), ("a-cpu", False)]
+
+
 COLUMNS = ["result", "params", "version", "started_at", "duration", "samples"]
 
 
