@@ -116,7 +116,8 @@ class BlockManager(ABC):
 
     backend: ClassVar[str]
     default_block_size: ClassVar[int]
-    _step: Any  # the native step: _C.HostStep or _C.DeviceStep, made by the design
+    _books: Any  # the native books, made by the design (`_build`)
+    _step: Any  # the native step over them: _C.HostStep or _C.DeviceStep
 
     def __init__(
         self,
@@ -163,6 +164,7 @@ class BlockManager(ABC):
         self._table_views: dict[tuple[int, int, int], Any] = {}
         self._memo: tuple | None = None  # the last pack: (id, stats, views)
         self._num_compiles = self._num_captures = 0
+        self._build()
 
     def __copy__(self):
         raise TypeError(
@@ -388,6 +390,10 @@ class BlockManager(ABC):
     # -- what a design provides ---------------------------------------------------------
 
     @abstractmethod
+    def _build(self) -> None:
+        """Makes the books, the native step and the buffers (the last step of `__init__`)."""
+
+    @abstractmethod
     def _commit(self) -> None:
         """Makes the update the native step planned."""
 
@@ -414,17 +420,24 @@ class BlockManager(ABC):
     def num_free_slots(self) -> int:
         """Slots not owned by any request."""
 
-    @abstractmethod
     def num_running_reqs(self) -> int:
         """Requests holding slots."""
+        return self._books.num_reqs
 
-    @abstractmethod
     def seq_len(self, req_id: int) -> int:
         """Tokens the request holds. Raises KeyError for an unknown request."""
+        return self._books.seq_len(req_id)
 
-    @abstractmethod
     def token_slots(self, req_id: int) -> list[int]:
         """The slot of each of the request's tokens, positions ascending."""
+        req_id = self._checked_req_id(req_id)
+        seq_len, bs = self._books.seq_len(req_id), self.block_size
+        blocks = self._block_ids(req_id, -(-seq_len // bs))
+        return [blocks[p // bs] * bs + p % bs for p in range(seq_len)]
+
+    @abstractmethod
+    def _block_ids(self, req_id: int, num_blocks: int) -> list[int]:
+        """The first `num_blocks` block ids of a running request, in position order."""
 
     @abstractmethod
     def check_integrity(self) -> None:

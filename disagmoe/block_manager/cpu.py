@@ -20,7 +20,6 @@ from disagmoe import _C
 from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager, MemoryFootprint, signals_held
 from disagmoe.block_manager.buffers import checked_empty
 from disagmoe.block_manager.core_books import CoreBooks
-from disagmoe.config import CacheConfig, ModelConfig
 
 HOST = torch.device("cpu")
 
@@ -29,18 +28,11 @@ class CPUBlockManager(CoreBooks, BlockManager):
     backend = "cpu"
     default_block_size = 16
 
-    def __init__(
-        self,
-        model_config: ModelConfig,
-        cache_config: CacheConfig,
-        max_running_reqs: int,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(model_config, cache_config, max_running_reqs, device)
-        self._core = _C.BlockManager(self.block_size, self.num_blocks, self.max_seq_len, self.max_running_reqs)
+    def _build(self) -> None:
+        books = self._make_books()
         on_cuda = self.device.type == "cuda"
-        self._step = _C.HostStep(self._core, DEFAULT_DEPTH if on_cuda else 1, self.device.index if on_cuda else -1)
-        pitch = self._core.max_blocks_per_seq
+        self._step = _C.HostStep(books, DEFAULT_DEPTH if on_cuda else 1, self.device.index if on_cuda else -1)
+        pitch = books.max_blocks_per_seq
         # Sized for a decode step of every request; a step of more tokens grows them.
         layout = _C.metadata_layout(self.max_running_reqs, pitch, self.max_running_reqs)
         self._tables = [
@@ -101,7 +93,7 @@ class CPUBlockManager(CoreBooks, BlockManager):
         pass  # nothing is deferred
 
     def _warm_up(self, max_num_tokens: int) -> None:
-        layout = _C.metadata_layout(self.max_running_reqs, self._core.max_blocks_per_seq, max_num_tokens)
+        layout = _C.metadata_layout(self.max_running_reqs, self._books.max_blocks_per_seq, max_num_tokens)
         for k, head in enumerate(self._heads):
             if head.numel() < self._head_bytes(layout):
                 self._step.wait_all()
@@ -110,10 +102,10 @@ class CPUBlockManager(CoreBooks, BlockManager):
             self._grow("device", layout.nbytes)
 
     def check_integrity(self) -> None:
-        self._check_core()
+        self._check_books()
 
     def memory_footprint(self) -> MemoryFootprint:
-        host = self._core_bytes() + sum(t.nbytes for t in self._tables) + sum(h.nbytes for h in self._heads)
+        host = self._host_table_bytes() + sum(t.nbytes for t in self._tables) + sum(h.nbytes for h in self._heads)
         return MemoryFootprint(
             device_bytes=self._out.nbytes if self.device.type == "cuda" else 0,
             host_bytes=host if self.device.type == "cuda" else host + self._out.nbytes,

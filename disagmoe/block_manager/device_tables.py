@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from typing import Any
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,9 +38,12 @@ import torch
 from disagmoe import _C
 from disagmoe.block_manager import kernels_torch
 from disagmoe.block_manager import layout as L
-from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager, signals_held
-from disagmoe.block_manager.buffers import checked_empty
+from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager, MemoryFootprint, signals_held
+from disagmoe.block_manager.buffers import checked_empty, empty_int32
 from disagmoe.config import CacheConfig, ModelConfig
+
+if TYPE_CHECKING:
+    from disagmoe.block_manager.kernels_triton import PackLaunch
 
 KERNELS = ("auto", "triton", "torch")
 HOST = torch.device("cpu")
@@ -54,8 +58,14 @@ def _triton_available() -> bool:
 
 
 class DeviceTableManager(BlockManager):
-    """The shared step path. A design makes its books and its device tables, then calls
-    `_start`."""
+    """The shared step path and construction. `kernels`: "triton" (CUDA only), "torch"
+    (any device) or "auto" (triton where it can run). `cuda_graphs` replays the Triton
+    launches from graphs. `pack_launch` is the Triton pack kernel's launch shape
+    (`kernels_triton.PackLaunch`; None takes its default); it needs the Triton kernels.
+
+    `req_to_page[row, k]` (int32, on the device) is the block of positions
+    [k * block_size, (k + 1) * block_size) of the request in `row` (SGLang's
+    `req_to_token` at block size 1). A design makes its books (`_make_books`)."""
 
     host_allocates: bool
     req_to_page: torch.Tensor
@@ -66,15 +76,13 @@ class DeviceTableManager(BlockManager):
         model_config: ModelConfig,
         cache_config: CacheConfig,
         max_running_reqs: int,
-        device: torch.device | str | None,
-        kernels: str,
-        cuda_graphs: bool,
-        pack_launch: Any,
+        device: torch.device | str | None = None,
+        kernels: str = "auto",
+        cuda_graphs: bool = True,
+        pack_launch: PackLaunch | None = None,
     ) -> None:
+        self._options = (kernels, cuda_graphs, pack_launch)  # read by _build, once the configs are checked
         super().__init__(model_config, cache_config, max_running_reqs, device)
-        self.kernels = self._choose_kernels(kernels, pack_launch)
-        self.cuda_graphs = bool(cuda_graphs) and self.kernels == "triton"
-        self._pack_launch = pack_launch
 
     def _choose_kernels(self, kernels: str, pack_launch: Any) -> str:
         if kernels not in KERNELS:
@@ -88,8 +96,33 @@ class DeviceTableManager(BlockManager):
             raise ValueError(f"pack_launch={pack_launch!r} needs kernels='triton', got kernels={kernels!r}")
         return kernels
 
+    @abstractmethod
+    def _make_books(self) -> Any:
+        """The books, as `self._books`: a _C.RequestTable (gpu) or a _C.BlockManager (hybrid)."""
+
+    def _build(self) -> None:
+        kernels, cuda_graphs, self._pack_launch = self._options
+        self.kernels = self._choose_kernels(kernels, self._pack_launch)
+        self.cuda_graphs = bool(cuda_graphs) and self.kernels == "triton"
+        books = self._make_books()
+        self.req_to_page = empty_int32(
+            type(self).__name__,
+            (self.max_running_reqs, self.max_width),
+            f"the device block table of {self.max_running_reqs} x {self.max_width} blocks",
+            self.device,
+        ).zero_()
+        initial = None
+        self.free_pages = None
+        if not self.host_allocates:
+            # Taking from the top hands out block 0 first, as the C++ core does.
+            initial = torch.arange(self.num_blocks - 1, -1, -1, dtype=torch.int32, device=self.device)
+            self.free_pages = initial.clone()
+        self._start(books)
+        if initial is not None:
+            self._step.set_free_stack(self.free_pages, initial)
+
     def _start(self, books: Any) -> None:
-        """The native step over `books` (a _C.RequestTable: gpu; a _C.BlockManager: hybrid)."""
+        """The native step over `books`, its launcher, its buffers."""
         on_cuda = self.device.type == "cuda"
         self._step = _C.DeviceStep(
             books, self.num_blocks, DEFAULT_DEPTH if on_cuda else 1, self.device.index if on_cuda else -1
@@ -248,6 +281,9 @@ class DeviceTableManager(BlockManager):
     def _release(self, req_ids: Any) -> None:
         self._step.release(req_ids, self._stream())
 
+    def _reset(self) -> None:
+        self._step.reset(self._stream())
+
     def _flush(self) -> None:
         self._step.flush(self._stream())
 
@@ -262,10 +298,17 @@ class DeviceTableManager(BlockManager):
         self._flush()
         return self.req_to_page.cpu().numpy()
 
-    def _device_bytes(self) -> int:
-        tables = self.req_to_page.nbytes + (2 * self.free_pages.nbytes if self.free_pages is not None else 0)
-        twin = self._twin.nbytes if self._twin_needed else 0
-        return tables + self._out.nbytes + twin
+    def _host_table_bytes(self) -> int:
+        """Host bytes of block tables and free blocks: none here (the hybrid design's core
+        keeps them on the host too)."""
+        return 0
 
-    def _staging_bytes(self) -> int:
-        return sum(w.nbytes for w in self._words)
+    def memory_footprint(self) -> MemoryFootprint:
+        on_cuda = self.device.type == "cuda"
+        staging = sum(w.nbytes for w in self._words)  # pinned host memory on CUDA
+        tables = self.req_to_page.nbytes + (2 * self.free_pages.nbytes if self.free_pages is not None else 0)
+        device = tables + self._out.nbytes + (self._twin.nbytes if self._twin_needed else 0)
+        return MemoryFootprint(
+            device_bytes=device + (0 if on_cuda else staging),
+            host_bytes=self._host_table_bytes() + (staging if on_cuda else 0),
+        )
