@@ -35,7 +35,7 @@ struct PyHostStep {
 
   PyHostStep(py::object core, int64_t depth, int device)
       : core_ref(std::move(core)),
-        step(core_ref.cast<PyBlockManager&>(), depth, device),
+        step(core_ref.cast<PyBlockBooks&>(), depth, device),
         held(2 * step.depth() + 1) {}
   ~PyHostStep() {
     try {
@@ -43,11 +43,11 @@ struct PyHostStep {
     } catch (...) {  // the device is gone (interpreter exit): nothing in flight to wait for
     }
   }
-  bool& busy() { return core_ref.cast<PyBlockManager&>().busy; }
+  bool& busy() { return core_ref.cast<PyBlockBooks&>().busy; }
 };
 
 struct PyDeviceStep {
-  py::object books_ref;  // a _C.RequestTable (gpu) or a _C.BlockManager (hybrid)
+  py::object books_ref;  // a _C.RequestTable (gpu) or a _C.BlockBooks (hybrid)
   std::unique_ptr<DeviceStep> step;
   bool* busy_flag;
   std::vector<py::object> held;    // per buffer; then the twin
@@ -167,8 +167,8 @@ void bind_host_step(py::module_& m) {
   py::class_<PyHostStep>(m, "HostStep", "The cpu design's step path (step.h).")
       .def(py::init([](py::object core, py::handle depth, py::handle device) {
              const char* op = "HostStep";
-             if (!py::isinstance<PyBlockManager>(core))
-               throw py::type_error("HostStep: core must be a _C.BlockManager");
+             if (!py::isinstance<PyBlockBooks>(core))
+               throw py::type_error("HostStep: core must be a _C.BlockBooks");
              return std::make_unique<PyHostStep>(core, read_int(op, "depth", depth),
                                                  static_cast<int>(read_int(op, "device", device)));
            }),
@@ -245,8 +245,8 @@ void bind_device_step(py::module_& m) {
             auto s = std::make_unique<PyDeviceStep>();
             int64_t d = read_int(op, "depth", depth);
             int dev = static_cast<int>(read_int(op, "device", device));
-            if (py::isinstance<PyBlockManager>(books)) {
-              auto& core = books.cast<PyBlockManager&>();
+            if (py::isinstance<PyBlockBooks>(books)) {
+              auto& core = books.cast<PyBlockBooks&>();
               s->step = std::make_unique<DeviceStep>(core, d, dev);
               s->busy_flag = &core.busy;
             } else if (py::isinstance<PyRequestTable>(books)) {
@@ -257,7 +257,7 @@ void bind_device_step(py::module_& m) {
               s->busy_flag = &table.busy;
             } else {
               throw py::type_error(
-                  "DeviceStep: books must be a _C.RequestTable or a _C.BlockManager");
+                  "DeviceStep: books must be a _C.RequestTable or a _C.BlockBooks");
             }
             s->books_ref = std::move(books);
             s->held.resize(s->step->depth() + 1);
@@ -266,7 +266,7 @@ void bind_device_step(py::module_& m) {
           }),
           py::arg("books"), py::arg("num_pages"), py::arg("depth"), py::arg("device"),
           "books: a _C.RequestTable (gpu: `num_pages` pages on the device's free stack)\n"
-          "or a _C.BlockManager (hybrid: the host allocates; num_pages is not read).")
+          "or a _C.BlockBooks (hybrid: the host allocates; num_pages is not read).")
       .def_property_readonly("depth", [](PyDeviceStep& s) { return s.step->depth(); })
       .def_property_readonly("current", [](PyDeviceStep& s) { return s.step->current(); })
       .def_property_readonly("packs", [](PyDeviceStep& s) { return s.step->packs(); })

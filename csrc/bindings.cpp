@@ -16,7 +16,7 @@
 #include <memory>
 #include <tuple>
 
-#include "block_manager.h"
+#include "block_books.h"
 #include "py_args.h"
 #include "sizes.h"
 
@@ -127,7 +127,7 @@ void bind_metadata_layout(py::module_& m) {
       "[0, 2**31 - 1].");
 }
 
-// RequestTable.lookup and BlockManager.lookup: rows, lengths, query lengths and their
+// RequestTable.lookup and BlockBooks.lookup: rows, lengths, query lengths and their
 // exclusive prefix sums of a batch of running requests, at out[k * stride].
 template <class Books>
 py::tuple lookup_into(Books& books, bool& busy_flag, int64_t max_reqs, py::handle req_ids,
@@ -238,12 +238,14 @@ void bind_request_table(py::module_& m) {
       .def("req_ids", &PyRequestTable::req_ids, "Running request ids, in row order.");
 }
 
-void bind_block_manager(py::module_& m) {
-  py::class_<PyBlockManager>(m, "BlockManager", "Paged KV-cache block manager on the host.")
+void bind_block_books(py::module_& m) {
+  py::class_<PyBlockBooks>(m, "BlockBooks",
+                           "The host's books of KV-cache blocks: request rows, free blocks,\n"
+                           "block tables, and the metadata packed from them.")
       .def(py::init([](py::handle block_size, py::handle num_blocks, py::handle max_seq_len,
                        py::handle max_reqs) {
-             const char* op = "BlockManager";
-             return std::make_unique<PyBlockManager>(
+             const char* op = "BlockBooks";
+             return std::make_unique<PyBlockBooks>(
                  read_int(op, "block_size", block_size), read_int(op, "num_blocks", num_blocks),
                  read_int(op, "max_seq_len", max_seq_len), read_int(op, "max_reqs", max_reqs));
            }),
@@ -252,15 +254,14 @@ void bind_block_manager(py::module_& m) {
            "ValueError when a size is outside [1, 2**31 - 1], the pool's slots\n"
            "(num_blocks * block_size) pass 2**31 - 1, or the tables would not fit in this\n"
            "machine's memory.")
-      .def_property_readonly("block_size", &PyBlockManager::block_size)
-      .def_property_readonly("num_blocks", &PyBlockManager::num_blocks)
-      .def_property_readonly("max_blocks_per_seq", &PyBlockManager::max_blocks_per_seq)
-      .def_property_readonly("num_reqs",
-                             [](const PyBlockManager& b) { return b.table().num_reqs(); })
-      .def("num_free_blocks", &PyBlockManager::num_free_blocks)
+      .def_property_readonly("block_size", &PyBlockBooks::block_size)
+      .def_property_readonly("num_blocks", &PyBlockBooks::num_blocks)
+      .def_property_readonly("max_blocks_per_seq", &PyBlockBooks::max_blocks_per_seq)
+      .def_property_readonly("num_reqs", [](const PyBlockBooks& b) { return b.table().num_reqs(); })
+      .def("num_free_blocks", &PyBlockBooks::num_free_blocks)
       .def(
           "update_block_table",
-          [](PyBlockManager& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
+          [](PyBlockBooks& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
              py::handle first_layer) {
             const char* op = "update_block_table";
             BusyScope busy(op, bm.busy);
@@ -275,14 +276,14 @@ void bind_block_manager(py::module_& m) {
           "lengths after this step, in batch order.")
       .def(
           "pack_flash_attn_metadata",
-          [](PyBlockManager& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
+          [](PyBlockBooks& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
              py::handle out, py::handle grow, py::handle buffer) {
             const char* op = "pack_flash_attn_metadata";
             BusyScope busy(op, bm.busy);
             Batch batch(op, req_ids, num_prefill, lens);
             auto buf = out_buffer<uint8_t>(op, "out", out);
             int64_t index = read_int(op, "buffer", buffer);
-            check_range(op, "buffer", index, -1, BlockManager::kMaxBuffers - 1);
+            check_range(op, "buffer", index, -1, BlockBooks::kMaxBuffers - 1);
             BatchView b = batch.view();
             PackResult r = bm.pack_flash_attn_metadata(op, b, buf.data, buf.size, index);
             if (!r.written && !grow.is_none()) {
@@ -309,7 +310,7 @@ void bind_block_manager(py::module_& m) {
           "get only their new blocks (the buffer must not change in between).")
       .def(
           "update_block_table_plan",
-          [](PyBlockManager& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
+          [](PyBlockBooks& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
              py::handle plan, py::handle stride, py::handle block_ids, py::handle grow) {
             const char* op = "update_block_table";
             BusyScope busy(op, bm.busy);
@@ -343,7 +344,7 @@ void bind_block_manager(py::module_& m) {
           "None) and nothing changed.")
       .def(
           "lookup",
-          [](PyBlockManager& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
+          [](PyBlockBooks& bm, py::handle req_ids, py::handle num_prefill, py::handle lens,
              py::handle out_buf, py::handle stride, py::handle op_name) {
             return lookup_into(bm, bm.busy, bm.table().max_reqs(), req_ids, num_prefill, lens,
                                out_buf, stride, op_name);
@@ -352,7 +353,7 @@ void bind_block_manager(py::module_& m) {
           py::arg("out"), py::arg("stride"), py::arg("op") = "lookup", kLookupDoc)
       .def(
           "release_seqs",
-          [](PyBlockManager& bm, py::handle req_ids) {
+          [](PyBlockBooks& bm, py::handle req_ids) {
             const char* op = "release_seqs";
             BusyScope busy(op, bm.busy);
             Ints ids;
@@ -362,20 +363,20 @@ void bind_block_manager(py::module_& m) {
           py::arg("req_ids"), "Releases every block of the requests; all or none.")
       .def(
           "reset_state",
-          [](PyBlockManager& bm) {
+          [](PyBlockBooks& bm) {
             BusyScope busy("reset_state", bm.busy);
             bm.reset_state();
           },
           "Back to empty, as after construction.")
       .def(
           "block_ids",
-          [](const PyBlockManager& bm, py::handle req_id) {
+          [](const PyBlockBooks& bm, py::handle req_id) {
             return bm.block_ids("block_ids", read_int("block_ids", "req_id", req_id));
           },
           py::arg("req_id"))
       .def(
           "seq_len",
-          [](const PyBlockManager& bm, py::handle req_id) {
+          [](const PyBlockBooks& bm, py::handle req_id) {
             int64_t id = read_int("seq_len", "req_id", req_id);
             int32_t row = bm.table().row_of(id);
             if (row < 0)
@@ -385,12 +386,12 @@ void bind_block_manager(py::module_& m) {
           py::arg("req_id"))
       .def(
           "row_of",
-          [](const PyBlockManager& bm, py::handle req_id) {
+          [](const PyBlockBooks& bm, py::handle req_id) {
             return bm.table().row_of(read_int("row_of", "req_id", req_id));
           },
           py::arg("req_id"), "The request's row, or -1.")
-      .def("req_ids", [](const PyBlockManager& bm) { return bm.table().req_ids(); })
-      .def("check_integrity", &PyBlockManager::check_integrity,
+      .def("req_ids", [](const PyBlockBooks& bm) { return bm.table().req_ids(); })
+      .def("check_integrity", &PyBlockBooks::check_integrity,
            "An empty string when every invariant holds, else what is wrong.");
 }
 
@@ -418,6 +419,6 @@ PYBIND11_MODULE(_C, m) {
   m.attr("BatchStats") = stats_type;
   bind_metadata_layout(m);
   bind_request_table(m);
-  bind_block_manager(m);
+  bind_block_books(m);
   bind_step(m);
 }

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "block_manager.h"
+#include "block_books.h"
 
 namespace py = pybind11;
 using namespace disagmoe;
@@ -26,8 +26,8 @@ struct PyRequestTable : RequestTable {
   }
 };
 
-struct PyBlockManager : BlockManager {
-  using BlockManager::BlockManager;
+struct PyBlockBooks : BlockBooks {
+  using BlockBooks::BlockBooks;
   bool busy = false;
 };
 

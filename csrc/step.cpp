@@ -134,7 +134,7 @@ void Step::restart() {
 
 // ---- HostStep (cpu) -----------------------------------------------------------------
 
-HostStep::HostStep(BlockManager& core, int64_t depth, int device)
+HostStep::HostStep(BlockBooks& core, int64_t depth, int device)
     : Step(core.table(), depth, device), core_(core), pitch_(core.max_blocks_per_seq()) {
   buffers_.resize(depth_);
 }
@@ -240,7 +240,7 @@ DeviceStep::DeviceStep(RequestTable& table, int64_t num_pages, int64_t depth, in
   release_lens_.resize(table.max_reqs() + 1);
 }
 
-DeviceStep::DeviceStep(BlockManager& core, int64_t depth, int device)
+DeviceStep::DeviceStep(BlockBooks& core, int64_t depth, int device)
     : DeviceStep(core.table(), 0, depth, device) {
   core_ = &core;
 }

@@ -17,7 +17,7 @@
 #include <memory>
 #include <vector>
 
-#include "block_manager.h"
+#include "block_books.h"
 #include "cuda_driver.h"
 
 namespace disagmoe {
@@ -145,7 +145,7 @@ class Step {
 // of the rest).
 class HostStep : public Step {
  public:
-  HostStep(BlockManager& core, int64_t depth, int device);
+  HostStep(BlockBooks& core, int64_t depth, int device);
 
   // Ring buffer k: its block table (max_reqs rows of max_blocks_per_seq words) and its
   // `head`, where the lengths and slot_mapping are laid out as in the metadata buffer
@@ -171,7 +171,7 @@ class HostStep : public Step {
   int64_t free_blocks() const override { return core_.num_free_blocks(); }
   void send(const MetadataLayout& l, cuda::Stream stream);
 
-  BlockManager& core_;
+  BlockBooks& core_;
   int64_t pitch_;
   struct Buffer {
     int32_t* table = nullptr;
@@ -197,7 +197,7 @@ class DeviceStep : public Step {
   // gpu: `table` keeps the books, `num_pages` pages on the device's free stack.
   DeviceStep(RequestTable& table, int64_t num_pages, int64_t depth, int device);
   // hybrid: `core` keeps the books and allocates (host_allocates()).
-  DeviceStep(BlockManager& core, int64_t depth, int device);
+  DeviceStep(BlockBooks& core, int64_t depth, int device);
 
   bool host_allocates() const { return core_ != nullptr; }
   int64_t num_free_pages() const { return free_pages_; }
@@ -237,8 +237,8 @@ class DeviceStep : public Step {
   int64_t append(const char* op, int64_t n);
   void launch(cuda::Stream stream, bool pack, bool fused = false);
 
-  BlockManager* core_ = nullptr;  // hybrid
-  int64_t free_pages_ = 0;        // gpu: the free stack's height
+  BlockBooks* core_ = nullptr;  // hybrid
+  int64_t free_pages_ = 0;      // gpu: the free stack's height
   int64_t num_pages_ = 0;
   struct Buffer {
     int32_t* words = nullptr;

@@ -115,7 +115,7 @@ class RequestTable:
     def row_of(self, req_id: SupportsIndex) -> int: ...
     def req_ids(self) -> list[int]: ...
 
-class BlockManager:
+class BlockBooks:
     def __init__(
         self, block_size: SupportsIndex, num_blocks: SupportsIndex, max_seq_len: SupportsIndex, max_reqs: SupportsIndex
     ) -> None: ...
@@ -194,7 +194,7 @@ _Grow = Callable[[str, int], object] | None
 
 class HostStep:
     compact_bytes: Final[int]
-    def __init__(self, core: BlockManager, depth: SupportsIndex, device: SupportsIndex) -> None: ...
+    def __init__(self, core: BlockBooks, depth: SupportsIndex, device: SupportsIndex) -> None: ...
     @property
     def depth(self) -> int: ...
     @property
@@ -222,7 +222,7 @@ class HostStep:
 
 class DeviceStep:
     def __init__(
-        self, books: RequestTable | BlockManager, num_pages: SupportsIndex, depth: SupportsIndex, device: SupportsIndex
+        self, books: RequestTable | BlockBooks, num_pages: SupportsIndex, depth: SupportsIndex, device: SupportsIndex
     ) -> None: ...
     @property
     def depth(self) -> int: ...

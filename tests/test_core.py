@@ -1,4 +1,4 @@
-"""The C++ core's bindings (disagmoe._C): BlockManager and RequestTable called directly,
+"""The C++ core's bindings (disagmoe._C): BlockBooks and RequestTable called directly,
 with numpy output buffers, and the named results they return."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ LAYOUT_FIELDS = (
 
 
 def core(block_size: int = 4, num_blocks: int = 8, max_seq_len: int = 32, max_reqs: int = 3):
-    return _C.BlockManager(block_size, num_blocks, max_seq_len, max_reqs)
+    return _C.BlockBooks(block_size, num_blocks, max_seq_len, max_reqs)
 
 
 def slots_of(bm, req_id: int) -> list[int]:
@@ -112,7 +112,7 @@ def test_construction():
 )
 def test_construction_rejects(args, named):
     with pytest.raises(ValueError, match=named):
-        _C.BlockManager(*args)
+        _C.BlockBooks(*args)
 
 
 @pytest.mark.parametrize(
@@ -227,7 +227,7 @@ def test_numpy_values_read_exactly(ids):
         (lambda bm: bm.seq_len("1"), TypeError, "req_id='1'"),
         (lambda bm: bm.block_ids(None), TypeError, "req_id=None"),
         (lambda bm: bm.pack_flash_attn_metadata([1], 1, [1], [0] * 64), TypeError, "out"),
-        (lambda bm: _C.BlockManager(4.0, 8, 32, 3), TypeError, "block_size=4.0"),
+        (lambda bm: _C.BlockBooks(4.0, 8, 32, 3), TypeError, "block_size=4.0"),
         (lambda bm: _C.RequestTable(3, None, 4), TypeError, "max_seq_len=None"),
     ],
     ids=["float", "none", "huge", "first-layer-int", "str-id", "none-id", "list-out", "ctor-float", "table-ctor-none"],
@@ -455,7 +455,7 @@ def test_plan_update_into_overlapping_buffers():
     """update_block_table_plan's block_ids overlapping its plan's rows: the block ids
     written there never become rows the core indexes its tables with (they did: rows
     past max_reqs, written out of bounds)."""
-    bm, stride = _C.BlockManager(1, 64, 32, 4), 5
+    bm, stride = _C.BlockBooks(1, 64, 32, 4), 5
     plan = np.zeros(40, np.int32)  # the plan's 4 regions of 5, and room for 36 block ids
     blocks, seq_lens = bm.update_block_table_plan([1, 2, 3, 4], 4, [9, 9, 9, 9], plan, stride, plan[:36])
     assert (blocks, seq_lens) == (36, [9, 9, 9, 9])

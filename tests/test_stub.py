@@ -90,7 +90,7 @@ def test_every_method_is_in_the_stub():
         if isinstance(f, ast.FunctionDef)
     }
     in_stub |= {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}
-    for cls_name in ("BlockManager", "RequestTable", "MetadataLayout"):
+    for cls_name in ("BlockBooks", "RequestTable", "MetadataLayout"):
         cls = getattr(_C, cls_name)
         for attr in vars(cls):
             if not attr.startswith("_"):

@@ -1,4 +1,4 @@
-"""What the designs whose books are the C++ core's `_C.BlockManager` (`cpu`, `hybrid`)
+"""What the designs whose books are the C++ core's `_C.BlockBooks` (`cpu`, `hybrid`)
 share: the core itself, and what they answer from it alone (free slots, each request's
 blocks, the core's own invariants and its bytes)."""
 
@@ -10,15 +10,15 @@ from disagmoe import _C
 class CoreBooks:
     """A mixin for a `BlockManager` that keeps its books in the C++ core."""
 
-    _books: _C.BlockManager
+    _books: _C.BlockBooks
     block_size: int
     max_running_reqs: int
     max_seq_len: int
     num_blocks: int
 
-    def _make_books(self) -> _C.BlockManager:
+    def _make_books(self) -> _C.BlockBooks:
         """The core, sized by the manager's limits, as `self._books`."""
-        self._books = _C.BlockManager(self.block_size, self.num_blocks, self.max_seq_len, self.max_running_reqs)
+        self._books = _C.BlockBooks(self.block_size, self.num_blocks, self.max_seq_len, self.max_running_reqs)
         return self._books
 
     def num_free_slots(self) -> int:

@@ -98,7 +98,7 @@ class DeviceTableManager(BlockManager):
 
     @abstractmethod
     def _make_books(self) -> Any:
-        """The books, as `self._books`: a _C.RequestTable (gpu) or a _C.BlockManager (hybrid)."""
+        """The books, as `self._books`: a _C.RequestTable (gpu) or a _C.BlockBooks (hybrid)."""
 
     def _build(self) -> None:
         kernels, cuda_graphs, self._pack_launch = self._options

@@ -1,6 +1,6 @@
 """The `hybrid` backend: the host decides, the device keeps the tables.
 
-The C++ core (`_C.BlockManager`, as the `cpu` backend uses it) checks every batch,
+The C++ core (`_C.BlockBooks`, as the `cpu` backend uses it) checks every batch,
 allocates blocks from its host free list and keeps the lengths, so no device state is
 needed to decide anything. The block tables live on the device (`req_to_page`, one row
 per request row), and each first-layer update sends only what changed: per entry its

@@ -447,7 +447,7 @@ class CoreCase:
     def run(self) -> None:
         block_size, num_blocks, max_seq_len, max_reqs = self.sizes
         try:
-            self.bm = _C.BlockManager(block_size, num_blocks, max_seq_len, max_reqs)
+            self.bm = _C.BlockBooks(block_size, num_blocks, max_seq_len, max_reqs)
             self.table = _C.RequestTable(max_reqs, max_seq_len, block_size)
         except (TypeError, ValueError):
             assert not self.valid_sizes(), f"valid sizes {self.sizes} refused"

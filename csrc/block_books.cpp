@@ -1,4 +1,4 @@
-#include "block_manager.h"
+#include "block_books.h"
 
 #include <algorithm>
 #include <cstring>
@@ -32,9 +32,9 @@ MetadataLayout metadata_layout(int64_t batch_size, int64_t width, int64_t num_to
   return l;
 }
 
-int64_t BlockManager::checked_width(int64_t block_size, int64_t num_blocks, int64_t max_seq_len,
-                                    int64_t max_reqs) {
-  const char* op = "BlockManager";
+int64_t BlockBooks::checked_width(int64_t block_size, int64_t num_blocks, int64_t max_seq_len,
+                                  int64_t max_reqs) {
+  const char* op = "BlockBooks";
   check_range(op, "block_size", block_size, 1, kMaxInt32);
   check_range(op, "num_blocks", num_blocks, 1, kMaxInt32);
   check_range(op, "max_seq_len", max_seq_len, 1, kMaxInt32);
@@ -58,8 +58,8 @@ int64_t BlockManager::checked_width(int64_t block_size, int64_t num_blocks, int6
   return width;
 }
 
-BlockManager::BlockManager(int64_t block_size, int64_t num_blocks, int64_t max_seq_len,
-                           int64_t max_reqs) try
+BlockBooks::BlockBooks(int64_t block_size, int64_t num_blocks, int64_t max_seq_len,
+                       int64_t max_reqs) try
     : block_size_(block_size),
       num_blocks_(num_blocks),
       max_blocks_per_seq_(checked_width(block_size, num_blocks, max_seq_len, max_reqs)),
@@ -71,11 +71,11 @@ BlockManager::BlockManager(int64_t block_size, int64_t num_blocks, int64_t max_s
   reset_state();
 } catch (const std::bad_alloc&) {
   throw std::invalid_argument(
-      "BlockManager: cannot allocate the block tables of max_reqs=" + str(max_reqs) +
+      "BlockBooks: cannot allocate the block tables of max_reqs=" + str(max_reqs) +
       " rows for max_seq_len=" + str(max_seq_len) + " and block_size=" + str(block_size));
 }
 
-void BlockManager::reset_state() {
+void BlockBooks::reset_state() {
   table_.reset_state();
   free_blocks_.resize(num_blocks_);
   // Popping from the back hands out block 0 first.
@@ -85,8 +85,8 @@ void BlockManager::reset_state() {
   for (uint32_t& epoch : row_epochs_) ++epoch;
 }
 
-const int32_t* BlockManager::update_block_table(const char* op, const BatchView& batch,
-                                                bool first_layer) {
+const int32_t* BlockBooks::update_block_table(const char* op, const BatchView& batch,
+                                              bool first_layer) {
   if (!first_layer) {
     table_.lookup(op, batch, {rows_.data(), new_lens_.data(), query_lens_.data()});
     return new_lens_.data();
@@ -97,11 +97,11 @@ const int32_t* BlockManager::update_block_table(const char* op, const BatchView&
   return new_lens_.data();
 }
 
-std::pair<int64_t, const int32_t*> BlockManager::update_block_table_plan(const char* op,
-                                                                         const BatchView& batch,
-                                                                         const StepPlan& out,
-                                                                         int32_t* block_ids,
-                                                                         int64_t capacity) {
+std::pair<int64_t, const int32_t*> BlockBooks::update_block_table_plan(const char* op,
+                                                                       const BatchView& batch,
+                                                                       const StepPlan& out,
+                                                                       int32_t* block_ids,
+                                                                       int64_t capacity) {
   // Made in this object's scratch: rows read back from the caller's plan would index
   // the tables, and block_ids may overlap it.
   StepPlan plan{rows_.data(), old_lens_.data(), new_lens_.data(), block_offsets_.data()};
@@ -112,8 +112,8 @@ std::pair<int64_t, const int32_t*> BlockManager::update_block_table_plan(const c
   return {total, new_lens_.data()};
 }
 
-void BlockManager::take_blocks(const BatchView& batch, const StepPlan& plan, int64_t total,
-                               int32_t* block_ids) {
+void BlockBooks::take_blocks(const BatchView& batch, const StepPlan& plan, int64_t total,
+                             int32_t* block_ids) {
   // The m-th block that this step adds is the m-th from the top of the stack.
   const int64_t top = static_cast<int64_t>(free_blocks_.size()) - 1;
   for (int64_t i = 0; i < batch.size; ++i) {
@@ -130,8 +130,8 @@ void BlockManager::take_blocks(const BatchView& batch, const StepPlan& plan, int
   free_blocks_.resize(free_blocks_.size() - total);
 }
 
-void BlockManager::write_block_table(const BatchView& batch, int64_t width, int32_t* block_tables,
-                                     int64_t pitch, int64_t* slot_mapping, PackedRows* packed) {
+void BlockBooks::write_block_table(const BatchView& batch, int64_t width, int32_t* block_tables,
+                                   int64_t pitch, int64_t* slot_mapping, PackedRows* packed) {
   bool same = packed && packed->table == block_tables && packed->pitch == pitch;
   int64_t known = same ? std::min(packed->size, batch.size) : 0;
   if (packed) {
@@ -172,9 +172,8 @@ void BlockManager::write_block_table(const BatchView& batch, int64_t width, int3
   }
 }
 
-void BlockManager::write_batch_infos(const BatchView& batch, int32_t* seq_lens,
-                                     int32_t* context_lens, int32_t* query_start_loc,
-                                     int32_t* seq_start_loc) const {
+void BlockBooks::write_batch_infos(const BatchView& batch, int32_t* seq_lens, int32_t* context_lens,
+                                   int32_t* query_start_loc, int32_t* seq_start_loc) const {
   int32_t q_start = 0, s_start = 0;
   for (int64_t i = 0; i < batch.size; ++i) {
     seq_lens[i] = new_lens_[i];
@@ -188,16 +187,16 @@ void BlockManager::write_batch_infos(const BatchView& batch, int32_t* seq_lens,
   seq_start_loc[batch.size] = s_start;
 }
 
-BatchStats BlockManager::lookup_for_pack(const char* op, const BatchView& batch) {
+BatchStats BlockBooks::lookup_for_pack(const char* op, const BatchView& batch) {
   return table_.lookup(op, batch, {rows_.data(), new_lens_.data(), query_lens_.data()});
 }
 
-BatchStats BlockManager::lookup_planned(const BatchView& batch, const StepPlan& plan) {
+BatchStats BlockBooks::lookup_planned(const BatchView& batch, const StepPlan& plan) {
   return table_.lookup_planned(batch, plan, {rows_.data(), new_lens_.data(), query_lens_.data()});
 }
 
-void BlockManager::write_metadata(const BatchView& batch, const MetadataLayout& l, uint8_t* head,
-                                  int32_t* table, int64_t pitch, int64_t buffer) {
+void BlockBooks::write_metadata(const BatchView& batch, const MetadataLayout& l, uint8_t* head,
+                                int32_t* table, int64_t pitch, int64_t buffer) {
   auto i32 = [head](int64_t offset) { return reinterpret_cast<int32_t*>(head + offset); };
   write_batch_infos(batch, i32(l.seq_lens), i32(l.context_lens), i32(l.query_start_loc),
                     i32(l.seq_start_loc));
@@ -215,8 +214,8 @@ void BlockManager::write_metadata(const BatchView& batch, const MetadataLayout& 
   }
 }
 
-PackResult BlockManager::pack_flash_attn_metadata(const char* op, const BatchView& batch,
-                                                  uint8_t* out, int64_t capacity, int64_t buffer) {
+PackResult BlockBooks::pack_flash_attn_metadata(const char* op, const BatchView& batch,
+                                                uint8_t* out, int64_t capacity, int64_t buffer) {
   check_range(op, "buffer", buffer, -1, kMaxBuffers - 1);
   PackResult r;
   r.stats = lookup_for_pack(op, batch);
@@ -228,7 +227,7 @@ PackResult BlockManager::pack_flash_attn_metadata(const char* op, const BatchVie
   return r;
 }
 
-void BlockManager::release_seqs(const char* op, const int64_t* req_ids, int64_t n) {
+void BlockBooks::release_seqs(const char* op, const int64_t* req_ids, int64_t n) {
   std::vector<int32_t> rows(n), lens(n);
   table_.release_seqs(op, req_ids, n, rows.data(), lens.data());
   for (int64_t i = 0; i < n; ++i) {
@@ -240,7 +239,7 @@ void BlockManager::release_seqs(const char* op, const int64_t* req_ids, int64_t 
   }
 }
 
-std::vector<int32_t> BlockManager::block_ids(const char* op, int64_t req_id) const {
+std::vector<int32_t> BlockBooks::block_ids(const char* op, int64_t req_id) const {
   int32_t row = table_.row_of(req_id);
   if (row < 0)
     throw UnknownRequest(std::string(op) + ": request id " + str(req_id) +
@@ -249,7 +248,7 @@ std::vector<int32_t> BlockManager::block_ids(const char* op, int64_t req_id) con
   return std::vector<int32_t>(blocks, blocks + table_.blocks_of(table_.seq_len_of_row(row)));
 }
 
-std::string BlockManager::check_integrity() const {
+std::string BlockBooks::check_integrity() const {
   std::vector<int8_t> owner(num_blocks_, 0);  // 1: free, 2: owned by a request
   auto claim = [&](int32_t block, int8_t who, const std::string& where) -> std::string {
     if (block < 0 || block >= num_blocks_)

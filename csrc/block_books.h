@@ -1,6 +1,8 @@
-// The CPU backend's core: a paged KV-cache block manager on the host.
-// Free blocks are one contiguous stack; each request row owns a fixed-width
-// slice of one flat block table. No per-block locks or reference counts.
+// The C++ core of the cpu and hybrid designs: the host's books of KV-cache blocks
+// (the request books, the free blocks, each request row's block table) and the
+// metadata packed from them. Free blocks are one contiguous stack; each request row
+// owns a fixed-width slice of one flat block table. No per-block locks or reference
+// counts.
 #pragma once
 
 #include <cstdint>
@@ -34,12 +36,12 @@ struct PackResult {
   bool written;  // false when the buffer was too small: nothing was written
 };
 
-class BlockManager {
+class BlockBooks {
  public:
   // Throws std::invalid_argument, before allocating anything, when a size is
   // outside [1, INT32_MAX], the pool's slots pass INT32_MAX, or the tables would
   // not fit in this machine's memory.
-  BlockManager(int64_t block_size, int64_t num_blocks, int64_t max_seq_len, int64_t max_reqs);
+  BlockBooks(int64_t block_size, int64_t num_blocks, int64_t max_seq_len, int64_t max_reqs);
 
   int64_t block_size() const { return block_size_; }
   int64_t num_blocks() const { return num_blocks_; }
