@@ -169,10 +169,10 @@ void bind_request_table(py::module_& m) {
       .def_property_readonly("num_reqs", &PyRequestTable::num_reqs)
       .def_property_readonly("num_free_rows", &PyRequestTable::num_free_rows)
       .def(
-          "update_block_table",
+          "advance",
           [](PyRequestTable& t, py::handle req_ids, py::handle num_prefill, py::handle lens,
              py::handle num_free_blocks, py::handle plan, py::handle stride) {
-            const char* op = "update_block_table";
+            const char* op = "advance";
             BusyScope busy(op, t.busy);
             Batch batch(op, req_ids, num_prefill, lens);
             int64_t free = read_int(op, "num_free_blocks", num_free_blocks);
@@ -181,14 +181,15 @@ void bind_request_table(py::module_& m) {
             BatchView b = batch.view();
             check_regions(op, "plan", out.size, 4, s, std::min(b.size, t.max_reqs()) + 1);
             StepPlan p = t.scratch_plan();
-            int64_t blocks = t.update(op, b, free, p);
+            int64_t blocks = t.advance(op, b, free, p);
             copy_plan(p, {out.data, out.data + s, out.data + 2 * s, out.data + 3 * s}, b.size);
             return py::make_tuple(blocks, to_list(p.new_lens, b.size));
           },
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
           py::arg("num_free_blocks"), py::arg("plan"), py::arg("stride"),
-          "First-layer step: checks the batch, registers new requests, advances lengths.\n"
-          "Writes rows, old lengths, new lengths and block offsets (B + 1 entries) at\n"
+          "The books' part of a first-layer update: checks the batch, registers new\n"
+          "requests, advances lengths, and writes the plan of the blocks the caller takes:\n"
+          "rows, old lengths, new lengths and block offsets (B + 1 entries) at\n"
           "plan[0], plan[stride], plan[2 * stride], plan[3 * stride].\n"
           "Returns (number of new blocks, new lengths as a list).")
       .def(
@@ -337,7 +338,7 @@ void bind_block_books(py::module_& m) {
           py::arg("req_ids"), py::arg("num_prefill_seqs"), py::arg("init_prefill_lens"),
           py::arg("plan"), py::arg("stride"), py::arg("block_ids"), py::arg("grow") = py::none(),
           "First layer, as update_block_table, for a caller that keeps the tables too:\n"
-          "writes the plan as RequestTable.update_block_table does and the ids of the\n"
+          "writes the plan as RequestTable.advance does and the ids of the\n"
           "blocks the step adds, entry by entry, into block_ids. Returns (number of new\n"
           "blocks, new lengths). When they do not fit block_ids, calls grow(number) for a\n"
           "buffer that holds them and writes there; without grow, returns (that number,\n"

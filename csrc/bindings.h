@@ -16,7 +16,7 @@ struct PyRequestTable : RequestTable {
   PyRequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t block_size)
       : RequestTable(max_reqs, max_seq_len, block_size), plan(4 * (max_reqs + 1)) {}
   bool busy = false;
-  // update_block_table's plan, made here and then copied into the caller's buffer: the
+  // advance()'s plan, made here and then copied into the caller's buffer: the
   // table reads the plan's rows back, and must not read them from memory it does not own.
   std::vector<int32_t> plan;
   StepPlan scratch_plan() {

@@ -92,7 +92,7 @@ const int32_t* BlockBooks::update_block_table(const char* op, const BatchView& b
     return new_lens_.data();
   }
   StepPlan plan{rows_.data(), old_lens_.data(), new_lens_.data(), block_offsets_.data()};
-  int64_t total = table_.update(op, batch, num_free_blocks(), plan);
+  int64_t total = table_.advance(op, batch, num_free_blocks(), plan);
   take_blocks(batch, plan, total, nullptr);
   return new_lens_.data();
 }

@@ -56,7 +56,7 @@ class BlockBooks {
 
   // First layer, as update_block_table, for a caller that keeps its own copy of the
   // tables (the hybrid backend's device table): also copies the plan (as
-  // RequestTable::update makes it) into `plan` and writes the ids of the blocks the
+  // RequestTable::advance makes it) into `plan` and writes the ids of the blocks the
   // step adds, entry by entry, into `block_ids`. Returns the number of blocks added
   // and the batch's lengths after the step (valid until the next call), or null
   // lengths when the blocks pass `capacity`: then nothing changed (ask again with

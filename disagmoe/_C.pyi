@@ -91,7 +91,7 @@ class RequestTable:
     def num_reqs(self) -> int: ...
     @property
     def num_free_rows(self) -> int: ...
-    def update_block_table(
+    def advance(
         self,
         req_ids: _Ints,
         num_prefill_seqs: SupportsIndex,

@@ -377,10 +377,10 @@ def test_request_table():
     table, stride = _C.RequestTable(3, 10, 4), 4
     assert (table.max_reqs, table.max_seq_len, table.block_size) == (3, 10, 4)
     plan = np.zeros(4 * stride, np.int32)
-    blocks, lens = table.update_block_table([5, 6], 2, [3, 5], 8, plan, stride)
+    blocks, lens = table.advance([5, 6], 2, [3, 5], 8, plan, stride)
     assert (blocks, lens) == (3, [3, 5])
     assert plan.reshape(4, stride)[:, :3].tolist() == [[0, 1, 0], [0, 0, 0], [3, 5, 0], [0, 1, 3]]
-    blocks, lens = table.update_block_table([6, 5], 1, [4], 8, plan, stride)
+    blocks, lens = table.advance([6, 5], 1, [4], 8, plan, stride)
     assert (blocks, lens) == (1, [9, 4])  # 6 grows to 3 blocks; 5 stays in its block
     out = np.zeros(5 * stride, np.int32)  # rows, lengths, query lengths, and their starts
     stats, lens = table.lookup([5, 6], 0, [], out, stride)
@@ -403,7 +403,7 @@ def test_request_table():
     )
     assert out.reshape(5, stride)[:, :2].tolist() == [[1, 0], [9, 4], [3, 1], [0, 3], [0, 9]]
     with pytest.raises(KVCacheExhausted, match="needs 2 free blocks"):
-        table.update_block_table([7], 1, [5], 1, plan, stride)
+        table.advance([7], 1, [5], 1, plan, stride)
     assert table.release_seqs([6]) == ([1], [9])
     assert (table.num_reqs, table.num_free_rows, table.req_ids()) == (1, 2, [5])
     table.reset_state()
@@ -426,7 +426,7 @@ def test_request_table_plan_checks(size, stride, named):
     table = _C.RequestTable(4, 10, 1)
     plan = np.zeros(size, np.int32)
     with pytest.raises(ValueError, match=named):
-        table.update_block_table([7, 8], 2, [1, 1], 10, plan, stride)
+        table.advance([7, 8], 2, [1, 1], 10, plan, stride)
     assert table.num_reqs == 0 and (plan == 0).all()
     out = np.zeros(size, np.int32)
     with pytest.raises(ValueError, match="stride"):
@@ -437,7 +437,7 @@ def test_request_table_plan_checks(size, stride, named):
 def test_request_table_free_count_checked(num_free_blocks):
     table, plan = _C.RequestTable(2, 10, 1), np.zeros(16, np.int32)
     with pytest.raises(ValueError, match=f"num_free_blocks={num_free_blocks}"):
-        table.update_block_table([1], 1, [1], num_free_blocks, plan, 4)
+        table.advance([1], 1, [1], num_free_blocks, plan, 4)
     assert table.num_reqs == 0
 
 
@@ -445,8 +445,8 @@ def test_request_table_lengths_past_int32():
     """Lengths whose sum passes int32 (only a table told of more blocks than a pool holds
     gets there): the int32 prefix sums would wrap, so lookup refuses."""
     table, plan = _C.RequestTable(2, INT32_MAX, 1), np.zeros(12, np.int32)
-    table.update_block_table([1], 1, [2**30], INT32_MAX, plan, 3)
-    table.update_block_table([2], 1, [2**30], INT32_MAX, plan, 3)  # a second, whole pool
+    table.advance([1], 1, [2**30], INT32_MAX, plan, 3)
+    table.advance([2], 1, [2**30], INT32_MAX, plan, 3)  # a second, whole pool
     with pytest.raises(ValueError, match="2147483648"):
         table.lookup([1, 2], 0, [], np.zeros(15, np.int32), 3)
 
@@ -462,7 +462,7 @@ def test_plan_update_into_overlapping_buffers():
     assert bm.check_integrity() == "" and [bm.seq_len(r) for r in (1, 2, 3, 4)] == [9] * 4
     assert sorted(b for r in (1, 2, 3, 4) for b in bm.block_ids(r)) == list(range(36))
     table = _C.RequestTable(4, 32, 1)
-    table.update_block_table([5, 6], 2, [3, 4], 64, plan, stride)
+    table.advance([5, 6], 2, [3, 4], 64, plan, stride)
     assert [table.seq_len(5), table.seq_len(6)] == [3, 4]
 
 
@@ -477,7 +477,7 @@ def test_request_table_ids_against_a_dict(ops):
     plan = np.zeros(4 * stride, np.int32)
     for admit, req_id in ops:
         if admit and req_id not in model and len(model) < 8:
-            table.update_block_table([req_id], 1, [1], 100, plan, stride)
+            table.advance([req_id], 1, [1], 100, plan, stride)
             model[req_id] = int(plan[0])
         elif not admit and req_id in model:
             assert table.release_seqs([req_id]) == ([model.pop(req_id)], [1])

@@ -40,7 +40,7 @@ def test_req_to_token_pool(device):
     books = pool.books
     assert (books.max_reqs, books.max_seq_len, books.block_size) == (3, 10, 2)
     plan = torch.zeros(4 * 4, dtype=torch.int32).numpy()
-    books.update_block_table([7, 8], 2, [3, 1], 5, plan, 4)
+    books.advance([7, 8], 2, [3, 1], 5, plan, 4)
     assert (books.num_reqs, books.num_free_rows) == (2, 1)
     pool.clear()
     assert (books.num_reqs, books.num_free_rows) == (0, 3)

@@ -268,7 +268,7 @@ CORE_CALLS = st.one_of(
     st.tuples(st.just("bm_lookup"), RAW_IDS, ANY_INT, RAW_LENS, BUFFER, ANY_INT, st.sampled_from(["lookup", 7])),
     st.tuples(st.just("bm_release"), RAW_IDS),
     st.tuples(st.just("bm_query"), st.sampled_from(["seq_len", "block_ids"]), ANY_INT),
-    st.tuples(st.just("table_update"), RAW_IDS, ANY_INT, RAW_LENS, ANY_INT, BUFFER, ANY_INT),
+    st.tuples(st.just("table_advance"), RAW_IDS, ANY_INT, RAW_LENS, ANY_INT, BUFFER, ANY_INT),
     st.tuples(
         st.just("table_lookup"),
         RAW_IDS,

@@ -517,9 +517,9 @@ class CoreCase:
                 bm.release_seqs(core_ints(args[0]))
             elif kind == "bm_query":
                 getattr(bm, args[0])(core_value(args[1]))
-            elif kind == "table_update":
+            elif kind == "table_advance":
                 ids, nps, lens, free, plan, stride = args
-                t.update_block_table(
+                t.advance(
                     core_ints(ids),
                     core_value(nps),
                     core_ints(lens),
