@@ -239,41 +239,41 @@ void bind_host_step(py::module_& m) {
 
 void bind_device_step(py::module_& m) {
   py::class_<PyDeviceStep>(m, "DeviceStep", "The gpu and hybrid designs' step path (step.h).")
-      .def(
-          py::init([](py::object books, py::handle num_pages, py::handle depth, py::handle device) {
-            const char* op = "DeviceStep";
-            auto s = std::make_unique<PyDeviceStep>();
-            int64_t d = read_int(op, "depth", depth);
-            int dev = static_cast<int>(read_int(op, "device", device));
-            if (py::isinstance<PyBlockBooks>(books)) {
-              auto& core = books.cast<PyBlockBooks&>();
-              s->step = std::make_unique<DeviceStep>(core, d, dev);
-              s->busy_flag = &core.busy;
-            } else if (py::isinstance<PyRequestTable>(books)) {
-              auto& table = books.cast<PyRequestTable&>();
-              int64_t pages = read_int(op, "num_pages", num_pages);
-              check_range(op, "num_pages", pages, 1, kMaxInt32);
-              s->step = std::make_unique<DeviceStep>(table, pages, d, dev);
-              s->busy_flag = &table.busy;
-            } else {
-              throw py::type_error(
-                  "DeviceStep: books must be a _C.RequestTable or a _C.BlockBooks");
-            }
-            s->books_ref = std::move(books);
-            s->held.resize(s->step->depth() + 1);
-            s->graphs.resize(s->step->depth() * kFlagSets * 32);
-            return s;
-          }),
-          py::arg("books"), py::arg("num_pages"), py::arg("depth"), py::arg("device"),
-          "books: a _C.RequestTable (gpu: `num_pages` pages on the device's free stack)\n"
-          "or a _C.BlockBooks (hybrid: the host allocates; num_pages is not read).")
+      .def(py::init(
+               [](py::object books, py::handle num_blocks, py::handle depth, py::handle device) {
+                 const char* op = "DeviceStep";
+                 auto s = std::make_unique<PyDeviceStep>();
+                 int64_t d = read_int(op, "depth", depth);
+                 int dev = static_cast<int>(read_int(op, "device", device));
+                 if (py::isinstance<PyBlockBooks>(books)) {
+                   auto& core = books.cast<PyBlockBooks&>();
+                   s->step = std::make_unique<DeviceStep>(core, d, dev);
+                   s->busy_flag = &core.busy;
+                 } else if (py::isinstance<PyRequestTable>(books)) {
+                   auto& table = books.cast<PyRequestTable&>();
+                   int64_t blocks = read_int(op, "num_blocks", num_blocks);
+                   check_range(op, "num_blocks", blocks, 1, kMaxInt32);
+                   s->step = std::make_unique<DeviceStep>(table, blocks, d, dev);
+                   s->busy_flag = &table.busy;
+                 } else {
+                   throw py::type_error(
+                       "DeviceStep: books must be a _C.RequestTable or a _C.BlockBooks");
+                 }
+                 s->books_ref = std::move(books);
+                 s->held.resize(s->step->depth() + 1);
+                 s->graphs.resize(s->step->depth() * kFlagSets * 32);
+                 return s;
+               }),
+           py::arg("books"), py::arg("num_blocks"), py::arg("depth"), py::arg("device"),
+           "books: a _C.RequestTable (gpu: `num_blocks` blocks on the device's free stack)\n"
+           "or a _C.BlockBooks (hybrid: the host allocates; num_blocks is not read).")
       .def_property_readonly("depth", [](PyDeviceStep& s) { return s.step->depth(); })
       .def_property_readonly("current", [](PyDeviceStep& s) { return s.step->current(); })
       .def_property_readonly("packs", [](PyDeviceStep& s) { return s.step->packs(); })
       .def_property_readonly("host_allocates",
                              [](PyDeviceStep& s) { return s.step->host_allocates(); })
-      .def_property_readonly("num_free_pages",
-                             [](PyDeviceStep& s) { return s.step->num_free_pages(); })
+      .def_property_readonly("num_free_blocks",
+                             [](PyDeviceStep& s) { return s.step->num_free_blocks(); })
       .def_property_readonly("planned_blocks",
                              [](PyDeviceStep& s) { return s.step->planned_blocks(); })
       .def_property_readonly("staged_capacity",
@@ -370,8 +370,8 @@ void bind_device_step(py::module_& m) {
           "set_free_stack",
           [](PyDeviceStep& s, py::object stack, py::object initial) {
             if (tensor_bytes(stack) != tensor_bytes(initial) ||
-                tensor_bytes(stack) < 4 * s.step->num_free_pages())
-              throw py::value_error("set_free_stack: the stacks must hold every page, alike");
+                tensor_bytes(stack) < 4 * s.step->num_free_blocks())
+              throw py::value_error("set_free_stack: the stacks must hold every block, alike");
             s.step->set_free_stack(reinterpret_cast<uint8_t*>(tensor_ptr(stack)),
                                    reinterpret_cast<uint8_t*>(tensor_ptr(initial)));
             s.stacks = py::make_tuple(std::move(stack), std::move(initial));

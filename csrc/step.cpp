@@ -68,7 +68,7 @@ const int32_t* Step::plan(const char* op, const BatchView& batch) {
   plan_ids_.assign(batch.req_ids, batch.req_ids + batch.size);
   plan_lens_.assign(batch.prefill_lens, batch.prefill_lens + batch.num_prefill_lens);
   plan_prefill_ = batch.num_prefill;
-  plan_total_ = table_.plan_update(op, planned_batch(), free_blocks(), planned_steps());
+  plan_total_ = table_.plan_update(op, planned_batch(), num_free_blocks(), planned_steps());
   plan_version_ = table_.version();
   planned_ = true;
   return plan_new_.data();
@@ -232,8 +232,8 @@ void HostStep::reset() {
 
 // ---- DeviceStep (gpu, hybrid) -----------------------------------------------------------
 
-DeviceStep::DeviceStep(RequestTable& table, int64_t num_pages, int64_t depth, int device)
-    : Step(table, depth, device), free_pages_(num_pages), num_pages_(num_pages) {
+DeviceStep::DeviceStep(RequestTable& table, int64_t num_blocks, int64_t depth, int device)
+    : Step(table, depth, device), stack_height_(num_blocks), num_blocks_(num_blocks) {
   buffers_.resize(depth_);
   graphs_.assign(depth_ * kFlagSets * 32, nullptr);
   release_rows_.resize(table.max_reqs() + 1);
@@ -245,7 +245,9 @@ DeviceStep::DeviceStep(BlockBooks& core, int64_t depth, int device)
   core_ = &core;
 }
 
-int64_t DeviceStep::free_blocks() const { return core_ ? core_->num_free_blocks() : free_pages_; }
+int64_t DeviceStep::num_free_blocks() const {
+  return core_ ? core_->num_free_blocks() : stack_height_;
+}
 
 void DeviceStep::set_buffer(int64_t k, int32_t* words, int64_t nwords) {
   check_range("DeviceStep.set_buffer", "k", k, 0, depth_ - 1);
@@ -326,8 +328,8 @@ void DeviceStep::commit(const char* op, cuda::Stream stream) {
     core_->commit_first_layer(b, p, plan_total_, w + at + staged::PLAN_COLUMNS * stride);
   } else {
     table_.commit_update(b, p);
-    w[staged::HEIGHT] = static_cast<int32_t>(free_pages_);
-    free_pages_ -= plan_total_;
+    w[staged::HEIGHT] = static_cast<int32_t>(stack_height_);
+    stack_height_ -= plan_total_;
   }
   copy_plan(p, {w + at, w + at + stride, w + at + 2 * stride, w + at + 3 * stride}, b.size);
   w[staged::UPDATE_SIZE] = static_cast<int32_t>(b.size);
@@ -410,19 +412,19 @@ void DeviceStep::release(const char* op, const int64_t* req_ids, int64_t n, cuda
   table_.release_seqs(op, req_ids, n, release_rows_.data(), release_lens_.data());
   int64_t stride = n + 1;
   int64_t at = append(op, staged::RELEASE_COLUMNS * stride);
-  int64_t pages = 0;
+  int64_t blocks = 0;
   for (int64_t i = 0; i < n; ++i) {
     w[at + i] = release_rows_[i];
     w[at + stride + i] = release_lens_[i];
-    w[at + 2 * stride + i] = static_cast<int32_t>(pages);
-    pages += table_.blocks_of(release_lens_[i]);
+    w[at + 2 * stride + i] = static_cast<int32_t>(blocks);
+    blocks += table_.blocks_of(release_lens_[i]);
   }
   w[staged::RELEASE_SIZE] = static_cast<int32_t>(n);
-  w[staged::RELEASE_HEIGHT] = static_cast<int32_t>(free_pages_);
+  w[staged::RELEASE_HEIGHT] = static_cast<int32_t>(stack_height_);
   w[staged::RELEASE_AT] = static_cast<int32_t>(at);
   w[staged::RELEASE_STRIDE] = static_cast<int32_t>(stride);
   w[staged::END] = static_cast<int32_t>(at + staged::RELEASE_COLUMNS * stride);
-  free_pages_ += pages;
+  stack_height_ += blocks;
 }
 
 void DeviceStep::flush(cuda::Stream stream) {
@@ -466,7 +468,7 @@ void DeviceStep::launch(cuda::Stream stream, bool pack, bool fused) {
 
 void DeviceStep::reset(cuda::Stream stream) {
   if (!core_ && free_stack_) {  // first: the one step that can fail
-    int64_t nbytes = 4 * num_pages_;
+    int64_t nbytes = 4 * num_blocks_;
     if (on_cuda()) {
       cuda::ContextScope scope(*ctx_);
       follow_last(stream);
@@ -482,7 +484,7 @@ void DeviceStep::reset(cuda::Stream stream) {
     core_->reset_state();
   else
     table_.reset_state();
-  free_pages_ = num_pages_;
+  stack_height_ = num_blocks_;
   staged_ = false;
   restart();
 }

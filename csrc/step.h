@@ -35,15 +35,15 @@ constexpr int32_t RELEASE_SIZE = 13, RELEASE_HEIGHT = 14, RELEASE_AT = 15, RELEA
 constexpr int32_t TABLE_AT = 17;  // int32 word of the block table in the metadata buffer
 constexpr int32_t HEADER = 32;
 // Columns: lookup (rows, lengths, query lengths, query starts, seq starts); plan (rows,
-// old lengths, new lengths, page offsets); release (rows, lengths, page offsets).
+// old lengths, new lengths, block offsets); release (rows, lengths, block offsets).
 constexpr int32_t LOOKUP_COLUMNS = 5, PLAN_COLUMNS = 4, RELEASE_COLUMNS = 3;
-// Words of one buffer with room for every region of max_reqs entries and `ids` page ids.
+// Words of one buffer with room for every region of max_reqs entries and `ids` block ids.
 int64_t words(int64_t max_reqs, int64_t ids);
 }  // namespace staged
 
 // Launch flags: which kernels a launch holds (release runs first, pack last). kFused: the
 // update is the pack's own batch (a first-layer step), and the pack kernel writes the
-// new pages into the rows as it reads them (one kernel for both).
+// new blocks into the rows as it reads them (one kernel for both).
 constexpr int kRelease = 4, kUpdate = 2, kPack = 1, kFused = 8;
 constexpr int kFlagSets = 16;
 
@@ -84,6 +84,9 @@ class Step {
   // Waits until the device has read every buffer of the ring.
   void wait_all();
 
+  // Blocks an update may take now.
+  virtual int64_t num_free_blocks() const = 0;
+
  protected:
   // Throws unless a plan is pending and the books have not changed since.
   void check_planned(const char* op);
@@ -99,7 +102,6 @@ class Step {
   StepPlan planned_steps() {
     return {plan_rows_.data(), plan_old_.data(), plan_new_.data(), plan_offsets_.data()};
   }
-  virtual int64_t free_blocks() const = 0;
 
   // The current buffer, once the device has finished reading it.
   void wait_current();
@@ -166,9 +168,9 @@ class HostStep : public Step {
                    int64_t known, const Grow& grow);
   void release(const char* op, const int64_t* req_ids, int64_t n);
   void reset();
+  int64_t num_free_blocks() const override { return core_.num_free_blocks(); }
 
  private:
-  int64_t free_blocks() const override { return core_.num_free_blocks(); }
   void send(const MetadataLayout& l, cuda::Stream stream);
 
   BlockBooks& core_;
@@ -183,9 +185,9 @@ class HostStep : public Step {
   int64_t out_bytes_ = 0;
 };
 
-// The gpu and hybrid designs: the block tables live on the device (req_to_page), and a
+// The gpu and hybrid designs: the block tables live on the device (req_to_block), and a
 // step stages only what changes: the plan of an update (and, hybrid, the ids of the
-// blocks it adds: the host allocates), the rows and lengths of a release (gpu: the pages
+// blocks it adds: the host allocates), the rows and lengths of a release (gpu: the blocks
 // go back to the device's free stack), the lookup of a pack. A first-layer update or a
 // release is deferred into the launch of the pack that follows; anything that would
 // overwrite what is staged launches it first.
@@ -194,13 +196,14 @@ class DeviceStep : public Step {
   using Launcher = std::function<void(int64_t buffer, int flags, int64_t grid)>;
   static int64_t graph_index(int flags, int64_t grid, int64_t buffer);
 
-  // gpu: `table` keeps the books, `num_pages` pages on the device's free stack.
-  DeviceStep(RequestTable& table, int64_t num_pages, int64_t depth, int device);
+  // gpu: `table` keeps the books, `num_blocks` blocks on the device's free stack.
+  DeviceStep(RequestTable& table, int64_t num_blocks, int64_t depth, int device);
   // hybrid: `core` keeps the books and allocates (host_allocates()).
   DeviceStep(BlockBooks& core, int64_t depth, int device);
 
   bool host_allocates() const { return core_ != nullptr; }
-  int64_t num_free_pages() const { return free_pages_; }
+  // The core's free blocks (hybrid), or the height of the device's free stack (gpu).
+  int64_t num_free_blocks() const override;
 
   // Ring buffer k (words, pinned on CUDA: the kernels read them there, over the bus), a
   // device twin every launch copies its words into first (for kernels that read device
@@ -229,7 +232,6 @@ class DeviceStep : public Step {
   void reset(cuda::Stream stream);
 
  private:
-  int64_t free_blocks() const override;
   int32_t* words() { return buffers_[current_].words; }
   // The current buffer, acquired and its header cleared, if nothing is staged yet.
   int32_t* staging();
@@ -238,8 +240,8 @@ class DeviceStep : public Step {
   void launch(cuda::Stream stream, bool pack, bool fused = false);
 
   BlockBooks* core_ = nullptr;  // hybrid
-  int64_t free_pages_ = 0;      // gpu: the free stack's height
-  int64_t num_pages_ = 0;
+  int64_t stack_height_ = 0;    // gpu: the free stack's height
+  int64_t num_blocks_ = 0;
   struct Buffer {
     int32_t* words = nullptr;
     int64_t nwords = 0;

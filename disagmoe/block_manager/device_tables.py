@@ -1,9 +1,9 @@
 """What the two device-table designs (`gpu`, `hybrid`) share: block tables resident on
-the device as one page table (`req_to_page[row, k]`), and a native step path
+the device as one block table (`req_to_block[row, k]`), and a native step path
 (`_C.DeviceStep`, csrc/step.h) whose host cost does not depend on the batch's shape.
 
 The difference between the two is one flag, `host_allocates`: the hybrid design's C++
-core allocates blocks on the host and stages their ids; the gpu design takes pages from
+core allocates blocks on the host and stages their ids; the gpu design takes blocks from
 a free stack on the device, which only its kernels read.
 
 Each launch stages its inputs in the next buffer of a ring of pinned host buffers (the
@@ -63,13 +63,13 @@ class DeviceTableManager(BlockManager):
     launches from graphs. `pack_launch` is the Triton pack kernel's launch shape
     (`kernels_triton.PackLaunch`; None takes its default); it needs the Triton kernels.
 
-    `req_to_page[row, k]` (int32, on the device) is the block of positions
+    `req_to_block[row, k]` (int32, on the device) is the block of positions
     [k * block_size, (k + 1) * block_size) of the request in `row` (SGLang's
     `req_to_token` at block size 1). A design makes its books (`_make_books`)."""
 
     host_allocates: bool
-    req_to_page: torch.Tensor
-    free_pages: torch.Tensor | None
+    req_to_block: torch.Tensor
+    free_blocks: torch.Tensor | None
 
     def __init__(
         self,
@@ -105,21 +105,21 @@ class DeviceTableManager(BlockManager):
         self.kernels = self._choose_kernels(kernels, self._pack_launch)
         self.cuda_graphs = bool(cuda_graphs) and self.kernels == "triton"
         books = self._make_books()
-        self.req_to_page = empty_int32(
+        self.req_to_block = empty_int32(
             type(self).__name__,
             (self.max_running_reqs, self.max_width),
             f"the device block table of {self.max_running_reqs} x {self.max_width} blocks",
             self.device,
         ).zero_()
         initial = None
-        self.free_pages = None
+        self.free_blocks = None
         if not self.host_allocates:
             # Taking from the top hands out block 0 first, as the C++ core does.
             initial = torch.arange(self.num_blocks - 1, -1, -1, dtype=torch.int32, device=self.device)
-            self.free_pages = initial.clone()
+            self.free_blocks = initial.clone()
         self._start(books)
         if initial is not None:
-            self._step.set_free_stack(self.free_pages, initial)
+            self._step.set_free_stack(self.free_blocks, initial)
 
     def _start(self, books: Any) -> None:
         """The native step over `books`, its launcher, its buffers."""
@@ -185,7 +185,7 @@ class DeviceTableManager(BlockManager):
             self._set_out(out)
             if self.kernels == "triton":
                 self._k = self._triton.Kernels(
-                    self.req_to_page, self.free_pages, self._out32, self._out64, self.block_size, self._launch_shape
+                    self.req_to_block, self.free_blocks, self._out32, self._out64, self.block_size, self._launch_shape
                 )
             self._step.set_out_bytes(nbytes)
 
@@ -205,7 +205,7 @@ class DeviceTableManager(BlockManager):
             views = None
             if flags & L.PACK:
                 views = self._views(int(host[L.PACK_SIZE]), int(host[L.WIDTH]), int(host[L.NUM_TOKENS]))
-            kernels_torch.launch(staged, host, flags, self.req_to_page, self.free_pages, self.block_size, views)
+            kernels_torch.launch(staged, host, flags, self.req_to_block, self.free_blocks, self.block_size, views)
             return
         before = self._triton.compiled()
         self._triton.launch(self._k, self._twin, grid, flags)
@@ -293,10 +293,10 @@ class DeviceTableManager(BlockManager):
             self._flush()
 
     def _device_rows(self) -> np.ndarray:
-        """The page table on the host, once what is deferred has run (a read: allowed while
+        """The block table on the host, once what is deferred has run (a read: allowed while
         another call on the manager reads its arguments)."""
         self._flush()
-        return self.req_to_page.cpu().numpy()
+        return self.req_to_block.cpu().numpy()
 
     def _host_table_bytes(self) -> int:
         """Host bytes of block tables and free blocks: none here (the hybrid design's core
@@ -306,7 +306,7 @@ class DeviceTableManager(BlockManager):
     def memory_footprint(self) -> MemoryFootprint:
         on_cuda = self.device.type == "cuda"
         staging = sum(w.nbytes for w in self._words)  # pinned host memory on CUDA
-        tables = self.req_to_page.nbytes + (2 * self.free_pages.nbytes if self.free_pages is not None else 0)
+        tables = self.req_to_block.nbytes + (2 * self.free_blocks.nbytes if self.free_blocks is not None else 0)
         device = tables + self._out.nbytes + (self._twin.nbytes if self._twin_needed else 0)
         return MemoryFootprint(
             device_bytes=device + (0 if on_cuda else staging),

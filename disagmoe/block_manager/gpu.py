@@ -1,9 +1,9 @@
-"""The `gpu` backend: block tables and free pages resident on the device, SGLang style.
+"""The `gpu` backend: block tables and free blocks resident on the device, SGLang style.
 
 The C++ request books (`_C.RequestTable`) check each batch and mirror every length on
-the host, so shapes never need a device read; the free pages are a stack on the device,
-whose height the native step mirrors. A first-layer update takes its pages from the top
-of that stack, a release pushes the pages back, both in kernels that the next pack
+the host, so shapes never need a device read; the free blocks are a stack on the device,
+whose height the native step mirrors. A first-layer update takes its blocks from the top
+of that stack, a release pushes the blocks back, both in kernels that the next pack
 launches with its own (`device_tables`: the step path it shares with `hybrid`).
 """
 
@@ -13,20 +13,20 @@ import torch
 
 from disagmoe import _C
 from disagmoe.block_manager.device_tables import KERNELS, DeviceTableManager
-from disagmoe.block_manager.integrity import check_pages
+from disagmoe.block_manager.integrity import check_blocks
 
 __all__ = ["GPUBlockManager", "KERNELS"]
 
 
 class GPUBlockManager(DeviceTableManager):
-    """`kernels`, `cuda_graphs`, `pack_launch` and `req_to_page`: see `DeviceTableManager`.
-    `free_pages` is the device's stack of free pages (the m-th page an update takes is
+    """`kernels`, `cuda_graphs`, `pack_launch` and `req_to_block`: see `DeviceTableManager`.
+    `free_blocks` is the device's stack of free blocks (the m-th block an update takes is
     the m-th from its top)."""
 
     backend = "gpu"
     default_block_size = 16
     host_allocates = False
-    free_pages: torch.Tensor
+    free_blocks: torch.Tensor
     _books: _C.RequestTable
 
     def _make_books(self) -> _C.RequestTable:
@@ -34,15 +34,15 @@ class GPUBlockManager(DeviceTableManager):
         return self._books
 
     def num_free_slots(self) -> int:
-        return self._step.num_free_pages * self.block_size
+        return self._step.num_free_blocks * self.block_size
 
     def _block_ids(self, req_id: int, num_blocks: int) -> list[int]:
         row = self._books.row_of(req_id)
         self._flush()  # a read: allowed while another call reads its arguments
-        return self.req_to_page[row, :num_blocks].tolist()
+        return self.req_to_block[row, :num_blocks].tolist()
 
     def check_integrity(self) -> None:
-        """Every page free (on the device stack) or owned exactly once (in the page table
+        """Every block free (on the device stack) or owned exactly once (in the block table
         rows of the books' requests), and the request rows add up."""
         books, name = self._books, type(self).__name__
         if books.num_reqs + books.num_free_rows != books.max_reqs:
@@ -50,9 +50,9 @@ class GPUBlockManager(DeviceTableManager):
                 f"{name}: {books.num_reqs} live + {books.num_free_rows} free request rows != {books.max_reqs}"
             )
         table = self._device_rows()
-        free = self.free_pages[: self._step.num_free_pages].cpu().numpy()
+        free = self.free_blocks[: self._step.num_free_blocks].cpu().numpy()
         owned = {
             req_id: table[books.row_of(req_id), : -(-books.seq_len(req_id) // self.block_size)]
             for req_id in books.req_ids()
         }
-        check_pages(name, owned, free, self.num_blocks)
+        check_blocks(name, owned, free, self.num_blocks)

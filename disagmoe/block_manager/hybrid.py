@@ -2,7 +2,7 @@
 
 The C++ core (`_C.BlockBooks`, as the `cpu` backend uses it) checks every batch,
 allocates blocks from its host free list and keeps the lengths, so no device state is
-needed to decide anything. The block tables live on the device (`req_to_page`, one row
+needed to decide anything. The block tables live on the device (`req_to_block`, one row
 per request row), and each first-layer update sends only what changed: per entry its
 row, old and new length and where its new block ids start, and those ids; a kernel
 writes them into the rows before the pack builds the metadata from the device table
@@ -19,7 +19,7 @@ from disagmoe.block_manager.device_tables import DeviceTableManager
 
 
 class HybridBlockManager(CoreBooks, DeviceTableManager):
-    """`kernels`, `cuda_graphs`, `pack_launch` and `req_to_page`: see `DeviceTableManager`."""
+    """`kernels`, `cuda_graphs`, `pack_launch` and `req_to_block`: see `DeviceTableManager`."""
 
     backend = "hybrid"
     default_block_size = 16

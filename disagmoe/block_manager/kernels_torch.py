@@ -35,43 +35,47 @@ def _repeat(counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def release(
-    staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, free_pages: torch.Tensor, page_size: int
+    staged: torch.Tensor, host: np.ndarray, req_to_block: torch.Tensor, free_blocks: torch.Tensor, block_size: int
 ) -> None:
-    """Pushes every released request's pages, in order, at the staged height."""
+    """Pushes every released request's blocks, in order, at the staged height."""
     count = int(host[L.RELEASE_SIZE])
     (lens,) = _host_columns(host, L.RELEASE_AT, L.RELEASE_STRIDE, count, 2)[1:]
-    total = int(((lens + page_size - 1) // page_size).sum())
+    total = int(((lens + block_size - 1) // block_size).sum())
     if total == 0:
         return
     rows, lengths = _columns(staged, host, L.RELEASE_AT, L.RELEASE_STRIDE, count, 2)
-    entry, k = _repeat((lengths + page_size - 1) // page_size, total)
+    entry, k = _repeat((lengths + block_size - 1) // block_size, total)
     height = int(host[L.RELEASE_HEIGHT])
-    free_pages[height : height + total] = req_to_page[rows[entry], k]
+    free_blocks[height : height + total] = req_to_block[rows[entry], k]
 
 
 def update(
-    staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, free_pages: torch.Tensor | None, page_size: int
+    staged: torch.Tensor,
+    host: np.ndarray,
+    req_to_block: torch.Tensor,
+    free_blocks: torch.Tensor | None,
+    block_size: int,
 ) -> None:
-    """Writes each planned entry's new pages into its row: the m-th page the step adds is
-    free_pages[height - 1 - m] (gpu) or the m-th staged block id (hybrid)."""
+    """Writes each planned entry's new blocks into its row: the m-th block the step adds is
+    free_blocks[height - 1 - m] (gpu) or the m-th staged block id (hybrid)."""
     count = int(host[L.UPDATE_SIZE])
     _, old_h, new_h, _ = _host_columns(host, L.PLAN_AT, L.PLAN_STRIDE, count, 4)
-    total = int(((new_h + page_size - 1) // page_size - (old_h + page_size - 1) // page_size).sum())
+    total = int(((new_h + block_size - 1) // block_size - (old_h + block_size - 1) // block_size).sum())
     if total == 0:
         return
     rows, old, new, offsets = _columns(staged, host, L.PLAN_AT, L.PLAN_STRIDE, count, 4)
-    first_new = (old + page_size - 1) // page_size
-    added = (new + page_size - 1) // page_size - first_new
+    first_new = (old + block_size - 1) // block_size
+    added = (new + block_size - 1) // block_size - first_new
     entry, k = _repeat(added, total)
     rank = offsets[entry] + k
-    if free_pages is not None:
-        pages = free_pages[int(host[L.HEIGHT]) - 1 - rank]
+    if free_blocks is not None:
+        blocks = free_blocks[int(host[L.HEIGHT]) - 1 - rank]
     else:
-        pages = staged[int(host[L.IDS_AT]) :][rank]
-    req_to_page[rows[entry], first_new[entry] + k] = pages
+        blocks = staged[int(host[L.IDS_AT]) :][rank]
+    req_to_block[rows[entry], first_new[entry] + k] = blocks
 
 
-def pack(staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, page_size: int, views: tuple) -> None:
+def pack(staged: torch.Tensor, host: np.ndarray, req_to_block: torch.Tensor, block_size: int, views: tuple) -> None:
     """Fills the metadata views (seq_lens, context_lens, query_start_loc, seq_start_loc,
     block_tables, slot_mapping) from the staged lookup."""
     seq_lens, context_lens, query_start_loc, seq_start_loc, block_tables, slots = views
@@ -88,30 +92,30 @@ def pack(staged: torch.Tensor, host: np.ndarray, req_to_page: torch.Tensor, page
     query_start_loc[-1:].copy_(starts[-1:] + query[-1:])
     seq_start_loc[:-1].copy_(seq_starts)
     seq_start_loc[-1:].copy_(seq_starts[-1:] + seq[-1:])
-    cols = torch.arange(width, device=req_to_page.device)
-    num_pages = (seq + page_size - 1) // page_size
-    pages = req_to_page[rows[:, None], cols.clamp(max=req_to_page.shape[1] - 1)[None, :]]
-    block_tables.copy_(torch.where(cols[None, :] < num_pages[:, None], pages, PAD_BLOCK_ID))
+    cols = torch.arange(width, device=req_to_block.device)
+    num_blocks = (seq + block_size - 1) // block_size
+    blocks = req_to_block[rows[:, None], cols.clamp(max=req_to_block.shape[1] - 1)[None, :]]
+    block_tables.copy_(torch.where(cols[None, :] < num_blocks[:, None], blocks, PAD_BLOCK_ID))
     entry, k = _repeat(query, num_tokens)
     pos = context[entry] + k
-    slots.copy_(req_to_page[rows[entry], pos // page_size].long() * page_size + pos % page_size)
+    slots.copy_(req_to_block[rows[entry], pos // block_size].long() * block_size + pos % block_size)
 
 
 def launch(
     staged: torch.Tensor,
     host: np.ndarray,
     flags: int,
-    req_to_page: torch.Tensor,
-    free_pages: torch.Tensor | None,
-    page_size: int,
+    req_to_block: torch.Tensor,
+    free_blocks: torch.Tensor | None,
+    block_size: int,
     views: tuple | None,
 ) -> None:
     """The operations of `flags` (layout.RELEASE | UPDATE | PACK), in order."""
     if flags & L.RELEASE:
-        assert free_pages is not None  # only the gpu design stages releases
-        release(staged, host, req_to_page, free_pages, page_size)
+        assert free_blocks is not None  # only the gpu design stages releases
+        release(staged, host, req_to_block, free_blocks, block_size)
     if flags & L.UPDATE:
-        update(staged, host, req_to_page, free_pages, page_size)
+        update(staged, host, req_to_block, free_blocks, block_size)
     if flags & L.PACK:
         assert views is not None
-        pack(staged, host, req_to_page, page_size, views)
+        pack(staged, host, req_to_block, block_size, views)

@@ -1,11 +1,11 @@
 """The device-table designs' step kernels in Triton.
 
 Three kernels, launched in this order when a launch holds them (`launch`): release
-(gpu: push each released request's pages onto the free stack), update (write each
-entry's new page ids into its row of the page table: from the free stack on `gpu`, from
-the staged ids on `hybrid`) and pack (the FlashAttention metadata from the page table).
+(gpu: push each released request's blocks onto the free stack), update (write each
+entry's new block ids into its row of the block table: from the free stack on `gpu`, from
+the staged ids on `hybrid`) and pack (the FlashAttention metadata from the block table).
 When the update is of the pack's own batch (a first-layer step) the pack kernel does
-both: it reads the new pages from their source and writes them into the rows, one
+both: it reads the new blocks from their source and writes them into the rows, one
 kernel fewer on the device.
 Every per-step value (sizes, width, where each region and each array lies) is read from
 the staged header on the device, never passed as an argument (`layout.py` names the
@@ -28,11 +28,11 @@ from disagmoe.metadata import PAD_BLOCK_ID
 @triton.jit
 def _release_kernel(
     staged_ptr,
-    req_to_page_ptr,
-    r2p_row_stride,
-    free_pages_ptr,
-    PAGE_SIZE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    req_to_block_ptr,
+    r2b_row_stride,
+    free_blocks_ptr,
+    BLOCK_SIZE: tl.constexpr,
+    CHUNK: tl.constexpr,
     RELEASE_SIZE: tl.constexpr,
     RELEASE_HEIGHT: tl.constexpr,
     RELEASE_AT: tl.constexpr,
@@ -47,24 +47,24 @@ def _release_kernel(
     row = tl.load(columns + i, mask=valid, other=0)
     length = tl.load(columns + stride + i, mask=valid, other=0)
     offset = tl.load(columns + 2 * stride + i, mask=valid, other=0)
-    num_pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
-    row_ptr = req_to_page_ptr + row.to(tl.int64) * r2p_row_stride
-    for start in range(0, num_pages, BLOCK):
-        k = start + tl.arange(0, BLOCK)
-        mask = k < num_pages
-        pages = tl.load(row_ptr + k, mask=mask, other=0)
-        tl.store(free_pages_ptr + height + offset + k, pages, mask=mask)
+    num_blocks = (length + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row_ptr = req_to_block_ptr + row.to(tl.int64) * r2b_row_stride
+    for start in range(0, num_blocks, CHUNK):
+        k = start + tl.arange(0, CHUNK)
+        mask = k < num_blocks
+        blocks = tl.load(row_ptr + k, mask=mask, other=0)
+        tl.store(free_blocks_ptr + height + offset + k, blocks, mask=mask)
 
 
 @triton.jit
 def _update_kernel(
     staged_ptr,
-    pages_ptr,
-    req_to_page_ptr,
-    r2p_row_stride,
+    blocks_ptr,
+    req_to_block_ptr,
+    r2b_row_stride,
     FROM_STACK: tl.constexpr,
-    PAGE_SIZE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    CHUNK: tl.constexpr,
     UPDATE_SIZE: tl.constexpr,
     HEIGHT: tl.constexpr,
     PLAN_AT: tl.constexpr,
@@ -80,36 +80,36 @@ def _update_kernel(
     old = tl.load(plan + stride + i, mask=valid, other=0)
     new = tl.load(plan + 2 * stride + i, mask=valid, other=0)
     offset = tl.load(plan + 3 * stride + i, mask=valid, other=0)
-    first_new = (old + PAGE_SIZE - 1) // PAGE_SIZE
-    last = (new + PAGE_SIZE - 1) // PAGE_SIZE
-    row_ptr = req_to_page_ptr + row.to(tl.int64) * r2p_row_stride
-    if FROM_STACK:  # the m-th page taken is the m-th from the top of the stack
-        source = pages_ptr + (tl.load(staged_ptr + HEIGHT) - 1)
+    first_new = (old + BLOCK_SIZE - 1) // BLOCK_SIZE
+    last = (new + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row_ptr = req_to_block_ptr + row.to(tl.int64) * r2b_row_stride
+    if FROM_STACK:  # the m-th block taken is the m-th from the top of the stack
+        source = blocks_ptr + (tl.load(staged_ptr + HEIGHT) - 1)
     else:  # the m-th staged block id
         source = staged_ptr + tl.load(staged_ptr + IDS_AT)
-    for start in range(first_new, last, BLOCK):
-        k = start + tl.arange(0, BLOCK)
+    for start in range(first_new, last, CHUNK):
+        k = start + tl.arange(0, CHUNK)
         mask = k < last
-        rank = offset + k - first_new  # among the pages this step adds
+        rank = offset + k - first_new  # among the blocks this step adds
         if FROM_STACK:
-            pages = tl.load(source - rank, mask=mask, other=0)
+            blocks = tl.load(source - rank, mask=mask, other=0)
         else:
-            pages = tl.load(source + rank, mask=mask, other=0)
-        tl.store(row_ptr + k, pages, mask=mask)
+            blocks = tl.load(source + rank, mask=mask, other=0)
+        tl.store(row_ptr + k, blocks, mask=mask)
 
 
 @triton.jit
 def _pack_kernel(
     staged_ptr,
-    pages_ptr,
-    req_to_page_ptr,
-    r2p_row_stride,
+    blocks_ptr,
+    req_to_block_ptr,
+    r2b_row_stride,
     out32_ptr,
     out64_ptr,
-    PAGE_SIZE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
     PAD: tl.constexpr,
-    BLOCK_W: tl.constexpr,
-    BLOCK_T: tl.constexpr,
+    CHUNK_W: tl.constexpr,
+    CHUNK_T: tl.constexpr,
     FUSED: tl.constexpr,
     FROM_STACK: tl.constexpr,
     PACK_SIZE: tl.constexpr,
@@ -129,7 +129,7 @@ def _pack_kernel(
     # Programs (i, j): entry i; its block-table columns and slots are shared out among
     # the j = 0 .. num_programs(1) - 1 programs of the entry, chunk by chunk. FUSED: the
     # update staged with this pack is of the same batch (entry i of both is the same
-    # request): the pages this step adds come from their source (the free stack, or the
+    # request): the blocks this step adds come from their source (the free stack, or the
     # staged ids) instead of the row, which this kernel then writes them into.
     i = tl.program_id(0)
     j = tl.program_id(1)
@@ -163,22 +163,22 @@ def _pack_kernel(
     tl.store(qsl_ptr + batch_size, q_start + query, mask=last)
     tl.store(ssl_ptr + batch_size, s_start + seq, mask=last)
 
-    row_ptr = req_to_page_ptr + row.to(tl.int64) * r2p_row_stride
-    num_pages = (seq + PAGE_SIZE - 1) // PAGE_SIZE
-    first_new = (context + PAGE_SIZE - 1) // PAGE_SIZE  # the update's first new page (FUSED)
+    row_ptr = req_to_block_ptr + row.to(tl.int64) * r2b_row_stride
+    num_blocks = (seq + BLOCK_SIZE - 1) // BLOCK_SIZE
+    first_new = (context + BLOCK_SIZE - 1) // BLOCK_SIZE  # the update's first new block (FUSED)
     offset = 0
     if FUSED:
         offset = tl.load(
             staged_ptr + tl.load(staged_ptr + PLAN_AT) + 3 * tl.load(staged_ptr + PLAN_STRIDE) + i, mask=valid, other=0
         )
-        if FROM_STACK:  # the m-th page taken is the m-th from the top of the stack
-            source = pages_ptr + (tl.load(staged_ptr + HEIGHT) - 1)
+        if FROM_STACK:  # the m-th block taken is the m-th from the top of the stack
+            source = blocks_ptr + (tl.load(staged_ptr + HEIGHT) - 1)
         else:  # the m-th staged block id
             source = staged_ptr + tl.load(staged_ptr + IDS_AT)
     table_row = out32_ptr + tl.load(staged_ptr + TABLE_AT).to(tl.int64) + i.to(tl.int64) * width
-    for c in range(j * BLOCK_W, tl.where(valid, width, 0), parts * BLOCK_W):
-        cols = c + tl.arange(0, BLOCK_W)
-        owned = cols < num_pages
+    for c in range(j * CHUNK_W, tl.where(valid, width, 0), parts * CHUNK_W):
+        cols = c + tl.arange(0, CHUNK_W)
+        owned = cols < num_blocks
         if FUSED:
             new = owned & (cols >= first_new)
             rank = offset + cols - first_new
@@ -186,27 +186,27 @@ def _pack_kernel(
                 added = tl.load(source - rank, mask=new, other=0)
             else:
                 added = tl.load(source + rank, mask=new, other=0)
-            pages = tl.where(new, added, tl.load(row_ptr + cols, mask=owned & (cols < first_new), other=0))
-            tl.store(row_ptr + cols, pages, mask=new)
+            blocks = tl.where(new, added, tl.load(row_ptr + cols, mask=owned & (cols < first_new), other=0))
+            tl.store(row_ptr + cols, blocks, mask=new)
         else:
-            pages = tl.load(row_ptr + cols, mask=owned, other=0)
-        tl.store(table_row + cols, tl.where(owned, pages, PAD), mask=cols < width)
-    for t in range(j * BLOCK_T, query, parts * BLOCK_T):
-        ts = t + tl.arange(0, BLOCK_T)
+            blocks = tl.load(row_ptr + cols, mask=owned, other=0)
+        tl.store(table_row + cols, tl.where(owned, blocks, PAD), mask=cols < width)
+    for t in range(j * CHUNK_T, query, parts * CHUNK_T):
+        ts = t + tl.arange(0, CHUNK_T)
         mask = ts < query
         pos = context + ts
-        page = pos // PAGE_SIZE
+        block = pos // BLOCK_SIZE
         if FUSED:
-            new = mask & (page >= first_new)
-            rank = offset + page - first_new
+            new = mask & (block >= first_new)
+            rank = offset + block - first_new
             if FROM_STACK:
                 added = tl.load(source - rank, mask=new, other=0)
             else:
                 added = tl.load(source + rank, mask=new, other=0)
-            pages = tl.where(new, added, tl.load(row_ptr + page, mask=mask & (page < first_new), other=0))
+            blocks = tl.where(new, added, tl.load(row_ptr + block, mask=mask & (block < first_new), other=0))
         else:
-            pages = tl.load(row_ptr + page, mask=mask, other=0)
-        slots = pages.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
+            blocks = tl.load(row_ptr + block, mask=mask, other=0)
+        slots = blocks.to(tl.int64) * BLOCK_SIZE + pos % BLOCK_SIZE
         tl.store(slots_ptr + q_start + ts, slots, mask=mask)
 
 
@@ -223,7 +223,9 @@ def compiled() -> int:
 class PackLaunch:
     """How the pack kernel is launched: `parts` programs per batch entry, each
     taking every parts-th chunk of `block_w` block-table columns (and of
-    `block_t` slots), with `num_warps` warps a program.
+    `block_t` slots), with `num_warps` warps a program. (`block_w`, `block_t`:
+    the kernel's CHUNK_W and CHUNK_T, in Triton's sense of a block of a program's
+    work, not a KV block; named as the probes that set them name them.)
 
     The default was chosen with scripts/probes/pack_sweep.py on an H100
     (docs/performance.md): four programs an entry cut one replay of the pack's graph
@@ -241,43 +243,43 @@ class Kernels:
     """What one manager's launches read and write (fixed until a buffer is replaced, so
     that graphs can capture them)."""
 
-    req_to_page: torch.Tensor  # int32 [rows, pages]
-    free_pages: torch.Tensor | None  # int32, the gpu design's free stack (None: hybrid)
+    req_to_block: torch.Tensor  # int32 [rows, blocks]
+    free_blocks: torch.Tensor | None  # int32, the gpu design's free stack (None: hybrid)
     out32: torch.Tensor  # the metadata buffer as int32 words
     out64: torch.Tensor  # the same buffer as int64 words
-    page_size: int
+    block_size: int
     launch: PackLaunch = PackLaunch()
 
 
 def launch(k: Kernels, staged: torch.Tensor, grid: int, flags: int) -> None:
     """The kernels of `flags` (layout.RELEASE | UPDATE | PACK | FUSED), in order, each over
     `grid` programs; `staged` is the device copy of the int32 staged words. FUSED: no
-    update kernel, the pack writes the new pages."""
-    r2p, row_stride = k.req_to_page, k.req_to_page.stride(0)
-    from_stack = k.free_pages is not None
-    pages = k.free_pages if from_stack else staged
+    update kernel, the pack writes the new blocks."""
+    r2b, row_stride = k.req_to_block, k.req_to_block.stride(0)
+    from_stack = k.free_blocks is not None
+    blocks = k.free_blocks if from_stack else staged
     fused = bool(flags & L.FUSED)
     if flags & L.RELEASE:
         _release_kernel[(grid,)](
-            staged, r2p, row_stride, k.free_pages, PAGE_SIZE=k.page_size, BLOCK=256, **L.RELEASE_WORDS
+            staged, r2b, row_stride, k.free_blocks, BLOCK_SIZE=k.block_size, CHUNK=256, **L.RELEASE_WORDS
         )
     if flags & L.UPDATE and not fused:
         _update_kernel[(grid,)](
-            staged, pages, r2p, row_stride, FROM_STACK=from_stack, PAGE_SIZE=k.page_size, BLOCK=256, **L.UPDATE_WORDS
+            staged, blocks, r2b, row_stride, FROM_STACK=from_stack, BLOCK_SIZE=k.block_size, CHUNK=256, **L.UPDATE_WORDS
         )
     if flags & L.PACK:
         p = k.launch
         _pack_kernel[(grid, p.parts)](
             staged,
-            pages,
-            r2p,
+            blocks,
+            r2b,
             row_stride,
             k.out32,
             k.out64,
-            PAGE_SIZE=k.page_size,
+            BLOCK_SIZE=k.block_size,
             PAD=PAD_BLOCK_ID,
-            BLOCK_W=p.block_w,
-            BLOCK_T=p.block_t,
+            CHUNK_W=p.block_w,
+            CHUNK_T=p.block_t,
             FUSED=fused,
             FROM_STACK=from_stack,
             num_warps=p.num_warps,

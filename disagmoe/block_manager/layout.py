@@ -4,8 +4,8 @@
 A staging buffer is a header of int32 scalars, then the regions the launch's operations
 appended in the order they were staged, each a few columns of `stride` words:
 
-    [header | release: rows, lengths, page offsets | plan: rows, old lengths, new lengths,
-     page offsets | hybrid: the new block ids | lookup: rows, lengths, query lengths,
+    [header | release: rows, lengths, block offsets | plan: rows, old lengths, new lengths,
+     block offsets | hybrid: the new block ids | lookup: rows, lengths, query lengths,
      query starts, seq starts]
 
 The header says where each region starts (`*_AT`) and its stride, and where the pack
@@ -44,13 +44,13 @@ RELEASE_SIZE, RELEASE_HEIGHT, RELEASE_AT, RELEASE_STRIDE = (
 )
 
 # Launch flags: the kernels a launch holds (release runs first, pack last); FUSED: the
-# update is the pack's own batch, and the pack kernel writes its pages (no update kernel).
+# update is the pack's own batch, and the pack kernel writes its blocks (no update kernel).
 RELEASE, UPDATE, PACK, FUSED = 4, 2, 1, 8
 
 # Columns of each region, by index.
 LOOKUP_ROWS, LOOKUP_SEQ_LENS, LOOKUP_QUERY_LENS, LOOKUP_QUERY_STARTS, LOOKUP_SEQ_STARTS = 0, 1, 2, 3, 4
-PLAN_ROWS, PLAN_OLD_LENS, PLAN_NEW_LENS, PLAN_PAGE_OFFSETS = 0, 1, 2, 3
-RELEASE_ROWS, RELEASE_LENS, RELEASE_PAGE_OFFSETS = 0, 1, 2
+PLAN_ROWS, PLAN_OLD_LENS, PLAN_NEW_LENS, PLAN_BLOCK_OFFSETS = 0, 1, 2, 3
+RELEASE_ROWS, RELEASE_LENS, RELEASE_BLOCK_OFFSETS = 0, 1, 2
 
 
 def staged_words(max_reqs: int, ids: int = 0) -> int:

@@ -1,12 +1,15 @@
-"""Device-resident pools of the `gpu` backend, in the SGLang style.
+"""SGLang's device-resident pools, with SGLang's names: the interface that a serving
+engine built on SGLang calls. The `gpu` design keeps the same layout (one int32 row per
+request, a free stack on the device) inside its native step (`device_tables`).
 
-`ReqToTokenPool` maps each running request's row to the page of each of its
-positions (at page size 1, SGLang's token-level `req_to_token`; at larger page
-sizes one entry per page, so that a pack reads `page_size` times fewer words);
-`TokenToKVPoolAllocator` (one slot per page) and `PagedTokenToKVPoolAllocator`
-(pages of `page_size` slots) keep the free pages as a device stack. Host
-integers mirror every count that a shape depends on, so no step reads the
-device back.
+"Page" here is SGLang's word, kept in SGLang's names: a page is what the rest of this
+package calls a block (`page_size` slots; at page size 1, SGLang's token-level pool,
+one slot). `ReqToTokenPool` maps each running request's row to the page of each of its
+positions (at page size 1, SGLang's `req_to_token`; at larger page sizes one entry per
+page, so that a pack reads `page_size` times fewer words); `TokenToKVPoolAllocator`
+(one slot per page) and `PagedTokenToKVPoolAllocator` (pages of `page_size` slots) keep
+the free pages as a device stack. Host integers mirror every count that a shape depends
+on, so no step reads the device back.
 """
 
 from __future__ import annotations
