@@ -249,10 +249,10 @@ static PyObject* cached_int(int32_t v) {
   if (v < 0 || v >= kMaxCached) return PyLong_FromLong(v);
   auto& chunk = chunks[v >> kChunkBits];
   if (!chunk) chunk.reset(new PyObject*[1 << kChunkBits]());
-  PyObject*& slot = chunk[v & ((1 << kChunkBits) - 1)];
-  if (!slot && !(slot = PyLong_FromLong(v))) return nullptr;
-  Py_INCREF(slot);
-  return slot;
+  PyObject*& entry = chunk[v & ((1 << kChunkBits) - 1)];
+  if (!entry && !(entry = PyLong_FromLong(v))) return nullptr;
+  Py_INCREF(entry);
+  return entry;
 }
 
 py::list to_list(const int32_t* values, int64_t n) {
