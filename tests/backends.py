@@ -14,7 +14,10 @@ LAYER_IDS = (3, 5, 7)  # not starting at 0, so that "first layer" means layer_id
 
 
 @dataclass(frozen=True)
-class Backend:
+class Config:
+    """One configuration a test runs a manager in: a design's class, its device and its
+    keyword arguments, named by `id`."""
+
     id: str
     cls: type[BlockManager]
     device: str
@@ -39,27 +42,27 @@ class Backend:
         return self.cls(model_config, cache_config, max_running_reqs, device=self.device, **self.kwargs)
 
 
-CPU_DEVICE_BACKENDS = [
-    Backend("cpu", CPUBlockManager, "cpu"),
-    Backend("gpu-torch", GPUBlockManager, "cpu", {"kernels": "torch"}),
-    Backend("hybrid-torch", HybridBlockManager, "cpu", {"kernels": "torch"}),
+CPU_DEVICE_CONFIGS = [
+    Config("cpu", CPUBlockManager, "cpu"),
+    Config("gpu-torch", GPUBlockManager, "cpu", {"kernels": "torch"}),
+    Config("hybrid-torch", HybridBlockManager, "cpu", {"kernels": "torch"}),
 ]
-CUDA_BACKENDS = [
-    Backend("cpu-cuda", CPUBlockManager, "cuda"),
-    Backend("gpu-triton-graphs", GPUBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": True}),
-    Backend("gpu-triton", GPUBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": False}),
-    Backend("gpu-torch-cuda", GPUBlockManager, "cuda", {"kernels": "torch"}),
-    Backend("hybrid-triton-graphs", HybridBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": True}),
-    Backend("hybrid-triton", HybridBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": False}),
-    Backend("hybrid-torch-cuda", HybridBlockManager, "cuda", {"kernels": "torch"}),
+CUDA_CONFIGS = [
+    Config("cpu-cuda", CPUBlockManager, "cuda"),
+    Config("gpu-triton-graphs", GPUBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": True}),
+    Config("gpu-triton", GPUBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": False}),
+    Config("gpu-torch-cuda", GPUBlockManager, "cuda", {"kernels": "torch"}),
+    Config("hybrid-triton-graphs", HybridBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": True}),
+    Config("hybrid-triton", HybridBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": False}),
+    Config("hybrid-torch-cuda", HybridBlockManager, "cuda", {"kernels": "torch"}),
 ]
-BACKENDS = CPU_DEVICE_BACKENDS + (CUDA_BACKENDS if HAS_CUDA else [])
-BY_ID = {b.id: b for b in CPU_DEVICE_BACKENDS + CUDA_BACKENDS}
+CONFIGS = CPU_DEVICE_CONFIGS + (CUDA_CONFIGS if HAS_CUDA else [])
+BY_ID = {b.id: b for b in CPU_DEVICE_CONFIGS + CUDA_CONFIGS}
 
 
-def backend_pairs() -> list[tuple[Backend, Backend]]:
+def config_pairs() -> list[tuple[Config, Config]]:
     """(cpu backend, another backend) on the same device, for cross-backend comparisons."""
     pairs = [(BY_ID["cpu"], BY_ID["gpu-torch"]), (BY_ID["cpu"], BY_ID["hybrid-torch"])]
     if HAS_CUDA:
-        pairs += [(BY_ID["cpu-cuda"], b) for b in CUDA_BACKENDS if b.cls is not CPUBlockManager]
+        pairs += [(BY_ID["cpu-cuda"], b) for b in CUDA_CONFIGS if b.cls is not CPUBlockManager]
     return pairs

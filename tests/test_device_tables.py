@@ -15,10 +15,10 @@ from disagmoe import BatchMetadata
 from disagmoe.block_manager.base import DEFAULT_DEPTH
 from disagmoe.block_manager.device_tables import DeviceTableManager
 
-from backends import BY_ID, CPU_DEVICE_BACKENDS, CUDA_BACKENDS, HAS_CUDA
+from backends import BY_ID, CPU_DEVICE_CONFIGS, CUDA_CONFIGS, HAS_CUDA
 from harness import Harness, to_host
 
-ALL = CPU_DEVICE_BACKENDS + (CUDA_BACKENDS if HAS_CUDA else [])
+ALL = CPU_DEVICE_CONFIGS + (CUDA_CONFIGS if HAS_CUDA else [])
 
 
 @pytest.fixture(params=ALL, ids=[b.id for b in ALL])

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends import backend_pairs
+from backends import config_pairs
 from harness import Harness, to_host
 from strategies import BLOCK_SIZES, pool_size, run_random_steps
 
-PAIRS = backend_pairs()
+PAIRS = config_pairs()
 
 
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)

@@ -11,7 +11,7 @@ import pytest
 
 from disagmoe.serving.workloads import TraceConfig, TraceWorkload
 
-from backends import BY_ID, CPU_DEVICE_BACKENDS, HAS_CUDA
+from backends import BY_ID, CPU_DEVICE_CONFIGS, HAS_CUDA
 
 STEPS = 1000
 TRACE = TraceConfig(running=24, max_prompt=600, chunk=256, max_output=120, seed=3)
@@ -87,7 +87,7 @@ def _configs():
     return ModelConfig((0,), 256, 8), CacheConfig(16, 128)
 
 
-@pytest.mark.parametrize("backend", CPU_DEVICE_BACKENDS, ids=[b.id for b in CPU_DEVICE_BACKENDS])
+@pytest.mark.parametrize("backend", CPU_DEVICE_CONFIGS, ids=[b.id for b in CPU_DEVICE_CONFIGS])
 def test_warm_up_on_the_cpu_device(backend):
     """Torch's CPU device: nothing to compile or capture; the warm-up sizes the buffers for
     the steps it is told of, and the trace then runs as it would without it."""

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from hostile import INT_LIKE, NOT_INTS
 
-BACKENDS = ("cpu", "gpu-torch", "hybrid-torch")
+FUZZ_TARGETS = ("cpu", "gpu-torch", "hybrid-torch")
 SAME_MANAGER_ACTIONS = ("update_same", "pack_same", "release_same", "reset_same")
 CONTAINERS = ("list", "list", "list", "tuple", "array")
 BAD_CONTAINERS = ("str", "none", "dict", "float-array", "2d-array", "tensor", "generator")
@@ -226,7 +226,7 @@ def api_case(draw):
     ops = draw(st.lists(operation(), min_size=1, max_size=10))
     if not draw(one_in(4)):
         ops.insert(0, draw(FIRST_PREFILL))
-    return ("api", draw(st.sampled_from(BACKENDS)), draw(config()), ops)
+    return ("api", draw(st.sampled_from(FUZZ_TARGETS)), draw(config()), ops)
 
 
 # -- direct calls into disagmoe._C --------------------------------------------------------
