@@ -1,6 +1,6 @@
 // Host-side books of the running requests: which row each request holds,
-// how many tokens it has, and which rows are free. Both backends keep these
-// books on the host; they differ only in where the block tables live.
+// how many tokens it has, and which rows are free. All three designs keep these
+// books on the host; they differ in where the block tables live and who allocates.
 #pragma once
 
 #include <cstdint>

@@ -276,8 +276,8 @@ def test_pool_past_int32_slots(backend, block_size, num_blocks):
 
 
 def test_default_block_size_pool_past_int32_slots():
-    """With block_size=None the product is known only to the manager: cpu (16 slots a
-    block) refuses 2**28 blocks; the same pool in gpu's blocks of 1 is 2**28 slots."""
+    """With block_size=None the product is known only to the manager: at its default of
+    16 slots a block (every design's), 2**28 blocks pass the int32 range of slots."""
     cache = CacheConfig(None, 2**28)
     with pytest.raises(ValueError, match="num_gpu_blocks=268435456 x block_size=16"):
         BY_ID["cpu"].cls(ModelConfig(LAYER_IDS, 8, 2), cache, 2, device="cpu")

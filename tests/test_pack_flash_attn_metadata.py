@@ -1,5 +1,5 @@
 """pack_flash_attn_metadata: every field against the reference model, the block-table /
-slot-mapping invariant, dtypes and devices, and the two backends against each other."""
+slot-mapping invariant, dtypes and devices, and the cpu design against the other two."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def test_random_steps(make_manager, block_size, data):
 @settings(max_examples=40)
 @given(data=st.data())
 def test_backends_agree(pair, block_size, data):
-    """Both backends hand out blocks in the same order, so the same steps give the same
-    metadata, block ids included."""
+    """The cpu design and each other design hand out blocks in the same order, so the
+    same steps give the same metadata, block ids included."""
     harnesses = [
         b.make(block_size=block_size, num_blocks=pool_size(block_size), max_running_reqs=5, max_seq_len=40)
         for b in pair
