@@ -149,6 +149,16 @@ void HostStep::set_out(uint8_t* out, int64_t nbytes) {
   out_bytes_ = nbytes;
 }
 
+bool Step::remembered(const BatchView& batch, int64_t layer, uint64_t version, int64_t known,
+                      PackOutcome& o) {
+  if (known != packs_ || !memo_.hit(batch, layer, version)) return false;
+  memo_.layer = layer;
+  o.hit = true;
+  o.pack_id = packs_;
+  o.seq_lens = memo_.seq_lens.data();
+  return true;
+}
+
 void HostStep::commit(const char* op) {
   check_planned(op);
   core_.commit_first_layer(planned_batch(), planned_steps(), plan_total_, nullptr);
@@ -159,13 +169,7 @@ PackOutcome HostStep::pack(const char* op, const BatchView& batch, int64_t layer
                            cuda::Stream stream, int64_t known, const Grow& grow) {
   PackOutcome o;
   uint64_t version = table_.version();
-  if (known == packs_ && memo_.hit(batch, layer, version)) {
-    memo_.layer = layer;
-    o.hit = true;
-    o.pack_id = packs_;
-    o.seq_lens = memo_.seq_lens.data();
-    return o;
-  }
+  if (remembered(batch, layer, version, known, o)) return o;
   o.stats = just_committed(batch) ? core_.lookup_planned(batch, planned_steps())
                                   : core_.lookup_for_pack(op, batch);
   MetadataLayout l = metadata_layout(batch.size, o.stats.width, o.stats.num_tokens);
@@ -345,13 +349,7 @@ PackOutcome DeviceStep::pack(const char* op, const BatchView& batch, int64_t lay
   InCall in(in_call_);
   PackOutcome o;
   uint64_t version = table_.version();
-  if (known == packs_ && memo_.hit(batch, layer, version)) {
-    memo_.layer = layer;
-    o.hit = true;
-    o.pack_id = packs_;
-    o.seq_lens = memo_.seq_lens.data();
-    return o;
-  }
+  if (remembered(batch, layer, version, known, o)) return o;
   std::optional<cuda::ContextScope> scope;
   if (on_cuda()) scope.emplace(*ctx_);
   int32_t* w = staging();

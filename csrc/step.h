@@ -99,6 +99,10 @@ class Step {
   // its rows and lengths from the plan (no lookup).
   bool just_committed(const BatchView& batch) const;
   BatchView planned_batch() const;
+  // Whether the caller's remembered pack (`known`) answers `batch` at `layer`: the last
+  // pack's batch at another layer, the books at `version` since. Then `o` says so.
+  bool remembered(const BatchView& batch, int64_t layer, uint64_t version, int64_t known,
+                  PackOutcome& o);
   StepPlan planned_steps() {
     return {plan_rows_.data(), plan_old_.data(), plan_new_.data(), plan_offsets_.data()};
   }
