@@ -16,8 +16,7 @@ ParallelCompile("DISAGMOE_BUILD_JOBS", default=0).install()
 compile_args = ["-O3"]
 link_args = []
 if os.environ.get("DISAGMOE_SANITIZE") == "1":
-    sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-                  "-fno-omit-frame-pointer", "-g"]
+    sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
     compile_args = ["-O1", *sanitizers]
     link_args = sanitizers
 
