@@ -30,50 +30,41 @@ def _ratios(cache, design, op, batch_size, seq_len):
     return {"samples": cache["ratios"][(batch_size, seq_len)][(design, op)], "number": 1}
 
 
-class InverseSpeedup:
-    params = (BATCH_SIZES, SEQ_LENS)
-    param_names = ["batch_size", "seq_len"]
-    unit = "GPU time / CPU time, lower is better"
-    processes = 1
-    timeout = 600
+def _speedup_class(name: str, design: str, label: str) -> type:
+    """The class tracking `design`'s time over cpu's for the update and the pack."""
 
     def track_update_block_table(self, cache, batch_size, seq_len):
-        return _ratios(cache, "gpu", "update_block_table", batch_size, seq_len)
+        return _ratios(cache, design, "update_block_table", batch_size, seq_len)
 
     track_update_block_table.pretty_name = (
-        "update: GPU time / CPU time, lower is better (1 / the CPU/GPU "
+        f"update: {label} time / CPU time, lower is better (1 / the CPU/{label} "
         "speedup; update_block_table, decode, first layer)"
     )
 
     def track_pack_flash_attn_metadata(self, cache, batch_size, seq_len):
-        return _ratios(cache, "gpu", "pack_flash_attn_metadata", batch_size, seq_len)
+        return _ratios(cache, design, "pack_flash_attn_metadata", batch_size, seq_len)
 
     track_pack_flash_attn_metadata.pretty_name = (
-        "pack: GPU time / CPU time, lower is better (1 / the CPU/GPU speedup; pack_flash_attn_metadata, decode)"
+        f"pack: {label} time / CPU time, lower is better (1 / the CPU/{label} speedup; "
+        "pack_flash_attn_metadata, decode)"
+    )
+    return type(
+        name,
+        (),
+        {
+            "params": (BATCH_SIZES, SEQ_LENS),
+            "param_names": ["batch_size", "seq_len"],
+            "unit": f"{label} time / CPU time, lower is better",
+            "processes": 1,
+            "timeout": 600,
+            "track_update_block_table": track_update_block_table,
+            "track_pack_flash_attn_metadata": track_pack_flash_attn_metadata,
+        },
     )
 
 
-class HybridInverseSpeedup:
-    params = (BATCH_SIZES, SEQ_LENS)
-    param_names = ["batch_size", "seq_len"]
-    unit = "hybrid time / CPU time, lower is better"
-    processes = 1
-    timeout = 600
-
-    def track_update_block_table(self, cache, batch_size, seq_len):
-        return _ratios(cache, "hybrid", "update_block_table", batch_size, seq_len)
-
-    track_update_block_table.pretty_name = (
-        "update: hybrid time / CPU time, lower is better (1 / the CPU/hybrid "
-        "speedup; update_block_table, decode, first layer)"
-    )
-
-    def track_pack_flash_attn_metadata(self, cache, batch_size, seq_len):
-        return _ratios(cache, "hybrid", "pack_flash_attn_metadata", batch_size, seq_len)
-
-    track_pack_flash_attn_metadata.pretty_name = (
-        "pack: hybrid time / CPU time, lower is better (1 / the CPU/hybrid speedup; pack_flash_attn_metadata, decode)"
-    )
+InverseSpeedup = _speedup_class("InverseSpeedup", "gpu", "GPU")
+HybridInverseSpeedup = _speedup_class("HybridInverseSpeedup", "hybrid", "hybrid")
 
 
 # asv files every result under its benchmark's `version`: each is pinned to the value asv
