@@ -4,7 +4,8 @@ The landing page of the site (scripts/landing_html.py draws it) shows, per GPU m
 the crossover maps of its latest results: for each grid point of `bench_pipelined`
 (decode: batch size x context) and `bench_trace` (trace: running requests x max prompt)
 and each timing mode, the variant with the lowest median and its speedup over the
-baseline (the baseline's median / the winner's). Everything here is read from the
+baseline (the baseline's median / the winner's); and the same for each production trace
+that `bench_replay` replays (its busiest stretch). Everything here is read from the
 results file; nothing is measured or typed in.
 """
 
@@ -64,6 +65,11 @@ MODES = (
     Mode("busy", "track_busy_added", "device us a step adds behind a stand-in forward"),
 )
 HOST, HOST_P99 = "track_pipelined_host", "track_pipelined_host_p99"  # pipelined host us: median, p99
+REPLAY = "bench_replay"  # its Step's parameters: (variant, trace)
+TRACES = {  # bench_replay's traces, in words
+    "azure-conv": "Azure LLM inference trace, conversation service",
+    "mooncake": "Mooncake (Kimi) conversation trace",
+}
 
 
 def step_benchmark(workload: Workload, method: str) -> str:
@@ -142,10 +148,12 @@ class Run:
     host: dict[str, Values]  # workload -> pipelined host us, median of windows
     host_p99: dict[str, Values]  # workload -> p99 of each step's host us (if measured)
     benchmarks: frozenset[str]  # the benchmarks with at least one value
+    replays: dict[str, dict[str, Cell]] = dataclasses.field(default_factory=dict)  # trace -> mode -> cell
+    replay_host: dict[str, dict[str, dict[str, float]]] = dataclasses.field(default_factory=dict)  # method -> trace
 
     @property
     def has_serving(self) -> bool:
-        return bool(self.maps)
+        return bool(self.maps or self.replays)
 
 
 def _utc(ms: int | None) -> datetime.datetime | None:
@@ -168,7 +176,7 @@ def read_values(entries: dict[str, dict], benchmark: str, axes: tuple[str, str])
     params = tuple(tuple(literal_eval(p) for p in values) for values in entry["params"])
     values: Values = {}
     for (variant, row, column), value in zip(itertools.product(*params), entry["result"]):
-        if value is not None:
+        if value is not None and value == value:  # (asv writes NaN for a skipped point)
             values.setdefault((row, column), {})[variant] = float(value)
     return params, values
 
@@ -178,6 +186,29 @@ def read_map(entries: dict[str, dict], workload: Workload, mode: Mode) -> Crosso
     if not values:
         return None
     return CrossoverMap(workload, mode, rows, columns, variants, {p: Cell(v) for p, v in values.items()})
+
+
+def read_by_trace(entries: dict[str, dict], benchmark: str) -> dict[str, dict[str, float]]:
+    """{trace: {variant: median}} of a bench_replay benchmark (parameters (variant, trace));
+    empty where the results lack it or it measured nothing."""
+    entry = entries.get(benchmark)
+    if entry is None or not isinstance(entry.get("result"), list) or len(entry.get("params", [])) != 2:
+        return {}
+    params = [[literal_eval(p) for p in values] for values in entry["params"]]
+    out: dict[str, dict[str, float]] = {}
+    for (variant, trace), value in zip(itertools.product(*params), entry["result"]):
+        if value is not None and value == value:  # (asv writes NaN for a skipped point)
+            out.setdefault(trace, {})[variant] = float(value)
+    return out
+
+
+def read_replays(entries: dict[str, dict]) -> dict[str, dict[str, Cell]]:
+    """{trace: {mode: Cell}} of bench_replay's Step, the modes measured."""
+    out: dict[str, dict[str, Cell]] = {}
+    for mode in MODES:
+        for trace, medians in read_by_trace(entries, f"{REPLAY}.Step.{mode.method}").items():
+            out.setdefault(trace, {})[mode.name] = Cell(medians)
+    return out
 
 
 def _any_value(result: object) -> bool:
@@ -214,6 +245,7 @@ def read_run(path: str, machine: str, shown: str | None = None) -> Run:
     p99 = {w.name: read_values(entries, step_benchmark(w, HOST_P99), w.axes)[1] for w in WORKLOADS}
     started = [e.get("started_at") for e in entries.values() if e.get("started_at")]
     measured = frozenset(name for name, e in entries.items() if _any_value(e["result"]))
+    replay_host = {m: read_by_trace(entries, f"{REPLAY}.Step.{m}") for m in (HOST, HOST_P99)}
     return Run(
         machine,
         shown or path,
@@ -225,6 +257,8 @@ def read_run(path: str, machine: str, shown: str | None = None) -> Run:
         {k: v for k, v in host.items() if v},
         {k: v for k, v in p99.items() if v},
         measured,
+        read_replays(entries),
+        {k: v for k, v in replay_host.items() if v},
     )
 
 

@@ -10,7 +10,22 @@ import html
 import json
 import urllib.parse
 
-from landing import BASELINE, MODES, NEAR_TIE, WORKLOADS, CrossoverMap, Run, Workload, regimes, step_benchmark
+from landing import (
+    BASELINE,
+    HOST,
+    HOST_P99,
+    MODES,
+    NEAR_TIE,
+    REPLAY,
+    TRACES,
+    WORKLOADS,
+    Cell,
+    CrossoverMap,
+    Run,
+    Workload,
+    regimes,
+    step_benchmark,
+)
 
 COLOURS = {"cpu-bs16": "#b9d3ee", "gpu-bs1": "#f7c58f", "gpu-bs16": "#a8dba0", "hybrid-bs16": "#d6bde8"}
 SPARE_COLOURS = ("#f4a9a8", "#f1e59a", "#9fdfe0", "#d9c2a7")
@@ -53,10 +68,10 @@ def colour(variant: str, variants: tuple[str, ...]) -> str:
     return SPARE_COLOURS[spare.index(variant) % len(SPARE_COLOURS)]
 
 
-def graph_href(site: str, benchmark: str, x_axis: str, fixed: dict[str, int]) -> str:
-    """An address of asv's graph page: `benchmark` with parameter `x_axis` on the x axis and
-    the others fixed (asv 0.6's hash: #<benchmark>?x-axis=<name>&p-<name>=<value>)."""
-    query = [("x-axis", x_axis)] + [(f"p-{k}", str(v)) for k, v in fixed.items()]
+def graph_href(site: str, benchmark: str, x_axis: str | None, fixed: dict[str, object]) -> str:
+    """An address of asv's graph page: `benchmark` with parameter `x_axis` on the x axis (None:
+    the commits) and the others fixed (asv 0.6's hash: #<benchmark>?x-axis=<name>&p-<name>=<value>)."""
+    query = ([("x-axis", x_axis)] if x_axis else []) + [(f"p-{k}", str(v)) for k, v in fixed.items()]
     return f"{site}#{benchmark}?" + "&".join(f"{urllib.parse.quote(k)}={urllib.parse.quote(v)}" for k, v in query)
 
 
@@ -65,9 +80,12 @@ def link(href: str, text: str, cls: str = "graph") -> str:
 
 
 def verdict(grid: CrossoverMap, point: tuple[int, int]) -> str:
+    return cell_verdict(grid.cells[point])
+
+
+def cell_verdict(cell: Cell) -> str:
     """The winner and its speedup over the baseline (its lead over the runner-up where the
-    baseline wins), as a map cell and the regime table show it."""
-    cell = grid.cells[point]
+    baseline wins), as a map cell and the regime tables show it."""
     tie = " &asymp;" if cell.near_tie else ""
     if cell.winner == BASELINE:
         lead = f"lead {cell.margin:.2f}x" if cell.margin is not None else "alone"
@@ -196,6 +214,35 @@ def regime_table(run: Run, site: str) -> str:
     return f'<table class="regimes">{head}{"".join(rows)}</table>{note}'
 
 
+def replay_table(run: Run, site: str) -> str:
+    """Per production trace that bench_replay replays: the winners, as the regime table."""
+    head = (
+        "<tr><th>trace</th><th>pipelined: winner, speedup</th><th>its host us per step: median &middot; p99</th>"
+        "<th>synced</th><th>busy</th><th>graph</th></tr>"
+    )
+    rows = []
+    for trace, cells in sorted(run.replays.items()):
+        pipelined = cells.get("pipelined")
+        if pipelined is None:
+            continue
+        figures = [run.replay_host.get(m, {}).get(trace, {}).get(pipelined.winner) for m in (HOST, HOST_P99)]
+        tail = " &middot; ".join(us(v) if v is not None else "not measured" for v in figures)
+        others = [cell_verdict(cells[m]) if m in cells else "not measured" for m in ("synced", "busy")]
+        href = graph_href(site, f"{REPLAY}.Step.track_pipelined", None, {"trace": repr(trace)})
+        times = " | ".join(f"{v} {us(t)} us" for v, t in sorted(pipelined.medians.items()))
+        rows.append(
+            f'<tr data-trace="{esc(trace)}" data-winner="{esc(pipelined.winner)}" title="{esc(times)}">'
+            f"<td>{esc(trace)}: {esc(TRACES.get(trace, ''))}</td><td>{cell_verdict(pipelined)}</td>"
+            f"<td>{tail}</td><td>{others[0]}</td><td>{others[1]}</td>"
+            f"<td>{link(href, 'every variant over the commits', 'history')}</td></tr>"
+        )
+    return (
+        f'<h3 id="{esc(run.machine)}-replay">Production traces: the busiest stretch of each, scheduled as an '
+        f"engine would (<code>{REPLAY}</code>)</h3>"
+        f'<table class="replays">{head}{"".join(rows)}</table>'
+    )
+
+
 def when(run: Run) -> str:
     measured = f", measured {run.measured:%Y-%m-%d %H:%M} UTC" if run.measured else ""
     return f"commit <code>{run.commit[:7]}</code> of {run.commit_date:%Y-%m-%d}{measured}"
@@ -225,14 +272,16 @@ def machine_section(entry: MachineEntry) -> str:
                 f"alone (update, pack), whose history is in {graphs}.</p></section>"
             )
         )
-    variants = next(iter(run.maps.values())).variants
+    variants = next(iter(run.maps.values())).variants if run.maps else tuple(COLOURS)
     sections = "".join(workload_section(run, w, entry.site) for w in WORKLOADS)
+    replays = replay_table(run, entry.site) if run.replays else ""
     return (
         head
         + used
         + legend(variants)
         + "<h3>In short: the winner per regime</h3>"
         + regime_table(run, entry.site)
+        + replays
         + sections
         + "</section>"
     )
@@ -245,12 +294,14 @@ nav a, .site { font-weight: bold; }
 .maps { display: flex; flex-wrap: wrap; gap: 18px; }
 table { border-collapse: collapse; }
 table.map caption { caption-side: top; text-align: left; font-size: 12px; padding-bottom: 4px; }
-table.map th, table.map td, table.regimes th, table.regimes td { border: 1px solid #bbb; padding: 3px 6px; }
+table.map th, table.map td, table.regimes th, table.regimes td, table.replays th, table.replays td {
+  border: 1px solid #bbb; padding: 3px 6px;
+}
 table.map td.cell { width: 84px; height: 34px; text-align: center; font-size: 12px; }
 td.cell .w { display: block; font-weight: bold; }
 td.tie { background-image: repeating-linear-gradient(45deg, rgba(255,255,255,.6) 0 4px, transparent 4px 9px); }
 td.none { color: #888; background: #eee; }
-table.regimes { font-size: 13px; } table.regimes .w { font-weight: bold; }
+table.regimes, table.replays { font-size: 13px; } table.regimes .w, table.replays .w { font-weight: bold; }
 .legend { font-size: 12px; margin: 10px 0; } .key { display: inline-block; min-width: 90px; padding: 0 4px; }
 .note, .meta { font-size: 12px; color: #444; } .plain { font-size: 15px; }
 ul.links { font-size: 12px; }
@@ -286,8 +337,9 @@ def page(entries: list[MachineEntry], others: list[MachineEntry], old_front: str
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>disagmoe: which design wins '
         f"where</title><style>{STYLE}</style></head><body><h1>disagmoe: which design wins where</h1>"
         f"<p>The KV-cache bookkeeping designs side by side on each GPU machine, from the latest results of "
-        f"the serving benchmarks kept in <code>results/</code>: decode steps of B requests at context L, and "
-        f"a continuous-batching trace of R running requests with prompts up to P. Timing modes: "
+        f"the serving benchmarks kept in <code>results/</code>: decode steps of B requests at context L, "
+        f"a continuous-batching trace of R running requests with prompts up to P, and two production "
+        f"traces replayed through a continuous-batching scheduler. Timing modes: "
         f"<b>pipelined</b> (steps back to back, one synchronise at the end), <b>synced</b> (every call "
         f"until the device is done), <b>busy</b> (the device time a step adds behind a stand-in forward). "
         f"Lower times are better; a speedup is {BASELINE}'s median / the design's.</p>"

@@ -278,6 +278,23 @@ def test_landing_page_links_open_graphs(page, site):
     assert page.console_errors == [] and page.external_requests == []
 
 
+def test_landing_page_shows_the_production_traces(page, site):
+    """Each trace bench_replay replayed has its row (winner, its host times, the other modes),
+    and its link opens asv's graph of every variant over the commits (one here)."""
+    page.goto(f"{site}index.html")
+    rows = page.locator("#machine-h200 table.replays tr[data-trace]")
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.trace)") == ["azure-conv", "mooncake"]
+    winners = rows.evaluate_all("rows => rows.map(r => r.dataset.winner)")
+    assert all(w in ("cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16") for w in winners), winners
+    assert "not measured" not in page.inner_text("#machine-h200 table.replays")
+    hrefs = rows.evaluate_all("rows => rows.map(r => r.querySelector('a.history').getAttribute('href'))")
+    for href in hrefs:
+        page.goto("about:blank")
+        points = _graph_points(page, site + href)
+        assert points == [1, 1, 1, 1], (href, points)  # a line per variant, the one commit of this set
+    assert page.console_errors == [] and page.external_requests == []
+
+
 def test_serving_ratios_say_which_way_is_better(page, site):
     """The serving benchmarks' units name no direction (and stay so: asv's history); the
     published pages add it, on the y axis and in the footer."""

@@ -167,6 +167,35 @@ def _results_file(path, commit: str, date: int, results: dict) -> str:
     return str(path)
 
 
+def test_landing_reads_each_replayed_trace(tmp_path):
+    """bench_replay's figures per trace (parameters (variant, trace)): the winner of each
+    mode, a skipped point (NaN) left out, the host times by trace and variant."""
+    variants, traces = [repr(v) for v in ("cpu-bs16", "gpu-bs16")], [repr(t) for t in ("azure-conv", "mooncake")]
+
+    def replay(values: list) -> list:
+        return [values, [variants, traces], "v", 1796166127000, 1.0, None]
+
+    nan = float("nan")
+    path = _results_file(
+        tmp_path / "r.json",
+        "abcdef1234",
+        1796166000000,
+        {
+            "bench_replay.Step.track_pipelined": replay([30.0, 40.0, 45.0, 20.0]),  # variant-major
+            "bench_replay.Step.track_synced": replay([50.0, 60.0, nan, 70.0]),
+            "bench_replay.Step.track_pipelined_host_p99": replay([90.0, 80.0, 85.0, 33.0]),
+        },
+    )
+    run = landing.read_run(path, "gpu-x")
+    assert run.has_serving and not run.maps
+    assert run.replays["azure-conv"]["pipelined"].winner == "cpu-bs16"
+    assert run.replays["mooncake"]["pipelined"].winner == "gpu-bs16"
+    assert run.replays["mooncake"]["pipelined"].speedup("gpu-bs16") == pytest.approx(2.0)
+    assert run.replays["azure-conv"]["synced"].medians == {"cpu-bs16": 50.0}  # gpu-bs16's point skipped
+    assert "busy" not in run.replays["mooncake"]
+    assert run.replay_host[landing.HOST_P99]["mooncake"] == {"cpu-bs16": 80.0, "gpu-bs16": 33.0}
+
+
 def test_landing_reads_the_winner_of_every_cell(tmp_path):
     # variant-major, then batch size, then context: asv's order of a parameter grid
     decode = _step(
