@@ -1,7 +1,10 @@
 """The serving benchmarks: whole engine steps of a decode or continuous-batching workload,
 timed synced, pipelined or behind a stand-in forward, for each design side by side.
 
-`workloads` (what a step is), `timing` (the three timing modes), `variants` (the
-designs compared), `points` (the grid and one point measured), `cli` (the command
-line, `python -m disagmoe.bench --workload ...`), `plot` (the crossover map).
+`workloads` (what a step is), `timing` (the three timing modes, one call timed), `variants`
+(the designs compared), `points` (the grid and one point measured), `seed` (the seed's
+table: update and pack timed apart on a decode state), `cli` (the command line, `python -m
+disagmoe.bench --workload ...`), `plot` (the crossover map). It is the one harness: the
+command line and the asv suite (through `disagmoe.workloads` for the seed's classes) both
+run on it.
 """
