@@ -4,7 +4,10 @@ timed synced, pipelined or behind a stand-in forward, for each design side by si
 `workloads` (what a step is), `timing` (the three timing modes, one call timed), `variants`
 (the designs compared), `points` (the grid and one point measured), `seed` (the seed's
 table: update and pack timed apart on a decode state), `cli` (the command line, `python -m
-disagmoe.bench --workload ...`), `plot` (the crossover map). It is the one harness: the
+disagmoe.bench --workload ...`), `plot` (the crossover map); `traces` and `scheduler` (the
+production traces and the continuous-batching scheduler a replay's steps come from),
+`attention` (FlexAttention over a replay's metadata), `floors` (what the card's calls cost
+alone), `inputs` (options checked before a run). It is the one harness: the
 command line and the asv suite (through `disagmoe.workloads` for the seed's classes) both
 run on it.
 """
