@@ -167,17 +167,25 @@ def entries_of(data: dict) -> dict[str, dict]:
     return {name: dict(zip(columns, row)) for name, row in data["results"].items()}
 
 
+def _points(entries: dict[str, dict], benchmark: str, arity: int) -> tuple[tuple, list[tuple[tuple, float]]]:
+    """(the values of each parameter, [(parameters, value)] of every measured point) of a
+    benchmark with `arity` parameters; nothing where the results lack it or it measured
+    nothing (asv writes None for a failed point, NaN for a skipped one)."""
+    entry = entries.get(benchmark)
+    if entry is None or not isinstance(entry.get("result"), list) or len(entry.get("params", [])) != arity:
+        return ((),) * arity, []
+    params = tuple(tuple(literal_eval(p) for p in values) for values in entry["params"])
+    found = zip(itertools.product(*params), entry["result"])
+    return params, [(point, float(value)) for point, value in found if value is not None and value == value]
+
+
 def read_values(entries: dict[str, dict], benchmark: str, axes: tuple[str, str]) -> tuple[tuple, Values]:
     """((variants, rows, columns), {point: {variant: median}}) of a benchmark whose parameters
     are (variant, row, column); empty where the results lack it or it measured nothing."""
-    entry = entries.get(benchmark)
-    if entry is None or not isinstance(entry.get("result"), list) or len(entry.get("params", [])) != 3:
-        return ((), (), ()), {}
-    params = tuple(tuple(literal_eval(p) for p in values) for values in entry["params"])
+    params, points = _points(entries, benchmark, 3)
     values: Values = {}
-    for (variant, row, column), value in zip(itertools.product(*params), entry["result"]):
-        if value is not None and value == value:  # (asv writes NaN for a skipped point)
-            values.setdefault((row, column), {})[variant] = float(value)
+    for (variant, row, column), value in points:
+        values.setdefault((row, column), {})[variant] = value
     return params, values
 
 
@@ -191,14 +199,9 @@ def read_map(entries: dict[str, dict], workload: Workload, mode: Mode) -> Crosso
 def read_by_trace(entries: dict[str, dict], benchmark: str) -> dict[str, dict[str, float]]:
     """{trace: {variant: median}} of a bench_replay benchmark (parameters (variant, trace));
     empty where the results lack it or it measured nothing."""
-    entry = entries.get(benchmark)
-    if entry is None or not isinstance(entry.get("result"), list) or len(entry.get("params", [])) != 2:
-        return {}
-    params = [[literal_eval(p) for p in values] for values in entry["params"]]
     out: dict[str, dict[str, float]] = {}
-    for (variant, trace), value in zip(itertools.product(*params), entry["result"]):
-        if value is not None and value == value:  # (asv writes NaN for a skipped point)
-            out.setdefault(trace, {})[variant] = float(value)
+    for (variant, trace), value in _points(entries, benchmark, 2)[1]:
+        out.setdefault(trace, {})[variant] = value
     return out
 
 
@@ -215,11 +218,7 @@ def _any_value(result: object) -> bool:
     return any(v is not None for v in result) if isinstance(result, list) else result is not None
 
 
-BUSY = (
-    "bench_pipelined.Step.track_busy_added",
-    "bench_trace.Step.track_busy_added",
-    "bench_replay.Step.track_busy_added",
-)
+BUSY = tuple(f"{module}.Step.track_busy_added" for module in (*(w.module for w in WORKLOADS), REPLAY))
 
 
 def ran_on_cuda(entries: dict[str, dict]) -> bool:
