@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from disagmoe import bench
-from disagmoe.serving import cli, points, timing
+from disagmoe.serving import cli, points, seed, timing
 from disagmoe.serving.variants import VARIANTS, Variant, variant
 from disagmoe.serving.variants import make_manager as variant_manager
 from disagmoe.serving.workloads import CYCLE_STEPS, DecodeWorkload, TraceConfig, TraceWorkload
@@ -341,6 +341,31 @@ def test_command_line_errors(capsys):
             bench.main(["--workload", "decode", "--timing", "busy", "--quick"])
         assert info.value.code == 2
         assert "--timing busy needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, error, named",
+    [
+        (("foo", 4, 32), ValueError, "backend='foo'"),
+        ((["cpu"], 4, 32), ValueError, "backend=['cpu']"),
+        (("cpu", 10**12, 32), ValueError, "batch_size=1000000000000"),
+        (("cpu", "16", 32), TypeError, "batch_size='16'"),
+        (("cpu", 4, 4.5), TypeError, "context=4.5"),
+        (("cpu", True, 32), TypeError, "batch_size=True"),
+        (("gpu", 2**31 - 1, 1), ValueError, "num_gpu_blocks"),  # refused by arithmetic, no list of 2**31 made
+    ],
+)
+def test_seed_managers_refuse_bad_sizes_by_name(args, error, named):
+    with pytest.raises(error, match=re.escape(named)):
+        seed.make_manager(*args, device="cpu")
+
+
+def test_seed_check_needs_known_designs():
+    with pytest.raises(ValueError, match="backend='nope'"):
+        seed.check_equivalent(4, 32, "cpu", designs=("cpu", "nope"))
+    with pytest.raises(ValueError, match="at least one design"):
+        seed.check_equivalent(4, 32, "cpu", designs=())
+    seed.check_equivalent(4, 32, "cpu", designs=iter(["cpu", "hybrid"]))  # any iterable of names
 
 
 def test_seed_table_is_unchanged(tmp_path):

@@ -75,6 +75,8 @@ def make_manager(
 
     `block_size=None` takes the design's default (16 for each).
     """
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r:.80} is not one of the designs {sorted(BACKENDS)}")
     size = block_size or BACKENDS[backend].default_block_size
     return make_variant_manager(Variant(backend, size), workload(batch_size, seq_len), DECODE_STEPS, device)
 
@@ -174,6 +176,9 @@ def check_equivalent(
 ) -> None:
     """Raises VariantMismatch unless every design, at the same block size, produces the
     metadata (every field) and lengths of the first for the grid point's workloads."""
+    designs = tuple(designs)
+    if not designs:
+        raise ValueError("designs=(): name at least one design to check")
     expected = _trace(designs[0], batch_size, seq_len, device, block_size)
     for design in designs[1:]:
         got = _trace(design, batch_size, seq_len, device, block_size)

@@ -18,6 +18,7 @@ replays exactly the same steps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ import numpy as np
 
 from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager.base import BlockManager
+from disagmoe.config import checked_int
 from disagmoe.metadata import FlashAttentionMetadata
+from disagmoe.serving.inputs import MAX_LAYERS
 
 CYCLE_STEPS = 16  # steps between rebuilds with lengths="cycle" (the seed suite's DECODE_STEPS)
 LENGTHS = ("grow", "cycle")
@@ -88,18 +91,21 @@ class DecodeWorkload:
     name = "decode"
 
     def __init__(self, batch_size: int, context: int, num_layers: int = 1, lengths: str = "grow") -> None:
-        if batch_size < 1 or context < 1 or num_layers < 1:
-            raise ValueError(f"batch_size={batch_size}, context={context} and num_layers={num_layers} must be >= 1")
+        self.batch_size = checked_int("DecodeWorkload", "batch_size", batch_size)
+        self.context = checked_int("DecodeWorkload", "context", context)
+        self.num_layers = checked_int("DecodeWorkload", "num_layers", num_layers, high=MAX_LAYERS)
         if lengths not in LENGTHS:
-            raise ValueError(f"lengths={lengths!r} is not one of {LENGTHS}")
-        self.batch_size = batch_size
-        self.context = context
-        self.num_layers = num_layers
+            raise ValueError(f"DecodeWorkload: lengths={lengths!r:.80} is not one of {LENGTHS}")
         self.lengths = lengths
-        self.layer_ids = tuple(range(num_layers))
-        self.step = Step((), layer_batches(self.layer_ids, list(range(batch_size)), []))
+        self.layer_ids = tuple(range(self.num_layers))
         # With lengths="cycle" no window may span a rebuild (see timing.Replay).
         self.max_window = CYCLE_STEPS if lengths == "cycle" else None
+
+    @functools.cached_property
+    def step(self) -> Step:
+        """The one decode step of every request (made on first use: a manager sized from
+        `sizes` refuses a batch too large for it by arithmetic before this list exists)."""
+        return Step((), layer_batches(self.layer_ids, list(range(self.batch_size)), []))
 
     def describe(self) -> dict:
         return {
