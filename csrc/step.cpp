@@ -132,6 +132,16 @@ void Step::restart() {
   planned_ = false;
 }
 
+bool Step::remembered(const BatchView& batch, int64_t layer, uint64_t version, int64_t known,
+                      PackOutcome& o) {
+  if (known != packs_ || !memo_.hit(batch, layer, version)) return false;
+  memo_.layer = layer;
+  o.hit = true;
+  o.pack_id = packs_;
+  o.seq_lens = memo_.seq_lens.data();
+  return true;
+}
+
 // ---- HostStep (cpu) -----------------------------------------------------------------
 
 HostStep::HostStep(BlockBooks& core, int64_t depth, int device)
@@ -147,16 +157,6 @@ void HostStep::set_buffer(int64_t k, int32_t* table, uint8_t* head, int64_t head
 void HostStep::set_out(uint8_t* out, int64_t nbytes) {
   out_ = out;
   out_bytes_ = nbytes;
-}
-
-bool Step::remembered(const BatchView& batch, int64_t layer, uint64_t version, int64_t known,
-                      PackOutcome& o) {
-  if (known != packs_ || !memo_.hit(batch, layer, version)) return false;
-  memo_.layer = layer;
-  o.hit = true;
-  o.pack_id = packs_;
-  o.seq_lens = memo_.seq_lens.data();
-  return true;
 }
 
 void HostStep::commit(const char* op) {
