@@ -7,8 +7,8 @@ What every benchmark module shares:
   DISAGMOE_BENCH_SEQ_LENS (common.py);
 - the device: CUDA when there is one, else torch's CPU device (where the `gpu` backend
   runs its torch kernels, and its timings say nothing about a GPU), for every design;
-- the managers, sized by `disagmoe.serving.seed.make_manager` (read through
-  `disagmoe.workloads`, where old commits keep it): each design's default block
+- the managers, sized by `disagmoe_bench.seed.make_manager` (read through
+  `common.workloads`, which finds where each commit kept it): each design's default block
   size (16 for each), a pool of B * (L + 16) slots and max_seq_len = L + 16, which
   covers the 16 decode steps a state takes before it is rebuilt;
 - the timing: state is prepared in `setup` (or `setup_cache`) and never timed; every

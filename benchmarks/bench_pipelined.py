@@ -1,10 +1,10 @@
 """Decode steps where serving engines live: batch 16-1024 x context 1K-64K, each design.
 
 B requests holding L tokens decode one token a step, their lengths growing every step
-as in a real decode (`disagmoe.serving.workloads.DecodeWorkload`, lengths="grow", one
+as in a real decode (`disagmoe_bench.workloads.DecodeWorkload`, lengths="grow", one
 layer a step: update + pack). Variants: cpu-bs16, gpu-bs1 (token level), gpu-bs16 (paged, the
 cpu backend's block size) and hybrid-bs16. Timing modes
-(`disagmoe.serving.timing`): synced (each call until the device is done), pipelined
+(`disagmoe_bench.timing`): synced (each call until the device is done), pipelined
 (windows of 32 steps back to back, one synchronise at the end: wall and host time per
 step) and busy (each step followed by a 300 us stand-in forward: the device time the
 bookkeeping adds, and host time; CUDA only). One process measures the whole grid

@@ -1,9 +1,9 @@
 """Production traffic: the bundled traces' busiest stretch, scheduled as an engine would, each design.
 
-The two production request logs bundled with the package (`disagmoe/data/traces`: Azure's
+The two production request logs bundled with the package (`disagmoe_bench/data/traces`: Azure's
 LLM inference trace, conversation service, and Kimi's Mooncake conversation trace) go
 through the deterministic continuous-batching scheduler
-(`disagmoe.serving.scheduler`: a token budget of 8192 a step, chunked prefill, at most
+(`disagmoe_bench.scheduler`: a token budget of 8192 a step, chunked prefill, at most
 256 running requests, a pool of 32768 blocks of 16, preemption by recomputation, 20 ms a
 step). The window replayed is the trace's busiest stretch of 304 steps (16 untimed,
 then 9 windows of 32: the serving modules' timing), found by the scheduler's token count

@@ -7,7 +7,7 @@ holding `seq_len` tokens, `update_block_table` at the first layer then
 
 asv counts a higher value as worse and has no switch to say otherwise, so the
 tracked value is the inverse of the speedup: GPU time / CPU time, lower is better (the
-CPU/GPU speedup `python -m disagmoe.bench` prints is 1 / value); `HybridInverseSpeedup`
+CPU/GPU speedup `python -m disagmoe_bench` prints is 1 / value); `HybridInverseSpeedup`
 tracks hybrid time / CPU time, measured in the same turns (one `setup_cache` for both). A drop in speedup is
 a rise here, which `asv continuous` and `asv publish` report as a regression. Each
 value is the median of 9 rounds of 20 steps, the rounds being asv's samples.

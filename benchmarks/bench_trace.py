@@ -1,6 +1,6 @@
 """Continuous-batching steps where serving engines live: 64-1024 running requests, prompts up to 2K-64K.
 
-The seeded trace of `disagmoe.serving.workloads.TraceConfig` (R running requests,
+The seeded trace of `disagmoe_bench.workloads.TraceConfig` (R running requests,
 long-tailed prompts up to P and outputs up to 2048, chunked prefill of 8192 tokens a
 step, finished requests released and replaced; two layers a step: release + update +
 pack, then update + pack), replayed by every variant: cpu-bs16, gpu-bs1, gpu-bs16 and hybrid-bs16.

@@ -10,8 +10,8 @@ server must never initialise it, since CUDA does not survive a fork; each child
 initialises its own on first use, and `check_fork_safe` turns a broken fork into
 a clear error. `asv run --launch-method spawn` still works (a fresh interpreter
 per benchmark, several times slower). The workloads themselves come from the
-installed package (`disagmoe.workloads`), the same ones `python -m
-disagmoe.bench` times.
+installed commit's serving harness (`harness`: the lab package `disagmoe_bench`, or
+where an older commit kept it), the same ones `python -m disagmoe_bench` times.
 """
 
 from __future__ import annotations
@@ -100,16 +100,44 @@ class StepTiming:
     timeout = 300  # a cold Triton cache compiles on the first call
 
 
-def workloads():
-    """The workloads module of the installed commit, never a copy found elsewhere (an
-    editable install of another checkout, visible through the system site-packages,
-    would otherwise fill in for a commit that predates it)."""
+def harness(module: str):
+    """The serving harness's `module` (`seed`, `points`, `timing`, ...) of the installed
+    commit, never a copy found elsewhere (an editable install of another checkout, visible
+    through the system site-packages, would otherwise fill in for a commit that predates
+    it). asv times this suite against old commits too, so it looks where each layout kept
+    the harness: the lab package `disagmoe_bench` beside `disagmoe` (today), then
+    `disagmoe.serving` (before the lab left the library). ImportError if neither has it."""
     import importlib
 
     import disagmoe
 
+    site = os.path.dirname(os.path.dirname(disagmoe.__file__))
+    for package, folder in (("disagmoe_bench", "disagmoe_bench"), ("disagmoe.serving", "disagmoe/serving")):
+        if os.path.exists(os.path.join(site, folder, module + ".py")):
+            found = importlib.import_module(f"{package}.{module}")
+            if os.path.dirname(found.__file__) != os.path.join(site, folder):
+                raise ImportError(
+                    f"{found.__name__} comes from {found.__file__}, not from the installed "
+                    f"disagmoe ({disagmoe.__file__})"
+                )
+            return found
+    raise ImportError(f"the installed disagmoe ({disagmoe.__file__}) has no serving harness module {module!r}")
+
+
+def workloads():
+    """The seed's workload module of the installed commit (`decode_state`,
+    `time_decode_steps`, `default_device`, `limit_cpu_threads`, `device_name`): the lab's
+    `seed`, or where older layouts kept those names (`disagmoe.workloads`, and before the
+    split `disagmoe.bench`)."""
+    import importlib
+
+    import disagmoe
+
+    try:
+        return harness("seed")
+    except ImportError:
+        pass
     package = os.path.dirname(disagmoe.__file__)
-    # commits before the split kept the workloads in disagmoe.bench
     for name in ("workloads", "bench"):
         if os.path.exists(os.path.join(package, name + ".py")):
             bench = importlib.import_module("disagmoe." + name)
@@ -165,7 +193,7 @@ _states: dict = {}
 
 
 def decode_state(backend: str, batch_size: int, seq_len: int, owner: str = "decode"):
-    """This process's warmed-up `disagmoe.workloads.DecodeState` for the grid point, built
+    """This process's warmed-up `DecodeState` (the seed's, `workloads()`) for the grid point, built
     on first use on the default device (CUDA if any, else torch's CPU device).
     A benchmark that empties the manager passes its own `owner`."""
     key = (owner, backend, batch_size, seq_len)
@@ -183,7 +211,7 @@ def _side_by_side(
     rounds: int, iterations: int, warmup: int, designs: list[str], reference: bool = False
 ) -> tuple[str, dict]:
     """Decode steps of the designs taking turns (and of `ReferenceWork` with
-    `reference`), as in `python -m disagmoe.bench`, for the whole grid in one process:
+    `reference`), as in `python -m disagmoe_bench`, for the whole grid in one process:
     (device name, {(batch_size, seq_len): one `time_decode_steps` result per round})."""
     check_fork_safe()
     bench = workloads()
@@ -209,7 +237,7 @@ def measure_inverse_speedups(rounds: int = 9, iterations: int = 20, warmup: int 
     """Each design's time over the cpu design's, per decode-step operation, for the whole
     grid in one process.
 
-    Per grid point the designs take turns as in `python -m disagmoe.bench`; each of
+    Per grid point the designs take turns as in `python -m disagmoe_bench`; each of
     `rounds` rounds of `iterations` steps gives one ratio of medians, so asv gets
     samples (and confidence intervals) rather than one number. Returns {"device",
     "ratios": {point: {(design, op): [ratio per round]}}} for gpu and hybrid (a design the

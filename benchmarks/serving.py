@@ -1,8 +1,8 @@
 """What the serving benchmark modules (bench_pipelined, bench_trace, bench_replay) share: their
 grids, the reference step their verdicts divide by, and the one measurement of a whole grid.
 
-The workloads, timing modes and variants are the installed package's
-(`disagmoe.serving`), the same ones `python -m disagmoe.bench --workload ...` runs. A
+The workloads, timing modes and variants are the installed commit's serving harness
+(`common.harness`: the lab package `disagmoe_bench`), the same ones `python -m disagmoe_bench --workload ...` runs. A
 module's `setup_cache` measures its whole grid in one process, every timing mode, the
 variants and the reference taking turns window by window; each `track_` then reads its
 figure, the windows being asv's samples. On torch's CPU device (no CUDA) the points past
@@ -17,7 +17,7 @@ import os
 import re
 import statistics
 
-from .common import ReferenceWork, SkipNotImplemented, check_fork_safe, env_ints, workloads
+from .common import ReferenceWork, SkipNotImplemented, check_fork_safe, env_ints, harness, workloads
 
 _ints = env_ints
 ALL_MODES = ("synced", "pipelined", "busy")
@@ -61,8 +61,8 @@ WINDOW, WINDOWS, WARMUP = 32, 9, 16  # steps a window, windows (asv's samples), 
 
 def _point(kind: str, key: tuple[int, int]) -> tuple[object, int]:
     """(workload factory, tokens at the start) of a decode (B, L) or trace (R, P) point."""
-    from disagmoe.serving import points
-    from disagmoe.serving.workloads import TraceConfig
+    points = harness("points")
+    TraceConfig = harness("workloads").TraceConfig
 
     if kind == "decode":
         return points.decode_point(*key), key[0] * key[1]
@@ -72,8 +72,12 @@ def _point(kind: str, key: tuple[int, int]) -> tuple[object, int]:
 def _replay_point(key: tuple[str]) -> tuple[object, int]:
     """(workload factory, the pool's slots) of a bundled trace's replay: the scheduler's
     defaults, its busiest stretch (bench_replay's docstring)."""
-    from disagmoe.serving import traces
-    from disagmoe.serving.scheduler import SchedulerConfig, TraceReplay, busiest_window
+    traces, scheduler = harness("traces"), harness("scheduler")
+    SchedulerConfig, TraceReplay, busiest_window = (
+        scheduler.SchedulerConfig,
+        scheduler.TraceReplay,
+        scheduler.busiest_window,
+    )
 
     name = {"azure-conv": "azure", "mooncake": "mooncake"}[key[0]]
     requests, config = traces.read_trace(traces.bundled(name), name), SchedulerConfig()
@@ -88,7 +92,7 @@ def measure_replays(names: list[str]) -> dict:
     """Every bundled trace of `names`, replayed in every mode (`measure_grid`); a commit
     whose package has no scheduler skips them."""
     try:
-        import disagmoe.serving.scheduler  # noqa: F401
+        harness("scheduler")
     except ImportError as err:
         return {
             "device": "-",
@@ -106,7 +110,7 @@ def measure_grid(kind: str, keys: list[tuple]) -> dict:
     in every mode; see the module docstring.
 
     Returns {"device", "on_cuda", "skipped": {key: reason}, "points": {key: {mode:
-    {runner: samples}}}} with samples as `disagmoe.serving.timing.measure` gives them,
+    {runner: samples}}}} with samples as `disagmoe_bench.timing.measure` gives them,
     the reference under "reference"."""
     check_fork_safe()
     bench = workloads()
@@ -114,9 +118,9 @@ def measure_grid(kind: str, keys: list[tuple]) -> dict:
     bench.limit_cpu_threads(device)
     out = {"device": bench.device_name(device), "on_cuda": device.type == "cuda", "skipped": {}, "points": {}}
     try:
-        from disagmoe.serving import points as serving_points
-        from disagmoe.serving.timing import Forward, Replay, measure
-        from disagmoe.serving.variants import make_manager, variant
+        serving_points, timing_module, variants_module = harness("points"), harness("timing"), harness("variants")
+        Forward, Replay, measure = timing_module.Forward, timing_module.Replay, timing_module.measure
+        make_manager, variant = variants_module.make_manager, variants_module.variant
     except ImportError as err:
         out["unavailable"] = f"this commit's package has no serving benchmarks ({err})"
         return out

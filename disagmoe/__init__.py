@@ -10,14 +10,17 @@ keeps the tables on the device, updated each step from the blocks it adds.
 from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager import (
     BACKENDS,
+    DESIGNS,
     BlockManager,
     CPUBlockManager,
+    Design,
     GPUBlockManager,
     HybridBlockManager,
     MemoryFootprint,
     PagedTokenToKVPoolAllocator,
     ReqToTokenPool,
     TokenToKVPoolAllocator,
+    register,
 )
 from disagmoe.config import CacheConfig, ModelConfig
 from disagmoe.errors import KVCacheExhausted
@@ -27,11 +30,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "DESIGNS",
     "PAD_BLOCK_ID",
     "BatchMetadata",
     "BlockManager",
     "CPUBlockManager",
     "CacheConfig",
+    "Design",
     "FlashAttentionMetadata",
     "GPUBlockManager",
     "HybridBlockManager",
@@ -41,4 +46,5 @@ __all__ = [
     "PagedTokenToKVPoolAllocator",
     "ReqToTokenPool",
     "TokenToKVPoolAllocator",
+    "register",
 ]

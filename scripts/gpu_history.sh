@@ -12,7 +12,7 @@
 #                                          # starting with -) go to asv run
 #
 # The history rule: every commit of main from the first that holds the suite
-# (asv.conf.json) on, that changes what the suite measures: csrc/, disagmoe/, setup.py or
+# (asv.conf.json) on, that changes what the suite measures: csrc/, disagmoe/, disagmoe_bench/, setup.py or
 # pyproject.toml. A commit that changes only docs, tests, scripts or the benchmarks
 # installs the same package as its parent (asv times every commit with the benchmarks of
 # the working tree), so it is skipped. Commits that already have results for this
@@ -37,7 +37,7 @@ history_commits() {
   local first
   first=$(git log --reverse --format=%H main -- asv.conf.json | head -1)
   [ -n "$first" ] || { echo "gpu_history.sh: no commit of main holds asv.conf.json" >&2; return 1; }
-  git log --format=%H "$first^..main" -- csrc disagmoe setup.py pyproject.toml  # newest first
+  git log --format=%H "$first^..main" -- csrc disagmoe disagmoe_bench setup.py pyproject.toml  # newest first
 }
 
 if [ $# -eq 0 ] || [[ "$1" == -* ]]; then

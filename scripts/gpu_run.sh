@@ -18,10 +18,10 @@
 #   floors    scripts/probes/perf_probe.py: floors, and the cpu and gpu-triton-graphs variants at
 #             B = 256, L = 128 and 1024 (the copy floors beside the packs they bound)
 #   sweep     scripts/probes/pack_sweep.py: the pack kernel's launch shapes side by side
-#   cli       python -m disagmoe.bench, whole grid, JSON beside the table
-#   serving   python -m disagmoe.bench --workload decode, then trace: the serving grid in every
+#   cli       python -m disagmoe_bench, whole grid, JSON beside the table
+#   serving   python -m disagmoe_bench --workload decode, then trace: the serving grid in every
 #             timing mode, the floors, JSON and the crossover maps (SERVING_ARGS adds arguments)
-#   replays   python -m disagmoe.bench --workload azure-conv, then mooncake: the bundled traces'
+#   replays   python -m disagmoe_bench --workload azure-conv, then mooncake: the bundled traces'
 #             busiest stretch through every variant and mode, attention in the loop (REPLAY_ARGS
 #             adds arguments)
 #   replay-map  the bundled traces at running caps 64 256 1024 and rates x1 x8, pipelined, no
@@ -76,29 +76,29 @@ for stage in "$@"; do
             python3 -m scripts.probes.perf_probe --report "$out/floors.json" > "$out/floors-report.md" && head -3 "$out/floors-report.md" ;;
     sweep) python3 -m scripts.probes.pack_sweep --json "$out/sweep.json" > "$out/sweep.log" 2>&1; rc=$?
            cat "$out/sweep.log"; [ $rc = 0 ] ;;
-    cli) python3 -m disagmoe.bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;
+    cli) python3 -m disagmoe_bench --output "$out/cli.json" 2>"$out/cli.err" > "$out/cli.txt" && tail -12 "$out/cli.txt" ;;
     serving) rc=0
              for w in decode trace; do
-               python3 -m disagmoe.bench --workload $w ${SERVING_ARGS:-} --output "$out/serving-$w.json" \
+               python3 -m disagmoe_bench --workload $w ${SERVING_ARGS:-} --output "$out/serving-$w.json" \
                  --plot "$out/serving-$w.png" > "$out/serving-$w.txt" 2> "$out/serving-$w.err" || rc=1
                grep -v "^\[" "$out/serving-$w.txt" | cut -c1-220
              done; [ $rc = 0 ] ;;
     goals) rc=0
-           python3 -m disagmoe.bench --workload decode --batch-sizes 16 256 1024 --contexts 1024 16384 65536 \
+           python3 -m disagmoe_bench --workload decode --batch-sizes 16 256 1024 --contexts 1024 16384 65536 \
              --output "$out/goals-decode.json" > "$out/goals-decode.txt" 2>&1 || rc=1
-           python3 -m disagmoe.bench --workload trace --running 64 256 512 --prompts 2048 16384 \
+           python3 -m disagmoe_bench --workload trace --running 64 256 512 --prompts 2048 16384 \
              --output "$out/goals-trace.json" > "$out/goals-trace.txt" 2>&1 || rc=1
            grep -v "^\[" "$out/goals-decode.txt" "$out/goals-trace.txt" | cut -c1-240; [ $rc = 0 ] ;;
     replays) rc=0
              for w in azure-conv mooncake; do
-               python3 -m disagmoe.bench --workload $w ${REPLAY_ARGS:-} --output "$out/replay-$w.json" \
+               python3 -m disagmoe_bench --workload $w ${REPLAY_ARGS:-} --output "$out/replay-$w.json" \
                  > "$out/replay-$w.txt" 2> "$out/replay-$w.err" || rc=1
                grep -v "^\[" "$out/replay-$w.txt" | cut -c1-220
              done; [ $rc = 0 ] ;;
     replay-map) rc=0
                 for w in mooncake azure-conv; do
                   for r in 1 8; do
-                    python3 -m disagmoe.bench --workload $w --timing pipelined --running 64 256 1024 --rate-scale $r \
+                    python3 -m disagmoe_bench --workload $w --timing pipelined --running 64 256 1024 --rate-scale $r \
                       --model-layers 0 --windows 3 --output "$out/map-$w-x$r.json" > "$out/map-$w-x$r.txt" \
                       2> "$out/map-$w-x$r.err" || rc=1
                     grep -A14 "^Trace " "$out/map-$w-x$r.txt" | cut -c1-110
@@ -109,7 +109,7 @@ c = bench_replay.setup_cache(); json.dump({str(k): v for k, v in c['points'].ite
                   "$out/asv-replay.json" > "$out/asv-replay.log" 2>&1; rc=$?; tail -3 "$out/asv-replay.log"; [ $rc = 0 ] ;;
     lengths) rc=0
              for l in grow cycle; do
-               python3 -m disagmoe.bench --workload decode --timing synced --lengths $l --batch-sizes 16 256 \
+               python3 -m disagmoe_bench --workload decode --timing synced --lengths $l --batch-sizes 16 256 \
                  --contexts 128 1024 --output "$out/lengths-$l.json" > "$out/lengths-$l.txt" 2>&1 || rc=1
                grep -A8 "^decode" "$out/lengths-$l.txt" | cut -c1-220
              done; [ $rc = 0 ] ;;

@@ -12,7 +12,7 @@ import re
 
 DIRECTION = (
     "<b>Speedup pages</b> (<code>bench_speedup.InverseSpeedup</code>): GPU time / CPU time, "
-    "<b>lower is better</b> (1 / the CPU/GPU speedup that <code>python -m disagmoe.bench</code> prints; "
+    "<b>lower is better</b> (1 / the CPU/GPU speedup that <code>python -m disagmoe_bench</code> prints; "
     "0.25: the gpu backend is 4x faster). <code>RelativeTime</code>: time / reference time, lower is "
     "better.<br><b>Serving pages</b> (<code>bench_pipelined</code>, <code>bench_trace</code>): "
     "<code>InverseSpeedup</code>: variant time / cpu-bs16 time, <b>lower is better</b> (0.25: the variant "

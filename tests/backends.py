@@ -1,13 +1,24 @@
-"""The backend configurations every test runs on, and how to build a manager of one."""
+"""The configurations every test runs on, derived from the registry of designs, and how to
+build a manager of one.
+
+A design registered from a module named in DISAGMOE_TEST_DESIGNS (spaces between names,
+imported before the configurations are derived) gets its configurations too: that is
+how `test_registry.py` runs the contract tests on a throw-away design.
+"""
 
 from __future__ import annotations
 
 import gc
+import importlib
+import os
 from dataclasses import dataclass, field
 
 import torch
 
-from disagmoe import BlockManager, CacheConfig, CPUBlockManager, GPUBlockManager, HybridBlockManager, ModelConfig
+from disagmoe import DESIGNS, BlockManager, CacheConfig, ModelConfig
+
+for _module in os.environ.get("DISAGMOE_TEST_DESIGNS", "").split():
+    importlib.import_module(_module)
 
 HAS_CUDA = torch.cuda.is_available()
 LAYER_IDS = (3, 5, 7)  # not starting at 0, so that "first layer" means layer_ids[0]
@@ -42,27 +53,45 @@ class Config:
         return self.cls(model_config, cache_config, max_running_reqs, device=self.device, **self.kwargs)
 
 
-CPU_DEVICE_CONFIGS = [
-    Config("cpu", CPUBlockManager, "cpu"),
-    Config("gpu-torch", GPUBlockManager, "cpu", {"kernels": "torch"}),
-    Config("hybrid-torch", HybridBlockManager, "cpu", {"kernels": "torch"}),
-]
-CUDA_CONFIGS = [
-    Config("cpu-cuda", CPUBlockManager, "cuda"),
-    Config("gpu-triton-graphs", GPUBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": True}),
-    Config("gpu-triton", GPUBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": False}),
-    Config("gpu-torch-cuda", GPUBlockManager, "cuda", {"kernels": "torch"}),
-    Config("hybrid-triton-graphs", HybridBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": True}),
-    Config("hybrid-triton", HybridBlockManager, "cuda", {"kernels": "triton", "cuda_graphs": False}),
-    Config("hybrid-torch-cuda", HybridBlockManager, "cuda", {"kernels": "torch"}),
-]
+def _cpu_device_configs(name: str) -> list[Config]:
+    """A design on torch's CPU device: as it is, or with its torch kernels."""
+    d = DESIGNS[name]
+    if not d.kernels:
+        return [Config(name, d.cls, "cpu")]
+    return [Config(f"{name}-torch", d.cls, "cpu", {"kernels": "torch"})] if "torch" in d.kernels else []
+
+
+def _cuda_configs(name: str) -> list[Config]:
+    """A design on CUDA: as it is, or with each of its kernels (Triton with and without
+    CUDA graphs where it takes them)."""
+    d = DESIGNS[name]
+    if not d.kernels:
+        return [Config(f"{name}-cuda", d.cls, "cuda")]
+    configs = []
+    if "triton" in d.kernels:
+        if d.cuda_graphs:
+            configs.append(Config(f"{name}-triton-graphs", d.cls, "cuda", {"kernels": "triton", "cuda_graphs": True}))
+            configs.append(Config(f"{name}-triton", d.cls, "cuda", {"kernels": "triton", "cuda_graphs": False}))
+        else:
+            configs.append(Config(f"{name}-triton", d.cls, "cuda", {"kernels": "triton"}))
+    if "torch" in d.kernels:
+        configs.append(Config(f"{name}-torch-cuda", d.cls, "cuda", {"kernels": "torch"}))
+    return configs
+
+
+# e.g. cpu, gpu-torch, hybrid-torch; on CUDA cpu-cuda, gpu-triton-graphs, gpu-triton,
+# gpu-torch-cuda, hybrid-triton-graphs, hybrid-triton, hybrid-torch-cuda
+CPU_DEVICE_CONFIGS = [c for name in DESIGNS for c in _cpu_device_configs(name)]
+CUDA_CONFIGS = [c for name in DESIGNS for c in _cuda_configs(name)]
 CONFIGS = CPU_DEVICE_CONFIGS + (CUDA_CONFIGS if HAS_CUDA else [])
 BY_ID = {b.id: b for b in CPU_DEVICE_CONFIGS + CUDA_CONFIGS}
 
 
 def config_pairs() -> list[tuple[Config, Config]]:
-    """(cpu backend, another backend) on the same device, for cross-backend comparisons."""
-    pairs = [(BY_ID["cpu"], BY_ID["gpu-torch"]), (BY_ID["cpu"], BY_ID["hybrid-torch"])]
+    """(the cpu design, another configuration) on the same device, for cross-design
+    comparisons."""
+    cpu = DESIGNS["cpu"].cls
+    pairs = [(BY_ID["cpu"], c) for c in CPU_DEVICE_CONFIGS if c.cls is not cpu]
     if HAS_CUDA:
-        pairs += [(BY_ID["cpu-cuda"], b) for b in CUDA_CONFIGS if b.cls is not CPUBlockManager]
+        pairs += [(BY_ID["cpu-cuda"], c) for c in CUDA_CONFIGS if c.cls is not cpu]
     return pairs

@@ -1,4 +1,4 @@
-"""Attention in the loop (`disagmoe.serving.attention`): FlexAttention over a replayed
+"""Attention in the loop (`disagmoe_bench.attention`): FlexAttention over a replayed
 step's metadata equals dense attention over each sequence's contiguous K/V, whatever the
 step (prefill chunks, decodes, preemptions); a corrupted table or context fails the check;
 the share is the arithmetic the docs state; the command line reports it for replays and
@@ -13,10 +13,9 @@ import json
 import pytest
 import torch
 
-from disagmoe import bench
-from disagmoe.serving import attention
-from disagmoe.serving.scheduler import SchedulerConfig, TraceReplay
-from disagmoe.serving.traces import TraceRequest
+from disagmoe_bench import attention, bench
+from disagmoe_bench.scheduler import SchedulerConfig, TraceReplay
+from disagmoe_bench.traces import TraceRequest
 
 CONFIG = SchedulerConfig(token_budget=96, max_running=6, num_blocks=24, block_size=16, num_layers=2)
 

@@ -123,7 +123,7 @@ def test_relative_time_tracks_a_slower_operation(monkeypatch):
     from benchmarks import common
     from disagmoe import CPUBlockManager, GPUBlockManager, HybridBlockManager
     from disagmoe.block_manager import base
-    from disagmoe.serving import timing
+    from disagmoe_bench import timing
 
     # Torch's CPU device whatever this machine has (and whatever earlier tests of this
     # process initialised): the ratios are the fake clock's, the device plays no part.

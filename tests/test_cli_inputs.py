@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from disagmoe import bench
+from disagmoe_bench import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

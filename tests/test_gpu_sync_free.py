@@ -113,7 +113,7 @@ def test_steps_do_not_sync(backend_id, block_size):
 def test_trace_steps_do_not_sync(backend_id, block_size):
     """A continuous-batching trace (releases, chunked prefills, decodes, two layers a step)
     runs sync-free once warm, and gives what the torch kernels give, step by step."""
-    from disagmoe.serving.workloads import TraceConfig, TraceWorkload
+    from disagmoe_bench.workloads import TraceConfig, TraceWorkload
 
     trace = TraceWorkload(TraceConfig(running=10, max_prompt=200, chunk=150, max_output=30, seed=1), 60)
     max_seq_len, max_reqs = trace.sizes(60)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from disagmoe import CacheConfig, CPUBlockManager, ModelConfig
-from disagmoe.serving.scheduler import Scheduler, SchedulerConfig, TraceReplay, busiest_window
-from disagmoe.serving.traces import TraceRequest, bundled, read_trace
+from disagmoe_bench.scheduler import Scheduler, SchedulerConfig, TraceReplay, busiest_window
+from disagmoe_bench.traces import TraceRequest, bundled, read_trace
 
 
 def blocks(tokens: int, block_size: int) -> int:

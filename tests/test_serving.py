@@ -12,11 +12,10 @@ import sys
 import pytest
 import torch
 
-from disagmoe import bench
-from disagmoe.serving import cli, points, seed, timing
-from disagmoe.serving.variants import VARIANTS, Variant, variant
-from disagmoe.serving.variants import make_manager as variant_manager
-from disagmoe.serving.workloads import CYCLE_STEPS, DecodeWorkload, TraceConfig, TraceWorkload
+from disagmoe_bench import bench, cli, points, seed, timing
+from disagmoe_bench.variants import VARIANTS, Variant, variant
+from disagmoe_bench.variants import make_manager as variant_manager
+from disagmoe_bench.workloads import CYCLE_STEPS, DecodeWorkload, TraceConfig, TraceWorkload
 
 from harness import Harness
 
@@ -301,7 +300,7 @@ def test_crossover_map_fits_and_names_the_modes_run(modes):
     import matplotlib.pyplot as plt
     from matplotlib.text import Text
 
-    from disagmoe.serving.plot import MODE_FIGURES, crossover_figure
+    from disagmoe_bench.plot import MODE_FIGURES, crossover_figure
 
     fig = crossover_figure(_map_run(modes, "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz " * 4))
     try:
@@ -346,8 +345,8 @@ def test_command_line_errors(capsys):
 @pytest.mark.parametrize(
     "args, error, named",
     [
-        (("foo", 4, 32), ValueError, "backend='foo'"),
-        ((["cpu"], 4, 32), ValueError, "backend=['cpu']"),
+        (("foo", 4, 32), ValueError, "design='foo'"),
+        ((["cpu"], 4, 32), ValueError, "design=['cpu']"),
         (("cpu", 10**12, 32), ValueError, "batch_size=1000000000000"),
         (("cpu", "16", 32), TypeError, "batch_size='16'"),
         (("cpu", 4, 4.5), TypeError, "context=4.5"),
@@ -361,7 +360,7 @@ def test_seed_managers_refuse_bad_sizes_by_name(args, error, named):
 
 
 def test_seed_check_needs_known_designs():
-    with pytest.raises(ValueError, match="backend='nope'"):
+    with pytest.raises(ValueError, match="design='nope'"):
         seed.check_equivalent(4, 32, "cpu", designs=("cpu", "nope"))
     with pytest.raises(ValueError, match="at least one design"):
         seed.check_equivalent(4, 32, "cpu", designs=())
@@ -375,7 +374,7 @@ def test_seed_table_is_unchanged(tmp_path):
         [
             sys.executable,
             "-m",
-            "disagmoe.bench",
+            "disagmoe_bench",
             "--batch-sizes",
             "4",
             "--seq-lens",
@@ -396,7 +395,11 @@ def test_seed_table_is_unchanged(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[1] == bench.HEADER
     assert lines[2].split()[:2] == ["4", "32"]
-    hybrid = lines.index(bench.HYBRID_HEADER) + 1  # the third design, after the seed's table
+    hybrid_header = (
+        "Batch Size   Seq Len   CPU Update (ms) Hybrid Update (ms) Speedup   CPU Pack (ms) Hybrid Pack (ms) Speedup"
+    )
+    assert bench.header("hybrid") == hybrid_header
+    hybrid = lines.index(hybrid_header) + 1  # the third design, after the seed's table
     assert lines[hybrid].split()[:2] == ["4", "32"]
     speedups = [line.split()[i] for line in (lines[2], lines[hybrid]) for i in (4, 7)]
     speedups += re.findall(r"(?:mean|median|min|max) (\S+)x", proc.stdout)
@@ -441,7 +444,7 @@ def test_busy_mode_reports_the_device_time_added():
 
 @cuda
 def test_floors_are_measured():
-    from disagmoe.serving.floors import measure_floors
+    from disagmoe_bench.floors import measure_floors
 
     floors = measure_floors(torch.device("cuda", torch.cuda.current_device()), [4096, 1 << 20], repeats=10)
     assert 0 < floors["bare_synchronize_us"] < floors["tiny_kernel_synced_us"] + 50

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import disagmoe
-from disagmoe.serving.traces import (
+import disagmoe_bench
+from disagmoe_bench.traces import (
     TraceError,
     TraceRequest,
     bundled,
@@ -20,7 +20,7 @@ from disagmoe.serving.traces import (
     read_trace,
 )
 
-TRACES = Path(disagmoe.__file__).parent / "data" / "traces"
+TRACES = Path(disagmoe_bench.__file__).parent / "data" / "traces"
 SHA256 = {
     "AzureLLMInferenceTrace_conv.csv": "2f1e5b666d4e3055fdbba98598ce2ec307767b9064e03e2fa46676dbcc7d0bf8",
     "mooncake_conversation_trace.jsonl": "b8cbb061a85206d729d91cdc2981f43c9e0d99209dce588d3af5f7934408b9df",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from disagmoe.serving.workloads import TraceConfig, TraceWorkload
+from disagmoe_bench.workloads import TraceConfig, TraceWorkload
 
 from backends import BY_ID, CPU_DEVICE_CONFIGS, HAS_CUDA
 

@@ -1,21 +1,25 @@
-"""Block managers: the contract (`base`) and its three designs (`cpu`, `gpu`, `hybrid`)."""
+"""Block managers: the contract (`base`), its three designs (`cpu`, `gpu`, `hybrid`) and the
+registry of designs (`registry`) that every list of designs reads."""
 
 from disagmoe.block_manager.base import BlockManager, MemoryFootprint
 from disagmoe.block_manager.cpu import CPUBlockManager
 from disagmoe.block_manager.gpu import GPUBlockManager
 from disagmoe.block_manager.hybrid import HybridBlockManager
 from disagmoe.block_manager.mem_pool import PagedTokenToKVPoolAllocator, ReqToTokenPool, TokenToKVPoolAllocator
-
-BACKENDS: dict[str, type[BlockManager]] = {"cpu": CPUBlockManager, "gpu": GPUBlockManager, "hybrid": HybridBlockManager}
+from disagmoe.block_manager.registry import BACKENDS, DESIGNS, Design, design, register
 
 __all__ = [
     "BACKENDS",
+    "DESIGNS",
     "BlockManager",
     "CPUBlockManager",
+    "Design",
     "GPUBlockManager",
     "HybridBlockManager",
     "MemoryFootprint",
     "PagedTokenToKVPoolAllocator",
     "ReqToTokenPool",
     "TokenToKVPoolAllocator",
+    "design",
+    "register",
 ]

@@ -4,7 +4,7 @@
     python3 -m scripts.probes.pack_sweep --help    # the pack kernel's launch shapes (CUDA)
 
 Each prints what it measured and keeps it with `--json FILE`. They build managers through
-the package's public API: `disagmoe.serving.seed.make_manager` sizes one for a grid point,
+the package's public API: `disagmoe_bench.seed.make_manager` sizes one for a grid point,
 and `rebuilt` makes another of the same configuration with other constructor keywords.
 """
 

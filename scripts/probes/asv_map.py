@@ -5,7 +5,7 @@
 Reads `bench_pipelined.Step` (decode) or `bench_trace.Step` (trace) of one commit's asv
 results: the median per variant, grid point and timing mode (asv's samples are the
 windows), prints one table per mode with each variant's speedup over cpu-bs16, and with
-`--plot` draws the map `python -m disagmoe.bench --plot` draws, from these numbers.
+`--plot` draws the map `python -m disagmoe_bench --plot` draws, from these numbers.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import itertools
 import json
 from ast import literal_eval
 
-from disagmoe.serving.points import PRIMARY
-from disagmoe.serving.variants import BASELINE
+from disagmoe_bench.points import PRIMARY
+from disagmoe_bench.variants import BASELINE
 
 FIGURES = {"synced": "track_synced", "pipelined": "track_pipelined", "busy": "track_busy_added"}
 MODULES = {
@@ -26,7 +26,7 @@ MODULES = {
 
 
 def read(path: str, workload: str) -> dict:
-    """The results as `python -m disagmoe.bench --workload` writes its JSON (medians only)."""
+    """The results as `python -m disagmoe_bench --workload` writes its JSON (medians only)."""
     data = json.load(open(path))
     module, axes = MODULES[workload]
     columns = data["result_columns"]
@@ -86,7 +86,7 @@ def main() -> None:
     run = read(args.results, args.workload)
     print_tables(run)
     if args.plot:
-        from disagmoe.serving.plot import crossover_map
+        from disagmoe_bench.plot import crossover_map
 
         crossover_map(run, args.plot)
 

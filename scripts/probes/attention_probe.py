@@ -1,5 +1,5 @@
 """FlexAttention in the loop on its own: each bundled trace's busiest window replayed on a
-manager of the scheduler's pool, one layer of attention a step (disagmoe.serving.attention):
+manager of the scheduler's pool, one layer of attention a step (disagmoe_bench.attention):
 the warm pass's time (compiles), the layer's p50/p99 and the compiles while timed.
 
     python3 scripts/probes/attention_probe.py [--steps N] [--running R] [--json FILE]
@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from disagmoe.serving import attention, traces
-from disagmoe.serving.scheduler import SchedulerConfig, TraceReplay, busiest_window
+from disagmoe_bench import attention, traces
+from disagmoe_bench.scheduler import SchedulerConfig, TraceReplay, busiest_window
 
 
 def main() -> None:

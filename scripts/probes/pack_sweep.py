@@ -21,7 +21,7 @@ import time
 import torch
 
 from disagmoe.block_manager.kernels_triton import PackLaunch
-from disagmoe.serving.seed import DecodeState, make_manager
+from disagmoe_bench.seed import DecodeState, make_manager
 from scripts.probes import rebuilt
 
 CONFIGS = [

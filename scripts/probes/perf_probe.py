@@ -6,7 +6,7 @@ the synchronise, pinned copies) and, for each grid point, the median of
 device synchronised. Each variant's manager serves the whole grid; at a grid
 point, every timed decode update or step adds a token to each request (lengths
 run from L to about L + 2 * iterations). Used to write docs/performance.md;
-`python -m disagmoe.bench` is the user-facing table. `--report` prints a saved
+`python -m disagmoe_bench` is the user-facing table. `--report` prints a saved
 run as the Markdown tables of docs/performance.md.
 
     python3 -m scripts.probes.perf_probe --batch-sizes 16 256 --seq-lens 1024 --json out.json
@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from disagmoe.serving.seed import DECODE_STEPS, LATER_LAYER, decode_batch, make_manager, prefill_batch
-from disagmoe.serving.timing import default_device, limit_cpu_threads
+from disagmoe_bench.seed import DECODE_STEPS, LATER_LAYER, decode_batch, make_manager, prefill_batch
+from disagmoe_bench.timing import default_device, limit_cpu_threads
 from scripts.probes import rebuilt
 
 VARIANTS = {  # name: (backend, constructor keywords)

@@ -140,10 +140,13 @@ def decode(design: str, batch_size: int, context: int, steps: int, warmup: int =
 
 
 def trace(design: str, running: int, max_prompt: int, steps: int) -> dict | None:
-    try:
-        from disagmoe.serving.workloads import TraceConfig, TraceWorkload
+    try:  # the lab package, or where commits before it kept the harness
+        from disagmoe_bench.workloads import TraceConfig, TraceWorkload
     except ImportError:
-        return None
+        try:
+            from disagmoe.serving.workloads import TraceConfig, TraceWorkload
+        except ImportError:
+            return None
     workload = TraceWorkload(TraceConfig(running=running, max_prompt=max_prompt), steps + 20)
     max_seq_len, max_reqs = workload.sizes(steps + 20)
     cls = getattr(disagmoe, DESIGNS[design])

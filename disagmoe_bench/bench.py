@@ -1,7 +1,7 @@
 """The command-line benchmark: the seed's table (the cpu and gpu designs side by side, then
 hybrid beside cpu), and the serving benchmarks of all three designs (`--workload`).
 
-    python -m disagmoe.bench [--quick] [--batch-sizes 16 64] [--seq-lens 128 1024]
+    python -m disagmoe_bench [--quick] [--batch-sizes 16 64] [--seq-lens 128 1024]
         [--iterations 100] [--device cuda] [--output results.json] [--profile DIR]
 
 For each grid point (batch size B, sequence length L) it first checks that the three
@@ -12,7 +12,7 @@ call ending with `manager.synchronize()`. It prints the medians and CPU-over-GPU
 speedups (the seed's table), then the same for hybrid beside cpu, and writes every
 sample to `--output`.
 
-The workload and its timing are the serving harness's (`disagmoe.serving.seed`).
+The workload and its timing are the serving harness's (`disagmoe_bench.seed`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from typing import Sequence
 
 import torch
 
-from disagmoe import BACKENDS
+from disagmoe.block_manager import DESIGNS as DESIGN_OF
 from disagmoe.block_manager.base import resolve_device
-from disagmoe.serving import cli as serving_cli
-from disagmoe.serving import inputs
-from disagmoe.serving.cli import speedup_text
-from disagmoe.serving.points import VariantMismatch
-from disagmoe.serving.seed import (
+from disagmoe_bench import cli as serving_cli
+from disagmoe_bench import inputs
+from disagmoe_bench.cli import speedup_text
+from disagmoe_bench.points import VariantMismatch
+from disagmoe_bench.seed import (
     BATCH_SIZES,
     CHECK_BLOCK_SIZE,
     DECODE_STEPS,
@@ -52,22 +52,35 @@ from disagmoe.serving.seed import (
     summarize,
     time_decode_steps,
 )
-from disagmoe.serving.timing import device_name, limit_cpu_threads
+from disagmoe_bench.timing import device_name, limit_cpu_threads
 
 # -- the command line -----------------------------------------------------------------------
 
-HEADER = "Batch Size   Seq Len   CPU Update (ms) GPU Update (ms) Speedup   CPU Pack (ms) GPU Pack (ms) Speedup"
-HYBRID_HEADER = (
-    "Batch Size   Seq Len   CPU Update (ms) Hybrid Update (ms) Speedup   CPU Pack (ms) Hybrid Pack (ms) Speedup"
-)
-_WIDTHS = {"gpu": (16, 14), "hybrid": (19, 17)}  # the design's update and pack columns
+
+def _title(design: str) -> str:
+    """The design's name in a column's title: "GPU" (the seed's table), else "Hybrid"."""
+    return "GPU" if design == "gpu" else design.title()
+
+
+def header(design: str = "gpu") -> str:
+    """The title line of the table of `design` beside cpu (for gpu: the seed's table)."""
+    t = _title(design)
+    return f"Batch Size   Seq Len   CPU Update (ms) {t} Update (ms) Speedup   CPU Pack (ms) {t} Pack (ms) Speedup"
+
+
+HEADER = header("gpu")
+
+
+def _speedup_key(design: str) -> str:
+    """A point's key of cpu time / `design`'s time ("speedup" for gpu: the seed's JSON)."""
+    return "speedup" if design == "gpu" else f"{design}_speedup"
 
 
 def _row(point: dict, design: str = "gpu") -> str:
     """A grid point's line of the table of `design` beside cpu."""
     update, pack = point["update_block_table"], point["pack_flash_attn_metadata"]
-    speedup = "speedup" if design == "gpu" else f"{design}_speedup"
-    update_width, pack_width = _WIDTHS[design]
+    speedup = _speedup_key(design)
+    update_width, pack_width = len(f"{_title(design)} Update (ms) "), len(f"{_title(design)} Pack (ms) ")
     return (
         f"{point['batch_size']:<13}{point['seq_len']:<10}{update['cpu_ms']:<16.4f}"
         f"{update[f'{design}_ms']:<{update_width}.4f}{speedup_text(update[speedup]):<10}"
@@ -112,8 +125,7 @@ def _run_point(
         medians = {f"{design}_ms": statistics.median(ms[design]) for design in DESIGNS}
         point[op] = {
             **medians,
-            "speedup": medians["cpu_ms"] / medians["gpu_ms"],
-            "hybrid_speedup": medians["cpu_ms"] / medians["hybrid_ms"],
+            **{_speedup_key(d): medians["cpu_ms"] / medians[f"{d}_ms"] for d in DESIGNS if d != "cpu"},
             "stats_ms": {design: summarize(ms[design]) for design in DESIGNS},
             "samples_ms": ms,
         }
@@ -187,7 +199,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         inputs.count("--warmup", args.warmup, 0, inputs.MAX_STEPS)
         for b in args.batch_sizes:
             for s in args.seq_lens:
-                for block_size in {CHECK_BLOCK_SIZE, *(BACKENDS[n].default_block_size for n in DESIGNS)}:
+                for block_size in {CHECK_BLOCK_SIZE, *(DESIGN_OF[n].default_block_size for n in DESIGNS)}:
                     inputs.pool_slots(f"--batch-sizes {b} --seq-lens {s}", b, s + DECODE_STEPS, block_size)
         if args.output is not None:
             inputs.output_path("--output", args.output)
@@ -252,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warmup": args.warmup,
         "decode_steps_per_state": DECODE_STEPS,
         "check_block_size": CHECK_BLOCK_SIZE,
-        "block_size": {d: BACKENDS[d].default_block_size for d in DESIGNS},
+        "block_size": {d: DESIGN_OF[d].default_block_size for d in DESIGNS},
         "results": [],
     }
     print(
@@ -275,16 +287,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         run["results"].append(point)
         print(_row(point), flush=True)
     print(
-        f"\nEquivalence check passed at all {len(grid)} grid points: the three designs gave identical metadata "
-        f"and lengths at block size {CHECK_BLOCK_SIZE}."
+        f"\nEquivalence check passed at all {len(grid)} grid points: the {len(DESIGNS)} designs gave identical "
+        f"metadata and lengths at block size {CHECK_BLOCK_SIZE}."
     )
     run["summary"] = {op: summarize([p[op]["speedup"] for p in run["results"]]) for op in OPS}
     _print_summary(run["summary"], "gpu", len(grid))
-    print(f"\nThe third design beside cpu, timed in the same turns:\n{HYBRID_HEADER}")
-    for point in run["results"]:
-        print(_row(point, "hybrid"))
-    run["summary_hybrid"] = {op: summarize([p[op]["hybrid_speedup"] for p in run["results"]]) for op in OPS}
-    _print_summary(run["summary_hybrid"], "hybrid", len(grid))
+    for design in DESIGNS[2:]:  # each further design beside cpu
+        print(f"\nThe {design} design beside cpu, timed in the same turns:\n{header(design)}")
+        for point in run["results"]:
+            print(_row(point, design))
+        run[f"summary_{design}"] = {op: summarize([p[op][_speedup_key(design)] for p in run["results"]]) for op in OPS}
+        _print_summary(run[f"summary_{design}"], design, len(grid))
     _write(args.output, run)
     return 0
 

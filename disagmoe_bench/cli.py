@@ -1,4 +1,4 @@
-"""`python -m disagmoe.bench --workload decode|trace`: the serving benchmarks' command line.
+"""`python -m disagmoe_bench --workload decode|trace`: the serving benchmarks' command line.
 
 Per grid point it checks the variants against each other (same lengths and metadata;
 block tables too at equal block size), then times them side by side in each timing
@@ -20,17 +20,17 @@ from typing import Callable
 
 import torch
 
-from disagmoe.serving import attention, inputs, points, traces
-from disagmoe.serving.attention import AttentionShape
-from disagmoe.serving.floors import measure_floors
-from disagmoe.serving.scheduler import SchedulerConfig, TraceReplay, busiest_window
-from disagmoe.serving.timing import MODES, BusyUnavailable, Forward
-from disagmoe.serving.traces import FORMATS
-from disagmoe.serving.variants import BASELINE, VARIANT_NAMES, variant
-from disagmoe.serving.workloads import LENGTHS, TraceConfig
+from disagmoe_bench import attention, inputs, points, traces
+from disagmoe_bench.attention import AttentionShape
+from disagmoe_bench.floors import measure_floors
+from disagmoe_bench.scheduler import SchedulerConfig, TraceReplay, busiest_window
+from disagmoe_bench.timing import MODES, BusyUnavailable, Forward
+from disagmoe_bench.traces import FORMATS
+from disagmoe_bench.variants import BASELINE, VARIANT_NAMES, variant
+from disagmoe_bench.workloads import LENGTHS, TraceConfig
 
 REPLAYS = {"azure-conv": "azure", "mooncake": "mooncake"}
-"""The production traces bundled with the package (disagmoe/data/traces), by workload name."""
+"""The production traces bundled with the package (disagmoe_bench/data/traces), by workload name."""
 
 SERVING_OPTIONS = (
     "timing",
@@ -135,7 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--forward-us", type=float, default=points.Timing.forward_us, help="busy: the stand-in forward's length"
     )
     group.add_argument(
-        "--variants", nargs="+", metavar="NAME", help=f"backend-bs<block size> (default {' '.join(VARIANT_NAMES)})"
+        "--variants", nargs="+", metavar="NAME", help=f"design-bs<block size> (default {' '.join(VARIANT_NAMES)})"
     )
     group.add_argument("--plot", metavar="FILE.png", help="draw the crossover map here (needs matplotlib)")
     group.add_argument(
@@ -148,7 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Every serving option checked before anything runs (`disagmoe.serving.inputs`): a
+    """Every serving option checked before anything runs (`disagmoe_bench.inputs`): a
     refusal is parser.error's one line naming the option (exit code 2)."""
     if args.trace is not None:
         if args.workload not in (None, "replay"):
@@ -470,7 +470,7 @@ def print_trace(requests: list, source: str, run: dict) -> None:
 
 
 def print_attention(run: dict, grid: list, num_steps: int, device: torch.device, model_layers: int) -> None:
-    """Attention in the loop (`disagmoe.serving.attention`) at each replayed point."""
+    """Attention in the loop (`disagmoe_bench.attention`) at each replayed point."""
     print(
         wrap(
             "\nAttention in the loop: FlexAttention over the metadata of the same steps; a step is the "
@@ -493,7 +493,7 @@ def _first_of_each(run: dict) -> list[tuple[dict, list]]:
 
 
 def print_floors(device: torch.device, rows: list[tuple[dict, dict]]) -> dict:
-    """Measures and prints the floors (`disagmoe.serving.floors`) beside each point's bytes
+    """Measures and prints the floors (`disagmoe_bench.floors`) beside each point's bytes
     that the cpu backend copies per pack."""
     copied = {tuple(p.items()): r["metadata_bytes"].get(BASELINE.name) for p, r in rows}
     floors = measure_floors(device, [n for n in copied.values() if n])
@@ -545,7 +545,7 @@ def main(args, run: dict) -> int:
             "workload": args.workload,
             "timing_modes": modes,
             "timing": dataclasses.asdict(timing),
-            "variants": [{"name": v.name, "backend": v.backend, "block_size": v.block_size} for v in args.variant_list],
+            "variants": [{"name": v.name, "design": v.design, "block_size": v.block_size} for v in args.variant_list],
             "baseline": BASELINE.name,
             "points": [],
         }
@@ -583,7 +583,7 @@ def main(args, run: dict) -> int:
     if device.type == "cuda":
         run["floors"] = print_floors(device, [(point, results[0]) for point, results in _first_of_each(run)])
     if args.plot:
-        from disagmoe.serving.plot import crossover_map
+        from disagmoe_bench.plot import crossover_map
 
         try:
             crossover_map(run, args.plot)

@@ -30,7 +30,7 @@ from disagmoe.batch import BatchMetadata
 from disagmoe.block_manager.base import BlockManager
 from disagmoe.config import checked_int
 from disagmoe.metadata import FlashAttentionMetadata
-from disagmoe.serving.inputs import MAX_LAYERS
+from disagmoe_bench.inputs import MAX_LAYERS
 
 CYCLE_STEPS = 16  # steps between rebuilds with lengths="cycle" (the seed suite's DECODE_STEPS)
 LENGTHS = ("grow", "cycle")

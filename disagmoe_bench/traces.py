@@ -11,7 +11,7 @@ Two formats, each read from any file of that format:
 Both give `TraceRequest`s in file order, arrivals in seconds after the first
 request's. A malformed file raises `TraceError` naming the file, the line and
 what is wrong. The package bundles one trace of each format (`bundled`; sources,
-licences and citations in disagmoe/data/traces/ATTRIBUTION.md).
+licences and citations in disagmoe_bench/data/traces/ATTRIBUTION.md).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def bundled(format: str) -> Path:
     """The path of the trace of `format` ("azure" or "mooncake") bundled with the package."""
     if format not in BUNDLED:
         raise ValueError(f"format={format!r} is not one of {FORMATS}")
-    return Path(__file__).resolve().parent.parent / "data" / "traces" / BUNDLED[format]
+    return Path(__file__).resolve().parent / "data" / "traces" / BUNDLED[format]
 
 
 def read_trace(path: str | Path, format: str | None = None) -> list[TraceRequest]:

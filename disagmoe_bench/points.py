@@ -9,9 +9,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from disagmoe.serving.timing import Forward, Replay, measure, steps_needed
-from disagmoe.serving.variants import BASELINE, Variant, make_manager
-from disagmoe.serving.workloads import DecodeWorkload, TraceConfig, TraceWorkload
+from disagmoe_bench.timing import Forward, Replay, measure, steps_needed
+from disagmoe_bench.variants import BASELINE, Variant, make_manager
+from disagmoe_bench.workloads import DecodeWorkload, TraceConfig, TraceWorkload
 
 BATCH_SIZES = (16, 64, 256, 1024)
 CONTEXTS = (1024, 8192, 65536)
@@ -166,7 +166,7 @@ def run_point(
         for name, samples in measured["runners"].items():
             v = by_name[name]
             result["variants"][name] = {
-                "backend": v.backend,
+                "design": v.design,
                 "block_size": v.block_size,
                 **samples,
                 "median": {key: median(values) for key, values in samples.items() if key != "host_step_us"},

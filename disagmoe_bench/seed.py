@@ -1,7 +1,7 @@
 """The seed's table, on the serving harness: one decode step of B requests holding L tokens,
 its first-layer `update_block_table` and its `pack_flash_attn_metadata` timed apart, each
-call until the device is done (`python -m disagmoe.bench` without `--workload`, and the
-asv suite's time_ and ratio classes through `disagmoe.workloads`).
+call until the device is done (`python -m disagmoe_bench` without `--workload`, and the
+asv suite's time_ and ratio classes through `benchmarks/common.workloads`).
 
 The workload is the serving decode (`DecodeWorkload`, two layers, lengths="cycle": the
 requests are rebuilt at L every `DECODE_STEPS` steps, so lengths stay within [L, L +
@@ -18,14 +18,16 @@ from typing import Callable, Sequence
 import torch
 
 from disagmoe.batch import BatchMetadata
-from disagmoe.block_manager import BACKENDS, BlockManager
-from disagmoe.serving.points import VariantMismatch, same, snapshot
-from disagmoe.serving.timing import default_device, device_name, limit_cpu_threads, timed_call
-from disagmoe.serving.variants import Variant
-from disagmoe.serving.variants import make_manager as make_variant_manager
-from disagmoe.serving.workloads import CYCLE_STEPS, DecodeWorkload
+from disagmoe.block_manager import DESIGNS as REGISTRY
+from disagmoe.block_manager import BlockManager
+from disagmoe.block_manager import design as design_of
+from disagmoe_bench.points import VariantMismatch, same, snapshot
+from disagmoe_bench.timing import default_device, device_name, limit_cpu_threads, timed_call
+from disagmoe_bench.variants import Variant
+from disagmoe_bench.variants import make_manager as make_variant_manager
+from disagmoe_bench.workloads import CYCLE_STEPS, DecodeWorkload
 
-DESIGNS = ("cpu", "gpu", "hybrid")
+DESIGNS = tuple(REGISTRY)  # the registry's order: cpu and gpu (the seed's table), then the others
 BATCH_SIZES = (16, 32, 64, 128, 256)
 SEQ_LENS = (128, 256, 512, 1024)
 QUICK_BATCH_SIZES = (16, 256)
@@ -69,16 +71,14 @@ def workload(batch_size: int, seq_len: int) -> DecodeWorkload:
 
 
 def make_manager(
-    backend: str, batch_size: int, seq_len: int, device: torch.device | str | None = None, block_size: int | None = None
+    name: str, batch_size: int, seq_len: int, device: torch.device | str | None = None, block_size: int | None = None
 ) -> BlockManager:
-    """A manager sized for B requests of up to `seq_len + DECODE_STEPS` tokens.
+    """A manager of the design `name`, sized for B requests of up to `seq_len + DECODE_STEPS` tokens.
 
     `block_size=None` takes the design's default (16 for each).
     """
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r:.80} is not one of the designs {sorted(BACKENDS)}")
-    size = block_size or BACKENDS[backend].default_block_size
-    return make_variant_manager(Variant(backend, size), workload(batch_size, seq_len), DECODE_STEPS, device)
+    size = block_size or design_of(name).default_block_size
+    return make_variant_manager(Variant(name, size), workload(batch_size, seq_len), DECODE_STEPS, device)
 
 
 def prefill_batch(batch_size: int, seq_len: int) -> BatchMetadata:

@@ -79,7 +79,7 @@ class Runner(Protocol):
 
 
 class Replay:
-    """A manager replaying a workload (`disagmoe.serving.workloads`) step by step."""
+    """A manager replaying a workload (`disagmoe_bench.workloads`) step by step."""
 
     def __init__(self, manager: BlockManager, workload) -> None:
         self.manager = manager

@@ -53,8 +53,8 @@ from typing import Sequence
 import numpy as np
 
 from disagmoe.block_manager.base import BlockManager
-from disagmoe.serving.traces import TraceRequest
-from disagmoe.serving.workloads import Step, layer_batches, prefill
+from disagmoe_bench.traces import TraceRequest
+from disagmoe_bench.workloads import Step, layer_batches, prefill
 
 WATERMARK = 0.01
 """Share of the pool an admission leaves free (vLLM's default watermark)."""

@@ -313,8 +313,8 @@ def measure(workload, manager, shape: AttentionShape, device: torch.device, chec
     device time (events behind a spin of at least twice the host's time to launch that
     step's layer, measured in a pass of its own) and that host time; on the CPU both are
     the call's time."""
-    from disagmoe.serving.timing import Forward, tail
-    from disagmoe.serving.workloads import Step
+    from disagmoe_bench.timing import Forward, tail
+    from disagmoe_bench.workloads import Step
 
     steps: list[Step] = [workload.step_at(k) for k in range(workload.num_steps)]
     plans = [plan_step(step.layers[0], device) for step in steps]
@@ -393,16 +393,16 @@ def share(bookkeeping_us: float, layer_us: float, model_layers: int) -> float:
     return bookkeeping_us / total if total > 0 else 0.0
 
 
-def pool_manager(workload, device: torch.device, backend: str = "cpu") -> BlockManager:
-    """A manager of `backend` with the scheduler's pool (`workload.config`: its blocks and
+def pool_manager(workload, device: torch.device, name: str = "cpu") -> BlockManager:
+    """A manager of the design `name` with the scheduler's pool (`workload.config`: its blocks and
     block size) and the window's sizes: the pool the attention's KV lives in."""
-    from disagmoe.block_manager import BACKENDS
+    from disagmoe.block_manager import design
     from disagmoe.config import CacheConfig, ModelConfig
 
     config = workload.config
     max_seq_len, max_reqs = workload.sizes(workload.num_steps)
     model = ModelConfig(layer_ids=workload.layer_ids, max_seq_len=max_seq_len, max_batch_size_attn=max_reqs)
-    return BACKENDS[backend](model, CacheConfig(config.block_size, config.num_blocks), max_reqs, device=device)
+    return design(name).cls(model, CacheConfig(config.block_size, config.num_blocks), max_reqs, device=device)
 
 
 CPU_MASK_EVALUATIONS = 1 << 27
