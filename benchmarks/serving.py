@@ -34,6 +34,8 @@ def _names(variable: str, default: list[str], pattern: str, what: str) -> list[s
     return names
 
 
+# The default is a literal for the reason common.DESIGNS is (old commits, stable history);
+# the lab's own list is disagmoe_bench.variants.VARIANT_NAMES, from the registry.
 VARIANTS = _names(
     "DISAGMOE_SERVING_VARIANTS",
     ["cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16"],

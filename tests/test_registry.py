@@ -115,3 +115,14 @@ def test_a_throwaway_design_joins_the_lab_lists():
     names = ("cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16", "throwaway-bs8")
     assert lines[0] == f"{designs} {names}"
     assert lines[1] == "ThrowawayBlockManager 8"
+
+
+def test_the_suite_literals_match_the_registry(monkeypatch):
+    """asv's suite keeps literal lists (old commits predate the registry); they must name
+    what the registry and the lab list today."""
+    from benchmarks import common, serving
+    from disagmoe_bench import variants
+
+    assert common.DESIGNS == list(DESIGNS)
+    if "DISAGMOE_SERVING_VARIANTS" not in os.environ:
+        assert tuple(serving.VARIANTS) == variants.VARIANT_NAMES

@@ -30,6 +30,8 @@ import torch
 import disagmoe
 from disagmoe import BatchMetadata, CacheConfig, ModelConfig
 
+# A literal, not the registry (disagmoe.DESIGNS): the probe runs against old commits too
+# (compare_commits.sh), which predate the registry and find designs by class name.
 DESIGNS = {"cpu": "CPUBlockManager", "gpu": "GPUBlockManager", "hybrid": "HybridBlockManager"}
 BLOCK_SIZE = 16
 
