@@ -5,7 +5,7 @@ What every benchmark module shares:
 - the grid of the seed's classes: `backend` (cpu, gpu, hybrid: the three designs) x
   `batch_size` B (16 32 64 128 256) x `seq_len` L (128 256 512 1024), or the integers of DISAGMOE_BENCH_BATCH_SIZES and
   DISAGMOE_BENCH_SEQ_LENS (common.py);
-- the device: CUDA when there is one, else torch's CPU device (where the `gpu` backend
+- the device: CUDA when there is one, else torch's CPU device (where the `gpu` design
   runs its torch kernels, and its timings say nothing about a GPU), for every design;
 - the managers, sized by `disagmoe_bench.seed.make_manager` (read through
   `common.workloads`, which finds where each commit kept it): each design's default block

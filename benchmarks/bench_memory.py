@@ -1,11 +1,11 @@
-"""Memory each backend's manager holds, and the device the suite ran on.
+"""Memory each design's manager holds, and the device the suite ran on.
 
 For every grid point, `memory_footprint()` of the manager that the timing
 benchmarks use, after its decode state ran every benchmarked operation:
 `device_bytes` (on the suite's device) and `host_bytes`. Measured in one process.
 
 `Device.track_on_cuda` says where everything ran: 1 on CUDA, 0 on torch's CPU
-device (a machine without CUDA, where the `gpu` backend's timings say nothing
+device (a machine without CUDA, where the `gpu` design's timings say nothing
 about a GPU).
 """
 

@@ -1,4 +1,4 @@
-"""pack_flash_attn_metadata: FlashAttention metadata of a decode step, on each backend.
+"""pack_flash_attn_metadata: FlashAttention metadata of a decode step, on each design.
 
 B requests (`batch_size`) that held `seq_len` tokens took their first-layer
 decode step (so each holds seq_len + 1); the timed call packs the metadata of

@@ -3,7 +3,7 @@
 B requests holding L tokens decode one token a step, their lengths growing every step
 as in a real decode (`disagmoe_bench.workloads.DecodeWorkload`, lengths="grow", one
 layer a step: update + pack). Variants: cpu-bs16, gpu-bs1 (token level), gpu-bs16 (paged, the
-cpu backend's block size) and hybrid-bs16. Timing modes
+cpu design's block size) and hybrid-bs16. Timing modes
 (`disagmoe_bench.timing`): synced (each call until the device is done), pipelined
 (windows of 32 steps back to back, one synchronise at the end: wall and host time per
 step) and busy (each step followed by a 300 us stand-in forward: the device time the

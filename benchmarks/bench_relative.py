@@ -7,7 +7,7 @@ regression worth catching. Timed in turn with a fixed workload in the same proce
 (`common.ReferenceWork`: host work of a step's size and, on CUDA, a small copy to the
 device and a synchronise), the machine's speed of the moment divides out: the tracked
 value is the operation's time over the reference's (lower is better), and a
-commit that slows one operation of one backend by 20% raises that value by 20%. The
+commit that slows one operation of one design by 20% raises that value by 20%. The
 reference belongs to the suite, so every commit is measured against the same work.
 
 One process measures the whole grid (`common.measure_relative_times`): per grid point

@@ -1,4 +1,4 @@
-"""update_block_table: the slots of one step, on each backend.
+"""update_block_table: the slots of one step, on each design.
 
 Three cases, as DisagMoE's own benchmark times them, for B requests
 (`batch_size`) of `seq_len` tokens:

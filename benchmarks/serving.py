@@ -6,7 +6,7 @@ The workloads, timing modes and variants are the installed commit's serving harn
 module's `setup_cache` measures its whole grid in one process, every timing mode, the
 variants and the reference taking turns window by window; each `track_` then reads its
 figure, the windows being asv's samples. On torch's CPU device (no CUDA) the points past
-`CPU_DEVICE_TOKENS` tokens are skipped (the `gpu` backend's torch kernels would take
+`CPU_DEVICE_TOKENS` tokens are skipped (the `gpu` design's torch kernels would take
 minutes there), as is the `busy` mode everywhere but on CUDA; a commit whose package
 predates the serving benchmarks (or a variant's backend) skips them too.
 """

@@ -494,7 +494,7 @@ def _first_of_each(run: dict) -> list[tuple[dict, list]]:
 
 def print_floors(device: torch.device, rows: list[tuple[dict, dict]]) -> dict:
     """Measures and prints the floors (`disagmoe_bench.floors`) beside each point's bytes
-    that the cpu backend copies per pack."""
+    that the cpu design copies per pack."""
     copied = {tuple(p.items()): r["metadata_bytes"].get(BASELINE.name) for p, r in rows}
     floors = measure_floors(device, [n for n in copied.values() if n])
     print(

@@ -5,11 +5,11 @@ what no block manager can beat.
 - one tiny kernel: one launch of a one-element add, synced; and its host cost when
   launches go back to back (pipelined);
 - one CUDA graph of that kernel, replayed back to back: the host cost of one launch of a
-  device-table backend's step (its kernels replay from one graph);
+  device-table design's step (its kernels replay from one graph);
 - the metadata's views: the host cost of the tensors every pack returns (one split, one
   strided view, one slice of persistent buffers: `disagmoe.metadata.metadata_views`);
 - pinned copies: a host-to-device copy of n bytes from pinned memory, synced and back
-  to back (the `cpu` backend copies its metadata this way every pack: at long contexts
+  to back (the `cpu` design copies its metadata this way every pack: at long contexts
   its floor is these bytes).
 """
 

@@ -81,7 +81,7 @@ def same(a, b) -> bool:
 
 
 def metadata_bytes(metadata) -> int:
-    """Bytes of a FlashAttentionMetadata's tensors (what the cpu backend copies per pack)."""
+    """Bytes of a FlashAttentionMetadata's tensors (what the cpu design copies per pack)."""
     values = (getattr(metadata, field.name) for field in dataclasses.fields(metadata))
     return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
 

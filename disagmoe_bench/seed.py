@@ -138,10 +138,10 @@ class DecodeState:
 
 
 def decode_state(
-    backend: str, batch_size: int, seq_len: int, device: torch.device | str | None = None, block_size: int | None = None
+    design: str, batch_size: int, seq_len: int, device: torch.device | str | None = None, block_size: int | None = None
 ) -> DecodeState:
     """A warmed-up decode state on a fresh manager."""
-    state = DecodeState(make_manager(backend, batch_size, seq_len, device, block_size), batch_size, seq_len)
+    state = DecodeState(make_manager(design, batch_size, seq_len, device, block_size), batch_size, seq_len)
     state.warm_up()
     return state
 
@@ -149,9 +149,9 @@ def decode_state(
 # -- equivalence ----------------------------------------------------------------------------
 
 
-def _trace(backend: str, batch_size: int, seq_len: int, device, block_size: int) -> dict[str, dict]:
+def _trace(design: str, batch_size: int, seq_len: int, device, block_size: int) -> dict[str, dict]:
     """What a prefill step, then a decode step at the first and a later layer, produce."""
-    manager = make_manager(backend, batch_size, seq_len, device, block_size)
+    manager = make_manager(design, batch_size, seq_len, device, block_size)
     prefill, first, later = (
         prefill_batch(batch_size, seq_len),
         decode_batch(batch_size),

@@ -11,7 +11,7 @@ at every later layer (update + pack). Two workloads produce steps:
   so lengths stay within [L, L + 16].
 - `TraceWorkload`: a seeded continuous-batching trace (see `TraceConfig`).
 
-Both are pure host data, built before anything is timed, so every backend
+Both are pure host data, built before anything is timed, so every design
 replays exactly the same steps.
 """
 
