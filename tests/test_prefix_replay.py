@@ -33,9 +33,9 @@ class ContractDouble:
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig, max_running_reqs: int, device=None):
         self.layer_id = model_config.layer_ids[0]
         self.block_size = cache_config.block_size
-        self.num_blocks = cache_config.num_gpu_blocks
         self.cache = PrefixModel(cache_config.num_gpu_blocks, cache_config.block_size)
         blocks = max_running_reqs * -(-model_config.max_seq_len // cache_config.block_size)
+        self.num_blocks = blocks  # the block ids of the metadata (the CPU manager's pool)
         self.lengths = CPUBlockManager(
             model_config, CacheConfig(cache_config.block_size, blocks), max_running_reqs, device="cpu"
         )

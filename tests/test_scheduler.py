@@ -403,6 +403,18 @@ def test_prefix_modes_keep_the_schedulers_other_promises(mode):
     assert replay.stats()["finished"] > 0 and replay.stats()["preemptions"] > 0
 
 
+@pytest.mark.parametrize("start", [0, 300])
+def test_miss_schedules_the_batches_of_off(start):
+    """A cache that never hits changes no decision (evictable blocks count as free): the
+    same releases and batches; only the matches differ."""
+    requests = read_replay("servegen-offline-poisson")[:600]
+    config = SchedulerConfig(token_budget=512, max_running=32, num_blocks=150)
+    off, miss = (TraceReplay(requests, config, start, 200, "t", mode) for mode in ("off", "miss"))
+    assert [layer0(off, k) for k in range(200)] == [layer0(miss, k) for k in range(200)]
+    assert off.stats() == miss.stats() and off.stats()["preemptions"] > 0
+    assert miss.prefix_stats()["evicted_blocks"] > 0
+
+
 def test_a_scheduler_refuses_prefix_modes_it_cannot_serve():
     with pytest.raises(ValueError, match="prefix_cache='all'"):
         Scheduler([], SchedulerConfig(), "all")
