@@ -203,7 +203,7 @@ def _check_serving(args: argparse.Namespace) -> None:
     if args.prefix_cache != "off" and args.workload not in ("replay", *REPLAYS):
         raise inputs.InputError(
             f"--prefix-cache {args.prefix_cache} is a replay's (--workload {'|'.join(REPLAYS)} or --trace): "
-            f"the {args.workload} workload has no prompts to share"
+            f"the {args.workload} workload has no prefix hashes"
         )
     default = VARIANT_NAMES if args.prefix_cache == "off" else _prefix_variants()
     args.variant_list = [variant(name) for name in (args.variants or default)]

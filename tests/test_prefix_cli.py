@@ -28,7 +28,7 @@ def refused(argv: list[str], capsys) -> str:
     [
         (["--prefix-cache", "on"], "--prefix-cache needs a replay (--workload azure-conv|mooncake|servegen-offline"),
         (["--workload", "trace", "--prefix-cache", "miss"], "--prefix-cache miss is a replay's"),
-        (["--workload", "decode", "--prefix-cache", "on"], "the decode workload has no prompts to share"),
+        (["--workload", "decode", "--prefix-cache", "on"], "the decode workload has no prefix hashes"),
         (["--workload", "mooncake", "--prefix-cache", "all"], "argument --prefix-cache: invalid choice: 'all'"),
     ],
 )
