@@ -1,5 +1,6 @@
-"""What the serving benchmark modules (bench_pipelined, bench_trace, bench_replay) share: their
-grids, the reference step their verdicts divide by, and the one measurement of a whole grid.
+"""What the serving benchmark modules (bench_pipelined, bench_trace, bench_replay, bench_prefix)
+share: their grids, the reference step their verdicts divide by, and the one measurement of a
+whole grid.
 
 The workloads, timing modes and variants are the installed commit's serving harness
 (`common.harness`: the lab package `disagmoe_bench`), the same ones `python -m disagmoe_bench --workload ...` runs. A
@@ -54,6 +55,14 @@ REPLAY_TRACES = _names(
     "azure-conv|mooncake",
     "a bundled trace (azure-conv, mooncake)",
 )
+PREFIX_TRACES = _names(
+    "DISAGMOE_PREFIX_TRACES",
+    ["mooncake", "servegen-offline", "servegen-offline-poisson"],
+    "mooncake|servegen-offline|servegen-offline-poisson",
+    "a bundled trace with prefix hashes (mooncake, servegen-offline, servegen-offline-poisson)",
+)
+PREFIX_MODES = ["off", "miss", "on"]
+PREFIX_VARIANTS = [v for v in VARIANTS if v.endswith("-bs16")]  # a prefix replay's block size is its scheduler's
 MODES = tuple(
     _names("DISAGMOE_SERVING_MODES", list(ALL_MODES), "|".join(ALL_MODES), f"a timing mode ({', '.join(ALL_MODES)})")
 )
@@ -90,6 +99,49 @@ def _replay_point(key: tuple[str]) -> tuple[object, int]:
     return factory, config.num_blocks * config.block_size
 
 
+def _prefix_point(key: tuple[str, str]) -> tuple[object, int]:
+    """(workload factory, the pool's slots) of a bundled trace's replay in a prefix-cache mode
+    (trace name, "off" | "miss" | "on"): the scheduler's defaults, its busiest stretch."""
+    traces, scheduler = harness("traces"), harness("scheduler")
+    requests, config = traces.read_replay(key[0]), scheduler.SchedulerConfig()
+
+    def factory(num_steps: int):
+        start = scheduler.busiest_window(requests, config, num_steps)
+        return scheduler.TraceReplay(requests, config, start, num_steps, key[0], key[1])
+
+    return factory, config.num_blocks * config.block_size
+
+
+def measure_prefix(names: list[str], modes: list[str]) -> dict:
+    """Every bundled trace of `names` in every prefix-cache mode of `modes`, the variants at
+    the scheduler's block size, timed pipelined (and busy on CUDA); "prefix" holds each
+    replay's window figures (`TraceReplay.prefix_stats`). A commit whose lab or managers
+    have no prefix cache skips them."""
+    try:
+        if not hasattr(harness("scheduler"), "PREFIX_MODES"):
+            raise ImportError("its scheduler has no prefix_cache")
+        missing = [v for v in PREFIX_VARIANTS if not hasattr(_design_class(v), "match_prefix")]
+        if missing:
+            raise ImportError(f"the managers of {', '.join(missing)} have no match_prefix")
+    except (ImportError, KeyError) as err:
+        return {
+            "device": "-",
+            "on_cuda": False,
+            "skipped": {},
+            "points": {},
+            "missing_variants": {},
+            "unavailable": f"this commit's package has no prefix cache ({err})",
+        }
+    keys = [(name, mode) for name in names for mode in modes]
+    return measure_grid("prefix", keys, PREFIX_VARIANTS, [m for m in MODES if m != "synced"])
+
+
+def _design_class(variant_name: str) -> type:
+    import disagmoe
+
+    return disagmoe.BACKENDS[variant_name.rpartition("-bs")[0]]
+
+
 def measure_replays(names: list[str]) -> dict:
     """Every bundled trace of `names`, replayed in every mode (`measure_grid`); a commit
     whose package has no scheduler skips them."""
@@ -107,18 +159,22 @@ def measure_replays(names: list[str]) -> dict:
     return measure_grid("replay", [(name,) for name in names])
 
 
-def measure_grid(kind: str, keys: list[tuple]) -> dict:
-    """Every point of a decode grid (B, L), trace grid (R, P) or of replays (trace name,)
-    in every mode; see the module docstring.
+def measure_grid(
+    kind: str, keys: list[tuple], variant_names: list[str] | None = None, timing_modes: list[str] | None = None
+) -> dict:
+    """Every point of a decode grid (B, L), trace grid (R, P), of replays (trace name,) or
+    of prefix-cache replays (trace name, mode) in every timing mode (`timing_modes`, default
+    MODES), for `variant_names` (default VARIANTS); see the module docstring.
 
     Returns {"device", "on_cuda", "skipped": {key: reason}, "points": {key: {mode:
-    {runner: samples}}}} with samples as `disagmoe_bench.timing.measure` gives them,
-    the reference under "reference"."""
+    {runner: samples}}}, "prefix": {key: window figures}} with samples as
+    `disagmoe_bench.timing.measure` gives them, the reference under "reference"."""
     check_fork_safe()
     bench = workloads()
     device = bench.default_device()
     bench.limit_cpu_threads(device)
-    out = {"device": bench.device_name(device), "on_cuda": device.type == "cuda", "skipped": {}, "points": {}}
+    out: dict = {"device": bench.device_name(device), "on_cuda": device.type == "cuda", "skipped": {}, "points": {}}
+    out["prefix"] = {}
     try:
         serving_points, timing_module, variants_module = harness("points"), harness("timing"), harness("variants")
         Forward, Replay, measure = timing_module.Forward, timing_module.Replay, timing_module.measure
@@ -127,7 +183,7 @@ def measure_grid(kind: str, keys: list[tuple]) -> dict:
         out["unavailable"] = f"this commit's package has no serving benchmarks ({err})"
         return out
     variants, missing = {}, {}
-    for name in VARIANTS:
+    for name in variant_names or VARIANTS:
         try:
             variants[name] = variant(name)
         except ValueError as err:
@@ -135,13 +191,18 @@ def measure_grid(kind: str, keys: list[tuple]) -> dict:
     out["missing_variants"] = missing
     timing = serving_points.Timing(window=WINDOW, windows=WINDOWS, warmup=WARMUP)
     forward = Forward(timing.forward_us, device) if device.type == "cuda" else None
-    modes = [m for m in MODES if m != "busy" or forward is not None]
+    modes = [m for m in timing_modes or MODES if m != "busy" or forward is not None]
     for key in keys:
-        factory, tokens = _replay_point(key) if kind == "replay" else _point(kind, key)
+        if kind == "prefix":
+            factory, tokens = _prefix_point(key)
+        else:
+            factory, tokens = _replay_point(key) if kind == "replay" else _point(kind, key)
         if device.type != "cuda" and tokens > CPU_DEVICE_TOKENS:
             out["skipped"][key] = f"{tokens} tokens: past {CPU_DEVICE_TOKENS} on torch's CPU device"
             continue
         workload = factory(timing.num_steps)
+        if kind == "prefix" and key[1] != "off":
+            out["prefix"][key] = workload.prefix_stats()
         runners = {
             name: Replay(make_manager(v, workload, timing.num_steps, device), workload) for name, v in variants.items()
         }
@@ -245,6 +306,18 @@ def _setup(self, cache, variant, *key):
     check_measured(cache, key, variant)
 
 
+def figure_class(
+    name: str, workload: str, grid: tuple[list, ...], names: list[str], figures: list[str], variants: list[str]
+) -> type:
+    """A class `name` of a serving module whose setup_cache measured `grid` (one list of
+    values per name in `names`) for `variants`, tracking each of `figures` (FIGURES' names)
+    per variant. asv names a benchmark after the module that holds its class and the
+    class's name, so each module assigns it under `name`."""
+    step = {"track_" + figure: _track_figure(workload, figure) for figure in figures}
+    attrs = {"param_names": ["variant", *names], "processes": 1, "setup": _setup, "params": (variants, *grid)}
+    return type(name, (), {**attrs, "unit": "us per step", **step})
+
+
 def step_classes(workload: str, grid: tuple[list, ...], names: list[str], figures: list[str]) -> tuple[type, type]:
     """(Step, RelativeStep): the asv classes of a serving module whose setup_cache measured
     `grid` (one list of values per name in `names`). `Step` tracks each of `figures`
@@ -252,10 +325,9 @@ def step_classes(workload: str, grid: tuple[list, ...], names: list[str], figure
     step's (the verdicts). asv names a benchmark after the module that holds its class and
     the class's name, so each module assigns them under these names."""
     common = {"param_names": ["variant", *names], "processes": 1, "setup": _setup}
-    step = {"track_" + name: _track_figure(workload, name) for name in figures}
     relative = {"track_pipelined": _track_ratio(workload, "pipelined", "reference")}
     return (
-        type("Step", (), {**common, "params": (VARIANTS, *grid), "unit": "us per step", **step}),
+        figure_class("Step", workload, grid, names, figures, VARIANTS),
         type(
             "RelativeStep",
             (),

@@ -20,17 +20,16 @@ from typing import Callable
 
 import torch
 
-from disagmoe_bench import attention, inputs, points, traces
+from disagmoe.block_manager import design
+from disagmoe_bench import attention, inputs, points, prefix_calls, traces
 from disagmoe_bench.attention import AttentionShape
 from disagmoe_bench.floors import measure_floors
-from disagmoe_bench.scheduler import SchedulerConfig, TraceReplay, busiest_window
+from disagmoe_bench.prefix_hashes import BlockHashes
+from disagmoe_bench.scheduler import PREFIX_MODES, SchedulerConfig, TraceReplay, busiest_window
 from disagmoe_bench.timing import MODES, BusyUnavailable, Forward
-from disagmoe_bench.traces import FORMATS
-from disagmoe_bench.variants import BASELINE, VARIANT_NAMES, variant
-from disagmoe_bench.workloads import LENGTHS, TraceConfig
-
-REPLAYS = {"azure-conv": "azure", "mooncake": "mooncake"}
-"""The production traces bundled with the package (disagmoe_bench/data/traces), by workload name."""
+from disagmoe_bench.traces import FORMATS, REPLAYS
+from disagmoe_bench.variants import BASELINE, VARIANT_NAMES, VARIANTS, variant
+from disagmoe_bench.workloads import LENGTHS, PrefixMismatch, TraceConfig
 
 SERVING_OPTIONS = (
     "timing",
@@ -53,6 +52,7 @@ SERVING_OPTIONS = (
     "variants",
     "plot",
     "model_layers",
+    "prefix_cache",
 )
 
 
@@ -62,14 +62,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workload",
         choices=("decode", "trace", *REPLAYS),
         help="time whole engine steps of this workload (default: the seed's table); "
-        "azure-conv and mooncake replay the bundled production traces",
+        f"{', '.join(REPLAYS)} replay the bundled production traces",
     )
     group.add_argument(
         "--trace",
         metavar="PATH",
-        help="replay this request log (Azure's CSV or Mooncake's JSONL) through the scheduler",
+        help="replay this request log (Azure's CSV, Mooncake's or ServeGen's JSONL) through the scheduler",
     )
     group.add_argument("--trace-format", choices=FORMATS, help="the --trace file's format (default: by its suffix)")
+    group.add_argument(
+        "--prefix-cache",
+        choices=PREFIX_MODES,
+        default="off",
+        help="replays of traces with prefix hashes: the managers' prefix cache off (default), on, or "
+        "on with every hash unique (miss: its cost at a 0%% hit rate); block size 16 variants only",
+    )
     group.add_argument(
         "--rate-scale", type=float, default=1.0, help="replays: play the trace this many times faster (default 1)"
     )
@@ -157,7 +164,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.workload is None:
         given = [name for name in SERVING_OPTIONS if getattr(args, name) not in (None, parser.get_default(name))]
         if given:
-            parser.error(f"--{given[0].replace('_', '-')} needs --workload decode|trace")
+            needs = f"a replay (--workload {'|'.join(REPLAYS)} or --trace)" if given[0] == "prefix_cache" else None
+            parser.error(f"--{given[0].replace('_', '-')} needs {needs or '--workload decode|trace'}")
         return
     if args.seq_lens is not None:
         parser.error("--seq-lens is the seed table's; the serving decode takes --contexts")
@@ -192,7 +200,13 @@ def _check_serving(args: argparse.Namespace) -> None:
         inputs.count("--layers", args.layers, 1, inputs.MAX_LAYERS)
     inputs.count("--seed", args.seed, 0, 2**63 - 1)
     inputs.forward_us(args.forward_us)
-    args.variant_list = [variant(name) for name in (args.variants or VARIANT_NAMES)]
+    if args.prefix_cache != "off" and args.workload not in ("replay", *REPLAYS):
+        raise inputs.InputError(
+            f"--prefix-cache {args.prefix_cache} is a replay's (--workload {'|'.join(REPLAYS)} or --trace): "
+            f"the {args.workload} workload has no prefix hashes"
+        )
+    default = VARIANT_NAMES if args.prefix_cache == "off" else _prefix_variants()
+    args.variant_list = [variant(name) for name in (args.variants or default)]
     for v in args.variant_list:
         inputs.count(f"--variants {v.name}: the block size", v.block_size)
     timing = points.QUICK_TIMING if args.quick else points.Timing()
@@ -230,6 +244,11 @@ def _check_serving(args: argparse.Namespace) -> None:
                 )
 
 
+def _prefix_variants() -> list[str]:
+    """The variants a prefix-cache replay compares by default: those at the scheduler's block size."""
+    return [v.name for v in VARIANTS if v.block_size == SchedulerConfig.block_size]
+
+
 def _check_replay(args: argparse.Namespace) -> None:
     """A replay's options, and its trace read (a malformed file named by line, before anything
     runs)."""
@@ -249,7 +268,7 @@ def _check_replay(args: argparse.Namespace) -> None:
     if args.plot is not None:
         raise inputs.InputError("--plot draws the synthetic grids' crossover maps; a replay has no grid")
     if args.workload in REPLAYS:
-        path, fmt = traces.bundled(REPLAYS[args.workload]), REPLAYS[args.workload]
+        path, fmt = traces.bundled(REPLAYS[args.workload][0]), REPLAYS[args.workload][0]
         args.trace_source = args.workload
     else:
         path, fmt = Path(args.trace), args.trace_format
@@ -257,22 +276,51 @@ def _check_replay(args: argparse.Namespace) -> None:
             raise inputs.InputError(f"--trace {path}: no such file")
         args.trace_source = path.name
     try:
-        args.trace_requests = traces.read_trace(path, fmt)
+        read = args.workload in REPLAYS
+        args.trace_requests = traces.read_replay(args.workload) if read else traces.read_trace(path, fmt)
     except traces.TraceError as err:
         raise inputs.InputError(f"--trace {err}") from None
     except ValueError as err:  # an unknown suffix
         raise inputs.InputError(f"--trace {path}: {err}") from None
     if not args.trace_requests:
         raise inputs.InputError(f"--trace {path}: no requests")
+    if args.prefix_cache != "off":
+        _check_prefix(args)
 
 
-def _replay_point(requests: list, config: SchedulerConfig, source: str) -> Callable:
+def _check_prefix(args: argparse.Namespace) -> None:
+    """A prefix-cache replay: variants at the scheduler's block size, a trace with hashes
+    that cover its prompts."""
+    mode, bs = args.prefix_cache, SchedulerConfig.block_size
+    for v in args.variant_list:
+        if not hasattr(design(v.design).cls, "match_prefix"):
+            raise inputs.InputError(
+                f"--prefix-cache {mode}: the {v.design} design of this build has no prefix cache (match_prefix)"
+            )
+        if v.block_size != bs:
+            raise inputs.InputError(
+                f"--variants {v.name}: --prefix-cache {mode} replays at the scheduler's block size {bs} "
+                f"(its matches and evictions are counted in those blocks); pick from {' '.join(_prefix_variants())}"
+            )
+    try:
+        hashes = BlockHashes(args.trace_requests, bs)
+    except ValueError as err:
+        raise inputs.InputError(f"--prefix-cache {mode}: {args.trace_source}: {err}") from None
+    if not hashes.any:
+        raise inputs.InputError(
+            f"--prefix-cache {mode}: {args.trace_source} has no prefix hashes, so every match would be empty "
+            "(on would be off with a cache that never hits); replay it with --prefix-cache off"
+        )
+
+
+def _replay_point(requests: list, config: SchedulerConfig, source: str, prefix_cache: str = "off") -> Callable:
     """A factory of the replay of `num_steps` steps from the trace's busiest stretch; the
     same replay each time (the timing and the attention read the same steps: scheduled once)."""
 
     @functools.cache
     def factory(num_steps: int) -> TraceReplay:
-        return TraceReplay(requests, config, busiest_window(requests, config, num_steps), num_steps, source)
+        start = busiest_window(requests, config, num_steps)
+        return TraceReplay(requests, config, start, num_steps, source, prefix_cache)
 
     return factory
 
@@ -294,6 +342,7 @@ def _grid(args) -> list[tuple[dict, Callable]]:
                         num_layers=layers,
                     ),
                     args.trace_source,
+                    args.prefix_cache,
                 ),
             )
             for r in args.running or [SchedulerConfig.max_running]
@@ -447,9 +496,9 @@ def print_scheduler(run: dict) -> None:
         )
 
 
-def print_trace(requests: list, source: str, run: dict) -> None:
-    """The whole trace: requests, and the prefix reuse its hashes would allow (Mooncake's:
-    prefix caching is not in the contract, so the blocks are not shared here)."""
+def print_trace(requests: list, source: str, run: dict, prefix_cache: str = "off") -> None:
+    """The whole trace: requests, and the prefix reuse its hashes would allow (shared by
+    the managers with --prefix-cache on only)."""
     with_hashes = any(r.prefix_blocks for r in requests)
     try:
         reuse = traces.prefix_reuse(requests) if with_hashes else None
@@ -458,10 +507,12 @@ def print_trace(requests: list, source: str, run: dict) -> None:
     else:
         why = "" if with_hashes else "the trace has no prefix hashes"
     run["trace"] = {"source": source, "requests": len(requests), "prefix_reuse": reuse}
+    shared = "blocks are shared here" if prefix_cache == "on" else "blocks are not shared here"
+    tokens = next((r.prefix_block_tokens for r in requests if r.prefix_blocks), 0)
     said = (
         (
-            f"{100 * reuse:.1f}% of its 512-token prefix blocks repeat an earlier request's (what a prefix "
-            f"cache could reuse; blocks are not shared here)"
+            f"{100 * reuse:.1f}% of its {tokens}-token prefix blocks repeat an earlier request's (what a prefix "
+            f"cache could reuse; {shared})"
         )
         if reuse is not None
         else f"prefix reuse: {why}"
@@ -482,6 +533,26 @@ def print_attention(run: dict, grid: list, num_steps: int, device: torch.device,
         record = attention.report(results, factory, num_steps, device, model_layers)
         run["attention"].append({"point": point, **record})
         print(wrap("\n".join(attention.report_lines(point, record))))
+
+
+def print_prefix(run: dict, grid: list, num_steps: int, device: torch.device, mode: str, variants: list) -> None:
+    """The prefix cache at each replayed point (`disagmoe_bench.prefix_calls`)."""
+    print(
+        wrap(
+            f"\nPrefix cache {mode}"
+            + (" (every hash unique to its admission: the cost at a 0% hit rate)" if mode == "miss" else "")
+            + ", per replayed window: hit rate = prompt tokens served from the cache / prompt tokens the "
+            "window's admissions prefill; bound = the same from a cache that keeps every block of every earlier "
+            "admission; host us of one pass, each step synchronised: the slowest step's match_prefix calls, "
+            "those of the step that matches most blocks, and the first-layer update of the step that evicts "
+            "most (the eviction is timed with its allocation)"
+        )
+    )
+    run["prefix"] = []
+    for point, factory in grid:
+        record = prefix_calls.report(factory, variants, num_steps, device)
+        run["prefix"].append({"point": point, **record})
+        print(wrap("\n".join(prefix_calls.report_lines(point, record))))
 
 
 def _first_of_each(run: dict) -> list[tuple[dict, list]]:
@@ -543,6 +614,7 @@ def main(args, run: dict) -> int:
     run.update(
         {
             "workload": args.workload,
+            "prefix_cache": args.prefix_cache,
             "timing_modes": modes,
             "timing": dataclasses.asdict(timing),
             "variants": [{"name": v.name, "design": v.design, "block_size": v.block_size} for v in args.variant_list],
@@ -561,6 +633,10 @@ def main(args, run: dict) -> int:
             progress.close()
             print(f"disagmoe-bench: the variants disagree, nothing timed: {err}", file=sys.stderr)
             return 1
+        except PrefixMismatch as err:
+            progress.close()
+            print(f"disagmoe-bench: a manager's prefix cache disagrees with the scheduler's: {err}", file=sys.stderr)
+            return 1
         progress.advance()
         for result in results:
             result["point"] = point
@@ -575,9 +651,15 @@ def main(args, run: dict) -> int:
     )
     if args.workload in ("replay", *REPLAYS):
         print_scheduler(run)
-        print_trace(args.trace_requests, args.trace_source, run)
+        print_trace(args.trace_requests, args.trace_source, run, args.prefix_cache)
     for mode in modes:
         print_table(mode, by_mode[mode])
+    if args.prefix_cache != "off":
+        try:
+            print_prefix(run, grid, timing.num_steps, device, args.prefix_cache, args.variant_list)
+        except PrefixMismatch as err:
+            print(f"disagmoe-bench: a manager's prefix cache disagrees with the scheduler's: {err}", file=sys.stderr)
+            return 1
     if args.workload in ("replay", *REPLAYS) and args.model_layers:
         print_attention(run, grid, timing.num_steps, device, args.model_layers)
     if device.type == "cuda":

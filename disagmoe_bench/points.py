@@ -102,6 +102,8 @@ def check_variants(replays: dict[str, Replay], variants: dict[str, Variant], ste
             step = replay.workload.step_at(replay.position)
             if step.release:
                 replay.manager.release_seqs(step.release)
+            for match in step.matches:
+                match.run(replay.manager)
             for k, batch in enumerate(step.layers):
                 replay.manager.update_block_table(batch)
                 metadata = replay.manager.pack_flash_attn_metadata(batch)

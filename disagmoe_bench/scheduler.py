@@ -30,6 +30,18 @@ are free, the newest running request is preempted until they fit: released at th
 step and put back at the front of the waiting queue, it is prefilled again from scratch
 when readmitted, its prompt and the tokens it had generated (recomputation).
 
+Prefix cache (`prefix_cache`, docs/prefix-caching.md): "off" is the above. In "on" and
+"miss" the scheduler keeps the cache's model (`prefix_model.PrefixModel`): a block is
+free, held (by one request or shared) or evictable, and "free" above counts free plus
+evictable blocks, as the managers do. Each admission first matches its prompt's block
+hashes (`prefix_hashes.BlockHashes`; in "miss" as many hashes, each unique to the
+admission: the cost of the cache at a 0% hit rate): its matched tokens are held at once
+and shorten its prefill, which starts there, as in an engine; a matched evictable block
+leaves what the pool offers, and the admission's chunk is sized from the rest. A
+preempted request's release leaves its indexed blocks evictable, and its readmission
+matches again. Each step lists its matches (`workloads.Match`: id, hashes, the cached
+length the model predicts), which a replay makes before the step's first-layer update.
+
 Request ids: every admission takes a new id, 0, 1, 2, ... in admission order, so a
 readmitted request has an id that was never used before (`Scheduler.admissions` maps
 each id to its trace request); ids are never reused.
@@ -53,11 +65,14 @@ from typing import Sequence
 import numpy as np
 
 from disagmoe.block_manager.base import BlockManager
+from disagmoe_bench.prefix_hashes import BlockHashes
+from disagmoe_bench.prefix_model import PrefixModel
 from disagmoe_bench.traces import TraceRequest
-from disagmoe_bench.workloads import Step, layer_batches, prefill
+from disagmoe_bench.workloads import Match, Step, layer_batches, prefill
 
 WATERMARK = 0.01
 """Share of the pool an admission leaves free (vLLM's default watermark)."""
+PREFIX_MODES = ("off", "miss", "on")
 
 
 @dataclass(frozen=True)
@@ -97,16 +112,19 @@ class SchedulerConfig:
 @dataclass(frozen=True)
 class Admission:
     """What an id stands for: the trace's request `index`, admitted at `step` to prefill
-    `prefill_tokens` (its prompt and the output tokens it had before a preemption)."""
+    `prefill_tokens` (its prompt and the output tokens it had before a preemption), of which
+    `cached_tokens` came from the prefix cache."""
 
     index: int
     step: int
     prefill_tokens: int
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
 class Scheduled:
-    """One step: ids released, prefill entries (id, tokens), decode ids, and counts after it."""
+    """One step: ids released, prefill entries (id, tokens), decode ids, and counts after it;
+    with a prefix cache, its matches, the blocks its update evicts and those left evictable."""
 
     release: tuple[int, ...]
     prefills: tuple[tuple[int, int], ...]
@@ -116,6 +134,9 @@ class Scheduled:
     holding: int  # requests holding KV (finished ones until their release)
     used_blocks: int
     waiting: int
+    matches: tuple[Match, ...] = ()
+    evicted_blocks: int = 0
+    evictable_blocks: int = 0
 
 
 @dataclass(eq=False)
@@ -127,10 +148,14 @@ class _Running:
 
 
 class Scheduler:
-    """The scheduler's state over `requests` (sorted by arrival); `run()` plays one step."""
+    """The scheduler's state over `requests` (sorted by arrival); `run()` plays one step.
+    With `prefix_cache` "miss" or "on", `cache` is its model of the managers' prefix cache
+    and `hashes` the requests' block hashes (ValueError for a trace without any)."""
 
-    def __init__(self, requests: Sequence[TraceRequest], config: SchedulerConfig) -> None:
-        self.requests, self.config = requests, config
+    def __init__(self, requests: Sequence[TraceRequest], config: SchedulerConfig, prefix_cache: str = "off") -> None:
+        if prefix_cache not in PREFIX_MODES:
+            raise ValueError(f"prefix_cache={prefix_cache!r} is not one of {PREFIX_MODES}")
+        self.requests, self.config, self.prefix_cache = requests, config, prefix_cache
         for i, r in enumerate(requests):
             if (
                 type(r.prompt_tokens) is not int
@@ -152,6 +177,19 @@ class Scheduler:
         self._finished: list[_Running] = []
         self._used = 0
         self._reserve = int(WATERMARK * config.num_blocks)
+        self.cache: PrefixModel | None = None
+        self.hashes: BlockHashes | None = None
+        if prefix_cache != "off":
+            self.hashes = BlockHashes(requests, config.block_size)
+            if not self.hashes.any:
+                raise ValueError(
+                    f"prefix_cache={prefix_cache!r}: the trace has no prefix hashes, so every "
+                    "match is empty and the cache is never used; replay it with prefix_cache='off'"
+                )
+            self.cache = PrefixModel(config.num_blocks, config.block_size)
+        self._next_miss = 0  # the next hash unique to an admission ("miss")
+        self.ghost_tokens = 0  # the longest ghost of `warm_start` (0: none; else a request row more)
+        self._front: tuple[int, tuple[int, ...]] = (-1, ())  # the last hashes computed ("on")
 
     def holding(self) -> list[tuple[int, int]]:
         """(id, tokens) of every request holding KV (finished ones until released), by id."""
@@ -167,11 +205,49 @@ class Scheduler:
                     continue
             self.run()
 
+    def warm_start(self) -> list[Step]:
+        """Steps that rebuild the cache's state now on an empty manager (first layer only), and
+        the scheduler's model made the rebuilt one, so that the steps after are planned on
+        exactly what a manager holds after these.
+
+        First the requests holding KV, by id: each matches its hashes (those past its length
+        left out where the match would pass it: the partly prefilled one) and is prefilled
+        to its length; then the evictable blocks not indexed by then, oldest first: ghost
+        requests (ids -1, -2, ...) fill them under their hashes and are released, their
+        blocks last to first, so that the LRU holds them in the same order. Where two of the
+        requests held copies of a block, the rebuilt ones may share it: the rebuilt state
+        holds at most the blocks the scheduler's does, and the same evictable ones."""
+        cache, bs = self.cache, self.config.block_size
+        if cache is None:
+            raise ValueError("warm_start: the scheduler keeps no prefix cache (prefix_cache='off')")
+        rebuilt, steps = PrefixModel(self.config.num_blocks, bs), []
+        for r in sorted(self._running + self._finished, key=lambda r: r.id):
+            hashes = cache.block_hashes(r.id)
+            if rebuilt.cached_prefix(hashes).num_blocks * bs > r.held:
+                hashes = hashes[: r.held // bs]
+            cached = rebuilt.match_prefix(r.id, hashes)
+            if r.held > cached:
+                rebuilt.update([(r.id, r.held - cached)])
+            steps.append(_setup_step((r.id, hashes, cached), r.held - cached))
+        evictable = [h for h in cache.evictable_hashes() if not rebuilt.is_cached(h)]
+        longest = max((self.requests[a.index].prompt_tokens for a in self.admissions.values()), default=1)
+        per_ghost = max(1, (longest - 1) // bs)
+        for ghost, start in enumerate(range(0, len(evictable), per_ghost), 1):
+            hashes = tuple(reversed(evictable[start : start + per_ghost]))
+            rebuilt.match_prefix(-ghost, hashes)
+            rebuilt.update([(-ghost, len(hashes) * bs)])
+            rebuilt.release_seqs([-ghost])
+            steps += [_setup_step((-ghost, hashes, 0), len(hashes) * bs), Step((-ghost,), ())]
+        self.cache, self._used = rebuilt, self.config.num_blocks - rebuilt.num_available
+        self.ghost_tokens = per_ghost * bs if evictable else 0
+        return steps
+
     def run(self) -> Scheduled:
         """Plans and plays the next step."""
         config, bs, running, waiting = self.config, self.config.block_size, self._running, self._waiting
+        cache = self.cache
         release = [r.id for r in self._finished]
-        self._used -= sum(_blocks(r.held, bs) for r in self._finished)
+        self._release(self._finished)
         while self._next < len(self.arrivals) and self.arrivals[self._next] <= self.step:
             if self._next not in self.rejected:
                 waiting.append(self._next)
@@ -181,7 +257,7 @@ class Scheduler:
         preempted = 0
         while need > free:
             victim = running.pop()
-            free += _blocks(victim.held, bs)
+            free += self._release([victim])
             need -= victim.held >= victim.target and victim.held % bs == 0
             release.append(victim.id)
             waiting.appendleft(victim.index)
@@ -189,6 +265,7 @@ class Scheduler:
         decodes = [r for r in running if r.held >= r.target]
         budget, free = config.token_budget - len(decodes), free - need
         chunks: list[tuple[_Running, int]] = []
+        matches: list[Match] = []
         blocked = False
         for r in running:
             if r.held < r.target:
@@ -202,21 +279,29 @@ class Scheduler:
         while not (blocked or preempted) and waiting and budget and len(running) < config.max_running:
             index = waiting[0]
             target = self.requests[index].prompt_tokens + self.generated[index]
-            n = min(target, budget, (free - self._reserve) * bs)
+            hashes = self._hashes_of(index)
+            cached, revived = cache.cached_prefix(hashes) if cache is not None else (0, 0)
+            n = min(target - cached * bs, budget, (free - revived - self._reserve) * bs)
             if n <= 0:
                 break
             waiting.popleft()
             r = _Running(len(self.admissions), index, target)
-            self.admissions[r.id] = Admission(index, self.step, target)
+            if cache is not None:
+                if self.prefix_cache == "miss":
+                    hashes = self._unique_hashes(index)
+                r.held = cache.match_prefix(r.id, hashes)
+                matches.append(Match(r.id, hashes, r.held))
+            self.admissions[r.id] = Admission(index, self.step, target, r.held)
             running.append(r)
             chunks.append((r, n))
             budget -= n
-            free -= _blocks(n, bs)
+            free -= revived + _blocks(n, bs)
         self._used = config.num_blocks - free
         for r, n in chunks:
             r.held += n
         for r in decodes:
             r.held += 1
+        evicted = self._allocate(chunks, decodes)
         generated, requests = self.generated, self.requests
         for r in decodes + [r for r, _ in chunks if r.held == r.target]:
             generated[r.index] += 1
@@ -233,11 +318,59 @@ class Scheduler:
             len(running),
             self._used,
             len(waiting),
+            tuple(matches),
+            evicted,
+            cache.prefix_cache_stats().evictable_blocks if cache is not None else 0,
         )
+
+    def _hashes_of(self, index: int) -> tuple[int, ...]:
+        """The block hashes the admission of request `index` would match ("on"; none else)."""
+        if self.prefix_cache != "on" or self.hashes is None:
+            return ()
+        if self._front[0] != index:  # (a request blocked at the front is asked for again)
+            self._front = (index, self.hashes(index))
+        return self._front[1]
+
+    def _unique_hashes(self, index: int) -> tuple[int, ...]:
+        """As many hashes as request `index` has, none of them ever given before ("miss")."""
+        count = self.hashes.count(index) if self.hashes is not None else 0
+        self._next_miss += count
+        return tuple(range(self._next_miss - count, self._next_miss))
+
+    def _release(self, released: list[_Running]) -> int:
+        """Releases the requests (in order); returns the blocks that became free or evictable."""
+        if self.cache is not None:
+            blocks = self.cache.release_seqs([r.id for r in released])
+        else:
+            blocks = sum(_blocks(r.held, self.config.block_size) for r in released)
+        self._used -= blocks
+        return blocks
+
+    def _allocate(self, chunks: list[tuple[_Running, int]], decodes: list[_Running]) -> int:
+        """The step's first-layer update on the cache's model (in batch order); returns the
+        blocks it evicted."""
+        cache = self.cache
+        if cache is None:
+            return 0
+        evicted = cache.prefix_cache_stats().evicted_blocks
+        cache.update([(r.id, n) for r, n in chunks] + [(r.id, 1) for r in decodes])
+        if cache.num_available != self.config.num_blocks - self._used:
+            raise RuntimeError(
+                f"step {self.step}: the scheduler counts {self.config.num_blocks - self._used} blocks free or "
+                f"evictable, its cache model {cache.num_available}"
+            )
+        return cache.prefix_cache_stats().evicted_blocks - evicted
 
 
 def _blocks(tokens: int, block_size: int) -> int:
     return -(-tokens // block_size)
+
+
+def _setup_step(match: tuple[int, tuple[int, ...], int], tokens: int) -> Step:
+    """A step of `warm_start`: the match (id, hashes, cached tokens), then `tokens` of prefill
+    at the first layer (none: no update)."""
+    req_id = match[0]
+    return Step((), layer_batches((0,), [req_id], [tokens]) if tokens else (), (Match(*match),))
 
 
 def busiest_window(requests: Sequence[TraceRequest], config: SchedulerConfig, num_steps: int) -> int:
@@ -257,7 +390,12 @@ def busiest_window(requests: Sequence[TraceRequest], config: SchedulerConfig, nu
 class TraceReplay:
     """Steps [start, start + num_steps) of `Scheduler` over `requests`, with the interface
     of `workloads.TraceWorkload`: `start(manager)` registers the requests holding KV when
-    the window opens, then `step_at(k)` is the window's k-th step."""
+    the window opens, then `step_at(k)` is the window's k-th step.
+
+    With a prefix cache ("miss", "on") the window opens on the scheduler's `warm_start`
+    (the requests holding KV and the evictable blocks, rebuilt through the contract's calls)
+    and a manager must have the scheduler's pool (`pool_blocks` blocks of its block size):
+    then every `match_prefix` of the window returns what the model predicts."""
 
     name = "replay"
     max_window = None
@@ -269,46 +407,64 @@ class TraceReplay:
         start: int = 0,
         num_steps: int = 1000,
         source: str = "trace",
+        prefix_cache: str = "off",
     ) -> None:
         if start < 0 or num_steps < 1:
             raise ValueError(f"start={start} must be >= 0 and num_steps={num_steps} >= 1")
-        self.config, self.source = config, source
+        self.config, self.source, self.prefix_cache = config, source, prefix_cache
         self.first_step, self.num_steps = start, num_steps
         self.num_layers = config.num_layers
         self.layer_ids = tuple(range(config.num_layers))
-        self.scheduler = scheduler = Scheduler(requests, config)
+        self.scheduler = scheduler = Scheduler(requests, config, prefix_cache)
         scheduler.skip_to(start)
         self.initial = scheduler.holding()
+        self.setup = scheduler.warm_start() if prefix_cache != "off" else []
         self.scheduled = [scheduler.run() for _ in range(num_steps)]
         self.steps = [
             Step(
                 s.release,
                 layer_batches(self.layer_ids, [i for i, _ in s.prefills] + list(s.decodes), [n for _, n in s.prefills]),
+                s.matches,
             )
             for s in self.scheduled
         ]
         ids = {i for i, _ in self.initial} | {i for s in self.scheduled for i, _ in s.prefills}
         indices = {scheduler.admissions[i].index for i in ids}
-        self._max_seq_len = max((requests[i].prompt_tokens + requests[i].output_tokens for i in indices), default=1)
-        self._max_running = max([len(self.initial)] + [s.holding for s in self.scheduled] + [1])
+        self._max_seq_len = max(
+            [requests[i].prompt_tokens + requests[i].output_tokens for i in indices] + [scheduler.ghost_tokens + 1]
+        )
+        self._max_running = max(
+            [len(self.initial) + (scheduler.ghost_tokens > 0)] + [s.holding for s in self.scheduled] + [1]
+        )
         self._max_step_tokens = max(max(sum(n for _, n in s.prefills) + len(s.decodes) for s in self.scheduled), 1)
         self._arrived = sum(start <= step < start + num_steps for step in scheduler.arrivals)
 
+    @property
+    def pool_blocks(self) -> int | None:
+        """The blocks a manager's pool must have (of the scheduler's block size) for the
+        replay to hold: the scheduler's pool with a prefix cache (its evictions are the
+        model's), None without (`variants.make_manager` sizes it)."""
+        return self.config.num_blocks if self.prefix_cache != "off" else None
+
     def describe(self) -> dict:
-        return {
+        described = {
             "workload": self.name,
             "source": self.source,
             **dataclasses.asdict(self.config),
             "start": self.first_step,
+            "prefix_cache": self.prefix_cache,
             "steps": self.stats(),
         }
+        if self.prefix_cache != "off":
+            described["prefix"] = self.prefix_stats()
+        return described
 
     def label(self) -> str:
         return f"{self.source} steps {self.first_step}-{self.first_step + self.num_steps}"
 
     def sizes(self, num_steps: int) -> tuple[int, int]:
         """(max_seq_len, max_running_reqs) of the window: its longest request (prompt and
-        output) and its most requests holding KV at once."""
+        output) and its most requests holding KV at once (and the warm start's)."""
         return self._max_seq_len, self._max_running
 
     @property
@@ -317,9 +473,20 @@ class TraceReplay:
         return self._max_step_tokens
 
     def start(self, manager: BlockManager) -> None:
-        """Empties the manager and registers the requests holding KV when the window opens."""
+        """Empties the manager and registers the requests holding KV when the window opens
+        (with a prefix cache: plays the warm start's steps at the first layer)."""
         manager.reset_state()
-        prefill(manager, self.layer_ids[0], self.initial)
+        if self.prefix_cache == "off":
+            prefill(manager, self.layer_ids[0], self.initial)
+            return
+        for step in self.setup:
+            if step.release:
+                manager.release_seqs(step.release)
+            for match in step.matches:
+                match.run(manager)
+            for batch in step.layers:
+                manager.update_block_table(batch)
+        manager.synchronize()
 
     def step_at(self, position: int) -> Step:
         if not 0 <= position < len(self.steps):
@@ -345,4 +512,37 @@ class TraceReplay:
             "arrived": self._arrived,
             "finished": sum(s.finished for s in scheduled),
             "rejected": len(self.scheduler.rejected),
+        }
+
+    def prefix_stats(self) -> dict:
+        """The window's prefix cache ("miss", "on"): `hit_rate`, the prompt tokens its
+        admissions took from the cache over the tokens they prefill (a readmission's prompt
+        holds the tokens it had generated); `bound`, what a cache that held every block of
+        every earlier admission (and never evicted) would have served the same admissions;
+        `trace_bound`, that of the whole trace, each request once in arrival order; the
+        largest step's blocks matched and evicted, blocks evicted in all, and the pool's
+        share evictable (mean and peak)."""
+        scheduler, bs, blocks = self.scheduler, self.config.block_size, self.config.num_blocks
+        hashes = scheduler.hashes
+        if hashes is None:
+            raise ValueError("prefix_stats: the replay keeps no prefix cache (prefix_cache='off')")
+        admissions = [scheduler.admissions[i] for i in range(len(scheduler.admissions))]
+        unbounded = list(hashes.unbounded(a.index for a in admissions))
+        end = self.first_step + self.num_steps
+        window = [k for k, a in enumerate(admissions) if self.first_step <= a.step < end]
+        prompt = sum(admissions[k].prefill_tokens for k in window)
+        scheduled = self.scheduled
+        return {
+            "mode": self.prefix_cache,
+            "admissions": len(window),
+            "prompt_tokens": prompt,
+            "cached_tokens": sum(admissions[k].cached_tokens for k in window),
+            "hit_rate": sum(admissions[k].cached_tokens for k in window) / prompt if prompt else 0.0,
+            "bound": sum(unbounded[k] for k in window) / prompt if prompt else 0.0,
+            "trace_bound": hashes.bound(),
+            "largest_match_blocks": max(sum(m.cached_tokens for m in s.matches) // bs for s in scheduled),
+            "largest_eviction_blocks": max(s.evicted_blocks for s in scheduled),
+            "evicted_blocks": sum(s.evicted_blocks for s in scheduled),
+            "evictable_mean": fmean(s.evictable_blocks / blocks for s in scheduled),
+            "evictable_peak": max(s.evictable_blocks for s in scheduled) / blocks,
         }

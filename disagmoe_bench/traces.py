@@ -1,17 +1,30 @@
-"""Production LLM serving traces: arrivals with prompt and output lengths.
+"""Production LLM serving traces: arrivals with prompt and output lengths, and the prompts'
+prefix-block hashes where a trace has them.
 
-Two formats, each read from any file of that format:
+Three formats, each read from any file of that format:
 
 - `azure`: the Azure LLM inference trace CSV (AzurePublicDataset): columns
   `TIMESTAMP` (`YYYY-MM-DD HH:MM:SS.fffffff`), `ContextTokens`, `GeneratedTokens`;
+  no hashes;
 - `mooncake`: the Mooncake trace JSONL: one object a line with `timestamp` (ms),
   `input_length`, `output_length` and, optionally, `hash_ids` (the prompt's
-  prefix-block hashes).
+  prefix-block hashes, one per 512 tokens);
+- `servegen`: ServeGen's offline (batch job) trace JSONL: one object a line with
+  `request_id` (increasing: the order of the submitted file), `input_length` and
+  `hash_ids` (one per 16 tokens, `ceil(input_length / 16)` of them); other fields are
+  ignored. A batch job is submitted at once and the trace has no times and no output
+  lengths, so `read_servegen` supplies them: every request arrives at time 0 (the
+  burst), or, given a rate, at Poisson arrivals (the first at 0, then exponential gaps of
+  mean 1 / rate, numpy's `default_rng(seed)`); output lengths are drawn log-uniform on
+  [16, 512] tokens (`SERVEGEN_OUTPUT`: the job is a dictionary translation, whose answers
+  are about as long as the entry's own ~170 tokens) from the same seeded generator,
+  before the gaps, so that both replays give each request the same output length.
 
-Both give `TraceRequest`s in file order, arrivals in seconds after the first
+Each gives `TraceRequest`s in file order, arrivals in seconds after the first
 request's. A malformed file raises `TraceError` naming the file, the line and
-what is wrong. The package bundles one trace of each format (`bundled`; sources,
-licences and citations in disagmoe_bench/data/traces/ATTRIBUTION.md).
+what is wrong. The package bundles one trace of each format (`bundled`; the
+ServeGen one is the head of a larger file; sources, licences and citations in
+disagmoe_bench/data/traces/ATTRIBUTION.md), replayed under the names of `REPLAYS`.
 """
 
 from __future__ import annotations
@@ -25,11 +38,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
-FORMATS = ("azure", "mooncake")
+import numpy as np
+
+FORMATS = ("azure", "mooncake", "servegen")
 SUFFIXES = {".csv": "azure", ".jsonl": "mooncake"}
-BUNDLED = {"azure": "AzureLLMInferenceTrace_conv.csv", "mooncake": "mooncake_conversation_trace.jsonl"}
+BUNDLED = {
+    "azure": "AzureLLMInferenceTrace_conv.csv",
+    "mooncake": "mooncake_conversation_trace.jsonl",
+    "servegen": "servegen_offline_trace_a_head.jsonl",
+}
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MOONCAKE_FIELDS = ("timestamp", "input_length", "output_length")
+MOONCAKE_BLOCK_TOKENS = 512
+SERVEGEN_FIELDS = ("request_id", "input_length", "hash_ids")
+SERVEGEN_BLOCK_TOKENS = 16
+SERVEGEN_OUTPUT = (16, 512)
+"""The output lengths drawn for ServeGen's requests: log-uniform on [low, high] tokens."""
+SERVEGEN_RATE = 40.0
+"""Requests a second of ServeGen's Poisson replay (`servegen-offline-poisson`)."""
+REPLAYS = {
+    "azure-conv": ("azure", None),
+    "mooncake": ("mooncake", None),
+    "servegen-offline": ("servegen", None),
+    "servegen-offline-poisson": ("servegen", SERVEGEN_RATE),
+}
+"""The bundled traces' replays by name: (format, ServeGen's Poisson rate or None: a burst)."""
 
 _TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -38,12 +71,15 @@ _INTEGER = re.compile(r"-?[0-9]+")
 @dataclass(frozen=True)
 class TraceRequest:
     """One request: its arrival (seconds after the trace's first), its prompt and output
-    tokens, and the hashes of its prompt's prefix blocks (Mooncake; empty otherwise)."""
+    tokens, and the hashes of its prompt's prefix blocks (empty where the trace has none),
+    each covering `prefix_block_tokens` tokens (Mooncake 512, ServeGen 16; the last block
+    may be partial); `disagmoe_bench.prefix_hashes` makes the scheduler's keys of them."""
 
     arrival_s: float
     prompt_tokens: int
     output_tokens: int
     prefix_blocks: tuple[int, ...] = ()
+    prefix_block_tokens: int = MOONCAKE_BLOCK_TOKENS
 
 
 class TraceError(ValueError):
@@ -58,7 +94,7 @@ class TraceError(ValueError):
 
 
 def bundled(format: str) -> Path:
-    """The path of the trace of `format` ("azure" or "mooncake") bundled with the package."""
+    """The path of the trace of `format` (one of `FORMATS`) bundled with the package."""
     if format not in BUNDLED:
         raise ValueError(f"format={format!r} is not one of {FORMATS}")
     return Path(__file__).resolve().parent / "data" / "traces" / BUNDLED[format]
@@ -78,7 +114,19 @@ def read_trace(path: str | Path, format: str | None = None) -> list[TraceRequest
         return read_azure(path)
     if format == "mooncake":
         return read_mooncake(path)
+    if format == "servegen":
+        return read_servegen(path)
     raise ValueError(f"format={format!r} is not one of {FORMATS}")
+
+
+def read_replay(name: str) -> list[TraceRequest]:
+    """The requests of the bundled replay `name` (one of `REPLAYS`)."""
+    if name not in REPLAYS:
+        raise ValueError(f"replay {name!r} is not one of {list(REPLAYS)}")
+    format, rate = REPLAYS[name]
+    if format == "servegen":
+        return read_servegen(bundled(format), rate)
+    return read_trace(bundled(format), format)
 
 
 def read_azure(path: str | Path) -> list[TraceRequest]:
@@ -126,15 +174,7 @@ def read_mooncake(path: str | Path) -> list[TraceRequest]:
         for line, text in enumerate(_lines(file, path), 1):
             if not text.strip():
                 continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise TraceError(path, line, f"invalid JSON: {exc}") from None
-            if not isinstance(record, dict):
-                raise TraceError(path, line, f"a JSON {type(record).__name__}, not an object")
-            for name in MOONCAKE_FIELDS:
-                if name not in record:
-                    raise TraceError(path, line, f"missing field {name!r}")
+            record = _object(text, path, line, MOONCAKE_FIELDS)
             stamp = record["timestamp"]
             if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not math.isfinite(stamp):
                 raise TraceError(path, line, f"timestamp={stamp!r} is not a number of milliseconds")
@@ -156,25 +196,83 @@ def read_mooncake(path: str | Path) -> list[TraceRequest]:
     return _requests(path, rows, 1000)
 
 
-def prefix_reuse(requests: Iterable[TraceRequest], block_tokens: int = 512) -> float:
-    """The share of prefix blocks (`prefix_blocks`, `block_tokens` tokens each) whose hash
-    an earlier request already had: what a prefix cache could at most reuse. 0.0 for a
-    trace without hashes; ValueError when a request's blocks do not cover its prompt."""
-    if type(block_tokens) is not int or block_tokens < 1:
+def read_servegen(path: str | Path, rate: float | None = None, seed: int = 0) -> list[TraceRequest]:
+    """ServeGen's offline trace JSONL at `path`: every request arriving at 0, or at Poisson
+    arrivals of `rate` requests a second; output lengths drawn (the module's docstring)."""
+    if rate is not None and not (isinstance(rate, (int, float)) and 0 < rate < math.inf):
+        raise ValueError(f"rate={rate!r} is not a number of requests a second > 0")
+    rows = []
+    line, last_id = 0, -1
+    with open(path, "rb") as file:
+        for line, text in enumerate(_lines(file, path), 1):
+            if not text.strip():
+                continue
+            record = _object(text, path, line, SERVEGEN_FIELDS)
+            request_id = record["request_id"]
+            if type(request_id) is not int or request_id <= last_id:
+                raise TraceError(path, line, f"request_id={request_id!r:.40} is not an integer > {last_id}, the last")
+            last_id = request_id
+            prompt = _length(record["input_length"], "input_length", path, line)
+            hashes = record["hash_ids"]
+            if not isinstance(hashes, list) or not all(type(h) is int and h >= 0 for h in hashes):
+                raise TraceError(path, line, f"hash_ids={hashes!r:.80} is not a list of non-negative integers")
+            if len(hashes) != -(-prompt // SERVEGEN_BLOCK_TOKENS):
+                raise TraceError(
+                    path,
+                    line,
+                    f"{len(hashes)} hash_ids for input_length={prompt}: one per {SERVEGEN_BLOCK_TOKENS} "
+                    f"tokens is {-(-prompt // SERVEGEN_BLOCK_TOKENS)}",
+                )
+            rows.append((prompt, tuple(hashes)))
+    if not rows:
+        raise TraceError(path, line + 1, "the file holds no requests")
+    rng = np.random.default_rng(seed)
+    low, high = SERVEGEN_OUTPUT
+    outputs = np.minimum(high, np.exp(rng.uniform(math.log(low), math.log(high + 1), len(rows))).astype(np.int64))
+    arrivals = [0.0] * len(rows)
+    if rate is not None:
+        arrivals = np.concatenate(([0.0], np.cumsum(rng.exponential(1 / rate, len(rows) - 1)))).tolist()
+    return [
+        TraceRequest(arrival, prompt, int(output), hashes, SERVEGEN_BLOCK_TOKENS)
+        for arrival, (prompt, hashes), output in zip(arrivals, rows, outputs)
+    ]
+
+
+def prefix_reuse(requests: Iterable[TraceRequest], block_tokens: int | None = None) -> float:
+    """The share of prefix blocks (`prefix_blocks`, `block_tokens` tokens each; None: each
+    request's `prefix_block_tokens`) whose hash an earlier request already had, wherever it
+    stands in the prompt (the traces' own count; `prefix_hashes.BlockHashes.bound` is the
+    share of prompt tokens a prefix cache could serve). 0.0 for a trace without hashes;
+    ValueError when a request's blocks do not cover its prompt."""
+    if block_tokens is not None and (type(block_tokens) is not int or block_tokens < 1):
         raise ValueError(f"block_tokens={block_tokens!r} is not an int >= 1")
     seen: set[int] = set()
     total = reused = 0
     for index, request in enumerate(requests):
-        blocks = request.prefix_blocks
-        if blocks and len(blocks) != -(-request.prompt_tokens // block_tokens):
+        blocks, tokens = request.prefix_blocks, block_tokens or request.prefix_block_tokens
+        if blocks and len(blocks) != -(-request.prompt_tokens // tokens):
             raise ValueError(
-                f"request {index}: {len(blocks)} prefix blocks of {block_tokens} tokens for a "
+                f"request {index}: {len(blocks)} prefix blocks of {tokens} tokens for a "
                 f"prompt of {request.prompt_tokens} tokens"
             )
         total += len(blocks)
         reused += sum(block in seen for block in blocks)
         seen.update(blocks)
     return reused / total if total else 0.0
+
+
+def _object(text: str, path: str | Path, line: int, fields: tuple[str, ...]) -> dict:
+    """A JSON line's object, holding every one of `fields`."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TraceError(path, line, f"invalid JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise TraceError(path, line, f"a JSON {type(record).__name__}, not an object")
+    for name in fields:
+        if name not in record:
+            raise TraceError(path, line, f"missing field {name!r}")
+    return record
 
 
 def _lines(file: BinaryIO, path: str | Path) -> Iterator[str]:

@@ -46,8 +46,19 @@ def variant(name: str) -> Variant:
 
 def make_manager(v: Variant, workload, num_steps: int, device: torch.device | str | None) -> BlockManager:
     """A manager sized for `num_steps` steps of `workload`: every request may reach
-    max_seq_len at once (no step of the workload exhausts the pool)."""
+    max_seq_len at once (no step of the workload exhausts the pool); a workload that names
+    its pool (`pool_blocks`: a replay with a prefix cache, whose evictions are its
+    scheduler's) gets exactly that pool, at the scheduler's block size only (ValueError
+    naming the variant otherwise)."""
     max_seq_len, max_reqs = workload.sizes(num_steps)
     model = ModelConfig(layer_ids=workload.layer_ids, max_seq_len=max_seq_len, max_batch_size_attn=max_reqs)
     num_blocks = max_reqs * -(-max_seq_len // v.block_size)
+    pool_blocks = getattr(workload, "pool_blocks", None)
+    if pool_blocks is not None:
+        if v.block_size != workload.config.block_size:
+            raise ValueError(
+                f"variant {v.name}: a replay with a prefix cache runs at its scheduler's block size "
+                f"{workload.config.block_size} (the cache's matches and evictions are counted in its blocks)"
+            )
+        num_blocks = pool_blocks
     return design(v.design).cls(model, CacheConfig(v.block_size, num_blocks), max_reqs, device=device)

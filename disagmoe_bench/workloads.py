@@ -1,6 +1,7 @@
 """What a serving engine asks of a block manager, step after step.
 
-A step is the first layer (release of the requests that finished, then
+A step is the first layer (release of the requests that finished, the prefix
+matches of the requests it admits (`Match`: replays with a prefix cache only), then
 `update_block_table` and `pack_flash_attn_metadata`) followed by the same batch
 at every later layer (update + pack). Two workloads produce steps:
 
@@ -36,18 +37,54 @@ CYCLE_STEPS = 16  # steps between rebuilds with lengths="cycle" (the seed suite'
 LENGTHS = ("grow", "cycle")
 
 
+class PrefixMismatch(RuntimeError):
+    """A manager's `match_prefix` returned another length than the scheduler's model predicted."""
+
+
+def design_name(manager: BlockManager) -> str:
+    """The registry's name of the manager's design (its class name if unregistered)."""
+    from disagmoe.block_manager import DESIGNS
+
+    return next((d.name for d in DESIGNS.values() if type(manager) is d.cls), type(manager).__name__)
+
+
+@dataclass(frozen=True)
+class Match:
+    """A prefix match a step makes before its first-layer update: request `req_id` with its
+    prompt's `block_hashes`, of which the scheduler's model predicts `cached_tokens` cached."""
+
+    req_id: int
+    block_hashes: tuple[int, ...]
+    cached_tokens: int
+
+    def run(self, manager: BlockManager) -> None:
+        """`manager.match_prefix`; PrefixMismatch naming the request, the design and both
+        lengths unless it returns the predicted one."""
+        got = manager.match_prefix(self.req_id, self.block_hashes)  # type: ignore[attr-defined]
+        if got != self.cached_tokens:
+            raise PrefixMismatch(
+                f"request {self.req_id}: the {design_name(manager)} design's match_prefix returned "
+                f"{got} cached tokens of {len(self.block_hashes)} blocks; the scheduler's model "
+                f"predicted {self.cached_tokens}"
+            )
+
+
 @dataclass(frozen=True)
 class Step:
-    """One engine step: `release` at the first layer, then one batch per layer."""
+    """One engine step: `release` at the first layer, then the `matches` of the requests it
+    admits, then one batch per layer."""
 
     release: tuple[int, ...]
     layers: tuple[BatchMetadata, ...]
+    matches: tuple[Match, ...] = ()
 
     def run(self, manager: BlockManager) -> FlashAttentionMetadata | None:
         """Every call of the step, back to back (nothing waits for the device); returns the
         first layer's metadata (what an attention layer of the step reads)."""
         if self.release:
             manager.release_seqs(self.release)
+        for match in self.matches:
+            match.run(manager)
         first = None
         for batch in self.layers:
             manager.update_block_table(batch)
@@ -60,6 +97,8 @@ class Step:
         """(method, argument) of every call of the step, in order."""
         if self.release:
             yield manager.release_seqs, self.release
+        for match in self.matches:
+            yield match.run, manager
         for batch in self.layers:
             yield manager.update_block_table, batch
             yield manager.pack_flash_attn_metadata, batch

@@ -1,18 +1,22 @@
 """The continuous-batching scheduler against a reference model of lengths and blocks: valid
 steps for a block manager, the token budget, first come first served, preemption only when
 the pool is short (newest first, recomputed under a new id), the time model, windows, and
-replays of the bundled traces through a CPU block manager."""
+replays of the bundled traces through a CPU block manager; without a prefix cache, the very
+steps it made before it had one; with one, matches that shorten prefills, readmissions that
+match again, and a pool that counts evictable blocks as available."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 
 import numpy as np
 import pytest
 
 from disagmoe import CacheConfig, CPUBlockManager, ModelConfig
+from disagmoe_bench.prefix_hashes import BlockHashes
 from disagmoe_bench.scheduler import Scheduler, SchedulerConfig, TraceReplay, busiest_window
-from disagmoe_bench.traces import TraceRequest, bundled, read_trace
+from disagmoe_bench.traces import TraceRequest, bundled, read_replay, read_trace
 
 
 def blocks(tokens: int, block_size: int) -> int:
@@ -277,3 +281,144 @@ def test_bundled_trace_through_a_block_manager(source):
     stats = replay.describe()["steps"]
     assert stats["running_peak"] <= 16 and stats["pool_peak"] <= 1.0 and stats["finished"] > 0
     assert stats["prefill_tokens_mean"] > 0 and stats["decode_tokens_mean"] > 0
+
+
+# -- the prefix cache ---------------------------------------------------------------------
+
+SMALL_POOL = SchedulerConfig(token_budget=2048, max_running=16, num_blocks=4096, rate_scale=4.0)
+TODAY = {  # the windows' steps before the prefix cache (`steps_digest`), computed at commit e9f9951
+    ("azure", SchedulerConfig()): "4e8d87b89ff0d2629ac02269be1b44fdeed60014933467bcab8e4583caee5971",
+    ("azure", SMALL_POOL): "367cecbac979d44ff215b63826bdb83b0d64d13f1867ada767de4645233a9529",
+    ("mooncake", SchedulerConfig()): "c2942b1ea9c2e5bb80bda966145b86d166abc9935e910eae208dfa3d44fac7c0",
+    ("mooncake", SMALL_POOL): "e5bcfb6448d6e1be49d23b73c36cb72cfb17d7ab1814ed0ceb27814209d1da83",
+}
+
+
+def steps_digest(replay: TraceReplay) -> str:
+    digest = hashlib.sha256(repr(replay.initial).encode())
+    for step in replay.steps:
+        batch = step.layers[0]
+        entry = (step.release, list(batch.req_ids), batch.num_prefill_seqs, list(batch.init_prefill_lens))
+        digest.update(repr(entry).encode())
+    digest.update(repr(replay.stats()).encode())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("source, config", list(TODAY))
+def test_off_gives_the_steps_of_before(source, config):
+    """prefix_cache="off": the busiest 304 steps of each bundled trace without hashes in
+    use are the very steps (releases, batches, statistics) of the scheduler before it had a
+    prefix cache; no step matches anything."""
+    requests = read_trace(bundled(source))
+    replay = TraceReplay(requests, config, busiest_window(requests, config, 304), 304, source)
+    assert steps_digest(replay) == TODAY[(source, config)]
+    assert not any(step.matches for step in replay.steps) and replay.pool_blocks is None
+
+
+def hashed(prompts: list[tuple[int, tuple[int, ...]]], output: int = 4, gap: float = 0.0) -> list[TraceRequest]:
+    """Requests of (prompt tokens, 16-token hash ids), arriving `gap` seconds apart."""
+    return [TraceRequest(k * gap, p, output, ids, 16) for k, (p, ids) in enumerate(prompts)]
+
+
+def test_matched_tokens_shorten_the_prefill_as_in_an_engine():
+    config = SchedulerConfig(token_budget=64, max_running=4, num_blocks=64, step_seconds=0.01)
+    requests = hashed([(100, (1, 2, 3, 4, 5, 6, 7)), (100, (1, 2, 3, 4, 8, 9, 10))], gap=0.1)
+    replay = TraceReplay(requests, config, 0, 30, "t", "on")
+    assert layer0(replay, 0) == ((), [0], [64]) and layer0(replay, 1) == ((), [0], [36])
+    assert [m.req_id for m in replay.step_at(0).matches] == [0]  # every admission matches, this one nothing
+    second = next(k for k in range(30) if any(m.req_id == 1 for m in replay.step_at(k).matches))
+    (match,) = replay.step_at(second).matches
+    assert (match.req_id, match.cached_tokens, match.block_hashes) == (1, 64, BlockHashes(requests, 16)(1))
+    assert layer0(replay, second)[1:] == ([1], [36])  # registered at 64: 36 tokens left, one chunk
+    assert replay.scheduler.admissions[1].cached_tokens == 64
+    stats = replay.prefix_stats()
+    assert stats["hit_rate"] == pytest.approx(64 / 200) and stats["bound"] == pytest.approx(64 / 200)
+    assert stats["largest_match_blocks"] == 4 and stats["trace_bound"] == pytest.approx(64 / 200)
+
+
+def test_miss_makes_every_hash_unique_and_keeps_their_number():
+    config = SchedulerConfig(token_budget=64, max_running=2, num_blocks=14, block_size=16)
+    requests = hashed([(100, (1, 2, 3, 4, 5, 6, 7))] * 6, output=30)
+    hashes = BlockHashes(requests, 16)
+    replay = TraceReplay(requests, config, 0, 400, "t", "miss")
+    matches = [m for s in replay.scheduled for m in s.matches]
+    assert len(matches) == len(replay.scheduler.admissions) > 6  # readmissions match again, and miss
+    assert all(m.cached_tokens == 0 for m in matches)
+    admissions = replay.scheduler.admissions
+    assert all(len(m.block_hashes) == hashes.count(admissions[m.req_id].index) == 6 for m in matches)
+    every = [h for m in matches for h in m.block_hashes]
+    assert len(set(every)) == len(every)
+    assert replay.prefix_stats()["hit_rate"] == 0 and replay.prefix_stats()["bound"] > 0.5
+
+
+def test_a_preempted_request_matches_its_own_blocks_when_readmitted():
+    config = SchedulerConfig(token_budget=64, max_running=2, num_blocks=16, block_size=16)
+    requests = hashed([(40, (1, 2, 3)), (40, (4, 5, 6))], output=200)
+    replay = TraceReplay(requests, config, 0, 300, "t", "on")
+    assert replay.stats()["preemptions"] > 0
+    readmitted = [a for i, a in replay.scheduler.admissions.items() if i >= 2]
+    assert readmitted and all(a.cached_tokens > 0 for a in readmitted)
+    assert readmitted[0].cached_tokens == 32  # its (40 - 1) // 16 blocks, still cached
+
+
+def test_the_pool_counts_evictable_blocks_as_available():
+    """Request 0's 6 hashed blocks are evictable after it finishes; request 1 needs 10 blocks
+    of a 10-block pool: admitted in one chunk (4 free + 6 evictable), evicting all 6."""
+    config = SchedulerConfig(token_budget=512, max_running=2, num_blocks=10, block_size=16)
+    requests = hashed([(100, (1, 2, 3, 4, 5, 6, 7)), (160, tuple(range(10, 20)))], output=1, gap=0.1)
+    replay = TraceReplay(requests, config, 0, 8, "t", "on")
+    admitted = next(k for k in range(8) if 1 in layer0(replay, k)[1])
+    assert layer0(replay, admitted)[2] == [160]
+    assert replay.scheduled[admitted].evicted_blocks == 6 and replay.scheduled[admitted].used_blocks == 10
+    assert replay.scheduled[admitted - 1].evictable_blocks == 6
+
+
+@pytest.mark.parametrize("mode", ["miss", "on"])
+def test_prefix_modes_keep_the_schedulers_other_promises(mode):
+    """Budget, first come first served, valid batches: the lengths model above, run with the
+    prefix cache's matches applied (a match registers a request at its cached length)."""
+    requests = [
+        TraceRequest(r.arrival_s, r.prompt_tokens, r.output_tokens, r.prefix_blocks, r.prefix_block_tokens)
+        for r in read_replay("servegen-offline-poisson")[:200]
+    ]
+    config = SchedulerConfig(token_budget=256, max_running=16, num_blocks=120, rate_scale=2.0)
+    replay = TraceReplay(requests, config, 0, 1500, "t", mode)
+    admissions = replay.scheduler.admissions
+    held: dict[int, int] = {}
+    for k, scheduled in enumerate(replay.scheduled):
+        for rid in scheduled.release:
+            del held[rid]
+        for m in scheduled.matches:
+            assert m.req_id not in held and admissions[m.req_id].step == k
+            held[m.req_id] = m.cached_tokens
+        prefill = sum(n for _, n in scheduled.prefills)
+        assert prefill + len(scheduled.decodes) <= config.token_budget
+        for rid, n in scheduled.prefills:
+            held[rid] += n
+            assert held[rid] <= admissions[rid].prefill_tokens
+        for rid in scheduled.decodes:
+            assert held[rid] >= admissions[rid].prefill_tokens
+            held[rid] += 1
+        assert scheduled.used_blocks <= config.num_blocks
+    assert replay.stats()["finished"] > 0 and replay.stats()["preemptions"] > 0
+
+
+@pytest.mark.parametrize("start", [0, 300])
+def test_miss_schedules_the_batches_of_off(start):
+    """A cache that never hits changes no decision (evictable blocks count as free): the
+    same releases and batches; only the matches differ."""
+    requests = read_replay("servegen-offline-poisson")[:600]
+    config = SchedulerConfig(token_budget=512, max_running=32, num_blocks=150)
+    off, miss = (TraceReplay(requests, config, start, 200, "t", mode) for mode in ("off", "miss"))
+    assert [layer0(off, k) for k in range(200)] == [layer0(miss, k) for k in range(200)]
+    assert off.stats() == miss.stats() and off.stats()["preemptions"] > 0
+    assert miss.prefix_stats()["evicted_blocks"] > 0
+
+
+def test_a_scheduler_refuses_prefix_modes_it_cannot_serve():
+    with pytest.raises(ValueError, match="prefix_cache='all'"):
+        Scheduler([], SchedulerConfig(), "all")
+    with pytest.raises(ValueError, match="no prefix hashes"):
+        Scheduler([TraceRequest(0.0, 10, 1)], SchedulerConfig(), "miss")
+    with pytest.raises(ValueError, match="warm_start"):
+        Scheduler([TraceRequest(0.0, 10, 1)], SchedulerConfig()).warm_start()

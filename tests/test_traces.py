@@ -1,22 +1,30 @@
 """The bundled traces, byte for byte, and the readers of their formats: the bundled files,
 small hand-written ones, and every kind of malformed file (a TraceError naming the file and
-the line)."""
+the line); ServeGen's arrivals and output lengths, drawn with a fixed seed."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import disagmoe_bench
 from disagmoe_bench.traces import (
+    REPLAYS,
+    SERVEGEN_OUTPUT,
+    SERVEGEN_RATE,
     TraceError,
     TraceRequest,
     bundled,
     prefix_reuse,
     read_azure,
     read_mooncake,
+    read_replay,
+    read_servegen,
     read_trace,
 )
 
@@ -26,6 +34,8 @@ SHA256 = {
     "mooncake_conversation_trace.jsonl": "b8cbb061a85206d729d91cdc2981f43c9e0d99209dce588d3af5f7934408b9df",
     "LICENSE-Azure-CC-BY-4.0.txt": "9bbc1ea9fe5c96df01b311a2ac864d5b18fc87b9948bfd14770e4b44db755ee9",
     "LICENSE-Mooncake-Apache-2.0.txt": "58d1e17ffe5109a7ae296caafcadfdbe6a7d176f0bc4ab01e12a689b0499d8bd",
+    "servegen_offline_trace_a_head.jsonl": "bb189cb69b8777b5114253cedde98138bfeea65245c78f6d663c4b69d8fb2fa3",
+    "LICENSE-ServeGen-Apache-2.0.txt": "c71d239df91726fc519c6eb72d318ec65820627232b2f796219e87dcf35d0ab4",
 }
 
 
@@ -43,6 +53,9 @@ def test_attribution_names_every_file_and_its_commit():
         "Apache License 2.0",
         "Splitwise",
         "FAST 2025",
+        "7b04e997e065c4824980cd452b9c7839931cc5ba",
+        "first 4,064 of 51,429 lines",
+        "SOSP 2026",
         *SHA256,
     ):
         assert needle in text
@@ -82,6 +95,43 @@ def test_bundled_mooncake_trace():
     assert requests[-1].arrival_s == pytest.approx(3536.999)
     assert sum(r.prompt_tokens for r in requests) / len(requests) == pytest.approx(12035, abs=1)
     assert round(prefix_reuse(requests), 3) == 0.366
+
+
+def test_bundled_servegen_trace():
+    """The head of ServeGen's trace A: every request arrives at 0 (a burst) or, second, at
+    Poisson arrivals of SERVEGEN_RATE a second; the same seeded output lengths either way."""
+    burst = read_trace(bundled("servegen"), "servegen")
+    assert len(burst) == 4_064 and burst == read_replay("servegen-offline")
+    assert burst[0].prompt_tokens == 271 and burst[0].prefix_blocks == tuple(range(17))
+    assert all(r.prefix_block_tokens == 16 and r.arrival_s == 0.0 for r in burst)
+    assert all(r.prefix_blocks[:10] == tuple(range(10)) for r in burst)
+    assert sum(r.prompt_tokens for r in burst) == 1_352_699
+    assert round(prefix_reuse(burst), 3) == 0.470
+    outputs = [r.output_tokens for r in burst]
+    low, high = SERVEGEN_OUTPUT
+    assert min(outputs) >= low and max(outputs) <= high and 100 < np.mean(outputs) < 180
+    assert np.median(outputs) == pytest.approx(math.sqrt(low * high), rel=0.15)  # log-uniform
+    poisson = read_replay("servegen-offline-poisson")
+    assert [r.output_tokens for r in poisson] == outputs
+    assert [(r.prompt_tokens, r.prefix_blocks) for r in poisson] == [(r.prompt_tokens, r.prefix_blocks) for r in burst]
+    gaps = np.diff([r.arrival_s for r in poisson])
+    assert poisson[0].arrival_s == 0.0 and (gaps >= 0).all()
+    assert np.mean(gaps) == pytest.approx(1 / SERVEGEN_RATE, rel=0.05)
+    assert read_replay("servegen-offline-poisson") == poisson  # the seed is fixed
+    assert REPLAYS["servegen-offline-poisson"] == ("servegen", SERVEGEN_RATE)
+    with pytest.raises(ValueError, match="'sharegpt'"):
+        read_replay("sharegpt")
+
+
+def test_servegen_seed_and_rate():
+    path = bundled("servegen")
+    other = read_servegen(path, seed=1)
+    assert [r.output_tokens for r in other] != [r.output_tokens for r in read_servegen(path)]
+    fast = read_servegen(path, rate=400.0)
+    assert fast[-1].arrival_s == pytest.approx(4063 / 400, rel=0.05)
+    for rate in (0, -1.0, float("inf"), "40"):
+        with pytest.raises(ValueError, match="rate="):
+            read_servegen(path, rate=rate)  # type: ignore[arg-type]
 
 
 def test_read_trace_picks_the_format():
@@ -136,6 +186,22 @@ def test_small_mooncake_files(tmp_path):
         prefix_reuse(requests, block_tokens=1024)
 
 
+def servegen_line(request_id: int = 0, input_length: object = 20, hash_ids: object = (4, 5), **extra) -> str:
+    fields = {"request_id": request_id, "type": "text", "input_length": input_length, "hash_ids": hash_ids}
+    return json.dumps({**fields, "img_ids": [], **extra}, default=list) + "\n"
+
+
+def test_small_servegen_files(tmp_path):
+    path = write(tmp_path, "a.jsonl", servegen_line(0, 20, [4, 5]) + "\n" + servegen_line(7, 16, [4], type="x"))
+    requests = read_servegen(path)
+    assert [(r.arrival_s, r.prompt_tokens, r.prefix_blocks, r.prefix_block_tokens) for r in requests] == [
+        (0.0, 20, (4, 5), 16),
+        (0.0, 16, (4,), 16),
+    ]
+    assert requests == read_trace(path, "servegen")
+    assert all(SERVEGEN_OUTPUT[0] <= r.output_tokens <= SERVEGEN_OUTPUT[1] for r in requests)
+
+
 AZURE_BAD = [
     ("", 1, "empty"),
     (AZURE_HEADER, 2, "no requests"),
@@ -181,6 +247,35 @@ MOONCAKE_BAD = [
     ),
     (b'{"timestamp": 0, "input_length": 3, "output_length": 1}\n\xc3\x28\n', 2, "not UTF-8"),
 ]
+
+
+SERVEGEN_BAD = [
+    ("", 1, "no requests"),
+    (servegen_line(0) + "{", 2, "invalid JSON"),
+    ("[]\n", 1, "a JSON list, not an object"),
+    ('{"request_id": 0, "input_length": 3}\n', 1, "missing field 'hash_ids'"),
+    ('{"input_length": 3, "hash_ids": [1]}\n', 1, "missing field 'request_id'"),
+    (servegen_line("0"), 1, "request_id='0' is not an integer > -1"),
+    (servegen_line(3) + servegen_line(3), 2, "request_id=3 is not an integer > 3"),
+    (servegen_line(0, 0, []), 1, "input_length=0"),
+    (servegen_line(0, 2.5), 1, "input_length=2.5 is not an integer"),
+    (servegen_line(0, 20, [1, -2]), 1, "hash_ids=[1, -2] is not a list of non-negative integers"),
+    (servegen_line(0, 20, "ab"), 1, "is not a list of non-negative integers"),
+    (servegen_line(0, 20, [1, True]), 1, "is not a list of non-negative integers"),
+    (servegen_line(0, 33, [1, 2]), 1, "2 hash_ids for input_length=33: one per 16 tokens is 3"),
+    (servegen_line(0).encode() + b"\xff\n", 2, "not UTF-8"),
+]
+
+
+@pytest.mark.parametrize("text, line, problem", SERVEGEN_BAD)
+def test_malformed_servegen_files(tmp_path, text, line, problem):
+    path = write(tmp_path, "bad.jsonl", text)
+    with pytest.raises(TraceError) as info:
+        read_trace(path, "servegen")
+    message = str(info.value)
+    assert message.startswith(f"{path}: line {line}: "), message
+    assert problem in message, message
+    assert (info.value.path, info.value.line) == (str(path), line)
 
 
 @pytest.mark.parametrize("text, line, problem", AZURE_BAD)
