@@ -15,9 +15,6 @@ from disagmoe.block_manager import (
     GPUBlockManager,
     HybridBlockManager,
     MemoryFootprint,
-    PagedTokenToKVPoolAllocator,
-    ReqToTokenPool,
-    TokenToKVPoolAllocator,
 )
 from disagmoe.config import CacheConfig, ModelConfig
 from disagmoe.errors import KVCacheExhausted
@@ -38,7 +35,4 @@ __all__ = [
     "KVCacheExhausted",
     "MemoryFootprint",
     "ModelConfig",
-    "PagedTokenToKVPoolAllocator",
-    "ReqToTokenPool",
-    "TokenToKVPoolAllocator",
 ]
