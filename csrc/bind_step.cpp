@@ -8,9 +8,10 @@
 #include <utility>
 
 #include "bindings.h"
+#include "device_step.h"
+#include "host_step.h"
 #include "py_args.h"
 #include "sizes.h"
-#include "step.h"
 
 namespace {
 
