@@ -1,0 +1,67 @@
+// What the bindings of the two steps share (bind_host_step.cpp, bind_device_step.cpp):
+// the stream and tensor arguments, and the calls that both steps answer alike. Arguments
+// are read as in bindings.cpp (py_args.h); a step call holds its books' busy flag, so
+// that nothing an argument runs can change them meanwhile.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "bindings.h"
+#include "py_args.h"
+#include "step.h"
+
+inline cuda::Stream read_stream(const char* op, py::handle stream) {
+  return reinterpret_cast<cuda::Stream>(static_cast<uintptr_t>(read_int(op, "stream", stream)));
+}
+
+inline int64_t tensor_ptr(py::handle tensor) { return tensor.attr("data_ptr")().cast<int64_t>(); }
+inline int64_t tensor_bytes(py::handle tensor) { return tensor.attr("nbytes").cast<int64_t>(); }
+
+py::object pack_result(const PackOutcome& o, int64_t batch_size);
+
+// The first-layer plan and the later-layer lengths, as both steps read them.
+template <class S>
+py::list plan_of(S& s, py::handle req_ids, py::handle num_prefill, py::handle lens) {
+  const char* op = "update_block_table";
+  BusyScope busy(op, s.busy());
+  Batch batch(op, req_ids, num_prefill, lens);
+  BatchView b = batch.view();
+  return to_list(step_of(s).plan(op, b), b.size);
+}
+
+template <class S>
+py::list lengths_of(S& s, py::handle req_ids, py::handle num_prefill, py::handle lens) {
+  const char* op = "update_block_table";
+  BusyScope busy(op, s.busy());
+  Batch batch(op, req_ids, num_prefill, lens);
+  BatchView b = batch.view();
+  return to_list(step_of(s).lengths(op, b), b.size);
+}
+
+template <class S>
+py::object pack_of(S& s, py::handle req_ids, py::handle num_prefill, py::handle lens,
+                   py::handle layer, py::handle stream, py::handle known, py::handle grow) {
+  const char* op = "pack_flash_attn_metadata";
+  BusyScope busy(op, s.busy());
+  Batch batch(op, req_ids, num_prefill, lens);
+  int64_t at_layer = read_int(op, "layer", layer);
+  cuda::Stream st = read_stream(op, stream);
+  int64_t known_id = read_int(op, "known", known);
+  BatchView b = batch.view();
+  Grow grow_fn = [grow](const char* which, int64_t nbytes) {
+    if (grow.is_none())
+      throw std::runtime_error("pack: a buffer must grow and no grow() was given");
+    grow(which, nbytes);
+  };
+  return pack_result(step_of(s).pack(op, b, at_layer, st, known_id, grow_fn), b.size);
+}
+
+extern const char* const kPlanDoc;
+extern const char* const kLengthsDoc;
+extern const char* const kPackDoc;
+
+// _C.HostStep (bind_host_step.cpp) and _C.DeviceStep (bind_device_step.cpp).
+void bind_host_step(py::module_& m);
+void bind_device_step(py::module_& m);
