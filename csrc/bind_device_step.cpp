@@ -18,6 +18,7 @@ struct PyDeviceStep {
   std::vector<py::object> held;    // per buffer; then the twin
   std::vector<py::object> graphs;  // the CudaGraph objects set_graph was given
   py::object launcher;
+  py::object grow;
   py::object stacks;
 
   ~PyDeviceStep() {
@@ -145,7 +146,8 @@ void bind_device_step(py::module_& m) {
            py::arg("init_prefill_lens"), kLengthsDoc)
       .def("pack", &pack_of<PyDeviceStep>, py::arg("req_ids"), py::arg("num_prefill_seqs"),
            py::arg("init_prefill_lens"), py::arg("layer"), py::arg("stream"), py::arg("known") = -1,
-           py::arg("grow") = py::none(), kPackDoc)
+           kPackDoc)
+      .def("set_grow", &set_grow_of<PyDeviceStep>, py::arg("grow"), kSetGrowDoc)
       .def(
           "release",
           [](PyDeviceStep& s, py::handle req_ids, py::handle stream) {

@@ -14,6 +14,7 @@ struct PyHostStep {
   py::object core_ref;
   HostStep step;
   std::vector<py::object> held;  // per buffer: table and head; then the out buffer
+  py::object grow;
 
   PyHostStep(py::object core, int64_t depth, int device)
       : core_ref(std::move(core)),
@@ -83,7 +84,8 @@ void bind_host_step(py::module_& m) {
            py::arg("init_prefill_lens"), kLengthsDoc)
       .def("pack", &pack_of<PyHostStep>, py::arg("req_ids"), py::arg("num_prefill_seqs"),
            py::arg("init_prefill_lens"), py::arg("layer"), py::arg("stream"), py::arg("known") = -1,
-           py::arg("grow") = py::none(), kPackDoc)
+           kPackDoc)
+      .def("set_grow", &set_grow_of<PyHostStep>, py::arg("grow"), kSetGrowDoc)
       .def(
           "release",
           [](PyHostStep& s, py::handle req_ids) {

@@ -25,8 +25,11 @@ const char* const kPackDoc =
     "The pack of a batch at `layer`: (the last pack's id, lengths) when it is the batch of\n"
     "that pack, which the caller remembers (`known`: its id), at another layer with\n"
     "nothing changed since; else (pack id, BatchStats, lengths) once the metadata is\n"
-    "sent on `stream`. A buffer too small for it is grown in the call, by\n"
-    "grow('host' | 'device', nbytes) (the batch is read once).";
+    "sent on `stream`. A buffer too small for it is grown in the call, by the step's\n"
+    "grow (the batch is read once).";
+const char* const kSetGrowDoc =
+    "grow(which, nbytes): replaces the buffers `which` names, too small for a call, with\n"
+    "ones of nbytes at least: 'host' (set_buffer), 'device' (the metadata buffer).";
 
 namespace {
 

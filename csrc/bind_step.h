@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "bindings.h"
 #include "py_args.h"
@@ -42,7 +43,7 @@ py::list lengths_of(S& s, py::handle req_ids, py::handle num_prefill, py::handle
 
 template <class S>
 py::object pack_of(S& s, py::handle req_ids, py::handle num_prefill, py::handle lens,
-                   py::handle layer, py::handle stream, py::handle known, py::handle grow) {
+                   py::handle layer, py::handle stream, py::handle known) {
   const char* op = "pack_flash_attn_metadata";
   BusyScope busy(op, s.busy());
   Batch batch(op, req_ids, num_prefill, lens);
@@ -50,17 +51,20 @@ py::object pack_of(S& s, py::handle req_ids, py::handle num_prefill, py::handle 
   cuda::Stream st = read_stream(op, stream);
   int64_t known_id = read_int(op, "known", known);
   BatchView b = batch.view();
-  Grow grow_fn = [grow](const char* which, int64_t nbytes) {
-    if (grow.is_none())
-      throw std::runtime_error("pack: a buffer must grow and no grow() was given");
-    grow(which, nbytes);
-  };
-  return pack_result(step_of(s).pack(op, b, at_layer, st, known_id, grow_fn), b.size);
+  return pack_result(step_of(s).pack(op, b, at_layer, st, known_id), b.size);
+}
+
+// The step's grow (step.h, Grow): `fn`, kept alive by the Python-side step.
+template <class S>
+void set_grow_of(S& s, py::object fn) {
+  s.grow = std::move(fn);
+  step_of(s).set_grow([&s](const char* which, int64_t nbytes) { s.grow(which, nbytes); });
 }
 
 extern const char* const kPlanDoc;
 extern const char* const kLengthsDoc;
 extern const char* const kPackDoc;
+extern const char* const kSetGrowDoc;
 
 // _C.HostStep (bind_host_step.cpp) and _C.DeviceStep (bind_device_step.cpp).
 void bind_host_step(py::module_& m);

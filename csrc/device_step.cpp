@@ -139,7 +139,7 @@ void DeviceStep::commit(const char* op, cuda::Stream stream) {
 }
 
 PackOutcome DeviceStep::pack(const char* op, const BatchView& batch, int64_t layer,
-                             cuda::Stream stream, int64_t known, const Grow& grow) {
+                             cuda::Stream stream, int64_t known) {
   InCall in(in_call_);
   PackOutcome o;
   uint64_t version = table_.version();
@@ -158,7 +158,7 @@ PackOutcome DeviceStep::pack(const char* op, const BatchView& batch, int64_t lay
   if (l.nbytes / 4 > kMaxInt32)
     throw std::invalid_argument(std::string(op) + ": the batch's metadata needs " + str(l.nbytes) +
                                 " bytes, past what a launch addresses");
-  if (l.nbytes > out_bytes_) grow("device", l.nbytes);
+  if (l.nbytes > out_bytes_) grow(op, "device", l.nbytes);
   if (l.nbytes > out_bytes_)
     throw std::runtime_error(std::string(op) + ": grow() left the metadata buffer too small");
   int32_t end = w[staged::END];

@@ -77,7 +77,7 @@ class DeviceStep : public Step {
 
   void commit(const char* op, cuda::Stream stream);
   PackOutcome pack(const char* op, const BatchView& batch, int64_t layer, cuda::Stream stream,
-                   int64_t known, const Grow& grow);
+                   int64_t known);
   void release(const char* op, const int64_t* req_ids, int64_t n, cuda::Stream stream);
   // Launches what is deferred, if anything. Changes nothing the books say, so a read may
   // flush while another call on the manager reads its arguments; never inside a launch.

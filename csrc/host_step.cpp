@@ -31,7 +31,7 @@ void HostStep::commit(const char* op) {
 }
 
 PackOutcome HostStep::pack(const char* op, const BatchView& batch, int64_t layer,
-                           cuda::Stream stream, int64_t known, const Grow& grow) {
+                           cuda::Stream stream, int64_t known) {
   PackOutcome o;
   uint64_t version = table_.version();
   if (remembered(batch, layer, version, known, o)) return o;
@@ -43,8 +43,8 @@ PackOutcome HostStep::pack(const char* op, const BatchView& batch, int64_t layer
   wait_current();  // (before a buffer is grown: its last copy is done)
   int64_t table_bytes = l.nbytes - l.block_tables;
   int64_t head = l.block_tables + (on_cuda() && table_bytes <= kCompactBytes ? table_bytes : 0);
-  if (head > buffers_[current_].head_bytes) grow("host", head);
-  if (l.nbytes > out_bytes_) grow("device", l.nbytes);
+  if (head > buffers_[current_].head_bytes) grow(op, "host", head);
+  if (l.nbytes > out_bytes_) grow(op, "device", l.nbytes);
   Buffer& b = buffers_[current_];
   if (head > b.head_bytes || l.nbytes > out_bytes_)
     throw std::runtime_error(std::string(op) + ": grow() left a buffer too small");

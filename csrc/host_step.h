@@ -35,7 +35,7 @@ class HostStep : public Step {
   // the caller remembers (`known` is that pack's id), at another layer, with nothing
   // changed since; else the metadata sent on `stream`.
   PackOutcome pack(const char* op, const BatchView& batch, int64_t layer, cuda::Stream stream,
-                   int64_t known, const Grow& grow);
+                   int64_t known);
   void release(const char* op, const int64_t* req_ids, int64_t n);
   void reset();
   int64_t num_free_blocks() const override { return core_.num_free_blocks(); }

@@ -77,6 +77,13 @@ const int32_t* Step::lengths(const char* op, const BatchView& batch) {
   return look_lens_.data();
 }
 
+void Step::grow(const char* op, const char* which, int64_t nbytes) {
+  if (!grow_)
+    throw std::runtime_error(std::string(op) + ": the " + which +
+                             " buffer must grow and no grow() was set");
+  grow_(which, nbytes);
+}
+
 void Step::wait_current() {
   if (on_cuda()) done_[current_].synchronize();
 }

@@ -29,8 +29,9 @@ struct PackOutcome {
   const int32_t* seq_lens = nullptr;  // the lengths (either way), valid until the next call
 };
 
-// Called by a pack when a buffer cannot hold the batch's metadata: grow("host" |
-// "device", nbytes) must replace it (set_buffer / set_out) with one of nbytes at least.
+// Called when a buffer cannot hold what a call stages in it: grow(which, nbytes) must
+// replace the buffers `which` names with ones of nbytes at least: "host" (the host step's
+// ring buffer: set_buffer) or "device" (the metadata buffer: set_out, set_out_bytes).
 using Grow = std::function<void(const char* which, int64_t nbytes)>;
 
 // What the step path of both designs shares: the ring's events and order, the last
@@ -45,6 +46,8 @@ class Step {
   int64_t current() const { return current_; }
   bool on_cuda() const { return ctx_ != nullptr; }
   int64_t packs() const { return packs_; }
+  // How a call grows a buffer too small for it (Grow); set once, by the manager.
+  void set_grow(Grow grow) { grow_ = std::move(grow); }
 
   // First layer: checks the batch and returns its lengths after the update; commit()
   // then makes the update. Throws as RequestTable::plan_update.
@@ -79,6 +82,9 @@ class Step {
     return {plan_rows_.data(), plan_old_.data(), plan_new_.data(), plan_offsets_.data()};
   }
 
+  // Has grow_ replace the `which` buffers with ones of nbytes at least (op names the call).
+  void grow(const char* op, const char* which, int64_t nbytes);
+
   // The current buffer, once the device has finished reading it.
   void wait_current();
   // The current buffer was handed to the device on `stream`: marks it, moves on.
@@ -106,6 +112,7 @@ class Step {
     void remember(const BatchView& batch, const int32_t* lengths, int64_t layer, uint64_t version);
   } memo_;
   int64_t packs_ = 0;
+  Grow grow_;
 
   // The planned update: the batch as read, the plan, the books' version at planning.
   bool planned_ = false, committed_ = false;
