@@ -1,4 +1,6 @@
 // Bindings of the device step (device_step.h): _C.DeviceStep.
+#include <pybind11/stl.h>
+
 #include <memory>
 #include <utility>
 #include <vector>
@@ -63,17 +65,20 @@ void bind_device_step(py::module_& m) {
                  return s;
                }),
            py::arg("books"), py::arg("num_blocks"), py::arg("depth"), py::arg("device"),
-           "books: a _C.RequestTable (gpu: `num_blocks` blocks on the device's free stack)\n"
-           "or a _C.BlockBooks (hybrid: the host allocates; num_blocks is not read).")
+           "books: a _C.RequestTable (the gpu design: new blocks come from a free stack of\n"
+           "`num_blocks` blocks on the device, block_source DEVICE_STACK) or a _C.BlockBooks\n"
+           "(the hybrid design: from the books, HOST_BOOKS; num_blocks is not read).")
       .def_property_readonly("depth", [](PyDeviceStep& s) { return s.step->depth(); })
       .def_property_readonly("current", [](PyDeviceStep& s) { return s.step->current(); })
       .def_property_readonly("packs", [](PyDeviceStep& s) { return s.step->packs(); })
-      .def_property_readonly("host_allocates",
-                             [](PyDeviceStep& s) { return s.step->host_allocates(); })
+      .def_property_readonly(
+          "block_source", [](PyDeviceStep& s) { return s.step->block_source(); },
+          "Where the blocks an update adds come from (the one difference of gpu and hybrid).")
+      .def_property_readonly(
+          "flag_sets", [](PyDeviceStep& s) { return s.step->flag_sets(); },
+          "The kernel sets (launch flags) a launch of this step can hold.")
       .def_property_readonly("num_free_blocks",
                              [](PyDeviceStep& s) { return s.step->num_free_blocks(); })
-      .def_property_readonly("planned_blocks",
-                             [](PyDeviceStep& s) { return s.step->planned_blocks(); })
       .def_property_readonly("staged_capacity",
                              [](PyDeviceStep& s) { return s.step->staged_capacity(); })
       .def(

@@ -29,7 +29,8 @@ const char* const kPackDoc =
     "grow (the batch is read once).";
 const char* const kSetGrowDoc =
     "grow(which, nbytes): replaces the buffers `which` names, too small for a call, with\n"
-    "ones of nbytes at least: 'host' (set_buffer), 'device' (the metadata buffer).";
+    "ones of nbytes at least: 'host' (set_buffer), 'device' (the metadata buffer),\n"
+    "'staging' (the device step's ring buffers and twin).";
 
 namespace {
 
@@ -138,6 +139,10 @@ void bind_step(py::module_& m) {
                              {"HEADER", staged::HEADER}})
     words[name] = value;
   m.attr("STAGED_WORDS") = words;
+  py::enum_<BlockSource>(m, "BlockSource",
+                         "Where the blocks a device step's update adds come from (device_step.h).")
+      .value("DEVICE_STACK", BlockSource::kDeviceStack, "the device's free stack (gpu)")
+      .value("HOST_BOOKS", BlockSource::kHostBooks, "the host's BlockBooks (hybrid)");
   m.attr("MAX_HOST_BYTES") = kMaxHostBytes;
   m.def(
       "staged_words",

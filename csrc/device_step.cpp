@@ -31,20 +31,41 @@ int log2_of(int64_t grid) {
 }  // namespace
 
 DeviceStep::DeviceStep(RequestTable& table, int64_t num_blocks, int64_t depth, int device)
-    : Step(table, depth, device), stack_height_(num_blocks), num_blocks_(num_blocks) {
+    : DeviceStep(BlockSource::kDeviceStack, table, nullptr, num_blocks, depth, device) {}
+
+DeviceStep::DeviceStep(BlockBooks& books, int64_t depth, int device)
+    : DeviceStep(BlockSource::kHostBooks, books.table(), &books, 0, depth, device) {}
+
+DeviceStep::DeviceStep(BlockSource source, RequestTable& table, BlockBooks* books,
+                       int64_t num_blocks, int64_t depth, int device)
+    : Step(table, depth, device),
+      source_(source),
+      books_(books),
+      stack_height_(num_blocks),
+      num_blocks_(num_blocks) {
   buffers_.resize(depth_);
   graphs_.assign(depth_ * kFlagSets * 32, nullptr);
   release_rows_.resize(table.max_reqs() + 1);
   release_lens_.resize(table.max_reqs() + 1);
 }
 
-DeviceStep::DeviceStep(BlockBooks& core, int64_t depth, int device)
-    : DeviceStep(core.table(), 0, depth, device) {
-  core_ = &core;
+int64_t DeviceStep::num_free_blocks() const {
+  return source_ == BlockSource::kHostBooks ? books_->num_free_blocks() : stack_height_;
 }
 
-int64_t DeviceStep::num_free_blocks() const {
-  return core_ ? core_->num_free_blocks() : stack_height_;
+std::vector<int> DeviceStep::flag_sets() const {
+  int fused = kUpdate | kPack | kFused;
+  if (source_ == BlockSource::kHostBooks)  // a release stages nothing
+    return {kUpdate, kPack, kUpdate | kPack, fused};
+  return {kPack,
+          kUpdate,
+          kUpdate | kPack,
+          kRelease,
+          kRelease | kPack,
+          kRelease | kUpdate,
+          kRelease | kUpdate | kPack,
+          fused,
+          kRelease | fused};
 }
 
 void DeviceStep::set_buffer(int64_t k, int32_t* words, int64_t nwords) {
@@ -108,7 +129,6 @@ int64_t DeviceStep::append(const char* op, int64_t n) {
 }
 
 void DeviceStep::commit(const char* op, cuda::Stream stream) {
-  InCall in(in_call_);
   check_planned(op);
   BatchView b = planned_batch();
   StepPlan p = planned_steps();
@@ -116,14 +136,24 @@ void DeviceStep::commit(const char* op, cuda::Stream stream) {
     table_.commit_update(b, p);
     return;
   }
+  bool from_books = source_ == BlockSource::kHostBooks;
+  int64_t ids = from_books ? plan_total_ : 0;
+  int64_t room = staged::words(table_.max_reqs(), ids);
+  if (room > staged_capacity()) {  // the new ids do not fit: the buffers grow, nothing staged
+    grow(op, "staging", 4 * room);
+    if (table_.version() != plan_version_ || room > staged_capacity())
+      throw std::runtime_error(std::string(op) + ": grow('staging', " + str(4 * room) +
+                               ") changed the books or left the staging buffers too small");
+  }
+  InCall in(in_call_);
   std::optional<cuda::ContextScope> scope;
   if (on_cuda()) scope.emplace(*ctx_);
   if (staged_ && words()[staged::UPDATE_SIZE] > 0) launch(stream, false);  // may throw: no change
   int32_t* w = staging();
-  int64_t stride = b.size + 1, ids = core_ ? plan_total_ : 0;
+  int64_t stride = b.size + 1;
   int64_t at = append(op, staged::PLAN_COLUMNS * stride + ids);
-  if (core_) {
-    core_->commit_first_layer(b, p, plan_total_, w + at + staged::PLAN_COLUMNS * stride);
+  if (from_books) {
+    books_->commit_first_layer(b, p, plan_total_, w + at + staged::PLAN_COLUMNS * stride);
   } else {
     table_.commit_update(b, p);
     w[staged::HEIGHT] = static_cast<int32_t>(stack_height_);
@@ -188,8 +218,8 @@ PackOutcome DeviceStep::pack(const char* op, const BatchView& batch, int64_t lay
 }
 
 void DeviceStep::release(const char* op, const int64_t* req_ids, int64_t n, cuda::Stream stream) {
-  if (core_) {  // hybrid: the host frees the blocks; a row's stale device entries are never read
-    core_->release_seqs(op, req_ids, n);
+  if (source_ == BlockSource::kHostBooks) {  // a row's stale device entries are never read
+    books_->release_seqs(op, req_ids, n);
     return;
   }
   if (n == 0) return;
@@ -259,7 +289,8 @@ void DeviceStep::launch(cuda::Stream stream, bool pack, bool fused) {
 }
 
 void DeviceStep::reset(cuda::Stream stream) {
-  if (!core_ && free_stack_) {  // first: the one step that can fail
+  bool from_stack = source_ == BlockSource::kDeviceStack;
+  if (from_stack && free_stack_) {  // first: the one step that can fail
     int64_t nbytes = 4 * num_blocks_;
     if (on_cuda()) {
       cuda::ContextScope scope(*ctx_);
@@ -272,10 +303,10 @@ void DeviceStep::reset(cuda::Stream stream) {
       std::memcpy(free_stack_, initial_stack_, nbytes);
     }
   }
-  if (core_)
-    core_->reset_state();
-  else
+  if (from_stack)
     table_.reset_state();
+  else
+    books_->reset_state();
   stack_height_ = num_blocks_;
   staged_ = false;
   restart();

@@ -39,24 +39,32 @@ constexpr int kFlagSets = 16;
 // The grid a launch of n entries runs on: the next power of two.
 int64_t grid_of(int64_t n);
 
+// Where the blocks a first-layer update adds come from, the one difference between the
+// gpu and hybrid designs. kDeviceStack (gpu): the device's free stack, which the update
+// kernel pops and a release's kernel pushes (the step mirrors its height); the books are
+// a RequestTable. kHostBooks (hybrid): the host's BlockBooks, which allocate and free
+// them (the step stages the new ids; a release is host work alone).
+enum class BlockSource { kDeviceStack, kHostBooks };
+
 // The gpu and hybrid designs: the block tables live on the device (req_to_block), and a
-// step stages only what changes: the plan of an update (and, hybrid, the ids of the
-// blocks it adds: the host allocates), the rows and lengths of a release (gpu: the blocks
-// go back to the device's free stack), the lookup of a pack. A first-layer update or a
-// release is deferred into the launch of the pack that follows; anything that would
-// overwrite what is staged launches it first.
+// step stages only what changes: the plan of an update (and, from the host books, the
+// ids of the blocks it adds), the rows and lengths of a release (to the device stack),
+// the lookup of a pack. A first-layer update or a release is deferred into the launch of
+// the pack that follows; anything that would overwrite what is staged launches it first.
 class DeviceStep : public Step {
  public:
   using Launcher = std::function<void(int64_t buffer, int flags, int64_t grid)>;
   static int64_t graph_index(int flags, int64_t grid, int64_t buffer);
 
-  // gpu: `table` keeps the books, `num_blocks` blocks on the device's free stack.
+  // kDeviceStack: `table` keeps the books, `num_blocks` blocks on the device's free stack.
   DeviceStep(RequestTable& table, int64_t num_blocks, int64_t depth, int device);
-  // hybrid: `core` keeps the books and allocates (host_allocates()).
-  DeviceStep(BlockBooks& core, int64_t depth, int device);
+  // kHostBooks: `books` keep the books and allocate.
+  DeviceStep(BlockBooks& books, int64_t depth, int device);
 
-  bool host_allocates() const { return core_ != nullptr; }
-  // The core's free blocks (hybrid), or the height of the device's free stack (gpu).
+  BlockSource block_source() const { return source_; }
+  // The kernel sets (launch flags) a launch of this step can hold.
+  std::vector<int> flag_sets() const;
+  // The host books' free blocks, or the height of the device's free stack.
   int64_t num_free_blocks() const override;
 
   // Ring buffer k (words, pinned on CUDA: the kernels read them there, over the bus), a
@@ -65,7 +73,7 @@ class DeviceStep : public Step {
   void set_buffer(int64_t k, int32_t* words, int64_t nwords);
   void set_twin(cuda::DevicePtr twin, int64_t nwords);
   void set_out_bytes(int64_t nbytes) { out_bytes_ = nbytes; }
-  // gpu: the device's free stack and the stack as it starts (reset copies it back).
+  // kDeviceStack: the device's free stack and the stack as it starts (reset copies it back).
   void set_free_stack(uint8_t* stack, const uint8_t* initial);
   int64_t staged_capacity() const;  // words every buffer and the twin hold
   // A captured launch of these flags on `grid` programs reading ring buffer `buffer`;
@@ -82,10 +90,13 @@ class DeviceStep : public Step {
   // Launches what is deferred, if anything. Changes nothing the books say, so a read may
   // flush while another call on the manager reads its arguments; never inside a launch.
   void flush(cuda::Stream stream);
-  // Back to empty (what was staged is dropped); gpu: the free stack is restored on `stream`.
+  // Back to empty (what was staged is dropped); the device's free stack is restored on
+  // `stream`.
   void reset(cuda::Stream stream);
 
  private:
+  DeviceStep(BlockSource source, RequestTable& table, BlockBooks* books, int64_t num_blocks,
+             int64_t depth, int device);
   int32_t* words() { return buffers_[current_].words; }
   // The current buffer, acquired and its header cleared, if nothing is staged yet.
   int32_t* staging();
@@ -93,8 +104,9 @@ class DeviceStep : public Step {
   int64_t append(const char* op, int64_t n);
   void launch(cuda::Stream stream, bool pack, bool fused = false);
 
-  BlockBooks* core_ = nullptr;  // hybrid
-  int64_t stack_height_ = 0;    // gpu: the free stack's height
+  const BlockSource source_;
+  BlockBooks* books_ = nullptr;  // kHostBooks
+  int64_t stack_height_ = 0;     // kDeviceStack: the free stack's height
   int64_t num_blocks_ = 0;
   struct Buffer {
     int32_t* words = nullptr;
@@ -104,7 +116,7 @@ class DeviceStep : public Step {
   cuda::DevicePtr twin_ = 0;
   int64_t twin_words_ = 0;
   int64_t out_bytes_ = 0;
-  uint8_t* free_stack_ = nullptr;  // gpu (device memory on CUDA)
+  uint8_t* free_stack_ = nullptr;  // kDeviceStack (device memory on CUDA)
   const uint8_t* initial_stack_ = nullptr;
   bool staged_ = false;   // the current buffer holds a deferred update or release
   bool in_call_ = false;  // a pack, commit, release or flush is under way (Python may run in it)

@@ -30,8 +30,9 @@ struct PackOutcome {
 };
 
 // Called when a buffer cannot hold what a call stages in it: grow(which, nbytes) must
-// replace the buffers `which` names with ones of nbytes at least: "host" (the host step's
-// ring buffer: set_buffer) or "device" (the metadata buffer: set_out, set_out_bytes).
+// replace the buffers `which` names with ones of nbytes at least. A pack's: "host" (the
+// host step's ring buffer: set_buffer) and "device" (the metadata buffer: set_out,
+// set_out_bytes); a device step's commit: "staging" (its ring buffers and twin).
 using Grow = std::function<void(const char* which, int64_t nbytes)>;
 
 // What the step path of both designs shares: the ring's events and order, the last
@@ -52,7 +53,6 @@ class Step {
   // First layer: checks the batch and returns its lengths after the update; commit()
   // then makes the update. Throws as RequestTable::plan_update.
   const int32_t* plan(const char* op, const BatchView& batch);
-  int64_t planned_blocks() const { return planned_ ? plan_total_ : 0; }
   // Other layers: the batch's lengths (RequestTable::lookup).
   const int32_t* lengths(const char* op, const BatchView& batch);
 

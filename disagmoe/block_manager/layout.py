@@ -43,6 +43,10 @@ RELEASE_SIZE, RELEASE_HEIGHT, RELEASE_AT, RELEASE_STRIDE = (
     _W["RELEASE_STRIDE"],
 )
 
+# Where the blocks an update adds come from (csrc/device_step.h, BlockSource): the gpu
+# design's free stack on the device, the hybrid design's host books.
+DEVICE_STACK, HOST_BOOKS = _C.BlockSource.DEVICE_STACK, _C.BlockSource.HOST_BOOKS
+
 # Launch flags: the kernels a launch holds (release runs first, pack last); FUSED: the
 # update is the pack's own batch, and the pack kernel writes its blocks (no update kernel).
 RELEASE, UPDATE, PACK, FUSED = 4, 2, 1, 8
