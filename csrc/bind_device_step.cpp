@@ -76,7 +76,7 @@ void bind_device_step(py::module_& m) {
           "Where the blocks an update adds come from (the one difference of gpu and hybrid).")
       .def_property_readonly(
           "flag_sets", [](PyDeviceStep& s) { return s.step->flag_sets(); },
-          "The kernel sets (launch flags) a launch of this step can hold.")
+          "The kernel sets (LAUNCH_FLAGS) a launch of this step can hold.")
       .def_property_readonly("num_free_blocks",
                              [](PyDeviceStep& s) { return s.step->num_free_blocks(); })
       .def_property_readonly("staged_capacity",
@@ -136,7 +136,7 @@ void bind_device_step(py::module_& m) {
           },
           py::arg("launcher"),
           "launcher(buffer, flags, grid): runs the kernels of a launch that has no graph\n"
-          "(flags: release 4, update 2, pack 1, fused 8), reading ring buffer `buffer`.")
+          "(flags: LAUNCH_FLAGS), reading ring buffer `buffer`.")
       .def("plan", &plan_of<PyDeviceStep>, py::arg("req_ids"), py::arg("num_prefill_seqs"),
            py::arg("init_prefill_lens"), kPlanDoc)
       .def(

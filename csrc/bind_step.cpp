@@ -139,6 +139,8 @@ void bind_step(py::module_& m) {
                              {"HEADER", staged::HEADER}})
     words[name] = value;
   m.attr("STAGED_WORDS") = words;
+  m.attr("LAUNCH_FLAGS") = py::dict(py::arg("RELEASE") = kRelease, py::arg("UPDATE") = kUpdate,
+                                    py::arg("PACK") = kPack, py::arg("FUSED") = kFused);
   py::enum_<BlockSource>(m, "BlockSource",
                          "Where the blocks a device step's update adds come from (device_step.h).")
       .value("DEVICE_STACK", BlockSource::kDeviceStack, "the device's free stack (gpu)")

@@ -30,9 +30,10 @@ constexpr int32_t LOOKUP_COLUMNS = 5, PLAN_COLUMNS = 4, RELEASE_COLUMNS = 3;
 int64_t words(int64_t max_reqs, int64_t ids);
 }  // namespace staged
 
-// Launch flags: which kernels a launch holds (release runs first, pack last). kFused: the
-// update is the pack's own batch (a first-layer step), and the pack kernel writes the
-// new blocks into the rows as it reads them (one kernel for both).
+// Launch flags (Python reads them as _C.LAUNCH_FLAGS): which kernels a launch holds
+// (release runs first, pack last). kFused: the update is the pack's own batch (a
+// first-layer step), and the pack kernel writes the new blocks into the rows as it reads
+// them (one kernel for both).
 constexpr int kRelease = 4, kUpdate = 2, kPack = 1, kFused = 8;
 constexpr int kFlagSets = 16;
 

@@ -170,6 +170,8 @@ class BlockBooks:
 class CudaError(RuntimeError): ...
 
 STAGED_WORDS: dict[str, int]
+LAUNCH_FLAGS: dict[str, int]
+
 class BlockSource:
     """Where the blocks a device step's update adds come from (device_step.h)."""
 
