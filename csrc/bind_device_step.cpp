@@ -69,8 +69,6 @@ void bind_device_step(py::module_& m) {
            "`num_blocks` blocks on the device, block_source DEVICE_STACK) or a _C.BlockBooks\n"
            "(the hybrid design: from the books, HOST_BOOKS; num_blocks is not read).")
       .def_property_readonly("depth", [](PyDeviceStep& s) { return s.step->depth(); })
-      .def_property_readonly("current", [](PyDeviceStep& s) { return s.step->current(); })
-      .def_property_readonly("packs", [](PyDeviceStep& s) { return s.step->packs(); })
       .def_property_readonly(
           "block_source", [](PyDeviceStep& s) { return s.step->block_source(); },
           "Where the blocks an update adds come from (the one difference of gpu and hybrid).")

@@ -47,7 +47,6 @@ void bind_host_step(py::module_& m) {
            "for torch's CPU device.")
       .def_property_readonly("depth", [](PyHostStep& s) { return s.step.depth(); })
       .def_property_readonly("current", [](PyHostStep& s) { return s.step.current(); })
-      .def_property_readonly("packs", [](PyHostStep& s) { return s.step.packs(); })
       .def_property_readonly_static(
           "compact_bytes", [](py::object) { return HostStep::kCompactBytes; },
           "The largest block table a pack gathers after the head (one copy, not two).")

@@ -3,8 +3,7 @@
 // guard every manager call holds.
 #include "bind_step.h"
 
-#include <pybind11/pybind11.h>  // (Python.h, before structmember.h)
-#include <structmember.h>
+#include <pybind11/pybind11.h>
 
 #include <memory>
 #include <utility>
@@ -71,26 +70,17 @@ PyMethodDef guard_methods[] = {
     {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(guard_exit)),
      METH_FASTCALL, "Lets the guard go."},
     {nullptr, nullptr, 0, nullptr}};
-PyMemberDef guard_members[] = {
-    {"busy", T_INT, offsetof(PyGuard, busy), READONLY, "1 while a call holds the guard"},
-    {nullptr, 0, 0, 0, nullptr}};
 PyType_Slot guard_slots[] = {
     {Py_tp_doc, const_cast<char*>("Refuses a call that overlaps another on the same manager.")},
     {Py_tp_new, reinterpret_cast<void*>(guard_new)},
     {Py_tp_methods, guard_methods},
-    {Py_tp_members, guard_members},
     {0, nullptr}};
 PyType_Spec guard_spec = {"disagmoe._C.Guard", sizeof(PyGuard), 0, Py_TPFLAGS_DEFAULT, guard_slots};
 
 void bind_graphs(py::module_& m) {
   py::class_<cuda::GraphHandle, std::unique_ptr<cuda::GraphHandle>>(
-      m, "CudaGraph", "An instantiated CUDA graph (end_capture makes one).")
-      .def(
-          "launch",
-          [](const cuda::GraphHandle& g, py::handle stream) {
-            g.launch(read_stream("launch", stream));
-          },
-          py::arg("stream"), "Launches the graph on `stream`.");
+      m, "CudaGraph",
+      "An instantiated CUDA graph (end_capture makes one; a device step replays it).");
   m.def(
       "begin_capture",
       [](py::handle stream) { cuda::begin_capture(read_stream("begin_capture", stream)); },
@@ -107,7 +97,6 @@ void bind_graphs(py::module_& m) {
       },
       py::arg("stream"), py::arg("keep"),
       "Ends the capture of `stream`: the graph (a CudaGraph), or None when keep is False.");
-  m.def("cuda_available", &cuda::available, "Whether the CUDA driver can be loaded here.");
 }
 
 }  // namespace

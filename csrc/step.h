@@ -46,7 +46,6 @@ class Step {
   int64_t depth() const { return depth_; }
   int64_t current() const { return current_; }
   bool on_cuda() const { return ctx_ != nullptr; }
-  int64_t packs() const { return packs_; }
   // How a call grows a buffer too small for it (Grow); set once, by the manager.
   void set_grow(Grow grow) { grow_ = std::move(grow); }
 
