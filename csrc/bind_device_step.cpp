@@ -1,6 +1,7 @@
 // Bindings of the device step (device_step.h): _C.DeviceStep.
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -44,7 +45,7 @@ void bind_device_step(py::module_& m) {
                  const char* op = "DeviceStep";
                  auto s = std::make_unique<PyDeviceStep>();
                  int64_t d = read_int(op, "depth", depth);
-                 int dev = static_cast<int>(read_int(op, "device", device));
+                 int dev = read_device(op, device);
                  if (py::isinstance<PyBlockBooks>(books)) {
                    auto& core = books.cast<PyBlockBooks&>();
                    s->step = std::make_unique<DeviceStep>(core, d, dev);
@@ -82,17 +83,19 @@ void bind_device_step(py::module_& m) {
       .def(
           "set_buffer",
           [](PyDeviceStep& s, py::handle k, py::object words) {
-            int64_t i = read_int("set_buffer", "k", k);
-            s.step->set_buffer(i, reinterpret_cast<int32_t*>(tensor_ptr(words)),
-                               tensor_bytes(words) / 4);
+            const char* op = "DeviceStep.set_buffer";
+            int64_t i = read_int(op, "k", k);
+            TensorMemory w = tensor_memory(op, "words", words, s.step->on_cuda(), Place::kHost);
+            s.step->set_buffer(i, reinterpret_cast<int32_t*>(w.data), w.nbytes / 4);
             s.held[i] = std::move(words);
           },
           py::arg("k"), py::arg("words"), "Ring buffer k (a host tensor, pinned on CUDA).")
       .def(
           "set_twin",
           [](PyDeviceStep& s, py::object twin) {
-            s.step->set_twin(static_cast<cuda::DevicePtr>(tensor_ptr(twin)),
-                             tensor_bytes(twin) / 4);
+            TensorMemory t = tensor_memory("DeviceStep.set_twin", "twin", twin, s.step->on_cuda(),
+                                           Place::kDevice);
+            s.step->set_twin(reinterpret_cast<cuda::DevicePtr>(t.data), t.nbytes / 4);
             s.held.back() = std::move(twin);
           },
           py::arg("twin"), "The device tensor every launch copies its staged words into.")
@@ -107,12 +110,15 @@ void bind_device_step(py::module_& m) {
           [](PyDeviceStep& s, py::handle flags, py::handle grid, py::handle buffer,
              py::object graph) {
             const char* op = "set_graph";
-            int f = static_cast<int>(read_int(op, "flags", flags));
+            int64_t f = read_int(op, "flags", flags);
             int64_t g = read_int(op, "grid", grid);
             int64_t k = read_int(op, "buffer", buffer);
+            if (!py::isinstance<cuda::GraphHandle>(graph))
+              throw py::type_error(std::string(op) + ": graph=" + safe_repr(graph) +
+                                   " is not a CudaGraph");
             auto& handle = graph.cast<cuda::GraphHandle&>();
             s.step->set_graph(f, g, k, &handle);
-            s.graphs.at(DeviceStep::graph_index(f, g, k)) = std::move(graph);
+            s.graphs.at(DeviceStep::graph_index(static_cast<int>(f), g, k)) = std::move(graph);
           },
           py::arg("flags"), py::arg("grid"), py::arg("buffer"), py::arg("graph"),
           "Launches of these flags on `grid` programs from ring buffer `buffer` replay\n"
@@ -171,11 +177,11 @@ void bind_device_step(py::module_& m) {
       .def(
           "set_free_stack",
           [](PyDeviceStep& s, py::object stack, py::object initial) {
-            if (tensor_bytes(stack) != tensor_bytes(initial) ||
-                tensor_bytes(stack) < 4 * s.step->num_free_blocks())
-              throw py::value_error("set_free_stack: the stacks must hold every block, alike");
-            s.step->set_free_stack(reinterpret_cast<uint8_t*>(tensor_ptr(stack)),
-                                   reinterpret_cast<uint8_t*>(tensor_ptr(initial)));
+            const char* op = "DeviceStep.set_free_stack";
+            bool on_cuda = s.step->on_cuda();
+            TensorMemory a = tensor_memory(op, "stack", stack, on_cuda, Place::kDevice);
+            TensorMemory b = tensor_memory(op, "initial", initial, on_cuda, Place::kDevice);
+            s.step->set_free_stack(a.data, b.data, std::min(a.nbytes, b.nbytes));
             s.stacks = py::make_tuple(std::move(stack), std::move(initial));
           },
           py::arg("stack"), py::arg("initial"),

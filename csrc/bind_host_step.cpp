@@ -40,7 +40,7 @@ void bind_host_step(py::module_& m) {
              if (!py::isinstance<PyBlockBooks>(core))
                throw py::type_error("HostStep: core must be a _C.BlockBooks");
              return std::make_unique<PyHostStep>(core, read_int(op, "depth", depth),
-                                                 static_cast<int>(read_int(op, "device", device)));
+                                                 read_device(op, device));
            }),
            py::arg("core"), py::arg("depth"), py::arg("device"),
            "Steps `core` through `depth` ring buffers; device: a CUDA device index, or -1\n"
@@ -53,9 +53,11 @@ void bind_host_step(py::module_& m) {
       .def(
           "set_buffer",
           [](PyHostStep& s, py::handle k, py::object table, py::object head) {
-            int64_t i = read_int("set_buffer", "k", k);
-            s.step.set_buffer(i, reinterpret_cast<int32_t*>(tensor_ptr(table)),
-                              reinterpret_cast<uint8_t*>(tensor_ptr(head)), tensor_bytes(head));
+            const char* op = "HostStep.set_buffer";
+            int64_t i = read_int(op, "k", k);
+            TensorMemory t = tensor_memory(op, "table", table, s.step.on_cuda(), Place::kHost);
+            TensorMemory h = tensor_memory(op, "head", head, s.step.on_cuda(), Place::kHost);
+            s.step.set_buffer(i, reinterpret_cast<int32_t*>(t.data), t.nbytes, h.data, h.nbytes);
             s.held[2 * i] = std::move(table);
             s.held[2 * i + 1] = std::move(head);
           },
@@ -66,7 +68,9 @@ void bind_host_step(py::module_& m) {
       .def(
           "set_out",
           [](PyHostStep& s, py::object out) {
-            s.step.set_out(reinterpret_cast<uint8_t*>(tensor_ptr(out)), tensor_bytes(out));
+            TensorMemory o =
+                tensor_memory("HostStep.set_out", "out", out, s.step.on_cuda(), Place::kDevice);
+            s.step.set_out(o.data, o.nbytes);
             s.held.back() = std::move(out);
           },
           py::arg("out"), "The metadata buffer the packs are copied into.")

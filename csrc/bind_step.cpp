@@ -6,10 +6,31 @@
 #include <pybind11/pybind11.h>
 
 #include <memory>
+#include <string>
 #include <utility>
 
 #include "device_step.h"
 #include "sizes.h"
+
+TensorMemory tensor_memory(const char* op, const char* name, py::handle tensor, bool on_cuda,
+                           Place place) {
+  std::string what = std::string(op) + ": " + name + "=" + safe_repr(tensor);
+  if (!py::isinstance(tensor, py::module_::import("torch").attr("Tensor")))
+    throw py::type_error(what + " is not a torch.Tensor");
+  std::string want = place == Place::kDevice && on_cuda ? "cuda" : "cpu";
+  std::string device = py::str(tensor.attr("device").attr("type"));
+  if (device != want) throw py::value_error(what + " is on " + device + ", not on " + want);
+  if (!tensor.attr("is_contiguous")().cast<bool>())
+    throw py::value_error(what + " is not contiguous");
+  auto address = static_cast<uintptr_t>(tensor.attr("data_ptr")().cast<int64_t>());
+  return {reinterpret_cast<uint8_t*>(address), tensor.attr("nbytes").cast<int64_t>()};
+}
+
+int read_device(const char* op, py::handle device) {
+  int64_t d = read_int(op, "device", device);
+  check_range(op, "device", d, -1, kMaxInt32);
+  return static_cast<int>(d);
+}
 
 py::object pack_result(const PackOutcome& o, int64_t batch_size) {
   if (o.hit) return py::make_tuple(o.pack_id, to_list(o.seq_lens, batch_size));

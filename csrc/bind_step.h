@@ -17,8 +17,23 @@ inline cuda::Stream read_stream(const char* op, py::handle stream) {
   return reinterpret_cast<cuda::Stream>(static_cast<uintptr_t>(read_int(op, "stream", stream)));
 }
 
-inline int64_t tensor_ptr(py::handle tensor) { return tensor.attr("data_ptr")().cast<int64_t>(); }
-inline int64_t tensor_bytes(py::handle tensor) { return tensor.attr("nbytes").cast<int64_t>(); }
+// Where a tensor that a step keeps must live: on the host (a ring buffer, pinned on CUDA)
+// or on the step's device (torch's CPU device, or the CUDA device).
+enum class Place { kHost, kDevice };
+
+// The memory of a tensor a step keeps.
+struct TensorMemory {
+  uint8_t* data;
+  int64_t nbytes;
+};
+
+// `tensor`'s memory: a contiguous torch.Tensor on `place` (a step `on_cuda` or not);
+// TypeError or ValueError naming `name` otherwise.
+TensorMemory tensor_memory(const char* op, const char* name, py::handle tensor, bool on_cuda,
+                           Place place);
+
+// A device index: -1 (torch's CPU device) or a CUDA device's.
+int read_device(const char* op, py::handle device);
 
 py::object pack_result(const PackOutcome& o, int64_t batch_size);
 

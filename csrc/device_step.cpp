@@ -68,8 +68,17 @@ std::vector<int> DeviceStep::flag_sets() const {
           kRelease | fused};
 }
 
+void DeviceStep::check_words(const char* op, int64_t nwords) const {
+  int64_t needed = staged::words(table_.max_reqs(), 0);
+  if (nwords < needed)
+    throw std::invalid_argument(std::string(op) + ": a buffer of " + str(nwords) +
+                                " words cannot hold the staged words of " + str(table_.max_reqs()) +
+                                " requests (" + str(needed) + ")");
+}
+
 void DeviceStep::set_buffer(int64_t k, int32_t* words, int64_t nwords) {
   check_range("DeviceStep.set_buffer", "k", k, 0, depth_ - 1);
+  check_words("DeviceStep.set_buffer", nwords);
   if (staged_ && k == current_) {
     if (buffers_[k].words[staged::UPDATE_SIZE] || buffers_[k].words[staged::RELEASE_SIZE])
       throw std::runtime_error("DeviceStep.set_buffer: buffer " + str(k) + " holds staged work");
@@ -78,12 +87,19 @@ void DeviceStep::set_buffer(int64_t k, int32_t* words, int64_t nwords) {
   buffers_[k] = {words, nwords};
 }
 
-void DeviceStep::set_free_stack(uint8_t* stack, const uint8_t* initial) {
+void DeviceStep::set_free_stack(uint8_t* stack, const uint8_t* initial, int64_t nbytes) {
+  const char* op = "DeviceStep.set_free_stack";
+  if (source_ != BlockSource::kDeviceStack)
+    throw std::invalid_argument(std::string(op) + ": the blocks come from the host books");
+  if (nbytes < 4 * num_blocks_)
+    throw std::invalid_argument(std::string(op) + ": stacks of " + str(nbytes) +
+                                " bytes cannot hold " + str(num_blocks_) + " block ids");
   free_stack_ = stack;
   initial_stack_ = initial;
 }
 
 void DeviceStep::set_twin(cuda::DevicePtr twin, int64_t nwords) {
+  check_words("DeviceStep.set_twin", nwords);
   twin_ = twin;
   twin_words_ = nwords;
 }
@@ -98,12 +114,12 @@ int64_t DeviceStep::graph_index(int flags, int64_t grid, int64_t buffer) {
   return (buffer * kFlagSets + flags) * 32 + log2_of(grid);
 }
 
-void DeviceStep::set_graph(int flags, int64_t grid, int64_t buffer,
+void DeviceStep::set_graph(int64_t flags, int64_t grid, int64_t buffer,
                            const cuda::GraphHandle* graph) {
   check_range("DeviceStep.set_graph", "flags", flags, 1, kFlagSets - 1);
   check_range("DeviceStep.set_graph", "grid", grid, 1, int64_t{1} << 31);
   check_range("DeviceStep.set_graph", "buffer", buffer, 0, depth_ - 1);
-  graphs_[graph_index(flags, grid, buffer)] = graph;
+  graphs_[graph_index(static_cast<int>(flags), grid, buffer)] = graph;
 }
 
 void DeviceStep::clear_graphs() { std::fill(graphs_.begin(), graphs_.end(), nullptr); }

@@ -71,16 +71,18 @@ class DeviceStep : public Step {
   // Ring buffer k (words, pinned on CUDA: the kernels read them there, over the bus), a
   // device twin every launch copies its words into first (for kernels that read device
   // memory only: torch's), the metadata buffer's bytes (the kernels write it).
+  // Each throws unless it holds staged::words(max_reqs, 0) words.
   void set_buffer(int64_t k, int32_t* words, int64_t nwords);
   void set_twin(cuda::DevicePtr twin, int64_t nwords);
   void set_out_bytes(int64_t nbytes) { out_bytes_ = nbytes; }
   // kDeviceStack: the device's free stack and the stack as it starts (reset copies it back).
-  void set_free_stack(uint8_t* stack, const uint8_t* initial);
+  // Throws unless both hold num_blocks int32, on a kDeviceStack step.
+  void set_free_stack(uint8_t* stack, const uint8_t* initial, int64_t nbytes);
   int64_t staged_capacity() const;  // words every buffer and the twin hold
   // A captured launch of these flags on `grid` programs reading ring buffer `buffer`;
   // launches without one call the launcher (eager kernels, and the capture of a graph
   // for next time).
-  void set_graph(int flags, int64_t grid, int64_t buffer, const cuda::GraphHandle* graph);
+  void set_graph(int64_t flags, int64_t grid, int64_t buffer, const cuda::GraphHandle* graph);
   void clear_graphs();
   void set_launcher(Launcher launcher) { launcher_ = std::move(launcher); }
 
@@ -99,6 +101,8 @@ class DeviceStep : public Step {
   DeviceStep(BlockSource source, RequestTable& table, BlockBooks* books, int64_t num_blocks,
              int64_t depth, int device);
   int32_t* words() { return buffers_[current_].words; }
+  // Throws unless `nwords` hold every region of max_reqs entries (what `op` sets).
+  void check_words(const char* op, int64_t nwords) const;
   // The current buffer, acquired and its header cleared, if nothing is staged yet.
   int32_t* staging();
   // Room for `n` words at the end of what is staged; throws when the buffer is too small.

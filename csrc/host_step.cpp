@@ -14,8 +14,14 @@ HostStep::HostStep(BlockBooks& core, int64_t depth, int device)
   buffers_.resize(depth_);
 }
 
-void HostStep::set_buffer(int64_t k, int32_t* table, uint8_t* head, int64_t head_bytes) {
+void HostStep::set_buffer(int64_t k, int32_t* table, int64_t table_bytes, uint8_t* head,
+                          int64_t head_bytes) {
   check_range("HostStep.set_buffer", "k", k, 0, depth_ - 1);
+  int64_t needed = 4 * table_.max_reqs() * pitch_;  // (the books' tables are as large)
+  if (table_bytes < needed)
+    throw std::invalid_argument("HostStep.set_buffer: a table of " + str(table_bytes) +
+                                " bytes cannot hold " + str(table_.max_reqs()) + " rows of " +
+                                str(pitch_) + " block ids (" + str(needed) + " bytes)");
   buffers_[k] = {table, head, head_bytes};
 }
 

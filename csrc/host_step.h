@@ -26,7 +26,9 @@ class HostStep : public Step {
   // rows costs a call more): the head needs layout.block_tables bytes, and the table's
   // then.
   static constexpr int64_t kCompactBytes = 16384;
-  void set_buffer(int64_t k, int32_t* table, uint8_t* head, int64_t head_bytes);
+  // Throws unless the table holds max_reqs rows of max_blocks_per_seq int32.
+  void set_buffer(int64_t k, int32_t* table, int64_t table_bytes, uint8_t* head,
+                  int64_t head_bytes);
   // The device buffer (a host buffer on torch's CPU device) the metadata is copied into.
   void set_out(uint8_t* out, int64_t nbytes);
 

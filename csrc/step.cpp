@@ -4,9 +4,12 @@
 #include <stdexcept>
 #include <string>
 
+#include "sizes.h"
+
 namespace disagmoe {
 
 Step::Step(RequestTable& table, int64_t depth, int device) : table_(table), depth_(depth) {
+  check_range("step", "depth", depth, 1, kMaxDepth);
   if (device >= 0) {
     ctx_ = std::make_unique<cuda::DeviceContext>(device);
     for (int64_t k = 0; k < depth; ++k) done_.emplace_back(*ctx_);

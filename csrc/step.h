@@ -39,7 +39,9 @@ using Grow = std::function<void(const char* which, int64_t nbytes)>;
 // pack (to know the same batch at the next layer), the planned update.
 class Step {
  public:
-  // device: a CUDA device index, or -1 for torch's CPU device (nothing is sent).
+  // device: a CUDA device index, or -1 for torch's CPU device (nothing is sent); depth:
+  // buffers in the ring, 1 to kMaxDepth (1 on torch's CPU device, whatever is asked).
+  static constexpr int64_t kMaxDepth = 16;
   Step(RequestTable& table, int64_t depth, int device);
   virtual ~Step() = default;
 

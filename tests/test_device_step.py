@@ -228,3 +228,34 @@ def test_lengths_past_int32_are_refused():
         step.commit(0)
     with pytest.raises(ValueError, match="2147483648"):
         step.lengths([1, 2], 0, [])
+
+
+@pytest.mark.parametrize(
+    "call, error, named",
+    [
+        (lambda r: r.step.set_buffer(0, torch.zeros(8, dtype=torch.int32)), ValueError, "cannot hold the staged"),
+        (lambda r: r.step.set_buffer(0, [0] * 256), TypeError, "words=\\[0"),
+        (lambda r: r.step.set_twin(torch.zeros(256, dtype=torch.int32)[::2]), ValueError, "contiguous"),
+        (lambda r: r.step.set_free_stack(r.stack[:8], r.initial[:8]), ValueError, "cannot hold 16 block ids"),
+        (lambda r: r.step.set_free_stack(r.stack, "x"), TypeError, "initial='x'"),
+        (lambda r: r.step.set_graph(1, 1, 0, None), TypeError, "graph=None"),
+        (lambda r: _C.DeviceStep(r.books, 16, 17, -1), ValueError, "depth=17"),
+    ],
+    ids=["small", "list", "strided", "short-stack", "str-stack", "graph", "depth"],
+)
+def test_the_step_keeps_only_tensors_that_fit(call, error, named):
+    r = DeviceRig(L.DEVICE_STACK)
+    r.update([1], 1, [5])
+    with pytest.raises(error, match=named):
+        call(r)
+    r.pack([1], 1, [5])  # the buffers it had
+    assert r.launches[-1].plan() == [[0], [0], [5], [0, 2]]
+    r.step.reset(0)
+    assert torch.equal(r.stack, r.initial)
+
+
+def test_a_step_from_the_host_books_has_no_free_stack():
+    r = DeviceRig(L.HOST_BOOKS)
+    stack = torch.zeros(16, dtype=torch.int32)
+    with pytest.raises(ValueError, match="host books"):
+        r.step.set_free_stack(stack, stack.clone())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from steps import HostRig, expected_metadata
 
 from disagmoe import _C, PAD_BLOCK_ID, KVCacheExhausted
@@ -308,3 +309,30 @@ def test_packed_rows_are_the_books_rows():
         got = r.metadata(stats)
         for name in ("seq_lens", "context_lens", "query_start_loc", "seq_start_loc", "block_tables", "slot_mapping"):
             assert (getattr(got, name) == getattr(want, name)).all(), (step, name)
+
+
+@pytest.mark.parametrize(
+    "call, error, named",
+    [
+        (lambda r: r.step.set_buffer(0, [0] * 24, r.head), TypeError, "table=\\[0, 0"),
+        (lambda r: r.step.set_buffer(0, torch.zeros(48, dtype=torch.int32)[::2], r.head), ValueError, "contiguous"),
+        (lambda r: r.step.set_buffer(0, torch.zeros(5, dtype=torch.int32), r.head), ValueError, "cannot hold 3 rows"),
+        (lambda r: r.step.set_buffer(1, r.table, r.head), ValueError, "k=1"),
+        (
+            lambda r: r.step.set_buffer(0, r.table, torch.zeros(64, dtype=torch.uint8, device="meta")),
+            ValueError,
+            "meta",
+        ),
+        (lambda r: r.step.set_out(np.zeros(64, np.uint8)), TypeError, "out=array"),
+        (lambda r: _C.HostStep(r.books, 0, -1), ValueError, "depth=0"),
+        (lambda r: _C.HostStep(r.books, 1, 2**32), ValueError, f"device={2**32}"),
+    ],
+    ids=["list", "strided", "small", "k", "meta", "numpy", "depth", "device"],
+)
+def test_the_step_keeps_only_tensors_that_fit(call, error, named):
+    r = HostRig()
+    r.update([1, 2], 2, [5, 2])
+    with pytest.raises(error, match=named):
+        call(r)
+    _, stats, _ = r.pack([1, 2], 2, [5, 2])  # the buffers it had
+    assert r.metadata(stats).slot_mapping.tolist() == r.slots(1) + r.slots(2)

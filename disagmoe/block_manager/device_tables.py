@@ -168,12 +168,12 @@ class DeviceTableManager(BlockManager):
         )
         self._forget_graphs()
         with signals_held():  # the step's buffers and this object's views of them change together
-            self._words, self._host_words = buffers, [w.numpy() for w in buffers]
-            for k, w in enumerate(buffers):
+            for k, w in enumerate(buffers):  # (the step refuses the first, or takes them all)
                 step.set_buffer(k, w)
             if twin is not None:
-                self._twin = twin
                 step.set_twin(twin)
+                self._twin = twin
+            self._words, self._host_words = buffers, [w.numpy() for w in buffers]
 
     def _grow(self, which: str, nbytes: int) -> None:
         """The staging buffers ("staging": a commit's) or the metadata buffer ("device": a

@@ -297,6 +297,12 @@ STEP_CALLS = st.one_of(
     st.tuples(st.just("reset"), STREAM),
     st.tuples(st.just("query"), st.sampled_from(["seq_len", "row_of", "block_ids", "num_free_blocks"]), ANY_INT),
     st.tuples(st.just("layout"), ANY_INT, ANY_INT, ANY_INT),
+    # A buffer the step must refuse (it keeps the one it had).
+    st.tuples(
+        st.just("set"),
+        st.sampled_from(["buffer", "head", "out", "twin", "stack"]),
+        st.sampled_from(["list", "strided", "small", "meta"]),
+    ),
 )
 STEP_SIZES = st.fixed_dictionaries(  # room for a few steps (API cases fuzz the sizes)
     {

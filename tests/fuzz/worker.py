@@ -463,6 +463,32 @@ class StepCase:
             return lambda which, nbytes: self.step.lengths([], 0, [])
         return lambda which, nbytes: ref()._grow(which, nbytes)
 
+    def set_bad(self, what: str, bad: str) -> None:
+        """Gives the step a buffer it must refuse: a list, a strided or meta tensor, a small one."""
+        n = 1 << 16
+        obj = {
+            "list": [0] * 64,
+            "strided": torch.zeros(2 * n, dtype=torch.int32)[::2],
+            "small": torch.zeros(4, dtype=torch.int32),
+            "meta": torch.zeros(n, dtype=torch.int32, device="meta"),
+        }[bad]
+        step, m = self.step, self.m
+        if what in ("head", "out") and bad == "small" or what in ("twin", "stack") and not self.on_device:
+            return  # (a head or a metadata buffer of any size is grown when a pack needs more)
+        if what == "buffer":
+            step.set_buffer(0, obj) if self.on_device else step.set_buffer(0, obj, m._heads[0])
+        elif what == "head" and not self.on_device:
+            step.set_buffer(0, m._tables[0], obj)
+        elif what == "out" and not self.on_device:
+            step.set_out(obj)
+        elif what == "twin":
+            step.set_twin(obj)
+        elif what == "stack":
+            step.set_free_stack(obj, obj)
+        else:
+            return
+        raise AssertionError(f"set {what}: the step kept a bad tensor ({bad})")
+
     def snapshot(self) -> tuple:
         m = self.m
         ids = sorted(self.books.req_ids())
@@ -507,6 +533,8 @@ class StepCase:
                     getattr(books, what)(self.value(req_id))
             elif kind == "layout":
                 check_layout(_C.metadata_layout(*(self.value(a) for a in args)))
+            elif kind == "set":
+                self.set_bad(*args)
         except STEP_ERRORS + (ZeroDivisionError,) as exc:
             if isinstance(exc, ZeroDivisionError):
                 assert grow == "raises", f"{exc!r} without a grow that raises"
