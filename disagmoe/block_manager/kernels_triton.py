@@ -251,6 +251,10 @@ class Kernels:
     out64: torch.Tensor  # the same buffer as int64 words
     block_size: int
     launch: PackLaunch = PackLaunch()
+    from_stack: bool = dataclasses.field(init=False)  # block_source, read once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "from_stack", self.block_source == L.DEVICE_STACK)
 
 
 def launch(k: Kernels, staged: torch.Tensor, grid: int, flags: int) -> None:
@@ -258,7 +262,7 @@ def launch(k: Kernels, staged: torch.Tensor, grid: int, flags: int) -> None:
     `grid` programs; `staged` is the device copy of the int32 staged words. FUSED: no
     update kernel, the pack writes the new blocks."""
     r2b, row_stride = k.req_to_block, k.req_to_block.stride(0)
-    from_stack = k.block_source == L.DEVICE_STACK
+    from_stack = k.from_stack
     blocks = k.free_blocks if from_stack else staged
     fused = bool(flags & L.FUSED)
     if flags & L.RELEASE:
