@@ -42,5 +42,6 @@ class BusyScope {
 
 py::object stats_object(const BatchStats& s);
 
-// The step paths (bind_step.cpp): _C.HostStep, _C.DeviceStep, _C.Guard, the CUDA graphs.
+// The step paths (bind_step.cpp, bind_host_step.cpp, bind_device_step.cpp): _C.HostStep,
+// _C.DeviceStep, _C.BlockSource, _C.Guard, the CUDA graphs.
 void bind_step(py::module_& m);

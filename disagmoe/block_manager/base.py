@@ -2,10 +2,10 @@
 
 Every attention step calls `update_block_table(batch)` and then
 `pack_flash_attn_metadata(batch)`. The contract is written here once; the designs do
-not repeat it. The step itself is native (`_C.HostStep`, `_C.DeviceStep`: csrc/step.h):
-each method here reads the batch's fields once, makes one or two native calls, and builds
-the metadata tensors from the sizes the pack returns. A design provides the native step,
-its buffers and how they grow.
+not repeat it. The step itself is native (`_C.HostStep`, `_C.DeviceStep`:
+csrc/host_step.h, csrc/device_step.h): each method here reads the batch's fields once,
+makes one or two native calls, and builds the metadata tensors from the sizes the pack
+returns. A design provides the native step, its buffers and how they grow.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the two device-table designs (`gpu`, `hybrid`) share: block tables resident on
 the device as one block table (`req_to_block[row, k]`), and a native step path
-(`_C.DeviceStep`, csrc/step.h) whose host cost does not depend on the batch's shape.
+(`_C.DeviceStep`, csrc/device_step.h) whose host cost does not depend on the batch's shape.
 
 The one difference between the two is where the blocks an update adds come from, which
 the native step says (`block_source`, from the books a design keeps; csrc/device_step.h,
