@@ -13,17 +13,8 @@ namespace py = pybind11;
 using namespace disagmoe;
 
 struct PyRequestTable : RequestTable {
-  PyRequestTable(int64_t max_reqs, int64_t max_seq_len, int64_t block_size)
-      : RequestTable(max_reqs, max_seq_len, block_size), plan(4 * (max_reqs + 1)) {}
+  using RequestTable::RequestTable;
   bool busy = false;
-  // advance()'s plan, made here and then copied into the caller's buffer: the
-  // table reads the plan's rows back, and must not read them from memory it does not own.
-  std::vector<int32_t> plan;
-  StepPlan scratch_plan() {
-    int32_t* p = plan.data();
-    int64_t s = max_reqs() + 1;
-    return {p, p + s, p + 2 * s, p + 3 * s};
-  }
 };
 
 struct PyBlockBooks : BlockBooks {
@@ -51,5 +42,6 @@ class BusyScope {
 
 py::object stats_object(const BatchStats& s);
 
-// The step paths (bind_step.cpp): _C.HostStep, _C.DeviceStep, _C.Guard, the CUDA graphs.
+// The step paths (bind_step.cpp, bind_host_step.cpp, bind_device_step.cpp): _C.HostStep,
+// _C.DeviceStep, _C.BlockSource, _C.Guard, the CUDA graphs.
 void bind_step(py::module_& m);

@@ -66,8 +66,7 @@ BlockBooks::BlockBooks(int64_t block_size, int64_t num_blocks, int64_t max_seq_l
       table_(max_reqs, max_seq_len, block_size) {
   blocks_.assign(max_reqs * max_blocks_per_seq_, kPadBlockId);
   row_epochs_.assign(max_reqs, 0);
-  for (auto* v : {&rows_, &old_lens_, &new_lens_, &query_lens_}) v->resize(max_reqs);
-  block_offsets_.resize(max_reqs + 1);
+  for (auto* v : {&rows_, &new_lens_, &query_lens_}) v->resize(max_reqs);
   reset_state();
 } catch (const std::bad_alloc&) {
   throw std::invalid_argument(
@@ -83,33 +82,6 @@ void BlockBooks::reset_state() {
     free_blocks_[i] = static_cast<int32_t>(num_blocks_ - 1 - i);
   std::fill(blocks_.begin(), blocks_.end(), kPadBlockId);
   for (uint32_t& epoch : row_epochs_) ++epoch;
-}
-
-const int32_t* BlockBooks::update_block_table(const char* op, const BatchView& batch,
-                                              bool first_layer) {
-  if (!first_layer) {
-    table_.lookup(op, batch, {rows_.data(), new_lens_.data(), query_lens_.data()});
-    return new_lens_.data();
-  }
-  StepPlan plan{rows_.data(), old_lens_.data(), new_lens_.data(), block_offsets_.data()};
-  int64_t total = table_.advance(op, batch, num_free_blocks(), plan);
-  take_blocks(batch, plan, total, nullptr);
-  return new_lens_.data();
-}
-
-std::pair<int64_t, const int32_t*> BlockBooks::update_block_table_plan(const char* op,
-                                                                       const BatchView& batch,
-                                                                       const StepPlan& out,
-                                                                       int32_t* block_ids,
-                                                                       int64_t capacity) {
-  // Made in this object's scratch: rows read back from the caller's plan would index
-  // the tables, and block_ids may overlap it.
-  StepPlan plan{rows_.data(), old_lens_.data(), new_lens_.data(), block_offsets_.data()};
-  int64_t total = plan_first_layer(op, batch, plan);
-  if (total > capacity) return {total, nullptr};
-  commit_first_layer(batch, plan, total, block_ids);
-  copy_plan(plan, out, batch.size);
-  return {total, new_lens_.data()};
 }
 
 void BlockBooks::take_blocks(const BatchView& batch, const StepPlan& plan, int64_t total,
@@ -212,19 +184,6 @@ void BlockBooks::write_metadata(const BatchView& batch, const MetadataLayout& l,
     packed->pitch = pitch;
     packed->size = batch.size;
   }
-}
-
-PackResult BlockBooks::pack_flash_attn_metadata(const char* op, const BatchView& batch,
-                                                uint8_t* out, int64_t capacity, int64_t buffer) {
-  check_range(op, "buffer", buffer, -1, kMaxBuffers - 1);
-  PackResult r;
-  r.stats = lookup_for_pack(op, batch);
-  r.layout = metadata_layout(batch.size, r.stats.width, r.stats.num_tokens);
-  r.written = r.layout.nbytes <= capacity;
-  if (!r.written) return r;
-  const MetadataLayout& l = r.layout;
-  write_metadata(batch, l, out, reinterpret_cast<int32_t*>(out + l.block_tables), l.width, buffer);
-  return r;
 }
 
 void BlockBooks::release_seqs(const char* op, const int64_t* req_ids, int64_t n) {

@@ -30,12 +30,6 @@ struct MetadataLayout {
 // Throws std::invalid_argument when a count is outside [0, INT32_MAX].
 MetadataLayout metadata_layout(int64_t batch_size, int64_t width, int64_t num_tokens);
 
-struct PackResult {
-  BatchStats stats;
-  MetadataLayout layout;
-  bool written;  // false when the buffer was too small: nothing was written
-};
-
 class BlockBooks {
  public:
   // Throws std::invalid_argument, before allocating anything, when a size is
@@ -43,45 +37,19 @@ class BlockBooks {
   // not fit in this machine's memory.
   BlockBooks(int64_t block_size, int64_t num_blocks, int64_t max_seq_len, int64_t max_reqs);
 
-  int64_t block_size() const { return block_size_; }
-  int64_t num_blocks() const { return num_blocks_; }
   int64_t max_blocks_per_seq() const { return max_blocks_per_seq_; }
   int64_t num_free_blocks() const { return static_cast<int64_t>(free_blocks_.size()); }
   const RequestTable& table() const { return table_; }
   RequestTable& table() { return table_; }
 
-  // First layer: reserve slots and advance lengths; other layers: read lengths.
-  // Returns the batch's lengths after the step, valid until the next call.
-  const int32_t* update_block_table(const char* op, const BatchView& batch, bool first_layer);
-
-  // First layer, as update_block_table, for a caller that keeps its own copy of the
-  // tables (the hybrid backend's device table): also copies the plan (as
-  // RequestTable::advance makes it) into `plan` and writes the ids of the blocks the
-  // step adds, entry by entry, into `block_ids`. Returns the number of blocks added
-  // and the batch's lengths after the step (valid until the next call), or null
-  // lengths when the blocks pass `capacity`: then nothing changed (ask again with
-  // more room). The caller's buffers are written, never read back: they may overlap.
-  std::pair<int64_t, const int32_t*> update_block_table_plan(const char* op, const BatchView& batch,
-                                                             const StepPlan& plan,
-                                                             int32_t* block_ids, int64_t capacity);
-
-  // The first-layer update in two halves (as RequestTable::plan_update and
-  // commit_update): plan_first_layer checks the batch and fills `plan`, changing nothing,
-  // and returns the blocks the step adds; commit_first_layer, with the same batch and
-  // plan while table().version() is unchanged, registers the requests, advances the
-  // lengths and takes those blocks (their ids also into block_ids, if given).
-  int64_t plan_first_layer(const char* op, const BatchView& batch, const StepPlan& plan) {
-    return table_.plan_update(op, batch, num_free_blocks(), plan);
-  }
+  // A first-layer update planned by table().plan_update (with num_free_blocks()): with
+  // the same batch and plan while table().version() is unchanged, registers the requests,
+  // advances the lengths and takes the blocks the plan adds (their ids also into
+  // block_ids, if given).
   void commit_first_layer(const BatchView& batch, const StepPlan& plan, int64_t total,
                           int32_t* block_ids) {
     table_.commit_update(batch, plan);
     take_blocks(batch, plan, total, block_ids);
-  }
-
-  // Any-layer read of a batch's rows and lengths (RequestTable::lookup).
-  BatchStats lookup(const char* op, const BatchView& batch, const BatchLookup& out) {
-    return table_.lookup(op, batch, out);
   }
 
   // A pack in two halves, for a caller that stages the metadata itself: lookup_for_pack
@@ -89,25 +57,15 @@ class BlockBooks {
   // write_metadata, right after it with the same batch, writes the arrays laid out by
   // `layout`: the lengths and slot_mapping into `head` (the layout's bytes before the
   // table, at their offsets), and block table row i at table + i * pitch (pitch >=
-  // layout.width). With a `buffer` index in [0, kMaxBuffers), the rows that this table
-  // already holds from the last write of that index (the same request in the same entry,
-  // the same table and pitch) get only the blocks added since.
+  // layout.width). With a `buffer` index (a ring buffer's: 0 and up), the rows that this
+  // table already holds from the last write of that index (the same request in the same
+  // entry, the same table and pitch) get only the blocks added since.
   BatchStats lookup_for_pack(const char* op, const BatchView& batch);
   // lookup_for_pack of the batch of an update just committed with `plan`, from the plan.
   BatchStats lookup_planned(const BatchView& batch, const StepPlan& plan);
   const int32_t* packed_lengths() const { return new_lens_.data(); }
   void write_metadata(const BatchView& batch, const MetadataLayout& layout, uint8_t* head,
                       int32_t* table, int64_t pitch, int64_t buffer);
-
-  // Every metadata array into one buffer of `capacity` bytes laid out by
-  // metadata_layout(): lengths, prefix sums, block table rows (padded with
-  // kPadBlockId) and the slot of every query token. With a `buffer` index in
-  // [0, kMaxBuffers), the block table rows that this buffer already holds from its
-  // last pack (the same request in the same row and entry, at the same width) get
-  // only the blocks added since (see write_metadata).
-  PackResult pack_flash_attn_metadata(const char* op, const BatchView& batch, uint8_t* out,
-                                      int64_t capacity, int64_t buffer = -1);
-  static constexpr int64_t kMaxBuffers = 16;
 
   void release_seqs(const char* op, const int64_t* req_ids, int64_t n);
   void reset_state();
@@ -144,9 +102,9 @@ class BlockBooks {
   std::vector<int32_t> free_blocks_;  // a stack: the last entry is handed out first
   std::vector<int32_t> blocks_;       // [max_reqs, max_blocks_per_seq]
   std::vector<uint32_t> row_epochs_;  // per row: bumped whenever the row changes hands
-  std::vector<PackedRows> packed_;    // per named buffer (pack_flash_attn_metadata)
+  std::vector<PackedRows> packed_;    // per ring buffer index (write_metadata)
   // Scratch for one batch.
-  std::vector<int32_t> rows_, old_lens_, new_lens_, block_offsets_, query_lens_;
+  std::vector<int32_t> rows_, new_lens_, query_lens_;
 };
 
 }  // namespace disagmoe

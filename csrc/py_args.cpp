@@ -80,21 +80,21 @@ int64_t index_value(const char* op, const char* name, Py_ssize_t index, PyObject
   return v;
 }
 
-// A buffer's request that fails (a dtype the buffer protocol cannot describe, a read-only
-// buffer asked to be written) becomes a ValueError naming the argument.
-py::buffer_info request_buffer(const char* op, const char* name, py::handle obj, bool writable) {
+// A buffer's request that fails (a dtype the buffer protocol cannot describe) becomes a
+// ValueError naming the argument.
+py::buffer_info request_buffer(const char* op, const char* name, py::handle obj) {
   try {
-    return py::reinterpret_borrow<py::buffer>(obj).request(writable);
+    return py::reinterpret_borrow<py::buffer>(obj).request();
   } catch (const py::error_already_set& e) {
     if (!e.matches(PyExc_Exception)) throw;
-    throw py::value_error(std::string(op) + ": " + name + "=" + safe_repr(obj) + " cannot be " +
-                          (writable ? "written" : "read") + " as an integer buffer (" +
+    throw py::value_error(std::string(op) + ": " + name + "=" + safe_repr(obj) +
+                          " cannot be read as an integer buffer (" +
                           py::str(e.value()).cast<std::string>() + ")");
   }
 }
 
 void read_int_buffer(const char* op, const char* name, py::handle obj, Ints& ints) {
-  py::buffer_info info = request_buffer(op, name, obj, false);
+  py::buffer_info info = request_buffer(op, name, obj);
   char kind = info.format.empty() ? '?' : info.format.back();
   bool integral = std::string("bBhHiIlLqQnN").find(kind) != std::string::npos;
   if (info.ndim != 1 || !integral)
@@ -167,12 +167,6 @@ bool read_bool(const char* op, const char* name, py::handle obj) {
                        " is not True or False");
 }
 
-std::string read_str(const char* op, const char* name, py::handle obj) {
-  if (!PyUnicode_Check(obj.ptr()))
-    throw py::type_error(std::string(op) + ": " + name + "=" + safe_repr(obj) + " is not a str");
-  return obj.cast<std::string>();
-}
-
 void read_ints(const char* op, const char* name, py::handle obj, Ints& ints) {
   PyObject* o = obj.ptr();
   if (!PyList_Check(o) && !PyTuple_Check(o)) {
@@ -207,34 +201,6 @@ Batch::Batch(const char* op, py::handle ids, py::handle num_prefill_seqs,
   read_ints(op, "req_ids", ids, req_ids);
   num_prefill = read_int(op, "num_prefill_seqs", num_prefill_seqs);
   read_ints(op, "init_prefill_lens", init_prefill_lens, prefill_lens);
-}
-
-OutBuffer<uint8_t> out_bytes(const char* op, const char* name, py::handle obj, size_t itemsize) {
-  if (!PyObject_CheckBuffer(obj.ptr()))
-    throw py::type_error(std::string(op) + ": " + name + " must be a writable buffer, got " +
-                         safe_repr(obj));
-  py::buffer_info info = request_buffer(op, name, obj, true);
-  int64_t expected = info.itemsize;
-  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
-    if (info.shape[d] > 1 && info.strides[d] != expected)
-      throw py::value_error(std::string(op) + ": " + name + " must be C-contiguous");
-    expected *= info.shape[d];
-  }
-  if (info.itemsize != static_cast<py::ssize_t>(itemsize))
-    throw py::value_error(std::string(op) + ": " + name + " must hold " + std::to_string(itemsize) +
-                          "-byte items, got " + std::to_string(info.itemsize));
-  auto* data = static_cast<uint8_t*>(info.ptr);
-  int64_t size = info.size;
-  return {std::move(info), data, size};
-}
-
-void check_regions(const char* op, const char* name, int64_t size, int64_t regions, int64_t stride,
-                   int64_t entries) {
-  int64_t needed;
-  if (stride < entries || __builtin_mul_overflow(regions, stride, &needed) || needed > size)
-    throw py::value_error(std::string(op) + ": " + name + " of " + str(size) +
-                          " entries with stride=" + str(stride) + " cannot hold " + str(regions) +
-                          " regions of " + str(entries) + " entries");
 }
 
 // Python ints for the lengths a step hands back, made once each and kept: lengths are

@@ -31,9 +31,6 @@ int64_t read_int(const char* op, const char* name, py::handle obj);
 // True or False, nothing else.
 bool read_bool(const char* op, const char* name, py::handle obj);
 
-// A str argument.
-std::string read_str(const char* op, const char* name, py::handle obj);
-
 // The ints of one argument, owned by the call that read them: inline up to
 // kInline of them (reading a step's batch then allocates nothing), past that on
 // the heap. Not copyable nor movable: data() may point into the object.
@@ -82,29 +79,6 @@ struct Batch {
     return {req_ids.data(), req_ids.size(), num_prefill, prefill_lens.data(), prefill_lens.size()};
   }
 };
-
-// A writable, C-contiguous buffer of T, held for the call; ValueError otherwise.
-template <class T>
-struct OutBuffer {
-  py::buffer_info info;
-  T* data;
-  int64_t size;
-};
-
-OutBuffer<uint8_t> out_bytes(const char* op, const char* name, py::handle obj, size_t itemsize);
-
-template <class T>
-OutBuffer<T> out_buffer(const char* op, const char* name, py::handle obj) {
-  OutBuffer<uint8_t> raw = out_bytes(op, name, obj, sizeof(T));
-  T* data = reinterpret_cast<T*>(raw.data);
-  int64_t size = raw.size;
-  return {std::move(raw.info), data, size};
-}
-
-// Throws unless a buffer of `size` entries holds `regions` regions of `stride`
-// entries, each with room for `entries` entries (the product cannot overflow).
-void check_regions(const char* op, const char* name, int64_t size, int64_t regions, int64_t stride,
-                   int64_t entries);
 
 // The n values as a list of ints.
 py::list to_list(const int32_t* values, int64_t n);

@@ -31,8 +31,7 @@ struct BatchView {
   int64_t num_prefill_lens;
 };
 
-// Per-entry arrays that advance() (plan_update) fills, each of batch size (block_offsets: size +
-// 1).
+// Per-entry arrays that plan_update fills, each of batch size (block_offsets: size + 1).
 struct StepPlan {
   int32_t* rows;
   int32_t* old_lens;
@@ -75,20 +74,12 @@ class RequestTable {
   // Host bytes the books of `max_reqs` rows hold.
   static int64_t host_bytes(int64_t max_reqs);
 
-  // The books' part of a first-layer update: checks the whole batch, then registers
-  // new requests and advances every length, and writes the step's plan (which blocks
-  // each entry adds; the caller takes them). Returns the number of blocks the batch
-  // adds. Throws, changing nothing: ValueError / KeyError on a malformed batch, and
-  // only when the batch is well formed, CacheExhausted when rows, max_seq_len or
-  // num_free_blocks cannot hold it. Writes at most max_reqs entries of `plan`.
-  int64_t advance(const char* op, const BatchView& batch, int64_t num_free_blocks,
-                  const StepPlan& plan) {
-    int64_t blocks = plan_update(op, batch, num_free_blocks, plan);
-    commit_update(batch, plan);
-    return blocks;
-  }
-  // advance() in two halves: plan_update checks the batch and fills `plan` (throwing as
-  // advance does), changing nothing; commit_update, with the same batch and plan while
+  // The books' part of a first-layer update, in two halves. plan_update checks the whole
+  // batch and writes the step's plan (which blocks each entry adds; the caller takes
+  // them), changing nothing, and returns the number of blocks the batch adds. It throws
+  // ValueError / KeyError on a malformed batch, and only when the batch is well formed,
+  // CacheExhausted when rows, max_seq_len or num_free_blocks cannot hold it; it writes at
+  // most max_reqs entries of `plan`. commit_update, with the same batch and plan while
   // version() is still the one planned at, registers the new requests (the entries
   // planned at length 0; their rows into plan.rows) and advances the lengths.
   int64_t plan_update(const char* op, const BatchView& batch, int64_t num_free_blocks,

@@ -17,9 +17,6 @@ from disagmoe.block_manager import (
     GPUBlockManager,
     HybridBlockManager,
     MemoryFootprint,
-    PagedTokenToKVPoolAllocator,
-    ReqToTokenPool,
-    TokenToKVPoolAllocator,
     register,
 )
 from disagmoe.config import CacheConfig, ModelConfig
@@ -43,8 +40,5 @@ __all__ = [
     "KVCacheExhausted",
     "MemoryFootprint",
     "ModelConfig",
-    "PagedTokenToKVPoolAllocator",
-    "ReqToTokenPool",
-    "TokenToKVPoolAllocator",
     "register",
 ]

@@ -5,7 +5,6 @@ from disagmoe.block_manager.base import BlockManager, MemoryFootprint
 from disagmoe.block_manager.cpu import CPUBlockManager
 from disagmoe.block_manager.gpu import GPUBlockManager
 from disagmoe.block_manager.hybrid import HybridBlockManager
-from disagmoe.block_manager.mem_pool import PagedTokenToKVPoolAllocator, ReqToTokenPool, TokenToKVPoolAllocator
 from disagmoe.block_manager.registry import BACKENDS, DESIGNS, Design, design, register
 
 __all__ = [
@@ -17,9 +16,6 @@ __all__ = [
     "GPUBlockManager",
     "HybridBlockManager",
     "MemoryFootprint",
-    "PagedTokenToKVPoolAllocator",
-    "ReqToTokenPool",
-    "TokenToKVPoolAllocator",
     "design",
     "register",
 ]

@@ -2,10 +2,10 @@
 
 Every attention step calls `update_block_table(batch)` and then
 `pack_flash_attn_metadata(batch)`. The contract is written here once; the designs do
-not repeat it. The step itself is native (`_C.HostStep`, `_C.DeviceStep`: csrc/step.h):
-each method here reads the batch's fields once, makes one or two native calls, and builds
-the metadata tensors from the sizes the pack returns. A design provides the native step,
-its buffers and how they grow.
+not repeat it. The step itself is native (`_C.HostStep`, `_C.DeviceStep`:
+csrc/host_step.h, csrc/device_step.h): each method here reads the batch's fields once,
+makes one or two native calls, and builds the metadata tensors from the sizes the pack
+returns. A design provides the native step, its buffers and how they grow.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import functools
 import signal
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
@@ -165,6 +166,8 @@ class BlockManager(ABC):
         self._memo: tuple | None = None  # the last pack: (id, stats, views)
         self._num_compiles = self._num_captures = 0
         self._build()
+        ref = weakref.ref(self)  # (the step keeps its grow: no cycle through it)
+        self._step.set_grow(lambda which, nbytes: ref()._grow(which, nbytes))  # type: ignore[union-attr]
 
     def __copy__(self):
         raise TypeError(
@@ -289,7 +292,6 @@ class BlockManager(ABC):
                 layer,
                 self._stream(),
                 memo[0] if memo else -1,
-                self._grow,
             )
             if len(packed) == 2:  # the batch of the remembered pack, at another layer
                 return self._metadata(memo[1], packed[1], memo[2])  # type: ignore[index]
@@ -399,7 +401,8 @@ class BlockManager(ABC):
 
     @abstractmethod
     def _grow(self, which: str, nbytes: int) -> None:
-        """Grows the host ("host") or device ("device") buffer a pack needs to `nbytes`."""
+        """Grows the buffers `which` names to `nbytes` at least: the native step calls it
+        when a buffer is too small for a call (csrc/step.h, Grow)."""
 
     @abstractmethod
     def _release(self, req_ids: Any) -> None: ...

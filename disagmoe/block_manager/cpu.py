@@ -58,7 +58,7 @@ class CPUBlockManager(CoreBooks, BlockManager):
         return layout.block_tables + _C.HostStep.compact_bytes
 
     def _set_head(self, k: int, nbytes: int) -> None:
-        self._heads[k] = checked_empty(
+        head = checked_empty(
             "CPUBlockManager",
             (nbytes,),
             torch.uint8,
@@ -66,7 +66,8 @@ class CPUBlockManager(CoreBooks, BlockManager):
             HOST,
             pin_memory=self.device.type == "cuda",
         )
-        self._step.set_buffer(k, self._tables[k], self._heads[k])
+        self._step.set_buffer(k, self._tables[k], head)
+        self._heads[k] = head
 
     def _grow(self, which: str, nbytes: int) -> None:
         nbytes = (nbytes + nbytes // 2 + 63) // 64 * 64

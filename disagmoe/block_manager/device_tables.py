@@ -1,10 +1,12 @@
 """What the two device-table designs (`gpu`, `hybrid`) share: block tables resident on
 the device as one block table (`req_to_block[row, k]`), and a native step path
-(`_C.DeviceStep`, csrc/step.h) whose host cost does not depend on the batch's shape.
+(`_C.DeviceStep`, csrc/device_step.h) whose host cost does not depend on the batch's shape.
 
-The difference between the two is one flag, `host_allocates`: the hybrid design's C++
-core allocates blocks on the host and stages their ids; the gpu design takes blocks from
-a free stack on the device, which only its kernels read.
+The one difference between the two is where the blocks an update adds come from, which
+the native step says (`block_source`, from the books a design keeps; csrc/device_step.h,
+BlockSource): the hybrid design's C++ core allocates them on the host and the step
+stages their ids; the gpu design takes them from a free stack on the device, which only
+its kernels read.
 
 Each launch stages its inputs in the next buffer of a ring of pinned host buffers (the
 words `layout.py` names): a first-layer update and a release are deferred into it, and
@@ -67,9 +69,9 @@ class DeviceTableManager(BlockManager):
     [k * block_size, (k + 1) * block_size) of the request in `row` (SGLang's
     `req_to_token` at block size 1). A design makes its books (`_make_books`)."""
 
-    host_allocates: bool
+    block_source: _C.BlockSource
     req_to_block: torch.Tensor
-    free_blocks: torch.Tensor | None
+    free_blocks: torch.Tensor | None  # the device's free stack (DEVICE_STACK), else None
 
     def __init__(
         self,
@@ -104,29 +106,27 @@ class DeviceTableManager(BlockManager):
         kernels, cuda_graphs, self._pack_launch = self._options
         self.kernels = self._choose_kernels(kernels, self._pack_launch)
         self.cuda_graphs = bool(cuda_graphs) and self.kernels == "triton"
-        books = self._make_books()
+        on_cuda = self.device.type == "cuda"
+        self._step = _C.DeviceStep(
+            self._make_books(), self.num_blocks, DEFAULT_DEPTH if on_cuda else 1, self.device.index if on_cuda else -1
+        )
+        self.block_source = self._step.block_source
         self.req_to_block = empty_int32(
             type(self).__name__,
             (self.max_running_reqs, self.max_width),
             f"the device block table of {self.max_running_reqs} x {self.max_width} blocks",
             self.device,
         ).zero_()
-        initial = None
         self.free_blocks = None
-        if not self.host_allocates:
+        if self.block_source == L.DEVICE_STACK:
             # Taking from the top hands out block 0 first, as the C++ core does.
             initial = torch.arange(self.num_blocks - 1, -1, -1, dtype=torch.int32, device=self.device)
             self.free_blocks = initial.clone()
-        self._start(books)
-        if initial is not None:
             self._step.set_free_stack(self.free_blocks, initial)
+        self._start()
 
-    def _start(self, books: Any) -> None:
-        """The native step over `books`, its launcher, its buffers."""
-        on_cuda = self.device.type == "cuda"
-        self._step = _C.DeviceStep(
-            books, self.num_blocks, DEFAULT_DEPTH if on_cuda else 1, self.device.index if on_cuda else -1
-        )
+    def _start(self) -> None:
+        """The step's launcher and its buffers."""
         ref = weakref.ref(self)  # (the step keeps its launcher: no cycle through it)
         self._step.set_launcher(lambda buffer, flags, grid: ref()._launch(buffer, flags, grid))  # type: ignore
         self._captured: set[tuple[int, int]] = set()
@@ -142,16 +142,17 @@ class DeviceTableManager(BlockManager):
             self._launch_shape = launch
         # On CUDA every launch copies its staged words into a device twin, which the kernels read.
         self._twin_needed = self.device.type == "cuda"
-        # Staged ids: a decode step of every request and more (hybrid); the rest grows.
-        self._size_staging(max(2 * self.max_running_reqs, 4096) if self.host_allocates else 0)
+        # Staged ids: a decode step of every request and more (from the host books); a commit
+        # of more grows them.
+        ids = max(2 * self.max_running_reqs, 4096) if self.block_source == L.HOST_BOOKS else 0
+        self._size_staging(L.staged_words(self.max_running_reqs, ids))
         layout = _C.metadata_layout(self.max_running_reqs, self.max_width, self.max_running_reqs)
         self._grow("device", layout.nbytes)
 
     # -- buffers -------------------------------------------------------------------------
 
-    def _size_staging(self, ids: int) -> None:
-        """Ring buffers (and the device twin) with room for `ids` staged block ids."""
-        words = L.staged_words(self.max_running_reqs, ids)
+    def _size_staging(self, words: int) -> None:
+        """Ring buffers (and the device twin) of `words` words each."""
         on_cuda = self.device.type == "cuda"
         step = self._step
         if hasattr(self, "_words"):
@@ -167,16 +168,20 @@ class DeviceTableManager(BlockManager):
         )
         self._forget_graphs()
         with signals_held():  # the step's buffers and this object's views of them change together
-            self._words, self._host_words = buffers, [w.numpy() for w in buffers]
-            for k, w in enumerate(buffers):
+            for k, w in enumerate(buffers):  # (the step refuses the first, or takes them all)
                 step.set_buffer(k, w)
             if twin is not None:
-                self._twin = twin
                 step.set_twin(twin)
+                self._twin = twin
+            self._words, self._host_words = buffers, [w.numpy() for w in buffers]
 
     def _grow(self, which: str, nbytes: int) -> None:
-        """The metadata buffer (the only one a pack grows here), to `nbytes` and more."""
+        """The staging buffers ("staging": a commit's) or the metadata buffer ("device": a
+        pack's), to `nbytes` and more."""
         nbytes = (nbytes + nbytes // 2 + 63) // 64 * 64
+        if which == "staging":
+            self._size_staging(nbytes // 4)
+            return
         out = checked_empty(
             type(self).__name__, (nbytes,), torch.uint8, f"a metadata buffer of {nbytes} bytes", self.device
         )
@@ -185,7 +190,13 @@ class DeviceTableManager(BlockManager):
             self._set_out(out)
             if self.kernels == "triton":
                 self._k = self._triton.Kernels(
-                    self.req_to_block, self.free_blocks, self._out32, self._out64, self.block_size, self._launch_shape
+                    self.req_to_block,
+                    self.free_blocks,
+                    self.block_source,
+                    self._out32,
+                    self._out64,
+                    self.block_size,
+                    self._launch_shape,
                 )
             self._step.set_out_bytes(nbytes)
 
@@ -205,7 +216,9 @@ class DeviceTableManager(BlockManager):
             views = None
             if flags & L.PACK:
                 views = self._views(int(host[L.PACK_SIZE]), int(host[L.WIDTH]), int(host[L.NUM_TOKENS]))
-            kernels_torch.launch(staged, host, flags, self.req_to_block, self.free_blocks, self.block_size, views)
+            kernels_torch.launch(
+                staged, host, flags, self.req_to_block, self.free_blocks, self.block_source, self.block_size, views
+            )
             return
         before = self._triton.compiled()
         self._triton.launch(self._k, self._twin, grid, flags)
@@ -232,21 +245,14 @@ class DeviceTableManager(BlockManager):
         self._captured.add((flags, grid))
         self._num_captures += 1
 
-    def _flag_sets(self) -> tuple[int, ...]:
-        """The kernel sets a launch can hold (hybrid: no release kernel)."""
-        fused = L.UPDATE | L.PACK | L.FUSED
-        if self.host_allocates:
-            return (L.UPDATE, L.PACK, L.UPDATE | L.PACK, fused)
-        return (*range(1, 8), fused, L.RELEASE | fused)
-
     def _warm_up(self, max_num_tokens: int) -> None:
         layout = _C.metadata_layout(self.max_running_reqs, self.max_width, max_num_tokens)
         if self._out.nbytes < layout.nbytes:
             self._grow("device", layout.nbytes)
-        if self.host_allocates:
-            ids = max_num_tokens // self.block_size + self.max_running_reqs
-            if self._step.staged_capacity < L.staged_words(self.max_running_reqs, ids):
-                self._size_staging(ids)
+        if self.block_source == L.HOST_BOOKS:  # room for the new ids of the largest step
+            words = L.staged_words(self.max_running_reqs, max_num_tokens // self.block_size + self.max_running_reqs)
+            if self._step.staged_capacity < words:
+                self._size_staging(words)
         if self.kernels != "triton":
             return
         # Every kernel once, on a header of zeros (no work) and a scratch output: compiled.
@@ -254,17 +260,14 @@ class DeviceTableManager(BlockManager):
         scratch = torch.zeros(64, dtype=torch.int64, device=self.device)
         k = dataclasses.replace(self._k, out32=scratch.view(torch.int32), out64=scratch)
         before = self._triton.compiled()
-        for flags in {
-            f & ~L.RELEASE if self.host_allocates else f
-            for f in (L.RELEASE | L.UPDATE | L.PACK, L.UPDATE | L.PACK | L.FUSED)
-        }:
+        for flags in self._step.flag_sets:
             self._triton.launch(k, zeros, 1, flags)
         torch.cuda.synchronize(self.device)
         self._num_compiles += self._triton.compiled() - before
         if not self.cuda_graphs:
             return
         grids = [1 << b for b in range(L.grid_of(self.max_running_reqs).bit_length())]
-        for flags in self._flag_sets():
+        for flags in self._step.flag_sets:
             for grid in grids:
                 if (flags, grid) not in self._captured:
                     self._capture(flags, grid)
@@ -273,10 +276,7 @@ class DeviceTableManager(BlockManager):
     # -- the step hooks ---------------------------------------------------------------------
 
     def _commit(self) -> None:
-        step = self._step
-        if self.host_allocates and L.staged_words(self.max_running_reqs, step.planned_blocks) > step.staged_capacity:
-            self._size_staging(step.planned_blocks)  # an update of more new blocks than any before
-        step.commit(self._stream())
+        self._step.commit(self._stream())
 
     def _release(self, req_ids: Any) -> None:
         self._step.release(req_ids, self._stream())
@@ -306,7 +306,8 @@ class DeviceTableManager(BlockManager):
     def memory_footprint(self) -> MemoryFootprint:
         on_cuda = self.device.type == "cuda"
         staging = sum(w.nbytes for w in self._words)  # pinned host memory on CUDA
-        tables = self.req_to_block.nbytes + (2 * self.free_blocks.nbytes if self.free_blocks is not None else 0)
+        stacks = 2 * 4 * self.num_blocks if self.block_source == L.DEVICE_STACK else 0  # and the initial one
+        tables = self.req_to_block.nbytes + stacks
         device = tables + self._out.nbytes + (self._twin.nbytes if self._twin_needed else 0)
         return MemoryFootprint(
             device_bytes=device + (0 if on_cuda else staging),

@@ -25,11 +25,11 @@ class GPUBlockManager(DeviceTableManager):
 
     backend = "gpu"
     default_block_size = 16
-    host_allocates = False
     free_blocks: torch.Tensor
     _books: _C.RequestTable
 
     def _make_books(self) -> _C.RequestTable:
+        """Request books alone: the step's new blocks come from the device's free stack."""
         self._books = _C.RequestTable(self.max_running_reqs, self.max_seq_len, self.block_size)
         return self._books
 

@@ -23,7 +23,6 @@ class HybridBlockManager(CoreBooks, DeviceTableManager):
 
     backend = "hybrid"
     default_block_size = 16
-    host_allocates = True
 
     def check_integrity(self) -> None:
         self._check_books()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from disagmoe import _C
 from disagmoe.block_manager import layout as L
 from disagmoe.metadata import PAD_BLOCK_ID
 
@@ -54,10 +55,11 @@ def update(
     host: np.ndarray,
     req_to_block: torch.Tensor,
     free_blocks: torch.Tensor | None,
+    block_source: _C.BlockSource,
     block_size: int,
 ) -> None:
     """Writes each planned entry's new blocks into its row: the m-th block the step adds is
-    free_blocks[height - 1 - m] (gpu) or the m-th staged block id (hybrid)."""
+    free_blocks[height - 1 - m] (DEVICE_STACK) or the m-th staged block id (HOST_BOOKS)."""
     count = int(host[L.UPDATE_SIZE])
     _, old_h, new_h, _ = _host_columns(host, L.PLAN_AT, L.PLAN_STRIDE, count, 4)
     total = int(((new_h + block_size - 1) // block_size - (old_h + block_size - 1) // block_size).sum())
@@ -68,7 +70,8 @@ def update(
     added = (new + block_size - 1) // block_size - first_new
     entry, k = _repeat(added, total)
     rank = offsets[entry] + k
-    if free_blocks is not None:
+    if block_source == L.DEVICE_STACK:
+        assert free_blocks is not None
         blocks = free_blocks[int(host[L.HEIGHT]) - 1 - rank]
     else:
         blocks = staged[int(host[L.IDS_AT]) :][rank]
@@ -107,15 +110,16 @@ def launch(
     flags: int,
     req_to_block: torch.Tensor,
     free_blocks: torch.Tensor | None,
+    block_source: _C.BlockSource,
     block_size: int,
     views: tuple | None,
 ) -> None:
     """The operations of `flags` (layout.RELEASE | UPDATE | PACK), in order."""
     if flags & L.RELEASE:
-        assert free_blocks is not None  # only the gpu design stages releases
+        assert free_blocks is not None  # only a step from the device stack stages releases
         release(staged, host, req_to_block, free_blocks, block_size)
     if flags & L.UPDATE:
-        update(staged, host, req_to_block, free_blocks, block_size)
+        update(staged, host, req_to_block, free_blocks, block_source, block_size)
     if flags & L.PACK:
         assert views is not None
         pack(staged, host, req_to_block, block_size, views)

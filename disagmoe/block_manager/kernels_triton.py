@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from disagmoe import _C
 from disagmoe.block_manager import layout as L
 from disagmoe.metadata import PAD_BLOCK_ID
 
@@ -244,11 +245,16 @@ class Kernels:
     that graphs can capture them)."""
 
     req_to_block: torch.Tensor  # int32 [rows, blocks]
-    free_blocks: torch.Tensor | None  # int32, the gpu design's free stack (None: hybrid)
+    free_blocks: torch.Tensor | None  # int32, the device's free stack (DEVICE_STACK), else None
+    block_source: _C.BlockSource  # where an update's new blocks come from
     out32: torch.Tensor  # the metadata buffer as int32 words
     out64: torch.Tensor  # the same buffer as int64 words
     block_size: int
     launch: PackLaunch = PackLaunch()
+    from_stack: bool = dataclasses.field(init=False)  # block_source, read once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "from_stack", self.block_source == L.DEVICE_STACK)
 
 
 def launch(k: Kernels, staged: torch.Tensor, grid: int, flags: int) -> None:
@@ -256,7 +262,7 @@ def launch(k: Kernels, staged: torch.Tensor, grid: int, flags: int) -> None:
     `grid` programs; `staged` is the device copy of the int32 staged words. FUSED: no
     update kernel, the pack writes the new blocks."""
     r2b, row_stride = k.req_to_block, k.req_to_block.stride(0)
-    from_stack = k.free_blocks is not None
+    from_stack = k.from_stack
     blocks = k.free_blocks if from_stack else staged
     fused = bool(flags & L.FUSED)
     if flags & L.RELEASE:

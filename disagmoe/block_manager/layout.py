@@ -1,5 +1,6 @@
 """The staged words of a device-table launch (`gpu`, `hybrid`), as the C++ step writes them
-(`csrc/step.h`, namespace `staged`: named there once, read here from `_C.STAGED_WORDS`).
+(`csrc/device_step.h`, namespace `staged`: named there once, read here from
+`_C.STAGED_WORDS`), and the launch flags (`_C.LAUNCH_FLAGS`).
 
 A staging buffer is a header of int32 scalars, then the regions the launch's operations
 appended in the order they were staged, each a few columns of `stride` words:
@@ -43,9 +44,15 @@ RELEASE_SIZE, RELEASE_HEIGHT, RELEASE_AT, RELEASE_STRIDE = (
     _W["RELEASE_STRIDE"],
 )
 
-# Launch flags: the kernels a launch holds (release runs first, pack last); FUSED: the
-# update is the pack's own batch, and the pack kernel writes its blocks (no update kernel).
-RELEASE, UPDATE, PACK, FUSED = 4, 2, 1, 8
+# Where the blocks an update adds come from (csrc/device_step.h, BlockSource): the gpu
+# design's free stack on the device, the hybrid design's host books.
+DEVICE_STACK, HOST_BOOKS = _C.BlockSource.DEVICE_STACK, _C.BlockSource.HOST_BOOKS
+
+# Launch flags (csrc/device_step.h, named there once): the kernels a launch holds (release
+# runs first, pack last); FUSED: the update is the pack's own batch, and the pack kernel
+# writes its blocks (no update kernel).
+_F: dict[str, int] = _C.LAUNCH_FLAGS
+RELEASE, UPDATE, PACK, FUSED = _F["RELEASE"], _F["UPDATE"], _F["PACK"], _F["FUSED"]
 
 # Columns of each region, by index.
 LOOKUP_ROWS, LOOKUP_SEQ_LENS, LOOKUP_QUERY_LENS, LOOKUP_QUERY_STARTS, LOOKUP_SEQ_STARTS = 0, 1, 2, 3, 4

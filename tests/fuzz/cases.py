@@ -10,7 +10,8 @@ A value spec is `(wrapper, base)`:
   __index__ that raises KeyboardInterrupt.
 An API case's operations: update, pack (and an edit of what it returned), release,
 query, reset, and ("interrupted", kind, plain arguments, delay in us): one of those
-interrupted by a timer.
+interrupted by a timer. A step case calls a manager's native step (`_C.HostStep`,
+`_C.DeviceStep`) and books directly, with raw, hostile arguments and grows.
 """
 
 from __future__ import annotations
@@ -229,66 +230,97 @@ def api_case(draw):
     return ("api", draw(st.sampled_from(FUZZ_TARGETS)), draw(config()), ops)
 
 
-# -- direct calls into disagmoe._C --------------------------------------------------------
+# -- direct calls into a manager's native step and books ---------------------------------
 
-DTYPES = ("uint8", "int8", "int16", "int32", "int64", "uint32", "float32", "bool")
-# (dtype, entries, step, read-only): a view with guard bytes on both sides.
-BUFFER = st.one_of(
-    st.tuples(
-        st.just("buffer"), st.sampled_from(DTYPES), st.integers(0, 600), st.sampled_from([1, 1, 1, 2]), st.just(False)
-    ),
-    st.tuples(st.just("buffer"), st.sampled_from(DTYPES), st.integers(0, 64), st.just(1), st.just(True)),  # read-only
-    st.tuples(st.just("not"), st.sampled_from(["none", "list", "str", "bytes"])),
-)
 ANY_INT = st.one_of(st.integers(-3, 40), edge, st.tuples(st.just("not"), st.sampled_from(sorted(NOT_INTS))))
-# Sizes: small, or surely refused. Never valid and large (2**31 - 1 rows would be
-# allocated, gigabytes of them).
-BAD_SIZES = st.sampled_from([0, -1, 2**31, 2**32, 2**62 + 1, 2**63, 2**64, -(2**63)])
-CORE_SIZE = st.one_of(
-    st.integers(1, 12), st.integers(1, 12), BAD_SIZES, st.tuples(st.just("not"), st.sampled_from(sorted(NOT_INTS)))
+STREAM = st.one_of(st.just(0), st.just(0), st.just(0), ANY_INT)
+STEP_LAYER = st.one_of(st.integers(0, 3), st.integers(0, 3), ANY_INT)
+# An id or a length: plain, or an __index__ that calls the same step (refused: TypeError).
+RAW_INT = st.one_of(st.integers(-1, 20), edge, st.tuples(st.just("reenter"), st.integers(0, 9)))
+
+
+@st.composite
+def mostly(draw, plain, odd):
+    """`plain`, and about one draw in eight `odd`."""
+    return draw(odd if draw(one_in(8)) else plain)
+
+
+RAW_IDS = mostly(
+    mostly(
+        st.lists(st.integers(0, 9), unique=True, max_size=6), st.lists(mostly(st.integers(0, 9), RAW_INT), max_size=6)
+    ),
+    st.one_of(
+        st.tuples(st.just("array"), st.lists(st.integers(0, 9), unique=True, max_size=6)),
+        st.tuples(st.just("not"), st.sampled_from(["none", "str"])),
+    ),
 )
-RAW_IDS = st.one_of(
-    st.lists(st.one_of(st.integers(0, 9), edge), max_size=6),
-    st.tuples(st.just("not"), st.sampled_from(["none", "str"])),
-)
-RAW_LENS = st.lists(st.one_of(st.integers(-1, 20), edge), max_size=6)
-GROW = st.sampled_from(["none", "grow", "grow-small", "grow-raises", "grow-reenters"])
-CORE_CALLS = st.one_of(
-    st.tuples(st.just("bm_update"), RAW_IDS, ANY_INT, RAW_LENS, st.sampled_from([True, False, 1, None])),
+RAW_LENS = st.lists(mostly(st.integers(1, 12), RAW_INT), max_size=6)
+
+
+@st.composite
+def raw_batch(draw):
+    """(req_ids, num_prefill_seqs, init_prefill_lens) as raw values: mostly well formed
+    (prefill entries of any id, then decode entries of running requests: ("live", k), the
+    k-th), sometimes anything."""
+    if draw(one_in(8)):
+        return draw(RAW_IDS), draw(ANY_INT), draw(RAW_LENS)
+    prefill = draw(st.lists(mostly(st.integers(0, 9), RAW_INT), unique_by=str, max_size=4))
+    decode = draw(st.lists(st.tuples(st.just("live"), st.integers(0, 7)), unique=True, max_size=4))
+    lens = draw(st.lists(mostly(st.integers(1, 12), RAW_INT), min_size=len(prefill), max_size=len(prefill)))
+    ids = prefill + decode
+    if draw(one_in(8)):
+        ids = ("array", ids)
+    return ids, len(prefill), lens
+
+
+# Who grows a buffer a pack or a commit needs: the manager, or a grow that fails.
+GROW = st.sampled_from(["manager", "manager", "manager", "nothing", "short", "raises", "reenters"])
+STEP_CALLS = st.one_of(
+    st.tuples(st.just("plan"), raw_batch(), st.sampled_from(["commit", "commit", "later"]), STREAM, GROW),
+    st.tuples(st.just("plan"), raw_batch(), st.just("commit"), STREAM, GROW),
+    st.tuples(st.just("commit"), STREAM, GROW),
+    st.tuples(st.just("lengths"), raw_batch()),
     st.tuples(
-        st.just("bm_pack"),
-        RAW_IDS,
-        ANY_INT,
-        RAW_LENS,
-        BUFFER,
+        st.just("pack"),
+        mostly(st.just("planned"), raw_batch()),
+        STEP_LAYER,
+        STREAM,
+        st.one_of(st.just("last"), ANY_INT),
         GROW,
-        st.one_of(st.just(-1), st.integers(-2, 17), ANY_INT),
     ),
-    st.tuples(st.just("bm_plan"), RAW_IDS, ANY_INT, RAW_LENS, BUFFER, ANY_INT, BUFFER, GROW),
-    st.tuples(st.just("bm_lookup"), RAW_IDS, ANY_INT, RAW_LENS, BUFFER, ANY_INT, st.sampled_from(["lookup", 7])),
-    st.tuples(st.just("bm_release"), RAW_IDS),
-    st.tuples(st.just("bm_query"), st.sampled_from(["seq_len", "block_ids"]), ANY_INT),
-    st.tuples(st.just("table_advance"), RAW_IDS, ANY_INT, RAW_LENS, ANY_INT, BUFFER, ANY_INT),
     st.tuples(
-        st.just("table_lookup"),
-        RAW_IDS,
-        ANY_INT,
-        RAW_LENS,
-        BUFFER,
-        ANY_INT,
-        st.sampled_from(["lookup", "pack_flash_attn_metadata", 7]),
+        st.just("release"),
+        mostly(st.lists(st.tuples(st.just("live"), st.integers(0, 7)), unique=True, min_size=1, max_size=3), RAW_IDS),
+        STREAM,
     ),
-    st.tuples(st.just("table_release"), RAW_IDS),
+    st.tuples(st.just("flush"), STREAM),
+    st.tuples(st.just("reset"), STREAM),
+    st.tuples(st.just("query"), st.sampled_from(["seq_len", "row_of", "block_ids", "num_free_blocks"]), ANY_INT),
     st.tuples(st.just("layout"), ANY_INT, ANY_INT, ANY_INT),
-    st.just(("reset",)),
+    # A buffer the step must refuse (it keeps the one it had).
+    st.tuples(
+        st.just("set"),
+        st.sampled_from(["buffer", "head", "out", "twin", "stack"]),
+        st.sampled_from(["list", "strided", "small", "meta"]),
+    ),
+)
+STEP_SIZES = st.fixed_dictionaries(  # room for a few steps (API cases fuzz the sizes)
+    {
+        "block_size": st.sampled_from([1, 2, 3, 4, 16]),
+        "num_blocks": st.integers(8, 64),
+        "max_running_reqs": st.integers(2, 8),
+        "max_seq_len": st.integers(16, 64),
+    }
 )
 
 
 @st.composite
-def core_case(draw):
-    sizes = tuple(draw(CORE_SIZE) for _ in range(4))  # block_size, num_blocks, max_seq_len, max_reqs
-    return ("core", sizes, draw(st.lists(CORE_CALLS, min_size=1, max_size=10)))
+def step_case(draw):
+    """A manager of a design and small sizes (its buffers shrunk to almost nothing, if
+    `small`: calls then grow them), and calls straight into its native step."""
+    design, sizes, small = draw(st.sampled_from(FUZZ_TARGETS)), draw(STEP_SIZES), draw(st.booleans())
+    return ("step", design, sizes, small, draw(st.lists(STEP_CALLS, max_size=12)))
 
 
 def cases():
-    return st.one_of(api_case(), api_case(), core_case())
+    return st.one_of(api_case(), api_case(), step_case())

@@ -19,6 +19,9 @@ operations after check), and an operation interrupted by a timer at a random mic
 (SIGALRM, whose handler raises KeyboardInterrupt wherever Python code runs, inside the
 call or after it): the manager must then be as before the operation or as after it, never
 in between, and take the next ones.
+
+A step case calls a manager's native step and books directly (StepCase): a call that
+raises must change nothing, and the manager's integrity must hold after every call.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import signal
 import struct
 import sys
 import traceback
+import weakref
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The package the parent imported (runner.py says where), else this checkout's.
@@ -391,162 +395,153 @@ def edit_metadata(md, edit: str) -> None:
         md.query_start_loc.t_()
 
 
-# -- direct calls into disagmoe._C ------------------------------------------------------------
+# -- direct calls into a manager's native step and books -----------------------------------
 
-GUARD = 64
-CORE_ERRORS = (ValueError, TypeError, KeyError, KVCacheExhausted, BufferError)
-
-
-def core_value(v):
-    return NOT_INTS[v[1]] if isinstance(v, tuple) else v
+STEP_ERRORS = (ValueError, TypeError, KeyError, KVCacheExhausted, BufferError, RuntimeError)
 
 
-class Guarded:
-    """A numpy view with guard bytes around it (and between its items, for a step of 2)."""
+class StepCase:
+    """Calls a manager's native step and books directly, as the manager does, but with raw
+    arguments (edge ints, non-ints, an __index__ that calls the same step) and grows that
+    fail. A call that raises changes nothing; after every call the manager's integrity
+    holds (its device rows and free stack against its books, on gpu and hybrid)."""
 
-    def __init__(self, dtype: str, entries: int, step: int, read_only: bool) -> None:
-        itemsize = np.dtype(dtype).itemsize
-        self.base = np.full(2 * GUARD + entries * step * itemsize, 0x5A, dtype=np.uint8)
-        self.view = self.base[GUARD : len(self.base) - GUARD].view(dtype)[::step]
-        starts = GUARD + np.arange(entries) * step * itemsize
-        self.inside = np.zeros(len(self.base), dtype=bool)
-        for k in range(itemsize):
-            self.inside[starts + k] = True
-        if read_only:
-            self.base.flags.writeable = False
-            self.inside[:] = False
-        self.before = self.base.copy()
-
-    def check(self) -> None:
-        changed = np.flatnonzero((self.base != self.before) & ~self.inside)
-        assert changed.size == 0, f"wrote outside the buffer, at bytes {changed[:8].tolist()}"
-
-
-def core_buffer(spec, made: list):
-    if spec[0] == "not":
-        return {"none": None, "list": [0] * 64, "str": "x" * 64, "bytes": b"x" * 64}[spec[1]]
-    buffer = Guarded(*spec[1:])
-    made.append(buffer)
-    return buffer.view
-
-
-def core_ints(spec):
-    return core_value(spec) if isinstance(spec, tuple) else list(spec)
-
-
-class CoreCase:
-    def __init__(self, sizes: tuple, calls: list) -> None:
-        self.sizes = [core_value(v) for v in sizes]
+    def __init__(self, design: str, sizes: dict, small: bool, calls: list) -> None:
+        self.m = BY_ID[design].make(**sizes)
+        self.step, self.books = self.m._step, self.m._books
+        self.on_device = isinstance(self.step, _C.DeviceStep)
+        if small:  # buffers that the steps' calls must grow (through the manager's grow)
+            self.m._grow("device", 8)
+            if self.on_device:
+                self.m._size_staging(_C.staged_words(sizes["max_running_reqs"], 0))
+            else:
+                self.m._set_head(0, 8)
         self.calls = calls
-
-    def valid_sizes(self) -> bool:
-        if not all(type(v) is int and 1 <= v <= INT32_MAX for v in self.sizes):
-            return False
-        return self.sizes[0] * self.sizes[1] <= INT32_MAX
+        self.last_pack = -1
+        self.planned: tuple = ([], 0, [])  # the last batch planned
 
     def run(self) -> None:
-        block_size, num_blocks, max_seq_len, max_reqs = self.sizes
-        try:
-            self.bm = _C.BlockBooks(block_size, num_blocks, max_seq_len, max_reqs)
-            self.table = _C.RequestTable(max_reqs, max_seq_len, block_size)
-        except (TypeError, ValueError):
-            assert not self.valid_sizes(), f"valid sizes {self.sizes} refused"
-            return
-        assert self.valid_sizes(), f"sizes {self.sizes} accepted"
         for call in self.calls:
             self.run_call(call)
 
-    def grow(self, kind: str, dtype: str, made: list, allowed: tuple) -> tuple:
-        """A grow(n) callback of the kind asked for, and the errors it may add."""
-        if kind == "grow":
-            return (lambda n: core_buffer(("buffer", dtype, n, 1, False), made)), allowed
-        if kind == "grow-small":
-            return (lambda n: core_buffer(("buffer", dtype, n // 2, 1, False), made)), allowed
-        if kind == "grow-raises":
-            return (lambda n: 1 / 0), allowed + (ZeroDivisionError,)
-        if kind == "grow-reenters":
-            return (lambda n: self.bm.reset_state()), allowed + (RuntimeError,)
-        return None, allowed
+    def value(self, v):
+        if isinstance(v, tuple) and v[0] == "not":
+            return NOT_INTS[v[1]]
+        if isinstance(v, tuple) and v[0] == "live":  # the k-th running request, if any
+            running = sorted(self.books.req_ids())
+            return running[v[1] % len(running)]
+        if isinstance(v, tuple) and v[0] == "reenter":  # refused: the step is busy reading
+            return Index(v[1], lambda: self.step.reset(0) if self.on_device else self.step.reset())
+        return v
+
+    def ints(self, spec):
+        """A list (or array) of ids or lengths; ("live", k) items only while requests run."""
+        if isinstance(spec, tuple) and spec[0] != "array":
+            return self.value(spec)
+        items = spec[1] if isinstance(spec, tuple) else spec
+        if not self.books.num_reqs:
+            items = [v for v in items if not (isinstance(v, tuple) and v[0] == "live")]
+        values = [self.value(v) for v in items]
+        if isinstance(spec, list):
+            return values
+        return np.array([v if isinstance(v, int) and -(2**63) <= v < 2**63 else 0 for v in values], dtype=np.int64)
+
+    def batch(self, spec: tuple) -> tuple:
+        ids, num_prefill, lens = spec
+        return self.ints(ids), self.value(num_prefill), self.ints(lens)
+
+    def grow(self, kind: str):
+        """The step's grow for one call (the manager's own, unless it fails), and what it adds."""
+        ref = weakref.ref(self.m)
+        if kind == "nothing":
+            return lambda which, nbytes: None
+        if kind == "short":
+            return lambda which, nbytes: ref()._grow(which, nbytes // 3)
+        if kind == "raises":
+            return lambda which, nbytes: 1 / 0
+        if kind == "reenters":
+            return lambda which, nbytes: self.step.lengths([], 0, [])
+        return lambda which, nbytes: ref()._grow(which, nbytes)
+
+    def set_bad(self, what: str, bad: str) -> None:
+        """Gives the step a buffer it must refuse: a list, a strided or meta tensor, a small one."""
+        n = 1 << 16
+        obj = {
+            "list": [0] * 64,
+            "strided": torch.zeros(2 * n, dtype=torch.int32)[::2],
+            "small": torch.zeros(4, dtype=torch.int32),
+            "meta": torch.zeros(n, dtype=torch.int32, device="meta"),
+        }[bad]
+        step, m = self.step, self.m
+        if what in ("head", "out") and bad == "small" or what in ("twin", "stack") and not self.on_device:
+            return  # (a head or a metadata buffer of any size is grown when a pack needs more)
+        if what == "buffer":
+            step.set_buffer(0, obj) if self.on_device else step.set_buffer(0, obj, m._heads[0])
+        elif what == "head" and not self.on_device:
+            step.set_buffer(0, m._tables[0], obj)
+        elif what == "out" and not self.on_device:
+            step.set_out(obj)
+        elif what == "twin":
+            step.set_twin(obj)
+        elif what == "stack":
+            step.set_free_stack(obj, obj)
+        else:
+            return
+        raise AssertionError(f"set {what}: the step kept a bad tensor ({bad})")
 
     def snapshot(self) -> tuple:
-        bm, t = self.bm, self.table
-        return (
-            sorted(bm.req_ids()),
-            {r: (bm.seq_len(r), bm.block_ids(r)) for r in bm.req_ids()},
-            bm.num_free_blocks(),
-            sorted(t.req_ids()),
-            {r: (t.seq_len(r), t.row_of(r)) for r in t.req_ids()},
-            t.num_free_rows,
-        )
+        m = self.m
+        ids = sorted(self.books.req_ids())
+        return ids, {r: (m.seq_len(r), m.token_slots(r)) for r in ids}, m.num_free_slots()
 
     def run_call(self, call: tuple) -> None:
-        made: list[Guarded] = []
-        allowed = CORE_ERRORS
-        before = self.snapshot()
         kind, args = call[0], call[1:]
-        bm, t = self.bm, self.table
+        step, books, device = self.step, self.books, self.on_device
+        before = self.snapshot()
+        grow = call[-1] if kind in ("plan", "commit", "pack") else "manager"
+        step.set_grow(self.grow(grow))
         try:
-            if kind == "bm_update":
-                ids, nps, lens, first = args
-                bm.update_block_table(core_ints(ids), core_value(nps), core_ints(lens), first)
-            elif kind == "bm_pack":
-                ids, nps, lens, out, grow_kind, index = args
-                buffer = core_buffer(out, made)
-                grow, allowed = self.grow(grow_kind, "uint8", made, allowed)
-                bm.pack_flash_attn_metadata(
-                    core_ints(ids), core_value(nps), core_ints(lens), buffer, grow, core_value(index)
-                )
-            elif kind == "bm_plan":
-                ids, nps, lens, plan, stride, block_ids, grow_kind = args
-                grow, allowed = self.grow(grow_kind, "int32", made, allowed)
-                bm.update_block_table_plan(
-                    core_ints(ids),
-                    core_value(nps),
-                    core_ints(lens),
-                    core_buffer(plan, made),
-                    core_value(stride),
-                    core_buffer(block_ids, made),
-                    grow,
-                )
-            elif kind == "bm_lookup":
-                ids, nps, lens, out, stride, op = args
-                bm.lookup(
-                    core_ints(ids), core_value(nps), core_ints(lens), core_buffer(out, made), core_value(stride), op
-                )
-            elif kind == "bm_release":
-                bm.release_seqs(core_ints(args[0]))
-            elif kind == "bm_query":
-                getattr(bm, args[0])(core_value(args[1]))
-            elif kind == "table_advance":
-                ids, nps, lens, free, plan, stride = args
-                t.advance(
-                    core_ints(ids),
-                    core_value(nps),
-                    core_ints(lens),
-                    core_value(free),
-                    core_buffer(plan, made),
-                    core_value(stride),
-                )
-            elif kind == "table_lookup":
-                ids, nps, lens, out, stride, op = args
-                t.lookup(
-                    core_ints(ids), core_value(nps), core_ints(lens), core_buffer(out, made), core_value(stride), op
-                )
-            elif kind == "table_release":
-                t.release_seqs(core_ints(args[0]))
-            elif kind == "layout":
-                layout = _C.metadata_layout(*(core_value(a) for a in args))
-                check_layout(layout)
+            if kind == "plan":
+                (ids, nps, lens), then, stream, _ = args
+                batch = self.batch((ids, nps, lens))
+                step.plan(*batch)
+                self.planned = batch
+                if then == "commit":
+                    step.commit(self.value(stream)) if device else step.commit()
+            elif kind == "commit":
+                step.commit(self.value(args[0])) if device else step.commit()
+            elif kind == "lengths":
+                step.lengths(*self.batch(args[0]))
+            elif kind == "pack":
+                spec, layer, stream, known, _ = args
+                batch = self.planned if spec == "planned" else self.batch(spec)
+                known = self.last_pack if known == "last" else self.value(known)
+                out = step.pack(*batch, self.value(layer), self.value(stream), known)
+                self.last_pack = out[0]
+            elif kind == "release":
+                ids, stream = args
+                step.release(self.ints(ids), self.value(stream)) if device else step.release(self.ints(ids))
+            elif kind == "flush" and device:
+                step.flush(self.value(args[0]))
             elif kind == "reset":
-                bm.reset_state()
-                t.reset_state()
-                before = self.snapshot()
-        except allowed:
-            assert self.snapshot() == before, "an error changed the core"
-        for buffer in made:
-            buffer.check()
-        assert bm.check_integrity() == "", bm.check_integrity()
-        assert t.num_reqs + t.num_free_rows == t.max_reqs
+                step.reset(self.value(args[0])) if device else step.reset()
+            elif kind == "query":
+                what, req_id = args
+                if what == "num_free_blocks":
+                    step.num_free_blocks if device else books.num_free_blocks()
+                elif what != "block_ids" or isinstance(books, _C.BlockBooks):
+                    getattr(books, what)(self.value(req_id))
+            elif kind == "layout":
+                check_layout(_C.metadata_layout(*(self.value(a) for a in args)))
+            elif kind == "set":
+                self.set_bad(*args)
+        except STEP_ERRORS + (ZeroDivisionError,) as exc:
+            if isinstance(exc, ZeroDivisionError):
+                assert grow == "raises", f"{exc!r} without a grow that raises"
+            assert self.snapshot() == before, f"an error changed the manager: {exc!r}"
+        finally:
+            step.set_grow(self.grow("manager"))
+        self.m.check_integrity()
 
 
 def check_layout(layout) -> None:
@@ -573,7 +568,7 @@ def run_case(case: tuple) -> None:
     if case[0] == "api":
         ApiCase(*case[1:]).run()
     else:
-        CoreCase(*case[1:]).run()
+        StepCase(*case[1:]).run()
 
 
 def read_frame(stream):

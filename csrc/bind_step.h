@@ -1,0 +1,86 @@
+// What the bindings of the two steps share (bind_host_step.cpp, bind_device_step.cpp):
+// the stream and tensor arguments, and the calls that both steps answer alike. Arguments
+// are read as in bindings.cpp (py_args.h); a step call holds its books' busy flag, so
+// that nothing an argument runs can change them meanwhile.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <utility>
+
+#include "bindings.h"
+#include "py_args.h"
+#include "step.h"
+
+inline cuda::Stream read_stream(const char* op, py::handle stream) {
+  return reinterpret_cast<cuda::Stream>(static_cast<uintptr_t>(read_int(op, "stream", stream)));
+}
+
+// Where a tensor that a step keeps must live: on the host (a ring buffer, pinned on CUDA)
+// or on the step's device (torch's CPU device, or the CUDA device).
+enum class Place { kHost, kDevice };
+
+// The memory of a tensor a step keeps.
+struct TensorMemory {
+  uint8_t* data;
+  int64_t nbytes;
+};
+
+// `tensor`'s memory: a contiguous torch.Tensor on `place` (a step `on_cuda` or not);
+// TypeError or ValueError naming `name` otherwise.
+TensorMemory tensor_memory(const char* op, const char* name, py::handle tensor, bool on_cuda,
+                           Place place);
+
+// A device index: -1 (torch's CPU device) or a CUDA device's.
+int read_device(const char* op, py::handle device);
+
+py::object pack_result(const PackOutcome& o, int64_t batch_size);
+
+// The first-layer plan and the later-layer lengths, as both steps read them.
+template <class S>
+py::list plan_of(S& s, py::handle req_ids, py::handle num_prefill, py::handle lens) {
+  const char* op = "update_block_table";
+  BusyScope busy(op, s.busy());
+  Batch batch(op, req_ids, num_prefill, lens);
+  BatchView b = batch.view();
+  return to_list(step_of(s).plan(op, b), b.size);
+}
+
+template <class S>
+py::list lengths_of(S& s, py::handle req_ids, py::handle num_prefill, py::handle lens) {
+  const char* op = "update_block_table";
+  BusyScope busy(op, s.busy());
+  Batch batch(op, req_ids, num_prefill, lens);
+  BatchView b = batch.view();
+  return to_list(step_of(s).lengths(op, b), b.size);
+}
+
+template <class S>
+py::object pack_of(S& s, py::handle req_ids, py::handle num_prefill, py::handle lens,
+                   py::handle layer, py::handle stream, py::handle known) {
+  const char* op = "pack_flash_attn_metadata";
+  BusyScope busy(op, s.busy());
+  Batch batch(op, req_ids, num_prefill, lens);
+  int64_t at_layer = read_int(op, "layer", layer);
+  cuda::Stream st = read_stream(op, stream);
+  int64_t known_id = read_int(op, "known", known);
+  BatchView b = batch.view();
+  return pack_result(step_of(s).pack(op, b, at_layer, st, known_id), b.size);
+}
+
+// The step's grow (step.h, Grow): `fn`, kept alive by the Python-side step.
+template <class S>
+void set_grow_of(S& s, py::object fn) {
+  s.grow = std::move(fn);
+  step_of(s).set_grow([&s](const char* which, int64_t nbytes) { s.grow(which, nbytes); });
+}
+
+extern const char* const kPlanDoc;
+extern const char* const kLengthsDoc;
+extern const char* const kPackDoc;
+extern const char* const kSetGrowDoc;
+
+// _C.HostStep (bind_host_step.cpp) and _C.DeviceStep (bind_device_step.cpp).
+void bind_host_step(py::module_& m);
+void bind_device_step(py::module_& m);
