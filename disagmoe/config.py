@@ -86,7 +86,7 @@ class CacheConfig:
     """The KV-cache pool: `num_gpu_blocks` blocks of `block_size` slots, at most
     2**31 - 1 slots in all.
 
-    `block_size=None` takes the backend's default (16 for every backend).
+    `block_size=None` takes the design's default (16 for every design).
     """
 
     block_size: int | None

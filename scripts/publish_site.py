@@ -58,7 +58,7 @@ class Machine:
 
     @property
     def label(self) -> str:
-        parts = ["GPU" if self.on_cuda else "no CUDA: the gpu backend on torch's CPU device"]
+        parts = ["GPU" if self.on_cuda else "no CUDA: the gpu design on torch's CPU device"]
         if self.num_in_git:
             parts.append(f"history in git, {_commits(self.num_in_git)}")
         if self.num_local:

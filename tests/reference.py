@@ -2,7 +2,7 @@
 
 It keeps only what the contract fixes: each running request's length, how many
 blocks it holds, and how many blocks and request rows are free. It does not pick
-block ids; the tests check the backends' slots through invariants instead.
+block ids; the tests check the designs' slots through invariants instead.
 """
 
 from __future__ import annotations

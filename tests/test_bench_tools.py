@@ -36,7 +36,8 @@ def test_history_rule_lists_commits_that_change_the_package():
             ["git", "-C", ROOT, "show", "--name-only", "--format=", commit], capture_output=True, text=True
         ).stdout.split()
         assert any(
-            path.startswith(("csrc/", "disagmoe/", "disagmoe_bench/")) or path in ("setup.py", "pyproject.toml") for path in changed
+            path.startswith(("csrc/", "disagmoe/", "disagmoe_bench/")) or path in ("setup.py", "pyproject.toml")
+            for path in changed
         ), (commit, changed)
 
 
@@ -145,9 +146,9 @@ def test_relative_time_tracks_a_slower_operation(monkeypatch):
         ("reference", ops[0]): 40e-6,
         ("reference", ops[1]): 40e-6,
     }
-    for backend, cls in (("cpu", CPUBlockManager), ("gpu", GPUBlockManager), ("hybrid", HybridBlockManager)):
+    for design, cls in (("cpu", CPUBlockManager), ("gpu", GPUBlockManager), ("hybrid", HybridBlockManager)):
         for op in ops:
-            _charge(monkeypatch, clock, cls, op, costs, (backend, op))
+            _charge(monkeypatch, clock, cls, op, costs, (design, op))
     _charge(monkeypatch, clock, common.ReferenceWork, "step", costs, ("reference", ops[0]))
     _charge(monkeypatch, clock, common.ReferenceWork, "pack_flash_attn_metadata", costs, ("reference", ops[1]))
 

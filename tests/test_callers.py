@@ -253,19 +253,19 @@ def test_a_manager_cannot_be_copied(make_manager):
             attempt(m)
 
 
-def test_a_frozen_config_changed_after_it_was_made_is_checked_again(backend):
+def test_a_frozen_config_changed_after_it_was_made_is_checked_again(config):
     model = ModelConfig((3, 5), 64, 8)
     object.__setattr__(model, "layer_ids", ("a",))
     with pytest.raises(TypeError, match="layer_ids"):
-        backend.cls(model, CacheConfig(4, 32), 8, device=backend.device, **backend.kwargs)
+        config.cls(model, CacheConfig(4, 32), 8, device=config.device, **config.kwargs)
     model = ModelConfig((3, 5), 64, 8)
     object.__setattr__(model, "layer_ids", ())
     with pytest.raises(TypeError, match="layer_ids"):
-        backend.cls(model, CacheConfig(4, 32), 8, device=backend.device, **backend.kwargs)
+        config.cls(model, CacheConfig(4, 32), 8, device=config.device, **config.kwargs)
     cache = CacheConfig(4, 32)
     object.__setattr__(cache, "num_gpu_blocks", 2.5)
     with pytest.raises(TypeError, match="num_gpu_blocks"):
-        backend.cls(ModelConfig((0,), 64, 8), cache, 8, device=backend.device, **backend.kwargs)
+        config.cls(ModelConfig((0,), 64, 8), cache, 8, device=config.device, **config.kwargs)
 
 
 def test_returned_metadata_objects_are_distinct(make_manager):

@@ -124,7 +124,7 @@ def test_books_past_the_limit_are_refused_by_arithmetic():
 
 
 def test_packed_offsets_are_metadata_layout():
-    """The cpu backend computes the layout's offsets in Python (a call and nine attribute
+    """The cpu design computes the layout's offsets in Python (a call and nine attribute
     reads a pack saved): the same numbers as the C++ core's."""
     from disagmoe.metadata import packed_offsets
 

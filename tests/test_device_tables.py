@@ -1,6 +1,6 @@
 """The step paths' batch memo (`cpu`, `gpu`, `hybrid`): the same batch at the next layer
 returns the same metadata without packing again, any change in between is seen, a
-layer packed twice is packed twice; and on CUDA the device-table backends' host runs
+layer packed twice is packed twice; and on CUDA the device-table designs' host runs
 ahead of the device by the staging ring's depth."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from disagmoe import BatchMetadata
 from disagmoe.block_manager.base import DEFAULT_DEPTH
 from disagmoe.block_manager.device_tables import DeviceTableManager
 
-from backends import BY_ID, CPU_DEVICE_CONFIGS, CUDA_CONFIGS, HAS_CUDA
+from configs import BY_ID, CPU_DEVICE_CONFIGS, CUDA_CONFIGS, HAS_CUDA
 from harness import Harness, to_host
 
 ALL = CPU_DEVICE_CONFIGS + (CUDA_CONFIGS if HAS_CUDA else [])

@@ -1,4 +1,4 @@
-"""The edges of a step, on every backend and block size: empty batch, one entry, a pool
+"""The edges of a step, on every design and block size: empty batch, one entry, a pool
 exactly full, a block boundary crossed by one token, prefill-only and decode-only
 batches, max_seq_len reached exactly, every request row in use."""
 

@@ -14,7 +14,7 @@ from disagmoe import BatchMetadata, CacheConfig, GPUBlockManager, KVCacheExhaust
 
 from harness import Harness
 
-L0, L1 = 3, 5  # the first layer and a later one (backends.LAYER_IDS)
+L0, L1 = 3, 5  # the first layer and a later one (configs.LAYER_IDS)
 per_block_size = pytest.mark.parametrize("block_size", [1, 4])
 
 
@@ -179,9 +179,9 @@ def test_batch_wider_than_request_rows_at_later_layer(make_manager, block_size):
 SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
-    from backends import BY_ID
+    from configs import BY_ID
     from disagmoe import BatchMetadata, KVCacheExhausted
-    manager = BY_ID[{backend!r}].make(block_size=4, num_blocks=64, max_running_reqs=2)
+    manager = BY_ID[{config!r}].make(block_size=4, num_blocks=64, max_running_reqs=2)
     n = 10
     try:
         manager.update_block_table(BatchMetadata(3, list(range(100, 100 + n)), n, [1] * n))
@@ -195,10 +195,10 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_more_new_requests_than_request_rows(backend):
+def test_more_new_requests_than_request_rows(config):
     """A first-layer batch of 10 new requests for 2 request rows: KVCacheExhausted, and
     nothing changed. Run in a child process: a buffer overrun may kill it."""
-    script = SCRIPT.format(tests=__file__.rsplit("/", 1)[0], backend=backend.id)
+    script = SCRIPT.format(tests=__file__.rsplit("/", 1)[0], config=config.id)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout}\n{run.stderr[-2000:]}"
     assert run.stdout.startswith("KVCacheExhausted") and run.stdout.rstrip().endswith("OK"), run.stdout
@@ -206,11 +206,11 @@ def test_more_new_requests_than_request_rows(backend):
 
 
 @per_block_size
-def test_bad_configuration(backend, block_size):
+def test_bad_configuration(config, block_size):
     model = ModelConfig(layer_ids=(0,), max_seq_len=8, max_batch_size_attn=2)
     cache = CacheConfig(block_size=block_size, num_gpu_blocks=4)
     with pytest.raises(ValueError, match="max_running_reqs=0"):
-        backend.cls(model, cache, 0, device=backend.device, **backend.kwargs)
+        config.cls(model, cache, 0, device=config.device, **config.kwargs)
     for bad in (dict(layer_ids=()), dict(layer_ids=(1, 1)), dict(max_seq_len=0)):
         with pytest.raises(ValueError):
             ModelConfig(**{**dict(layer_ids=(0,), max_seq_len=8, max_batch_size_attn=2), **bad})

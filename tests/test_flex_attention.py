@@ -6,7 +6,7 @@ runs over the whole physical cache: its block mask maps every physical slot back
 sequence and position through `block_tables` (the inverse page table of FlexAttention's
 paged attention), and each query token, placed by `query_start_loc` and
 `context_lens_tensor`, attends to its own sequence's positions up to its own. The result
-must equal dense causal attention over each sequence's contiguous K/V, for every backend's
+must equal dense causal attention over each sequence's contiguous K/V, for every design's
 metadata, block sizes 1 and 16, mixed prefill + decode batches included. On torch's CPU
 device FlexAttention runs eagerly; on CUDA it runs compiled. A corrupted block table, or
 corrupted query positions, must make the check fail.

@@ -15,12 +15,12 @@ import torch
 
 from disagmoe import BatchMetadata
 
-from backends import BY_ID, HAS_CUDA
+from configs import BY_ID, HAS_CUDA
 from harness import Harness, HostMetadata, to_host
 
 pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 
-L0, L1 = 3, 5  # backends.LAYER_IDS[0], [1]
+L0, L1 = 3, 5  # configs.LAYER_IDS[0], [1]
 SYNC_FREE = ["gpu-triton-graphs", "gpu-triton", "cpu-cuda"]
 
 
@@ -84,11 +84,11 @@ def test_sync_debug_mode_catches_a_sync():
         x.sum().item()
 
 
-@pytest.mark.parametrize("backend_id", SYNC_FREE)
+@pytest.mark.parametrize("config_id", SYNC_FREE)
 @pytest.mark.parametrize("block_size", [1, 16, 5])
-def test_steps_do_not_sync(backend_id, block_size):
-    backend = BY_ID[backend_id]
-    manager = backend.make(block_size=block_size, num_blocks=512 // block_size, max_running_reqs=8, max_seq_len=128)
+def test_steps_do_not_sync(config_id, block_size):
+    config = BY_ID[config_id]
+    manager = config.make(block_size=block_size, num_blocks=512 // block_size, max_running_reqs=8, max_seq_len=128)
     steps = prefill_steps() + decode_steps()
     run_steps(manager, steps)  # warm-up: compiles kernels, captures graphs, sizes buffers
     manager.reset_state()
@@ -108,9 +108,9 @@ def test_steps_do_not_sync(backend_id, block_size):
         assert manager.token_slots(req_id) == reference.manager.token_slots(req_id)
 
 
-@pytest.mark.parametrize("backend_id", SYNC_FREE)
+@pytest.mark.parametrize("config_id", SYNC_FREE)
 @pytest.mark.parametrize("block_size", [1, 16])
-def test_trace_steps_do_not_sync(backend_id, block_size):
+def test_trace_steps_do_not_sync(config_id, block_size):
     """A continuous-batching trace (releases, chunked prefills, decodes, two layers a step)
     runs sync-free once warm, and gives what the torch kernels give, step by step."""
     from disagmoe_bench.workloads import TraceConfig, TraceWorkload
@@ -124,7 +124,7 @@ def test_trace_steps_do_not_sync(backend_id, block_size):
         max_seq_len=max_seq_len,
         layer_ids=(0, 1),
     )
-    manager = BY_ID[backend_id].make(**sizes)
+    manager = BY_ID[config_id].make(**sizes)
 
     def steps() -> list[tuple]:
         kept = []

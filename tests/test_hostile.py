@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from disagmoe import BatchMetadata, CacheConfig, KVCacheExhausted, ModelConfig
+from disagmoe import BatchMetadata, CacheConfig, GPUBlockManager, KVCacheExhausted, ModelConfig
 
-from backends import BY_ID, LAYER_IDS
+from configs import BY_ID, LAYER_IDS
 from harness import Harness, to_host
 from hostile import INT_LIKE, NOT_INTS, EqualsAnything, Index, IndexRaises, clears
 
@@ -46,15 +46,15 @@ def assert_still_usable(h: Harness) -> None:
     h.step(h.batch([10, 11, 12, 13], [], layer=L1))
 
 
-def run_child(body: str, backend_id: str, timeout: float = 60) -> str:
-    """Runs `body` (with `make` building a manager of the backend) in a child process;
+def run_child(body: str, config_id: str, timeout: float = 60) -> str:
+    """Runs `body` (with `make` building a manager of the configuration) in a child process;
     returns its stdout. A crash or a hang fails the test with the child's output."""
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {TESTS!r})
-        from backends import BY_ID
+        from configs import BY_ID
         from disagmoe import *
-        make = BY_ID[{backend_id!r}].make
+        make = BY_ID[{config_id!r}].make
     """) + textwrap.dedent(body)
     try:
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
@@ -108,17 +108,17 @@ MUTATING_LISTS = """
 """
 
 
-@pytest.mark.parametrize("backend_id", ["cpu", "gpu-torch", "hybrid-torch"])
-def test_list_changed_by_an_items_index(backend_id):
+@pytest.mark.parametrize("config_id", ["cpu", "gpu-torch", "hybrid-torch"])
+def test_list_changed_by_an_items_index(config_id):
     """An __index__ that empties the list holding it (and writes over the memory it freed),
     or grows it so that it reallocates: the call reads the items as they were when it
     started. (A reader that kept the list's array read freed memory and crashed.)"""
-    assert run_child(MUTATING_LISTS, backend_id).strip().endswith("OK")
+    assert run_child(MUTATING_LISTS, config_id).strip().endswith("OK")
 
 
 HUGE_CONFIGS = """
-    cls = BY_ID[BACKEND].cls
-    device = BY_ID[BACKEND].device
+    cls = BY_ID[CONFIG].cls
+    device = BY_ID[CONFIG].device
     cases = [
         ("max_seq_len", lambda: cls(ModelConfig([0], 2**62, 8), CacheConfig(4, 8), 2, device=device)),
         ("max_seq_len", lambda: cls(ModelConfig([0], 2**31, 8), CacheConfig(4, 8), 2, device=device)),
@@ -142,11 +142,11 @@ HUGE_CONFIGS = """
 """
 
 
-@pytest.mark.parametrize("backend_id", ["cpu", "gpu-torch", "hybrid-torch"])
-def test_huge_sizes_are_refused_before_allocating(backend_id):
+@pytest.mark.parametrize("config_id", ["cpu", "gpu-torch", "hybrid-torch"])
+def test_huge_sizes_are_refused_before_allocating(config_id):
     """A table size that wrapped to 0, a capacity loop that never ended, std::bad_alloc:
     each is now a ValueError naming the argument, raised before anything is allocated."""
-    out = run_child(f"BACKEND = {backend_id!r}\n" + textwrap.dedent(HUGE_CONFIGS), backend_id, timeout=120)
+    out = run_child(f"CONFIG = {config_id!r}\n" + textwrap.dedent(HUGE_CONFIGS), config_id, timeout=120)
     assert out.strip().endswith("OK")
 
 
@@ -175,7 +175,7 @@ def test_lengths_past_int64(make_manager, n):
 
 def test_index_that_steps_another_manager(make_manager):
     """The parsed arguments of one call are its own: an __index__ that steps another
-    manager (a second backend's, or one of the same) changes nothing of this call."""
+    manager (a second design's, or one of the same) changes nothing of this call."""
     h, other = running(make_manager), running(make_manager)
     step = lambda: other.step(other.batch([500, 10], [3]))  # noqa: E731
     batch = h.batch([100, 10, 11], [Index(4, step), 2])
@@ -222,12 +222,12 @@ def test_index_that_calls_the_same_manager(make_manager):
     assert_still_usable(h)
 
 
-def test_pack_that_grows_its_buffer_reads_the_batch_once(backend):
+def test_pack_that_grows_its_buffer_reads_the_batch_once(config):
     """A batch too big for the metadata buffer made at construction: the buffer grows
     within the one call that read the batch. (Packing again after growing read the batch
     a second time, and a list emptied by the first read was then an empty batch.)"""
     plain, odd = (
-        Harness(backend.make(block_size=4, num_blocks=64, max_running_reqs=2, max_seq_len=64)) for _ in range(2)
+        Harness(config.make(block_size=4, num_blocks=64, max_running_reqs=2, max_seq_len=64)) for _ in range(2)
     )
     for h in (plain, odd):
         h.update(h.batch([1, 2], [60, 60]))
@@ -267,12 +267,12 @@ def test_batch_memo_compares_the_ints_the_core_reads(make_manager):
 
 
 @pytest.mark.parametrize("block_size, num_blocks", [(1, 2**31), (2, 2**30), (16, 2**27), (2**31, 1)])
-def test_pool_past_int32_slots(backend, block_size, num_blocks):
+def test_pool_past_int32_slots(config, block_size, num_blocks):
     """Slots are int32 in block tables: a pool past 2**31 - 1 slots is refused on every
-    backend, by the same rule (it handed out negative slots on gpu)."""
+    design, by the same rule (it handed out negative slots on gpu)."""
     with pytest.raises(ValueError, match="2147483647"):
         cache = CacheConfig(block_size, num_blocks)
-        backend.cls(ModelConfig(LAYER_IDS, 8, 2), cache, 2, device=backend.device, **backend.kwargs)
+        config.cls(ModelConfig(LAYER_IDS, 8, 2), cache, 2, device=config.device, **config.kwargs)
 
 
 def test_default_block_size_pool_past_int32_slots():
@@ -362,10 +362,10 @@ def test_not_an_int_anywhere(make_manager, where, name):
 
 
 @pytest.mark.parametrize("kind", sorted(INT_LIKE))
-def test_int_like_values_act_as_ints(backend, kind):
+def test_int_like_values_act_as_ints(config, kind):
     """numpy ints, integer tensors and int subclasses are read as their int, everywhere."""
     as_int = INT_LIKE[kind]
-    plain, odd = running(backend.make), running(backend.make)
+    plain, odd = running(config.make), running(config.make)
     steps = [([100, 10, 11], [3, 2]), ([12, 100, 10], [])]
     for ids, lens in steps:
         want = plain.step(plain.batch(ids, lens))
@@ -446,11 +446,11 @@ def test_configs_keep_the_int():
         ("4", TypeError),
     ],
 )
-def test_max_running_reqs_rejects(backend, value, error):
+def test_max_running_reqs_rejects(config, value, error):
     with pytest.raises(
         error, match=f"max_running_reqs={value!r}" if error is TypeError else f"max_running_reqs={value}"
     ):
-        backend.cls(ModelConfig(LAYER_IDS, 8, 2), CacheConfig(4, 8), value, device=backend.device, **backend.kwargs)
+        config.cls(ModelConfig(LAYER_IDS, 8, 2), CacheConfig(4, 8), value, device=config.device, **config.kwargs)
 
 
 @pytest.mark.parametrize(
@@ -460,9 +460,9 @@ def test_max_running_reqs_rejects(backend, value, error):
         (ModelConfig(LAYER_IDS, 8, 2), (4, 8), TypeError),
     ],
 )
-def test_constructor_argument_types(backend, model, cache, error):
+def test_constructor_argument_types(config, model, cache, error):
     with pytest.raises(error, match="config"):
-        backend.cls(model, cache, 2, device=backend.device, **backend.kwargs)
+        config.cls(model, cache, 2, device=config.device, **config.kwargs)
 
 
 @pytest.mark.parametrize(
@@ -476,15 +476,15 @@ def test_constructor_argument_types(backend, model, cache, error):
         *([] if torch.cuda.is_available() else [("cuda", ValueError)]),
     ],
 )
-def test_bad_device(backend, device, error):
+def test_bad_device(config, device, error):
     model, cache = ModelConfig(LAYER_IDS, 8, 2), CacheConfig(4, 8)
     with pytest.raises(error, match="device="):
-        backend.cls(
+        config.cls(
             model,
             cache,
             2,
             device=device,
-            **{**backend.kwargs, "kernels": "torch"} if backend.cls.backend == "gpu" else {},
+            **{**config.kwargs, "kernels": "torch"} if config.cls is GPUBlockManager else {},
         )
 
 

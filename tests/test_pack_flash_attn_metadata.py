@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends import config_pairs
+from configs import config_pairs
 from harness import Harness, to_host
 from strategies import BLOCK_SIZES, pool_size, run_random_steps
 

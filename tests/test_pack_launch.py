@@ -11,7 +11,7 @@ import torch
 
 from disagmoe import BatchMetadata, CacheConfig, GPUBlockManager, ModelConfig
 
-from backends import HAS_CUDA
+from configs import HAS_CUDA
 
 pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="the Triton kernels need CUDA")
 

@@ -1,4 +1,4 @@
-"""The serving benchmarks: the workloads are valid contract input that every backend replays
+"""The serving benchmarks: the workloads are valid contract input that every design replays
 alike, the timing modes measure what they say, and the command line and the asv modules run."""
 
 from __future__ import annotations
@@ -69,12 +69,12 @@ def test_trace_keeps_its_promises():
 
 
 @pytest.mark.parametrize("block_size", [1, 16])
-def test_every_backend_replays_the_trace_as_the_reference_says(backend, block_size):
+def test_every_backend_replays_the_trace_as_the_reference_says(config, block_size):
     """Each step of the trace through the harness: lengths, metadata and slots checked
     against the reference model at every layer."""
     trace = TraceWorkload(SMALL, 40)
     max_seq_len, max_reqs = trace.sizes(40)
-    manager = backend.make(
+    manager = config.make(
         block_size=block_size,
         num_blocks=max_reqs * -(-max_seq_len // block_size),
         max_running_reqs=max_reqs,

@@ -328,7 +328,7 @@ def test_regressions_of_time_benchmarks_name_what_to_read_instead():
 def test_machine_labels_count_commits():
     assert publish_site.Machine("h200", 1, 0, True).label == "GPU; history in git, 1 commit"
     assert publish_site.Machine("cpu-a", 0, 2, False).label == (
-        "no CUDA: the gpu backend on torch's CPU device; 2 commits measured in this clone, not in git"
+        "no CUDA: the gpu design on torch's CPU device; 2 commits measured in this clone, not in git"
     )
 
 

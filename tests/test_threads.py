@@ -58,9 +58,9 @@ def workload(h: Harness, seed: int) -> None:
         h.step(h.batch(sorted(h.ref.seq_lens), layer=h.ref.layer_ids[1]))
 
 
-def test_one_manager_per_thread(backend, fine_switching):
+def test_one_manager_per_thread(config, fine_switching):
     harnesses = [
-        Harness(backend.make(block_size=2, num_blocks=64, max_running_reqs=4, max_seq_len=64)) for _ in range(THREADS)
+        Harness(config.make(block_size=2, num_blocks=64, max_running_reqs=4, max_seq_len=64)) for _ in range(THREADS)
     ]
     errors: list[BaseException] = []
     start = threading.Barrier(THREADS)
@@ -84,11 +84,11 @@ def test_one_manager_per_thread(backend, fine_switching):
         h.check_state()
 
 
-def test_a_call_from_another_thread_while_one_reads_is_refused(backend):
+def test_a_call_from_another_thread_while_one_reads_is_refused(config):
     """Thread A's update is stopped inside an __index__ of its arguments; thread B's calls
     on the same manager that would change it are refused, its reads work; then A's update
     completes as if it had been alone."""
-    h = Harness(backend.make(block_size=2, num_blocks=64, max_running_reqs=4, max_seq_len=64))
+    h = Harness(config.make(block_size=2, num_blocks=64, max_running_reqs=4, max_seq_len=64))
     h.step(h.batch([1, 2], [3, 4]))
     m = h.manager
     reading, resume = threading.Event(), threading.Event()

@@ -81,10 +81,10 @@ def test_reset_state_is_like_new(make_manager, block_size):
     assert [h.manager.token_slots(r) for r in (1, 5)] == [fresh.token_slots(r) for r in (1, 5)]
 
 
-def test_default_block_size(backend):
-    manager = backend.make(block_size=None, num_blocks=8)
-    expected = backend.cls.default_block_size  # a registered design's own (test_registry.py)
-    if backend.cls in (CPUBlockManager, GPUBlockManager, HybridBlockManager):
+def test_default_block_size(config):
+    manager = config.make(block_size=None, num_blocks=8)
+    expected = config.cls.default_block_size  # a registered design's own (test_registry.py)
+    if config.cls in (CPUBlockManager, GPUBlockManager, HybridBlockManager):
         assert expected == 16  # the contract: every design of the package defaults to 16
     assert manager.block_size == expected
     assert manager.capacity == manager.num_free_slots() == 8 * expected

@@ -11,17 +11,17 @@ import pytest
 
 from disagmoe_bench.workloads import TraceConfig, TraceWorkload
 
-from backends import BY_ID, CPU_DEVICE_CONFIGS, HAS_CUDA
+from configs import BY_ID, CPU_DEVICE_CONFIGS, HAS_CUDA
 
 STEPS = 1000
 TRACE = TraceConfig(running=24, max_prompt=600, chunk=256, max_output=120, seed=3)
 CUDA_IDS = ["cpu-cuda", "gpu-triton-graphs", "gpu-triton", "hybrid-triton-graphs", "hybrid-triton"]
 
 
-def trace_manager(backend_id: str, **kwargs):
+def trace_manager(config_id: str, **kwargs):
     workload = TraceWorkload(TRACE, STEPS)
     max_seq_len, max_reqs = workload.sizes(STEPS)
-    manager = BY_ID[backend_id].make(
+    manager = BY_ID[config_id].make(
         block_size=16,
         num_blocks=max_reqs * -(-max_seq_len // 16),
         max_running_reqs=max_reqs,
@@ -40,9 +40,9 @@ def replay(workload: TraceWorkload, manager) -> None:
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("backend_id", CUDA_IDS)
-def test_a_warm_trace_compiles_and_captures_nothing(backend_id):
-    workload, manager = trace_manager(backend_id)
+@pytest.mark.parametrize("config_id", CUDA_IDS)
+def test_a_warm_trace_compiles_and_captures_nothing(config_id):
+    workload, manager = trace_manager(config_id)
     workload.start(manager)
     manager.warm_up(workload.max_step_tokens)
     compiles, captures = manager.num_compiles, manager.num_captures
@@ -51,11 +51,11 @@ def test_a_warm_trace_compiles_and_captures_nothing(backend_id):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("backend_id", ["gpu-triton-graphs", "hybrid-triton-graphs"])
-def test_a_cold_trace_captures_in_the_loop(backend_id):
+@pytest.mark.parametrize("config_id", ["gpu-triton-graphs", "hybrid-triton-graphs"])
+def test_a_cold_trace_captures_in_the_loop(config_id):
     """The counters count: without warm_up the first launch of each kind is captured
     during the trace."""
-    workload, manager = trace_manager(backend_id)
+    workload, manager = trace_manager(config_id)
     replay(workload, manager)
     assert manager.num_captures > 0
 
@@ -66,8 +66,8 @@ def test_a_kernel_compiled_for_a_manager_is_counted():
     kernel for it (Triton's cache holds one more kernel), and counts it."""
     from disagmoe.block_manager.kernels_triton import PackLaunch
 
-    backend = BY_ID["gpu-triton-graphs"]
-    manager = backend.cls(
+    config = BY_ID["gpu-triton-graphs"]
+    manager = config.cls(
         *_configs(),
         8,
         device="cuda",
@@ -87,11 +87,11 @@ def _configs():
     return ModelConfig((0,), 256, 8), CacheConfig(16, 128)
 
 
-@pytest.mark.parametrize("backend", CPU_DEVICE_CONFIGS, ids=[b.id for b in CPU_DEVICE_CONFIGS])
-def test_warm_up_on_the_cpu_device(backend):
+@pytest.mark.parametrize("config", CPU_DEVICE_CONFIGS, ids=[b.id for b in CPU_DEVICE_CONFIGS])
+def test_warm_up_on_the_cpu_device(config):
     """Torch's CPU device: nothing to compile or capture; the warm-up sizes the buffers for
     the steps it is told of, and the trace then runs as it would without it."""
-    workload, manager = trace_manager(backend.id)
+    workload, manager = trace_manager(config.id)
     workload.start(manager)
     manager.warm_up(workload.max_step_tokens)
     replay(workload, manager)

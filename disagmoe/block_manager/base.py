@@ -115,7 +115,6 @@ class BlockManager(ABC):
     as after it, never in between.
     """
 
-    backend: ClassVar[str]
     default_block_size: ClassVar[int]
     _books: Any  # the native books, made by the design (`_build`)
     _step: Any  # the native step over them: _C.HostStep or _C.DeviceStep

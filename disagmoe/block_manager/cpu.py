@@ -1,4 +1,4 @@
-"""The `cpu` backend: block tables kept by the C++ core on the host.
+"""The `cpu` design: block tables kept by the C++ core on the host.
 
 A pack (`_C.HostStep`) has the core write the metadata into the next of a ring of
 pinned host buffers, then copies it into the device's metadata buffer: the block table
@@ -25,7 +25,6 @@ HOST = torch.device("cpu")
 
 
 class CPUBlockManager(CoreBooks, BlockManager):
-    backend = "cpu"
     default_block_size = 16
 
     def _build(self) -> None:

@@ -1,4 +1,4 @@
-"""The `gpu` backend: block tables and free blocks resident on the device, SGLang style.
+"""The `gpu` design: block tables and free blocks resident on the device, SGLang style.
 
 The C++ request books (`_C.RequestTable`) check each batch and mirror every length on
 the host, so shapes never need a device read; the free blocks are a stack on the device,
@@ -23,7 +23,6 @@ class GPUBlockManager(DeviceTableManager):
     `free_blocks` is the device's stack of free blocks (the m-th block an update takes is
     the m-th from its top)."""
 
-    backend = "gpu"
     default_block_size = 16
     free_blocks: torch.Tensor
     _books: _C.RequestTable

@@ -1,6 +1,6 @@
-"""The `hybrid` backend: the host decides, the device keeps the tables.
+"""The `hybrid` design: the host decides, the device keeps the tables.
 
-The C++ core (`_C.BlockBooks`, as the `cpu` backend uses it) checks every batch,
+The C++ core (`_C.BlockBooks`, as the `cpu` design uses it) checks every batch,
 allocates blocks from its host free list and keeps the lengths, so no device state is
 needed to decide anything. The block tables live on the device (`req_to_block`, one row
 per request row), and each first-layer update sends only what changed: per entry its
@@ -21,7 +21,6 @@ from disagmoe.block_manager.device_tables import DeviceTableManager
 class HybridBlockManager(CoreBooks, DeviceTableManager):
     """`kernels`, `cuda_graphs`, `pack_launch` and `req_to_block`: see `DeviceTableManager`."""
 
-    backend = "hybrid"
     default_block_size = 16
 
     def check_integrity(self) -> None:

@@ -223,7 +223,7 @@ FIRST_PREFILL = st.builds(
 
 @st.composite
 def api_case(draw):
-    """A backend, its sizes, and operations (most cases start with a plain prefill)."""
+    """A configuration, its sizes, and operations (most cases start with a plain prefill)."""
     ops = draw(st.lists(operation(), min_size=1, max_size=10))
     if not draw(one_in(4)):
         ops.insert(0, draw(FIRST_PREFILL))

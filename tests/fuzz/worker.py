@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 from disagmoe import _C, BatchMetadata, CacheConfig, KVCacheExhausted, ModelConfig  # noqa: E402
 
-from backends import BY_ID, LAYER_IDS  # noqa: E402
+from configs import BY_ID, LAYER_IDS  # noqa: E402
 from harness import Harness, assert_matches_reference, assert_tables_consistent, to_host  # noqa: E402
 from hostile import INT_LIKE, NOT_INTS, Index, IndexRaises, clears, grows  # noqa: E402
 
@@ -71,8 +71,8 @@ def in_int64(n: int) -> bool:
 
 
 class ApiCase:
-    def __init__(self, backend_id: str, sizes: dict, ops: list) -> None:
-        self.backend = BY_ID[backend_id]
+    def __init__(self, config_id: str, sizes: dict, ops: list) -> None:
+        self.config = BY_ID[config_id]
         self.sizes, self.ops = sizes, ops
         self.fresh = 10_000
         self.other: Harness | None = None
@@ -170,7 +170,7 @@ class ApiCase:
     def step_other(self) -> None:
         """A valid step on a second manager, checked by its own harness."""
         if self.other is None:
-            self.other = Harness(self.backend.make(block_size=2, num_blocks=64, max_running_reqs=4, max_seq_len=64))
+            self.other = Harness(self.config.make(block_size=2, num_blocks=64, max_running_reqs=4, max_seq_len=64))
         o = self.other
         running = sorted(o.ref.seq_lens)
         if len(running) == 4 or any(o.ref.seq_lens[r] >= 60 for r in running):
@@ -183,8 +183,8 @@ class ApiCase:
 
     def expected_config_error(self, values: dict, reads: dict[str, Read]) -> type | None:
         """The error the configs and the constructor raise, in the order they read."""
-        if values["block_size"] is None:  # the backend's default
-            reads["block_size"] = Read(PLAIN, self.backend.cls.default_block_size)
+        if values["block_size"] is None:  # the design's default
+            reads["block_size"] = Read(PLAIN, self.config.cls.default_block_size)
         for name in ("max_seq_len", "block_size", "num_blocks"):
             r = reads[name]
             if r.marker != PLAIN:
@@ -206,9 +206,7 @@ class ApiCase:
         try:
             model = ModelConfig(LAYER_IDS, values["max_seq_len"], 8)
             cache = CacheConfig(values["block_size"], values["num_blocks"])
-            manager = self.backend.cls(
-                model, cache, values["max_reqs"], device=self.backend.device, **self.backend.kwargs
-            )
+            manager = self.config.cls(model, cache, values["max_reqs"], device=self.config.device, **self.config.kwargs)
         except (TypeError, ValueError) as exc:
             assert error is not None and isinstance(exc, error), (error, exc)
             return
