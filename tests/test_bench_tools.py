@@ -263,7 +263,7 @@ def test_regressions_page_thresholds_spare_only_the_absolute_times():
             [float(t) for regex, t in conf["regressions_thresholds"].items() if re.match(regex, entry)], default=0.05
         )
 
-    absolute = [n for n in names if ".time_" in n or ".Step.track_" in n]
+    absolute = [n for n in names if ".time_" in n or ".Step.track_" in n or ".PrefixStep.track_" in n]
     assert sum(".time_" in n for n in absolute) == 4 and all(threshold(n) == 1.5 for n in absolute), absolute
     assert all(threshold(n) == 0.05 for n in names if n not in absolute)
 
