@@ -5,8 +5,9 @@ the crossover maps of its latest results: for each grid point of `bench_pipeline
 (decode: batch size x context) and `bench_trace` (trace: running requests x max prompt)
 and each timing mode, the variant with the lowest median and its speedup over the
 baseline (the baseline's median / the winner's); and the same for each production trace
-that `bench_replay` replays (its busiest stretch). Everything here is read from the
-results file; nothing is measured or typed in.
+that `bench_replay` replays (its busiest stretch), and per trace and prefix-cache mode that
+`bench_prefix` replays, the hit rate and each variant's host and device time a step. Everything
+here is read from the results file; nothing is measured or typed in.
 """
 
 from __future__ import annotations
@@ -66,10 +67,15 @@ MODES = (
 )
 HOST, HOST_P99 = "track_pipelined_host", "track_pipelined_host_p99"  # pipelined host us: median, p99
 REPLAY = "bench_replay"  # its Step's parameters: (variant, trace)
-TRACES = {  # bench_replay's traces, in words
+TRACES = {  # bench_replay's and bench_prefix's traces, in words
     "azure-conv": "Azure LLM inference trace, conversation service",
     "mooncake": "Mooncake (Kimi) conversation trace",
+    "servegen-offline": "ServeGen offline batch trace A (its head), as a burst",
+    "servegen-offline-poisson": "ServeGen offline batch trace A (its head), at Poisson arrivals",
 }
+PREFIX = "bench_prefix"  # PrefixStep's parameters: (variant, trace, prefix_cache); Cache's: (trace, prefix_cache)
+PREFIX_MODES = ("off", "miss", "on")  # benchmarks/serving.py's, in its order
+P50, BUSY_ADDED = "track_pipelined_host_p50", "track_busy_added"
 
 
 def step_benchmark(workload: Workload, method: str) -> str:
@@ -135,6 +141,25 @@ class Regime:
 
 
 @dataclasses.dataclass(frozen=True)
+class PrefixRow:
+    """One trace in one prefix-cache mode of bench_prefix: the window's hit rate beside its
+    bound (None where not measured, as in mode "off"), and each variant's figures."""
+
+    trace: str
+    mode: str
+    hit_rate: float | None
+    bound: float | None
+    p50: dict[str, float]  # variant -> p50 of each step's host us (pipelined)
+    p99: dict[str, float]  # variant -> p99 of the same
+    busy: dict[str, float]  # variant -> device us a step adds behind a forward (CUDA only)
+
+    @property
+    def host(self) -> Cell | None:
+        """The variants' p50 host us: its winner is the row's (None where none was measured)."""
+        return Cell(self.p50) if self.p50 else None
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
     """One results file of one machine, with its serving benchmarks read."""
 
@@ -150,10 +175,11 @@ class Run:
     benchmarks: frozenset[str]  # the benchmarks with at least one value
     replays: dict[str, dict[str, Cell]] = dataclasses.field(default_factory=dict)  # trace -> mode -> cell
     replay_host: dict[str, dict[str, dict[str, float]]] = dataclasses.field(default_factory=dict)  # method -> trace
+    prefix: tuple[PrefixRow, ...] = ()  # bench_prefix's rows, by trace, then mode
 
     @property
     def has_serving(self) -> bool:
-        return bool(self.maps or self.replays)
+        return bool(self.maps or self.replays or self.prefix)
 
 
 def _utc(ms: int | None) -> datetime.datetime | None:
@@ -214,11 +240,36 @@ def read_replays(entries: dict[str, dict]) -> dict[str, dict[str, Cell]]:
     return out
 
 
+def read_prefix(entries: dict[str, dict]) -> tuple[PrefixRow, ...]:
+    """bench_prefix's rows: one per (trace, mode) with at least one measured figure, by trace,
+    then in PREFIX_MODES' order (an unknown mode last)."""
+    figures: dict[str, dict[tuple[str, str], dict[str, float]]] = {}
+    for method in (P50, HOST_P99, BUSY_ADDED):
+        for (variant, *key), value in _points(entries, f"{PREFIX}.PrefixStep.{method}", 3)[1]:
+            figures.setdefault(method, {}).setdefault(tuple(key), {})[variant] = value
+    cache = {m: dict(_points(entries, f"{PREFIX}.Cache.{m}", 2)[1]) for m in ("track_hit_rate", "track_bound")}
+    keys = {key for by_key in [*figures.values(), *cache.values()] for key in by_key}
+    order = {mode: k for k, mode in enumerate(PREFIX_MODES)}
+    return tuple(
+        PrefixRow(
+            trace,
+            mode,
+            cache["track_hit_rate"].get((trace, mode)),
+            cache["track_bound"].get((trace, mode)),
+            *(figures.get(m, {}).get((trace, mode), {}) for m in (P50, HOST_P99, BUSY_ADDED)),
+        )
+        for trace, mode in sorted(keys, key=lambda k: (k[0], order.get(k[1], len(order)), k[1]))
+    )
+
+
 def _any_value(result: object) -> bool:
     return any(v is not None for v in result) if isinstance(result, list) else result is not None
 
 
-BUSY = tuple(f"{module}.Step.track_busy_added" for module in (*(w.module for w in WORKLOADS), REPLAY))
+BUSY = (
+    *(f"{module}.Step.{BUSY_ADDED}" for module in (*(w.module for w in WORKLOADS), REPLAY)),
+    f"{PREFIX}.PrefixStep.{BUSY_ADDED}",
+)
 
 
 def ran_on_cuda(entries: dict[str, dict]) -> bool:
@@ -258,6 +309,7 @@ def read_run(path: str, machine: str, shown: str | None = None) -> Run:
         measured,
         read_replays(entries),
         {k: v for k, v in replay_host.items() if v},
+        read_prefix(entries),
     )
 
 

@@ -16,11 +16,14 @@ from landing import (
     HOST_P99,
     MODES,
     NEAR_TIE,
+    P50,
+    PREFIX,
     REPLAY,
     TRACES,
     WORKLOADS,
     Cell,
     CrossoverMap,
+    PrefixRow,
     Run,
     Workload,
     regimes,
@@ -243,6 +246,63 @@ def replay_table(run: Run, site: str) -> str:
     )
 
 
+PREFIX_MODE_WORDS = {  # bench_prefix's prefix-cache modes, in words
+    "off": "off: no hashes",
+    "miss": "miss: every hash unique",
+    "on": "on",
+}
+
+
+def share(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.1%}"
+
+
+def prefix_figures(row: PrefixRow, variant: str) -> str:
+    """A variant's p50 and p99 host us per step, and the device us a step adds where measured."""
+    if variant not in row.p50 and variant not in row.p99:
+        return "not measured"
+    host = " &middot; ".join(us(f[variant]) if variant in f else "not measured" for f in (row.p50, row.p99))
+    return host + (f'<br><span class="s">+{us(row.busy[variant])} device</span>' if variant in row.busy else "")
+
+
+def prefix_table(run: Run, site: str) -> str:
+    """Per trace and prefix-cache mode that bench_prefix replayed: the hit rate beside its bound,
+    the winner by the p50 of each step's host time, and every variant's figures."""
+    variants = sorted({v for row in run.prefix for v in (*row.p50, *row.p99, *row.busy)})
+    head = (
+        "<tr><th>trace</th><th>prefix cache</th><th>hit rate (bound)</th><th>winner: host us p50, speedup</th>"
+        + "".join(f"<th>{esc(v)}: host us p50 &middot; p99</th>" for v in variants)
+        + "<th>graph</th></tr>"
+    )
+    rows = []
+    for row in run.prefix:
+        cell = row.host
+        rate = "no cache" if row.mode == "off" else f"{share(row.hit_rate)} (bound {share(row.bound)})"
+        href = graph_href(
+            site, f"{PREFIX}.PrefixStep.{P50}", None, {"trace": repr(row.trace), "prefix_cache": repr(row.mode)}
+        )
+        times = " | ".join(f"{v} {us(t)} us" for v, t in sorted(row.p50.items()))
+        winner = f' data-winner="{esc(cell.winner)}"' if cell else ""
+        rows.append(
+            f'<tr data-trace="{esc(row.trace)}" data-mode="{esc(row.mode)}"{winner} title="{esc(times)}">'
+            f"<td>{esc(row.trace)}: {esc(TRACES.get(row.trace, ''))}</td>"
+            f"<td>{esc(PREFIX_MODE_WORDS.get(row.mode, row.mode))}</td><td>{rate}</td>"
+            f"<td>{cell_verdict(cell) if cell else 'not measured'}</td>"
+            + "".join(f"<td>{prefix_figures(row, v)}</td>" for v in variants)
+            + f"<td>{link(href, 'every variant over the commits', 'history')}</td></tr>"
+        )
+    return (
+        f'<h3 id="{esc(run.machine)}-prefix">Shared prefixes: the busiest stretch of each trace in each '
+        f"prefix-cache mode (<code>{PREFIX}</code>)</h3>"
+        '<p class="note">Modes: <b>off</b> (no hashes), <b>miss</b> (the prefix cache on, every hash unique: '
+        "its cost at a 0% hit rate), <b>on</b> (matched prompt tokens shorten the prefills). Hit rate: prompt "
+        "tokens served from the cache / prompt tokens prefilled, beside the bound (a cache that keeps every "
+        f"block). Winner: the lowest p50 of each step's host us (pipelined), its speedup over {BASELINE}; "
+        "+device: the us a step adds behind a stand-in forward (CUDA only).</p>"
+        f'<table class="prefix">{head}{"".join(rows)}</table>'
+    )
+
+
 def when(run: Run) -> str:
     measured = f", measured {run.measured:%Y-%m-%d %H:%M} UTC" if run.measured else ""
     return f"commit <code>{run.commit[:7]}</code> of {run.commit_date:%Y-%m-%d}{measured}"
@@ -275,6 +335,7 @@ def machine_section(entry: MachineEntry) -> str:
     variants = next(iter(run.maps.values())).variants if run.maps else tuple(COLOURS)
     sections = "".join(workload_section(run, w, entry.site) for w in WORKLOADS)
     replays = replay_table(run, entry.site) if run.replays else ""
+    prefix = prefix_table(run, entry.site) if run.prefix else ""
     return (
         head
         + used
@@ -282,6 +343,7 @@ def machine_section(entry: MachineEntry) -> str:
         + "<h3>In short: the winner per regime</h3>"
         + regime_table(run, entry.site)
         + replays
+        + prefix
         + sections
         + "</section>"
     )
@@ -306,6 +368,9 @@ table.regimes, table.replays { font-size: 13px; } table.regimes .w, table.replay
 .note, .meta { font-size: 12px; color: #444; } .plain { font-size: 15px; }
 ul.links { font-size: 12px; }
 """
+PREFIX_STYLE = """table.prefix { font-size: 13px; } table.prefix .w { font-weight: bold; }
+table.prefix th, table.prefix td { border: 1px solid #bbb; padding: 3px 6px; }
+"""  # added only to a page with bench_prefix rows: a page without them keeps its bytes
 REDIRECT = """<script>
   // asv's front page used to be here: an address of it (#<benchmark>..., #/regressions) opens that site
   var h = window.location.hash;
@@ -331,11 +396,19 @@ def page(entries: list[MachineEntry], others: list[MachineEntry], old_front: str
     sections = "".join(machine_section(e) for e in entries) or (
         '<p class="plain">No GPU machine has results in <code>results/</code>: no map to draw.</p>'
     )
+    has_prefix = any(e.run is not None and e.run.prefix for e in entries)
+    no_prefix = (
+        ""
+        if has_prefix
+        else f'<p class="note" id="prefix-none">Shared prefixes (<code>{PREFIX}</code>): no GPU machine\'s '
+        "latest results hold them yet.</p>"
+    )
+    style = STYLE + (PREFIX_STYLE if has_prefix else "")
     redirect = REDIRECT % json.dumps(old_front) if old_front else ""
     to_others = ' &middot; <a href="#other-machines">other machines</a>' if others else ""
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>disagmoe: which design wins '
-        f"where</title><style>{STYLE}</style></head><body><h1>disagmoe: which design wins where</h1>"
+        f"where</title><style>{style}</style></head><body><h1>disagmoe: which design wins where</h1>"
         f"<p>The KV-cache bookkeeping designs side by side on each GPU machine, from the latest results of "
         f"the serving benchmarks kept in <code>results/</code>: decode steps of B requests at context L, "
         f"a continuous-batching trace of R running requests with prompts up to P, and two production "
@@ -344,7 +417,7 @@ def page(entries: list[MachineEntry], others: list[MachineEntry], old_front: str
         f"until the device is done), <b>busy</b> (the device time a step adds behind a stand-in forward). "
         f"Lower times are better; a speedup is {BASELINE}'s median / the design's.</p>"
         f"<nav>Machines: {nav}{to_others}"
-        f"</nav>{sections}{other_html}"
+        f"</nav>{no_prefix}{sections}{other_html}"
         f'<p class="note">Written by <code>scripts/publish_site.py</code> (<code>scripts/landing.py</code>) '
         f"from the results files named above.</p>{redirect}</body></html>\n"
     )

@@ -1,10 +1,11 @@
 """The published asv site in a real browser, with no network: scripts/publish_site.py
 publishes a small results set (two commits of the committed H100 history, the committed
-H200 results with the serving benchmarks, and a CPU machine's run of an H100 commit), a
-local web server serves it, and headless Chromium opens the pages with every host but
-127.0.0.1 unreachable. The landing page must draw the H200's crossover maps and link into
-graphs that draw, the speedup graph must draw its points, each machine's site must show
-that machine alone, and the pages must make no request outside the local server.
+H200 results with the serving benchmarks, bench_prefix's figures added by the test, and
+a CPU machine's run of an H100 commit), a local web server serves it, and headless
+Chromium opens the pages with every host but 127.0.0.1 unreachable. The landing page
+must draw the H200's crossover maps and link into graphs that draw, the speedup graph
+must draw its points, each machine's site must show that machine alone, and the pages
+must make no request outside the local server.
 
 Needs Chromium (Debian's `chromium`; DISAGMOE_CHROMIUM names another binary), Python's
 `playwright` (the test extra; it drives the installed Chromium, it downloads none),
@@ -19,6 +20,7 @@ import functools
 import glob
 import http.server
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -117,6 +119,28 @@ def _cpu_run(source: str, target_dir: str) -> None:
         json.dump({"machine": CPU_MACHINE, "version": 1, **info}, f)
 
 
+PREFIX_P50 = "bench_prefix.PrefixStep.track_pipelined_host_p50"
+
+
+def _with_prefix(source: str, target: str) -> None:
+    """The H200's results file with bench_prefix's figures added (no GPU run has measured them
+    yet): every point of the suite's grid (results/benchmarks.json), each variant's p50 its
+    place in the variant list plus one, under the benchmark's version so that asv draws it."""
+    with open(source) as f:
+        data = json.load(f)
+    with open(os.path.join(ROOT, "results", "benchmarks.json")) as f:
+        suite = json.load(f)
+    started = max(row[3] for row in data["results"].values() if row[3])
+    for name in [n for n in suite if n.startswith("bench_prefix.")]:
+        params, values = suite[name]["params"], []
+        for point in itertools.product(*(range(len(p)) for p in params)):
+            values.append(0.25 if ".Cache." in name else float(point[0] + 1) * (3 if "p99" in name else 1))
+        row = [values, params, suite[name]["version"], started, 1.0] + [None] * (len(data["result_columns"]) - 5)
+        data["results"][name] = row
+    with open(target, "w") as f:
+        json.dump(data, f)
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """The published site, served on 127.0.0.1: its base address."""
@@ -132,7 +156,7 @@ def site(tmp_path_factory):
     _cpu_run(files[-1], str(results / CPU_MACHINE))
     (results / "h200").mkdir()
     shutil.copyfile(os.path.join(SERVING, "machine.json"), results / "h200" / "machine.json")
-    shutil.copyfile(_latest_serving(), results / "h200" / os.path.basename(_latest_serving()))
+    _with_prefix(_latest_serving(), str(results / "h200" / os.path.basename(_latest_serving())))
     html = tmp / "html"
     subprocess.run(
         [
@@ -292,6 +316,28 @@ def test_landing_page_shows_the_production_traces(page, site):
         page.goto("about:blank")
         points = _graph_points(page, site + href)
         assert points == [1, 1, 1, 1], (href, points)  # a line per variant, the one commit of this set
+    assert page.console_errors == [] and page.external_requests == []
+
+
+def test_landing_page_shows_the_prefix_rows(page, site):
+    """A row per trace and prefix-cache mode of bench_prefix (the test's figures: cpu-bs16 the
+    fastest everywhere), and its link opens asv's graph of every variant over the commits."""
+    page.goto(f"{site}index.html")
+    assert page.locator("#prefix-none").count() == 0
+    rows = page.locator("#machine-h200 table.prefix tr[data-trace]")
+    keys = rows.evaluate_all("rows => rows.map(r => [r.dataset.trace, r.dataset.mode])")
+    assert [mode for _, mode in keys] == ["off", "miss", "on"] * 3, keys
+    assert sorted({trace for trace, _ in keys}) == ["mooncake", "servegen-offline", "servegen-offline-poisson"]
+    assert set(rows.evaluate_all("rows => rows.map(r => r.dataset.winner)")) == {"cpu-bs16"}
+    text = page.inner_text("#machine-h200 table.prefix")
+    assert "25.0% (bound 25.0%)" in text and "no cache" in text
+    assert rows.first.locator("td").nth(4).inner_text().startswith("1 \u00b7 3")  # cpu-bs16: p50 · p99
+    hrefs = rows.evaluate_all("rows => rows.map(r => r.querySelector('a.history').getAttribute('href'))")
+    assert all(h.startswith(f"machines/h200/index.html#{PREFIX_P50}?p-trace=") for h in hrefs), hrefs
+    for href in (hrefs[0], hrefs[-1]):
+        page.goto("about:blank")
+        points = _graph_points(page, site + href)
+        assert points == [1, 1, 1], (href, points)  # a line per variant, the one commit of this set
     assert page.console_errors == [] and page.external_requests == []
 
 

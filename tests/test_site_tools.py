@@ -352,3 +352,85 @@ def test_landing_page_without_a_gpu_machine_says_so():
     cpu = landing_html.MachineEntry("cpu-a", "no CUDA", "machines/cpu-a/index.html", None)
     page = landing_html.page([], [cpu], None)
     assert "No GPU machine has results" in page and 'href="machines/cpu-a/index.html"' in page
+
+
+PREFIX_VARIANTS, PREFIX_TRACES, PREFIX_MODES = (
+    ("cpu-bs16", "gpu-bs16", "hybrid-bs16"),
+    ("mooncake", "servegen-offline"),
+    ("off", "miss", "on"),
+)
+
+
+def _prefix_entry(values: list, *params: tuple[str, ...]) -> list:
+    return [values, [[repr(p) for p in values_of] for values_of in params], "v", 1796166127000, 1.0, None]
+
+
+def _prefix_results() -> dict:
+    """bench_prefix's figures (variant-major, then trace, then mode: asv's order): mooncake's
+    miss row skipped for hybrid-bs16 (NaN), servegen-offline's off row failed for all (None),
+    busy measured for gpu-bs16 alone, the hit rate of servegen-offline's miss row skipped."""
+    nan = float("nan")
+    grid = (PREFIX_VARIANTS, PREFIX_TRACES, PREFIX_MODES)
+    p50 = [10.0, 11.0, 9.0, None, 12.0, 12.5] + [20.0, 4.0, 4.5, None, 6.0, 13.0] + [9.5, nan, 8.0, None, 5.0, 13.5]
+    p99 = [v * 3 if v is not None else None for v in p50]
+    busy = [nan] * 6 + [1.5, 2.0, 2.5, nan, 3.0, 3.5] + [nan] * 6
+    cache = (PREFIX_TRACES, PREFIX_MODES[1:])
+    return {
+        "bench_prefix.PrefixStep.track_pipelined_host_p50": _prefix_entry(p50, *grid),
+        "bench_prefix.PrefixStep.track_pipelined_host_p99": _prefix_entry(p99, *grid),
+        "bench_prefix.PrefixStep.track_busy_added": _prefix_entry(busy, *grid),
+        "bench_prefix.Cache.track_hit_rate": _prefix_entry([0.0, 0.4, nan, 0.25], *cache),
+        "bench_prefix.Cache.track_bound": _prefix_entry([0.0, 0.55, 0.3, 0.3], *cache),
+    }
+
+
+def test_landing_reads_a_row_per_trace_and_prefix_cache_mode(tmp_path):
+    run = landing.read_run(_results_file(tmp_path / "p.json", "a" * 40, 1000, _prefix_results()), "gpu-x")
+    assert run.has_serving and not run.maps and not run.replays
+    rows = {(r.trace, r.mode): r for r in run.prefix}
+    assert [(r.trace, r.mode) for r in run.prefix] == [
+        ("mooncake", "off"),
+        ("mooncake", "miss"),
+        ("mooncake", "on"),
+        ("servegen-offline", "miss"),  # its off row measured nothing: no row
+        ("servegen-offline", "on"),
+    ]
+    miss = rows[("mooncake", "miss")]
+    assert miss.p50 == {"cpu-bs16": 11.0, "gpu-bs16": 4.0}  # hybrid-bs16's NaN left out
+    assert miss.host.winner == "gpu-bs16" and miss.host.speedup("gpu-bs16") == 2.75
+    assert miss.p99 == {"cpu-bs16": 33.0, "gpu-bs16": 12.0} and miss.busy == {"gpu-bs16": 2.0}
+    assert (miss.hit_rate, miss.bound) == (0.0, 0.0)
+    assert rows[("mooncake", "off")].host.winner == "hybrid-bs16"
+    assert (rows[("mooncake", "off")].hit_rate, rows[("mooncake", "off")].bound) == (None, None)
+    assert rows[("servegen-offline", "miss")].hit_rate is None and rows[("servegen-offline", "miss")].bound == 0.3
+    assert rows[("servegen-offline", "on")].host.winner == "cpu-bs16"
+    assert rows[("servegen-offline", "on")].host.near_tie  # gpu-bs16 13.0 within 1.10x of 12.5
+    assert rows[("servegen-offline", "on")].busy == {"gpu-bs16": 3.5}
+
+
+def test_landing_page_draws_the_prefix_rows(tmp_path):
+    run = landing.read_run(_results_file(tmp_path / "p.json", "a" * 40, 1000, _prefix_results()), "gpu-x")
+    entry = landing_html.MachineEntry("gpu-x", "GPU", "machines/gpu-x/index.html", run)
+    page = landing_html.page([entry], [], None)
+    assert page == landing_html.page([entry], [], None)  # deterministic
+    assert page.count("<tr data-trace=") == 5 and 'id="prefix-none"' not in page
+    assert '<tr data-trace="mooncake" data-mode="miss" data-winner="gpu-bs16"' in page
+    assert "40.0% (bound 55.0%)" in page and "not measured (bound 30.0%)" in page
+    assert "4 &middot; 12<br>" in page and "+2 device" in page  # gpu-bs16 in mooncake's miss row
+    assert (
+        'href="machines/gpu-x/index.html#bench_prefix.PrefixStep.track_pipelined_host_p50?'
+        'p-trace=%27mooncake%27&amp;p-prefix_cache=%27miss%27"' in page
+    )
+    assert "table.prefix" in page
+
+
+def test_landing_page_says_when_no_machine_has_prefix_results(tmp_path):
+    decode = _step(["cpu-bs16", "gpu-bs16"], [16], [1024], [10.0, 5.0])
+    run = landing.read_run(
+        _results_file(tmp_path / "a.json", "a" * 40, 1000, {"bench_pipelined.Step.track_pipelined": decode}), "gpu-x"
+    )
+    assert run.prefix == ()
+    for entries in ([landing_html.MachineEntry("gpu-x", "GPU", "machines/gpu-x/index.html", run)], []):
+        page = landing_html.page(entries, [], None)
+        assert page.count('id="prefix-none"') == 1 and "no GPU machine's latest results hold them yet" in page
+        assert "table.prefix" not in page and "bench_prefix." not in page  # no rows, no style, no link
