@@ -262,7 +262,7 @@ def prefix_figures(row: PrefixRow, variant: str) -> str:
     if variant not in row.p50 and variant not in row.p99:
         return "not measured"
     host = " &middot; ".join(us(f[variant]) if variant in f else "not measured" for f in (row.p50, row.p99))
-    return host + (f'<br><span class="s">+{us(row.busy[variant])} device</span>' if variant in row.busy else "")
+    return host + (f'<br><span class="s">device +{us(row.busy[variant])} us</span>' if variant in row.busy else "")
 
 
 def prefix_table(run: Run, site: str) -> str:
@@ -298,7 +298,7 @@ def prefix_table(run: Run, site: str) -> str:
         "its cost at a 0% hit rate), <b>on</b> (matched prompt tokens shorten the prefills). Hit rate: prompt "
         "tokens served from the cache / prompt tokens prefilled, beside the bound (a cache that keeps every "
         f"block). Winner: the lowest p50 of each step's host us (pipelined), its speedup over {BASELINE}; "
-        "+device: the us a step adds behind a stand-in forward (CUDA only).</p>"
+        "device: the us a step adds behind a stand-in forward (CUDA only).</p>"
         f'<table class="prefix">{head}{"".join(rows)}</table>'
     )
 

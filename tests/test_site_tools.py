@@ -416,7 +416,7 @@ def test_landing_page_draws_the_prefix_rows(tmp_path):
     assert page.count("<tr data-trace=") == 5 and 'id="prefix-none"' not in page
     assert '<tr data-trace="mooncake" data-mode="miss" data-winner="gpu-bs16"' in page
     assert "40.0% (bound 55.0%)" in page and "not measured (bound 30.0%)" in page
-    assert "4 &middot; 12<br>" in page and "+2 device" in page  # gpu-bs16 in mooncake's miss row
+    assert "4 &middot; 12<br>" in page and "device +2 us" in page  # gpu-bs16 in mooncake's miss row
     assert (
         'href="machines/gpu-x/index.html#bench_prefix.PrefixStep.track_pipelined_host_p50?'
         'p-trace=%27mooncake%27&amp;p-prefix_cache=%27miss%27"' in page
