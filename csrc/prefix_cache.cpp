@@ -109,15 +109,15 @@ std::string PrefixCache::check_integrity(const std::vector<int32_t>& holders,
     }
     ++indexed;
     if (index_.find(entry.hash) != e)
-      return "block " + str(e) + " is indexed under hash " + str(entry.hash) +
-             ", which names " + str(index_.find(entry.hash));
+      return "block " + str(e) + " is indexed under hash " + str(entry.hash) + ", which names " +
+             str(index_.find(entry.hash));
     if (entry.refs != holders[e])
-      return "block " + str(e) + " has " + str(entry.refs) + " references, " +
-             str(holders[e]) + " rows hold it";
+      return "block " + str(e) + " has " + str(entry.refs) + " references, " + str(holders[e]) +
+             " rows hold it";
     if (is_free[e]) return "block " + str(e) + " is indexed and free";
     if ((entry.refs == 0) != (in_lru[e] == 1))
-      return "block " + str(e) + (entry.refs == 0 ? " has no holder but is not evictable"
-                                                  : " is held and evictable");
+      return "block " + str(e) +
+             (entry.refs == 0 ? " has no holder but is not evictable" : " is held and evictable");
   }
   if (indexed != index_.size())
     return "the index holds " + str(index_.size()) + " hashes for " + str(indexed) + " blocks";

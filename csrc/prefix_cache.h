@@ -25,6 +25,11 @@ class PrefixCache {
  public:
   // Throws std::invalid_argument when num_entries is outside [1, INT32_MAX].
   explicit PrefixCache(int64_t num_entries);
+  // Host bytes a cache of `num_entries` holds.
+  static int64_t host_bytes(int64_t num_entries) {
+    return static_cast<int64_t>(sizeof(Entry)) * num_entries +
+           12 * static_cast<int64_t>(FlatIdMap::capacity_for(num_entries));
+  }
 
   // Empty: nothing indexed, every counter zero.
   void reset();
@@ -74,7 +79,7 @@ class PrefixCache {
   void unlink(int32_t entry);
 
   std::vector<Entry> entries_;
-  FlatIdMap index_;  // hash -> entry
+  FlatIdMap index_;                // hash -> entry
   int32_t head_ = -1, tail_ = -1;  // the LRU: head is the oldest
   int64_t evictable_ = 0;
   PrefixCacheStats stats_;
