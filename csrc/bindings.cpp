@@ -188,6 +188,36 @@ void bind_block_books(py::module_& m) {
           },
           py::arg("req_id"), "The request's row, or -1.")
       .def("req_ids", [](const PyBlockBooks& bm) { return bm.table().req_ids(); })
+      .def(
+          "match_prefix",
+          [](PyBlockBooks& bm, py::handle req_id, py::handle block_hashes) {
+            const char* op = "match_prefix";
+            BusyScope busy(op, bm.busy);
+            int64_t id = read_int(op, "req_id", req_id);
+            Ints hashes;
+            read_ints(op, "block_hashes", block_hashes, hashes);
+            return bm.match_prefix(op, id, hashes.data(), hashes.size());
+          },
+          py::arg("req_id"), py::arg("block_hashes"),
+          "Registers the request at the length of its longest cached prefix (its blocks\n"
+          "in its row, a reference each) and returns that length (docs/prefix-caching.md).")
+      .def(
+          "unstaged_rows",
+          [](const PyBlockBooks& bm) {
+            std::vector<int32_t> rows;
+            for (int64_t row = 0; row < bm.table().max_reqs(); ++row)
+              if (bm.unstaged(static_cast<int32_t>(row))) rows.push_back(static_cast<int32_t>(row));
+            return rows;
+          },
+          "Rows of matched requests whose matched blocks no update has staged yet.")
+      .def(
+          "prefix_cache_stats",
+          [](const PyBlockBooks& bm) {
+            PrefixCacheStats s = bm.prefix_cache_stats();
+            return py::make_tuple(s.cached_blocks, s.evictable_blocks, s.queried_blocks,
+                                  s.hit_blocks, s.evicted_blocks);
+          },
+          "(cached_blocks, evictable_blocks, queried_blocks, hit_blocks, evicted_blocks).")
       .def("check_integrity", &PyBlockBooks::check_integrity,
            "An empty string when every invariant holds, else what is wrong.");
 }

@@ -49,7 +49,8 @@ int64_t BlockBooks::checked_width(int64_t block_size, int64_t num_blocks, int64_
   int64_t entries = max_reqs * width;
   int64_t bytes = checked_mul(op, "the block table's bytes", entries, 4);
   bytes = checked_add(op, "the tables' bytes", bytes,
-                      4 * num_blocks + 20 * (max_reqs + 1) + RequestTable::host_bytes(max_reqs));
+                      4 * num_blocks + 45 * (max_reqs + 1) + RequestTable::host_bytes(max_reqs) +
+                          PrefixCache::host_bytes(num_blocks));
   check_host_bytes(op,
                    "the block tables of max_reqs=" + str(max_reqs) + " rows x " + str(width) +
                        " blocks (max_seq_len=" + str(max_seq_len) +
@@ -63,9 +64,12 @@ BlockBooks::BlockBooks(int64_t block_size, int64_t num_blocks, int64_t max_seq_l
     : block_size_(block_size),
       num_blocks_(num_blocks),
       max_blocks_per_seq_(checked_width(block_size, num_blocks, max_seq_len, max_reqs)),
-      table_(max_reqs, max_seq_len, block_size) {
+      table_(max_reqs, max_seq_len, block_size),
+      cache_(num_blocks) {
   blocks_.assign(max_reqs * max_blocks_per_seq_, kPadBlockId);
   row_epochs_.assign(max_reqs, 0);
+  row_hashes_.resize(max_reqs);
+  unstaged_.assign(max_reqs, 0);
   for (auto* v : {&rows_, &new_lens_, &query_lens_}) v->resize(max_reqs);
   reset_state();
 } catch (const std::bad_alloc&) {
@@ -82,6 +86,85 @@ void BlockBooks::reset_state() {
     free_blocks_[i] = static_cast<int32_t>(num_blocks_ - 1 - i);
   std::fill(blocks_.begin(), blocks_.end(), kPadBlockId);
   for (uint32_t& epoch : row_epochs_) ++epoch;
+  cache_.reset();
+  if (rows_with_hashes_ > 0)
+    for (auto& hashes : row_hashes_) hashes.clear();
+  rows_with_hashes_ = 0;
+  std::fill(unstaged_.begin(), unstaged_.end(), 0);
+  num_unstaged_ = 0;
+}
+
+int64_t BlockBooks::match_prefix(const char* op, int64_t req_id, const int64_t* hashes, int64_t n) {
+  int64_t max_hashes = (table_.max_seq_len() - 1) / block_size_;
+  if (n > max_hashes)
+    throw std::invalid_argument(
+        std::string(op) + ": len(block_hashes)=" + str(n) +
+        " is more than (max_seq_len - 1) // block_size = " + str(max_hashes));
+  if (table_.row_of(req_id) >= 0)
+    throw std::invalid_argument(std::string(op) + ": req_id=" + str(req_id) +
+                                " is already known (match_prefix comes once, before the "
+                                "request's first update)");
+  if (table_.num_free_rows() == 0)
+    throw CacheExhausted(std::string(op) + ": req_id=" + str(req_id) + ": all " +
+                         str(table_.max_reqs()) + " request rows are taken");
+  int64_t m = cache_.count_hits(hashes, n);
+  int32_t row = table_.register_request(req_id, m * block_size_);
+  ++row_epochs_[row];
+  cache_.acquire(hashes, m, blocks_.data() + static_cast<int64_t>(row) * max_blocks_per_seq_);
+  cache_.count_query(n, m);
+  if (n > 0) {
+    row_hashes_[row].assign(hashes, hashes + n);
+    ++rows_with_hashes_;
+  }
+  if (m > 0) {
+    unstaged_[row] = 1;
+    ++num_unstaged_;
+  }
+  return m * block_size_;
+}
+
+void BlockBooks::evict(int64_t count) {
+  for (int64_t k = 0; k < count; ++k) free_blocks_.push_back(cache_.evict());
+}
+
+void BlockBooks::index_filled(const BatchView& batch, const StepPlan& plan) {
+  for (int64_t i = 0; i < batch.size; ++i) {
+    const std::vector<int64_t>& hashes = row_hashes_[plan.rows[i]];
+    int64_t n = static_cast<int64_t>(hashes.size());
+    int64_t first = table_.block_of(plan.old_lens[i]);
+    if (first >= n) continue;
+    int64_t last = std::min(table_.block_of(plan.new_lens[i]), n);
+    const int32_t* blocks = row_blocks(plan.rows[i]);
+    for (int64_t k = first; k < last; ++k) cache_.insert(hashes[k], blocks[k]);
+  }
+}
+
+int64_t BlockBooks::matched_unstaged(const BatchView& batch, const StepPlan& plan) const {
+  int64_t extra = 0;
+  for (int64_t i = 0; i < batch.size; ++i)
+    if (unstaged_[plan.rows[i]]) extra += table_.blocks_of(plan.old_lens[i]);
+  return extra;
+}
+
+int64_t BlockBooks::stage_matched(const BatchView& batch, const StepPlan& plan, int32_t* old_lens,
+                                  int32_t* block_offsets, int32_t* block_ids) {
+  int64_t offset = 0;
+  for (int64_t i = 0; i < batch.size; ++i) {
+    int32_t row = plan.rows[i];
+    int64_t first = table_.blocks_of(plan.old_lens[i]);
+    if (unstaged_[row]) {
+      unstaged_[row] = 0;
+      --num_unstaged_;
+      first = 0;
+      old_lens[i] = 0;
+    }
+    int64_t count = table_.blocks_of(plan.new_lens[i]) - first;
+    block_offsets[i] = static_cast<int32_t>(offset);
+    std::memcpy(block_ids + offset, row_blocks(row) + first, count * sizeof(int32_t));
+    offset += count;
+  }
+  block_offsets[batch.size] = static_cast<int32_t>(offset);
+  return offset;
 }
 
 void BlockBooks::take_blocks(const BatchView& batch, const StepPlan& plan, int64_t total,
@@ -189,12 +272,34 @@ void BlockBooks::write_metadata(const BatchView& batch, const MetadataLayout& l,
 void BlockBooks::release_seqs(const char* op, const int64_t* req_ids, int64_t n) {
   std::vector<int32_t> rows(n), lens(n);
   table_.release_seqs(op, req_ids, n, rows.data(), lens.data());
+  bool caching = rows_with_hashes_ > 0 || cache_.num_cached() > 0;
   for (int64_t i = 0; i < n; ++i) {
     int32_t* blocks = blocks_.data() + static_cast<int64_t>(rows[i]) * max_blocks_per_seq_;
     int64_t count = table_.blocks_of(lens[i]);
-    free_blocks_.insert(free_blocks_.end(), blocks, blocks + count);
+    if (caching)
+      release_cached(rows[i], count);
+    else
+      free_blocks_.insert(free_blocks_.end(), blocks, blocks + count);
     std::fill(blocks, blocks + count, kPadBlockId);
     ++row_epochs_[rows[i]];
+  }
+}
+
+void BlockBooks::release_cached(int32_t row, int64_t count) {
+  const int32_t* blocks = row_blocks(row);
+  // The row's own blocks go back as a release without the cache pushes them; the shared
+  // ones lose a holder, the last first (a prompt's tail is evicted before its head).
+  for (int64_t k = 0; k < count; ++k)
+    if (!cache_.indexed(blocks[k])) free_blocks_.push_back(blocks[k]);
+  for (int64_t k = count - 1; k >= 0; --k)
+    if (cache_.indexed(blocks[k])) cache_.release(blocks[k]);
+  if (!row_hashes_[row].empty()) {
+    row_hashes_[row].clear();
+    --rows_with_hashes_;
+  }
+  if (unstaged_[row]) {
+    unstaged_[row] = 0;
+    --num_unstaged_;
   }
 }
 
@@ -208,19 +313,13 @@ std::vector<int32_t> BlockBooks::block_ids(const char* op, int64_t req_id) const
 }
 
 std::string BlockBooks::check_integrity() const {
-  std::vector<int8_t> owner(num_blocks_, 0);  // 1: free, 2: owned by a request
-  auto claim = [&](int32_t block, int8_t who, const std::string& where) -> std::string {
-    if (block < 0 || block >= num_blocks_)
-      return where + " holds block " + str(block) + ", out of range";
-    if (owner[block] != 0)
-      return "block " + str(block) + " is both " + (owner[block] == 1 ? "free" : "owned") +
-             " and in " + where;
-    owner[block] = who;
-    return "";
-  };
+  std::vector<int32_t> holders(num_blocks_, 0);
+  std::vector<int8_t> is_free(num_blocks_, 0);
+  auto out_of_range = [&](int32_t block) { return block < 0 || block >= num_blocks_; };
   for (int32_t block : free_blocks_) {
-    std::string err = claim(block, 1, "the free list");
-    if (!err.empty()) return err;
+    if (out_of_range(block)) return "the free list holds block " + str(block) + ", out of range";
+    if (is_free[block]) return "block " + str(block) + " is free twice";
+    is_free[block] = 1;
   }
   int64_t owned = 0;
   for (int64_t req_id : table_.req_ids()) {
@@ -228,20 +327,31 @@ std::string BlockBooks::check_integrity() const {
     int64_t count = table_.blocks_of(table_.seq_len_of_row(row));
     const int32_t* blocks = row_blocks(row);
     for (int64_t k = 0; k < count; ++k) {
-      std::string err = claim(blocks[k], 2, "request " + str(req_id));
-      if (!err.empty()) return err;
+      int32_t block = blocks[k];
+      std::string where = "request " + str(req_id);
+      if (out_of_range(block)) return where + " holds block " + str(block) + ", out of range";
+      if (is_free[block]) return "block " + str(block) + " is both free and in " + where;
+      if (holders[block] > 0 && !cache_.indexed(block))
+        return "block " + str(block) + " is both owned and in " + where + " (and not shared)";
+      owned += holders[block]++ == 0;
     }
     for (int64_t k = count; k < max_blocks_per_seq_; ++k)
       if (blocks[k] != kPadBlockId)
         return "request " + str(req_id) + " has block " + str(blocks[k]) + " past its last block";
-    owned += count;
   }
   if (table_.num_reqs() + table_.num_free_rows() != table_.max_reqs())
     return str(table_.num_reqs()) + " live + " + str(table_.num_free_rows()) +
            " free request rows != " + str(table_.max_reqs());
-  if (owned + num_free_blocks() != num_blocks_)
-    return str(owned) + " owned + " + str(num_free_blocks()) +
-           " free blocks != " + str(num_blocks_) + " blocks";
+  std::string err = cache_.check_integrity(holders, is_free);
+  if (!err.empty()) return err;
+  int64_t free = static_cast<int64_t>(free_blocks_.size()), evictable = cache_.num_evictable();
+  if (owned + free + evictable != num_blocks_)
+    return str(owned) + " owned + " + str(free) + " free + " + str(evictable) +
+           " evictable blocks != " + str(num_blocks_) + " blocks";
+  int64_t with_hashes = 0;
+  for (const auto& hashes : row_hashes_) with_hashes += !hashes.empty();
+  if (with_hashes != rows_with_hashes_)
+    return str(with_hashes) + " rows hold hashes, the count says " + str(rows_with_hashes_);
   return "";
 }
 

@@ -153,7 +153,9 @@ void DeviceStep::commit(const char* op, cuda::Stream stream) {
     return;
   }
   bool from_books = source_ == BlockSource::kHostBooks;
-  int64_t ids = from_books ? plan_total_ : 0;
+  // A matched request's first update writes its row from block 0: its matched blocks too.
+  int64_t matched = from_books && books_->any_unstaged() ? books_->matched_unstaged(b, p) : 0;
+  int64_t ids = from_books ? plan_total_ + matched : 0;
   int64_t room = staged::words(table_.max_reqs(), ids);
   if (room > staged_capacity()) {  // the new ids do not fit: the buffers grow, nothing staged
     grow(op, "staging", 4 * room);
@@ -176,6 +178,9 @@ void DeviceStep::commit(const char* op, cuda::Stream stream) {
     stack_height_ -= plan_total_;
   }
   copy_plan(p, {w + at, w + at + stride, w + at + 2 * stride, w + at + 3 * stride}, b.size);
+  if (matched > 0)
+    books_->stage_matched(b, p, w + at + stride, w + at + 3 * stride,
+                          w + at + staged::PLAN_COLUMNS * stride);
   w[staged::UPDATE_SIZE] = static_cast<int32_t>(b.size);
   w[staged::PLAN_AT] = static_cast<int32_t>(at);
   w[staged::PLAN_STRIDE] = static_cast<int32_t>(stride);

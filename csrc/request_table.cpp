@@ -62,7 +62,7 @@ void RequestTable::reset_state() {
 std::vector<int64_t> RequestTable::req_ids() const {
   std::vector<int64_t> out;
   for (int64_t row = 0; row < max_reqs_; ++row)
-    if (seq_lens_[row] > 0) out.push_back(id_of_row_[row]);
+    if (seq_lens_[row] > 0 || ids_.find(id_of_row_[row]) == row) out.push_back(id_of_row_[row]);
   return out;
 }
 
@@ -173,7 +173,7 @@ int64_t RequestTable::plan_update(const char* op, const BatchView& batch, int64_
 void RequestTable::commit_update(const BatchView& batch, const StepPlan& plan) {
   if (batch.size > 0) ++version_;
   for (int64_t i = 0; i < batch.size; ++i) {
-    if (plan.old_lens[i] == 0) {  // a new request (a running one holds at least one token)
+    if (plan.rows[i] < 0) {  // a new request
       int32_t row = free_rows_.back();
       free_rows_.pop_back();
       ids_.insert(batch.req_ids[i], row);
@@ -182,6 +182,16 @@ void RequestTable::commit_update(const BatchView& batch, const StepPlan& plan) {
     }
     seq_lens_[plan.rows[i]] = plan.new_lens[i];
   }
+}
+
+int32_t RequestTable::register_request(int64_t req_id, int64_t seq_len) {
+  ++version_;
+  int32_t row = free_rows_.back();
+  free_rows_.pop_back();
+  ids_.insert(req_id, row);
+  id_of_row_[row] = req_id;
+  seq_lens_[row] = static_cast<int32_t>(seq_len);
+  return row;
 }
 
 namespace {

@@ -86,6 +86,10 @@ class RequestTable {
                       const StepPlan& plan);
   void commit_update(const BatchView& batch, const StepPlan& plan);
 
+  // Registers `req_id` (unknown; a row free) at `seq_len` tokens (0 allowed: a request
+  // registered before its first update) and returns its row.
+  int32_t register_request(int64_t req_id, int64_t seq_len);
+
   // Any-layer read: rows, current lengths and query lengths of a batch whose
   // requests are all registered. Throws on a malformed batch. Writes at most
   // max_reqs entries of `out`.
@@ -149,7 +153,7 @@ class RequestTable {
   int block_shift_;  // log2(block_size) at a power of two, else -1 (a division is slow)
   FlatIdMap ids_;
   std::vector<int64_t> id_of_row_;  // meaningful only for live rows
-  std::vector<int32_t> seq_lens_;   // a row is live while its length is above 0
+  std::vector<int32_t> seq_lens_;   // a row is live while the id map names it
   std::vector<int32_t> free_rows_;  // a stack
   std::vector<uint32_t> seen_;      // per row: the batch stamp that last saw it
   uint32_t stamp_ = 0;

@@ -17,6 +17,7 @@ from disagmoe.block_manager import (
     GPUBlockManager,
     HybridBlockManager,
     MemoryFootprint,
+    PrefixCacheStats,
     register,
 )
 from disagmoe.config import CacheConfig, ModelConfig
@@ -39,6 +40,7 @@ __all__ = [
     "HybridBlockManager",
     "KVCacheExhausted",
     "MemoryFootprint",
+    "PrefixCacheStats",
     "ModelConfig",
     "register",
 ]

@@ -1,7 +1,7 @@
 """Block managers: the contract (`base`), its three designs (`cpu`, `gpu`, `hybrid`) and the
 registry of designs (`registry`) that every list of designs reads."""
 
-from disagmoe.block_manager.base import BlockManager, MemoryFootprint
+from disagmoe.block_manager.base import BlockManager, MemoryFootprint, PrefixCacheStats
 from disagmoe.block_manager.cpu import CPUBlockManager
 from disagmoe.block_manager.gpu import GPUBlockManager
 from disagmoe.block_manager.hybrid import HybridBlockManager
@@ -16,6 +16,7 @@ __all__ = [
     "GPUBlockManager",
     "HybridBlockManager",
     "MemoryFootprint",
+    "PrefixCacheStats",
     "design",
     "register",
 ]

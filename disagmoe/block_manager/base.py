@@ -17,7 +17,7 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import torch
 
@@ -77,6 +77,18 @@ class MemoryFootprint:
 
     device_bytes: int
     host_bytes: int
+
+
+class PrefixCacheStats(NamedTuple):
+    """The prefix cache now (`BlockManager.prefix_cache_stats`): blocks indexed, of which
+    evictable (no holder); hashes queried and blocks hit by `match_prefix`, and blocks
+    evicted, since construction or `reset_state()`."""
+
+    cached_blocks: int
+    evictable_blocks: int
+    queried_blocks: int
+    hit_blocks: int
+    evicted_blocks: int
 
 
 class BlockManager(ABC):
@@ -268,6 +280,45 @@ class BlockManager(ABC):
                     pass
                 raise
 
+    def match_prefix(self, req_id: int, block_hashes: Sequence[int]) -> int:
+        """Registers a request at the length of its longest cached prefix and returns it
+        (docs/prefix-caching.md): once for a request, before its first update.
+
+        `block_hashes[k]` names the content of the prompt's full block k (tokens
+        [k * block_size, (k + 1) * block_size)), each hash chained from the one before
+        (equal hashes: equal prefixes); the caller passes the full blocks of the prompt
+        without its last token. The manager maps the blocks it holds under the longest run
+        of leading hashes `h[0..m)` into the request's table (a reference each; an
+        evictable one is held again) and registers the request at `c = m * block_size`
+        tokens: its first prefill entry continues at position c. It remembers the hashes:
+        a block the request's later steps fill becomes findable under its hash (at the
+        first-layer update that reserves its last slot, unless a block is indexed under
+        that hash already). At a release, a request's blocks lose a reference from the last
+        to the first: an indexed block left unheld becomes evictable (still findable, at
+        the tail of the LRU); an update takes free blocks first, then evicts the least
+        recently released. A manager never given hashes behaves as if there were no cache.
+
+        Args:
+            req_id: any int64, not known to the manager.
+            block_hashes: a list, a tuple or a 1-D integer array of int64 (empty: nothing
+                matched, the request registered at 0), at most
+                (max_seq_len - 1) // block_size of them.
+
+        Raises (each before anything changed):
+            TypeError: req_id or a hash not an int (a bool, a float, ...), block_hashes
+                not a list, a tuple or an integer array.
+            ValueError: a hash or req_id outside int64, too many hashes, a request already
+                known (a second match, or one after its first update).
+            KVCacheExhausted: no request row is free.
+        """
+        with self._guard:
+            return self._match_prefix(req_id, block_hashes)
+
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        """The prefix cache's counts (see PrefixCacheStats)."""
+        with self._guard:
+            return PrefixCacheStats(*self._prefix_cache_stats())
+
     def pack_flash_attn_metadata(self, batch: BatchMetadata) -> FlashAttentionMetadata:
         """Builds the batch's FlashAttention metadata on the manager's device.
 
@@ -361,7 +412,8 @@ class BlockManager(ABC):
             self._release(self._id_list(req_ids))
 
     def reset_state(self) -> None:
-        """Back to empty, as after construction."""
+        """Back to empty, as after construction (the prefix cache too: nothing indexed, its
+        counters at 0)."""
         with self._guard:
             self._reset()
 
@@ -404,6 +456,13 @@ class BlockManager(ABC):
         when a buffer is too small for a call (csrc/step.h, Grow)."""
 
     @abstractmethod
+    def _match_prefix(self, req_id: Any, block_hashes: Any) -> int:
+        """`match_prefix` with its arguments as given (the native call reads them once)."""
+
+    @abstractmethod
+    def _prefix_cache_stats(self) -> tuple[int, int, int, int, int]: ...
+
+    @abstractmethod
     def _release(self, req_ids: Any) -> None: ...
 
     @abstractmethod
@@ -420,7 +479,8 @@ class BlockManager(ABC):
 
     @abstractmethod
     def num_free_slots(self) -> int:
-        """Slots not owned by any request."""
+        """Slots a step can take: those of the free and the evictable blocks (held by no
+        request)."""
 
     def num_running_reqs(self) -> int:
         """Requests holding slots."""
@@ -443,8 +503,11 @@ class BlockManager(ABC):
 
     @abstractmethod
     def check_integrity(self) -> None:
-        """Raises AssertionError unless: no slot is owned twice, free + owned ==
-        capacity, and the host books agree with the device state."""
+        """Raises AssertionError unless: no slot is owned twice but a shared block's
+        (indexed by the prefix cache), free + evictable + owned == capacity, and the host
+        books agree with the device state; each block's reference count equals the rows
+        holding it, no held block is free or evictable, every evictable block is indexed
+        and unheld, and the index and the blocks name each other."""
 
     @abstractmethod
     def memory_footprint(self) -> MemoryFootprint:

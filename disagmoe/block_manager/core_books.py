@@ -1,6 +1,6 @@
 """What the designs whose books are the C++ core's `_C.BlockBooks` (`cpu`, `hybrid`)
 share: the core itself, and what they answer from it alone (free slots, each request's
-blocks, the core's own invariants and its bytes)."""
+blocks, the prefix cache, the core's own invariants and its bytes)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ class CoreBooks:
         """The core, sized by the manager's limits, as `self._books`."""
         self._books = _C.BlockBooks(self.block_size, self.num_blocks, self.max_seq_len, self.max_running_reqs)
         return self._books
+
+    def _match_prefix(self, req_id: object, block_hashes: object) -> int:
+        return self._books.match_prefix(req_id, block_hashes)  # type: ignore[arg-type]
+
+    def _prefix_cache_stats(self) -> tuple[int, int, int, int, int]:
+        return self._books.prefix_cache_stats()
 
     def num_free_slots(self) -> int:
         return self._books.num_free_blocks() * self.block_size

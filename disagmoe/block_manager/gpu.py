@@ -32,6 +32,15 @@ class GPUBlockManager(DeviceTableManager):
         self._books = _C.RequestTable(self.max_running_reqs, self.max_seq_len, self.block_size)
         return self._books
 
+    def _match_prefix(self, req_id: object, block_hashes: object) -> int:
+        raise NotImplementedError(
+            "GPUBlockManager.match_prefix: the gpu design has no prefix cache yet (its index on the host "
+            "and the blocks on the device are not built); use the cpu or hybrid design for shared prefixes"
+        )
+
+    def _prefix_cache_stats(self) -> tuple[int, int, int, int, int]:
+        return (0, 0, 0, 0, 0)  # never given hashes: nothing cached
+
     def num_free_slots(self) -> int:
         return self._step.num_free_blocks * self.block_size
 

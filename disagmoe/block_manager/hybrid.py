@@ -9,7 +9,9 @@ writes them into the rows before the pack builds the metadata from the device ta
 (`device_tables`: the step path it shares with `gpu`). A step's device work grows with
 the blocks it adds, not with batch x context; a release is host work alone (a row's
 stale entries are never read: the pack reads a row's first blocks, which the updates
-since its request arrived have written).
+since its request arrived have written). A request matched by the prefix cache holds
+blocks before its first update; that update stages its row from block 0, the matched
+blocks first among its ids (csrc/block_books.h, stage_matched).
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ class HybridBlockManager(CoreBooks, DeviceTableManager):
     def check_integrity(self) -> None:
         self._check_books()
         table = self._device_rows()
+        unstaged = set(self._books.unstaged_rows())  # matched: their first update writes them
         for req_id in self._books.req_ids():
+            if self._books.row_of(req_id) in unstaged:
+                continue
             blocks = list(self._books.block_ids(req_id))
             row = table[self._books.row_of(req_id), : len(blocks)].tolist()
             if row != blocks:

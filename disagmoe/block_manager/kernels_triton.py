@@ -166,12 +166,16 @@ def _pack_kernel(
 
     row_ptr = req_to_block_ptr + row.to(tl.int64) * r2b_row_stride
     num_blocks = (seq + BLOCK_SIZE - 1) // BLOCK_SIZE
-    first_new = (context + BLOCK_SIZE - 1) // BLOCK_SIZE  # the update's first new block (FUSED)
+    first_new = (context + BLOCK_SIZE - 1) // BLOCK_SIZE
     offset = 0
     if FUSED:
-        offset = tl.load(
-            staged_ptr + tl.load(staged_ptr + PLAN_AT) + 3 * tl.load(staged_ptr + PLAN_STRIDE) + i, mask=valid, other=0
-        )
+        # The update's first staged block: from its planned old length, which is the
+        # context but for a matched request's first update (staged from block 0, hybrid).
+        plan = staged_ptr + tl.load(staged_ptr + PLAN_AT)
+        plan_stride = tl.load(staged_ptr + PLAN_STRIDE)
+        old = tl.load(plan + plan_stride + i, mask=valid, other=0)
+        first_new = (old + BLOCK_SIZE - 1) // BLOCK_SIZE
+        offset = tl.load(plan + 3 * plan_stride + i, mask=valid, other=0)
         if FROM_STACK:  # the m-th block taken is the m-th from the top of the stack
             source = blocks_ptr + (tl.load(staged_ptr + HEIGHT) - 1)
         else:  # the m-th staged block id
