@@ -262,6 +262,8 @@ def prefix_reuse(requests: Iterable[TraceRequest], block_tokens: int | None = No
     total = reused = 0
     for index, request in enumerate(requests):
         blocks, tokens = request.prefix_blocks, block_tokens or request.prefix_block_tokens
+        if blocks and (type(tokens) is not int or tokens < 1):
+            raise ValueError(f"request {index}: prefix_block_tokens={tokens!r:.40} is not an int >= 1")
         if blocks and len(blocks) != -(-request.prompt_tokens // tokens):
             raise ValueError(
                 f"request {index}: {len(blocks)} prefix blocks of {tokens} tokens for a "

@@ -206,3 +206,15 @@ def test_the_bad_value_is_short(tmp_path: Path):
     with pytest.raises(ValueError) as info:
         Scheduler([TraceRequest(0.0, 10**400, 1)], SchedulerConfig())
     assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize("unit", [0, -16, 16.0, None])
+def test_a_bad_prefix_block_size_is_named(unit):
+    from disagmoe_bench.prefix_hashes import BlockHashes
+    from disagmoe_bench.traces import prefix_reuse
+
+    requests = [TraceRequest(0.0, 40, 2, (1, 2), unit)]  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="request 0: prefix_block_tokens="):
+        BlockHashes(requests, 16)
+    with pytest.raises(ValueError, match="request 0: prefix_block_tokens="):
+        prefix_reuse(requests)
