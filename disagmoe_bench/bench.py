@@ -239,10 +239,18 @@ def _run_info(device: torch.device) -> dict:
     }
 
 
-def _write(path: Path | None, run: dict) -> None:
-    if path is not None:  # (its folder was checked before the run)
+def _write(path: Path | None, run: dict) -> int:
+    """Writes the run's JSON to `path` (None: nowhere); the exit status: 1 when the write
+    fails all the same (a full disk: the path itself was checked before the run)."""
+    if path is None:
+        return 0
+    try:
         path.write_text(json.dumps(run, indent=1) + "\n")
-        print(f"wrote {path}", file=sys.stderr)
+    except OSError as err:
+        print(f"disagmoe-bench: --output {path}: the run's numbers could not be written: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -252,9 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workload is not None:
         run = _run_info(device)
         status = serving_cli.main(args, run)
-        if status == 0:
-            _write(args.output, run)
-        return status
+        return _write(args.output, run) if status == 0 else status
     if args.profile is not None:
         args.profile.mkdir(exist_ok=True)  # (its parent was checked: no folder is made above it)
     grid = [(b, s) for b in args.batch_sizes for s in args.seq_lens]
@@ -298,8 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_row(point, design))
         run[f"summary_{design}"] = {op: summarize([p[op][_speedup_key(design)] for p in run["results"]]) for op in OPS}
         _print_summary(run[f"summary_{design}"], design, len(grid))
-    _write(args.output, run)
-    return 0
+    return _write(args.output, run)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,9 @@ import argparse
 import dataclasses
 import functools
 import importlib.util
-import math
 import sys
 import textwrap
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -25,7 +23,14 @@ from disagmoe_bench import attention, inputs, points, prefix_calls, traces
 from disagmoe_bench.attention import AttentionShape
 from disagmoe_bench.floors import measure_floors
 from disagmoe_bench.prefix_hashes import BlockHashes
-from disagmoe_bench.scheduler import PREFIX_MODES, SchedulerConfig, TraceReplay, busiest_window
+from disagmoe_bench.scheduler import (
+    PREFIX_MODES,
+    RATE_SCALES,
+    STEP_SECONDS,
+    SchedulerConfig,
+    TraceReplay,
+    busiest_window,
+)
 from disagmoe_bench.timing import MODES, BusyUnavailable, Forward
 from disagmoe_bench.traces import FORMATS, REPLAYS
 from disagmoe_bench.variants import BASELINE, VARIANT_NAMES, VARIANTS, variant
@@ -169,7 +174,13 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         return
     if args.seq_lens is not None:
         parser.error("--seq-lens is the seed table's; the serving decode takes --contexts")
+    given = [
+        name
+        for name in (*SERVING_OPTIONS, "batch_sizes")
+        if getattr(args, name) not in (None, parser.get_default(name))
+    ]
     try:
+        _check_unread(args, given)
         _check_serving(args)
     except inputs.InputError as err:
         parser.error(str(err))
@@ -184,10 +195,27 @@ def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _check_unread(args: argparse.Namespace, given: list[str]) -> None:
+    """Refuses an option (of `given`, those set) that the workload never reads."""
+    if args.workload == "replay":
+        inputs.unread_option("--trace", f"--trace {args.trace}", given)
+    else:
+        inputs.unread_option(
+            "bundled" if args.workload in REPLAYS else args.workload, f"--workload {args.workload}", given
+        )
+    if "forward_us" in given and args.timing is not None and "busy" not in args.timing:
+        raise inputs.InputError(
+            f"--forward-us {args.forward_us:g} is the busy mode's forward; "
+            f"--timing {' '.join(args.timing)} never reads it"
+        )
+
+
 def _check_serving(args: argparse.Namespace) -> None:
     for name in ("output", "plot"):  # every workload's, replays' included
         if getattr(args, name, None) is not None:
             inputs.output_path(_option(name), getattr(args, name))
+    trace = traces.bundled(REPLAYS[args.workload][0]) if args.workload in REPLAYS else args.trace
+    inputs.distinct_files({"--output": getattr(args, "output", None), "--plot": args.plot, "--trace": trace})
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         raise inputs.InputError(f"--plot {args.plot}: drawing the map needs matplotlib (pip install 'disagmoe[plot]')")
     for name in ("contexts", "running", "prompts", "batch_sizes"):
@@ -219,6 +247,11 @@ def _check_serving(args: argparse.Namespace) -> None:
     if args.workload in ("replay", *REPLAYS):
         _check_replay(args)
         return
+    if args.plot is not None and not (BASELINE in args.variant_list and len(args.variant_list) > 1):
+        raise inputs.InputError(
+            f"--plot maps each variant's speedup over {BASELINE.name}: --variants "
+            f"{' '.join(v.name for v in args.variant_list)} needs {BASELINE.name} and at least one other"
+        )
     if args.model_layers != AttentionShape.model_layers:
         raise inputs.InputError(
             "--model-layers weighs the bookkeeping against attention in a replay "
@@ -262,18 +295,19 @@ def _check_replay(args: argparse.Namespace) -> None:
     inputs.count("--model-layers", args.model_layers, 0, inputs.MAX_LAYERS)
     for v in args.variant_list:
         inputs.pool_slots(f"--pool-blocks {args.pool_blocks} ({v.name})", 1, args.pool_blocks * 16, v.block_size)
-    for name, value in (("--rate-scale", args.rate_scale), ("--step-ms", args.step_ms)):
-        if not (math.isfinite(value) and 0 < value <= 1e6):
-            raise inputs.InputError(f"{name} {value} must be a number in (0, 1000000]")
+    low, high = RATE_SCALES
+    if not low <= args.rate_scale <= high:
+        raise inputs.InputError(f"--rate-scale {args.rate_scale:g} must be a number in [{low:g}, {high:g}]")
+    low, high = STEP_SECONDS
+    if not low <= args.step_ms / 1e3 <= high:
+        raise inputs.InputError(f"--step-ms {args.step_ms:g} must be a number in [{low * 1e3:g}, {high * 1e3:g}]")
     if args.plot is not None:
         raise inputs.InputError("--plot draws the synthetic grids' crossover maps; a replay has no grid")
     if args.workload in REPLAYS:
         path, fmt = traces.bundled(REPLAYS[args.workload][0]), REPLAYS[args.workload][0]
         args.trace_source = args.workload
     else:
-        path, fmt = Path(args.trace), args.trace_format
-        if not path.is_file():
-            raise inputs.InputError(f"--trace {path}: no such file")
+        path, fmt = inputs.input_file("--trace", args.trace), args.trace_format
         args.trace_source = path.name
     try:
         read = args.workload in REPLAYS
@@ -282,10 +316,30 @@ def _check_replay(args: argparse.Namespace) -> None:
         raise inputs.InputError(f"--trace {err}") from None
     except ValueError as err:  # an unknown suffix
         raise inputs.InputError(f"--trace {path}: {err}") from None
+    except OSError as err:
+        raise inputs.InputError(f"--trace {path}: cannot be read: {err.strerror or err}") from None
     if not args.trace_requests:
         raise inputs.InputError(f"--trace {path}: no requests")
+    _check_replayable(args)
     if args.prefix_cache != "off":
         _check_prefix(args)
+
+
+def _check_replayable(args: argparse.Namespace) -> None:
+    """The trace's arrivals map to steps the scheduler holds, and the pool holds a request."""
+    requests, source = args.trace_requests, args.trace_source
+    config = SchedulerConfig(step_seconds=args.step_ms / 1e3, rate_scale=args.rate_scale)
+    try:
+        config.arrival_step(max(r.arrival_s for r in requests))
+    except ValueError as err:
+        raise inputs.InputError(f"--rate-scale {args.rate_scale:g} --step-ms {args.step_ms:g}: {err}") from None
+    capacity = args.pool_blocks * SchedulerConfig.block_size
+    smallest = min(r.prompt_tokens + r.output_tokens - 1 for r in requests)
+    if smallest > capacity:
+        raise inputs.InputError(
+            f"--pool-blocks {args.pool_blocks}: every request of {source} holds more than the pool's {capacity} "
+            f"tokens at its end (the smallest {smallest}): the scheduler would reject them all"
+        )
 
 
 def _check_prefix(args: argparse.Namespace) -> None:

@@ -10,8 +10,10 @@ must stay within the int32 range of slots, as every count does.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 from pathlib import Path
 
 MAX_INT32 = 2**31 - 1
@@ -19,6 +21,21 @@ MAX_STEPS = 1_000_000
 """Steps a grid point may run (warm-up and windows): each is built on the host first."""
 MAX_FORWARD_US = 1e6
 MAX_LAYERS = 4096
+WORKLOAD_OPTIONS = {
+    "decode": ("batch_sizes", "contexts", "lengths"),
+    "trace": ("running", "prompts", "chunk", "max_output", "seed"),
+    "--trace": ("trace", "trace_format", "running", "chunk", "rate_scale", "pool_blocks", "step_ms"),
+    "bundled": ("running", "chunk", "rate_scale", "pool_blocks", "step_ms"),
+}
+"""The options only some workloads read, by workload: decode, trace, a replay of a --trace
+file, a bundled replay. Every workload reads the others (--model-layers, --prefix-cache
+and --plot are refused where they do not apply, each for its own reason)."""
+_READERS = {
+    "decode": "--workload decode",
+    "trace": "--workload trace",
+    "--trace": "--trace",
+    "bundled": "bundled replays",
+}
 
 
 class InputError(ValueError):
@@ -49,9 +66,21 @@ def forward_us(value: float) -> float:
     return value
 
 
+def unread_option(workload: str, shown: str, given: list[str]) -> None:
+    """InputError for the first option of `given` (set on the command line) that `workload`
+    (a key of WORKLOAD_OPTIONS, shown as `shown`) never reads."""
+    for name in given:
+        readers = [_READERS[w] for w, names in WORKLOAD_OPTIONS.items() if name in names]
+        if readers and name not in WORKLOAD_OPTIONS[workload]:
+            option = "--" + name.replace("_", "-")
+            raise InputError(f"{shown} never reads {option} (read by {', '.join(readers)})")
+
+
 def output_path(option: str, path: str | Path) -> Path:
-    """A file the run may write at its end: its folder exists and is writable, and it is not
-    a folder itself (checked before the run, which may take minutes)."""
+    """A file the run may write at its end: its folder exists and takes new files (writable
+    and searchable), and it is a regular file if it exists: not a folder, nor a device or a
+    FIFO that would fail or block only at the end (checked before the run, which may take
+    minutes)."""
     path = Path(path)
     parent = path.parent
     if path.is_dir():
@@ -59,9 +88,48 @@ def output_path(option: str, path: str | Path) -> Path:
     if not parent.is_dir():
         what = "is not a folder" if parent.exists() else "does not exist"
         raise InputError(f"{option} {path}: its folder {parent} {what}")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: its folder {parent} is not writable and searchable")
+    if path.exists() and not path.is_file():
+        raise InputError(f"{option} {path}: not a regular file (a device, FIFO or socket): the numbers go to a file")
+    if path.exists() and not os.access(path, os.W_OK):
         raise InputError(f"{option} {path}: not writable")
     return path
+
+
+def input_file(option: str, path: str | Path) -> Path:
+    """A regular file the run reads: not missing, not a folder, not a FIFO or a device
+    (whose reading could block or never end), readable."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise InputError(f"{option} {path}: no such file") from None
+        raise InputError(f"{option} {path}: cannot be read: {err.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{option} {path}: is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{option} {path}: not a regular file (a FIFO, a device or a socket)")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{option} {path}: cannot be read (permission denied)")
+    return path
+
+
+def distinct_files(paths: dict[str, str | Path | None]) -> None:
+    """InputError when two of the options (option -> path; None: not given) name one file."""
+    named = [(option, Path(path)) for option, path in paths.items() if path is not None]
+    for k, (option, path) in enumerate(named):
+        for other, other_path in named[k + 1 :]:
+            if _same_file(path, other_path):
+                raise InputError(f"{option} {path} is the file of {other} {other_path}: one would overwrite the other")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def env_ints(variable: str, default: list[int]) -> list[int]:

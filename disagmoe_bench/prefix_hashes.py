@@ -40,6 +40,8 @@ class BlockHashes:
         self._chains: list[tuple[int, ...]] = []
         for index, request in enumerate(requests):
             ids, unit = request.prefix_blocks, request.prefix_block_tokens
+            if ids and (type(unit) is not int or unit < 1):
+                raise ValueError(f"request {index}: prefix_block_tokens={unit!r:.40} is not an int >= 1")
             if ids and unit % block_size:
                 raise ValueError(
                     f"request {index}: its hash ids cover {unit} tokens each, which blocks of {block_size} "

@@ -73,6 +73,16 @@ from disagmoe_bench.workloads import Match, Step, layer_batches, prefill
 WATERMARK = 0.01
 """Share of the pool an admission leaves free (vLLM's default watermark)."""
 PREFIX_MODES = ("off", "miss", "on")
+MAX_COUNT = 2**31 - 1
+"""The largest token budget, running cap, pool or block size: the managers' counts are int32."""
+STEP_SECONDS = (1e-6, 3600.0)
+"""The range of `step_seconds`: a microsecond to an hour."""
+RATE_SCALES = (1e-6, 1e6)
+"""The range of `rate_scale`."""
+LAST_STEP = 2**53
+"""The latest step an arrival or a window may fall on (steps stay exact in a float)."""
+MAX_WINDOW = 10_000_000
+"""The most steps a `TraceReplay` holds (each is built before anything is timed)."""
 
 
 @dataclass(frozen=True)
@@ -92,12 +102,16 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         for name in ("token_budget", "max_running", "num_blocks", "block_size", "num_layers"):
             value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ValueError(f"SchedulerConfig: {name}={value!r} is not an int >= 1")
-        for name in ("step_seconds", "rate_scale"):
+            if type(value) is not int:
+                raise TypeError(f"SchedulerConfig: {name}={value!r:.40} is not an int")
+            if not 1 <= value <= MAX_COUNT:
+                raise ValueError(f"SchedulerConfig: {name}={value!r:.40} is not in [1, {MAX_COUNT}]")
+        for name, (low, high) in (("step_seconds", STEP_SECONDS), ("rate_scale", RATE_SCALES)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"SchedulerConfig: {name}={value!r} is not a number > 0")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"SchedulerConfig: {name}={value!r:.40} is not a number")
+            if not low <= value <= high:  # (NaN too)
+                raise ValueError(f"SchedulerConfig: {name}={value!r:.40} is not a number in [{low:g}, {high:g}]")
         if self.max_running > self.token_budget:
             raise ValueError(
                 f"SchedulerConfig: max_running={self.max_running} > token_budget="
@@ -105,8 +119,17 @@ class SchedulerConfig:
             )
 
     def arrival_step(self, arrival_s: float) -> int:
-        """The first step whose time is >= the arrival (scaled by `rate_scale`)."""
-        return max(0, math.ceil(round(arrival_s / self.rate_scale / self.step_seconds, 6)))
+        """The first step whose time is >= the arrival (scaled by `rate_scale`); ValueError
+        for an arrival that is no finite number or falls past `LAST_STEP`."""
+        if isinstance(arrival_s, bool) or not isinstance(arrival_s, (int, float)) or not math.isfinite(arrival_s):
+            raise ValueError(f"an arrival at {arrival_s!r:.40} s is not a finite number of seconds")
+        steps = arrival_s / self.rate_scale / self.step_seconds
+        if not steps <= LAST_STEP:  # (an overflow to infinity too)
+            raise ValueError(
+                f"an arrival at {arrival_s:g} s falls on step {steps:.3g} at rate_scale={self.rate_scale:g} and "
+                f"step_seconds={self.step_seconds:g}, past step {LAST_STEP} (2**53)"
+            )
+        return max(0, math.ceil(round(steps, 6)))
 
 
 @dataclass(frozen=True)
@@ -156,18 +179,22 @@ class Scheduler:
         if prefix_cache not in PREFIX_MODES:
             raise ValueError(f"prefix_cache={prefix_cache!r} is not one of {PREFIX_MODES}")
         self.requests, self.config, self.prefix_cache = requests, config, prefix_cache
+        self.arrivals = []
         for i, r in enumerate(requests):
             if (
                 type(r.prompt_tokens) is not int
                 or type(r.output_tokens) is not int
-                or min(r.prompt_tokens, r.output_tokens) < 1
+                or not 1 <= min(r.prompt_tokens, r.output_tokens) <= max(r.prompt_tokens, r.output_tokens) <= MAX_COUNT
             ):
-                raise ValueError(f"request {i}: {r} needs int lengths >= 1")
+                raise ValueError(f"request {i}: {r!r:.200} needs int lengths in [1, {MAX_COUNT}]")
+            try:
+                self.arrivals.append(config.arrival_step(r.arrival_s))
+            except ValueError as err:
+                raise ValueError(f"request {i}: {err}") from None
             if i and r.arrival_s < requests[i - 1].arrival_s:
                 raise ValueError(f"request {i} arrives before request {i - 1}: sort the requests by arrival")
         capacity = config.num_blocks * config.block_size
         self.rejected = frozenset(i for i, r in enumerate(requests) if r.prompt_tokens + r.output_tokens - 1 > capacity)
-        self.arrivals = [config.arrival_step(r.arrival_s) for r in requests]
         self.step = 0
         self.generated = [0] * len(requests)
         self.admissions: dict[int, Admission] = {}
@@ -375,16 +402,30 @@ def _setup_step(match: tuple[int, tuple[int, ...], int], tokens: int) -> Step:
 
 def busiest_window(requests: Sequence[TraceRequest], config: SchedulerConfig, num_steps: int) -> int:
     """The first step of the window of `num_steps` steps whose arrivals bring the most
-    tokens (prompt and output), the earliest of equals: the trace's busiest stretch."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps={num_steps} must be >= 1")
+    tokens (prompt and output), the earliest of equals: the trace's busiest stretch (of
+    the windows within [0, the last arrival's step], if it is shorter than `num_steps`)."""
+    _check_steps("num_steps", num_steps, 1)
     if not requests:
         return 0
-    steps = np.array([config.arrival_step(r.arrival_s) for r in requests])
-    tokens = np.bincount(steps, weights=[r.prompt_tokens + r.output_tokens for r in requests]).astype(np.int64)
-    totals = np.concatenate(([0], np.cumsum(tokens)))
-    width = min(num_steps, len(tokens))
-    return int(np.argmax(totals[width:] - totals[: len(totals) - width]))
+    steps = np.array([config.arrival_step(r.arrival_s) for r in requests], dtype=np.int64)
+    order = np.argsort(steps, kind="stable")
+    steps = steps[order]
+    weights = np.array([r.prompt_tokens + r.output_tokens for r in requests], dtype=np.int64)[order]
+    totals = np.concatenate(([0], np.cumsum(weights)))
+    last = int(steps[-1])
+    width = min(num_steps, last + 1)
+    # The earliest best window starts at 0 or ends on an arrival: only those are summed.
+    starts = np.unique(np.concatenate(([0], np.clip(steps - (width - 1), 0, last + 1 - width))))
+    inside = totals[np.searchsorted(steps, starts + width)] - totals[np.searchsorted(steps, starts)]
+    return int(starts[np.argmax(inside)])
+
+
+def _check_steps(name: str, value: object, low: int) -> None:
+    """`value` (argument `name`) is an int in [low, LAST_STEP]."""
+    if type(value) is not int:
+        raise TypeError(f"{name}={value!r:.40} is not an int")
+    if not low <= value <= LAST_STEP:
+        raise ValueError(f"{name}={value!r:.40} is not in [{low}, {LAST_STEP}]")
 
 
 class TraceReplay:
@@ -409,8 +450,10 @@ class TraceReplay:
         source: str = "trace",
         prefix_cache: str = "off",
     ) -> None:
-        if start < 0 or num_steps < 1:
-            raise ValueError(f"start={start} must be >= 0 and num_steps={num_steps} >= 1")
+        _check_steps("start", start, 0)
+        _check_steps("num_steps", num_steps, 1)
+        if num_steps > MAX_WINDOW:
+            raise ValueError(f"num_steps={num_steps} is past {MAX_WINDOW}: every step of a window is built first")
         self.config, self.source, self.prefix_cache = config, source, prefix_cache
         self.first_step, self.num_steps = start, num_steps
         self.num_layers = config.num_layers

@@ -22,7 +22,10 @@ Three formats, each read from any file of that format:
 
 Each gives `TraceRequest`s in file order, arrivals in seconds after the first
 request's. A malformed file raises `TraceError` naming the file, the line and
-what is wrong. The package bundles one trace of each format (`bundled`; the
+what is wrong, quoting at most `SHOWN` characters of the file: lengths are ASCII
+integers in [1, `MAX_TOKENS`], Mooncake's timestamps finite numbers within
++-`MAX_MILLISECONDS`, hash ids integers in [0, 2**64); JSON is strict (no NaN or
+Infinity, no key twice, numbers that fit a float). The package bundles one trace of each format (`bundled`; the
 ServeGen one is the head of a larger file; sources, licences and citations in
 disagmoe_bench/data/traces/ATTRIBUTION.md), replayed under the names of `REPLAYS`.
 """
@@ -64,8 +67,15 @@ REPLAYS = {
 }
 """The bundled traces' replays by name: (format, ServeGen's Poisson rate or None: a burst)."""
 
-_TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
-_INTEGER = re.compile(r"-?[0-9]+")
+MAX_TOKENS = 2**31 - 1
+"""The longest prompt or output a trace may give: the managers' lengths are int32."""
+MAX_MILLISECONDS = 2**53
+"""Mooncake's timestamps lie within +-this: exact in a float, whose differences stay finite."""
+SHOWN = 40
+"""Characters of a bad value a TraceError quotes (its whole problem stays under 200)."""
+
+_TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?", re.ASCII)
+_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class TraceError(ValueError):
     """A malformed trace file: `path`, `line` (1-based) and the `problem`."""
 
     def __init__(self, path: str | Path, line: int, problem: str) -> None:
+        problem = problem if len(problem) <= 200 else problem[:197] + "..."
         super().__init__(f"{path}: line {line}: {problem}")
         self.path, self.line, self.problem = str(path), line, problem
 
@@ -138,14 +149,13 @@ def read_azure(path: str | Path) -> list[TraceRequest]:
             if header is None:
                 raise TraceError(path, 1, "the file is empty")
             names = [name.strip() for name in header]
-            missing = [name for name in AZURE_COLUMNS if name not in names]
-            if missing:
-                raise TraceError(path, reader.line_num, f"missing column {missing[0]!r} (the header has {names})")
-            columns = [names.index(name) for name in AZURE_COLUMNS]
+            columns = _azure_columns(names, path, reader.line_num)
             rows = []
             for row in reader:
                 if len(row) <= 1 and not "".join(row).strip():
                     continue
+                if [field.strip() for field in row] == names:
+                    raise TraceError(path, reader.line_num, "the header again: one header, then requests")
                 if len(row) != len(names):
                     raise TraceError(path, reader.line_num, f"{len(row)} fields, the header has {len(names)}")
                 stamp, prompt, output = (row[c].strip() for c in columns)
@@ -155,8 +165,8 @@ def read_azure(path: str | Path) -> list[TraceRequest]:
                         line,
                         _azure_time(stamp, path, line),
                         stamp,
-                        _length(prompt, "ContextTokens", path, line),
-                        _length(output, "GeneratedTokens", path, line),
+                        _length(_csv_integer(prompt, "ContextTokens", path, line), "ContextTokens", path, line),
+                        _length(_csv_integer(output, "GeneratedTokens", path, line), "GeneratedTokens", path, line),
                     )
                 )
         except csv.Error as exc:
@@ -176,11 +186,13 @@ def read_mooncake(path: str | Path) -> list[TraceRequest]:
                 continue
             record = _object(text, path, line, MOONCAKE_FIELDS)
             stamp = record["timestamp"]
-            if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not math.isfinite(stamp):
-                raise TraceError(path, line, f"timestamp={stamp!r} is not a number of milliseconds")
-            prefix = record.get("hash_ids", [])
-            if not isinstance(prefix, list) or not all(type(h) is int and h >= 0 for h in prefix):
-                raise TraceError(path, line, f"hash_ids={prefix!r:.80} is not a list of non-negative integers")
+            if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
+                raise TraceError(path, line, f"timestamp={_shown(stamp)} is not a number of milliseconds")
+            if not -MAX_MILLISECONDS <= stamp <= MAX_MILLISECONDS:
+                raise TraceError(
+                    path, line, f"timestamp={_shown(stamp)} ms is not within +-{MAX_MILLISECONDS} ms (2**53)"
+                )
+            prefix = _hash_ids(record.get("hash_ids", []), path, line)
             rows.append(
                 (
                     line,
@@ -188,7 +200,7 @@ def read_mooncake(path: str | Path) -> list[TraceRequest]:
                     f"{stamp} ms",
                     _length(record["input_length"], "input_length", path, line),
                     _length(record["output_length"], "output_length", path, line),
-                    tuple(prefix),
+                    prefix,
                 )
             )
     if not rows:
@@ -210,12 +222,12 @@ def read_servegen(path: str | Path, rate: float | None = None, seed: int = 0) ->
             record = _object(text, path, line, SERVEGEN_FIELDS)
             request_id = record["request_id"]
             if type(request_id) is not int or request_id <= last_id:
-                raise TraceError(path, line, f"request_id={request_id!r:.40} is not an integer > {last_id}, the last")
+                raise TraceError(
+                    path, line, f"request_id={_shown(request_id)} is not an integer > {_shown(last_id)}, the last"
+                )
             last_id = request_id
             prompt = _length(record["input_length"], "input_length", path, line)
-            hashes = record["hash_ids"]
-            if not isinstance(hashes, list) or not all(type(h) is int and h >= 0 for h in hashes):
-                raise TraceError(path, line, f"hash_ids={hashes!r:.80} is not a list of non-negative integers")
+            hashes = _hash_ids(record["hash_ids"], path, line)
             if len(hashes) != -(-prompt // SERVEGEN_BLOCK_TOKENS):
                 raise TraceError(
                     path,
@@ -223,7 +235,7 @@ def read_servegen(path: str | Path, rate: float | None = None, seed: int = 0) ->
                     f"{len(hashes)} hash_ids for input_length={prompt}: one per {SERVEGEN_BLOCK_TOKENS} "
                     f"tokens is {-(-prompt // SERVEGEN_BLOCK_TOKENS)}",
                 )
-            rows.append((prompt, tuple(hashes)))
+            rows.append((prompt, hashes))
     if not rows:
         raise TraceError(path, line + 1, "the file holds no requests")
     rng = np.random.default_rng(seed)
@@ -250,6 +262,8 @@ def prefix_reuse(requests: Iterable[TraceRequest], block_tokens: int | None = No
     total = reused = 0
     for index, request in enumerate(requests):
         blocks, tokens = request.prefix_blocks, block_tokens or request.prefix_block_tokens
+        if blocks and (type(tokens) is not int or tokens < 1):
+            raise ValueError(f"request {index}: prefix_block_tokens={tokens!r:.40} is not an int >= 1")
         if blocks and len(blocks) != -(-request.prompt_tokens // tokens):
             raise ValueError(
                 f"request {index}: {len(blocks)} prefix blocks of {tokens} tokens for a "
@@ -262,11 +276,17 @@ def prefix_reuse(requests: Iterable[TraceRequest], block_tokens: int | None = No
 
 
 def _object(text: str, path: str | Path, line: int, fields: tuple[str, ...]) -> dict:
-    """A JSON line's object, holding every one of `fields`."""
+    """A JSON line's object, holding every one of `fields` (strict JSON: the module's docstring)."""
     try:
-        record = json.loads(text)
+        record = json.loads(text, parse_constant=_no_constant, parse_float=_float, object_pairs_hook=_once)
+    except _Refused as exc:
+        raise TraceError(path, line, f"invalid JSON: {exc}") from None
     except json.JSONDecodeError as exc:
         raise TraceError(path, line, f"invalid JSON: {exc}") from None
+    except ValueError:  # an integer of more digits than int() converts
+        raise TraceError(path, line, "invalid JSON: an integer of too many digits to read") from None
+    except RecursionError:
+        raise TraceError(path, line, "invalid JSON: nested too deeply") from None
     if not isinstance(record, dict):
         raise TraceError(path, line, f"a JSON {type(record).__name__}, not an object")
     for name in fields:
@@ -286,29 +306,82 @@ def _lines(file: BinaryIO, path: str | Path) -> Iterator[str]:
         yield text
 
 
+class _Refused(ValueError):
+    """What strict JSON refuses that Python's reader takes."""
+
+
+def _no_constant(name: str) -> float:
+    raise _Refused(f"{name} is not a JSON number")
+
+
+def _float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _Refused(f"{text[:SHOWN]} does not fit a float")
+    return number
+
+
+def _once(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's fields; a key given twice is refused."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        twice = next(key for k, (key, _) in enumerate(pairs) if key in dict(pairs[:k]))
+        raise _Refused(f"field {_shown(twice)} given twice")
+    return record
+
+
+def _shown(value: object) -> str:
+    """`value` as a TraceError quotes it: its repr, cut at SHOWN characters."""
+    if isinstance(value, (list, dict)):
+        return f"a JSON {'list' if isinstance(value, list) else 'object'} of {len(value)}"
+    if isinstance(value, int) and abs(value) >= 10**SHOWN:
+        return f"{'-' if value < 0 else ''}an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[: SHOWN - 3] + "..."
+
+
+def _hash_ids(value: object, path: str | Path, line: int) -> tuple[int, ...]:
+    """A list of hash ids, each an integer in [0, 2**64)."""
+    if not isinstance(value, list):
+        raise TraceError(path, line, f"hash_ids={_shown(value)} is not a list of non-negative integers")
+    for k, h in enumerate(value):
+        if type(h) is not int or not 0 <= h < 2**64:
+            raise TraceError(path, line, f"hash_ids[{k}]={_shown(h)} is not an integer in [0, 2**64)")
+    return tuple(value)
+
+
+def _csv_integer(text: str, name: str, path: str | Path, line: int) -> int:
+    """A CSV field's integer: ASCII digits, an optional minus sign."""
+    if not _INTEGER.fullmatch(text):
+        raise TraceError(path, line, f"{name}={_shown(text)} is not an integer")
+    if len(text) > 20:
+        raise TraceError(path, line, f"{name}={_shown(text)} is past {MAX_TOKENS} tokens")
+    return int(text)
+
+
 def _length(value: object, name: str, path: str | Path, line: int) -> int:
-    """A token count >= 1 from a CSV field (a str of digits) or a JSON value (an int)."""
-    number = None
-    if isinstance(value, str) and _INTEGER.fullmatch(value):
-        number = int(value)
-    elif type(value) is int:
-        number = value
-    if number is None:
-        raise TraceError(path, line, f"{name}={value!r:.40} is not an integer")
-    if number < 1:
+    """A token count in [1, MAX_TOKENS] from a JSON value (an int, never a string) or a CSV
+    field's integer."""
+    if type(value) is not int:
+        raise TraceError(path, line, f"{name}={_shown(value)} is not an integer")
+    if value < 1:
         raise TraceError(
             path,
             line,
-            f"{name}={number} is negative" if number < 0 else f"{name}=0: a request has at least 1 token of each kind",
+            f"{name}={_shown(value)} is negative"
+            if value < 0
+            else f"{name}=0: a request has at least 1 token of each kind",
         )
-    return number
+    if value > MAX_TOKENS:
+        raise TraceError(path, line, f"{name}={_shown(value)} is past {MAX_TOKENS} tokens (int32)")
+    return value
 
 
 def _azure_time(text: str, path: str | Path, line: int) -> int:
     """`YYYY-MM-DD HH:MM:SS[.f...]` (up to 9 fractional digits) in nanoseconds."""
     match = _TIMESTAMP.fullmatch(text)
     if match is None:
-        raise TraceError(path, line, f"TIMESTAMP={text!r:.40} is not YYYY-MM-DD HH:MM:SS.fffffff")
+        raise TraceError(path, line, f"TIMESTAMP={_shown(text)} is not YYYY-MM-DD HH:MM:SS.fffffff")
     year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
     try:
         moment = datetime.datetime(year, month, day, hour, minute, second)
@@ -317,6 +390,16 @@ def _azure_time(text: str, path: str | Path, line: int) -> int:
     fraction = match.group(7) or ""
     seconds = moment.toordinal() * 86400 + hour * 3600 + minute * 60 + second
     return seconds * 10**9 + int(fraction.ljust(9, "0"))
+
+
+def _azure_columns(names: list[str], path: str | Path, line: int) -> list[int]:
+    """Where the header on `line` puts each of AZURE_COLUMNS; TraceError for one missing or twice."""
+    for name in AZURE_COLUMNS:
+        if name not in names:
+            raise TraceError(path, line, f"missing column {name!r} (the header: {_shown(','.join(names))})")
+        if names.count(name) > 1:
+            raise TraceError(path, line, f"column {name!r} twice in the header")
+    return [names.index(name) for name in AZURE_COLUMNS]
 
 
 def _requests(path: str | Path, rows: list[tuple], per_second: int) -> list[TraceRequest]:

@@ -203,3 +203,188 @@ def test_help_names_the_three_designs(capsys):
     assert info.value.code == 0
     assert "all three designs" in shown and "both backends" not in shown
     assert "hybrid-bs16" in shown  # the --variants default, all of them
+
+
+# -- hostile command lines: each refused before anything runs, naming the option ------------
+
+TRACE_TEXT = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6,300,44\n2023-11-16 18:15:47.6,200,4\n"
+
+
+def refused(argv: list[str], capsys) -> str:
+    """parse_args refuses `argv` with parser.error's one line (exit code 2); returns it."""
+    with pytest.raises(SystemExit) as info:
+        bench.parse_args(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 2 and err.startswith("disagmoe-bench: error:"), err
+    return err
+
+
+@pytest.fixture
+def trace_file(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text(TRACE_TEXT)
+    return path
+
+
+def test_a_folder_as_the_trace_is_called_a_folder(tmp_path, capsys):
+    assert f"--trace {tmp_path}: is a folder, not a file" in refused(["--trace", str(tmp_path)], capsys)
+
+
+def test_a_fifo_as_the_trace_is_refused_unopened(tmp_path, capsys):
+    import signal
+
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    signal.alarm(30)  # opening the FIFO would block for good: fail the test instead
+    try:
+        assert "not a regular file" in refused(["--trace", str(fifo)], capsys)
+    finally:
+        signal.alarm(0)
+
+
+def test_an_unreadable_trace_is_refused(trace_file, capsys, monkeypatch):
+    from disagmoe_bench import traces
+
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: access(p, mode) and not (str(p) == str(trace_file)))
+    assert "cannot be read (permission denied)" in refused(["--trace", str(trace_file)], capsys)
+    monkeypatch.setattr(os, "access", access)
+
+    def denied(path, fmt=None):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(traces, "read_trace", denied)
+    assert f"--trace {trace_file}: cannot be read: Permission denied" in refused(["--trace", str(trace_file)], capsys)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_trace_is_refused_for_real(trace_file, capsys):
+    trace_file.chmod(0)
+    assert "cannot be read" in refused(["--trace", str(trace_file)], capsys)
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["--step-ms", "1e-300"], "--step-ms 1e-300 must be a number in [0.001, 3.6e+06]"),
+        (["--step-ms", "5e-324"], "--step-ms 4.94066e-324"),
+        (["--step-ms", "1e308"], "--step-ms 1e+308"),
+        (["--rate-scale", "1e-300"], "--rate-scale 1e-300 must be a number in [1e-06, 1e+06]"),
+        (["--rate-scale", "5e-324"], "--rate-scale 4.94066e-324"),
+        (["--rate-scale", "nan"], "--rate-scale nan"),
+    ],
+)
+def test_rate_scale_and_step_ms_that_would_overflow(argv, said, capsys):
+    assert said in refused(["--workload", "azure-conv", *argv], capsys)
+
+
+def test_arrivals_past_the_schedulers_steps_are_refused(tmp_path, capsys):
+    """Each option within its range, together they map the trace's last arrival past 2**53 steps."""
+    path = tmp_path / "far.jsonl"
+    path.write_text(
+        '{"timestamp": 0, "input_length": 5, "output_length": 2}\n'
+        '{"timestamp": 9000000000000000, "input_length": 5, "output_length": 2}\n'
+    )
+    err = refused(["--trace", str(path), "--rate-scale", "1e-5", "--step-ms", "0.001"], capsys)
+    assert "--rate-scale 1e-05 --step-ms 0.001: an arrival at 9e+12 s" in err and "past step" in err
+
+
+def test_a_replay_rejecting_every_request_is_refused(trace_file, capsys):
+    err = refused(["--trace", str(trace_file), "--pool-blocks", "12"], capsys)
+    assert "--pool-blocks 12: every request of t.csv holds more than the pool's 192 tokens" in err
+    assert "reject them all" in err
+    bench.parse_args(["--trace", str(trace_file), "--pool-blocks", "13"])  # one request fits
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["--workload", "decode", "--running", "4"], "--workload decode never reads --running"),
+        (["--workload", "decode", "--prompts", "64"], "--workload decode never reads --prompts"),
+        (["--workload", "decode", "--chunk", "64"], "--workload decode never reads --chunk"),
+        (["--workload", "decode", "--seed", "3"], "--workload decode never reads --seed"),
+        (["--workload", "decode", "--rate-scale", "2"], "--workload decode never reads --rate-scale"),
+        (["--workload", "decode", "--trace-format", "azure"], "--workload decode never reads --trace-format"),
+        (["--workload", "trace", "--contexts", "5"], "--workload trace never reads --contexts"),
+        (["--workload", "trace", "--batch-sizes", "5"], "--workload trace never reads --batch-sizes"),
+        (["--workload", "trace", "--lengths", "cycle"], "--workload trace never reads --lengths"),
+        (["--workload", "trace", "--pool-blocks", "64"], "--workload trace never reads --pool-blocks"),
+        (["--workload", "trace", "--step-ms", "5"], "--workload trace never reads --step-ms"),
+        (["--workload", "azure-conv", "--seed", "3"], "--workload azure-conv never reads --seed"),
+        (["--workload", "azure-conv", "--prompts", "3"], "--workload azure-conv never reads --prompts"),
+        (["--workload", "azure-conv", "--max-output", "3"], "--workload azure-conv never reads --max-output"),
+        (["--workload", "mooncake", "--contexts", "3"], "--workload mooncake never reads --contexts"),
+        (["--workload", "mooncake", "--trace-format", "azure"], "--workload mooncake never reads --trace-format"),
+        (["--workload", "trace", "--timing", "synced", "--forward-us", "500"], "--timing synced never reads it"),
+    ],
+)
+def test_options_the_workload_never_reads_are_refused(argv, said, capsys):
+    assert said in refused(argv, capsys)
+
+
+def test_options_a_trace_replay_never_reads_are_refused(trace_file, capsys):
+    for option, value in (("--seed", "3"), ("--contexts", "8"), ("--lengths", "cycle"), ("--max-output", "9")):
+        assert f"--trace {trace_file} never reads {option}" in refused(
+            ["--trace", str(trace_file), option, value], capsys
+        )
+
+
+def test_output_onto_an_input_or_the_plot_is_refused(trace_file, tmp_path, capsys):
+    from disagmoe_bench import traces
+
+    same = str(tmp_path / "m.png")
+    assert "--output" in refused(["--trace", str(trace_file), "--output", str(trace_file)], capsys)
+    err = refused(["--trace", str(trace_file), "--output", str(tmp_path / "." / "t.csv")], capsys)
+    assert "is the file of --trace" in err
+    err = refused(["--workload", "trace", "--output", same, "--plot", same], capsys)
+    assert f"--output {same} is the file of --plot {same}" in err
+    bundled = str(traces.bundled("azure"))
+    assert "is the file of --trace" in refused(["--workload", "azure-conv", "--output", bundled], capsys)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_an_output_that_would_fail_at_the_end_is_refused_first(tmp_path, capsys):
+    err = refused(["--workload", "trace", "--output", "/dev/full"], capsys)
+    assert "--output /dev/full: not a regular file" in err
+    fifo = tmp_path / "out.json"
+    os.mkfifo(fifo)
+    assert "not a regular file" in refused(["--output", str(fifo)], capsys)
+
+
+def test_a_failed_write_after_the_run_is_said(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    def full(self, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    assert bench._write(tmp_path / "r.json", {"x": 1}) == 1
+    assert "could not be written" in capsys.readouterr().err
+    assert bench._write(None, {}) == 0
+
+
+def test_an_output_folder_that_cannot_be_searched_is_refused(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: access(p, mode) and not (str(p) == str(folder) and mode & os.X_OK)
+    )
+    err = refused(["--workload", "trace", "--output", str(folder / "r.json")], capsys)
+    assert f"its folder {folder} is not writable and searchable" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root searches any folder")
+def test_an_output_folder_that_cannot_be_searched_for_real(tmp_path, capsys):
+    folder = tmp_path / "out"
+    folder.mkdir(mode=0o300 & ~0o100)  # writable, not searchable
+    try:
+        assert "not writable and searchable" in refused(["--output", str(folder / "r.json")], capsys)
+    finally:
+        folder.chmod(0o700)
+
+
+@pytest.mark.parametrize("variants", [["cpu-bs16"], ["gpu-bs16"], ["gpu-bs16", "hybrid-bs16"]])
+def test_plot_with_nothing_to_compare_is_refused_first(variants, tmp_path, capsys):
+    err = refused(["--workload", "decode", "--plot", str(tmp_path / "m.png"), "--variants", *variants], capsys)
+    assert "--plot maps each variant's speedup over cpu-bs16" in err

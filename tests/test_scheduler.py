@@ -230,15 +230,15 @@ def test_busiest_window():
 
 
 def test_config_and_requests_are_checked():
-    for bad in (
-        {"token_budget": 0},
-        {"max_running": 2.0},
-        {"step_seconds": 0},
-        {"rate_scale": float("nan")},
-        {"num_layers": True},
-        {"max_running": 300, "token_budget": 200},
+    for bad, error in (
+        ({"token_budget": 0}, ValueError),
+        ({"max_running": 2.0}, TypeError),
+        ({"step_seconds": 0}, ValueError),
+        ({"rate_scale": float("nan")}, ValueError),
+        ({"num_layers": True}, TypeError),
+        ({"max_running": 300, "token_budget": 200}, ValueError),
     ):
-        with pytest.raises(ValueError, match=next(iter(bad))):
+        with pytest.raises(error, match=next(iter(bad))):
             SchedulerConfig(**bad)
     with pytest.raises(ValueError, match="sort"):
         Scheduler([TraceRequest(1.0, 1, 1), TraceRequest(0.5, 1, 1)], SchedulerConfig())

@@ -259,9 +259,9 @@ SERVEGEN_BAD = [
     (servegen_line(3) + servegen_line(3), 2, "request_id=3 is not an integer > 3"),
     (servegen_line(0, 0, []), 1, "input_length=0"),
     (servegen_line(0, 2.5), 1, "input_length=2.5 is not an integer"),
-    (servegen_line(0, 20, [1, -2]), 1, "hash_ids=[1, -2] is not a list of non-negative integers"),
+    (servegen_line(0, 20, [1, -2]), 1, "hash_ids[1]=-2 is not an integer in [0, 2**64)"),
     (servegen_line(0, 20, "ab"), 1, "is not a list of non-negative integers"),
-    (servegen_line(0, 20, [1, True]), 1, "is not a list of non-negative integers"),
+    (servegen_line(0, 20, [1, True]), 1, "hash_ids[1]=True is not an integer"),
     (servegen_line(0, 33, [1, 2]), 1, "2 hash_ids for input_length=33: one per 16 tokens is 3"),
     (servegen_line(0).encode() + b"\xff\n", 2, "not UTF-8"),
 ]
