@@ -317,7 +317,8 @@ class DeviceTableManager(BlockManager):
     def memory_footprint(self) -> MemoryFootprint:
         on_cuda = self.device.type == "cuda"
         staging = sum(w.nbytes for w in self._words)  # pinned host memory on CUDA
-        stacks = 2 * 4 * self.num_blocks if self.block_source == L.DEVICE_STACK else 0  # and the initial one
+        # The stack, the initial one and entry_block (the prefix cache's blocks).
+        stacks = 3 * 4 * self.num_blocks if self.block_source == L.DEVICE_STACK else 0
         tables = self.req_to_block.nbytes + stacks
         device = tables + self._out.nbytes + (self._twin.nbytes if self._twin_needed else 0)
         return MemoryFootprint(
