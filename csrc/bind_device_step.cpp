@@ -169,6 +169,40 @@ void bind_device_step(py::module_& m) {
           py::arg("req_ids"), py::arg("stream"),
           "Releases every block of the requests; all or none.")
       .def(
+          "match_prefix",
+          [](PyDeviceStep& s, py::handle req_id, py::handle block_hashes, py::handle stream) {
+            const char* op = "match_prefix";
+            BusyScope busy(op, s.busy());
+            int64_t id = read_int(op, "req_id", req_id);
+            Ints hashes;
+            read_ints(op, "block_hashes", block_hashes, hashes);
+            return s.step->match_prefix(op, id, hashes.data(), hashes.size(),
+                                        read_stream(op, stream));
+          },
+          py::arg("req_id"), py::arg("block_hashes"), py::arg("stream"),
+          "The prefix cache's match (DEVICE_STACK): the request registered at the returned\n"
+          "length, the moves of its blocks staged.")
+      .def(
+          "prefix_cache_stats",
+          [](const PyDeviceStep& s) {
+            PrefixCacheStats c = s.step->prefix_cache_stats();
+            return py::make_tuple(c.cached_blocks, c.evictable_blocks, c.queried_blocks,
+                                  c.hit_blocks, c.evicted_blocks);
+          },
+          "(cached_blocks, evictable_blocks, queried_blocks, hit_blocks, evicted_blocks).")
+      .def(
+          "cached_entries",
+          [](const PyDeviceStep& s, py::handle req_id) {
+            return s.step->cached_entries(read_int("cached_entries", "req_id", req_id));
+          },
+          py::arg("req_id"), "Per block of the request: the cache entry it holds, or -1.")
+      .def(
+          "indexed_entries", [](const PyDeviceStep& s) { return s.step->indexed_entries(); },
+          "The cache entries indexed now.")
+      .def(
+          "check_prefix", [](const PyDeviceStep& s) { return s.step->check_prefix(); },
+          "An empty string when the prefix cache's books agree with the rows.")
+      .def(
           "flush",
           [](PyDeviceStep& s, py::handle stream) { s.step->flush(read_stream("flush", stream)); },
           py::arg("stream"),

@@ -146,11 +146,17 @@ void bind_step(py::module_& m) {
                              {"RELEASE_AT", staged::RELEASE_AT},
                              {"RELEASE_STRIDE", staged::RELEASE_STRIDE},
                              {"TABLE_AT", staged::TABLE_AT},
+                             {"PRE_SIZE", staged::PRE_SIZE},
+                             {"PRE_AT", staged::PRE_AT},
+                             {"POST_SIZE", staged::POST_SIZE},
+                             {"POST_AT", staged::POST_AT},
+                             {"MOVE_WORDS", staged::MOVE_WORDS},
                              {"HEADER", staged::HEADER}})
     words[name] = value;
   m.attr("STAGED_WORDS") = words;
-  m.attr("LAUNCH_FLAGS") = py::dict(py::arg("RELEASE") = kRelease, py::arg("UPDATE") = kUpdate,
-                                    py::arg("PACK") = kPack, py::arg("FUSED") = kFused);
+  m.attr("LAUNCH_FLAGS") =
+      py::dict(py::arg("RELEASE") = kRelease, py::arg("UPDATE") = kUpdate, py::arg("PACK") = kPack,
+               py::arg("FUSED") = kFused, py::arg("PREFIX") = kPrefix);
   py::enum_<BlockSource>(m, "BlockSource",
                          "Where the blocks a device step's update adds come from (device_step.h).")
       .value("DEVICE_STACK", BlockSource::kDeviceStack, "the device's free stack (gpu)")

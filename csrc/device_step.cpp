@@ -50,22 +50,27 @@ DeviceStep::DeviceStep(BlockSource source, RequestTable& table, BlockBooks* book
 }
 
 int64_t DeviceStep::num_free_blocks() const {
-  return source_ == BlockSource::kHostBooks ? books_->num_free_blocks() : stack_height_;
+  if (source_ == BlockSource::kHostBooks) return books_->num_free_blocks();
+  return cache_ ? stack_height_ + cache_->num_evictable() : stack_height_;
 }
 
 std::vector<int> DeviceStep::flag_sets() const {
   int fused = kUpdate | kPack | kFused;
   if (source_ == BlockSource::kHostBooks)  // a release stages nothing
     return {kUpdate, kPack, kUpdate | kPack, fused};
-  return {kPack,
-          kUpdate,
-          kUpdate | kPack,
-          kRelease,
-          kRelease | kPack,
-          kRelease | kUpdate,
-          kRelease | kUpdate | kPack,
-          fused,
-          kRelease | fused};
+  std::vector<int> sets = {kPack,
+                           kUpdate,
+                           kUpdate | kPack,
+                           kRelease,
+                           kRelease | kPack,
+                           kRelease | kUpdate,
+                           fused,
+                           kRelease | kUpdate | kPack,
+                           kRelease | fused};
+  int64_t n = static_cast<int64_t>(sets.size());
+  sets.push_back(kPrefix);  // the moves of a match alone
+  for (int64_t k = 0; k < n; ++k) sets.push_back(sets[k] | kPrefix);
+  return sets;
 }
 
 void DeviceStep::check_words(const char* op, int64_t nwords) const {
@@ -80,7 +85,9 @@ void DeviceStep::set_buffer(int64_t k, int32_t* words, int64_t nwords) {
   check_range("DeviceStep.set_buffer", "k", k, 0, depth_ - 1);
   check_words("DeviceStep.set_buffer", nwords);
   if (staged_ && k == current_) {
-    if (buffers_[k].words[staged::UPDATE_SIZE] || buffers_[k].words[staged::RELEASE_SIZE])
+    const int32_t* w = buffers_[k].words;
+    if (w[staged::UPDATE_SIZE] || w[staged::RELEASE_SIZE] || w[staged::PRE_SIZE] ||
+        w[staged::POST_SIZE])
       throw std::runtime_error("DeviceStep.set_buffer: buffer " + str(k) + " holds staged work");
     staged_ = false;  // acquired, nothing in it yet
   }
@@ -157,6 +164,12 @@ void DeviceStep::commit(const char* op, cuda::Stream stream) {
   int64_t matched = from_books && books_->any_unstaged() ? books_->matched_unstaged(b, p) : 0;
   int64_t ids = from_books ? plan_total_ + matched : 0;
   int64_t room = staged::words(table_.max_reqs(), ids);
+  int64_t evictions = 0;
+  if (cache_) {  // the moves: those staged, the evictions, at most this many insertions
+    evictions = std::max<int64_t>(0, plan_total_ - stack_height_);
+    int64_t staged_moves = staged_ ? words()[staged::PRE_SIZE] : 0;
+    room += staged::MOVE_WORDS * (staged_moves + evictions + insertions_bound(b, p));
+  }
   if (room > staged_capacity()) {  // the new ids do not fit: the buffers grow, nothing staged
     grow(op, "staging", 4 * room);
     if (table_.version() != plan_version_ || room > staged_capacity())
@@ -168,6 +181,7 @@ void DeviceStep::commit(const char* op, cuda::Stream stream) {
   if (on_cuda()) scope.emplace(*ctx_);
   if (staged_ && words()[staged::UPDATE_SIZE] > 0) launch(stream, false);  // may throw: no change
   int32_t* w = staging();
+  if (evictions > 0) evict(op, evictions);  // (after the launch above: the PRE moves are last)
   int64_t stride = b.size + 1;
   int64_t at = append(op, staged::PLAN_COLUMNS * stride + ids);
   if (from_books) {
@@ -186,6 +200,7 @@ void DeviceStep::commit(const char* op, cuda::Stream stream) {
   w[staged::PLAN_STRIDE] = static_cast<int32_t>(stride);
   w[staged::IDS_AT] = static_cast<int32_t>(at + staged::PLAN_COLUMNS * stride);
   w[staged::END] = static_cast<int32_t>(at + staged::PLAN_COLUMNS * stride + ids);
+  if (rows_with_hashes_ > 0) index_filled(op, b, p);
   committed();
 }
 
@@ -255,19 +270,38 @@ void DeviceStep::release(const char* op, const int64_t* req_ids, int64_t n, cuda
   table_.release_seqs(op, req_ids, n, release_rows_.data(), release_lens_.data());
   int64_t stride = n + 1;
   int64_t at = append(op, staged::RELEASE_COLUMNS * stride);
-  int64_t blocks = 0;
+  int64_t blocks = 0, size = 0, pushed = 0;
   for (int64_t i = 0; i < n; ++i) {
-    w[at + i] = release_rows_[i];
-    w[at + stride + i] = release_lens_[i];
-    w[at + 2 * stride + i] = static_cast<int32_t>(blocks);
+    int32_t row = release_rows_[i];
+    if (cache_ && (cached_in_row_[row] > 0 || !row_hashes_[row].empty())) continue;  // below
+    w[at + size] = row;
+    w[at + stride + size] = release_lens_[i];
+    w[at + 2 * stride + size] = static_cast<int32_t>(blocks);
     blocks += table_.blocks_of(release_lens_[i]);
+    ++size;
   }
-  w[staged::RELEASE_SIZE] = static_cast<int32_t>(n);
+  w[staged::END] = static_cast<int32_t>(at + staged::RELEASE_COLUMNS * stride);
+  if (size < n) {  // the rows holding cached blocks: their own blocks pushed as moves
+    int64_t moves = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (cached_in_row_[release_rows_[i]] > 0 || !row_hashes_[release_rows_[i]].empty())
+        moves += table_.blocks_of(release_lens_[i]);  // at most this many own blocks
+    int64_t m = append_moves(op, staged::PRE_SIZE, staged::PRE_AT, moves);
+    for (int64_t i = 0; i < n; ++i) {
+      int32_t row = release_rows_[i];
+      if (cached_in_row_[row] == 0 && row_hashes_[row].empty()) continue;
+      pushed += release_cached(row, table_.blocks_of(release_lens_[i]),
+                               m + staged::MOVE_WORDS * pushed, stack_height_ + blocks + pushed);
+    }
+    w[staged::PRE_SIZE] = static_cast<int32_t>(pushed);
+    w[staged::END] = static_cast<int32_t>(m + staged::MOVE_WORDS * pushed);
+    pre_reads_rows_ = pushed > 0;
+  }
+  w[staged::RELEASE_SIZE] = static_cast<int32_t>(size);
   w[staged::RELEASE_HEIGHT] = static_cast<int32_t>(stack_height_);
   w[staged::RELEASE_AT] = static_cast<int32_t>(at);
   w[staged::RELEASE_STRIDE] = static_cast<int32_t>(stride);
-  w[staged::END] = static_cast<int32_t>(at + staged::RELEASE_COLUMNS * stride);
-  stack_height_ += blocks;
+  stack_height_ += blocks + pushed;
 }
 
 void DeviceStep::flush(cuda::Stream stream) {
@@ -278,7 +312,9 @@ void DeviceStep::flush(cuda::Stream stream) {
   InCall in(in_call_);
   if (!staged_) return;
   const int32_t* w = words();
-  if (w[staged::UPDATE_SIZE] == 0 && w[staged::RELEASE_SIZE] == 0) return;
+  if (w[staged::UPDATE_SIZE] == 0 && w[staged::RELEASE_SIZE] == 0 && w[staged::PRE_SIZE] == 0 &&
+      w[staged::POST_SIZE] == 0)
+    return;
   std::optional<cuda::ContextScope> scope;
   if (on_cuda()) scope.emplace(*ctx_);
   launch(stream, false);
@@ -288,7 +324,8 @@ void DeviceStep::launch(cuda::Stream stream, bool pack, bool fused) {
   int32_t* w = words();
   int flags = (w[staged::RELEASE_SIZE] > 0 ? kRelease : 0) |
               (w[staged::UPDATE_SIZE] > 0 ? kUpdate : 0) | (pack ? kPack : 0) |
-              (fused ? kFused : 0);
+              (fused ? kFused : 0) |
+              (w[staged::PRE_SIZE] > 0 || w[staged::POST_SIZE] > 0 ? kPrefix : 0);
   if (!flags) return;
   int64_t grid = grid_of(std::max({w[staged::RELEASE_SIZE], w[staged::UPDATE_SIZE],
                                    pack ? w[staged::PACK_SIZE] : 0, int32_t{1}}));
@@ -307,6 +344,7 @@ void DeviceStep::launch(cuda::Stream stream, bool pack, bool fused) {
   }
   advance(stream);
   staged_ = false;
+  pre_reads_rows_ = false;
 }
 
 void DeviceStep::reset(cuda::Stream stream) {
@@ -328,9 +366,239 @@ void DeviceStep::reset(cuda::Stream stream) {
     table_.reset_state();
   else
     books_->reset_state();
+  if (cache_) {
+    cache_->reset();
+    free_entries_.resize(num_blocks_);
+    for (int64_t e = 0; e < num_blocks_; ++e)
+      free_entries_[e] = static_cast<int32_t>(num_blocks_ - 1 - e);
+    std::fill(row_entries_.begin(), row_entries_.end(), -1);
+    std::fill(cached_in_row_.begin(), cached_in_row_.end(), 0);
+    for (auto& hashes : row_hashes_) hashes.clear();
+    rows_with_hashes_ = 0;
+  }
   stack_height_ = num_blocks_;
   staged_ = false;
+  pre_reads_rows_ = false;
   restart();
+}
+
+// -- the prefix cache (kDeviceStack) ------------------------------------------------------
+
+bool DeviceStep::pre_last() const {
+  const int32_t* w = buffers_[current_].words;
+  return !staged_ || w[staged::PRE_SIZE] == 0 ||
+         w[staged::PRE_AT] + staged::MOVE_WORDS * w[staged::PRE_SIZE] == w[staged::END];
+}
+
+int64_t DeviceStep::append_moves(const char* op, int32_t size_word, int32_t at_word, int64_t n) {
+  int32_t* w = words();
+  int64_t at = append(op, staged::MOVE_WORDS * n);
+  if (w[size_word] == 0) w[at_word] = static_cast<int32_t>(at);
+  return at;  // the first of the n moves (after those of the region, which ends here)
+}
+
+void DeviceStep::move(int64_t at, int32_t op, int64_t a, int64_t b, int64_t c) {
+  int32_t* w = words() + at;
+  w[0] = op;
+  w[1] = static_cast<int32_t>(a);
+  w[2] = static_cast<int32_t>(b);
+  w[3] = static_cast<int32_t>(c);
+}
+
+int64_t DeviceStep::insertions_bound(const BatchView& b, const StepPlan& p) const {
+  if (rows_with_hashes_ == 0) return 0;
+  int64_t bound = 0;
+  for (int64_t i = 0; i < b.size; ++i) {
+    int32_t row = p.rows[i];
+    if (row < 0) continue;  // a new request holds no hashes
+    int64_t n = static_cast<int64_t>(row_hashes_[row].size());
+    int64_t first = table_.block_of(p.old_lens[i]);
+    bound += std::max<int64_t>(0, std::min(table_.block_of(p.new_lens[i]), n) - first);
+  }
+  return bound;
+}
+
+void DeviceStep::evict(const char* op, int64_t count) {
+  int32_t* w = words();
+  int64_t at = append_moves(op, staged::PRE_SIZE, staged::PRE_AT, count);
+  for (int64_t k = 0; k < count; ++k) {
+    int32_t entry = cache_->evict();
+    free_entries_.push_back(entry);
+    move(at + staged::MOVE_WORDS * k, staged::MOVE_PUSH_ENTRY, stack_height_ + k, 0, entry);
+  }
+  w[staged::PRE_SIZE] += static_cast<int32_t>(count);
+  w[staged::END] = static_cast<int32_t>(at + staged::MOVE_WORDS * count);
+  stack_height_ += count;
+}
+
+void DeviceStep::index_filled(const char* op, const BatchView& b, const StepPlan& p) {
+  int32_t* w = words();
+  int64_t at = append_moves(op, staged::POST_SIZE, staged::POST_AT, insertions_bound(b, p));
+  int64_t count = 0;
+  for (int64_t i = 0; i < b.size; ++i) {
+    int32_t row = p.rows[i];
+    const std::vector<int64_t>& hashes = row_hashes_[row];
+    int64_t n = static_cast<int64_t>(hashes.size());
+    int64_t last = std::min(table_.block_of(p.new_lens[i]), n);
+    for (int64_t k = table_.block_of(p.old_lens[i]); k < last; ++k) {
+      if (cache_->count_hits(&hashes[k], 1) > 0) continue;  // the first filler stays indexed
+      int32_t entry = free_entries_.back();
+      free_entries_.pop_back();
+      cache_->insert(hashes[k], entry);
+      row_entries_[row * width_ + k] = entry;
+      ++cached_in_row_[row];
+      move(at + staged::MOVE_WORDS * count, staged::MOVE_INDEX, row, k, entry);
+      ++count;
+    }
+  }
+  w[staged::POST_SIZE] = static_cast<int32_t>(count);
+  w[staged::END] = static_cast<int32_t>(at + staged::MOVE_WORDS * count);
+}
+
+int64_t DeviceStep::release_cached(int32_t row, int64_t count, int64_t at, int64_t height) {
+  int32_t* entries = row_entries_.data() + row * width_;
+  int64_t pushed = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    if (entries[k] >= 0) continue;
+    move(at + staged::MOVE_WORDS * pushed, staged::MOVE_PUSH_ROW, height + pushed, row, k);
+    ++pushed;
+  }
+  for (int64_t k = count - 1; k >= 0; --k)  // the last first: a prompt's tail is evicted first
+    if (entries[k] >= 0) {
+      cache_->release(entries[k]);
+      entries[k] = -1;
+    }
+  cached_in_row_[row] = 0;
+  if (!row_hashes_[row].empty()) {
+    row_hashes_[row].clear();
+    --rows_with_hashes_;
+  }
+  return pushed;
+}
+
+int64_t DeviceStep::match_prefix(const char* op, int64_t req_id, const int64_t* hashes, int64_t n,
+                                 cuda::Stream stream) {
+  if (source_ != BlockSource::kDeviceStack)
+    throw std::logic_error(std::string(op) + ": the host books keep this step's prefix cache");
+  int64_t bs = table_.block_size(), max_hashes = (table_.max_seq_len() - 1) / bs;
+  if (n > max_hashes)
+    throw std::invalid_argument(
+        std::string(op) + ": len(block_hashes)=" + str(n) +
+        " is more than (max_seq_len - 1) // block_size = " + str(max_hashes));
+  if (table_.row_of(req_id) >= 0)
+    throw std::invalid_argument(std::string(op) + ": req_id=" + str(req_id) +
+                                " is already known (match_prefix comes once, before the "
+                                "request's first update)");
+  if (table_.num_free_rows() == 0)
+    throw CacheExhausted(std::string(op) + ": req_id=" + str(req_id) + ": all " +
+                         str(table_.max_reqs()) + " request rows are taken");
+  if (!cache_) {  // the first match: the cache, and staging room for any release's moves
+    width_ = table_.blocks_of(table_.max_seq_len());
+    int64_t room = staged::words(table_.max_reqs(), 0) + staged::MOVE_WORDS * num_blocks_;
+    if (room > staged_capacity()) grow(op, "staging", 4 * room);
+    if (room > staged_capacity())
+      throw std::runtime_error(std::string(op) + ": grow() left the staging buffers too small");
+    auto cache = std::make_unique<PrefixCache>(num_blocks_);
+    free_entries_.resize(num_blocks_);
+    for (int64_t e = 0; e < num_blocks_; ++e)
+      free_entries_[e] = static_cast<int32_t>(num_blocks_ - 1 - e);
+    row_entries_.assign(table_.max_reqs() * width_, -1);
+    cached_in_row_.assign(table_.max_reqs(), 0);
+    row_hashes_.resize(table_.max_reqs());
+    cache_ = std::move(cache);
+  }
+  int64_t m = cache_->count_hits(hashes, n);
+  if (m > 0) {
+    // The moves read entry_block before the update: after anything that writes it or the rows.
+    const int32_t* w = words();
+    if (staged_ && (w[staged::RELEASE_SIZE] > 0 || w[staged::UPDATE_SIZE] > 0 || pre_reads_rows_ ||
+                    !pre_last()))
+      flush(stream);
+    int64_t end = staged_ ? w[staged::END] : staged::HEADER;
+    if (end + staged::MOVE_WORDS * m > staged_capacity()) flush(stream);
+    int64_t room = staged::words(table_.max_reqs(), 0) + staged::MOVE_WORDS * (num_blocks_ + m);
+    if (room > staged_capacity()) grow(op, "staging", 4 * room);
+    if (staged::HEADER + staged::MOVE_WORDS * m > staged_capacity())
+      throw std::runtime_error(std::string(op) + ": grow() left the staging buffers too small");
+  }
+  InCall in(in_call_);
+  std::optional<cuda::ContextScope> scope;
+  if (on_cuda()) scope.emplace(*ctx_);
+  int64_t at = 0;
+  if (m > 0) {
+    staging();
+    at = append_moves(op, staged::PRE_SIZE, staged::PRE_AT, m);
+  }
+  int32_t row = table_.register_request(req_id, m * bs);
+  int32_t* entries = row_entries_.data() + row * width_;
+  cache_->acquire(hashes, m, entries);
+  cache_->count_query(n, m);
+  cached_in_row_[row] = static_cast<int32_t>(m);
+  if (n > 0) {
+    row_hashes_[row].assign(hashes, hashes + n);
+    ++rows_with_hashes_;
+  }
+  if (m > 0) {
+    for (int64_t k = 0; k < m; ++k)
+      move(at + staged::MOVE_WORDS * k, staged::MOVE_MATCH, row, k, entries[k]);
+    int32_t* w = words();
+    w[staged::PRE_SIZE] += static_cast<int32_t>(m);
+    w[staged::END] = static_cast<int32_t>(at + staged::MOVE_WORDS * m);
+  }
+  return m * bs;
+}
+
+std::vector<int32_t> DeviceStep::cached_entries(int64_t req_id) const {
+  int32_t row = table_.row_of(req_id);
+  if (row < 0)
+    throw UnknownRequest("cached_entries: request id " + str(req_id) + " is not a running request");
+  int64_t count = table_.blocks_of(table_.seq_len_of_row(row));
+  if (!cache_) return std::vector<int32_t>(count, -1);
+  const int32_t* entries = row_entries_.data() + row * width_;
+  return std::vector<int32_t>(entries, entries + count);
+}
+
+std::vector<int32_t> DeviceStep::indexed_entries() const {
+  std::vector<int32_t> out;
+  if (cache_)
+    for (int64_t e = 0; e < num_blocks_; ++e)
+      if (cache_->indexed(static_cast<int32_t>(e))) out.push_back(static_cast<int32_t>(e));
+  return out;
+}
+
+std::string DeviceStep::check_prefix() const {
+  if (!cache_) return "";
+  std::vector<int32_t> holders(num_blocks_, 0);
+  std::vector<int8_t> is_free(num_blocks_, 0);
+  for (int32_t e : free_entries_) {
+    if (e < 0 || e >= num_blocks_ || is_free[e]) return "entry " + str(e) + " is free twice";
+    is_free[e] = 1;
+  }
+  int64_t with_hashes = 0;
+  for (int64_t row = 0; row < table_.max_reqs(); ++row) with_hashes += !row_hashes_[row].empty();
+  if (with_hashes != rows_with_hashes_)
+    return str(with_hashes) + " rows hold hashes, the count says " + str(rows_with_hashes_);
+  for (int64_t req_id : table_.req_ids()) {
+    int32_t row = table_.row_of(req_id);
+    int64_t count = table_.blocks_of(table_.seq_len_of_row(row)), cached = 0;
+    for (int64_t k = 0; k < width_; ++k) {
+      int32_t e = row_entries_[row * width_ + k];
+      if (e < 0) continue;
+      if (k >= count)
+        return "request " + str(req_id) + " holds entry " + str(e) + " past its blocks";
+      ++holders[e];
+      ++cached;
+    }
+    if (cached != cached_in_row_[row])
+      return "request " + str(req_id) + " holds " + str(cached) +
+             " cached blocks, its count says " + str(cached_in_row_[row]);
+  }
+  std::string err = cache_->check_integrity(holders, is_free);
+  if (!err.empty()) return err;
+  if (cache_->num_cached() + static_cast<int64_t>(free_entries_.size()) != num_blocks_)
+    return str(cache_->num_cached()) + " indexed + " + str(free_entries_.size()) +
+           " free entries != " + str(num_blocks_);
+  return "";
 }
 
 }  // namespace disagmoe

@@ -4,9 +4,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "block_books.h"
+#include "prefix_cache.h"
 #include "step.h"
 
 namespace disagmoe {
@@ -22,7 +24,15 @@ constexpr int32_t SEQ_LENS_AT = 7;  // int32 word of seq_lens there (then contex
 constexpr int32_t UPDATE_SIZE = 8, HEIGHT = 9, PLAN_AT = 10, PLAN_STRIDE = 11, IDS_AT = 12;
 constexpr int32_t RELEASE_SIZE = 13, RELEASE_HEIGHT = 14, RELEASE_AT = 15, RELEASE_STRIDE = 16;
 constexpr int32_t TABLE_AT = 17;  // int32 word of the block table in the metadata buffer
+// The prefix cache's moves (gpu): those before the update (PRE) and after the pack (POST),
+// each MOVE_WORDS words (op, a, b, c).
+constexpr int32_t PRE_SIZE = 18, PRE_AT = 19, POST_SIZE = 20, POST_AT = 21;
 constexpr int32_t HEADER = 32;
+constexpr int32_t MOVE_WORDS = 4;
+constexpr int32_t MOVE_PUSH_ROW = 0;    // free_blocks[a] = req_to_block[b, c] (a release)
+constexpr int32_t MOVE_MATCH = 1;       // req_to_block[a, b] = entry_block[c]
+constexpr int32_t MOVE_PUSH_ENTRY = 2;  // free_blocks[a] = entry_block[c] (an eviction)
+constexpr int32_t MOVE_INDEX = 3;       // entry_block[c] = req_to_block[a, b]
 // Columns: lookup (rows, lengths, query lengths, query starts, seq starts); plan (rows,
 // old lengths, new lengths, block offsets); release (rows, lengths, block offsets).
 constexpr int32_t LOOKUP_COLUMNS = 5, PLAN_COLUMNS = 4, RELEASE_COLUMNS = 3;
@@ -34,8 +44,9 @@ int64_t words(int64_t max_reqs, int64_t ids);
 // (release runs first, pack last). kFused: the update is the pack's own batch (a
 // first-layer step), and the pack kernel writes the new blocks into the rows as it reads
 // them (one kernel for both).
-constexpr int kRelease = 4, kUpdate = 2, kPack = 1, kFused = 8;
-constexpr int kFlagSets = 16;
+// kPrefix: the prefix cache's moves (gpu), before the update and after the pack.
+constexpr int kRelease = 4, kUpdate = 2, kPack = 1, kFused = 8, kPrefix = 16;
+constexpr int kFlagSets = 32;
 
 // The grid a launch of n entries runs on: the next power of two.
 int64_t grid_of(int64_t n);
@@ -97,6 +108,20 @@ class DeviceStep : public Step {
   // `stream`.
   void reset(cuda::Stream stream);
 
+  // kDeviceStack: the prefix cache (docs/prefix-caching.md), its index on the host over
+  // entry ids, each entry's block in the device's entry_block (the kernels' moves).
+  int64_t match_prefix(const char* op, int64_t req_id, const int64_t* hashes, int64_t n,
+                       cuda::Stream stream);
+  PrefixCacheStats prefix_cache_stats() const {
+    return cache_ ? cache_->stats() : PrefixCacheStats{};
+  }
+  // Per position of the request's blocks: the cache entry it holds, or -1 (its own block).
+  std::vector<int32_t> cached_entries(int64_t req_id) const;
+  // The entries indexed now.
+  std::vector<int32_t> indexed_entries() const;
+  // Empty when the cache's books agree with the rows, else what is wrong.
+  std::string check_prefix() const;
+
  private:
   DeviceStep(BlockSource source, RequestTable& table, BlockBooks* books, int64_t num_blocks,
              int64_t depth, int device);
@@ -134,6 +159,24 @@ class DeviceStep : public Step {
       graphs_;  // [(buffer * kFlagSets + flags) * 32 + log2(grid)]
   Launcher launcher_;
   std::vector<int32_t> release_rows_, release_lens_;
+
+  // The prefix cache (kDeviceStack), made at the first match_prefix.
+  bool pre_last() const;  // nothing staged after the PRE moves (or none staged)
+  int64_t append_moves(const char* op, int32_t size_word, int32_t at_word, int64_t n);
+  void move(int64_t at, int32_t op, int64_t a, int64_t b, int64_t c);
+  int64_t insertions_bound(const BatchView& b, const StepPlan& p) const;
+  void evict(const char* op, int64_t count);
+  void index_filled(const char* op, const BatchView& b, const StepPlan& p);
+  // Stages the release of a row holding cached blocks; returns the blocks it frees.
+  int64_t release_cached(int32_t row, int64_t count, int64_t at, int64_t height);
+  std::unique_ptr<PrefixCache> cache_;
+  int64_t width_ = 0;
+  std::vector<int32_t> free_entries_;  // a stack
+  std::vector<int32_t> row_entries_;   // [max_reqs, width]: an entry, or -1
+  std::vector<int32_t> cached_in_row_;
+  std::vector<std::vector<int64_t>> row_hashes_;
+  int64_t rows_with_hashes_ = 0;
+  bool pre_reads_rows_ = false;  // the staged PRE moves push a released row's blocks
 };
 
 }  // namespace disagmoe

@@ -21,9 +21,16 @@ SOURCES = [L.DEVICE_STACK, L.HOST_BOOKS]
 def test_the_books_say_where_the_blocks_come_from():
     stack, books = DeviceRig(L.DEVICE_STACK), DeviceRig(L.HOST_BOOKS)
     assert (stack.step.block_source, books.step.block_source) == (L.DEVICE_STACK, L.HOST_BOOKS)
-    assert set(stack.step.flag_sets) == {*range(1, 8), FUSED, L.RELEASE | FUSED}
+    plain = {*range(1, 8), FUSED, L.RELEASE | FUSED}
+    assert set(stack.step.flag_sets) == plain | {f | L.PREFIX for f in plain} | {L.PREFIX}  # PREFIX: the cache's moves
     assert set(books.step.flag_sets) == {L.UPDATE, L.PACK, L.UPDATE | L.PACK, FUSED}  # a release stages nothing
-    assert _C.LAUNCH_FLAGS == {"RELEASE": L.RELEASE, "UPDATE": L.UPDATE, "PACK": L.PACK, "FUSED": L.FUSED}
+    assert _C.LAUNCH_FLAGS == {
+        "RELEASE": L.RELEASE,
+        "UPDATE": L.UPDATE,
+        "PACK": L.PACK,
+        "FUSED": L.FUSED,
+        "PREFIX": L.PREFIX,
+    }
 
 
 @pytest.mark.parametrize("source", SOURCES)

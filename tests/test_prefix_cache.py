@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_attention import DIM, HEADS, paged_attention
 
-from disagmoe import BatchMetadata, GPUBlockManager, KVCacheExhausted, PrefixCacheStats
+from disagmoe import BatchMetadata, KVCacheExhausted, PrefixCacheStats
 from disagmoe_bench.prefix_model import PrefixModel
 
 from harness import to_host
@@ -22,9 +22,7 @@ FIRST = 3  # configs.LAYER_IDS[0]
 
 @pytest.fixture
 def make(make_manager, config):
-    """make_manager for a design with a prefix cache (the gpu design has none yet)."""
-    if issubclass(config.cls, GPUBlockManager):
-        pytest.skip("the gpu design has no prefix cache yet")
+    """make_manager (every design has the prefix cache)."""
     return make_manager
 
 
@@ -187,15 +185,6 @@ def test_no_free_row_is_kv_cache_exhausted_and_negative_ids_are_ids(make):
     assert snapshot(m, [-1]) == before
     step(m, [(-1, 5), (-(2**63), 2)])
     m.check_integrity()
-
-
-def test_the_gpu_design_says_it_has_no_prefix_cache(make_manager, config):
-    if not issubclass(config.cls, GPUBlockManager):
-        pytest.skip("the gpu design's")
-    m = make_manager()
-    with pytest.raises(NotImplementedError, match="gpu design has no prefix cache"):
-        m.match_prefix(1, [1])
-    assert m.num_running_reqs() == 0 and m.prefix_cache_stats() == PrefixCacheStats(0, 0, 0, 0, 0)
 
 
 class OldStack:

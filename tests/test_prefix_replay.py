@@ -189,8 +189,6 @@ def test_timing_replays_a_prefix_window_with_its_warm_start():
 def test_every_design_matches_what_the_model_predicted(design, name, count, config, where, mode):
     """The real managers: every match as predicted (Match.run raises otherwise), free slots
     and lengths as the double's, the cache's counters as the model's, the books sound."""
-    if design == "gpu":
-        pytest.skip("the gpu design has no prefix cache yet (its match_prefix raises NotImplementedError)")
     replay = window(name, count, config, where, mode)
     max_seq_len, max_running = replay.sizes(replay.num_steps)
     model = ModelConfig(layer_ids=replay.layer_ids, max_seq_len=max_seq_len, max_batch_size_attn=max_running)

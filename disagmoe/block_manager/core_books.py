@@ -40,5 +40,7 @@ class CoreBooks:
             raise AssertionError(f"{type(self).__name__}: {problem}")
 
     def _host_table_bytes(self) -> int:
-        """Host bytes of the core's block tables and free list."""
-        return 4 * (self.max_running_reqs * self._books.max_blocks_per_seq + self.num_blocks)
+        """Host bytes of the core's block tables and free list, and the prefix cache's
+        entries (24 bytes a block) and hash index (about 12 bytes a slot, 2 to 4 slots a
+        block: 36 a block, roughly)."""
+        return 4 * (self.max_running_reqs * self._books.max_blocks_per_seq + self.num_blocks) + 60 * self.num_blocks

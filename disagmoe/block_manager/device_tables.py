@@ -118,7 +118,9 @@ class DeviceTableManager(BlockManager):
             self.device,
         ).zero_()
         self.free_blocks = None
+        self.entry_block = None  # the gpu design's: each prefix-cache entry's block
         if self.block_source == L.DEVICE_STACK:
+            self.entry_block = torch.zeros(self.num_blocks, dtype=torch.int32, device=self.device)
             # Taking from the top hands out block 0 first, as the C++ core does.
             initial = torch.arange(self.num_blocks - 1, -1, -1, dtype=torch.int32, device=self.device)
             self.free_blocks = initial.clone()
@@ -197,6 +199,7 @@ class DeviceTableManager(BlockManager):
                     self._out64,
                     self.block_size,
                     self._launch_shape,
+                    self.entry_block,
                 )
             self._step.set_out_bytes(nbytes)
 
@@ -217,7 +220,15 @@ class DeviceTableManager(BlockManager):
             if flags & L.PACK:
                 views = self._views(int(host[L.PACK_SIZE]), int(host[L.WIDTH]), int(host[L.NUM_TOKENS]))
             kernels_torch.launch(
-                staged, host, flags, self.req_to_block, self.free_blocks, self.block_source, self.block_size, views
+                staged,
+                host,
+                flags,
+                self.req_to_block,
+                self.free_blocks,
+                self.block_source,
+                self.block_size,
+                views,
+                self.entry_block,
             )
             return
         before = self._triton.compiled()
@@ -306,7 +317,8 @@ class DeviceTableManager(BlockManager):
     def memory_footprint(self) -> MemoryFootprint:
         on_cuda = self.device.type == "cuda"
         staging = sum(w.nbytes for w in self._words)  # pinned host memory on CUDA
-        stacks = 2 * 4 * self.num_blocks if self.block_source == L.DEVICE_STACK else 0  # and the initial one
+        # The stack, the initial one and entry_block (the prefix cache's blocks).
+        stacks = 3 * 4 * self.num_blocks if self.block_source == L.DEVICE_STACK else 0
         tables = self.req_to_block.nbytes + stacks
         device = tables + self._out.nbytes + (self._twin.nbytes if self._twin_needed else 0)
         return MemoryFootprint(

@@ -5,10 +5,17 @@ the host, so shapes never need a device read; the free blocks are a stack on the
 whose height the native step mirrors. A first-layer update takes its blocks from the top
 of that stack, a release pushes the blocks back, both in kernels that the next pack
 launches with its own (`device_tables`: the step path it shares with `hybrid`).
+
+The prefix cache's index lives on the host (SGLang's split: csrc/device_step.h, a
+`PrefixCache` over entry ids), each entry's block on the device (`entry_block`). A match,
+an eviction, a release of a row holding cached blocks and a block that fills under a hash
+stage moves (layout.MOVE_*) that a kernel runs before the update (matches, pushes) and
+after the pack (indexing): the host never learns a block id.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from disagmoe import _C
@@ -33,13 +40,10 @@ class GPUBlockManager(DeviceTableManager):
         return self._books
 
     def _match_prefix(self, req_id: object, block_hashes: object) -> int:
-        raise NotImplementedError(
-            "GPUBlockManager.match_prefix: the gpu design has no prefix cache yet (its index on the host "
-            "and the blocks on the device are not built); use the cpu or hybrid design for shared prefixes"
-        )
+        return self._step.match_prefix(req_id, block_hashes, self._stream())  # type: ignore[arg-type]
 
     def _prefix_cache_stats(self) -> tuple[int, int, int, int, int]:
-        return (0, 0, 0, 0, 0)  # never given hashes: nothing cached
+        return self._step.prefix_cache_stats()
 
     def num_free_slots(self) -> int:
         return self._step.num_free_blocks * self.block_size
@@ -57,10 +61,21 @@ class GPUBlockManager(DeviceTableManager):
             raise AssertionError(
                 f"{name}: {books.num_reqs} live + {books.num_free_rows} free request rows != {books.max_reqs}"
             )
+        problem = self._step.check_prefix()
+        if problem:
+            raise AssertionError(f"{name}: {problem}")
         table = self._device_rows()
-        free = self.free_blocks[: self._step.num_free_blocks].cpu().numpy()
-        owned = {
-            req_id: table[books.row_of(req_id), : -(-books.seq_len(req_id) // self.block_size)]
-            for req_id in books.req_ids()
-        }
+        indexed = self._step.indexed_entries()
+        entry_block = self.entry_block.cpu().numpy()  # type: ignore[union-attr]
+        height = self._step.num_free_blocks - self.prefix_cache_stats().evictable_blocks
+        free = self.free_blocks[:height].cpu().numpy()
+        owned = {}  # each request's own blocks; the cache's, once each under its entry
+        for req_id in books.req_ids():
+            blocks = table[books.row_of(req_id), : -(-books.seq_len(req_id) // self.block_size)]
+            entries = np.array(self._step.cached_entries(req_id), dtype=np.int64)
+            shared = entries >= 0
+            if (blocks[shared] != entry_block[entries[shared]]).any():
+                raise AssertionError(f"{name}: request {req_id}'s row {blocks.tolist()} != its cached blocks")
+            owned[req_id] = blocks[~shared].astype(np.int64)
+        owned[2**64] = entry_block[np.array(indexed, dtype=np.int64)].astype(np.int64)  # (no request's id)
         check_blocks(name, owned, free, self.num_blocks)

@@ -78,6 +78,36 @@ def update(
     req_to_block[rows[entry], first_new[entry] + k] = blocks
 
 
+def moves(
+    host: np.ndarray,
+    size_word: int,
+    at_word: int,
+    req_to_block: torch.Tensor,
+    free_blocks: torch.Tensor,
+    entry_block: torch.Tensor,
+) -> None:
+    """The prefix cache's moves of one region (layout.MOVE_*), from the host's copy of the
+    words (the same as the device's; no op of a region reads what another writes)."""
+    count = int(host[size_word])
+    if count == 0:
+        return
+    at = int(host[at_word])
+    words = host[at : at + L.MOVE_WORDS * count].reshape(count, L.MOVE_WORDS).astype(np.int64)
+    device = req_to_block.device
+
+    def column(op: int, k: int) -> torch.Tensor:
+        return torch.from_numpy(words[words[:, 0] == op, k].copy()).to(device)
+
+    if (words[:, 0] == L.MOVE_PUSH_ROW).any():
+        free_blocks[column(L.MOVE_PUSH_ROW, 1)] = req_to_block[column(L.MOVE_PUSH_ROW, 2), column(L.MOVE_PUSH_ROW, 3)]
+    if (words[:, 0] == L.MOVE_MATCH).any():
+        req_to_block[column(L.MOVE_MATCH, 1), column(L.MOVE_MATCH, 2)] = entry_block[column(L.MOVE_MATCH, 3)]
+    if (words[:, 0] == L.MOVE_PUSH_ENTRY).any():
+        free_blocks[column(L.MOVE_PUSH_ENTRY, 1)] = entry_block[column(L.MOVE_PUSH_ENTRY, 3)]
+    if (words[:, 0] == L.MOVE_INDEX).any():
+        entry_block[column(L.MOVE_INDEX, 3)] = req_to_block[column(L.MOVE_INDEX, 1), column(L.MOVE_INDEX, 2)]
+
+
 def pack(staged: torch.Tensor, host: np.ndarray, req_to_block: torch.Tensor, block_size: int, views: tuple) -> None:
     """Fills the metadata views (seq_lens, context_lens, query_start_loc, seq_start_loc,
     block_tables, slot_mapping) from the staged lookup."""
@@ -113,13 +143,20 @@ def launch(
     block_source: _C.BlockSource,
     block_size: int,
     views: tuple | None,
+    entry_block: torch.Tensor | None = None,
 ) -> None:
-    """The operations of `flags` (layout.RELEASE | UPDATE | PACK), in order."""
+    """The operations of `flags` (layout.RELEASE | UPDATE | PACK | PREFIX), in order:
+    release, the moves before the update (PREFIX), update, pack, the moves after it."""
     if flags & L.RELEASE:
         assert free_blocks is not None  # only a step from the device stack stages releases
         release(staged, host, req_to_block, free_blocks, block_size)
+    if flags & L.PREFIX:
+        assert free_blocks is not None and entry_block is not None  # the gpu design's alone
+        moves(host, L.PRE_SIZE, L.PRE_AT, req_to_block, free_blocks, entry_block)
     if flags & L.UPDATE:
         update(staged, host, req_to_block, free_blocks, block_source, block_size)
     if flags & L.PACK:
         assert views is not None
         pack(staged, host, req_to_block, block_size, views)
+    if flags & L.PREFIX:
+        moves(host, L.POST_SIZE, L.POST_AT, req_to_block, free_blocks, entry_block)  # type: ignore[arg-type]

@@ -215,7 +215,41 @@ def _pack_kernel(
         tl.store(slots_ptr + q_start + ts, slots, mask=mask)
 
 
-KERNELS = (_release_kernel, _update_kernel, _pack_kernel)
+@triton.jit
+def _moves_kernel(
+    staged_ptr,
+    req_to_block_ptr,
+    r2b_row_stride,
+    free_blocks_ptr,
+    entry_block_ptr,
+    CHUNK: tl.constexpr,
+    SIZE: tl.constexpr,
+    AT: tl.constexpr,
+    MOVE_WORDS: tl.constexpr,
+):
+    # The prefix cache's moves of one region (layout.MOVE_*: (op, a, b, c)), shared out
+    # among the programs chunk by chunk; no op of a region reads what another writes.
+    count = tl.load(staged_ptr + SIZE)
+    moves = staged_ptr + tl.load(staged_ptr + AT)
+    for start in range(tl.program_id(0) * CHUNK, count, tl.num_programs(0) * CHUNK):
+        j = start + tl.arange(0, CHUNK)
+        mask = j < count
+        op = tl.load(moves + MOVE_WORDS * j, mask=mask, other=-1)
+        a = tl.load(moves + MOVE_WORDS * j + 1, mask=mask, other=0)
+        b = tl.load(moves + MOVE_WORDS * j + 2, mask=mask, other=0)
+        c = tl.load(moves + MOVE_WORDS * j + 3, mask=mask, other=0)
+        from_row = (op == 0) | (op == 3)  # MOVE_PUSH_ROW reads req_to_block[b, c], MOVE_INDEX [a, b]
+        row = tl.where(op == 0, b, a)
+        col = tl.where(op == 0, c, b)
+        in_row = tl.load(req_to_block_ptr + row.to(tl.int64) * r2b_row_stride + col, mask=from_row, other=0)
+        in_entry = tl.load(entry_block_ptr + c, mask=(op == 1) | (op == 2), other=0)
+        block = tl.where(from_row, in_row, in_entry)
+        tl.store(free_blocks_ptr + a, block, mask=(op == 0) | (op == 2))
+        tl.store(req_to_block_ptr + a.to(tl.int64) * r2b_row_stride + b, block, mask=op == 1)
+        tl.store(entry_block_ptr + c, block, mask=op == 3)
+
+
+KERNELS = (_release_kernel, _update_kernel, _pack_kernel, _moves_kernel)
 
 
 def compiled() -> int:
@@ -255,6 +289,7 @@ class Kernels:
     out64: torch.Tensor  # the same buffer as int64 words
     block_size: int
     launch: PackLaunch = PackLaunch()
+    entry_block: torch.Tensor | None = None  # int32, each prefix-cache entry's block (DEVICE_STACK)
     from_stack: bool = dataclasses.field(init=False)  # block_source, read once
 
     def __post_init__(self) -> None:
@@ -273,6 +308,8 @@ def launch(k: Kernels, staged: torch.Tensor, grid: int, flags: int) -> None:
         _release_kernel[(grid,)](
             staged, r2b, row_stride, k.free_blocks, BLOCK_SIZE=k.block_size, CHUNK=256, **L.RELEASE_WORDS
         )
+    if flags & L.PREFIX:
+        _moves_kernel[(grid,)](staged, r2b, row_stride, k.free_blocks, k.entry_block, CHUNK=256, **L.PRE_WORDS)
     if flags & L.UPDATE and not fused:
         _update_kernel[(grid,)](
             staged, blocks, r2b, row_stride, FROM_STACK=from_stack, BLOCK_SIZE=k.block_size, CHUNK=256, **L.UPDATE_WORDS
@@ -296,3 +333,5 @@ def launch(k: Kernels, staged: torch.Tensor, grid: int, flags: int) -> None:
             **L.PACK_WORDS,
             **L.UPDATE_WORDS,
         )
+    if flags & L.PREFIX:
+        _moves_kernel[(grid,)](staged, r2b, row_stride, k.free_blocks, k.entry_block, CHUNK=256, **L.POST_WORDS)

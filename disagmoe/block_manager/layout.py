@@ -37,6 +37,18 @@ UPDATE_SIZE, HEIGHT, PLAN_AT, PLAN_STRIDE, IDS_AT = (
     _W["PLAN_STRIDE"],
     _W["IDS_AT"],
 )
+# The prefix cache's moves (gpu): MOVE_WORDS words each, (op, a, b, c); those before the
+# update (PRE) and after the pack (POST). Ops: MOVE_PUSH_ROW free_blocks[a] =
+# req_to_block[b, c]; MOVE_MATCH req_to_block[a, b] = entry_block[c]; MOVE_PUSH_ENTRY
+# free_blocks[a] = entry_block[c]; MOVE_INDEX entry_block[c] = req_to_block[a, b].
+PRE_SIZE, PRE_AT, POST_SIZE, POST_AT, MOVE_WORDS = (
+    _W["PRE_SIZE"],
+    _W["PRE_AT"],
+    _W["POST_SIZE"],
+    _W["POST_AT"],
+    _W["MOVE_WORDS"],
+)
+MOVE_PUSH_ROW, MOVE_MATCH, MOVE_PUSH_ENTRY, MOVE_INDEX = 0, 1, 2, 3
 RELEASE_SIZE, RELEASE_HEIGHT, RELEASE_AT, RELEASE_STRIDE = (
     _W["RELEASE_SIZE"],
     _W["RELEASE_HEIGHT"],
@@ -52,7 +64,7 @@ DEVICE_STACK, HOST_BOOKS = _C.BlockSource.DEVICE_STACK, _C.BlockSource.HOST_BOOK
 # runs first, pack last); FUSED: the update is the pack's own batch, and the pack kernel
 # writes its blocks (no update kernel).
 _F: dict[str, int] = _C.LAUNCH_FLAGS
-RELEASE, UPDATE, PACK, FUSED = _F["RELEASE"], _F["UPDATE"], _F["PACK"], _F["FUSED"]
+RELEASE, UPDATE, PACK, FUSED, PREFIX = _F["RELEASE"], _F["UPDATE"], _F["PACK"], _F["FUSED"], _F["PREFIX"]
 
 # Columns of each region, by index.
 LOOKUP_ROWS, LOOKUP_SEQ_LENS, LOOKUP_QUERY_LENS, LOOKUP_QUERY_STARTS, LOOKUP_SEQ_STARTS = 0, 1, 2, 3, 4
@@ -88,3 +100,6 @@ PACK_WORDS = {
         "TABLE_AT",
     )
 }
+# The moves kernel's words, one dict per region (SIZE, AT), as constexpr arguments.
+PRE_WORDS = {"SIZE": PRE_SIZE, "AT": PRE_AT, "MOVE_WORDS": MOVE_WORDS}
+POST_WORDS = {"SIZE": POST_SIZE, "AT": POST_AT, "MOVE_WORDS": MOVE_WORDS}
