@@ -78,11 +78,13 @@ void bind_host_step(py::module_& m) {
            py::arg("init_prefill_lens"), kPlanDoc)
       .def(
           "commit",
-          [](PyHostStep& s) {
-            BusyScope busy("update_block_table", s.busy());
-            s.step.commit("update_block_table");
+          [](PyHostStep& s, py::handle stream) {
+            const char* op = "update_block_table";
+            BusyScope busy(op, s.busy());
+            read_stream(op, stream);  // as the device step's: the host step enqueues nothing
+            s.step.commit(op);
           },
-          "Makes the planned update (RuntimeError if the books changed since).")
+          py::arg("stream"), "Makes the planned update (RuntimeError if the books changed since).")
       .def("lengths", &lengths_of<PyHostStep>, py::arg("req_ids"), py::arg("num_prefill_seqs"),
            py::arg("init_prefill_lens"), kLengthsDoc)
       .def("pack", &pack_of<PyHostStep>, py::arg("req_ids"), py::arg("num_prefill_seqs"),

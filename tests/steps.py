@@ -96,7 +96,7 @@ class HostRig:
 
     def update(self, req_ids, num_prefill: int, lens) -> list[int]:
         seq_lens = self.step.plan(req_ids, num_prefill, lens)
-        self.step.commit()
+        self.step.commit(0)
         return seq_lens
 
     def pack(self, req_ids, num_prefill: int, lens, layer: int = 0, known: int = -1) -> tuple:

@@ -37,7 +37,7 @@ def test_plan_changes_nothing_until_commit():
     r = HostRig()
     assert r.step.plan([1, 2], 2, [5, 3]) == [5, 3]
     assert (r.books.num_reqs, r.books.num_free_blocks()) == (0, 8)
-    r.step.commit()
+    r.step.commit(0)
     assert (r.books.num_reqs, r.books.num_free_blocks(), r.books.row_of(2)) == (2, 5, 1)
 
 
@@ -45,11 +45,11 @@ def test_a_commit_needs_its_plan_unchanged():
     r = HostRig()
     r.update([1], 1, [3])
     with pytest.raises(RuntimeError, match="changed between planning"):
-        r.step.commit()  # nothing planned
+        r.step.commit(0)  # nothing planned
     r.step.plan([2], 1, [4])
     r.step.release([1])  # the books change between the plan and its commit
     with pytest.raises(RuntimeError, match="changed between planning"):
-        r.step.commit()
+        r.step.commit(0)
     assert (r.books.req_ids(), r.books.num_free_blocks(), r.books.check_integrity()) == ([], 8, "")
 
 

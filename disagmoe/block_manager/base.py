@@ -272,7 +272,7 @@ class BlockManager(ABC):
             before = batch.seq_lens
             batch.seq_lens = seq_lens  # may raise: nothing is reserved yet
             try:
-                self._commit()
+                step.commit(self._stream())
             except BaseException:
                 try:
                     batch.seq_lens = before
@@ -445,10 +445,6 @@ class BlockManager(ABC):
     @abstractmethod
     def _build(self) -> None:
         """Makes the books, the native step and the buffers (the last step of `__init__`)."""
-
-    @abstractmethod
-    def _commit(self) -> None:
-        """Makes the update the native step planned."""
 
     @abstractmethod
     def _grow(self, which: str, nbytes: int) -> None:

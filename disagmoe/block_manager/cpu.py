@@ -80,9 +80,6 @@ class CPUBlockManager(CoreBooks, BlockManager):
                 self._step.set_out(out)
                 self._set_out(out)
 
-    def _commit(self) -> None:
-        self._step.commit()
-
     def _release(self, req_ids: Any) -> None:
         self._step.release(req_ids)
 

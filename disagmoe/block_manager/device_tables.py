@@ -286,9 +286,6 @@ class DeviceTableManager(BlockManager):
 
     # -- the step hooks ---------------------------------------------------------------------
 
-    def _commit(self) -> None:
-        self._step.commit(self._stream())
-
     def _release(self, req_ids: Any) -> None:
         self._step.release(req_ids, self._stream())
 

@@ -505,9 +505,9 @@ class StepCase:
                 step.plan(*batch)
                 self.planned = batch
                 if then == "commit":
-                    step.commit(self.value(stream)) if device else step.commit()
+                    step.commit(self.value(stream))
             elif kind == "commit":
-                step.commit(self.value(args[0])) if device else step.commit()
+                step.commit(self.value(args[0]))
             elif kind == "lengths":
                 step.lengths(*self.batch(args[0]))
             elif kind == "pack":
