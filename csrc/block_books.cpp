@@ -95,18 +95,7 @@ void BlockBooks::reset_state() {
 }
 
 int64_t BlockBooks::match_prefix(const char* op, int64_t req_id, const int64_t* hashes, int64_t n) {
-  int64_t max_hashes = (table_.max_seq_len() - 1) / block_size_;
-  if (n > max_hashes)
-    throw std::invalid_argument(
-        std::string(op) + ": len(block_hashes)=" + str(n) +
-        " is more than (max_seq_len - 1) // block_size = " + str(max_hashes));
-  if (table_.row_of(req_id) >= 0)
-    throw std::invalid_argument(std::string(op) + ": req_id=" + str(req_id) +
-                                " is already known (match_prefix comes once, before the "
-                                "request's first update)");
-  if (table_.num_free_rows() == 0)
-    throw CacheExhausted(std::string(op) + ": req_id=" + str(req_id) + ": all " +
-                         str(table_.max_reqs()) + " request rows are taken");
+  table_.check_match(op, req_id, n);
   int64_t m = cache_.count_hits(hashes, n);
   int32_t row = table_.register_request(req_id, m * block_size_);
   ++row_epochs_[row];

@@ -480,18 +480,8 @@ int64_t DeviceStep::match_prefix(const char* op, int64_t req_id, const int64_t* 
                                  cuda::Stream stream) {
   if (source_ != BlockSource::kDeviceStack)
     throw std::logic_error(std::string(op) + ": the host books keep this step's prefix cache");
-  int64_t bs = table_.block_size(), max_hashes = (table_.max_seq_len() - 1) / bs;
-  if (n > max_hashes)
-    throw std::invalid_argument(
-        std::string(op) + ": len(block_hashes)=" + str(n) +
-        " is more than (max_seq_len - 1) // block_size = " + str(max_hashes));
-  if (table_.row_of(req_id) >= 0)
-    throw std::invalid_argument(std::string(op) + ": req_id=" + str(req_id) +
-                                " is already known (match_prefix comes once, before the "
-                                "request's first update)");
-  if (table_.num_free_rows() == 0)
-    throw CacheExhausted(std::string(op) + ": req_id=" + str(req_id) + ": all " +
-                         str(table_.max_reqs()) + " request rows are taken");
+  table_.check_match(op, req_id, n);
+  int64_t bs = table_.block_size();
   if (!cache_) {  // the first match: the cache, and staging room for any release's moves
     width_ = table_.blocks_of(table_.max_seq_len());
     int64_t room = staged::words(table_.max_reqs(), 0) + staged::MOVE_WORDS * num_blocks_;

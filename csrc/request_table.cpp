@@ -184,6 +184,21 @@ void RequestTable::commit_update(const BatchView& batch, const StepPlan& plan) {
   }
 }
 
+void RequestTable::check_match(const char* op, int64_t req_id, int64_t n) const {
+  int64_t max_hashes = (max_seq_len() - 1) / block_size();
+  if (n > max_hashes)
+    throw std::invalid_argument(
+        std::string(op) + ": len(block_hashes)=" + str(n) +
+        " is more than (max_seq_len - 1) // block_size = " + str(max_hashes));
+  if (row_of(req_id) >= 0)
+    throw std::invalid_argument(std::string(op) + ": req_id=" + str(req_id) +
+                                " is already known (match_prefix comes once, before the "
+                                "request's first update)");
+  if (num_free_rows() == 0)
+    throw CacheExhausted(std::string(op) + ": req_id=" + str(req_id) + ": all " + str(max_reqs()) +
+                         " request rows are taken");
+}
+
 int32_t RequestTable::register_request(int64_t req_id, int64_t seq_len) {
   ++version_;
   int32_t row = free_rows_.back();

@@ -86,6 +86,11 @@ class RequestTable {
                       const StepPlan& plan);
   void commit_update(const BatchView& batch, const StepPlan& plan);
 
+  // The checks of a match_prefix of `req_id` with `n` hashes, before anything changes:
+  // std::invalid_argument for more than (max_seq_len - 1) // block_size hashes or a known
+  // req_id, CacheExhausted when no request row is free.
+  void check_match(const char* op, int64_t req_id, int64_t n) const;
+
   // Registers `req_id` (unknown; a row free) at `seq_len` tokens (0 allowed: a request
   // registered before its first update) and returns its row.
   int32_t register_request(int64_t req_id, int64_t seq_len);
