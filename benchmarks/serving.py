@@ -124,16 +124,22 @@ def measure_prefix(names: list[str], modes: list[str]) -> dict:
         if missing:
             raise ImportError(f"the managers of {', '.join(missing)} have no match_prefix")
     except (ImportError, KeyError) as err:
-        return {
-            "device": "-",
-            "on_cuda": False,
-            "skipped": {},
-            "points": {},
-            "missing_variants": {},
-            "unavailable": f"this commit's package has no prefix cache ({err})",
-        }
+        return _unavailable(f"this commit's package has no prefix cache ({err})")
     keys = [(name, mode) for name in names for mode in modes]
     return measure_grid("prefix", keys, PREFIX_VARIANTS, [m for m in MODES if m != "synced"])
+
+
+def _unavailable(reason: str) -> dict:
+    """What a measurement returns when the installed commit cannot make it: nothing
+    measured, and why (each benchmark then skips with that reason)."""
+    return {
+        "device": "-",
+        "on_cuda": False,
+        "skipped": {},
+        "points": {},
+        "missing_variants": {},
+        "unavailable": reason,
+    }
 
 
 def _design_class(variant_name: str) -> type:
@@ -148,14 +154,7 @@ def measure_replays(names: list[str]) -> dict:
     try:
         harness("scheduler")
     except ImportError as err:
-        return {
-            "device": "-",
-            "on_cuda": False,
-            "skipped": {},
-            "points": {},
-            "missing_variants": {},
-            "unavailable": f"this commit's package has no trace replays ({err})",
-        }
+        return _unavailable(f"this commit's package has no trace replays ({err})")
     return measure_grid("replay", [(name,) for name in names])
 
 
