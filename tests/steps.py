@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -69,7 +69,22 @@ def expected_metadata(books, block_size: int, req_ids: list[int], query_lens: li
     return Metadata(seq, seq - query, starts, seq_starts, tables, np.array(slots, dtype=np.int64))
 
 
-class HostRig:
+class Rig:
+    """What both rigs call the same way: an update (plan, then commit) and a pack, on
+    stream 0."""
+
+    step: Any
+
+    def update(self, req_ids, num_prefill: int, lens) -> list[int]:
+        seq_lens = self.step.plan(req_ids, num_prefill, lens)
+        self.step.commit(0)
+        return seq_lens
+
+    def pack(self, req_ids, num_prefill: int, lens, layer: int = 0, known: int = -1) -> tuple:
+        return self.step.pack(req_ids, num_prefill, lens, layer, 0, known)
+
+
+class HostRig(Rig):
     """A `_C.HostStep` over fresh `_C.BlockBooks`, as `CPUBlockManager` builds it."""
 
     def __init__(self, block_size: int = 4, num_blocks: int = 8, max_seq_len: int = 32, max_reqs: int = 3) -> None:
@@ -93,14 +108,6 @@ class HostRig:
     def grow(self, which: str, nbytes: int) -> None:
         self.grown.append((which, nbytes))
         (self.set_head if which == "host" else self.set_out)(nbytes)
-
-    def update(self, req_ids, num_prefill: int, lens) -> list[int]:
-        seq_lens = self.step.plan(req_ids, num_prefill, lens)
-        self.step.commit(0)
-        return seq_lens
-
-    def pack(self, req_ids, num_prefill: int, lens, layer: int = 0, known: int = -1) -> tuple:
-        return self.step.pack(req_ids, num_prefill, lens, layer, 0, known)
 
     def metadata(self, stats) -> Metadata:
         return read_metadata(self.out.numpy(), stats.batch_size, stats.width, stats.num_tokens)
@@ -142,7 +149,7 @@ class Launch:
         return self.columns(L.RELEASE_AT, L.RELEASE_STRIDE, int(self.words[L.RELEASE_SIZE]), 3)
 
 
-class DeviceRig:
+class DeviceRig(Rig):
     """A `_C.DeviceStep` as `GPUBlockManager` (DEVICE_STACK: over a `_C.RequestTable`, with
     a free stack) or `HybridBlockManager` (HOST_BOOKS: over `_C.BlockBooks`) builds it,
     with `ids` words for staged block ids; its launches are recorded, not run."""
@@ -190,11 +197,3 @@ class DeviceRig:
             self.set_words(nbytes // 4)
         else:
             self.step.set_out_bytes(nbytes)
-
-    def update(self, req_ids, num_prefill: int, lens) -> list[int]:
-        seq_lens = self.step.plan(req_ids, num_prefill, lens)
-        self.step.commit(0)
-        return seq_lens
-
-    def pack(self, req_ids, num_prefill: int, lens, layer: int = 0, known: int = -1) -> tuple:
-        return self.step.pack(req_ids, num_prefill, lens, layer, 0, known)
