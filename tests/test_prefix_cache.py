@@ -284,3 +284,34 @@ def test_every_observable_equals_the_model(make, seed):
         assert m.num_running_reqs() == len(prompts)
         m.check_integrity()
     model.check_integrity()
+
+
+def test_hashes_that_change_the_list_or_call_back_are_read_once(make):
+    """A hash's `__index__` that grows the list being read, or calls the manager again:
+    the hashes are read once into owned memory (the grown tail is not read), and a call
+    back into the manager is refused without changing anything."""
+    m = make(block_size=BS, num_blocks=16, max_running_reqs=4, max_seq_len=64)
+    m.match_prefix(1, [1, 2])
+    step(m, [(1, 9)])
+    hashes: list = []
+
+    class Grows:
+        def __index__(self) -> int:
+            hashes.extend([99] * 1000)  # past what may be passed, were it read
+            return 1
+
+    hashes += [Grows(), 2]
+    assert m.match_prefix(2, hashes) == 2 * BS
+    m.check_integrity()
+
+    class CallsBack:
+        def __index__(self) -> int:
+            m.match_prefix(7, [1])
+            return 1
+
+    before = snapshot(m, [1, 2])
+    with pytest.raises(TypeError, match=r"match_prefix: block_hashes\[0\]="):  # its call back was refused
+        m.match_prefix(3, [CallsBack(), 2])
+    assert snapshot(m, [1, 2]) == before
+    assert m.match_prefix(7, [1]) == BS  # the refused call back registered nothing
+    m.check_integrity()
