@@ -9,7 +9,7 @@
 #   tests     the whole test suite, one pytest process per module, 8 at a time
 #             (TESTS="tests/test_x.py ..." picks modules)
 #   suite     the whole test suite in one pytest run, -n 14 workers (pytest-xdist), -v into
-#             suite.log (PYTEST_ARGS adds arguments)
+#             suite.log, cut at SUITE_SECONDS (default 540; PYTEST_ARGS adds arguments)
 #   steps     scripts/probes/step_probe.py: every design's pipelined step beside its floors
 #             (STEP_ARGS replaces the default points)
 #   compare   scripts/compare_commits.sh $COMPARE_OLD (default b7f8057) HEAD, 3 rounds
@@ -24,6 +24,9 @@
 #   replays   python -m disagmoe_bench --workload azure-conv, then mooncake: the bundled traces'
 #             busiest stretch through every variant and mode, attention in the loop (REPLAY_ARGS
 #             adds arguments)
+#   prefix    python -m disagmoe_bench --prefix-cache off, miss and on over mooncake and
+#             servegen-offline, running cap 256, pipelined and busy, the bs16 variants
+#             (PREFIX_TRACES picks traces, PREFIX_ARGS adds arguments)
 #   replay-map  the bundled traces at running caps 64 256 1024 and rates x1 x8, pipelined, no
 #             attention: the crossover on production traffic
 #   asv-replay  benchmarks/bench_replay.py's measurement (its setup_cache) outside asv, JSON
@@ -61,7 +64,8 @@ for stage in "$@"; do
              'python3 -m pytest -q -p no:cacheprovider {} > "$0/tests-$(basename {} .py).log" 2>&1;
               echo "{}: exit $? $(tail -1 "$0/tests-$(basename {} .py).log")"' "$out" | tee "$out/tests.txt"
            ! grep -qv ": exit 0 " "$out/tests.txt" ;;
-    suite) timeout 540 python3 -m pytest -q -n 14 -p no:cacheprovider -v ${PYTEST_ARGS:-} > "$out/suite.log" 2>&1
+    suite) timeout ${SUITE_SECONDS:-540} python3 -m pytest -n 14 -p no:cacheprovider -v -rfE --durations=40 ${PYTEST_ARGS:-} \
+             > "$out/suite.log" 2>&1
            rc=$?; grep -E "^(FAILED|ERROR)" "$out/suite.log" | head -40; tail -3 "$out/suite.log"; [ $rc = 0 ] ;;
     steps) python3 scripts/probes/step_probe.py ${STEP_ARGS:---batch-sizes 16 256 --contexts 1024 16384 --trace 64 256} \
              --json "$out/steps.jsonl" 2>&1 | tee "$out/steps.log" ;;
@@ -95,6 +99,15 @@ for stage in "$@"; do
                  > "$out/replay-$w.txt" 2> "$out/replay-$w.err" || rc=1
                grep -v "^\[" "$out/replay-$w.txt" | cut -c1-220
              done; [ $rc = 0 ] ;;
+    prefix) rc=0
+            for w in ${PREFIX_TRACES:-mooncake servegen-offline}; do
+              for p in off miss on; do
+                timeout 120 python3 -m disagmoe_bench --workload $w --prefix-cache $p --running 256 \
+                  --timing pipelined busy --variants cpu-bs16 gpu-bs16 hybrid-bs16 ${PREFIX_ARGS:-} \
+                  --output "$out/prefix-$w-$p.json" > "$out/prefix-$w-$p.txt" 2> "$out/prefix-$w-$p.err" || rc=1
+                grep -v "^\[" "$out/prefix-$w-$p.txt" | grep -E "^  |bs16" | cut -c1-160
+              done
+            done; [ $rc = 0 ] ;;
     replay-map) rc=0
                 for w in mooncake azure-conv; do
                   for r in 1 8; do
