@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from disagmoe_bench.scheduler import SchedulerConfig, TraceReplay
+from disagmoe_bench.traces import read_replay
 from disagmoe_bench.workloads import TraceConfig, TraceWorkload
 
 from configs import BY_ID, CPU_DEVICE_CONFIGS, HAS_CUDA
@@ -58,6 +60,43 @@ def test_a_cold_trace_captures_in_the_loop(config_id):
     workload, manager = trace_manager(config_id)
     replay(workload, manager)
     assert manager.num_captures > 0
+
+
+def prefix_replay(config_id: str) -> tuple[TraceReplay, object]:
+    """A ServeGen window with the prefix cache on (matches, shared blocks, evictions: its
+    pool of 96 blocks is small for 32 running requests), and a manager sized for it."""
+    config = SchedulerConfig(token_budget=512, max_running=32, num_blocks=96)
+    replay = TraceReplay(read_replay("servegen-offline")[:600], config, 150, 120, "servegen-offline", "on")
+    max_seq_len, max_running = replay.sizes(replay.num_steps)
+    manager = BY_ID[config_id].make(
+        block_size=16,
+        num_blocks=replay.pool_blocks,
+        max_running_reqs=max_running,
+        max_seq_len=max_seq_len,
+        layer_ids=replay.layer_ids,
+    )
+    return replay, manager
+
+
+@pytest.mark.parametrize(
+    "config_id", [c.id for c in CPU_DEVICE_CONFIGS] + (CUDA_IDS if HAS_CUDA else []), ids=lambda c: c
+)
+def test_a_warm_prefix_replay_compiles_and_captures_nothing(config_id):
+    """With sharing on, the steps add matches, shared blocks and evictions (on the gpu
+    design, the moves kernel): after warm_up none of them compiles or captures, every
+    match is the length the scheduler's model predicted (Match.run checks), the books
+    stay sound, and the window evicted (so the eviction path ran)."""
+    replay, manager = prefix_replay(config_id)
+    replay.start(manager)
+    manager.warm_up(replay.max_step_tokens)
+    compiles, captures = manager.num_compiles, manager.num_captures
+    for k in range(replay.num_steps):
+        replay.step_at(k).run(manager)
+    manager.synchronize()
+    manager.check_integrity()
+    assert (manager.num_compiles, manager.num_captures) == (compiles, captures)
+    stats = manager.prefix_cache_stats()
+    assert stats.hit_blocks > 0 and stats.evicted_blocks > 0
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
