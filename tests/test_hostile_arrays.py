@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from disagmoe import BatchMetadata
+from disagmoe import BatchMetadata, CacheConfig, ModelConfig
 
 from configs import LAYER_IDS
 from harness import Harness
@@ -104,3 +104,40 @@ def test_a_date_in_a_list_is_a_type_error(make_manager, kind):
     h.expect_error(
         lambda: h.manager.update_block_table(BatchMetadata(L0, [12], 1, [date])), TypeError, "init_prefill_lens[0]"
     )
+
+
+# -- a frozen config changed after it was made ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layer_ids, error, said",
+    [
+        ((3, 3, 5), ValueError, "repeats layer 3"),
+        ((3, 5, 7, 5), ValueError, "repeats layer 5"),
+        ((3, 1.5), TypeError, "layer_ids[1]=1.5"),
+        ((3, True), TypeError, "layer_ids[1]=True"),
+        ((2**63,), ValueError, "layer_ids[0]=9223372036854775808"),
+        ([3, 5], TypeError, "is not a non-empty tuple"),
+        ((), TypeError, "is not a non-empty tuple"),
+    ],
+    ids=["repeat-first", "repeat-later", "float", "bool", "past-int64", "list", "empty"],
+)
+def test_layer_ids_changed_after_the_config_was_made(config, layer_ids, error, said):
+    """ModelConfig is frozen, but object.__setattr__ gets past that: a manager checks the
+    layer ids again when it is built, and names them."""
+    model = ModelConfig(LAYER_IDS, 32, 4)
+    object.__setattr__(model, "layer_ids", layer_ids)
+    with pytest.raises(error) as info:
+        config.cls(model, CacheConfig(4, 10), 4, device=config.device, **config.kwargs)
+    assert "layer_ids" in str(info.value) and said in str(info.value), str(info.value)
+
+
+def test_a_config_cannot_be_changed_by_assignment():
+    model = ModelConfig(LAYER_IDS, 32, 4)
+    with pytest.raises(AttributeError):
+        model.layer_ids = (3, 3)  # type: ignore[misc]
+
+
+def test_a_repeated_layer_is_named_when_the_config_is_made():
+    with pytest.raises(ValueError, match=r"ModelConfig: layer_ids=\(3, 5, 3\) repeats layer 3"):
+        ModelConfig((3, 5, 3), 32, 4)
