@@ -53,7 +53,7 @@ def checked_layer_ids(owner: str, value: object) -> tuple[int, ...]:
     """`value` as a non-empty tuple of distinct int64 layer ids; TypeError or ValueError
     naming layer_ids otherwise."""
     try:
-        items = tuple(value)  # type: ignore[call-overload]
+        items: tuple = tuple(value)  # type: ignore[call-overload, arg-type]
     except Exception as exc:  # noqa: BLE001 (not iterable, or its iterator raised)
         raise TypeError(f"{owner}: layer_ids={describe(value)} is not a sequence of ints") from exc
     layer_ids = tuple(checked_int(owner, f"layer_ids[{i}]", item, -(2**63), 2**63 - 1) for i, item in enumerate(items))
