@@ -260,7 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workload is not None:
         run = _run_info(device)
         status = serving_cli.main(args, run)
-        return _write(args.output, run) if status == 0 else status
+        if status:
+            return status
+        written = _write(args.output, run)
+        return serving_cli.draw_plot(args, run) or written
     if args.profile is not None:
         args.profile.mkdir(exist_ok=True)  # (its parent was checked: no folder is made above it)
     grid = [(b, s) for b in args.batch_sizes for s in args.seq_lens]

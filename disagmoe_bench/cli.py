@@ -12,14 +12,12 @@ import dataclasses
 import functools
 import importlib.util
 import sys
-import textwrap
-import time
 from typing import Callable
 
 import torch
 
 from disagmoe.block_manager import design
-from disagmoe_bench import attention, inputs, points, prefix_calls, traces
+from disagmoe_bench import attention, inputs, points, prefix_calls, text, traces
 from disagmoe_bench.attention import AttentionShape
 from disagmoe_bench.floors import measure_floors
 from disagmoe_bench.prefix_hashes import BlockHashes
@@ -31,6 +29,7 @@ from disagmoe_bench.scheduler import (
     TraceReplay,
     busiest_window,
 )
+from disagmoe_bench.text import Progress, wrap
 from disagmoe_bench.timing import MODES, BusyUnavailable, Forward
 from disagmoe_bench.traces import FORMATS, REPLAYS
 from disagmoe_bench.variants import BASELINE, VARIANT_NAMES, VARIANTS, variant
@@ -218,6 +217,8 @@ def _check_serving(args: argparse.Namespace) -> None:
     inputs.distinct_files({"--output": getattr(args, "output", None), "--plot": args.plot, "--trace": trace})
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         raise inputs.InputError(f"--plot {args.plot}: drawing the map needs matplotlib (pip install 'disagmoe[plot]')")
+    if args.plot is not None:
+        inputs.plot_format("--plot", args.plot)
     for name in ("contexts", "running", "prompts", "batch_sizes"):
         for value in getattr(args, name) or ():
             inputs.count(_option(name), value)
@@ -309,6 +310,13 @@ def _check_replay(args: argparse.Namespace) -> None:
     else:
         path, fmt = inputs.input_file("--trace", args.trace), args.trace_format
         args.trace_source = path.name
+        if fmt is None and path.suffix.lower() not in traces.SUFFIXES:
+            known = ", ".join(f"{suffix}: {name}" for suffix, name in sorted(traces.SUFFIXES.items()))
+            shown = f"its suffix {path.suffix}" if path.suffix else "its name"
+            raise inputs.InputError(
+                f"--trace {path}: cannot tell its format from {shown} ({known}); "
+                f"name it with --trace-format {'|'.join(FORMATS)}"
+            )
     try:
         read = args.workload in REPLAYS
         args.trace_requests = traces.read_replay(args.workload) if read else traces.read_trace(path, fmt)
@@ -423,52 +431,6 @@ def _grid(args) -> list[tuple[dict, Callable]]:
     ]
 
 
-class Progress:
-    """A progress bar on stderr (a line every tenth of the way when stderr is not a terminal)."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.started = total, 0, time.perf_counter()
-        self.tty = sys.stderr.isatty()
-        self.label = ""
-        self._last_tenth = -1
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-        elapsed = time.perf_counter() - self.started
-        left = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-        fraction = self.done / self.total
-        if self.tty:
-            bar = "#" * int(30 * fraction)
-            print(
-                f"\r[{bar:<30}] {self.done}/{self.total} {self.label:<28} {elapsed:4.0f} s, ~{left:.0f} s left",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-        elif int(10 * fraction) > self._last_tenth:
-            self._last_tenth = int(10 * fraction)
-            print(
-                f"[{100 * fraction:3.0f}%] {self.label} ({elapsed:.0f} s, ~{left:.0f} s left)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self.tty:
-            print(file=sys.stderr)
-
-
-WIDTH = 120
-"""Printed lines stay within this many characters: the tables fit, prose wraps."""
-
-
-def wrap(text: str) -> str:
-    """`text`, each of its lines wrapped at WIDTH characters."""
-    return "\n".join(
-        textwrap.fill(line, WIDTH, break_long_words=False, break_on_hyphens=False) or line for line in text.split("\n")
-    )
-
-
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
@@ -510,25 +472,39 @@ def mode_header(mode: str, workload: dict, result: dict) -> str:
 
 
 def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
-    """One line per grid point and variant."""
+    """One line per grid point and variant, the columns as wide as their values; where that
+    is wider than the terminal, each grid point is a heading over its variants' lines."""
     first = rows[0][1]
     print(wrap(mode_header(mode, first["workload"], {**first, "forward_us": first.get("forward_median_us", 0.0)})))
-    figure = "added" if mode == "busy" else "wall"
     keys = list(rows[0][0])
-    head = "".join(f"{k.replace('_', ' ').capitalize():<12}" for k in keys)
-    print(f"{head}{'variant':<14}{figure:>9}{'host':>9}{'p50':>9}{'p99':>9}{'max':>10}{'speedup':>10}")
+    numbers = ["added" if mode == "busy" else "wall", "host", "p50", "p99", "max", "speedup"]
+    lines: list[tuple[dict, list[str]]] = []
     for point, result in rows:
-        lead = "".join(f"{point[k]:<12}" for k in keys)
         for name, r in result["variants"].items():
             steps = r.get("host_step_us", {})
             speedup = "" if name == BASELINE.name else speedup_text(result.get("speedup", {}).get(name)) + "x"
-            print(
-                f"{lead}{name:<14}{_num(r['median'][first['primary']]):>9}{_num(r['median']['host_us']):>9}"
-                f"{_num(steps.get('p50')):>9}{_num(steps.get('p99')):>9}{_num(steps.get('max')):>10}"
-                f"{speedup:>10}",
-                flush=True,
-            )
-            lead = " " * len(lead)
+            figures = [r["median"][first["primary"]], r["median"]["host_us"], *(steps.get(k) for k in ("p50", "p99"))]
+            lines.append((point, [name, *map(_num, figures), _num(steps.get("max")), speedup]))
+    right = set(range(1, len(numbers) + 1))
+    heads = [k.replace("_", " ").capitalize() for k in keys]
+    lead: list[list[str]] = []
+    for k, (point, _) in enumerate(lines):
+        same = k > 0 and lines[k - 1][0] is point
+        lead.append(["" if same else str(point[key]) for key in keys])
+    wide = text.table(
+        [*heads, "variant", *numbers],
+        [cells + row for cells, (_, row) in zip(lead, lines)],
+        {len(keys) + k for k in right},
+    )
+    if max(map(len, wide)) <= text.width():
+        print("\n".join(wide), flush=True)
+        return
+    narrow = text.table(["variant", *numbers], [row for _, row in lines], right)
+    print(narrow[0])
+    for k, (point, _) in enumerate(lines):
+        if not k or lines[k - 1][0] is not point:
+            print(wrap(" ".join(f"{key}={point[key]}" for key in keys) + ":"))
+        print(narrow[k + 1], flush=True)
 
 
 def print_scheduler(run: dict) -> None:
@@ -537,17 +513,45 @@ def print_scheduler(run: dict) -> None:
         wrap(
             "\nScheduler, per replayed window: requests holding KV (mean / peak), waiting (mean / peak), "
             "KV pool in use (mean / peak), prefill and decode tokens a step (mean), preemptions, "
-            "arrived / finished"
+            "arrived / admitted / finished"
         )
     )
     for point, results in _first_of_each(run):
         s = results[0]["workload"]["steps"]
-        print(
+        line = (
             f"  {point['trace']} running cap {point['running']}: {s['num_steps']} steps, {s['running_mean']:.1f} / "
             f"{s['running_peak']}, {s['waiting_mean']:.1f} / {s['waiting_peak']}, {100 * s['pool_mean']:.1f}% / "
             f"{100 * s['pool_peak']:.1f}%, {s['prefill_tokens_mean']:.0f} and {s['decode_tokens_mean']:.1f}, "
-            f"{s['preemptions']}, {s['arrived']} / {s['finished']}"
+            f"{s['preemptions']}, {s['arrived']} / {s['admitted']} / {s['finished']}"
         )
+        print(wrap(line, "  "))
+
+
+def warn_rejected(requests: list, source: str, pool_blocks: int) -> None:
+    """Warns on stderr when the pool can never hold some of the trace's requests: the
+    scheduler leaves them out of the replay."""
+    config = SchedulerConfig(num_blocks=pool_blocks)
+    capacity = config.num_blocks * config.block_size
+    rejected = sum(r.prompt_tokens + r.output_tokens - 1 > capacity for r in requests)
+    if rejected:
+        print(
+            wrap(
+                f"disagmoe-bench: warning: {rejected} of the {len(requests)} requests of {source} hold more than "
+                f"the pool's {capacity} tokens at their end (--pool-blocks {pool_blocks}): never admitted, "
+                "they are left out of the replay"
+            ),
+            file=sys.stderr,
+        )
+
+
+def idle_windows(grid: list, num_steps: int) -> list[str]:
+    """The replayed grid points whose window runs no request at all (labels)."""
+    idle = []
+    for point, factory in grid:
+        steps = factory(num_steps).stats()
+        if not steps["prefill_tokens_mean"] and not steps["decode_tokens_mean"]:
+            idle.append(" ".join(f"{k}={v}" for k, v in point.items()))
+    return idle
 
 
 def print_trace(requests: list, source: str, run: dict, prefix_cache: str = "off") -> None:
@@ -575,18 +579,50 @@ def print_trace(requests: list, source: str, run: dict, prefix_cache: str = "off
 
 
 def print_attention(run: dict, grid: list, num_steps: int, device: torch.device, model_layers: int) -> None:
-    """Attention in the loop (`disagmoe_bench.attention`) at each replayed point."""
+    """Attention in the loop (`disagmoe_bench.attention`) at each replayed point, with its
+    progress on stderr."""
     print(
         wrap(
             "\nAttention in the loop: FlexAttention over the metadata of the same steps; a step is the "
             f"bookkeeping once and {model_layers} layers of attention; share = bookkeeping / step"
-        )
+        ),
+        flush=True,
     )
     run["attention"] = []
+    progress = Progress(len(grid) * num_steps * attention.passes(device))
     for (point, factory), (_, results) in zip(grid, _first_of_each(run)):
-        record = attention.report(results, factory, num_steps, device, model_layers)
+        progress.label = "attention " + " ".join(f"{k}={v}" for k, v in point.items())
+        record = attention.report(results, factory, num_steps, device, model_layers, on_step=progress.advance)
         run["attention"].append({"point": point, **record})
-        print(wrap("\n".join(attention.report_lines(point, record))))
+        lines = attention.report_lines(point, record)
+        if record.get("pool_blocks_that_run_it"):
+            lines.append(smaller_pool_changes(factory(num_steps), record["pool_blocks_that_run_it"]))
+        progress.close()
+        print(wrap("\n".join(line for line in lines if line), "  "), flush=True)
+
+
+def smaller_pool_changes(replay: TraceReplay, pool_blocks: int) -> str:
+    """What replaying with `--pool-blocks pool_blocks` would change in the replay's window (its
+    busiest stretch at that pool): a warning line, or "" when the window runs alike."""
+    config = dataclasses.replace(replay.config, num_blocks=pool_blocks)
+    requests = replay.scheduler.requests
+    now = replay.stats()
+    if sum(r.prompt_tokens + r.output_tokens - 1 <= pool_blocks * config.block_size for r in requests) == 0:
+        return f"    warning: --pool-blocks {pool_blocks} holds none of the trace's requests: nothing would run"
+    then = TraceReplay(
+        requests, config, busiest_window(requests, config, replay.num_steps), replay.num_steps, replay.source
+    ).stats()
+    changes = [
+        f"{then['running_mean']:.1f} requests running on average (now {now['running_mean']:.1f})",
+        f"{then['waiting_mean']:.1f} waiting (now {now['waiting_mean']:.1f})",
+        f"{then['preemptions']} preemptions (now {now['preemptions']})",
+        f"{then['rejected']} of {len(requests)} requests never fit the pool (now {now['rejected']})",
+    ]
+    keys = ("running_mean", "waiting_mean", "preemptions", "rejected")
+    changed = [text for key, text in zip(keys, changes) if round(then[key], 1) != round(now[key], 1)]
+    if not changed:
+        return ""
+    return f"    warning: --pool-blocks {pool_blocks} changes the replay: {', '.join(changed)}"
 
 
 def print_prefix(run: dict, grid: list, num_steps: int, device: torch.device, mode: str, variants: list) -> None:
@@ -664,6 +700,18 @@ def main(args, run: dict) -> int:
             f"variants {' '.join(v.name for v in args.variant_list)}"
         )
     )
+    if args.workload in ("replay", *REPLAYS):
+        warn_rejected(args.trace_requests, args.trace_source, args.pool_blocks)
+        idle = idle_windows(grid, timing.num_steps)
+        if idle:
+            print(
+                wrap(
+                    f"disagmoe-bench: {args.trace_source}: the replayed window ({'; '.join(idle)}) runs no "
+                    "request (none arrives there or none fits the pool): nothing to time"
+                ),
+                file=sys.stderr,
+            )
+            return 1
     progress = Progress(len(grid) * (1 + len(modes) * timing.windows * len(args.variant_list)))
     run.update(
         {
@@ -718,13 +766,23 @@ def main(args, run: dict) -> int:
         print_attention(run, grid, timing.num_steps, device, args.model_layers)
     if device.type == "cuda":
         run["floors"] = print_floors(device, [(point, results[0]) for point, results in _first_of_each(run)])
-    if args.plot:
-        from disagmoe_bench.plot import crossover_map
+    return 0
 
-        try:
-            crossover_map(run, args.plot)
-        except ImportError as err:
-            print(f"disagmoe-bench: --plot needs matplotlib ({err}); pip install 'disagmoe[plot]'", file=sys.stderr)
-            return 2
-        print(f"wrote {args.plot}", file=sys.stderr)
+
+def draw_plot(args, run: dict) -> int:
+    """`--plot`'s map of a finished run (after its `--output` is written: a map that fails
+    loses no numbers); the exit status, 1 when it could not be drawn."""
+    if not args.plot:
+        return 0
+    from disagmoe_bench.plot import crossover_map
+
+    try:
+        crossover_map(run, args.plot)
+    except ImportError as err:
+        print(f"disagmoe-bench: --plot needs matplotlib ({err}); pip install 'disagmoe[plot]'", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, RuntimeError) as err:
+        print(wrap(f"disagmoe-bench: --plot {args.plot}: the map could not be drawn: {err}"), file=sys.stderr)
+        return 1
+    print(f"wrote {args.plot}", file=sys.stderr)
     return 0
