@@ -22,6 +22,7 @@ from disagmoe_bench.attention import AttentionShape
 from disagmoe_bench.floors import measure_floors
 from disagmoe_bench.prefix_hashes import BlockHashes
 from disagmoe_bench.scheduler import (
+    LAST_STEP,
     PREFIX_MODES,
     RATE_SCALES,
     STEP_SECONDS,
@@ -235,7 +236,12 @@ def _check_serving(args: argparse.Namespace) -> None:
             f"the {args.workload} workload has no prefix hashes"
         )
     default = VARIANT_NAMES if args.prefix_cache == "off" else _prefix_variants()
-    args.variant_list = [variant(name) for name in (args.variants or default)]
+    args.variant_list = []
+    for name in args.variants or default:
+        try:
+            args.variant_list.append(variant(name))
+        except ValueError as err:
+            raise inputs.InputError(f"--variants {name}: {err}") from None
     for v in args.variant_list:
         inputs.count(f"--variants {v.name}: the block size", v.block_size)
     timing = points.QUICK_TIMING if args.quick else points.Timing()
@@ -337,10 +343,15 @@ def _check_replayable(args: argparse.Namespace) -> None:
     """The trace's arrivals map to steps the scheduler holds, and the pool holds a request."""
     requests, source = args.trace_requests, args.trace_source
     config = SchedulerConfig(step_seconds=args.step_ms / 1e3, rate_scale=args.rate_scale)
+    last = max(r.arrival_s for r in requests)
     try:
-        config.arrival_step(max(r.arrival_s for r in requests))
-    except ValueError as err:
-        raise inputs.InputError(f"--rate-scale {args.rate_scale:g} --step-ms {args.step_ms:g}: {err}") from None
+        config.arrival_step(last)
+    except ValueError:
+        step = last / args.rate_scale / (args.step_ms / 1e3)
+        raise inputs.InputError(
+            f"--rate-scale {args.rate_scale:g} --step-ms {args.step_ms:g}: the last arrival of {source}, at "
+            f"{last:g} s, falls on step {step:.3g}, past the scheduler's last step {LAST_STEP} (2**53)"
+        ) from None
     capacity = args.pool_blocks * SchedulerConfig.block_size
     smallest = min(r.prompt_tokens + r.output_tokens - 1 for r in requests)
     if smallest > capacity:

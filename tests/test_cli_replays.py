@@ -221,3 +221,8 @@ def test_a_trace_of_unknown_suffix_names_the_option(tmp_path, capsys, name, said
 
 def test_a_folder_as_the_trace_is_called_a_folder(tmp_path, capsys):
     assert f"--trace {tmp_path}: is a folder, not a file" in refused(["--trace", str(tmp_path)], capsys)
+
+
+def test_a_bad_variant_names_the_option(capsys):
+    err = refused(["--workload", "trace", "--variants", "cpu-bs16", "cpu-x"], capsys)
+    assert "--variants cpu-x:" in err
