@@ -21,6 +21,7 @@ HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
 SMALL = "2023-11-16 18:15:46.6,300,44\n"
 HUGE_LATER = "2023-11-16 18:17:46.6,5000,4\n"  # two minutes later, past a pool of 30 blocks
 FAST = ["--quick", "--window", "2", "--windows", "1", "--timing", "synced", "--variants", "cpu-bs16", "gpu-bs16"]
+FAST += ["--device", "cpu"]  # (on CUDA too: the attention's eager CPU path, at a tiny shape)
 
 
 def replay(capsys, path, *argv: str) -> tuple[int, str, str]:
