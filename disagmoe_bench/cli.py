@@ -620,9 +620,8 @@ def smaller_pool_changes(replay: TraceReplay, pool_blocks: int) -> str:
     now = replay.stats()
     if sum(r.prompt_tokens + r.output_tokens - 1 <= pool_blocks * config.block_size for r in requests) == 0:
         return f"    warning: --pool-blocks {pool_blocks} holds none of the trace's requests: nothing would run"
-    then = TraceReplay(
-        requests, config, busiest_window(requests, config, replay.num_steps), replay.num_steps, replay.source
-    ).stats()
+    start = busiest_window(requests, config, replay.num_steps)
+    then = TraceReplay(requests, config, start, replay.num_steps, replay.source, replay.prefix_cache).stats()
     changes = [
         f"{then['running_mean']:.1f} requests running on average (now {now['running_mean']:.1f})",
         f"{then['waiting_mean']:.1f} waiting (now {now['waiting_mean']:.1f})",
