@@ -682,10 +682,11 @@ def print_floors(device: torch.device, rows: list[tuple[dict, dict]]) -> dict:
         if nbytes:
             c = by_bytes[nbytes]
             label = " ".join(f"{k}={v}" for k, v in point)
-            print(
+            line = (
                 f"  {label:<28} {nbytes / 1024:10.1f} KB: {c['synced_us']:8.1f} us synced, "
                 f"{c['pipelined_us']:8.1f} us back to back"
             )
+            print(wrap(line, "  "))
     floors["copied_bytes"] = [{"point": dict(p), "bytes": n} for p, n in copied.items()]
     return floors
 
