@@ -35,7 +35,6 @@ from disagmoe.block_manager import DESIGNS as DESIGN_OF
 from disagmoe.block_manager.base import resolve_device
 from disagmoe_bench import cli as serving_cli
 from disagmoe_bench import inputs
-from disagmoe_bench.cli import speedup_text
 from disagmoe_bench.points import VariantMismatch
 from disagmoe_bench.seed import (
     BATCH_SIZES,
@@ -52,6 +51,7 @@ from disagmoe_bench.seed import (
     summarize,
     time_decode_steps,
 )
+from disagmoe_bench.summary import speedup_text
 from disagmoe_bench.timing import device_name, limit_cpu_threads
 
 # -- the command line -----------------------------------------------------------------------

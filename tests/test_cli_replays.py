@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from disagmoe_bench import attention, bench, cli, text
+from disagmoe_bench import attention, bench, cli, summary, text
 from disagmoe_bench.scheduler import SchedulerConfig, TraceReplay, busiest_window
 from disagmoe_bench.traces import TraceRequest, read_trace
 
@@ -121,13 +121,13 @@ def test_the_cpu_hint_names_pool_blocks(tmp_path, monkeypatch):
 def test_the_cpu_hint_warns_when_its_pool_changes_the_replay(tmp_path):
     workload = tiny_replay(tmp_path)
     # 3 blocks of 16 hold the 23 tokens of the small request, not the 343 of the other
-    warning = cli.smaller_pool_changes(workload, 3)
+    warning = summary.smaller_pool_changes(workload, 3)
     assert warning.startswith("    warning: --pool-blocks 3 changes the replay"), warning
     assert "1 of 2 requests never fit the pool (now 0)" in warning
-    assert cli.smaller_pool_changes(workload, 1) == (
+    assert summary.smaller_pool_changes(workload, 1) == (
         "    warning: --pool-blocks 1 holds none of the trace's requests: nothing would run"
     )
-    assert cli.smaller_pool_changes(workload, 30) == ""  # the same pool: the same replay
+    assert summary.smaller_pool_changes(workload, 30) == ""  # the same pool: the same replay
 
 
 # -- --plot and --output --------------------------------------------------------------------
