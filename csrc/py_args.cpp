@@ -87,10 +87,18 @@ py::buffer_info request_buffer(const char* op, const char* name, py::handle obj)
     return py::reinterpret_borrow<py::buffer>(obj).request();
   } catch (const py::error_already_set& e) {
     if (!e.matches(PyExc_Exception)) throw;
-    throw py::value_error(std::string(op) + ": " + name + "=" + safe_repr(obj) +
-                          " cannot be read as an integer buffer (" +
-                          py::str(e.value()).cast<std::string>() + ")");
+    throw py::type_error(std::string(op) + ": " + name + "=" + safe_repr(obj) +
+                         " cannot be read as an integer buffer (" +
+                         py::str(e.value()).cast<std::string>() + ")");
   }
+}
+
+// The count of an argument's ints, refused by arithmetic before anything is allocated: a
+// buffer may claim far more items than it has memory for (a stride of 0).
+void check_count(const char* op, const char* name, int64_t n) {
+  if (n > kMaxInt32)
+    throw py::value_error(std::string(op) + ": " + name + " holds " + str(n) +
+                          " ints, past the int32 range of a count (" + str(kMaxInt32) + ")");
 }
 
 void read_int_buffer(const char* op, const char* name, py::handle obj, Ints& ints) {
@@ -104,6 +112,7 @@ void read_int_buffer(const char* op, const char* name, py::handle obj, Ints& int
   if (info.format[0] == '>' || info.format[0] == '!')
     throw py::type_error(std::string(op) + ": " + name +
                          " must be in native byte order, got format '" + info.format + "'");
+  check_count(op, name, info.shape[0]);
   int64_t* out = ints.resize(info.shape[0]);
   const char* base = static_cast<const char*>(info.ptr);
   bool is_signed = std::islower(kind);
@@ -175,6 +184,7 @@ void read_ints(const char* op, const char* name, py::handle obj, Ints& ints) {
                          " must be a list of ints or an integer array, got " + safe_repr(obj));
   }
   Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+  check_count(op, name, n);
   int64_t* out = ints.resize(n);
   PyObject** items = PySequence_Fast_ITEMS(o);
   Py_ssize_t i = 0;

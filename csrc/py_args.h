@@ -65,7 +65,9 @@ class Ints {
 
 // A list or tuple of ints (each as read_int reads it), or a 1-D integer buffer
 // such as a numpy array, into `out`. A list is copied (its items held) before
-// any item's __index__ runs.
+// any item's __index__ runs. ValueError for more than 2**31 - 1 ints (by the count the
+// object claims, before allocating); TypeError for a buffer of another kind (floats,
+// datetimes, ...).
 void read_ints(const char* op, const char* name, py::handle obj, Ints& out);
 
 // One step's batch, read once into arrays that the call owns.

@@ -49,6 +49,22 @@ def checked_slots(
     return capacity
 
 
+def checked_layer_ids(owner: str, value: object) -> tuple[int, ...]:
+    """`value` as a non-empty tuple of distinct int64 layer ids; TypeError or ValueError
+    naming layer_ids otherwise."""
+    try:
+        items: tuple = tuple(value)  # type: ignore[call-overload, arg-type]
+    except Exception as exc:  # noqa: BLE001 (not iterable, or its iterator raised)
+        raise TypeError(f"{owner}: layer_ids={describe(value)} is not a sequence of ints") from exc
+    layer_ids = tuple(checked_int(owner, f"layer_ids[{i}]", item, -(2**63), 2**63 - 1) for i, item in enumerate(items))
+    if not layer_ids:
+        raise ValueError(f"{owner}: layer_ids is empty")
+    if len(set(layer_ids)) != len(layer_ids):
+        repeated = next(layer for k, layer in enumerate(layer_ids) if layer in layer_ids[:k])
+        raise ValueError(f"{owner}: layer_ids={describe(layer_ids)} repeats layer {repeated}")
+    return layer_ids
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The attention worker's view of the model.
@@ -64,19 +80,7 @@ class ModelConfig:
     max_batch_size_attn: int
 
     def __post_init__(self) -> None:
-        try:
-            layer_ids = tuple(self.layer_ids)
-        except Exception as exc:  # noqa: BLE001 (not iterable, or its iterator raised)
-            raise TypeError(f"ModelConfig: layer_ids={describe(self.layer_ids)} is not a sequence of ints") from exc
-        layer_ids = tuple(
-            checked_int("ModelConfig", f"layer_ids[{i}]", layer_id, -(2**63), 2**63 - 1)
-            for i, layer_id in enumerate(layer_ids)
-        )
-        if not layer_ids:
-            raise ValueError("ModelConfig: layer_ids is empty")
-        if len(set(layer_ids)) != len(layer_ids):
-            raise ValueError(f"ModelConfig: layer_ids={layer_ids} repeats a layer")
-        object.__setattr__(self, "layer_ids", layer_ids)
+        object.__setattr__(self, "layer_ids", checked_layer_ids("ModelConfig", self.layer_ids))
         for name in ("max_seq_len", "max_batch_size_attn"):
             object.__setattr__(self, name, checked_int("ModelConfig", name, getattr(self, name)))
 

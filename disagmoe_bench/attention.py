@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from disagmoe.block_manager.base import BlockManager
+from disagmoe_bench.text import duration
 
 Q_BLOCK = 128  # FlexAttention's query block: the mask's rows
 DECODE_OPTIONS = {"BLOCK_M": 16, "BLOCK_N": 16}  # KV blocks of 16 tokens: the kernel's tile must divide them
@@ -303,7 +304,19 @@ def _compiles() -> int:
     return int(sum(counters["stats"].values())) if "stats" in counters else 0
 
 
-def measure(workload, manager, shape: AttentionShape, device: torch.device, checks: int = 3) -> dict:
+def passes(device: torch.device) -> int:
+    """How many times `measure` replays the window: warm, host times, and on CUDA device times."""
+    return 3 if device.type == "cuda" else 2
+
+
+def measure(
+    workload,
+    manager,
+    shape: AttentionShape,
+    device: torch.device,
+    checks: int = 3,
+    on_step: Callable[[], None] | None = None,
+) -> dict:
     """One layer's attention on every step of `workload` (a `TraceReplay`), its metadata
     made by `manager` (sized as the scheduler's pool); see the module docstring.
 
@@ -312,7 +325,7 @@ def measure(workload, manager, shape: AttentionShape, device: torch.device, chec
     "checked_steps", "max_abs_diff", "compiles_timed", "late_launches"}: on CUDA the layer's
     device time (events behind a spin of at least twice the host's time to launch that
     step's layer, measured in a pass of its own) and that host time; on the CPU both are
-    the call's time."""
+    the call's time. `on_step()` is called after each step of each pass (`passes`)."""
     from disagmoe_bench.timing import Forward, tail
     from disagmoe_bench.workloads import Step
 
@@ -329,6 +342,8 @@ def measure(workload, manager, shape: AttentionShape, device: torch.device, chec
             md = step.run(manager)
             attention.scatter_columns(md)
             each(k, md, plan)
+            if on_step is not None:
+                on_step()
 
     diffs: list[float] = []
 
@@ -411,20 +426,29 @@ the pool for every query: past this many evaluations a layer, a replay's attenti
 left out (a smaller `--pool-blocks` brings it back)."""
 
 
-def report(results: list[dict], factory: Callable, num_steps: int, device: torch.device, model_layers: int) -> dict:
+def report(
+    results: list[dict],
+    factory: Callable,
+    num_steps: int,
+    device: torch.device,
+    model_layers: int,
+    on_step: Callable[[], None] | None = None,
+) -> dict:
     """Attention in the loop for one replayed grid point: `measure` on the same steps the
     variants were timed on (`factory(num_steps)`), and each variant's bookkeeping share
     (its pipelined wall time per step, else its synced one). Returns the JSON record,
-    with "skipped" and the reason instead where the CPU's eager attention would take too long."""
+    with "skipped" and the reason instead where the CPU's eager attention would take too
+    long (and "pool_blocks_that_run_it": the largest pool that runs it, 0 for none)."""
     workload = factory(num_steps)
     shape = dataclasses.replace(AttentionShape() if device.type == "cuda" else CPU_SHAPE, model_layers=model_layers)
     slots = workload.config.num_blocks * workload.config.block_size
     if device.type != "cuda" and slots * workload.max_step_tokens > CPU_MASK_EVALUATIONS:
+        fits = CPU_MASK_EVALUATIONS // workload.max_step_tokens // workload.config.block_size
         return {
             "skipped": f"eager FlexAttention on the CPU over {slots} slots x {workload.max_step_tokens} "
-            f"queries a layer; a pool of at most "
-            f"{CPU_MASK_EVALUATIONS // workload.max_step_tokens // workload.config.block_size} "
-            f"blocks runs it"
+            f"queries a layer; "
+            + (f"--pool-blocks {fits} or fewer runs it" if fits else "no pool runs it at this step's size"),
+            "pool_blocks_that_run_it": fits,
         }
     pool_bytes = 2 * slots * shape.kv_heads * shape.head_dim * shape.torch_dtype.itemsize
     if device.type == "cuda" and pool_bytes > torch.cuda.get_device_properties(device).total_memory // 2:
@@ -433,7 +457,7 @@ def report(results: list[dict], factory: Callable, num_steps: int, device: torch
             f"past half the device's memory"
         }
     manager = pool_manager(workload, device)
-    measured = measure(workload, manager, shape, device)
+    measured = measure(workload, manager, shape, device, on_step=on_step)
     manager.reset_state()
     by_mode = {r["mode"]: r for r in results}
     timed = by_mode.get("pipelined") or by_mode.get("synced")
@@ -455,16 +479,16 @@ def report_lines(point: dict, record: dict) -> list[str]:
     lines = [
         f"  {label}: one layer of attention ({s['q_heads']} query heads, {s['kv_heads']} KV heads, "
         f"dim {s['head_dim']}, {s['dtype']})",
-        f"    {record['timed']} us mean {record['layer_mean_us']:.1f}, p50 {record['layer_p50_us']:.1f}, p99 "
-        f"{record['layer_p99_us']:.1f}; host us to launch it p50 {record['layer_host_p50_us']:.1f}, p99 "
-        f"{record['layer_host_p99_us']:.1f}",
+        f"    {record['timed']} time a layer: mean {duration(record['layer_mean_us'])}, p50 "
+        f"{duration(record['layer_p50_us'])}, p99 {duration(record['layer_p99_us'])}; host time to launch it p50 "
+        f"{duration(record['layer_host_p50_us'])}, p99 {duration(record['layer_host_p99_us'])}",
         f"    steps {record['checked_steps']} equal to dense attention (largest difference "
         f"{record['max_abs_diff']:.2g}); compiles while timed {record['compiles_timed']}"
         + (f"; {record['late_launches']} launches outlasted their spin" if record["late_launches"] else ""),
     ]
     for name, fraction in record["share"].items():
         lines.append(
-            f"    {name:<14} bookkeeping {record['bookkeeping_us'][name]:9.1f} us a step "
+            f"    {name:<14} bookkeeping {duration(record['bookkeeping_us'][name]):>9} a step "
             f"({record['bookkeeping_mode']}): {100 * fraction:.3g}% of a step with {s['model_layers']} layers"
         )
     return lines

@@ -35,7 +35,6 @@ from disagmoe.block_manager import DESIGNS as DESIGN_OF
 from disagmoe.block_manager.base import resolve_device
 from disagmoe_bench import cli as serving_cli
 from disagmoe_bench import inputs
-from disagmoe_bench.cli import speedup_text
 from disagmoe_bench.points import VariantMismatch
 from disagmoe_bench.seed import (
     BATCH_SIZES,
@@ -52,6 +51,7 @@ from disagmoe_bench.seed import (
     summarize,
     time_decode_steps,
 )
+from disagmoe_bench.summary import speedup_text
 from disagmoe_bench.timing import device_name, limit_cpu_threads
 
 # -- the command line -----------------------------------------------------------------------
@@ -260,7 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workload is not None:
         run = _run_info(device)
         status = serving_cli.main(args, run)
-        return _write(args.output, run) if status == 0 else status
+        if status:
+            return status
+        written = _write(args.output, run)
+        return serving_cli.draw_plot(args, run) or written
     if args.profile is not None:
         args.profile.mkdir(exist_ok=True)  # (its parent was checked: no folder is made above it)
     grid = [(b, s) for b in args.batch_sizes for s in args.seq_lens]

@@ -2,7 +2,7 @@
 
 Per grid point it checks the variants against each other (same lengths and metadata;
 block tables too at equal block size), then times them side by side in each timing
-mode, prints one table per mode and, with `--plot`, draws the crossover map.
+mode, prints one table per mode (`disagmoe_bench.summary`) and, with `--plot`, draws the crossover map.
 """
 
 from __future__ import annotations
@@ -12,18 +12,16 @@ import dataclasses
 import functools
 import importlib.util
 import sys
-import textwrap
-import time
 from typing import Callable
 
 import torch
 
 from disagmoe.block_manager import design
-from disagmoe_bench import attention, inputs, points, prefix_calls, traces
+from disagmoe_bench import inputs, points, summary, traces
 from disagmoe_bench.attention import AttentionShape
-from disagmoe_bench.floors import measure_floors
 from disagmoe_bench.prefix_hashes import BlockHashes
 from disagmoe_bench.scheduler import (
+    LAST_STEP,
     PREFIX_MODES,
     RATE_SCALES,
     STEP_SECONDS,
@@ -31,6 +29,7 @@ from disagmoe_bench.scheduler import (
     TraceReplay,
     busiest_window,
 )
+from disagmoe_bench.text import Progress, wrap
 from disagmoe_bench.timing import MODES, BusyUnavailable, Forward
 from disagmoe_bench.traces import FORMATS, REPLAYS
 from disagmoe_bench.variants import BASELINE, VARIANT_NAMES, VARIANTS, variant
@@ -218,6 +217,8 @@ def _check_serving(args: argparse.Namespace) -> None:
     inputs.distinct_files({"--output": getattr(args, "output", None), "--plot": args.plot, "--trace": trace})
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         raise inputs.InputError(f"--plot {args.plot}: drawing the map needs matplotlib (pip install 'disagmoe[plot]')")
+    if args.plot is not None:
+        inputs.plot_format("--plot", args.plot)
     for name in ("contexts", "running", "prompts", "batch_sizes"):
         for value in getattr(args, name) or ():
             inputs.count(_option(name), value)
@@ -234,7 +235,12 @@ def _check_serving(args: argparse.Namespace) -> None:
             f"the {args.workload} workload has no prefix hashes"
         )
     default = VARIANT_NAMES if args.prefix_cache == "off" else _prefix_variants()
-    args.variant_list = [variant(name) for name in (args.variants or default)]
+    args.variant_list = []
+    for name in args.variants or default:
+        try:
+            args.variant_list.append(variant(name))
+        except ValueError as err:
+            raise inputs.InputError(f"--variants {name}: {err}") from None
     for v in args.variant_list:
         inputs.count(f"--variants {v.name}: the block size", v.block_size)
     timing = points.QUICK_TIMING if args.quick else points.Timing()
@@ -309,6 +315,13 @@ def _check_replay(args: argparse.Namespace) -> None:
     else:
         path, fmt = inputs.input_file("--trace", args.trace), args.trace_format
         args.trace_source = path.name
+        if fmt is None and path.suffix.lower() not in traces.SUFFIXES:
+            known = ", ".join(f"{suffix}: {name}" for suffix, name in sorted(traces.SUFFIXES.items()))
+            shown = f"its suffix {path.suffix}" if path.suffix else "its name"
+            raise inputs.InputError(
+                f"--trace {path}: cannot tell its format from {shown} ({known}); "
+                f"name it with --trace-format {'|'.join(FORMATS)}"
+            )
     try:
         read = args.workload in REPLAYS
         args.trace_requests = traces.read_replay(args.workload) if read else traces.read_trace(path, fmt)
@@ -329,10 +342,15 @@ def _check_replayable(args: argparse.Namespace) -> None:
     """The trace's arrivals map to steps the scheduler holds, and the pool holds a request."""
     requests, source = args.trace_requests, args.trace_source
     config = SchedulerConfig(step_seconds=args.step_ms / 1e3, rate_scale=args.rate_scale)
+    last = max(r.arrival_s for r in requests)
     try:
-        config.arrival_step(max(r.arrival_s for r in requests))
-    except ValueError as err:
-        raise inputs.InputError(f"--rate-scale {args.rate_scale:g} --step-ms {args.step_ms:g}: {err}") from None
+        config.arrival_step(last)
+    except ValueError:
+        step = last / args.rate_scale / (args.step_ms / 1e3)
+        raise inputs.InputError(
+            f"--rate-scale {args.rate_scale:g} --step-ms {args.step_ms:g}: the last arrival of {source}, at "
+            f"{last:g} s, falls on step {step:.3g}, past the scheduler's last step {LAST_STEP} (2**53)"
+        ) from None
     capacity = args.pool_blocks * SchedulerConfig.block_size
     smallest = min(r.prompt_tokens + r.output_tokens - 1 for r in requests)
     if smallest > capacity:
@@ -423,227 +441,6 @@ def _grid(args) -> list[tuple[dict, Callable]]:
     ]
 
 
-class Progress:
-    """A progress bar on stderr (a line every tenth of the way when stderr is not a terminal)."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.started = total, 0, time.perf_counter()
-        self.tty = sys.stderr.isatty()
-        self.label = ""
-        self._last_tenth = -1
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-        elapsed = time.perf_counter() - self.started
-        left = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-        fraction = self.done / self.total
-        if self.tty:
-            bar = "#" * int(30 * fraction)
-            print(
-                f"\r[{bar:<30}] {self.done}/{self.total} {self.label:<28} {elapsed:4.0f} s, ~{left:.0f} s left",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-        elif int(10 * fraction) > self._last_tenth:
-            self._last_tenth = int(10 * fraction)
-            print(
-                f"[{100 * fraction:3.0f}%] {self.label} ({elapsed:.0f} s, ~{left:.0f} s left)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self.tty:
-            print(file=sys.stderr)
-
-
-WIDTH = 120
-"""Printed lines stay within this many characters: the tables fit, prose wraps."""
-
-
-def wrap(text: str) -> str:
-    """`text`, each of its lines wrapped at WIDTH characters."""
-    return "\n".join(
-        textwrap.fill(line, WIDTH, break_long_words=False, break_on_hyphens=False) or line for line in text.split("\n")
-    )
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}"
-
-
-def speedup_text(x: float | None) -> str:
-    """A speedup as every table prints it: three decimals, whatever its size."""
-    return "-" if x is None else f"{x:.3f}"
-
-
-def mode_header(mode: str, workload: dict, result: dict) -> str:
-    layers = f"{workload['num_layers']} layer{'s' if workload['num_layers'] > 1 else ''} a step"
-    if workload["workload"] == "decode":
-        shape = f"decode, lengths {workload['lengths']}, {layers}"
-    elif workload["workload"] == "replay":
-        shape = (
-            f"replay of {workload['source']} from step {workload['start']} (its busiest stretch), token "
-            f"budget {workload['token_budget']}, pool {workload['num_blocks']} blocks, "
-            f"{workload['step_seconds'] * 1e3:g} ms a step, rate x{workload['rate_scale']:g}, {layers}"
-        )
-    else:
-        shape = (
-            f"trace, chunks of {workload['chunk']} tokens, outputs up to {workload['max_output']}, "
-            f"seed {workload['seed']}, {layers}"
-        )
-    how = {
-        "synced": "each call until the device is done",
-        "pipelined": f"windows of {result['steps_per_window']} steps back to back, one synchronise at the end",
-        "busy": (
-            f"each step followed by a {result['forward_us']:.0f} us stand-in forward; 'added' is the "
-            "wall time beyond the forwards alone"
-        ),
-    }[mode]
-    figure = "added" if mode == "busy" else "wall"
-    return (
-        f"\n{shape}; timing {mode}: {how}.\nus per step: {figure} and host are medians of "
-        f"{result['windows']} windows; p50/p99/max are of every step's own host time; speedup = "
-        f"{BASELINE.name}'s {result['primary'][:-3]} / the variant's (> 1: the variant is faster)"
-    )
-
-
-def print_table(mode: str, rows: list[tuple[dict, dict]]) -> None:
-    """One line per grid point and variant."""
-    first = rows[0][1]
-    print(wrap(mode_header(mode, first["workload"], {**first, "forward_us": first.get("forward_median_us", 0.0)})))
-    figure = "added" if mode == "busy" else "wall"
-    keys = list(rows[0][0])
-    head = "".join(f"{k.replace('_', ' ').capitalize():<12}" for k in keys)
-    print(f"{head}{'variant':<14}{figure:>9}{'host':>9}{'p50':>9}{'p99':>9}{'max':>10}{'speedup':>10}")
-    for point, result in rows:
-        lead = "".join(f"{point[k]:<12}" for k in keys)
-        for name, r in result["variants"].items():
-            steps = r.get("host_step_us", {})
-            speedup = "" if name == BASELINE.name else speedup_text(result.get("speedup", {}).get(name)) + "x"
-            print(
-                f"{lead}{name:<14}{_num(r['median'][first['primary']]):>9}{_num(r['median']['host_us']):>9}"
-                f"{_num(steps.get('p50')):>9}{_num(steps.get('p99')):>9}{_num(steps.get('max')):>10}"
-                f"{speedup:>10}",
-                flush=True,
-            )
-            lead = " " * len(lead)
-
-
-def print_scheduler(run: dict) -> None:
-    """What the scheduler made of each replayed window."""
-    print(
-        wrap(
-            "\nScheduler, per replayed window: requests holding KV (mean / peak), waiting (mean / peak), "
-            "KV pool in use (mean / peak), prefill and decode tokens a step (mean), preemptions, "
-            "arrived / finished"
-        )
-    )
-    for point, results in _first_of_each(run):
-        s = results[0]["workload"]["steps"]
-        print(
-            f"  {point['trace']} running cap {point['running']}: {s['num_steps']} steps, {s['running_mean']:.1f} / "
-            f"{s['running_peak']}, {s['waiting_mean']:.1f} / {s['waiting_peak']}, {100 * s['pool_mean']:.1f}% / "
-            f"{100 * s['pool_peak']:.1f}%, {s['prefill_tokens_mean']:.0f} and {s['decode_tokens_mean']:.1f}, "
-            f"{s['preemptions']}, {s['arrived']} / {s['finished']}"
-        )
-
-
-def print_trace(requests: list, source: str, run: dict, prefix_cache: str = "off") -> None:
-    """The whole trace: requests, and the prefix reuse its hashes would allow (shared by
-    the managers with --prefix-cache on only)."""
-    with_hashes = any(r.prefix_blocks for r in requests)
-    try:
-        reuse = traces.prefix_reuse(requests) if with_hashes else None
-    except ValueError as err:  # hashes that do not cover their prompts: said, not fatal
-        reuse, why = None, str(err)
-    else:
-        why = "" if with_hashes else "the trace has no prefix hashes"
-    run["trace"] = {"source": source, "requests": len(requests), "prefix_reuse": reuse}
-    shared = "blocks are shared here" if prefix_cache == "on" else "blocks are not shared here"
-    tokens = next((r.prefix_block_tokens for r in requests if r.prefix_blocks), 0)
-    said = (
-        (
-            f"{100 * reuse:.1f}% of its {tokens}-token prefix blocks repeat an earlier request's (what a prefix "
-            f"cache could reuse; {shared})"
-        )
-        if reuse is not None
-        else f"prefix reuse: {why}"
-    )
-    print(wrap(f"  {source}: {len(requests)} requests; {said}"))
-
-
-def print_attention(run: dict, grid: list, num_steps: int, device: torch.device, model_layers: int) -> None:
-    """Attention in the loop (`disagmoe_bench.attention`) at each replayed point."""
-    print(
-        wrap(
-            "\nAttention in the loop: FlexAttention over the metadata of the same steps; a step is the "
-            f"bookkeeping once and {model_layers} layers of attention; share = bookkeeping / step"
-        )
-    )
-    run["attention"] = []
-    for (point, factory), (_, results) in zip(grid, _first_of_each(run)):
-        record = attention.report(results, factory, num_steps, device, model_layers)
-        run["attention"].append({"point": point, **record})
-        print(wrap("\n".join(attention.report_lines(point, record))))
-
-
-def print_prefix(run: dict, grid: list, num_steps: int, device: torch.device, mode: str, variants: list) -> None:
-    """The prefix cache at each replayed point (`disagmoe_bench.prefix_calls`)."""
-    print(
-        wrap(
-            f"\nPrefix cache {mode}"
-            + (" (every hash unique to its admission: the cost at a 0% hit rate)" if mode == "miss" else "")
-            + ", per replayed window: hit rate = prompt tokens served from the cache / prompt tokens the "
-            "window's admissions prefill; bound = the same from a cache that keeps every block of every earlier "
-            "admission; host us of one pass, each step synchronised: the slowest step's match_prefix calls, "
-            "those of the step that matches most blocks, and the first-layer update of the step that evicts "
-            "most (the eviction is timed with its allocation)"
-        )
-    )
-    run["prefix"] = []
-    for point, factory in grid:
-        record = prefix_calls.report(factory, variants, num_steps, device)
-        run["prefix"].append({"point": point, **record})
-        print(wrap("\n".join(prefix_calls.report_lines(point, record))))
-
-
-def _first_of_each(run: dict) -> list[tuple[dict, list]]:
-    """(point, [its results]) per grid point, in order."""
-    seen: dict = {}
-    for result in run["points"]:
-        seen.setdefault(tuple(result["point"].items()), (result["point"], []))[1].append(result)
-    return list(seen.values())
-
-
-def print_floors(device: torch.device, rows: list[tuple[dict, dict]]) -> dict:
-    """Measures and prints the floors (`disagmoe_bench.floors`) beside each point's bytes
-    that the cpu design copies per pack."""
-    copied = {tuple(p.items()): r["metadata_bytes"].get(BASELINE.name) for p, r in rows}
-    floors = measure_floors(device, [n for n in copied.values() if n])
-    print(
-        wrap(
-            f"\nFloors, same process: bare synchronise {floors['bare_synchronize_us']:.1f} us; one tiny kernel "
-            f"{floors['tiny_kernel_synced_us']:.1f} us synced, {floors['tiny_kernel_pipelined_us']:.1f} us a "
-            f"launch back to back, {floors['graph_replay_pipelined_us']:.1f} us a graph replay of it; the "
-            f"metadata's views {floors['metadata_views_us']:.1f} us; pinned host-to-device copies of the bytes "
-            f"{BASELINE.name} copies per pack (first layer):"
-        )
-    )
-    by_bytes = {c["bytes"]: c for c in floors["copies"]}
-    for point, nbytes in copied.items():
-        if nbytes:
-            c = by_bytes[nbytes]
-            label = " ".join(f"{k}={v}" for k, v in point)
-            print(
-                f"  {label:<28} {nbytes / 1024:10.1f} KB: {c['synced_us']:8.1f} us synced, "
-                f"{c['pipelined_us']:8.1f} us back to back"
-            )
-    floors["copied_bytes"] = [{"point": dict(p), "bytes": n} for p, n in copied.items()]
-    return floors
-
-
 def main(args, run: dict) -> int:
     device = torch.device(run["device"])
     modes = args.timing or (list(MODES) if device.type == "cuda" else ["synced", "pipelined"])
@@ -664,6 +461,18 @@ def main(args, run: dict) -> int:
             f"variants {' '.join(v.name for v in args.variant_list)}"
         )
     )
+    if args.workload in ("replay", *REPLAYS):
+        summary.warn_rejected(args.trace_requests, args.trace_source, args.pool_blocks)
+        idle = summary.idle_windows(grid, timing.num_steps)
+        if idle:
+            print(
+                wrap(
+                    f"disagmoe-bench: {args.trace_source}: the replayed window ({'; '.join(idle)}) runs no "
+                    "request (none arrives there or none fits the pool): nothing to time"
+                ),
+                file=sys.stderr,
+            )
+            return 1
     progress = Progress(len(grid) * (1 + len(modes) * timing.windows * len(args.variant_list)))
     run.update(
         {
@@ -704,27 +513,39 @@ def main(args, run: dict) -> int:
         )
     )
     if args.workload in ("replay", *REPLAYS):
-        print_scheduler(run)
-        print_trace(args.trace_requests, args.trace_source, run, args.prefix_cache)
+        summary.print_scheduler(run)
+        summary.print_trace(args.trace_requests, args.trace_source, run, args.prefix_cache)
     for mode in modes:
-        print_table(mode, by_mode[mode])
+        summary.print_table(mode, by_mode[mode])
     if args.prefix_cache != "off":
         try:
-            print_prefix(run, grid, timing.num_steps, device, args.prefix_cache, args.variant_list)
+            summary.print_prefix(run, grid, timing.num_steps, device, args.prefix_cache, args.variant_list)
         except PrefixMismatch as err:
             print(f"disagmoe-bench: a manager's prefix cache disagrees with the scheduler's: {err}", file=sys.stderr)
             return 1
     if args.workload in ("replay", *REPLAYS) and args.model_layers:
-        print_attention(run, grid, timing.num_steps, device, args.model_layers)
+        summary.print_attention(run, grid, timing.num_steps, device, args.model_layers)
     if device.type == "cuda":
-        run["floors"] = print_floors(device, [(point, results[0]) for point, results in _first_of_each(run)])
-    if args.plot:
-        from disagmoe_bench.plot import crossover_map
+        run["floors"] = summary.print_floors(
+            device, [(point, results[0]) for point, results in summary.first_of_each(run)]
+        )
+    return 0
 
-        try:
-            crossover_map(run, args.plot)
-        except ImportError as err:
-            print(f"disagmoe-bench: --plot needs matplotlib ({err}); pip install 'disagmoe[plot]'", file=sys.stderr)
-            return 2
-        print(f"wrote {args.plot}", file=sys.stderr)
+
+def draw_plot(args, run: dict) -> int:
+    """`--plot`'s map of a finished run (after its `--output` is written: a map that fails
+    loses no numbers); the exit status, 1 when it could not be drawn."""
+    if not args.plot:
+        return 0
+    from disagmoe_bench.plot import crossover_map
+
+    try:
+        crossover_map(run, args.plot)
+    except ImportError as err:
+        print(f"disagmoe-bench: --plot needs matplotlib ({err}); pip install 'disagmoe[plot]'", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, RuntimeError) as err:
+        print(wrap(f"disagmoe-bench: --plot {args.plot}: the map could not be drawn: {err}"), file=sys.stderr)
+        return 1
+    print(f"wrote {args.plot}", file=sys.stderr)
     return 0

@@ -97,6 +97,19 @@ def output_path(option: str, path: str | Path) -> Path:
     return path
 
 
+def plot_format(option: str, path: str | Path) -> str:
+    """The format a map is drawn in, from the file's suffix: one that matplotlib writes
+    (InputError otherwise, before the run rather than at its end). Needs matplotlib."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        said = f"matplotlib draws no .{suffix} file" if suffix else "no suffix to tell the map's format"
+        raise InputError(f"{option} {path}: {said}; name a .{', .'.join(formats)} file")
+    return suffix
+
+
 def input_file(option: str, path: str | Path) -> Path:
     """A regular file the run reads: not missing, not a folder, not a FIFO or a device
     (whose reading could block or never end), readable."""

@@ -403,14 +403,17 @@ def _setup_step(match: tuple[int, tuple[int, ...], int], tokens: int) -> Step:
 def busiest_window(requests: Sequence[TraceRequest], config: SchedulerConfig, num_steps: int) -> int:
     """The first step of the window of `num_steps` steps whose arrivals bring the most
     tokens (prompt and output), the earliest of equals: the trace's busiest stretch (of
-    the windows within [0, the last arrival's step], if it is shorter than `num_steps`)."""
+    the windows within [0, the last arrival's step], if it is shorter than `num_steps`).
+    A request the pool can never hold (`Scheduler.rejected`) brings nothing: it never runs."""
     _check_steps("num_steps", num_steps, 1)
     if not requests:
         return 0
     steps = np.array([config.arrival_step(r.arrival_s) for r in requests], dtype=np.int64)
     order = np.argsort(steps, kind="stable")
     steps = steps[order]
-    weights = np.array([r.prompt_tokens + r.output_tokens for r in requests], dtype=np.int64)[order]
+    capacity = config.num_blocks * config.block_size
+    tokens = [r.prompt_tokens + r.output_tokens for r in requests]
+    weights = np.array([n if n - 1 <= capacity else 0 for n in tokens], dtype=np.int64)[order]
     totals = np.concatenate(([0], np.cumsum(weights)))
     last = int(steps[-1])
     width = min(num_steps, last + 1)
@@ -539,8 +542,10 @@ class TraceReplay:
     def stats(self) -> dict:
         """The window's steps: requests holding KV, waiting and the pool's share in use
         (means and peaks), prefill and decode tokens (means), preemptions, arrivals and
-        requests finished; requests the pool can never hold, over the whole trace."""
+        requests admitted (readmissions after a preemption too) and finished; requests the pool
+        can never hold, over the whole trace."""
         scheduled, blocks = self.scheduled, self.config.num_blocks
+        end = self.first_step + self.num_steps
         return {
             "num_steps": len(scheduled),
             "running_mean": fmean(s.holding for s in scheduled),
@@ -553,6 +558,7 @@ class TraceReplay:
             "decode_tokens_mean": fmean(len(s.decodes) for s in scheduled),
             "preemptions": sum(s.preempted for s in scheduled),
             "arrived": self._arrived,
+            "admitted": sum(self.first_step <= a.step < end for a in self.scheduler.admissions.values()),
             "finished": sum(s.finished for s in scheduled),
             "rejected": len(self.scheduler.rejected),
         }

@@ -125,7 +125,7 @@ def test_numpy_values_read_exactly(ids):
 
 def test_an_array_that_cannot_be_read():
     dates = np.array(["2024-01-01"], dtype="datetime64[D]")
-    with pytest.raises(ValueError, match="(?s)req_ids=array.*cannot be read"):
+    with pytest.raises(TypeError, match="(?s)req_ids=array.*cannot be read"):
         HostRig().step.plan(dates, 1, [2])
 
 

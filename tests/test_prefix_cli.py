@@ -13,7 +13,7 @@ import pytest
 from test_prefix_replay import ContractDouble, real_prefix
 
 import disagmoe
-from disagmoe_bench import bench, cli, variants
+from disagmoe_bench import bench, cli, text, variants
 
 
 def refused(argv: list[str], capsys) -> str:
@@ -95,7 +95,7 @@ def test_a_prefix_replay_reports_the_hit_rate_beside_its_bound(tmp_path, capsys,
     assert f"Prefix cache {mode}" in printed and f"hit rate {100 * prefix['hit_rate']:.1f}%" in printed
     assert f"(bound {100 * prefix['bound']:.1f}%; the whole trace's 48.1%)" in printed
     assert "16-token prefix blocks repeat an earlier request's" in printed
-    assert max(len(line) for line in capsys.readouterr().out.splitlines() or [""]) <= cli.WIDTH
+    assert max(len(line) for line in capsys.readouterr().out.splitlines() or [""]) <= text.width()
 
 
 @real_prefix

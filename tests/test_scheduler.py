@@ -294,13 +294,20 @@ TODAY = {  # the windows' steps before the prefix cache (`steps_digest`), comput
 }
 
 
+BEFORE_START = {("mooncake", SMALL_POOL): 37535}
+"""Windows that moved since: the busiest window no longer counts the requests the pool never
+holds (257 of mooncake's at SMALL_POOL), so the digest's window is given as it was."""
+
+
 def steps_digest(replay: TraceReplay) -> str:
     digest = hashlib.sha256(repr(replay.initial).encode())
     for step in replay.steps:
         batch = step.layers[0]
         entry = (step.release, list(batch.req_ids), batch.num_prefill_seqs, list(batch.init_prefill_lens))
         digest.update(repr(entry).encode())
-    digest.update(repr(replay.stats()).encode())
+    stats = replay.stats()
+    del stats["admitted"]  # (counted since: the digests are of the statistics of before)
+    digest.update(repr(stats).encode())
     return digest.hexdigest()
 
 
@@ -310,7 +317,8 @@ def test_off_gives_the_steps_of_before(source, config):
     use are the very steps (releases, batches, statistics) of the scheduler before it had a
     prefix cache; no step matches anything."""
     requests = read_trace(bundled(source))
-    replay = TraceReplay(requests, config, busiest_window(requests, config, 304), 304, source)
+    start = BEFORE_START.get((source, config), busiest_window(requests, config, 304))
+    replay = TraceReplay(requests, config, start, 304, source)
     assert steps_digest(replay) == TODAY[(source, config)]
     assert not any(step.matches for step in replay.steps) and replay.pool_blocks is None
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from disagmoe_bench import bench, cli, points, seed, timing
+from disagmoe_bench import bench, points, seed, text, timing
 from disagmoe_bench.variants import VARIANTS, Variant, variant
 from disagmoe_bench.variants import make_manager as variant_manager
 from disagmoe_bench.workloads import CYCLE_STEPS, DecodeWorkload, TraceConfig, TraceWorkload
@@ -252,7 +252,7 @@ def test_command_line_trace_pipelined_quick(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "timing pipelined" in printed and "p99" in printed
-    assert max(len(line) for line in printed.splitlines()) <= cli.WIDTH  # a terminal's width, not 200
+    assert max(len(line) for line in printed.splitlines()) <= text.width()  # a terminal's width, not 200
     lines = [line.split() for line in printed.splitlines()]
     gpu = [cells for cells in lines if cells and cells[0] == "gpu-bs16"]
     # its speedup over cpu-bs16, and every figure, in one format whatever its size
@@ -503,7 +503,7 @@ def test_command_line_replays_a_trace_file(tmp_path, capsys, fmt):
     )
     printed = capsys.readouterr().out
     assert "replay of " + path.name in " ".join(printed.split()) and "Scheduler, per replayed window" in printed
-    assert max(len(line) for line in printed.splitlines()) <= cli.WIDTH
+    assert max(len(line) for line in printed.splitlines()) <= text.width()
     run = json.loads(out.read_text())
     assert run["workload"] == "replay" and len(run["points"]) == 1
     result = run["points"][0]

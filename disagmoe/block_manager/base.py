@@ -23,7 +23,7 @@ import torch
 
 from disagmoe import _C
 from disagmoe.batch import BatchMetadata
-from disagmoe.config import CacheConfig, ModelConfig, checked_int, checked_slots, describe
+from disagmoe.config import CacheConfig, ModelConfig, checked_int, checked_layer_ids, checked_slots, describe
 from disagmoe.metadata import FlashAttentionMetadata, LengthViews, length_views, slot_view, table_view
 
 DEFAULT_DEPTH = 3
@@ -157,7 +157,7 @@ class BlockManager(ABC):
         layer_ids = model_config.layer_ids
         if type(layer_ids) is not tuple or not layer_ids:
             raise TypeError(f"{name}: model_config.layer_ids={describe(layer_ids)} is not a non-empty tuple")
-        layers = [checked_int(name, f"layer_ids[{i}]", layer, -(2**63), 2**63 - 1) for i, layer in enumerate(layer_ids)]
+        layers = checked_layer_ids(name, layer_ids)  # (distinct: a config changed since is checked again)
         self._layer_ids = frozenset(layers)
         self._first_layer = layers[0]
         self.max_width = -(-self.max_seq_len // self.block_size)
