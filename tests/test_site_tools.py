@@ -23,6 +23,7 @@ import landing_html  # noqa: E402
 import publish_site  # noqa: E402
 import site_labels  # noqa: E402
 import site_libs  # noqa: E402
+import site_regressions  # noqa: E402
 
 sys.path.pop(0)
 
@@ -243,7 +244,10 @@ def test_landing_without_serving_benchmarks_says_so(tmp_path):
     run = landing.read_run(path, "gpu-x")
     assert not run.has_serving
     page = landing_html.page([landing_html.MachineEntry("gpu-x", "GPU", "machines/gpu-x/index.html", run)], [], None)
-    assert "No map for gpu-x" in page and "<table" not in page
+    assert "<table" not in page and page.count('id="no-serving-gpu-x"') == 1
+    line = page.split('id="no-serving-gpu-x">', 1)[1].split("</p>", 1)[0]
+    assert line.startswith("No serving results on gpu-x: its latest results (commit <code>aaaaaaa</code>")
+    assert 'href="machines/gpu-x/index.html#regressions"' in line
 
 
 def test_landing_takes_the_latest_results_in_git(tmp_path):
@@ -303,11 +307,54 @@ def _regression(name: str, before: float, after: float) -> list:
     return [name, "graphs/x.json", {}, None, after, after, [[1, 2, before, after]]]
 
 
+REVISIONS = {"1": "1" * 40, "2": "2" * 40}
+THRESHOLDS = {"[^(]*\\.time_": 1.5, "bench_trace\\.Step\\.track_": 1.5}
+
+
+def _index(*benchmarks: tuple[str, list[str], str]) -> dict:
+    return {
+        "revision_to_hash": REVISIONS,
+        "benchmarks": {name: {"param_names": names, "unit": unit} for name, names, unit in benchmarks},
+    }
+
+
+def test_regression_thresholds_are_asvs_rule_over_the_suites_patterns():
+    assert site_regressions.threshold_of(THRESHOLDS, "m.C.time_update_block_table") == 1.5
+    assert site_regressions.threshold_of(THRESHOLDS, "bench_trace.Step.track_synced") == 1.5
+    assert site_regressions.threshold_of(THRESHOLDS, "bench_trace.InverseSpeedup.track_synced") == 0.05
+    conf = publish_site.load_conf(ROOT)["regressions_thresholds"]
+    names = ["m.C.time_x", "bench_trace.RelativeStep.track_pipelined", "bench_trace.Step.track_pipelined"]
+    rule = site_regressions.thresholds_html(names, conf)
+    for name in names:
+        factor = 1 + site_regressions.threshold_of(conf, name)
+        kind = site_regressions.kind(name)
+        line = next(li for li in rule.split("<li>")[1:] if f"<code>{kind}</code>" in li)
+        assert line.startswith(f"<b>{factor:.2f}x</b>")
+
+
 def test_an_empty_regressions_page_says_no_regressions():
-    note = site_labels.regressions_note([], ["a.RelativeTime.track"], 9, thresholds=False)
+    index = _index(("a.RelativeTime.track", ["variant"], "t / ref"))
+    note = site_regressions.regressions_note([], index, ["a.RelativeTime.track"], 9, THRESHOLDS)
     assert "No regressions" in note and "9 commits compared" in note
     assert "#regressions-body { display: none; }" in note  # no empty table
-    assert "nothing to compare yet" in site_labels.regressions_note([], [], 1, thresholds=False)
+    assert "<b>1.05x</b> (threshold 0.05): <code>a.RelativeTime</code>" in note
+    assert "nothing to compare yet" in site_regressions.regressions_note([], index, [], 1, THRESHOLDS)
+
+
+def test_regressions_are_listed_largest_first_in_their_units():
+    name = "bench_pipelined.InverseSpeedup.track_pipelined"
+    index = _index((name, ["variant", "batch_size", "context"], "variant time / cpu-bs16 time, lower is better"))
+    listed = [
+        _regression(f"{name}('gpu-bs16', 16, 1024)", 1.0, 1.1),
+        [f"{name}('gpu-bs1', 1024, 65536)", "g", {}, None, 1.013, 0.4116, [[None, 2, 0.4116, 1.013]]],
+    ]
+    note = site_regressions.regressions_note(listed, index, [name], 6, THRESHOLDS)
+    items = note.split('<ol id="disagmoe-regressions-list">', 1)[1].split("</ol>", 1)[0].split("<li ")[1:]
+    assert len(items) == 2 and "<b>2 regressions</b>" in note
+    assert "<b>2.46x</b> higher at commit <code>2222222</code>" in items[0]
+    assert "variant gpu-bs1, batch_size 1024, context 64K: 0.412 &rarr; 1.01 variant time / cpu-bs16 time" in items[0]
+    assert "<b>1.10x</b> higher at commit <code>2222222</code> (after <code>1111111</code>)" in items[1]
+    assert "Read with care" not in note  # no time_ benchmark listed
 
 
 def test_regressions_of_time_benchmarks_name_what_to_read_instead():
@@ -316,13 +363,13 @@ def test_regressions_of_time_benchmarks_name_what_to_read_instead():
         _regression("m.C.time_pack_flash_attn_metadata('gpu', 16, 128)", 2.0, 3.0),
     ]
     steady = ["bench_relative.RelativeTime.track_update_block_table", "bench_trace.RelativeStep.track_pipelined"]
-    note = site_labels.regressions_note(timed, steady + ["m.C.time_update_block_table"], 9, thresholds=True)
-    assert "all the regressions below are of <code>time_</code> benchmarks (factor 1.50-1.95x)" in note
+    index = _index()
+    note = site_regressions.regressions_note(timed, index, steady + ["m.C.time_update_block_table"], 9, THRESHOLDS)
+    assert "all of them are of <code>time_</code> benchmarks (factor 1.50-1.95x)" in note
     assert all(f'href="#{name}"' in note for name in steady) and 'href="#m.C.time_' not in note
-    assert "regressions_thresholds" in note
     mixed = timed + [_regression("bench_relative.RelativeTime.track_update_block_table('cpu', 16, 256)", 1.0, 2.0)]
-    assert "2 of the 3 regressions below are" in site_labels.regressions_note(mixed, steady, 9, thresholds=False)
-    assert site_labels.regressions_note(mixed[2:], steady, 9, thresholds=False) == ""  # ratios alone: no note
+    assert "2 of the 3 are" in site_regressions.regressions_note(mixed, index, steady, 9, THRESHOLDS)
+    assert "Read with care" not in site_regressions.regressions_note(mixed[2:], index, steady, 9, THRESHOLDS)
 
 
 def test_machine_labels_count_commits():
