@@ -331,7 +331,8 @@ def when(run: Run) -> str:
 def site_links(entry: MachineEntry) -> str:
     """Links to the machine's asv site: its graphs and its regressions page."""
     graphs = link(entry.site, f"all graphs of {esc(entry.name)}", "site")
-    return f"{graphs} &middot; {link(entry.site + '#regressions', 'its regressions', 'regressions')}"
+    regressions = link(entry.site + "#/regressions", "its regressions", "regressions")
+    return f"{graphs} &middot; {regressions}"
 
 
 def machine_section(entry: MachineEntry) -> str:
