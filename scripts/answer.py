@@ -27,6 +27,7 @@ import subprocess
 import sys
 
 import landing
+from landing_cells import size, us
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE_PATHS = ("csrc", "disagmoe", "disagmoe_bench", "benchmarks")  # what the results measure
@@ -45,7 +46,11 @@ DOCS = (("README.md", "summary"), ("docs/performance.md", "section"))  # file, w
 
 
 def git(root: str, *args: str) -> str | None:
-    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    """git's output, None where it fails (no git, not a clone, an unknown commit)."""
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    except OSError:
+        return None
     return done.stdout.strip() if done.returncode == 0 else None
 
 
@@ -122,10 +127,6 @@ class MachineAnswer:
     @property
     def lines(self) -> tuple[str, str]:
         return self.header, self.sentence
-
-
-def size(value: int) -> str:
-    return f"{value // 1024}K" if value >= 1024 and value % 1024 == 0 else str(value)
 
 
 def where(grid: landing.CrossoverMap, point: landing.Point) -> str:
@@ -219,10 +220,6 @@ def summary(found: list[MachineAnswer]) -> str:
     if not found:
         return "- No GPU machine has results in results/.\n"
     return "".join(f"- {line}\n" for a in found for line in a.lines)
-
-
-def us(value: float) -> str:
-    return f"{value:.0f}" if value >= 1000 else f"{value:.3g}"
 
 
 def table(grid: landing.CrossoverMap) -> str:

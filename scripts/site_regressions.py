@@ -25,7 +25,7 @@ def threshold_of(thresholds: dict[str, float], name: str) -> float:
     from asv.plugins.regressions import _GraphDataFilter
 
     me = SimpleNamespace(conf=SimpleNamespace(regressions_thresholds=thresholds))
-    return float(_GraphDataFilter._get_threshold(me, SimpleNamespace(params={}), None, name))  # type: ignore[arg-type]
+    return float(_GraphDataFilter._get_threshold(me, SimpleNamespace(params={}), None, name))
 
 
 def kind(name: str) -> str:

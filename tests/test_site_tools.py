@@ -23,7 +23,6 @@ import landing_html  # noqa: E402
 import publish_site  # noqa: E402
 import site_labels  # noqa: E402
 import site_libs  # noqa: E402
-import site_regressions  # noqa: E402
 
 sys.path.pop(0)
 
@@ -303,75 +302,6 @@ def test_axis_labels_are_centred_on_asvs_plugin(tmp_path):
         site_labels.centre_axis_labels(str(tmp_path))  # already centred: not the file it knows
 
 
-def _regression(name: str, before: float, after: float) -> list:
-    return [name, "graphs/x.json", {}, None, after, after, [[1, 2, before, after]]]
-
-
-REVISIONS = {"1": "1" * 40, "2": "2" * 40}
-THRESHOLDS = {"[^(]*\\.time_": 1.5, "bench_trace\\.Step\\.track_": 1.5}
-
-
-def _index(*benchmarks: tuple[str, list[str], str]) -> dict:
-    return {
-        "revision_to_hash": REVISIONS,
-        "benchmarks": {name: {"param_names": names, "unit": unit} for name, names, unit in benchmarks},
-    }
-
-
-def test_regression_thresholds_are_asvs_rule_over_the_suites_patterns():
-    assert site_regressions.threshold_of(THRESHOLDS, "m.C.time_update_block_table") == 1.5
-    assert site_regressions.threshold_of(THRESHOLDS, "bench_trace.Step.track_synced") == 1.5
-    assert site_regressions.threshold_of(THRESHOLDS, "bench_trace.InverseSpeedup.track_synced") == 0.05
-    conf = publish_site.load_conf(ROOT)["regressions_thresholds"]
-    names = ["m.C.time_x", "bench_trace.RelativeStep.track_pipelined", "bench_trace.Step.track_pipelined"]
-    rule = site_regressions.thresholds_html(names, conf)
-    for name in names:
-        factor = 1 + site_regressions.threshold_of(conf, name)
-        kind = site_regressions.kind(name)
-        line = next(li for li in rule.split("<li>")[1:] if f"<code>{kind}</code>" in li)
-        assert line.startswith(f"<b>{factor:.2f}x</b>")
-
-
-def test_an_empty_regressions_page_says_no_regressions():
-    index = _index(("a.RelativeTime.track", ["variant"], "t / ref"))
-    note = site_regressions.regressions_note([], index, ["a.RelativeTime.track"], 9, THRESHOLDS)
-    assert "No regressions" in note and "9 commits compared" in note
-    assert "#regressions-body { display: none; }" in note  # no empty table
-    assert "<b>1.05x</b> (threshold 0.05): <code>a.RelativeTime</code>" in note
-    assert "nothing to compare yet" in site_regressions.regressions_note([], index, [], 1, THRESHOLDS)
-
-
-def test_regressions_are_listed_largest_first_in_their_units():
-    name = "bench_pipelined.InverseSpeedup.track_pipelined"
-    index = _index((name, ["variant", "batch_size", "context"], "variant time / cpu-bs16 time, lower is better"))
-    listed = [
-        _regression(f"{name}('gpu-bs16', 16, 1024)", 1.0, 1.1),
-        [f"{name}('gpu-bs1', 1024, 65536)", "g", {}, None, 1.013, 0.4116, [[None, 2, 0.4116, 1.013]]],
-    ]
-    note = site_regressions.regressions_note(listed, index, [name], 6, THRESHOLDS)
-    items = note.split('<ol id="disagmoe-regressions-list">', 1)[1].split("</ol>", 1)[0].split("<li ")[1:]
-    assert len(items) == 2 and "<b>2 regressions</b>" in note
-    assert "<b>2.46x</b> higher at commit <code>2222222</code>" in items[0]
-    assert "variant gpu-bs1, batch_size 1024, context 64K: 0.412 &rarr; 1.01 variant time / cpu-bs16 time" in items[0]
-    assert "<b>1.10x</b> higher at commit <code>2222222</code> (after <code>1111111</code>)" in items[1]
-    assert "Read with care" not in note  # no time_ benchmark listed
-
-
-def test_regressions_of_time_benchmarks_name_what_to_read_instead():
-    timed = [
-        _regression("m.C.time_update_block_table('cpu', 16, 256)", 1.0, 1.95),
-        _regression("m.C.time_pack_flash_attn_metadata('gpu', 16, 128)", 2.0, 3.0),
-    ]
-    steady = ["bench_relative.RelativeTime.track_update_block_table", "bench_trace.RelativeStep.track_pipelined"]
-    index = _index()
-    note = site_regressions.regressions_note(timed, index, steady + ["m.C.time_update_block_table"], 9, THRESHOLDS)
-    assert "all of them are of <code>time_</code> benchmarks (factor 1.50-1.95x)" in note
-    assert all(f'href="#{name}"' in note for name in steady) and 'href="#m.C.time_' not in note
-    mixed = timed + [_regression("bench_relative.RelativeTime.track_update_block_table('cpu', 16, 256)", 1.0, 2.0)]
-    assert "2 of the 3 are" in site_regressions.regressions_note(mixed, index, steady, 9, THRESHOLDS)
-    assert "Read with care" not in site_regressions.regressions_note(mixed[2:], index, steady, 9, THRESHOLDS)
-
-
 def test_machine_labels_count_commits():
     assert publish_site.Machine("h200", 1, 0, True).label == "GPU; history in git, 1 commit"
     assert publish_site.Machine("cpu-a", 0, 2, False).label == (
@@ -481,49 +411,3 @@ def test_landing_page_says_when_no_machine_has_prefix_results(tmp_path):
         page = landing_html.page(entries, [], None)
         assert page.count('id="prefix-none"') == 1 and "no GPU machine's latest results hold them yet" in page
         assert "table.prefix" not in page and "bench_prefix." not in page  # no rows, no style, no link
-
-
-PAD = " " * 14  # asv indents a point's lines so, and leaves the indent on the blank line after
-ASV_OUTPUT = "\n".join(
-    [
-        "[58.89%] ··· bench_pipelined.Step.track_synced                     ok",
-        "[58.89%] ··· ========= =====",
-        "",
-        "[58.89%] ···· For parameters: 'gpu-bs1', 64, 65536",
-        PAD + 'asv: skipped: NotImplementedError("4194304 tokens: past 1048576 on torch\'s CPU device")',
-        PAD,
-        PAD + "For parameters: 'gpu-bs1', 256, 8192",
-        PAD + 'asv: skipped: NotImplementedError("2097152 tokens: past 1048576 on torch\'s CPU device")',
-        PAD,
-        "[60.00%] ··· bench_trace.Step.track_synced                     ok",
-        "[60.00%] ···· For parameters: 'cpu-bs16', 1024, 65536",
-        PAD + 'asv: skipped: NotImplementedError("67108864 tokens: past 1048576 on torch\'s CPU device")',
-        PAD,
-        PAD + "For parameters: 'cpu-bs16', 64, 2048",
-        PAD + "Traceback: a failure, kept",
-        "[61.00%] ··· bench_x.Y.track_z                                 ok",
-        "",
-    ]
-)
-
-
-def test_main_job_folds_skip_notices_into_a_line_per_reason():
-    import io
-
-    spec = importlib.util.spec_from_file_location("skips", os.path.join(ROOT, "scripts", "lib", "skips.py"))
-    skips = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(skips)
-    out = io.StringIO()
-    groups = skips.fold(io.StringIO(ASV_OUTPUT).readlines(), out)
-    assert "skipped" not in out.getvalue() and out.getvalue().count("For parameters") == 1
-    assert f"For parameters: 'cpu-bs16', 64, 2048\n{PAD}Traceback: a failure, kept\n" in out.getvalue()
-    assert "bench_x.Y.track_z" in out.getvalue() and "bench_trace.Step.track_synced" in out.getvalue()
-    reason = 'NotImplementedError("N tokens: past 1048576 on torch\'s CPU device")'
-    assert groups == {reason: (3, {"bench_pipelined.Step.track_synced", "bench_trace.Step.track_synced"})}
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "lib", "skips.py")],
-        input=ASV_OUTPUT,
-        capture_output=True,
-        text=True,
-    )
-    assert done.stdout.splitlines()[-1] == f"asv skipped 3 grid points of 2 benchmarks: {reason}"
