@@ -181,7 +181,8 @@ def regime_table(run: Run, site: str) -> str:
 def replay_table(run: Run, site: str) -> str:
     """Per production trace that bench_replay replays: the winners, as the regime table."""
     head = (
-        "<tr><th>trace</th><th>pipelined: winner, speedup</th><th>its host us per step: median &middot; p99</th>"
+        "<tr><th>trace</th><th>pipelined: winner, speedup; every design's median, us</th>"
+        "<th>its host us per step: median &middot; p99</th>"
         "<th>synced</th><th>busy</th><th>graph</th></tr>"
     )
     rows = []
@@ -193,10 +194,10 @@ def replay_table(run: Run, site: str) -> str:
         tail = " &middot; ".join(us(v) if v is not None else "not measured" for v in figures)
         others = [cell_verdict(cells[m]) if m in cells else "not measured" for m in ("synced", "busy")]
         href = graph_href(site, f"{REPLAY}.Step.track_pipelined", None, {"trace": repr(trace)})
-        times = " | ".join(f"{v} {us(t)} us" for v, t in sorted(pipelined.medians.items()))
+        every = medians(pipelined, tuple(sorted(pipelined.medians)))
         rows.append(
-            f'<tr data-trace="{esc(trace)}" data-winner="{esc(pipelined.winner)}" title="{esc(times)}">'
-            f"<td>{esc(trace)}: {esc(TRACES.get(trace, ''))}</td><td>{cell_verdict(pipelined)}</td>"
+            f'<tr data-trace="{esc(trace)}" data-winner="{esc(pipelined.winner)}">'
+            f"<td>{esc(trace)}: {esc(TRACES.get(trace, ''))}</td><td>{cell_verdict(pipelined)}{every}</td>"
             f"<td>{tail}</td><td>{others[0]}</td><td>{others[1]}</td>"
             f"<td>{link(href, 'every variant over the commits', 'history')}</td></tr>"
         )

@@ -333,6 +333,8 @@ def test_landing_page_shows_the_production_traces(page, site):
     winners = rows.evaluate_all("rows => rows.map(r => r.dataset.winner)")
     assert all(w in ("cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16") for w in winners), winners
     assert "not measured" not in page.inner_text("#machine-h200 table.replays")
+    shown = rows.evaluate_all("rows => rows.map(r => r.querySelectorAll('table.t tr').length)")
+    assert shown == [4, 4]  # every design's median, visible
     hrefs = rows.evaluate_all("rows => rows.map(r => r.querySelector('a.history').getAttribute('href'))")
     for href in hrefs:
         page.goto("about:blank")
