@@ -285,7 +285,10 @@ def render(root: str, name: str, reference: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 where the committed text differs")
-    parser.add_argument("--reference", help="the commit the lag is counted to (default: " + ", ".join(CODE_PATHS))
+    parser.add_argument(
+        "--reference",
+        help="the commit the lag is counted to (default: the last commit that changed " + ", ".join(CODE_PATHS) + ")",
+    )
     args = parser.parse_args(argv)
     stale = []
     for name, _ in DOCS:
