@@ -180,3 +180,16 @@ def test_check_mode_finds_the_committed_text_current():
         [sys.executable, os.path.join(ROOT, "scripts", "answer.py"), "--check"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_machine_with_replays_alone_names_their_winners(tmp_path):
+    """Results of the production traces without the maps (a machine that lacks some serving
+    benchmarks): no map measured, the traces' winners still named."""
+    replay = _entry([30.0, 40.0, 20.0, 45.0], ["'cpu-bs16'", "'gpu-bs16'"], ["'azure-conv'", "'mooncake'"])
+    path = _results(tmp_path, {"machine": "gpu-r", "version": 1}, {"bench_replay.Step.track_pipelined": replay})
+    run = landing.read_run(path, "gpu-r")
+    sentence = answer.answer_of(ROOT, run, answer.read_card(path, "gpu-r"), None).sentence
+    assert sentence == (
+        "On gpu-r, pipelined (wall time per step, steps back to back): no map measured; "
+        "on the production traces, cpu-bs16 wins mooncake, gpu-bs16 wins azure-conv."
+    )
