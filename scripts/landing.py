@@ -266,6 +266,11 @@ def _any_value(result: object) -> bool:
     return any(v is not None for v in result) if isinstance(result, list) else result is not None
 
 
+def has_value(entry: dict) -> bool:
+    """A benchmark's entry of a results file holds at least one value (entries_of)."""
+    return _any_value(entry.get("result"))
+
+
 BUSY = (
     *(f"{module}.Step.{BUSY_ADDED}" for module in (*(w.module for w in WORKLOADS), REPLAY)),
     f"{PREFIX}.PrefixStep.{BUSY_ADDED}",
@@ -294,7 +299,7 @@ def read_run(path: str, machine: str, shown: str | None = None) -> Run:
     host = {w.name: read_values(entries, step_benchmark(w, HOST), w.axes)[1] for w in WORKLOADS}
     p99 = {w.name: read_values(entries, step_benchmark(w, HOST_P99), w.axes)[1] for w in WORKLOADS}
     started = [e.get("started_at") for e in entries.values() if e.get("started_at")]
-    measured = frozenset(name for name, e in entries.items() if _any_value(e["result"]))
+    measured = frozenset(name for name, e in entries.items() if _any_value(e.get("result")))
     replay_host = {m: read_by_trace(entries, f"{REPLAY}.Step.{m}") for m in (HOST, HOST_P99)}
     return Run(
         machine,

@@ -6,9 +6,7 @@ outside the page). Deterministic: the same results give the same bytes."""
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
-import urllib.parse
 
 from landing import (
     BASELINE,
@@ -21,7 +19,6 @@ from landing import (
     REPLAY,
     TRACES,
     WORKLOADS,
-    Cell,
     CrossoverMap,
     PrefixRow,
     Run,
@@ -29,6 +26,7 @@ from landing import (
     regimes,
     step_benchmark,
 )
+from landing_cells import cell_verdict, esc, graph_href, link, medians, size, us, verdict
 
 COLOURS = {"cpu-bs16": "#b9d3ee", "gpu-bs1": "#f7c58f", "gpu-bs16": "#a8dba0", "hybrid-bs16": "#d6bde8"}
 SPARE_COLOURS = ("#f4a9a8", "#f1e59a", "#9fdfe0", "#d9c2a7")
@@ -52,48 +50,11 @@ class MachineEntry:
     newer_not_in_git: tuple[str, ...] = ()  # commits of later runs of this clone
 
 
-def esc(text: object) -> str:
-    return html.escape(str(text))
-
-
-def size(value: int) -> str:
-    return f"{value // 1024}K" if value >= 1024 and value % 1024 == 0 else str(value)
-
-
-def us(value: float) -> str:
-    return f"{value:.0f}" if value >= 1000 else f"{value:.3g}"
-
-
 def colour(variant: str, variants: tuple[str, ...]) -> str:
     if variant in COLOURS:
         return COLOURS[variant]
     spare = [v for v in variants if v not in COLOURS]
     return SPARE_COLOURS[spare.index(variant) % len(SPARE_COLOURS)]
-
-
-def graph_href(site: str, benchmark: str, x_axis: str | None, fixed: dict[str, object]) -> str:
-    """An address of asv's graph page: `benchmark` with parameter `x_axis` on the x axis (None:
-    the commits) and the others fixed (asv 0.6's hash: #<benchmark>?x-axis=<name>&p-<name>=<value>)."""
-    query = ([("x-axis", x_axis)] if x_axis else []) + [(f"p-{k}", str(v)) for k, v in fixed.items()]
-    return f"{site}#{benchmark}?" + "&".join(f"{urllib.parse.quote(k)}={urllib.parse.quote(v)}" for k, v in query)
-
-
-def link(href: str, text: str, cls: str = "graph") -> str:
-    return f'<a class="{cls}" href="{esc(href)}">{text}</a>'
-
-
-def verdict(grid: CrossoverMap, point: tuple[int, int]) -> str:
-    return cell_verdict(grid.cells[point])
-
-
-def cell_verdict(cell: Cell) -> str:
-    """The winner and its speedup over the baseline (its lead over the runner-up where the
-    baseline wins), as a map cell and the regime tables show it."""
-    tie = " &asymp;" if cell.near_tie else ""
-    if cell.winner == BASELINE:
-        lead = f"lead {cell.margin:.2f}x" if cell.margin is not None else "alone"
-        return f'<span class="w">{esc(cell.winner)}</span> <span class="s">{lead}{tie}</span>'
-    return f'<span class="w">{esc(cell.winner)}</span> <span class="s">{cell.speedup(cell.winner):.2f}x{tie}</span>'
 
 
 def map_table(grid: CrossoverMap, site: str) -> str:
@@ -112,18 +73,17 @@ def map_table(grid: CrossoverMap, site: str) -> str:
             if cell is None:
                 cells.append('<td class="cell none">not measured</td>')
                 continue
-            times = " | ".join(f"{v} {us(cell.medians[v])} us" for v in grid.variants if v in cell.medians)
             cells.append(
                 f'<td class="cell{" tie" if cell.near_tie else ""}" data-winner="{esc(cell.winner)}" '
-                f'style="background-color:{colour(cell.winner, grid.variants)}" title="{esc(times)}">'
-                f"{verdict(grid, (r, c))}</td>"
+                f'style="background-color:{colour(cell.winner, grid.variants)}">'
+                f"{verdict(grid, (r, c))}{medians(cell, grid.variants)}</td>"
             )
         row_link = link(graph_href(site, bench, column_axis, {row_axis: r}), f"{rs} = {r}")
         rows.append(f"<tr><th>{row_link}</th>{''.join(cells)}</tr>")
     wins = ", ".join(f"{esc(v)} {n}" for v, n in grid.wins().items())
     return (
         f'<table class="map" data-workload="{w.name}" data-mode="{grid.mode.name}">'
-        f"<caption><b>{grid.mode.name}</b>: {esc(grid.mode.what)}<br>cells won: {wins} "
+        f"<caption><b>{grid.mode.name}</b>: {esc(grid.mode.what)} (medians below each winner)<br>cells won: {wins} "
         f"of {len(grid.cells)}</caption>"
         f'<tr><th class="corner">{rs} \\ {cs}</th>{head}</tr>{"".join(rows)}</table>'
     )
@@ -138,9 +98,10 @@ def legend(variants: tuple[str, ...]) -> str:
     return (
         f'<div class="legend">{keys}Each cell: the design with the lowest median there, and its speedup over '
         f"{BASELINE} ({BASELINE}'s median / the winner's, &gt; 1: faster); where {BASELINE} wins, its lead "
-        f"over the runner-up. &asymp; and hatching: the runner-up within {NEAR_TIE:.2f}x (a near tie: single "
-        "points move more than that from run to run). Hover a cell for every design's median; the axis "
-        "labels open asv's graph of that row or column, the other axis on the x axis.</div>"
+        f"over the runner-up. &asymp; and hatching: the runner-up, named, within {NEAR_TIE:.2f}x (a near tie: "
+        "single points move more than that from run to run). Below, every design's median there, us (the "
+        "winner's in bold); the axis labels open asv's graph of that row or column, the other axis on the x "
+        "axis.</div>"
     )
 
 
@@ -220,7 +181,8 @@ def regime_table(run: Run, site: str) -> str:
 def replay_table(run: Run, site: str) -> str:
     """Per production trace that bench_replay replays: the winners, as the regime table."""
     head = (
-        "<tr><th>trace</th><th>pipelined: winner, speedup</th><th>its host us per step: median &middot; p99</th>"
+        "<tr><th>trace</th><th>pipelined: winner, speedup; every design's median, us</th>"
+        "<th>its host us per step: median &middot; p99</th>"
         "<th>synced</th><th>busy</th><th>graph</th></tr>"
     )
     rows = []
@@ -232,10 +194,10 @@ def replay_table(run: Run, site: str) -> str:
         tail = " &middot; ".join(us(v) if v is not None else "not measured" for v in figures)
         others = [cell_verdict(cells[m]) if m in cells else "not measured" for m in ("synced", "busy")]
         href = graph_href(site, f"{REPLAY}.Step.track_pipelined", None, {"trace": repr(trace)})
-        times = " | ".join(f"{v} {us(t)} us" for v, t in sorted(pipelined.medians.items()))
+        every = medians(pipelined, tuple(sorted(pipelined.medians)))
         rows.append(
-            f'<tr data-trace="{esc(trace)}" data-winner="{esc(pipelined.winner)}" title="{esc(times)}">'
-            f"<td>{esc(trace)}: {esc(TRACES.get(trace, ''))}</td><td>{cell_verdict(pipelined)}</td>"
+            f'<tr data-trace="{esc(trace)}" data-winner="{esc(pipelined.winner)}">'
+            f"<td>{esc(trace)}: {esc(TRACES.get(trace, ''))}</td><td>{cell_verdict(pipelined)}{every}</td>"
             f"<td>{tail}</td><td>{others[0]}</td><td>{others[1]}</td>"
             f"<td>{link(href, 'every variant over the commits', 'history')}</td></tr>"
         )
@@ -308,13 +270,25 @@ def when(run: Run) -> str:
     return f"commit <code>{run.commit[:7]}</code> of {run.commit_date:%Y-%m-%d}{measured}"
 
 
+def site_links(entry: MachineEntry) -> str:
+    """Links to the machine's asv site: its graphs and its regressions page."""
+    graphs = link(entry.site, f"all graphs of {esc(entry.name)}", "site")
+    regressions = link(entry.site + "#/regressions", "its regressions", "regressions")
+    return f"{graphs} &middot; {regressions}"
+
+
 def machine_section(entry: MachineEntry) -> str:
     run = entry.run
-    graphs = link(entry.site, f"all graphs of {esc(entry.name)}", "site")
+    opening = f'<section class="machine" id="machine-{esc(entry.name)}"><h2>{esc(entry.name)}</h2>'
+    if run is not None and not run.has_serving:
+        return (
+            f'{opening}<p class="plain" id="no-serving-{esc(entry.name)}">No serving results on '
+            f"{esc(entry.name)}: its latest results ({when(run)}) time the operations alone (update, pack), "
+            f"so no map. {site_links(entry)}.</p></section>"
+        )
     head = (
-        f'<section class="machine" id="machine-{esc(entry.name)}"><h2>{esc(entry.name)}</h2>'
-        f'<p class="meta">Card <b>{esc(entry.name)}</b> (the asv machine, named after its GPU); '
-        f"{esc(entry.label)}. {graphs}.</p>"
+        f'{opening}<p class="meta">Card <b>{esc(entry.name)}</b> (the asv machine, named after its GPU); '
+        f"{esc(entry.label)}. {site_links(entry)}.</p>"
     )
     if run is None:
         return head + "<p>No results.</p></section>"
@@ -322,16 +296,6 @@ def machine_section(entry: MachineEntry) -> str:
     newer = ", ".join(f"<code>{c[:7]}</code>" for c in entry.newer_not_in_git)
     later = f" Later runs of this clone, not in git: {newer}." if newer else ""
     used = f'<p class="meta">Results used: {when(run)} ({source}: <code>{esc(run.path)}</code>).{later}</p>'
-    if not run.has_serving:
-        return (
-            head
-            + used
-            + (
-                f'<p class="plain">No map for {esc(entry.name)}: its latest results ({when(run)}) hold no serving '
-                f"benchmarks (<code>bench_pipelined</code>, <code>bench_trace</code>); they measure the operations "
-                f"alone (update, pack), whose history is in {graphs}.</p></section>"
-            )
-        )
     variants = next(iter(run.maps.values())).variants if run.maps else tuple(COLOURS)
     sections = "".join(workload_section(run, w, entry.site) for w in WORKLOADS)
     replays = replay_table(run, entry.site) if run.replays else ""
@@ -349,6 +313,20 @@ def machine_section(entry: MachineEntry) -> str:
     )
 
 
+def answer_section(lines: tuple[str, ...]) -> str:
+    """Where each design wins, per machine: scripts/answer.py's lines, as the README and
+    docs/performance.md give them."""
+    if not lines:
+        return ""
+    items = "".join(f"<li>{esc(line)}</li>" for line in lines)
+    return (
+        f'<section id="answer"><h2>Where each design wins</h2><ul>{items}</ul>'
+        '<p class="note">The same lines open docs/performance.md and the README '
+        "(<code>scripts/answer.py</code>); the lag is counted to the last commit of the code published "
+        "here that changed what the benchmarks measure.</p></section>"
+    )
+
+
 STYLE = """
 body { font: 14px/1.4 sans-serif; margin: 0 auto; max-width: 1400px; padding: 0 16px 32px; color: #222; }
 h1 { font-size: 22px; } h2 { font-size: 19px; border-bottom: 1px solid #ccc; } h3 { font-size: 15px; }
@@ -359,8 +337,11 @@ table.map caption { caption-side: top; text-align: left; font-size: 12px; paddin
 table.map th, table.map td, table.regimes th, table.regimes td, table.replays th, table.replays td {
   border: 1px solid #bbb; padding: 3px 6px;
 }
-table.map td.cell { width: 84px; height: 34px; text-align: center; font-size: 12px; }
-td.cell .w { display: block; font-weight: bold; }
+table.map td.cell { width: 118px; text-align: center; font-size: 12px; vertical-align: top; }
+td.cell .w, td.cell .r { display: block; } td.cell .w { font-weight: bold; }
+table.t { margin: 2px auto 0; font-size: 11px; } table.t td { padding: 0 3px; border: 0; }
+table.t td + td { text-align: right; } table.t tr.win { font-weight: bold; }
+#answer li { margin: 4px 0; } .r { font-size: 11px; }
 td.tie { background-image: repeating-linear-gradient(45deg, rgba(255,255,255,.6) 0 4px, transparent 4px 9px); }
 td.none { color: #888; background: #eee; }
 table.regimes, table.replays { font-size: 13px; } table.regimes .w, table.replays .w { font-weight: bold; }
@@ -380,10 +361,13 @@ REDIRECT = """<script>
 </script>"""
 
 
-def page(entries: list[MachineEntry], others: list[MachineEntry], old_front: str | None) -> str:
-    """The landing page: a section per GPU machine, links to the other machines' sites."""
+def page(
+    entries: list[MachineEntry], others: list[MachineEntry], old_front: str | None, answer: tuple[str, ...] = ()
+) -> str:
+    """The landing page: where each design wins (`answer`: scripts/answer.py's lines), a
+    section per GPU machine, links to the other machines' sites."""
     nav = " &middot; ".join(link(f"#machine-{e.name}", esc(e.name), "") for e in entries)
-    other = "".join(f"<li>{link(e.site, esc(e.name), 'site')}: {esc(e.label)}</li>" for e in others)
+    other = "".join(f"<li>{esc(e.name)}: {esc(e.label)}; {site_links(e)}</li>" for e in others)
     other_html = (
         (
             f'<section id="other-machines"><h2>Other machines</h2><p>No maps: these ran the gpu backend '
@@ -417,7 +401,7 @@ def page(entries: list[MachineEntry], others: list[MachineEntry], old_front: str
         f"until the device is done), <b>busy</b> (the device time a step adds behind a stand-in forward). "
         f"Lower times are better; a speedup is {BASELINE}'s median / the design's.</p>"
         f"<nav>Machines: {nav}{to_others}"
-        f"</nav>{no_prefix}{sections}{other_html}"
+        f"</nav>{answer_section(answer)}{no_prefix}{sections}{other_html}"
         f'<p class="note">Written by <code>scripts/publish_site.py</code> (<code>scripts/landing.py</code>) '
         f"from the results files named above.</p>{redirect}</body></html>\n"
     )

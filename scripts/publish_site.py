@@ -34,10 +34,12 @@ import subprocess
 import sys
 import tempfile
 
+import answer
 import landing
 import landing_html
 import site_labels
 import site_libs
+import site_regressions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB_CANDIDATES = [os.environ.get("DISAGMOE_SITELIBS", ""), ".sitelibs", "node_modules"]
@@ -111,16 +113,24 @@ def without_machine_info(data: dict) -> dict:
 
 
 def stage_results(results: str, machine: str, staged: str) -> None:
-    """A results folder holding `machine` alone, its machine fields reduced to the name."""
+    """A results folder holding `machine` alone, its machine fields reduced to the name, and
+    the suite's description of only the benchmarks it measured (asv draws a tile, blank,
+    for every benchmark described)."""
     os.makedirs(os.path.join(staged, machine))
-    shutil.copyfile(os.path.join(results, "benchmarks.json"), os.path.join(staged, "benchmarks.json"))
+    measured: set[str] = set()
     for name in os.listdir(os.path.join(results, machine)):
         if not name.endswith(".json"):
             continue
         with open(os.path.join(results, machine, name)) as f:
             data = without_machine_info(json.load(f))
+        if name != "machine.json":
+            measured.update(n for n, e in landing.entries_of(data).items() if landing.has_value(e))
         with open(os.path.join(staged, machine, name), "w") as f:
             json.dump(data, f)
+    with open(os.path.join(results, "benchmarks.json")) as f:
+        suite = json.load(f)
+    with open(os.path.join(staged, "benchmarks.json"), "w") as f:
+        json.dump({k: v for k, v in suite.items() if k == "version" or k in measured}, f)
 
 
 def existing_branch(root: str, branch: str) -> str:
@@ -173,10 +183,13 @@ def footer(html_dir: str, machines: list[Machine], here: Machine) -> str:
     return site_labels.footer(here.name, here.label, others, front)
 
 
-def write_landing(results: str, html_dir: str, machines: list[Machine]) -> None:
-    """The landing page, html_dir/index.html: the maps of every GPU machine's latest results
-    (scripts/landing.py), links to every machine's site."""
-    entries, others = [], []
+def write_landing(results: str, html_dir: str, machines: list[Machine], reference: str | None = None) -> None:
+    """The landing page, html_dir/index.html: where each design wins (scripts/answer.py, the
+    lag counted to `reference`, by default the last commit of HEAD that changed the measured
+    code), the maps of every GPU machine's latest results (scripts/landing.py), links to
+    every machine's site."""
+    entries, others, found = [], [], []
+    reference = reference or answer.code_commit(ROOT)
     for m in machines:
         folder = os.path.join(results, m.name)
         href = os.path.relpath(site_dir(html_dir, m), html_dir) + "/index.html"
@@ -187,10 +200,12 @@ def write_landing(results: str, html_dir: str, machines: list[Machine]) -> None:
         shown = os.path.join(os.path.basename(results), m.name, os.path.basename(choice.path))
         run = landing.read_run(choice.path, m.name, shown)
         entries.append(landing_html.MachineEntry(m.name, m.label, href, run, choice.in_git, choice.newer_not_in_git))
-    entries.sort(key=lambda e: (not e.run.has_serving, -e.run.commit_date.timestamp(), e.name))
+        found.append(answer.answer_of(ROOT, run, answer.read_card(choice.path, m.name), reference))
+    entries.sort(key=lambda e: answer.order(e.run))
+    lines = tuple(line for a in sorted(found, key=lambda a: answer.order(a.run)) for line in a.lines)
     old_front = os.path.relpath(site_dir(html_dir, machines[0]), html_dir) + "/index.html"
     with open(os.path.join(html_dir, "index.html"), "w") as f:
-        f.write(landing_html.page(entries, others, old_front))
+        f.write(landing_html.page(entries, others, old_front, lines))
 
 
 def find_libs(explicit: str | None) -> str | None:
@@ -223,7 +238,8 @@ def publish(results: str, html_dir: str, libs: str | None) -> int:
         site_labels.label_pages(site, footer(html_dir, machines, machine))
         site_labels.label_units(site)
         site_labels.centre_axis_labels(site)
-        site_labels.label_regressions(site, machine.num_in_git + machine.num_local, "regressions_thresholds" in conf)
+        num_commits = machine.num_in_git + machine.num_local
+        site_regressions.label_regressions(site, num_commits, conf.get("regressions_thresholds", {}))
         print(f"publish_site: {machine.name} ({machine.label}): {os.path.relpath(site, html_dir)}/")
     write_landing(results, html_dir, machines)
     print("publish_site: the front page (index.html): which design wins where, per GPU machine")

@@ -13,7 +13,8 @@ machine=$(machine_name python3)
 python3 -m asv machine --yes --machine "$machine" >/dev/null
 marker=$(mktemp) && trap 'rm -f "$marker"' EXIT
 status=0
-python3 -m asv run --machine "$machine" --show-stderr "$@" || status=$?
+# asv's two lines per skipped grid point folded into one line per reason, at the end
+python3 -m asv run --machine "$machine" --show-stderr "$@" | python3 scripts/lib/skips.py || status=$?
 took=$((SECONDS - start))
 # What this run measured: the results files it wrote, benchmarks with at least one value.
 summary=$(python3 - "$marker" "results/$machine" <<'PY'

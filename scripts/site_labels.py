@@ -1,14 +1,14 @@
 """What the published asv pages say besides asv's own words: the bar at the foot of every
 page (which machine, the other machines' sites, the landing page, which way the ratios
-go), the units that say which way is better, and what the regressions page is worth.
-scripts/publish_site.py writes them into each machine's site after `asv publish`."""
+go) and the units that say which way is better (the regressions page's note:
+scripts/site_regressions.py). scripts/publish_site.py writes them into each machine's site
+after `asv publish`."""
 
 from __future__ import annotations
 
 import html
 import json
 import os
-import re
 
 DIRECTION = (
     "<b>Speedup pages</b> (<code>bench_speedup.InverseSpeedup</code>): GPU time / CPU time, "
@@ -48,14 +48,18 @@ def footer(name: str, label: str, others: list[tuple[str, str, str]], front: str
     )
 
 
-# the footer's room: asv lays its panels out with absolute positions down to the bottom
-FOOTER_STYLE = """<style>
-      #disagmoe-footer { position: fixed; left: 0; right: 0; bottom: 0; height: 72px; z-index: 1030;
+# the footer's room: asv lays its panels out with absolute positions down to the bottom, so
+# each ends FOOTER_PX above it (the graph's box OVERVIEW_PX more: asv's overview plot, 100 px
+# high with a 24 px padding inside a 100 px box, hangs 24 px below the box); the footer
+# scrolls where its words need more room than it has.
+FOOTER_PX, OVERVIEW_PX = 96, 34
+FOOTER_STYLE = f"""<style>
+      #disagmoe-footer {{ position: fixed; left: 0; right: 0; bottom: 0; height: {FOOTER_PX}px; z-index: 1030;
         padding: 2px 10px; font-size: 12px; line-height: 17px; background: #f8f8f8;
-        border-top: 1px solid #e7e7e7; overflow: hidden; }
-      #summarygrid-display, #regressions-display { height: auto !important; bottom: 72px; overflow-y: auto; }
-      #summarylist-navigation, #summarylist-body, #graphdisplay-navigation { bottom: 72px !important; }
-      #graph-display > div:last-child { bottom: 82px !important; }
+        border-top: 1px solid #e7e7e7; overflow-y: auto; box-sizing: border-box; }}
+      #summarygrid-display, #regressions-display {{ height: auto !important; bottom: {FOOTER_PX}px; overflow-y: auto; }}
+      #summarylist-navigation, #summarylist-body, #graphdisplay-navigation {{ bottom: {FOOTER_PX}px !important; }}
+      #graph-display > div:last-child {{ bottom: {FOOTER_PX + OVERVIEW_PX}px !important; }}
     </style>"""
 
 
@@ -96,67 +100,3 @@ def centre_axis_labels(site: str) -> None:
         raise ValueError(f"{path}: not the axis label plugin of asv 0.6.6 (no line {drawn!r})")
     with open(path, "w") as f:
         f.write(text.replace(drawn, centred))
-
-
-# ratios measured in one process, each against work timed in turn: what to read for a verdict
-STEADY = (".RelativeTime.", ".InverseSpeedup.", ".RelativeStep.")
-NOTE_STYLE = "margin: 10px 25px 0; padding: 6px 10px; font-size: 13px; background: #fcf8e3; border: 1px solid #faebcc;"
-
-
-def _timed(name: str) -> bool:
-    return name.split("(", 1)[0].rsplit(".", 1)[-1].startswith("time_")
-
-
-def regressions_note(regressions: list, benchmarks: list[str], num_commits: int, thresholds: bool) -> str:
-    """The note above asv's regressions list, from the site's regressions.json entries and
-    the benchmarks with data in the site; "" where the list needs none."""
-    listed = [r for r in regressions if r[6]]
-    if not listed:
-        why = "one set of results, nothing to compare yet" if num_commits < 2 else f"{num_commits} commits compared"
-        return (
-            f'<div id="disagmoe-regressions-note" style="{NOTE_STYLE}"><b>No regressions</b> in this '
-            f"machine's history ({why}).</div><style>#regressions-body {{ display: none; }}</style>"
-        )
-    timed = [r for r in listed if _timed(r[0])]
-    if not timed:
-        return ""
-    factors = [after / before for r in timed for _, _, before, after in r[6]]
-    steady = [b for b in benchmarks if any(k in b for k in STEADY)]
-    links = ", ".join(f'<a href="#{html.escape(b)}">{html.escape(b)}</a>' for b in sorted(steady)) or "none here"
-    which = (
-        "all the regressions below are"
-        if len(timed) == len(listed)
-        else f"{len(timed)} of the {len(listed)} regressions below are"
-    )
-    rule = (
-        " The factor each benchmark must pass is asv.conf.json's <code>regressions_thresholds</code>."
-        if thresholds
-        else ""
-    )
-    return (
-        f'<div id="disagmoe-regressions-note" style="{NOTE_STYLE}"><b>Read with care:</b> {which} '
-        f"of <code>time_</code> benchmarks (factor {min(factors):.2f}-{max(factors):.2f}x), the absolute time of "
-        "one call, which moves from run to run here: a lent machine's host speed changes between processes, "
-        "and a history can span several machines of one kind (results/README.md). A step is a change of code "
-        "only where the ratios measured in one process, each against work timed in turn, agree "
-        f"(docs/benchmarking.md): {links}.{rule}</div>"
-    )
-
-
-def label_regressions(site: str, num_commits: int, thresholds: bool) -> str:
-    """Writes the note of `regressions_note` into the site's page; returns it."""
-    with open(os.path.join(site, "regressions.json")) as f:
-        regressions = json.load(f)["regressions"]
-    with open(os.path.join(site, "index.json")) as f:
-        names = json.load(f)["benchmarks"]
-    benchmarks = [b for b in names if os.path.exists(os.path.join(site, "graphs", "summary", b + ".json"))]
-    note = regressions_note(regressions, benchmarks, num_commits, thresholds)
-    index = os.path.join(site, "index.html")
-    with open(index) as f:
-        page = f.read()
-    opening = re.search(r'<div id="regressions-display"[^>]*>', page)
-    if opening is None:
-        raise ValueError(f"{index}: no regressions view, not the page of asv 0.6.6 this script labels")
-    with open(index, "w") as f:
-        f.write(page[: opening.end()] + note + page[opening.end() :])
-    return note

@@ -16,6 +16,7 @@ it) it fails instead, except under the sanitizer build, where it always skips.
 
 from __future__ import annotations
 
+import ast
 import functools
 import glob
 import http.server
@@ -90,15 +91,33 @@ if MISSING and os.environ.get("DISAGMOE_SITE_TEST") == "required" and "asan" not
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"site test: {MISSING or ''}")
 
 
-def _latest_serving() -> str:
-    """The H200's latest results file (by commit date): the one the landing page draws, and
-    alone in the test's set, one commit (its regressions page has nothing to compare)."""
+# the step up that the H200's history holds: benchmark, grid point, the commit where it shows
+REGRESSION = (
+    "bench_pipelined.InverseSpeedup.track_pipelined",
+    "variant gpu-bs1, batch_size 1024, context 64K",
+    "77eee94",
+)
 
+
+def _by_date() -> list[str]:
     def date(path: str) -> int:
         with open(path) as f:
             return json.load(f)["date"]
 
-    return max(glob.glob(os.path.join(SERVING, "*-*.json")), key=date)
+    return sorted(glob.glob(os.path.join(SERVING, "*-*.json")), key=date)
+
+
+def _latest_serving() -> str:
+    """The H200's latest results file (by commit date): the one the landing page draws."""
+    return _by_date()[-1]
+
+
+def _serving_set() -> list[str]:
+    """The H200's files of the test's set: the one of REGRESSION's commit, the one before it
+    and the latest, so that its regressions page has the step to list."""
+    files = _by_date()
+    at = next(k for k, path in enumerate(files) if os.path.basename(path).startswith(REGRESSION[2]))
+    return sorted({files[at - 1], files[at], files[-1]})
 
 
 def _cpu_run(source: str, target_dir: str) -> None:
@@ -156,6 +175,9 @@ def site(tmp_path_factory):
     _cpu_run(files[-1], str(results / CPU_MACHINE))
     (results / "h200").mkdir()
     shutil.copyfile(os.path.join(SERVING, "machine.json"), results / "h200" / "machine.json")
+    for path in _serving_set():
+        if path != _latest_serving():
+            shutil.copyfile(path, results / "h200" / os.path.basename(path))
     _with_prefix(_latest_serving(), str(results / "h200" / os.path.basename(_latest_serving())))
     html = tmp / "html"
     subprocess.run(
@@ -272,9 +294,9 @@ def test_landing_page_draws_the_maps(page, site):
         p99 = json.load(f)["results"].get("bench_pipelined.Step.track_pipelined_host_p99")
     measured = p99 is not None and any(v is not None for v in p99[0])
     assert ("p99 not measured" in h200.inner_text()) == (not measured)  # 6e82aea's results predate it
-    history = page.inner_text("#machine-h100-80gb-hbm3")
-    assert "No map for h100-80gb-hbm3" in history and "hold no serving benchmarks" in history
-    assert page.locator("#machine-h100-80gb-hbm3 table").count() == 0
+    line = page.locator("#no-serving-h100-80gb-hbm3")
+    assert line.count() == 1 and line.inner_text().startswith("No serving results on h100-80gb-hbm3: its latest")
+    assert page.locator("#machine-h100-80gb-hbm3 table, #machine-h100-80gb-hbm3 p").count() == 1  # that line alone
     assert CPU_MACHINE in page.inner_text("#other-machines")
     assert page.console_errors == [] and page.external_requests == []
 
@@ -311,11 +333,13 @@ def test_landing_page_shows_the_production_traces(page, site):
     winners = rows.evaluate_all("rows => rows.map(r => r.dataset.winner)")
     assert all(w in ("cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16") for w in winners), winners
     assert "not measured" not in page.inner_text("#machine-h200 table.replays")
+    shown = rows.evaluate_all("rows => rows.map(r => r.querySelectorAll('table.t tr').length)")
+    assert shown == [4, 4]  # every design's median, visible
     hrefs = rows.evaluate_all("rows => rows.map(r => r.querySelector('a.history').getAttribute('href'))")
     for href in hrefs:
         page.goto("about:blank")
         points = _graph_points(page, site + href)
-        assert points == [1, 1, 1, 1], (href, points)  # a line per variant, the one commit of this set
+        assert len(points) == 4 and len(set(points)) == 1 and points[0] >= 1, (href, points)  # a line per variant
     assert page.console_errors == [] and page.external_requests == []
 
 
@@ -352,10 +376,26 @@ def test_serving_ratios_say_which_way_is_better(page, site):
 
 
 def test_regressions_pages_say_what_their_list_is_worth(page, site):
-    page.goto(f"{site}machines/h200/index.html#/regressions")  # one commit: nothing to compare
-    page.wait_for_selector("#disagmoe-regressions-note", state="visible", timeout=30000)
-    assert page.inner_text("#disagmoe-regressions-note").startswith("No regressions")
-    assert not page.is_visible("#regressions-body")
+    page.goto(f"{site}index.html")
+    href = page.get_attribute("#machine-h200 a.regressions", "href")
+    assert href == "machines/h200/index.html#/regressions"
+    page.goto(site + href)
+    page.wait_for_selector("#disagmoe-regressions-list", state="visible", timeout=30000)
+    benchmark, where, commit = REGRESSION
+    items = page.locator(f'#disagmoe-regressions-list li[data-benchmark="{benchmark}"][data-commit="{commit}"]')
+    texts = items.evaluate_all("items => items.map(i => i.innerText)")
+    assert any(f"{where}: " in t and "variant time / cpu-bs16 time, lower is better" in t for t in texts), texts
+    lines = page.locator("#disagmoe-thresholds li").evaluate_all("items => items.map(i => i.innerText)")
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import publish_site
+    import site_regressions
+
+    sys.path.pop(0)
+    conf = publish_site.load_conf(ROOT).get("regressions_thresholds", {})
+    for name in (benchmark, "bench_pipelined.Step.track_pipelined"):
+        threshold = site_regressions.threshold_of(conf, name)
+        line = next(li for li in lines if site_regressions.kind(name) + "," in li + ",")
+        assert line.startswith(f"{1 + threshold:.2f}x (threshold {threshold:g})"), (name, lines)
     page.goto(f"{site}machines/h100-80gb-hbm3/index.html#/regressions")
     page.wait_for_function("() => window.jQuery && $('#regressions-body table').length > 0", timeout=30000)
     listed = page.evaluate(
@@ -374,3 +414,79 @@ def test_old_addresses_of_the_front_page_open_the_gpu_history(page, site):
     page.wait_for_url("**/machines/h100-80gb-hbm3/index.html#*", timeout=30000)
     page.wait_for_function("() => window.jQuery && $.asv && $.asv.main_json", timeout=30000)
     assert page.evaluate("() => $.asv.main_json.params.machine") == ["h100-80gb-hbm3"]
+
+
+VARIANTS = ("cpu-bs16", "gpu-bs1", "gpu-bs16", "hybrid-bs16")
+
+
+def test_landing_page_opens_with_where_each_design_wins(page, site):
+    """A sentence per machine, after the line that names its card, commit, date and lag."""
+    page.goto(f"{site}index.html")
+    lines = page.locator("#answer li").evaluate_all("items => items.map(i => i.innerText)")
+    assert [line.split(":", 1)[0].split(",", 1)[0] for line in lines[::2]] == ["h200", "h100-80gb-hbm3"]
+    for header in lines[::2]:
+        assert " results of commit " in header and " card " in header
+        assert " behind " in header or "lag unknown" in header
+    h200, h100 = lines[1], lines[3]
+    assert h200.startswith("On h200, pipelined") and all(f"{v} wins " in h200 for v in VARIANTS)
+    assert h100.startswith("h100-80gb-hbm3 has no serving results")
+
+
+def test_map_cells_show_every_median_and_name_the_runner_up(page, site):
+    page.goto(f"{site}index.html")
+    with open(_latest_serving()) as f:
+        row = json.load(f)["results"]["bench_trace.Step.track_pipelined"]
+    variants, runs, prompts = ([ast.literal_eval(v) for v in p] for p in row[1])
+    values = dict(zip(itertools.product(variants, runs, prompts), row[0]))
+    grid = page.locator('#machine-h200 table.map[data-workload="trace"][data-mode="pipelined"]')
+    cells = grid.locator("td.cell")
+    for k, (r, p) in enumerate(itertools.product(runs, prompts)):
+        cell = cells.nth(k)
+        shown = cell.locator("table.t tr").evaluate_all("rows => rows.map(r => r.innerText.split('\\t'))")
+        assert cell.locator("table.t").is_visible()
+        medians = {v: values[(v, r, p)] for v in variants if values[(v, r, p)] is not None}
+        assert [name for name, _ in shown] == list(medians)
+        for name, figure in shown:
+            assert float(figure) == pytest.approx(medians[name], rel=0.01), (r, p, name, figure)
+        ranked = sorted(medians, key=lambda v: (medians[v], v))
+        tie = medians[ranked[1]] / medians[ranked[0]] < 1.10
+        assert cell.locator(".r").count() == int(tie)
+        if tie:
+            margin = medians[ranked[1]] / medians[ranked[0]]
+            assert cell.locator(".r").inner_text() == f"\u2248 {ranked[1]}, {margin:.2f}x"
+    assert grid.locator("td.tie .r").count() >= 1  # the committed results hold near ties
+
+
+def test_no_blank_tile_on_any_machines_site(page, site):
+    """Every benchmark a machine's site lists has its graph (a tile without one is blank)."""
+    failed = []
+    page.on("response", lambda response: failed.append(response.url) if response.status >= 400 else None)
+    for machine in ("h200", "h100-80gb-hbm3", CPU_MACHINE):
+        page.goto(f"{site}machines/{machine}/index.html")
+        page.wait_for_function("() => window.jQuery && $.asv && $.asv.main_json", timeout=30000)
+        page.wait_for_function("() => $.asv.main_json.benchmarks", timeout=30000)
+        statuses = page.evaluate(
+            "() => Promise.all(Object.keys($.asv.main_json.benchmarks).map("
+            "n => fetch('graphs/summary/' + n + '.json').then(r => [n, r.status])))"
+        )
+        assert statuses and [s for s in statuses if s[1] != 200] == [], machine
+        page.wait_for_load_state("networkidle")
+    assert failed == [] and page.external_requests == []
+
+
+def test_the_footer_covers_no_graph(page, site):
+    """On a graph page, the graphs and the menu end above the fixed footer; the views that
+    scroll end above it too."""
+    _graph_points(page, f"{site}machines/h200/index.html#bench_trace.Step.track_pipelined")
+    bottoms = page.evaluate(
+        "() => [...document.querySelectorAll('#graph-display canvas, #graphdisplay-navigation')]"
+        ".map(e => e.getBoundingClientRect().bottom)"
+    )
+    top = page.evaluate("() => document.getElementById('disagmoe-footer').getBoundingClientRect().top")
+    assert bottoms and max(bottoms) <= top, (bottoms, top)
+    footer = page.evaluate("() => [document.getElementById('disagmoe-footer').scrollHeight, innerHeight]")
+    assert footer[0] < footer[1] / 2
+    for view, box in (("", "#summarygrid-display"), ("#/regressions", "#regressions-display")):
+        page.goto(f"{site}machines/h200/index.html{view}")
+        page.wait_for_selector(box, state="visible", timeout=30000)
+        assert page.evaluate(f"() => document.querySelector('{box}').getBoundingClientRect().bottom") <= top

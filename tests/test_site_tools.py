@@ -243,7 +243,10 @@ def test_landing_without_serving_benchmarks_says_so(tmp_path):
     run = landing.read_run(path, "gpu-x")
     assert not run.has_serving
     page = landing_html.page([landing_html.MachineEntry("gpu-x", "GPU", "machines/gpu-x/index.html", run)], [], None)
-    assert "No map for gpu-x" in page and "<table" not in page
+    assert "<table" not in page and page.count('id="no-serving-gpu-x"') == 1
+    line = page.split('id="no-serving-gpu-x">', 1)[1].split("</p>", 1)[0]
+    assert line.startswith("No serving results on gpu-x: its latest results (commit <code>aaaaaaa</code>")
+    assert 'href="machines/gpu-x/index.html#/regressions"' in line
 
 
 def test_landing_takes_the_latest_results_in_git(tmp_path):
@@ -297,32 +300,6 @@ def test_axis_labels_are_centred_on_asvs_plugin(tmp_path):
     assert drawn not in text and text.count(centred) == 1
     with pytest.raises(ValueError, match="not the axis label plugin"):
         site_labels.centre_axis_labels(str(tmp_path))  # already centred: not the file it knows
-
-
-def _regression(name: str, before: float, after: float) -> list:
-    return [name, "graphs/x.json", {}, None, after, after, [[1, 2, before, after]]]
-
-
-def test_an_empty_regressions_page_says_no_regressions():
-    note = site_labels.regressions_note([], ["a.RelativeTime.track"], 9, thresholds=False)
-    assert "No regressions" in note and "9 commits compared" in note
-    assert "#regressions-body { display: none; }" in note  # no empty table
-    assert "nothing to compare yet" in site_labels.regressions_note([], [], 1, thresholds=False)
-
-
-def test_regressions_of_time_benchmarks_name_what_to_read_instead():
-    timed = [
-        _regression("m.C.time_update_block_table('cpu', 16, 256)", 1.0, 1.95),
-        _regression("m.C.time_pack_flash_attn_metadata('gpu', 16, 128)", 2.0, 3.0),
-    ]
-    steady = ["bench_relative.RelativeTime.track_update_block_table", "bench_trace.RelativeStep.track_pipelined"]
-    note = site_labels.regressions_note(timed, steady + ["m.C.time_update_block_table"], 9, thresholds=True)
-    assert "all the regressions below are of <code>time_</code> benchmarks (factor 1.50-1.95x)" in note
-    assert all(f'href="#{name}"' in note for name in steady) and 'href="#m.C.time_' not in note
-    assert "regressions_thresholds" in note
-    mixed = timed + [_regression("bench_relative.RelativeTime.track_update_block_table('cpu', 16, 256)", 1.0, 2.0)]
-    assert "2 of the 3 regressions below are" in site_labels.regressions_note(mixed, steady, 9, thresholds=False)
-    assert site_labels.regressions_note(mixed[2:], steady, 9, thresholds=False) == ""  # ratios alone: no note
 
 
 def test_machine_labels_count_commits():
