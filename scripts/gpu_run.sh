@@ -25,8 +25,9 @@
 #             busiest stretch through every variant and mode, attention in the loop (REPLAY_ARGS
 #             adds arguments)
 #   prefix    python -m disagmoe_bench --prefix-cache off, miss and on over mooncake and
-#             servegen-offline, running cap 256, pipelined and busy, the bs16 variants
-#             (PREFIX_TRACES picks traces, PREFIX_ARGS adds arguments)
+#             servegen-offline, running cap 256, pipelined and busy, the bs16 variants, no
+#             attention, pools of 32768 blocks (the default) and 524288 (holds Mooncake's
+#             working set) (PREFIX_TRACES, PREFIX_POOLS pick; PREFIX_ARGS adds arguments)
 #   replay-map  the bundled traces at running caps 64 256 1024 and rates x1 x8, pipelined, no
 #             attention: the crossover on production traffic
 #   asv-replay  benchmarks/bench_replay.py's measurement (its setup_cache) outside asv, JSON
@@ -101,11 +102,15 @@ for stage in "$@"; do
              done; [ $rc = 0 ] ;;
     prefix) rc=0
             for w in ${PREFIX_TRACES:-mooncake servegen-offline}; do
-              for p in off miss on; do
-                timeout 120 python3 -m disagmoe_bench --workload $w --prefix-cache $p --running 256 \
-                  --timing pipelined busy --variants cpu-bs16 gpu-bs16 hybrid-bs16 ${PREFIX_ARGS:-} \
-                  --output "$out/prefix-$w-$p.json" > "$out/prefix-$w-$p.txt" 2> "$out/prefix-$w-$p.err" || rc=1
-                grep -v "^\[" "$out/prefix-$w-$p.txt" | grep -E "^  |bs16" | cut -c1-160
+              for pool in ${PREFIX_POOLS:-32768 524288}; do
+                for p in off miss on; do
+                  name=prefix-$w-$pool-$p
+                  timeout 150 python3 -m disagmoe_bench --workload $w --prefix-cache $p --running 256 \
+                    --pool-blocks $pool --model-layers 0 --timing pipelined busy \
+                    --variants cpu-bs16 gpu-bs16 hybrid-bs16 ${PREFIX_ARGS:-} \
+                    --output "$out/$name.json" > "$out/$name.txt" 2> "$out/$name.err" || rc=1
+                  grep -v "^\[" "$out/$name.txt" | grep -E "^  |bs16" | cut -c1-160
+                done
               done
             done; [ $rc = 0 ] ;;
     replay-map) rc=0
