@@ -9,7 +9,9 @@
 #   tests     the whole test suite, one pytest process per module, 8 at a time
 #             (TESTS="tests/test_x.py ..." picks modules)
 #   suite     the whole test suite in one pytest run, -n 14 workers (pytest-xdist), -v into
-#             suite.log, cut at SUITE_SECONDS (default 540; PYTEST_ARGS adds arguments)
+#             suite.log, cut at SUITE_SECONDS (default 540). The suite outgrew one call: SUITE_SHARD=k/n
+#             runs every n-th test module from the k-th (two calls: 1/2, then 2/2); PYTEST_ARGS
+#             replaces the modules
 #   steps     scripts/probes/step_probe.py: every design's pipelined step beside its floors
 #             (STEP_ARGS replaces the default points)
 #   compare   scripts/compare_commits.sh $COMPARE_OLD (default b7f8057) HEAD, 3 rounds
@@ -65,8 +67,10 @@ for stage in "$@"; do
              'python3 -m pytest -q -p no:cacheprovider {} > "$0/tests-$(basename {} .py).log" 2>&1;
               echo "{}: exit $? $(tail -1 "$0/tests-$(basename {} .py).log")"' "$out" | tee "$out/tests.txt"
            ! grep -qv ": exit 0 " "$out/tests.txt" ;;
-    suite) timeout ${SUITE_SECONDS:-540} python3 -m pytest -n 14 -p no:cacheprovider -v -rfE --durations=40 ${PYTEST_ARGS:-} \
-             > "$out/suite.log" 2>&1
+    suite) shard=${SUITE_SHARD:-1/1}
+           files=$(ls tests/test_*.py | awk -v k="${shard%/*}" -v n="${shard#*/}" '(NR - 1) % n == k - 1')
+           timeout ${SUITE_SECONDS:-540} python3 -m pytest -n 15 -p no:cacheprovider -v -rfE --durations=40 \
+             ${PYTEST_ARGS:-$files} > "$out/suite.log" 2>&1
            rc=$?; grep -E "^(FAILED|ERROR)" "$out/suite.log" | head -40; tail -3 "$out/suite.log"; [ $rc = 0 ] ;;
     steps) python3 scripts/probes/step_probe.py ${STEP_ARGS:---batch-sizes 16 256 --contexts 1024 16384 --trace 64 256} \
              --json "$out/steps.jsonl" 2>&1 | tee "$out/steps.log" ;;
