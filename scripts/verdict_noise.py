@@ -11,7 +11,24 @@ much the same code moves from one process to the next on this machine: the noise
 that a verdict between two commits cannot tell from a change. Where that is beyond
 asv's factor, a flagged point may be noise, and this says so, with the spread.
 
-    python3 scripts/verdict_noise.py --rounds N --factor F [--bench REGEX] BASE.json HEAD.json
+    python3 -m scripts.verdict_noise --rounds N --factor F [--bench REGEX] BASE.json HEAD.json
+
+With `--base BASE.json --head HEAD.json` it gives the verdict itself (scripts/verdicts.sh),
+benchmark by benchmark, each with the smallest slowdown it could have told from noise:
+
+- the minimum detectable change (MDC) of a benchmark (its name and, where it has one, its
+  design or variant) is the largest ratio between two processes of one commit over every
+  grid point of it, both commits: identical code moved that much in this very run, so a
+  smaller change is one this run cannot tell from noise;
+- a point is "slower" where HEAD's median over BASE's exceeds both the benchmark's factor
+  (benchmarks/verdict_set.py: 1.1 for the medians, 1.25 for the tail) and 1 + MDC,
+  "faster" where it is below the inverse of both;
+- every other point is "no change" where the MDC is below the factor, and "inconclusive"
+  where it is not: there a change as large as the factor could have gone unseen.
+
+Exit code: 1 where a point is slower, else 3 where a benchmark is inconclusive, else 0
+(2: nothing to judge). `--json PATH` writes the verdict (per benchmark: factor, MDC, points
+with their ratio and verdict) for other tools (scripts/check_regression.sh's table).
 """
 
 from __future__ import annotations
@@ -22,13 +39,22 @@ import re
 import statistics
 import sys
 
-VERDICTS = "RelativeTime|InverseSpeedup"
-"""asv's --bench regex of the verdicts (scripts/verdicts.sh passes the one it ran)."""
-SHORT = {"bench_relative.": "", "bench_speedup.": "", "bench_pipelined.": "decode ", "bench_trace.": "trace "}
+from benchmarks.verdict_set import MEDIAN_FACTOR, TAIL_FACTOR, VERDICTS, factor_of
+
+SHORT = {
+    "bench_relative.": "",
+    "bench_speedup.": "",
+    "bench_pipelined.": "decode ",
+    "bench_trace.": "trace ",
+    "bench_replay.": "replay ",
+}
 
 
-def process_medians(path: str, rounds: int, bench: str = VERDICTS) -> dict[str, list[float]]:
-    """(benchmark and grid point) -> the median of each process's samples."""
+def point_samples(
+    path: str, rounds: int, bench: str = VERDICTS
+) -> dict[tuple[str, tuple[str, ...]], list[list[float]]]:
+    """(asv's benchmark name, grid point) -> each process's samples, from one commit's
+    results (asv records the processes' samples one after the other)."""
     with open(path) as f:
         data = json.load(f)
     columns = data["result_columns"]
@@ -37,17 +63,23 @@ def process_medians(path: str, rounds: int, bench: str = VERDICTS) -> dict[str, 
         if not re.search(bench, name):
             continue
         params = row[columns.index("params")]
-        points = [[]]
+        points: list[list[str]] = [[]]
         for values in params:
             points = [p + [v] for p in points for v in values]
         for point, samples in zip(points, row[columns.index("samples")] or []):
             if not samples or len(samples) % rounds:
                 continue
             size = len(samples) // rounds
-            out[f"{short(name)}({', '.join(point)})"] = [
-                statistics.median(samples[i : i + size]) for i in range(0, len(samples), size)
-            ]
+            out[(name, tuple(point))] = [samples[i : i + size] for i in range(0, len(samples), size)]
     return out
+
+
+def process_medians(path: str, rounds: int, bench: str = VERDICTS) -> dict[str, list[float]]:
+    """(benchmark and grid point) -> the median of each process's samples."""
+    return {
+        f"{short(name)}({', '.join(point)})": [statistics.median(p) for p in processes]
+        for (name, point), processes in point_samples(path, rounds, bench).items()
+    }
 
 
 def short(name: str) -> str:
@@ -63,15 +95,115 @@ def spread(medians: list[float]) -> float:
     return (max(medians) - min(medians)) / statistics.median(medians)
 
 
+def group_of(name: str, point: tuple[str, ...]) -> str:
+    """The benchmark a minimum detectable change is taken over: its short name and, where its
+    first parameter is a design or variant (quoted), that too."""
+    first = point[0] if point else ""
+    return short(name) + (" " + first if first.startswith("'") else "")
+
+
+def judge(
+    base_path: str,
+    head_path: str,
+    rounds: int,
+    bench: str = VERDICTS,
+    median_factor: float = MEDIAN_FACTOR,
+    tail_factor: float = TAIL_FACTOR,
+) -> dict[str, dict]:
+    """The verdict of HEAD against BASE (the module docstring): {benchmark: {"name", "factor",
+    "mdc", "verdict", "points": [{"point", "ratio", "verdict"}]}}, over the points both
+    commits measured."""
+    base, head = point_samples(base_path, rounds, bench), point_samples(head_path, rounds, bench)
+    benchmarks: dict[str, dict] = {}
+    for name, point in sorted(base.keys() & head.keys()):
+        entry = benchmarks.setdefault(
+            group_of(name, point),
+            {"name": name, "factor": factor_of(name, median_factor, tail_factor), "mdc": 0.0, "points": []},
+        )
+        for processes in (base[(name, point)], head[(name, point)]):
+            medians = [statistics.median(p) for p in processes]
+            entry["mdc"] = max(entry["mdc"], max(medians) / max(min(medians), 1e-12) - 1)
+        ratio = statistics.median(sum(head[(name, point)], [])) / max(
+            statistics.median(sum(base[(name, point)], [])), 1e-12
+        )
+        entry["points"].append({"point": list(point), "ratio": ratio})
+    for entry in benchmarks.values():
+        factor, mdc = entry["factor"], entry["mdc"]
+        bar = max(factor, 1 + mdc)
+        blind = 1 + mdc > factor
+        for p in entry["points"]:
+            r = p["ratio"]
+            p["verdict"] = (
+                "slower" if r > bar else "faster" if r < 1 / bar else "inconclusive" if blind else "no change"
+            )
+        found = {p["verdict"] for p in entry["points"]}
+        entry["verdict"] = next(v for v in ("slower", "inconclusive", "faster", "no change") if v in found)
+    return benchmarks
+
+
+def report(benchmarks: dict[str, dict]) -> int:
+    """Prints the verdict benchmark by benchmark, then the points that moved past their factor;
+    returns the exit code (1 slower, 3 inconclusive, 0 otherwise)."""
+    print("verdict: benchmark by benchmark; MDC = the smallest slowdown this run could tell from noise")
+    for key, entry in sorted(benchmarks.items()):
+        ratios = [p["ratio"] for p in entry["points"]]
+        counts = {v: sum(p["verdict"] == v for p in entry["points"]) for v in ("slower", "faster")}
+        moved = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+        print(
+            f"  {key:<52} factor {entry['factor']:.2f}, MDC {entry['mdc']:4.0%}: {entry['verdict']}"
+            f" ({len(ratios)} points, {min(ratios):.2f}x-{max(ratios):.2f}x{', ' + moved if moved else ''})"
+        )
+    for _, entry in sorted(benchmarks.items()):
+        for p in entry["points"]:
+            if p["ratio"] > entry["factor"] or p["ratio"] < 1 / entry["factor"]:
+                print(
+                    f"  {p['verdict']:<12} {short(entry['name'])}({', '.join(p['point'])}): {p['ratio']:.2f}x"
+                    f" (factor {entry['factor']:.2f}, MDC {entry['mdc']:.0%})"
+                )
+    slower = sum(p["verdict"] == "slower" for e in benchmarks.values() for p in e["points"])
+    blind = [e for e in benchmarks.values() if e["verdict"] == "inconclusive"]
+    if slower:
+        print(f"verdict: SLOWER at {slower} points, each beyond its factor and beyond this run's noise")
+        return 1
+    if blind:
+        print(
+            f"verdict: INCONCLUSIVE: no point moved beyond this run's noise, but {len(blind)} of {len(benchmarks)}"
+            f" benchmarks could not have told a change of their factor from it (MDC up to"
+            f" {max(e['mdc'] for e in blind):.0%}): not 'no change'"
+        )
+        return 3
+    print("verdict: no change beyond any factor, and this run could have seen one")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, required=True, help="processes per commit (asv -a rounds=N)")
     parser.add_argument("--factor", type=float, default=1.1, help="asv's threshold (default 1.1)")
     parser.add_argument("--bench", default=VERDICTS, help=f"the verdicts' asv --bench regex (default {VERDICTS})")
-    parser.add_argument("results", nargs="+", help="asv results files of the commits compared")
+    parser.add_argument("--tail-factor", type=float, default=TAIL_FACTOR, help=f"the tail's (default {TAIL_FACTOR})")
+    parser.add_argument("--base", help="BASE's asv results file: with --head, the verdict")
+    parser.add_argument("--head", help="HEAD's asv results file")
+    parser.add_argument("--json", help="with --base and --head: write the verdict here")
+    parser.add_argument("results", nargs="*", help="asv results files of the commits compared")
     args = parser.parse_args(argv)
     if args.rounds < 2:
         print("verdict_noise: one process per commit tells nothing of the noise (rounds >= 2)", file=sys.stderr)
+        return 2
+    if args.base or args.head:
+        if not (args.base and args.head):
+            print("verdict_noise: --base and --head go together", file=sys.stderr)
+            return 2
+        benchmarks = judge(args.base, args.head, args.rounds, args.bench, args.factor, args.tail_factor)
+        if not benchmarks:
+            print(f"verdict_noise: no verdict benchmark measured by both {args.base} and {args.head}", file=sys.stderr)
+            return 2
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"rounds": args.rounds, "benchmarks": benchmarks}, f, indent=1)
+        return report(benchmarks)
+    if not args.results:
+        print("verdict_noise: give asv results files, or --base and --head", file=sys.stderr)
         return 2
     spreads: dict[str, float] = {}
     for path in args.results:
