@@ -48,7 +48,8 @@
 #             RelativeTime and InverseSpeedup
 # --rounds    processes per benchmark and commit, the two commits taking turns (asv's
 #             --interleave-rounds; default 3)
-# --factor    asv's threshold (default 1.1, asv's own)
+# --factor    asv's threshold (default 1.1, asv's own; with --injected the medians' verdict
+#             factor, default 1.05, benchmarks/verdict_set.py)
 # --keep      keep the scratch clone (its results/ holds the results)
 # --injected  the injected regressions named (comma-separated; default all three); with
 #             it --slowdown is the uniform one's PCT (default 10) and the serving grid is
@@ -71,7 +72,7 @@ injected=
 identical=1
 bench="RelativeTime|InverseSpeedup"
 rounds=3
-factor=1.1
+factor=
 machine=${ASV_MACHINE:-regression-check-$(hostname -s)}
 keep=0
 while [ $# -gt 0 ]; do
@@ -103,8 +104,9 @@ for k in ${injected//,/ }; do
     echo "check_regression.sh: --injected takes uniform, stall and identical, comma-separated, not $k" >&2; exit 2 ;;
   esac
 done
-[ -n "$injected" ] && slowdown=${slowdown:-10}
+[ -n "$injected" ] && { slowdown=${slowdown:-10}; factor=${factor:-1.05}; }
 slowdown=${slowdown:-25}
+factor=${factor:-1.1}
 [[ "$slowdown" =~ ^[0-9]+$ && "$identical" =~ ^[0-9]+$ && "$rounds" =~ ^[1-9][0-9]*$ ]] ||
   { echo "check_regression.sh: --slowdown, --identical and --rounds take whole numbers" >&2; exit 2; }
 [ -n "$injected" ] && [ "$rounds" -lt 2 ] &&
@@ -247,7 +249,7 @@ if [ -n "$injected" ]; then
     if [ -z "$base_file" ] || [ -z "$head_file" ]; then
       echo "FAIL: asv wrote no results for $kind"; exit 1
     fi
-    python3 -m scripts.verdict_noise --rounds "$rounds" --bench "$serving" --base "$base_file" \
+    python3 -m scripts.verdict_noise --rounds "$rounds" --factor "$factor" --bench "$serving" --base "$base_file" \
       --head "$head_file" --json "$scratch/verdict-$kind.json"
     verdicts+=("$kind=$scratch/verdict-$kind.json")
   done

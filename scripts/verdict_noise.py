@@ -21,7 +21,7 @@ benchmark by benchmark, each with the smallest slowdown it could have told from 
   grid point of it, both commits: identical code moved that much in this very run, so a
   smaller change is one this run cannot tell from noise;
 - a point is "slower" where HEAD's median over BASE's exceeds both the benchmark's factor
-  (benchmarks/verdict_set.py: 1.1 for the medians, 1.25 for the tail) and 1 + MDC,
+  (benchmarks/verdict_set.py: 1.05 for the medians, 1.25 for the tail) and 1 + MDC,
   "faster" where it is below the inverse of both;
 - every other point is "no change" where the MDC is below the factor, and "inconclusive"
   where it is not: there a change as large as the factor could have gone unseen.
@@ -179,7 +179,9 @@ def report(benchmarks: dict[str, dict]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, required=True, help="processes per commit (asv -a rounds=N)")
-    parser.add_argument("--factor", type=float, default=1.1, help="asv's threshold (default 1.1)")
+    parser.add_argument(
+        "--factor", type=float, default=MEDIAN_FACTOR, help=f"the medians' factor (default {MEDIAN_FACTOR})"
+    )
     parser.add_argument("--bench", default=VERDICTS, help=f"the verdicts' asv --bench regex (default {VERDICTS})")
     parser.add_argument("--tail-factor", type=float, default=TAIL_FACTOR, help=f"the tail's (default {TAIL_FACTOR})")
     parser.add_argument("--base", help="BASE's asv results file: with --head, the verdict")
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"verdict noise: the same commit, one process against the next ({args.rounds} a commit): "
         f"median {statistics.median(values):.0%}, largest {values[-1]:.0%} ({worst}); "
-        f"{beyond} of {len(values)} points beyond asv's factor {args.factor:g} ({limit:.0%})"
+        f"{beyond} of {len(values)} points beyond the factor {args.factor:g} ({limit:.0%})"
     )
     by_benchmark: dict[str, list[float]] = {}
     for point, value in spreads.items():
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key:<52} median {statistics.median(vs):4.0%}, largest {max(vs):4.0%}")
     if beyond:
         print(
-            f"verdict noise: WARNING: this machine's noise is beyond asv's factor {args.factor:g}: identical "
+            f"verdict noise: WARNING: this machine's noise is beyond the factor {args.factor:g}: identical "
             f"code moved by up to {values[-1]:.0%} here, so a point flagged above may be noise, and only a "
             f"change well beyond {values[-1]:.0%} is one this machine can show."
         )

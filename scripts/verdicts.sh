@@ -6,7 +6,7 @@
 # turns; then scripts/verdict_noise.py judges from the results: per benchmark, the minimum
 # detectable change (how far identical code moved from one process of a commit to the
 # next, in this run), and per point "slower" only beyond both the benchmark's factor
-# (1.1 for the medians, 1.25 for the tail) and that change; where the change it could
+# (1.05 for the medians, 1.25 for the tail) and that change; where the change it could
 # have seen is beyond the factor it says "inconclusive", never "no change".
 #
 #   scripts/verdicts.sh [BASE [HEAD]] [-- ASV_CONTINUOUS_ARGS...]   # default: main HEAD
@@ -14,7 +14,7 @@
 # BASE and HEAD are commits of this clone (a missing branch is taken from origin/); on
 # main itself, where main and HEAD are one commit, compare HEAD~1 HEAD.
 #
-# ROUNDS (default 2, at least 2), FACTOR (the medians' factor, default 1.1, asv's own),
+# ROUNDS (default 2, at least 2), FACTOR (the medians' factor, default 1.05),
 # TAIL_FACTOR (default 1.25); ASV (default `python3 -m asv`; scripts/asv_gpu.sh on the
 # offline GPU machine). Results go to the machine <name>-verdicts and are removed
 # afterwards, so they never join a history; the verdict itself is kept, as JSON, in
@@ -33,7 +33,7 @@ head=HEAD
 [ $# -gt 0 ] && [ "$1" != -- ] && { head=$1; shift; }
 [ "${1:-}" = -- ] && shift
 rounds=${ROUNDS:-2}
-factor=${FACTOR:-1.1}
+factor=${FACTOR:-1.05}
 tail_factor=${TAIL_FACTOR:-1.25}
 [[ "$rounds" =~ ^[0-9]+$ ]] && [ "$rounds" -ge 2 ] ||
   { echo "verdicts.sh: ROUNDS is a whole number >= 2 (the noise is measured between rounds), not $rounds" >&2; exit 2; }
