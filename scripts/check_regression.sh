@@ -141,7 +141,7 @@ benchmarks_of() {  # the benchmarks that time an operation (asv --bench regex)
   case "$1" in
     pack) echo "PackFlashAttnMetadataDecode|RelativeTime|InverseSpeedup" ;;
     update) echo "UpdateBlockTable|RelativeTime|InverseSpeedup" ;;
-    step) echo "bench_trace\.(RelativeStep|Step\.track_pipelined$)" ;;
+    step) echo "bench_trace\.(RelativeStep|Step\.track_pipelined\()" ;;
   esac
 }
 expected_of() {  # rows that must be flagged: op backend -> regex over asv's table rows
