@@ -10,8 +10,9 @@ step) and busy (each step followed by a 300 us stand-in forward: the device time
 bookkeeping adds, and host time; CUDA only). One process measures the whole grid
 (`serving.measure_grid`); the windows are asv's samples.
 
-For verdicts compare `RelativeStep` (a variant's pipelined step over a fixed reference
-step's, timed in turn) and `InverseSpeedup`.
+For verdicts compare `RelativeStep` (`track_pipelined`: a variant's pipelined step over a
+fixed reference step's, timed in turn; `track_pipelined_host_p99`: the p99 of its step's
+host time over the reference's, step_tail.py) and `InverseSpeedup` (verdict_set.py).
 """
 
 from .serving import BATCH_SIZES, CONTEXTS, SERVING_FIGURES, measure_grid, speedup_class, step_classes

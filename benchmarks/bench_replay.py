@@ -16,8 +16,9 @@ steps differ (a prefill chunk of thousands of tokens beside decodes), and a serv
 engineer reads the p99 first. One process measures both traces (about a minute on a GPU
 machine); the windows are asv's samples.
 
-For verdicts compare `RelativeStep` (a variant's pipelined replay step over a fixed
-reference step's, timed in turn).
+For verdicts compare `RelativeStep` (`track_pipelined`: a variant's pipelined replay step
+over a fixed reference step's, timed in turn; `track_pipelined_host_p99`: the p99 of its
+step's host time over the reference's, step_tail.py; verdict_set.py).
 """
 
 from .serving import REPLAY_FIGURES, REPLAY_TRACES, measure_replays, step_classes

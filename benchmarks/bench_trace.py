@@ -8,8 +8,9 @@ Timing modes as in bench_pipelined (synced, pipelined windows of 32 steps, busy 
 300 us forward, CUDA only). One process measures the whole grid; the windows are asv's
 samples.
 
-For verdicts compare `RelativeStep` (a variant's pipelined trace step over a fixed
-reference step's, timed in turn) and `InverseSpeedup`.
+For verdicts compare `RelativeStep` (`track_pipelined`: a variant's pipelined trace step
+over a fixed reference step's, timed in turn; `track_pipelined_host_p99`: the p99 of its
+step's host time over the reference's, step_tail.py) and `InverseSpeedup` (verdict_set.py).
 """
 
 from .serving import SERVING_FIGURES, TRACE_PROMPTS, TRACE_RUNNING, measure_grid, speedup_class, step_classes

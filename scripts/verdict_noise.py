@@ -1,9 +1,10 @@
 """How far the verdict benchmarks move between processes of one commit, read from the
 results that `asv continuous -a rounds=N` wrote (scripts/verdicts.sh runs it).
 
-The verdict benchmarks are those scripts/verdicts.sh compares (`--bench`, the same regex):
-the seed's `RelativeTime` and `InverseSpeedup` and the serving benchmarks' `InverseSpeedup`
-(`bench_pipelined`, `bench_trace`). Each measures its whole grid in one `setup_cache`
+The verdict benchmarks are those scripts/verdicts.sh compares (`--bench`, the same regex:
+benchmarks/verdict_set.py): the seed's `RelativeTime` and `InverseSpeedup`, the serving
+benchmarks' `InverseSpeedup` (`bench_pipelined`, `bench_trace`) and `RelativeStep` (median
+and tail; `bench_pipelined`, `bench_trace`, `bench_replay`). Each measures its whole grid in one `setup_cache`
 process per round; `asv continuous` runs N rounds of each commit, the commits taking
 turns, and records every process's samples one after the other (9 per grid point each:
 the rounds of `common.measure_relative_times`, the serving benchmarks' windows). Split back into processes, they say how
