@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -327,3 +328,74 @@ def test_check_regression_refuses_bad_injected_options(argv, said):
         env={**os.environ, "ASV": "false"},
     )
     assert done.returncode == 2 and said in done.stderr
+
+
+_FAKE_ASV = r"""#!/usr/bin/env python3
+# asv as verdicts.sh calls it: `machine` does nothing; `continuous ... BASE HEAD` writes each
+# commit's results with the samples of $FAKE_SAMPLES ({"base": [...], "head": [...]}).
+import json, os, sys
+
+if sys.argv[1] == "continuous":
+    machine = sys.argv[sys.argv.index("--machine") + 1]
+    samples = json.loads(os.environ["FAKE_SAMPLES"])
+    os.makedirs(f"results/{machine}", exist_ok=True)
+    for commit, which in zip(sys.argv[-2:], ("base", "head")):
+        results = {"bench_trace.RelativeStep.track_pipelined": [None, [["'cpu-bs16'"], ["64"]], [samples[which]]]}
+        with open(f"results/{machine}/{commit[:8]}-env.json", "w") as f:
+            json.dump({"result_columns": ["result", "params", "samples"], "results": results}, f)
+    print("| + | fake asv table |")
+    sys.exit(1)
+"""
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+@pytest.mark.parametrize(
+    "base, head, code, said",
+    [
+        ([1.0] * 9 + [1.01] * 9, [1.3] * 9 + [1.31] * 9, 1, "SLOWER at 1 points"),
+        ([1.0] * 9 + [1.5] * 9, [1.3] * 9 + [1.3] * 9, 3, "INCONCLUSIVE"),
+        ([1.0] * 9 + [1.01] * 9, [1.0] * 9 + [1.0] * 9, 0, "no change beyond any factor"),
+    ],
+)
+def test_verdicts_exits_with_the_verdict_not_asvs(tmp_path, base, head, code, said):
+    """scripts/verdicts.sh between two commits: asv's table (here a fake asv that always
+    flags a point and exits 1) comes first, then the verdict, whose exit code it returns,
+    and whose JSON it keeps under .asv/verdicts/."""
+    repo = tmp_path / "clone"
+    for path in (
+        "scripts/verdicts.sh",
+        "scripts/lib/machine_name.sh",
+        "scripts/verdict_noise.py",
+        "scripts/__init__.py",
+        "benchmarks/verdict_set.py",
+        "benchmarks/__init__.py",
+    ):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.join(ROOT, path), repo / path)
+    fake = tmp_path / "asv"
+    fake.write_text(_FAKE_ASV)
+    fake.chmod(0o755)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "one"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", "two"], check=True, capture_output=True)
+    env = {
+        **os.environ,
+        "ASV": str(fake),
+        "ASV_MACHINE": "m",
+        "FAKE_SAMPLES": json.dumps({"base": base, "head": head}),
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+    }
+    done = subprocess.run(
+        ["bash", str(repo / "scripts" / "verdicts.sh"), "HEAD~1", "HEAD"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=repo,
+    )
+    assert done.returncode == code, done.stdout + done.stderr
+    assert "asv continuous exit code 1" in done.stdout and said in done.stdout
+    kept = json.loads((repo / ".asv" / "verdicts" / "m.json").read_text())
+    assert list(kept["benchmarks"]) == ["trace RelativeStep pipelined 'cpu-bs16'"]
+    assert not (repo / "results" / "m-verdicts").exists()
