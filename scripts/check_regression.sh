@@ -33,7 +33,7 @@
 #   scripts/check_regression.sh [--backend gpu|cpu|both] [--op pack|update|step|both]
 #                               [--slowdown PCT] [--identical N] [--bench REGEX]
 #                               [--rounds N] [--factor F] [--machine NAME] [--keep]
-#   scripts/check_regression.sh --injected [uniform,stall,identical] [--slowdown PCT]
+#   scripts/check_regression.sh --injected [uniform,stall,identical] [--slowdown "PCT ..."]
 #                               [--rounds N] [--machine NAME] [--keep]
 #
 # --backend   the backend slowed down (default gpu)
@@ -52,7 +52,8 @@
 #             factor, default 1.05, benchmarks/verdict_set.py)
 # --keep      keep the scratch clone (its results/ holds the results)
 # --injected  the injected regressions named (comma-separated; default all three); with
-#             it --slowdown is the uniform one's PCT (default 10) and the serving grid is
+#             it --slowdown lists the uniform ones' PCTs (default 10; "10 400": two runs)
+#             and the serving grid is
 #             decode 16 64 x 1024, trace 64 x 2048, replay azure-conv, pipelined timing
 #             only, unless DISAGMOE_SERVING_BATCH_SIZES, DISAGMOE_SERVING_CONTEXTS,
 #             DISAGMOE_TRACE_RUNNING, DISAGMOE_TRACE_PROMPTS, DISAGMOE_REPLAY_TRACES and
@@ -104,7 +105,13 @@ for k in ${injected//,/ }; do
     echo "check_regression.sh: --injected takes uniform, stall and identical, comma-separated, not $k" >&2; exit 2 ;;
   esac
 done
-[ -n "$injected" ] && { slowdown=${slowdown:-10}; factor=${factor:-1.05}; }
+if [ -n "$injected" ]; then  # one uniform run per percent listed
+  slowdowns=${slowdown:-10}; slowdowns=${slowdowns//,/ }; slowdown=${slowdowns%% *}; factor=${factor:-1.05}
+  for pct in $slowdowns; do
+    [[ "$pct" =~ ^[1-9][0-9]*$ ]] ||
+      { echo "check_regression.sh: --slowdown takes whole percents > 0 (with --injected, a list), not $pct" >&2; exit 2; }
+  done
+fi
 slowdown=${slowdown:-25}
 factor=${factor:-1.1}
 [[ "$slowdown" =~ ^[0-9]+$ && "$identical" =~ ^[0-9]+$ && "$rounds" =~ ^[1-9][0-9]*$ ]] ||
@@ -229,32 +236,38 @@ if [ -n "$injected" ]; then
   serving="bench_(pipelined|trace|replay)\.RelativeStep"
   echo "injected regressions: $injected; serving grid: decode $DISAGMOE_SERVING_BATCH_SIZES x" \
     "$DISAGMOE_SERVING_CONTEXTS, trace $DISAGMOE_TRACE_RUNNING x $DISAGMOE_TRACE_PROMPTS," \
-    "replay $DISAGMOE_REPLAY_TRACES; modes $DISAGMOE_SERVING_MODES; uniform $slowdown%"
-  verdicts=()
+    "replay $DISAGMOE_REPLAY_TRACES; modes $DISAGMOE_SERVING_MODES; uniform: $slowdowns (%)"
+  runs=()
   for kind in ${injected//,/ }; do
-    scratch_git checkout -q -B "injected-$kind" "$base"
+    if [ "$kind" = uniform ]; then for pct in $slowdowns; do runs+=("uniform-$pct"); done; else runs+=("$kind"); fi
+  done
+  verdicts=()
+  for run in "${runs[@]}"; do
+    kind=${run%-*}
+    scratch_git checkout -q -B "injected-$run" "$base"
     if [ "$kind" = identical ]; then
       scratch_git commit -q --allow-empty -m "identical: an empty commit"
     else
-      python3 -m scripts.inject_regression write "$kind" "$scratch_repo" --percent "$slowdown" ||
-        { echo "FAIL: could not write the $kind regression"; exit 1; }
-      scratch_git commit -q -am "injected: $kind" || { echo "FAIL: could not commit the $kind regression"; exit 1; }
+      percent=(); [ "$kind" = uniform ] && percent=(--percent "${run#uniform-}")
+      python3 -m scripts.inject_regression write "$kind" "$scratch_repo" "${percent[@]}" ||
+        { echo "FAIL: could not write the $run regression"; exit 1; }
+      scratch_git commit -q -am "injected: $run" || { echo "FAIL: could not commit the $run regression"; exit 1; }
     fi
     head=$(scratch_git rev-parse HEAD)
-    log="$scratch/injected-$kind.log"
-    echo; echo "== injected: $kind ($head), bench '$serving'"
+    log="$scratch/injected-$run.log"
+    echo; echo "== injected: $run ($head), bench '$serving'"
     continuous "$serving" "$base" "$head" "$log"
     base_file=$(ls "results/$machine/${base:0:8}"-*.json 2>/dev/null | head -n 1)
     head_file=$(ls "results/$machine/${head:0:8}"-*.json 2>/dev/null | head -n 1)
     if [ -z "$base_file" ] || [ -z "$head_file" ]; then
-      echo "FAIL: asv wrote no results for $kind"; exit 1
+      echo "FAIL: asv wrote no results for $run"; exit 1
     fi
     python3 -m scripts.verdict_noise --rounds "$rounds" --factor "$factor" --bench "$serving" --base "$base_file" \
-      --head "$head_file" --json "$scratch/verdict-$kind.json"
-    verdicts+=("$kind=$scratch/verdict-$kind.json")
+      --head "$head_file" --json "$scratch/verdict-$run.json"
+    verdicts+=("$run=$scratch/verdict-$run.json")
   done
   echo; echo "== what the verdicts saw (ratio = HEAD over baseline; MDC = the run's minimum detectable change)"
-  python3 -m scripts.inject_regression table --percent "$slowdown" "${verdicts[@]}"
+  python3 -m scripts.inject_regression table "${verdicts[@]}"
   rc=$?
   [ "$keep" = 1 ] && echo "kept $scratch"
   [ $rc = 0 ] && { echo; echo "check_regression: OK"; exit 0; }

@@ -2,8 +2,7 @@
 
     python3 -m scripts.inject_regression write uniform|stall [--percent P] [--every N]
                                           [--times X] REPO
-    python3 -m scripts.inject_regression table [--percent P] [--every N] [--times X]
-                                          KIND=VERDICT.json ...
+    python3 -m scripts.inject_regression table [--every N] [--times X] RUN=VERDICT.json ...
 
 `write` appends an artificial regression to every design's file in REPO
 (disagmoe/block_manager/{cpu,gpu,hybrid}.py), for a throw-away commit:
@@ -16,12 +15,12 @@
   busy-waits X (default 2) median steps after that update; the median step is the median
   interval between the first layer's updates over the last N - 1 steps of that manager.
 
-`table` reads the verdicts (scripts/verdict_noise.py --json) of the runs KIND=PATH
-(uniform, stall, identical) and prints, point by point, each run's ratio and verdict; then
+`table` reads the verdicts (scripts/verdict_noise.py --json) of the runs RUN=PATH (RUN:
+uniform-P, stall, identical) and prints, point by point, each run's ratio and verdict; then
 checks what each run must show and exits 1 where it did not:
 
 - identical: no point slower or faster;
-- uniform: at every point whose factor is below 1 + P% (the medians; a 10% change is
+- uniform-P: at every point whose factor is below 1 + P% (the medians; a 10% change is
   below the tail's 1.25), "slower" or "inconclusive", and "slower" wherever the run's own
   minimum detectable change (MDC) was below P% (the MDC promised to see it);
 - stall: at every tail point, "slower" or "inconclusive" (a stall in one step of N moves
@@ -37,7 +36,8 @@ import sys
 
 DESIGNS = {"cpu": "CPUBlockManager", "gpu": "GPUBlockManager", "hybrid": "HybridBlockManager"}
 STEP_CALLS = ("release_seqs", "update_block_table", "pack_flash_attn_metadata")
-KINDS = ("uniform", "stall", "identical")
+RUN = re.compile(r"uniform-([1-9][0-9]*)|stall|identical")
+"""The runs a table reads: a uniform slowdown of P%, the stall, the identical commit."""
 
 _UNIFORM = """
 
@@ -127,50 +127,69 @@ def is_tail(name: str) -> bool:
     return re.search(r"\.track_pipelined_host_p99$", name) is not None
 
 
-def expectations(kind: str, entry: dict, percent: float) -> tuple[bool, float | None]:
+def run_kind(run: str) -> tuple[str, float | None]:
+    """("uniform", P) of "uniform-P"; (run, None) of "stall" and "identical"."""
+    found = RUN.fullmatch(run)
+    if found is None:
+        raise ValueError(f"run={run!r} is not uniform-P (a whole percent), stall or identical")
+    return ("uniform", float(found.group(1))) if found.group(1) else (run, None)
+
+
+def expectations(run: str, entry: dict) -> tuple[bool, float | None]:
     """(is this benchmark judged in this run, the change that was injected into it if known)."""
+    kind, percent = run_kind(run)
     if kind == "identical":
         return True, 1.0
-    if kind == "uniform":
+    if percent is not None:
         change = 1 + percent / 100
         return entry["factor"] < change, change
     return is_tail(entry["name"]), None
 
 
-def failures(kind: str, verdict: dict, percent: float) -> list[str]:
-    """What a run of `kind` should have shown and did not (the module docstring)."""
+def failures(run: str, verdict: dict) -> list[str]:
+    """What `run` should have shown and did not (the module docstring)."""
     out = []
     for key, entry in sorted(verdict["benchmarks"].items()):
-        judged, change = expectations(kind, entry, percent)
+        judged, change = expectations(run, entry)
         for p in entry["points"] if judged else []:
             where = f"{key} {p['point']}: {p['ratio']:.2f}x {p['verdict']} (MDC {entry['mdc']:.0%})"
-            if kind == "identical":
+            if run == "identical":
                 if p["verdict"] in ("slower", "faster"):
                     out.append(f"identical commits called {where}")
             elif p["verdict"] not in ("slower", "inconclusive"):
-                out.append(f"{kind} not seen: {where}")
+                out.append(f"{run} not seen: {where}")
             elif change is not None and 1 + entry["mdc"] < change and p["verdict"] != "slower":
-                out.append(f"{kind} missed where the MDC said it could be seen: {where}")
+                out.append(f"{run} missed where the MDC said it could be seen: {where}")
     return out
 
 
-def table(runs: dict[str, dict], percent: float, every: int, times: float) -> list[str]:
+def _order(run: str) -> tuple[int, float]:
+    kind, percent = run_kind(run)
+    return ("uniform", "stall", "identical").index(kind), percent or 0.0
+
+
+def table(runs: dict[str, dict], every: int, times: float) -> list[str]:
     """Markdown rows: per benchmark and point, each run's ratio, verdict and MDC."""
-    titles = {"uniform": f"uniform {percent:g}% slower", "stall": f"stall 1/{every} ({times:g} median steps)"}
-    kinds = [k for k in KINDS if k in runs]
-    rows = [
-        "| benchmark | point | factor | " + " | ".join(titles.get(k, "identical commit") for k in kinds) + " |",
-        "|---|---|---:|" + "---|" * len(kinds),
-    ]
+    order = sorted(runs, key=_order)
+    titles = []
+    for run in order:
+        kind, percent = run_kind(run)
+        titles.append(
+            f"uniform {percent:g}% slower"
+            if percent is not None
+            else f"stall 1/{every} ({times:g} median steps)"
+            if kind == "stall"
+            else "identical commit"
+        )
+    rows = ["| benchmark | point | factor | " + " | ".join(titles) + " |", "|---|---|---:|" + "---|" * len(order)]
     keys = sorted({key for verdict in runs.values() for key in verdict["benchmarks"]})
     for key in keys:
-        entries = {k: runs[k]["benchmarks"].get(key) for k in kinds}
+        entries = {run: runs[run]["benchmarks"].get(key) for run in order}
         first = next(e for e in entries.values() if e)
-        points = [tuple(p["point"]) for p in first["points"]]
-        for point in points:
+        for point in [tuple(p["point"]) for p in first["points"]]:
             cells = []
-            for k in kinds:
-                entry = entries[k]
+            for run in order:
+                entry = entries[run]
                 found = [p for p in entry["points"] if tuple(p["point"]) == point] if entry else []
                 cells.append(
                     f"{found[0]['ratio']:.2f}x {found[0]['verdict']} (MDC {entry['mdc']:.0%})" if found else "-"
@@ -183,7 +202,7 @@ def table(runs: dict[str, dict], percent: float, every: int, times: float) -> li
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("write", "table"))
-    parser.add_argument("args", nargs="+", help="write: KIND REPO; table: KIND=VERDICT.json ...")
+    parser.add_argument("args", nargs="+", help="write: KIND REPO; table: RUN=VERDICT.json ...")
     parser.add_argument("--percent", type=float, default=10.0, help="uniform: how much slower, in percent")
     parser.add_argument("--every", type=int, default=50, help="stall: one step in EVERY")
     parser.add_argument("--times", type=float, default=2.0, help="stall: its length, in median steps")
@@ -195,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs = {}
     for item in args.args:
-        kind, _, path = item.partition("=")
-        if kind not in KINDS or not path:
-            parser.error(f"{item!r} is not KIND=VERDICT.json with KIND one of {', '.join(KINDS)}")
+        run, _, path = item.partition("=")
+        if RUN.fullmatch(run) is None or not path:
+            parser.error(f"{item!r} is not RUN=VERDICT.json with RUN one of uniform-P, stall, identical")
         with open(path) as f:
-            runs[kind] = json.load(f)
-    print("\n".join(table(runs, args.percent, args.every, args.times)))
-    problems = [problem for kind, verdict in runs.items() for problem in failures(kind, verdict, args.percent)]
+            runs[run] = json.load(f)
+    print("\n".join(table(runs, args.every, args.times)))
+    problems = [problem for run, verdict in runs.items() for problem in failures(run, verdict)]
     for problem in problems:
         print("FAIL: " + problem)
     print("injected regressions: " + ("FAILED" if problems else "every run shows what it must"))

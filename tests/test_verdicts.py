@@ -298,16 +298,16 @@ def test_the_table_fails_a_run_that_did_not_show_what_it_must():
     from scripts.inject_regression import failures, table
 
     quiet_miss = _verdict("track_pipelined", 1.05, 0.05, (1.11, "slower"), (1.04, "no change"))
-    assert len(failures("uniform", quiet_miss, 10)) == 1
+    assert len(failures("uniform-10", quiet_miss)) == 1
     promised = _verdict("track_pipelined", 1.05, 0.08, (1.09, "inconclusive"))
-    assert "the MDC said it could be seen" in failures("uniform", promised, 10)[0]
+    assert "the MDC said it could be seen" in failures("uniform-10", promised)[0]
     blind = _verdict("track_pipelined", 1.05, 0.3, (1.12, "inconclusive"))
-    assert failures("uniform", blind, 10) == []
-    assert failures("uniform", _verdict("track_pipelined_host_p99", 1.25, 0.0, (1.0, "no change")), 10) == []
-    assert len(failures("identical", _verdict("track_pipelined", 1.05, 0.01, (1.2, "slower")), 10)) == 1
-    assert failures("identical", blind, 10) == []
-    assert failures("stall", _verdict("track_pipelined_host_p99", 1.25, 0.1, (3.0, "slower")), 10) == []
-    rows = table({"uniform": blind, "identical": blind}, 10, 50, 2)
+    assert failures("uniform-10", blind) == []
+    assert failures("uniform-10", _verdict("track_pipelined_host_p99", 1.25, 0.0, (1.0, "no change"))) == []
+    assert len(failures("identical", _verdict("track_pipelined", 1.05, 0.01, (1.2, "slower")))) == 1
+    assert failures("identical", blind) == []
+    assert failures("stall", _verdict("track_pipelined_host_p99", 1.25, 0.1, (3.0, "slower"))) == []
+    rows = table({"identical": blind, "uniform-10": blind}, 50, 2)
     assert rows[0].startswith("| benchmark | point | factor | uniform 10% slower | identical commit |")
     assert rows[2] == "| track_pipelined | 0 | 1.05 | 1.12x inconclusive (MDC 30%) | 1.12x inconclusive (MDC 30%) |"
 
