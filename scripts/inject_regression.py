@@ -194,8 +194,7 @@ def table(runs: dict[str, dict], every: int, times: float) -> list[str]:
                 cells.append(
                     f"{found[0]['ratio']:.2f}x {found[0]['verdict']} (MDC {entry['mdc']:.0%})" if found else "-"
                 )
-            shown = point[1:] if point and point[0].startswith("'") else point
-            rows.append(f"| {key} | {', '.join(shown) or '-'} | {first['factor']:.2f} | {' | '.join(cells)} |")
+            rows.append(f"| {key} | {', '.join(point) or '-'} | {first['factor']:.2f} | {' | '.join(cells)} |")
     return rows
 
 

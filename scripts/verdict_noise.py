@@ -17,13 +17,13 @@ asv's factor, a flagged point may be noise, and this says so, with the spread.
 With `--base BASE.json --head HEAD.json` it gives the verdict itself (scripts/verdicts.sh),
 benchmark by benchmark, each with the smallest slowdown it could have told from noise:
 
-- the minimum detectable change (MDC) of a benchmark (its name and, where it has one, its
-  design or variant) is the largest ratio between two processes of one commit over every
-  grid point of it, both commits: identical code moved that much in this very run, so a
-  smaller change is one this run cannot tell from noise;
+- the minimum detectable change (MDC) of a benchmark is the largest ratio between two
+  processes of one commit over every grid point of it (every design or variant), both
+  commits: identical code moved that much in this very run, so a smaller change is one
+  this run cannot tell from noise;
 - a point is "slower" where HEAD's median over BASE's exceeds both the benchmark's factor
-  (benchmarks/verdict_set.py: 1.05 for the medians, 1.25 for the tail) and 1 + MDC,
-  "faster" where it is below the inverse of both;
+  (benchmarks/verdict_set.py: 1.05 for the medians, 1.25 for the tail) and 1 + MDC, and
+  every process of HEAD was slower than every process of BASE; "faster" the other way;
 - every other point is "no change" where the MDC is below the factor, and "inconclusive"
   where it is not: there a change as large as the factor could have gone unseen.
 
@@ -96,13 +96,6 @@ def spread(medians: list[float]) -> float:
     return (max(medians) - min(medians)) / statistics.median(medians)
 
 
-def group_of(name: str, point: tuple[str, ...]) -> str:
-    """The benchmark a minimum detectable change is taken over: its short name and, where its
-    first parameter is a design or variant (quoted), that too."""
-    first = point[0] if point else ""
-    return short(name) + (" " + first if first.startswith("'") else "")
-
-
 def judge(
     base_path: str,
     head_path: str,
@@ -112,31 +105,34 @@ def judge(
     tail_factor: float = TAIL_FACTOR,
 ) -> dict[str, dict]:
     """The verdict of HEAD against BASE (the module docstring): {benchmark: {"name", "factor",
-    "mdc", "verdict", "points": [{"point", "ratio", "verdict"}]}}, over the points both
-    commits measured."""
+    "mdc", "verdict", "points": [{"point", "ratio", "base", "head", "verdict"}]}} ("base" and
+    "head": each process's median), over the points both commits measured."""
     base, head = point_samples(base_path, rounds, bench), point_samples(head_path, rounds, bench)
     benchmarks: dict[str, dict] = {}
     for name, point in sorted(base.keys() & head.keys()):
         entry = benchmarks.setdefault(
-            group_of(name, point),
-            {"name": name, "factor": factor_of(name, median_factor, tail_factor), "mdc": 0.0, "points": []},
+            short(name), {"name": name, "factor": factor_of(name, median_factor, tail_factor), "mdc": 0.0, "points": []}
         )
-        for processes in (base[(name, point)], head[(name, point)]):
-            medians = [statistics.median(p) for p in processes]
-            entry["mdc"] = max(entry["mdc"], max(medians) / max(min(medians), 1e-12) - 1)
+        medians = {}
+        for which, processes in (("base", base[(name, point)]), ("head", head[(name, point)])):
+            medians[which] = [statistics.median(p) for p in processes]
+            entry["mdc"] = max(entry["mdc"], max(medians[which]) / max(min(medians[which]), 1e-12) - 1)
         ratio = statistics.median(sum(head[(name, point)], [])) / max(
             statistics.median(sum(base[(name, point)], [])), 1e-12
         )
-        entry["points"].append({"point": list(point), "ratio": ratio})
+        entry["points"].append({"point": list(point), "ratio": ratio, **medians})
     for entry in benchmarks.values():
         factor, mdc = entry["factor"], entry["mdc"]
         bar = max(factor, 1 + mdc)
         blind = 1 + mdc > factor
         for p in entry["points"]:
             r = p["ratio"]
-            p["verdict"] = (
-                "slower" if r > bar else "faster" if r < 1 / bar else "inconclusive" if blind else "no change"
-            )
+            if r > bar and min(p["head"]) > max(p["base"]):
+                p["verdict"] = "slower"
+            elif r < 1 / bar and max(p["head"]) < min(p["base"]):
+                p["verdict"] = "faster"
+            else:
+                p["verdict"] = "inconclusive" if blind else "no change"
         found = {p["verdict"] for p in entry["points"]}
         entry["verdict"] = next(v for v in ("slower", "inconclusive", "faster", "no change") if v in found)
     return benchmarks
