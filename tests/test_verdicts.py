@@ -138,12 +138,19 @@ MEDIAN = "bench_trace.RelativeStep.track_pipelined"
 TAIL = "bench_trace.RelativeStep.track_pipelined_host_p99"
 
 
-def _judge(tmp_path, base: dict, head: dict):
+def _judge(tmp_path, base: dict, head: dict, rounds: int = 2):
     from scripts import verdict_noise
 
     out = tmp_path / "verdict.json"
     code = verdict_noise.main(
-        ["--rounds", "2", "--base", _results(tmp_path / "b.json", base), "--head", _results(tmp_path / "h.json", head)]
+        [
+            "--rounds",
+            str(rounds),
+            "--base",
+            _results(tmp_path / "b.json", base),
+            "--head",
+            _results(tmp_path / "h.json", head),
+        ]
         + ["--json", str(out)]
     )
     return code, json.loads(out.read_text())["benchmarks"]
@@ -184,6 +191,18 @@ def test_a_quiet_machine_says_no_change_and_the_tail_has_its_own_factor(tmp_path
     assert verdict["trace RelativeStep pipelined"]["verdict"] == "slower"
     tail = verdict["trace RelativeStep pipelined_host_p99"]
     assert tail["factor"] == 1.25 and tail["verdict"] == "no change" and code == 1
+
+
+def test_slower_needs_every_process_of_head_beyond_every_process_of_base(tmp_path):
+    """1.3x beyond a 20% MDC, but one process of HEAD (1.15) is faster than one of BASE
+    (1.2): no process-level evidence of a change, so not slower."""
+    base = {(MEDIAN, "cpu-bs16"): [[1.0] * 9, [1.0] * 9, [1.2] * 9]}
+    head = {(MEDIAN, "cpu-bs16"): [[1.15] * 9, [1.3] * 9, [1.3] * 9]}
+    code, verdict = _judge(tmp_path, base, head, rounds=3)
+    point = verdict["trace RelativeStep pipelined"]["points"][0]
+    assert point["ratio"] == pytest.approx(1.3) and verdict["trace RelativeStep pipelined"]["mdc"] == pytest.approx(0.2)
+    assert point["verdict"] == "inconclusive" and code == 3
+    assert point["base"] == [1.0, 1.0, 1.2] and point["head"] == [1.15, 1.3, 1.3]
 
 
 def test_the_verdict_needs_both_commits(tmp_path, capsys):
