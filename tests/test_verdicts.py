@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -421,3 +422,23 @@ def test_verdicts_exits_with_the_verdict_not_asvs(tmp_path, base, head, code, sa
     kept = json.loads((repo / ".asv" / "verdicts" / "m.json").read_text())
     assert list(kept["benchmarks"]) == ["trace RelativeStep pipelined"]
     assert not (repo / "results" / "m-verdicts").exists()
+
+
+def test_the_verdict_set_names_each_factor_and_the_measured_sensitivity(monkeypatch):
+    """Every serving RelativeStep figure is a verdict with its own factor (the tail 1.25, the
+    median 1.05), and the sensitivity measured per machine covers each of them by the
+    name the verdict prints."""
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks.verdict_set import SENSITIVITY, VERDICTS, factor_of
+    from scripts.verdict_noise import short
+
+    names = [
+        f"bench_{module}.RelativeStep.track_{figure}"
+        for module in ("pipelined", "trace", "replay")
+        for figure in ("pipelined", "pipelined_host_p99")
+    ]
+    assert all(re.search(VERDICTS, name) for name in names)
+    assert [factor_of(name) for name in names] == [1.05, 1.25] * 3
+    assert factor_of("bench_relative.RelativeTime.track_update_block_table") == 1.05
+    measured = SENSITIVITY["cpu-2core-vm"]["mdc"]
+    assert sorted(measured) == sorted(short(name) for name in names)
