@@ -53,11 +53,10 @@
 # --keep      keep the scratch clone (its results/ holds the results)
 # --injected  the injected regressions named (comma-separated; default all three); with
 #             it --slowdown lists the uniform ones' PCTs (default 10; "10 400": two runs)
-#             and the serving grid is
-#             decode 16 64 x 1024, trace 64 x 2048, replay azure-conv, pipelined timing
-#             only, unless DISAGMOE_SERVING_BATCH_SIZES, DISAGMOE_SERVING_CONTEXTS,
-#             DISAGMOE_TRACE_RUNNING, DISAGMOE_TRACE_PROMPTS, DISAGMOE_REPLAY_TRACES and
-#             DISAGMOE_SERVING_MODES say otherwise
+#             and the serving grid is decode 16 64 x 1024, trace 64 x 2048, replay
+#             azure-conv, pipelined timing only, unless DISAGMOE_SERVING_BATCH_SIZES,
+#             DISAGMOE_SERVING_CONTEXTS, DISAGMOE_TRACE_RUNNING, DISAGMOE_TRACE_PROMPTS,
+#             DISAGMOE_REPLAY_TRACES and DISAGMOE_SERVING_MODES say otherwise
 # The grid is batch sizes 16 256 x seq lens 128 1024 unless DISAGMOE_BENCH_BATCH_SIZES /
 # DISAGMOE_BENCH_SEQ_LENS say otherwise, and the trace grid (--op step) running 64 256 x
 # prompts 2048 16384 unless DISAGMOE_TRACE_RUNNING / DISAGMOE_TRACE_PROMPTS do
