@@ -234,7 +234,10 @@ def step_tail(cache: dict, key: tuple, mode: str, runner: str, quantile: str = "
 
 
 def ratios(cache: dict, key: tuple, mode: str, runner: str, over: str, figure: str = "wall_us") -> dict:
-    """Window by window, `runner`'s figure over `over`'s (they ran in the same round)."""
+    """Window by window, `runner`'s figure over `over`'s (they ran in the same round); a mode
+    left out of the measurement (DISAGMOE_SERVING_MODES) is a skip."""
+    if mode not in cache["points"][key]:
+        raise SkipNotImplemented(f"{mode} timing was not measured (DISAGMOE_SERVING_MODES)")
     mine = cache["points"][key][mode][runner][figure]
     theirs = cache["points"][key][mode][over][figure]
     return {"samples": [_digits(a / b) for a, b in zip(mine, theirs)], "number": 1}

@@ -63,9 +63,9 @@ def point_samples(
     for name, row in data["results"].items():
         if not re.search(bench, name):
             continue
-        params = row[columns.index("params")]
+        row = row + [None] * (len(columns) - len(row))  # asv leaves out a failed benchmark's empty columns
         points: list[list[str]] = [[]]
-        for values in params:
+        for values in row[columns.index("params")] or []:
             points = [p + [v] for p in points for v in values]
         for point, samples in zip(points, row[columns.index("samples")] or []):
             if not samples or len(samples) % rounds:

@@ -442,3 +442,26 @@ def test_the_verdict_set_names_each_factor_and_the_measured_sensitivity(monkeypa
     assert factor_of("bench_relative.RelativeTime.track_update_block_table") == 1.05
     measured = SENSITIVITY["cpu-2core-vm"]["mdc"]
     assert sorted(measured) == sorted(short(name) for name in names)
+
+
+def test_the_verdict_reads_past_a_failed_benchmark(tmp_path):
+    """asv leaves out a failed benchmark's empty columns (a row of fewer entries): the
+    verdict reads on, over the benchmarks that were measured."""
+    from scripts import verdict_noise
+
+    columns = ["result", "params", "version", "started_at", "duration", "stats_ci_99_a", "samples"]
+    measured = [None, [["'cpu-bs16'"], ["64"]], "v", 0, 1.0, None, [[1.0] * 9 + [1.01] * 9]]
+    results = {MEDIAN: measured, "bench_trace.InverseSpeedup.track_synced": [None, [["'gpu-bs16'"], ["64"]]]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"result_columns": columns, "results": results}))
+    assert verdict_noise.judge(str(path), str(path), 2)["trace RelativeStep pipelined"]["verdict"] == "no change"
+
+
+def test_a_ratio_of_a_mode_left_unmeasured_is_a_skip(monkeypatch):
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks import serving
+    from benchmarks.common import SkipNotImplemented
+
+    cache = {"points": {(16, 1024): {"pipelined": {}}}}
+    with pytest.raises(SkipNotImplemented, match="synced timing was not measured"):
+        serving.ratios(cache, (16, 1024), "synced", "gpu-bs16", "cpu-bs16")
