@@ -465,3 +465,19 @@ def test_a_ratio_of_a_mode_left_unmeasured_is_a_skip(monkeypatch):
     cache = {"points": {(16, 1024): {"pipelined": {}}}}
     with pytest.raises(SkipNotImplemented, match="synced timing was not measured"):
         serving.ratios(cache, (16, 1024), "synced", "gpu-bs16", "cpu-bs16")
+
+
+def test_the_mdc_is_the_largest_move_of_its_kind_in_the_run(tmp_path):
+    """A benchmark whose own processes stayed within 1% still cannot call 1.2x slower when
+    another median verdict of the same run moved by 40% between processes of one commit;
+    the tail's MDC is the tail's own."""
+    quiet, noisy = MEDIAN, "bench_replay.RelativeStep.track_pipelined"
+    base = {(quiet, "cpu-bs16"): [[1.0] * 9, [1.01] * 9], (noisy, "cpu-bs16"): [[1.0] * 9, [1.4] * 9]}
+    base[(TAIL, "cpu-bs16")] = [[2.0, 2.0], [2.0, 2.0]]
+    head = {(quiet, "cpu-bs16"): [[1.2] * 9, [1.21] * 9], (noisy, "cpu-bs16"): [[1.2] * 9, [1.2] * 9]}
+    head[(TAIL, "cpu-bs16")] = [[2.0, 2.0], [2.0, 2.0]]
+    code, verdict = _judge(tmp_path, base, head)
+    entry = verdict["trace RelativeStep pipelined"]
+    assert entry["own_mdc"] == pytest.approx(0.01, abs=1e-3) and entry["mdc"] == pytest.approx(0.4)
+    assert entry["points"][0]["verdict"] == "inconclusive" and code == 3
+    assert verdict["trace RelativeStep pipelined_host_p99"]["mdc"] == 0.0
