@@ -18,7 +18,8 @@
 # TAIL_FACTOR (default 1.25); ASV (default `python3 -m asv`; scripts/asv_gpu.sh on the
 # offline GPU machine). Results go to the machine <name>-verdicts and are removed
 # afterwards, so they never join a history; the verdict itself is kept, as JSON, in
-# .asv/verdicts/<name>.json (per benchmark: factor, minimum detectable change, points).
+# .asv/verdicts/<name>.json (per benchmark: factor, minimum detectable change, points), and
+# results/benchmarks.json, which asv rewrites for the grid it ran, is put back as it was.
 # Exit code: the verdict's, not asv's: 1 when a point is slower beyond its factor and this
 # run's noise, 3 when nothing is but some benchmark could not have seen a change of its
 # factor (inconclusive), 0 when nothing moved and every benchmark could have seen it;
@@ -59,7 +60,9 @@ read -r -a asv <<< "${ASV:-python3 -m asv}"
 machine="$(machine_name)-verdicts"
 folder=results/$machine
 rm -rf "$folder"
-trap 'rm -rf "$folder"' EXIT
+# asv rewrites results/benchmarks.json for the grid it ran: put the committed one back
+listing_clean=$(git diff --quiet -- results/benchmarks.json 2>/dev/null && echo 1)
+trap 'rm -rf "$folder"; [ -n "$listing_clean" ] && git checkout -q -- results/benchmarks.json 2>/dev/null' EXIT
 "${asv[@]}" machine --yes --machine "$machine" >/dev/null || exit 2
 echo "verdicts.sh: $base (${base_hash:0:8}) against $head (${head_hash:0:8}), $rounds processes a commit," \
      "factor $factor (tail $tail_factor), machine $machine"
