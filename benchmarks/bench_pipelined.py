@@ -10,8 +10,9 @@ step) and busy (each step followed by a 300 us stand-in forward: the device time
 bookkeeping adds, and host time; CUDA only). One process measures the whole grid
 (`serving.measure_grid`); the windows are asv's samples.
 
-For verdicts compare `RelativeStep` (a variant's pipelined step over a fixed reference
-step's, timed in turn) and `InverseSpeedup`.
+For verdicts compare `RelativeStep` (`track_pipelined`: a variant's pipelined step over a
+fixed reference step's, timed in turn; `track_pipelined_host_p99`: the p99 of its step's
+host time over the reference's, step_tail.py) and `InverseSpeedup` (verdict_set.py).
 """
 
 from .serving import BATCH_SIZES, CONTEXTS, SERVING_FIGURES, measure_grid, speedup_class, step_classes
@@ -30,11 +31,13 @@ InverseSpeedup = speedup_class("decode", (BATCH_SIZES, CONTEXTS), ["batch_size",
 
 
 # asv files every result under its benchmark's `version`: each is pinned to the value asv
-# computed from the code on 2026-12-03, so that moving shared code does not start a history
-# over. Change one only where what the benchmark measures changes (docs/benchmarking.md).
+# computed from the code on 2026-12-03 (the tail verdict's on 2026-12-07), so that moving
+# shared code does not start a history over. Change one only where what the benchmark
+# measures changes (docs/benchmarking.md).
 InverseSpeedup.track_pipelined.version = "ca5d5707af2ee651da1dd4156df5691a54bb42f2e7f812efa841f798d53ffdca"
 InverseSpeedup.track_synced.version = "af7c735858b7abad5cda76fc35004e29117237eee6d56b6b1e25e0f6633062fb"
 RelativeStep.track_pipelined.version = "90f9a7285e087b721ac4aa899e81ac9136b3e7a07445440f5f4d99d7ef18bae6"
+RelativeStep.track_pipelined_host_p99.version = "63c280cefadef38cf1c67269d479a9926409a3cf43e7234930abf6be7ce5b42f"
 Step.track_busy_added.version = "4c77475ffacfed851f553dc382179d536638abe529f14d70fe7b6066e4ea50f2"
 Step.track_busy_host.version = "6b6dfb2255d9de87be12575314d7af8ed224f2bd9e61e96cb676966ac6592bd6"
 Step.track_pipelined.version = "68328573c7acbcb49c8781090c67e04f1ea1208dc29729d758f96de4c534371a"

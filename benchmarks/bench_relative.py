@@ -15,8 +15,8 @@ the three designs and the reference take turns for 9 rounds of 20 decode steps, 
 first-layer `update_block_table` then `pack_flash_attn_metadata`, each call synchronised;
 each round gives one ratio of medians, the rounds being asv's samples.
 
-For verdicts compare these (and `InverseSpeedup`):
-`asv continuous --bench "RelativeTime|InverseSpeedup" main HEAD`.
+For verdicts compare these (and `InverseSpeedup`, and the serving modules' `RelativeStep`:
+verdict_set.py), with scripts/verdicts.sh (docs/benchmarking.md, "The verdict set").
 """
 
 from .common import BATCH_SIZES, DESIGNS, SEQ_LENS, measure_relative_times

@@ -16,8 +16,9 @@ steps differ (a prefill chunk of thousands of tokens beside decodes), and a serv
 engineer reads the p99 first. One process measures both traces (about a minute on a GPU
 machine); the windows are asv's samples.
 
-For verdicts compare `RelativeStep` (a variant's pipelined replay step over a fixed
-reference step's, timed in turn).
+For verdicts compare `RelativeStep` (`track_pipelined`: a variant's pipelined replay step
+over a fixed reference step's, timed in turn; `track_pipelined_host_p99`: the p99 of its
+step's host time over the reference's, step_tail.py; verdict_set.py).
 """
 
 from .serving import REPLAY_FIGURES, REPLAY_TRACES, measure_replays, step_classes
@@ -35,9 +36,11 @@ Step, RelativeStep = step_classes("replay", (REPLAY_TRACES,), ["trace"], REPLAY_
 
 
 # asv files every result under its benchmark's `version`: each is pinned to the value asv
-# computed from the code on 2026-12-03, so that moving shared code does not start a history
-# over. Change one only where what the benchmark measures changes (docs/benchmarking.md).
+# computed from the code on 2026-12-03 (the tail verdict's on 2026-12-07), so that moving
+# shared code does not start a history over. Change one only where what the benchmark
+# measures changes (docs/benchmarking.md).
 RelativeStep.track_pipelined.version = "699837c5690789ad6af18299064691cb31016f5ed39bbd076b2f2415beeda786"
+RelativeStep.track_pipelined_host_p99.version = "1459cffafa6b3679a04b2f85414303ec1d30fdabe8798bbd2437e4916a3c9725"
 Step.track_busy_added.version = "298f5b2117db49970c6f5bcc221a4fb254a7663e986a43e84b5b1cba9f594a33"
 Step.track_pipelined.version = "da60dc2fbed630fc7f13a1efd96fc4128ee95292d7220d14826166c9b36cb537"
 Step.track_pipelined_host.version = "7feb903d8c895b251bcdce3889545f671cd857ac32b9cc33aaeb448bf87d9d65"

@@ -19,6 +19,7 @@ import re
 import statistics
 
 from .common import ReferenceWork, SkipNotImplemented, check_fork_safe, env_ints, harness, workloads
+from .step_tail import TAIL_STEPS, measure_keeping_steps, tail_ratios
 
 _ints = env_ints
 ALL_MODES = ("synced", "pipelined", "busy")
@@ -167,7 +168,8 @@ def measure_grid(
 
     Returns {"device", "on_cuda", "skipped": {key: reason}, "points": {key: {mode:
     {runner: samples}}}, "prefix": {key: window figures}} with samples as
-    `disagmoe_bench.timing.measure` gives them, the reference under "reference"."""
+    `disagmoe_bench.timing.measure` gives them (pipelined: with every step's host time,
+    window by window, under "host_steps_us": step_tail.py), the reference under "reference"."""
     check_fork_safe()
     bench = workloads()
     device = bench.default_device()
@@ -176,7 +178,7 @@ def measure_grid(
     out["prefix"] = {}
     try:
         serving_points, timing_module, variants_module = harness("points"), harness("timing"), harness("variants")
-        Forward, Replay, measure = timing_module.Forward, timing_module.Replay, timing_module.measure
+        Forward, Replay = timing_module.Forward, timing_module.Replay
         make_manager, variant = variants_module.make_manager, variants_module.variant
     except ImportError as err:
         out["unavailable"] = f"this commit's package has no serving benchmarks ({err})"
@@ -208,8 +210,7 @@ def measure_grid(
         serving_points.check_variants(runners, variants)
         runners["reference"] = ReferenceWork.serving(device)
         out["points"][key] = {
-            mode: measure(runners, mode, timing.window, timing.windows, timing.warmup, forward)["runners"]
-            for mode in modes
+            mode: measure_keeping_steps(timing_module, runners, mode, timing, forward) for mode in modes
         }
         for runner in runners.values():
             if isinstance(runner, Replay):
@@ -233,7 +234,10 @@ def step_tail(cache: dict, key: tuple, mode: str, runner: str, quantile: str = "
 
 
 def ratios(cache: dict, key: tuple, mode: str, runner: str, over: str, figure: str = "wall_us") -> dict:
-    """Window by window, `runner`'s figure over `over`'s (they ran in the same round)."""
+    """Window by window, `runner`'s figure over `over`'s (they ran in the same round); a mode
+    left out of the measurement (DISAGMOE_SERVING_MODES) is a skip."""
+    if mode not in cache["points"][key]:
+        raise SkipNotImplemented(f"{mode} timing was not measured (DISAGMOE_SERVING_MODES)")
     mine = cache["points"][key][mode][runner][figure]
     theirs = cache["points"][key][mode][over][figure]
     return {"samples": [_digits(a / b) for a, b in zip(mine, theirs)], "number": 1}
@@ -301,6 +305,17 @@ def _track_ratio(workload: str, mode: str, over: str):
     return track
 
 
+def _track_tail_ratio(workload: str):
+    def track(self, cache, variant, *key):
+        return tail_ratios(cache, key, variant)
+
+    track.pretty_name = (
+        f"{workload} step, pipelined: p99 of each step's host time / reference step's "
+        f"({TAIL_STEPS} steps a sample), lower is better (tail verdicts)"
+    )
+    return track
+
+
 def _setup(self, cache, variant, *key):
     check_measured(cache, key, variant)
 
@@ -320,11 +335,16 @@ def figure_class(
 def step_classes(workload: str, grid: tuple[list, ...], names: list[str], figures: list[str]) -> tuple[type, type]:
     """(Step, RelativeStep): the asv classes of a serving module whose setup_cache measured
     `grid` (one list of values per name in `names`). `Step` tracks each of `figures`
-    (FIGURES' names) per variant; `RelativeStep` the pipelined wall time over the reference
-    step's (the verdicts). asv names a benchmark after the module that holds its class and
-    the class's name, so each module assigns them under these names."""
+    (FIGURES' names) per variant; `RelativeStep` the verdicts: the pipelined wall time over
+    the reference step's (`track_pipelined`) and the p99 of each step's host time over the
+    reference step's (`track_pipelined_host_p99`, step_tail.py). asv names a benchmark
+    after the module that holds its class and the class's name, so each module assigns
+    them under these names."""
     common = {"param_names": ["variant", *names], "processes": 1, "setup": _setup}
-    relative = {"track_pipelined": _track_ratio(workload, "pipelined", "reference")}
+    relative = {
+        "track_pipelined": _track_ratio(workload, "pipelined", "reference"),
+        "track_pipelined_host_p99": _track_tail_ratio(workload),
+    }
     return (
         figure_class("Step", workload, grid, names, figures, VARIANTS),
         type(

@@ -20,9 +20,21 @@
 #      nothing and exit 0, each time.
 # Exits 0 when every check holds, 1 otherwise.
 #
+# With --injected, the verdicts' sensitivity instead: the injected regressions of
+# scripts/inject_regression.py, each committed on baseline in turn (uniform: each design's
+# step PCT% slower, default 10; stall: one step in fifty stalls for twice a median step;
+# identical: an empty commit), each run through `asv continuous baseline it` over the
+# serving verdicts (RelativeStep of bench_pipelined, bench_trace and bench_replay: the
+# median and the tail), then judged by scripts/verdict_noise.py (per benchmark its
+# minimum detectable change, per point slower / inconclusive / no change); the table
+# shows, point by point, each run's ratio and verdict, and the check fails where a run did
+# not show what it must (scripts/inject_regression.py says what).
+#
 #   scripts/check_regression.sh [--backend gpu|cpu|both] [--op pack|update|step|both]
 #                               [--slowdown PCT] [--identical N] [--bench REGEX]
 #                               [--rounds N] [--factor F] [--machine NAME] [--keep]
+#   scripts/check_regression.sh --injected [uniform,stall,identical] [--slowdown "PCT ..."]
+#                               [--rounds N] [--machine NAME] [--keep]
 #
 # --backend   the backend slowed down (default gpu)
 # --op        the operation slowed down (default pack): pack_flash_attn_metadata,
@@ -36,8 +48,15 @@
 #             RelativeTime and InverseSpeedup
 # --rounds    processes per benchmark and commit, the two commits taking turns (asv's
 #             --interleave-rounds; default 3)
-# --factor    asv's threshold (default 1.1, asv's own)
+# --factor    asv's threshold (default 1.1, asv's own; with --injected the medians' verdict
+#             factor, default 1.05, benchmarks/verdict_set.py)
 # --keep      keep the scratch clone (its results/ holds the results)
+# --injected  the injected regressions named (comma-separated; default all three); with
+#             it --slowdown lists the uniform ones' PCTs (default 10; "10 400": two runs)
+#             and the serving grid is decode 16 64 x 1024, trace 64 x 2048, replay
+#             azure-conv, pipelined timing only, unless DISAGMOE_SERVING_BATCH_SIZES,
+#             DISAGMOE_SERVING_CONTEXTS, DISAGMOE_TRACE_RUNNING, DISAGMOE_TRACE_PROMPTS,
+#             DISAGMOE_REPLAY_TRACES and DISAGMOE_SERVING_MODES say otherwise
 # The grid is batch sizes 16 256 x seq lens 128 1024 unless DISAGMOE_BENCH_BATCH_SIZES /
 # DISAGMOE_BENCH_SEQ_LENS say otherwise, and the trace grid (--op step) running 64 256 x
 # prompts 2048 16384 unless DISAGMOE_TRACE_RUNNING / DISAGMOE_TRACE_PROMPTS do
@@ -48,11 +67,12 @@ src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$src/scripts/lib/scratch.sh"
 backends=gpu
 ops=pack
-slowdown=25
+slowdown=
+injected=
 identical=1
 bench="RelativeTime|InverseSpeedup"
 rounds=3
-factor=1.1
+factor=
 machine=${ASV_MACHINE:-regression-check-$(hostname -s)}
 keep=0
 while [ $# -gt 0 ]; do
@@ -66,6 +86,8 @@ while [ $# -gt 0 ]; do
     --factor) factor=$2; shift 2 ;;
     --machine) machine=$2; shift 2 ;;
     --keep) keep=1; shift ;;
+    --injected)
+      if [ $# -gt 1 ] && [[ "$2" != --* ]]; then injected=$2; shift 2; else injected=uniform,stall,identical; shift; fi ;;
     *) echo "check_regression.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -77,11 +99,35 @@ done
 for o in $ops; do
   case "$o" in update|pack|step) ;; *) echo "check_regression.sh: --op is update, pack, step or both, not $o" >&2; exit 2 ;; esac
 done
+for k in ${injected//,/ }; do
+  case "$k" in uniform|stall|identical) ;; *)
+    echo "check_regression.sh: --injected takes uniform, stall and identical, comma-separated, not $k" >&2; exit 2 ;;
+  esac
+done
+if [ -n "$injected" ]; then  # one uniform run per percent listed
+  slowdowns=${slowdown:-10}; slowdowns=${slowdowns//,/ }; slowdown=${slowdowns%% *}; factor=${factor:-1.05}
+  for pct in $slowdowns; do
+    [[ "$pct" =~ ^[1-9][0-9]*$ ]] ||
+      { echo "check_regression.sh: --slowdown takes whole percents > 0 (with --injected, a list), not $pct" >&2; exit 2; }
+  done
+fi
+slowdown=${slowdown:-25}
+factor=${factor:-1.1}
 [[ "$slowdown" =~ ^[0-9]+$ && "$identical" =~ ^[0-9]+$ && "$rounds" =~ ^[1-9][0-9]*$ ]] ||
   { echo "check_regression.sh: --slowdown, --identical and --rounds take whole numbers" >&2; exit 2; }
+[ -n "$injected" ] && [ "$rounds" -lt 2 ] &&
+  { echo "check_regression.sh: --injected needs --rounds >= 2 (the noise is measured between rounds)" >&2; exit 2; }
 read -r -a asv <<< "${ASV:-asv}"
 export DISAGMOE_BENCH_BATCH_SIZES=${DISAGMOE_BENCH_BATCH_SIZES:-16 256}
 export DISAGMOE_BENCH_SEQ_LENS=${DISAGMOE_BENCH_SEQ_LENS:-128 1024}
+if [ -n "$injected" ]; then
+  export DISAGMOE_SERVING_BATCH_SIZES=${DISAGMOE_SERVING_BATCH_SIZES:-16 64}
+  export DISAGMOE_SERVING_CONTEXTS=${DISAGMOE_SERVING_CONTEXTS:-1024}
+  export DISAGMOE_TRACE_RUNNING=${DISAGMOE_TRACE_RUNNING:-64}
+  export DISAGMOE_TRACE_PROMPTS=${DISAGMOE_TRACE_PROMPTS:-2048}
+  export DISAGMOE_REPLAY_TRACES=${DISAGMOE_REPLAY_TRACES:-azure-conv}
+  export DISAGMOE_SERVING_MODES=${DISAGMOE_SERVING_MODES:-pipelined}
+fi
 export DISAGMOE_TRACE_RUNNING=${DISAGMOE_TRACE_RUNNING:-64 256}
 export DISAGMOE_TRACE_PROMPTS=${DISAGMOE_TRACE_PROMPTS:-2048 16384}
 scratch=$(mktemp -d /tmp/disagmoe-regression.XXXXXX)
@@ -101,7 +147,7 @@ benchmarks_of() {  # the benchmarks that time an operation (asv --bench regex)
   case "$1" in
     pack) echo "PackFlashAttnMetadataDecode|RelativeTime|InverseSpeedup" ;;
     update) echo "UpdateBlockTable|RelativeTime|InverseSpeedup" ;;
-    step) echo "bench_trace\.(RelativeStep|Step\.track_pipelined$)" ;;
+    step) echo "bench_trace\.(RelativeStep|Step\.track_pipelined\()" ;;
   esac
 }
 expected_of() {  # rows that must be flagged: op backend -> regex over asv's table rows
@@ -184,6 +230,48 @@ points() {  # op backend -> how many rows its verdict benchmark has for that bac
     echo $(($(count "$DISAGMOE_BENCH_BATCH_SIZES") * $(count "$DISAGMOE_BENCH_SEQ_LENS")))
   fi
 }
+
+if [ -n "$injected" ]; then
+  serving="bench_(pipelined|trace|replay)\.RelativeStep"
+  echo "injected regressions: $injected; serving grid: decode $DISAGMOE_SERVING_BATCH_SIZES x" \
+    "$DISAGMOE_SERVING_CONTEXTS, trace $DISAGMOE_TRACE_RUNNING x $DISAGMOE_TRACE_PROMPTS," \
+    "replay $DISAGMOE_REPLAY_TRACES; modes $DISAGMOE_SERVING_MODES; uniform: $slowdowns (%)"
+  runs=()
+  for kind in ${injected//,/ }; do
+    if [ "$kind" = uniform ]; then for pct in $slowdowns; do runs+=("uniform-$pct"); done; else runs+=("$kind"); fi
+  done
+  verdicts=()
+  for run in "${runs[@]}"; do
+    kind=${run%-*}
+    scratch_git checkout -q -B "injected-$run" "$base"
+    if [ "$kind" = identical ]; then
+      scratch_git commit -q --allow-empty -m "identical: an empty commit"
+    else
+      percent=(); [ "$kind" = uniform ] && percent=(--percent "${run#uniform-}")
+      python3 -m scripts.inject_regression write "$kind" "$scratch_repo" "${percent[@]}" ||
+        { echo "FAIL: could not write the $run regression"; exit 1; }
+      scratch_git commit -q -am "injected: $run" || { echo "FAIL: could not commit the $run regression"; exit 1; }
+    fi
+    head=$(scratch_git rev-parse HEAD)
+    log="$scratch/injected-$run.log"
+    echo; echo "== injected: $run ($head), bench '$serving'"
+    continuous "$serving" "$base" "$head" "$log"
+    base_file=$(ls "results/$machine/${base:0:8}"-*.json 2>/dev/null | head -n 1)
+    head_file=$(ls "results/$machine/${head:0:8}"-*.json 2>/dev/null | head -n 1)
+    if [ -z "$base_file" ] || [ -z "$head_file" ]; then
+      echo "FAIL: asv wrote no results for $run"; exit 1
+    fi
+    python3 -m scripts.verdict_noise --rounds "$rounds" --factor "$factor" --bench "$serving" --base "$base_file" \
+      --head "$head_file" --json "$scratch/verdict-$run.json"
+    verdicts+=("$run=$scratch/verdict-$run.json")
+  done
+  echo; echo "== what the verdicts saw (ratio = HEAD over baseline; MDC = the run's minimum detectable change)"
+  python3 -m scripts.inject_regression table "${verdicts[@]}"
+  rc=$?
+  [ "$keep" = 1 ] && echo "kept $scratch"
+  [ $rc = 0 ] && { echo; echo "check_regression: OK"; exit 0; }
+  echo; echo "check_regression: FAILED"; exit 1
+fi
 
 ok=1
 n=0
