@@ -32,8 +32,11 @@ def threshold_of(thresholds: dict[str, float], name: str) -> float:
 
 
 def kind(name: str) -> str:
-    """`module.Class` of a benchmark, with `.time_*` where its method is one."""
+    """`module.Class` of a benchmark, with `.time_*` where its method is one, and the whole
+    name of a tail figure (`*_p99`: its class's medians have another threshold)."""
     module_class, method = name.split("(", 1)[0].rsplit(".", 1)
+    if method.endswith("_p99"):
+        return f"{module_class}.{method}"
     return module_class + (".time_*" if method.startswith("time_") else "")
 
 

@@ -35,13 +35,19 @@ def test_regression_thresholds_are_asvs_rule_over_the_suites_patterns():
     assert site_regressions.threshold_of(THRESHOLDS, "bench_trace.Step.track_synced") == 1.5
     assert site_regressions.threshold_of(THRESHOLDS, "bench_trace.InverseSpeedup.track_synced") == 0.05
     conf = publish_site.load_conf(ROOT)["regressions_thresholds"]
-    names = ["m.C.time_x", "bench_trace.RelativeStep.track_pipelined", "bench_trace.Step.track_pipelined"]
+    names = [
+        "m.C.time_x",
+        "bench_trace.RelativeStep.track_pipelined",
+        "bench_trace.RelativeStep.track_pipelined_host_p99",
+        "bench_trace.Step.track_pipelined",
+    ]
     rule = site_regressions.thresholds_html(names, conf)
     for name in names:
         factor = 1 + site_regressions.threshold_of(conf, name)
         kind = site_regressions.kind(name)
         line = next(li for li in rule.split("<li>")[1:] if f"<code>{kind}</code>" in li)
         assert line.startswith(f"<b>{factor:.2f}x</b>")
+    assert "<b>1.25x</b> (threshold 0.25): <code>bench_trace.RelativeStep.track_pipelined_host_p99</code>" in rule
 
 
 def test_an_empty_regressions_page_says_no_regressions():
