@@ -327,6 +327,42 @@ def answer_section(lines: tuple[str, ...]) -> str:
     )
 
 
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:.0f}%"
+
+
+def sensitivity_section(sensitivity: dict[str, dict | None]) -> str:
+    """What the last injected-regression runs say a verdict could see, per machine
+    (benchmarks/verdict_set.py's SENSITIVITY): the move of identical code in that run (the
+    minimum detectable change, medians and tail), or that it is not measured yet."""
+    if not sensitivity:
+        return ""
+    items = []
+    for machine, run in sensitivity.items():
+        if run is None:
+            items.append(
+                f"<li><b>{esc(machine)}</b>: not measured yet (the command is in docs/performance.md, "
+                "&ldquo;Verdict sensitivity&rdquo;).</li>"
+            )
+            continue
+        identical = {name: mdc["identical"] for name, mdc in run["mdc"].items() if "identical" in mdc}
+        tail = max((v for n, v in identical.items() if n.endswith("_p99")), default=None)
+        median = max((v for n, v in identical.items() if not n.endswith("_p99")), default=None)
+        said = ", ".join(f"{what} {_pct(v)}" for what, v in (("medians", median), ("tail", tail)) if v is not None)
+        items.append(
+            f"<li><b>{esc(machine)}</b> ({esc(run['date'])}, commit <code>{esc(run['commit'])}</code>): "
+            f"identical code moved by up to {said} between processes, so a verdict there tells from noise "
+            "only a change beyond that; each verdict prints its own run's figure.</li>"
+        )
+    return (
+        '<section id="sensitivity"><h2>What a verdict can see</h2><p>The minimum detectable change of the '
+        "last injected-regression run on each machine (<code>scripts/check_regression.sh --injected</code>; "
+        "<code>scripts/verdicts.sh</code> says <i>inconclusive</i> where a change is below it); the "
+        "thresholds each kind of benchmark must pass head each machine's regressions page.</p>"
+        f"<ul>{''.join(items)}</ul></section>"
+    )
+
+
 STYLE = """
 body { font: 14px/1.4 sans-serif; margin: 0 auto; max-width: 1400px; padding: 0 16px 32px; color: #222; }
 h1 { font-size: 22px; } h2 { font-size: 19px; border-bottom: 1px solid #ccc; } h3 { font-size: 15px; }
@@ -362,10 +398,15 @@ REDIRECT = """<script>
 
 
 def page(
-    entries: list[MachineEntry], others: list[MachineEntry], old_front: str | None, answer: tuple[str, ...] = ()
+    entries: list[MachineEntry],
+    others: list[MachineEntry],
+    old_front: str | None,
+    answer: tuple[str, ...] = (),
+    sensitivity: dict[str, dict | None] | None = None,
 ) -> str:
     """The landing page: where each design wins (`answer`: scripts/answer.py's lines), a
-    section per GPU machine, links to the other machines' sites."""
+    section per GPU machine, what the verdicts can see (`sensitivity`), links to the other
+    machines' sites."""
     nav = " &middot; ".join(link(f"#machine-{e.name}", esc(e.name), "") for e in entries)
     other = "".join(f"<li>{esc(e.name)}: {esc(e.label)}; {site_links(e)}</li>" for e in others)
     other_html = (
@@ -401,7 +442,7 @@ def page(
         f"until the device is done), <b>busy</b> (the device time a step adds behind a stand-in forward). "
         f"Lower times are better; a speedup is {BASELINE}'s median / the design's.</p>"
         f"<nav>Machines: {nav}{to_others}"
-        f"</nav>{answer_section(answer)}{no_prefix}{sections}{other_html}"
+        f"</nav>{answer_section(answer)}{no_prefix}{sections}{sensitivity_section(sensitivity or {})}{other_html}"
         f'<p class="note">Written by <code>scripts/publish_site.py</code> (<code>scripts/landing.py</code>) '
         f"from the results files named above.</p>{redirect}</body></html>\n"
     )

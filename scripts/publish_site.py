@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -183,6 +184,19 @@ def footer(html_dir: str, machines: list[Machine], here: Machine) -> str:
     return site_labels.footer(here.name, here.label, others, front)
 
 
+def verdict_sensitivity(root: str) -> dict[str, dict | None]:
+    """benchmarks/verdict_set.py's SENSITIVITY (plain data, read without importing the suite's
+    package); empty where a checkout predates it."""
+    path = os.path.join(root, "benchmarks", "verdict_set.py")
+    if not os.path.exists(path):
+        return {}
+    spec = importlib.util.spec_from_file_location("_verdict_set", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(getattr(module, "SENSITIVITY", {}))
+
+
 def write_landing(results: str, html_dir: str, machines: list[Machine], reference: str | None = None) -> None:
     """The landing page, html_dir/index.html: where each design wins (scripts/answer.py, the
     lag counted to `reference`, by default the last commit of HEAD that changed the measured
@@ -205,7 +219,7 @@ def write_landing(results: str, html_dir: str, machines: list[Machine], referenc
     lines = tuple(line for a in sorted(found, key=lambda a: answer.order(a.run)) for line in a.lines)
     old_front = os.path.relpath(site_dir(html_dir, machines[0]), html_dir) + "/index.html"
     with open(os.path.join(html_dir, "index.html"), "w") as f:
-        f.write(landing_html.page(entries, others, old_front, lines))
+        f.write(landing_html.page(entries, others, old_front, lines, verdict_sensitivity(ROOT)))
 
 
 def find_libs(explicit: str | None) -> str | None:

@@ -9,6 +9,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import landing_html  # noqa: E402
 import publish_site  # noqa: E402
 import site_regressions  # noqa: E402
 
@@ -88,3 +89,23 @@ def test_regressions_of_time_benchmarks_name_what_to_read_instead():
     mixed = timed + [_regression("bench_relative.RelativeTime.track_update_block_table('cpu', 16, 256)", 1.0, 2.0)]
     assert "2 of the 3 are" in site_regressions.regressions_note(mixed, index, steady, 9, THRESHOLDS)
     assert "Read with care" not in site_regressions.regressions_note(mixed[2:], index, steady, 9, THRESHOLDS)
+
+
+def test_the_landing_page_says_what_each_machines_verdicts_can_see():
+    """The suite's SENSITIVITY, per machine: the identical commit's move (the minimum
+    detectable change) of the medians and of the tail, or "not measured yet"."""
+    sensitivity = publish_site.verdict_sensitivity(ROOT)
+    assert sensitivity and any(run is None for run in sensitivity.values())
+    section = landing_html.sensitivity_section(sensitivity)
+    for machine, run in sensitivity.items():
+        item = next(li for li in section.split("<li>")[1:] if li.startswith(f"<b>{machine}</b>"))
+        if run is None:
+            assert "not measured yet" in item
+            continue
+        identical = {name: mdc["identical"] for name, mdc in run["mdc"].items()}
+        median = max(v for n, v in identical.items() if not n.endswith("_p99"))
+        tail = max(v for n, v in identical.items() if n.endswith("_p99"))
+        assert f"medians {median * 100:.0f}%, tail {tail * 100:.0f}%" in item and run["commit"] in item
+    page = landing_html.page([], [], None, (), sensitivity)
+    assert '<section id="sensitivity">' in page
+    assert landing_html.sensitivity_section({}) == "" and 'id="sensitivity"' not in landing_html.page([], [], None)
