@@ -53,7 +53,7 @@ class GPUBlockManager(DeviceTableManager):
         self._flush()  # a read: allowed while another call reads its arguments
         return self.req_to_block[row, :num_blocks].tolist()
 
-    def check_integrity(self) -> None:
+    def _check_integrity(self) -> None:
         """Every block free (on the device stack) or owned exactly once (in the block table
         rows of the books' requests), and the request rows add up."""
         books, name = self._books, type(self).__name__
