@@ -16,14 +16,15 @@
 
 TensorMemory tensor_memory(const char* op, const char* name, py::handle tensor, bool on_cuda,
                            Place place) {
-  std::string what = std::string(op) + ": " + name + "=" + safe_repr(tensor);
+  // (the repr only for an error: a tensor's runs Python, as much as a step's host time)
+  auto what = [&] { return std::string(op) + ": " + name + "=" + safe_repr(tensor); };
   if (!py::isinstance(tensor, py::module_::import("torch").attr("Tensor")))
-    throw py::type_error(what + " is not a torch.Tensor");
+    throw py::type_error(what() + " is not a torch.Tensor");
   std::string want = place == Place::kDevice && on_cuda ? "cuda" : "cpu";
   std::string device = py::str(tensor.attr("device").attr("type"));
-  if (device != want) throw py::value_error(what + " is on " + device + ", not on " + want);
+  if (device != want) throw py::value_error(what() + " is on " + device + ", not on " + want);
   if (!tensor.attr("is_contiguous")().cast<bool>())
-    throw py::value_error(what + " is not contiguous");
+    throw py::value_error(what() + " is not contiguous");
   auto address = static_cast<uintptr_t>(tensor.attr("data_ptr")().cast<int64_t>());
   return {reinterpret_cast<uint8_t*>(address), tensor.attr("nbytes").cast<int64_t>()};
 }
