@@ -30,8 +30,16 @@ launches ahead of the device."""
 
 _T = TypeVar("_T")
 
-_LIVE: weakref.WeakSet[BlockManager] = weakref.WeakSet()
-"""Every manager of this process (what a forked child refuses: `_refuse_after_fork`)."""
+_LIVE: list[weakref.ref[BlockManager]] = []
+"""The managers of this process (what a forked child refuses: `_refuse_after_fork`). Plain
+references, pruned as the list grows: a weakref callback (a WeakSet's) would run Python
+when a manager dies, and a KeyboardInterrupt raised there is printed and lost."""
+
+
+def _track(manager: BlockManager) -> None:
+    if len(_LIVE) >= 64 and len(_LIVE) & (len(_LIVE) - 1) == 0:  # at each power of two
+        _LIVE[:] = [ref for ref in _LIVE if ref() is not None]
+    _LIVE.append(weakref.ref(manager))
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -161,7 +169,7 @@ class BlockManager(ABC):
         self._build()
         ref = weakref.ref(self)  # (the step keeps its grow: no cycle through it)
         self._step.set_grow(lambda which, nbytes: ref()._grow(which, nbytes))  # type: ignore[union-attr]
-        _LIVE.add(self)
+        _track(self)
 
     def __copy__(self):
         raise TypeError(
@@ -481,8 +489,9 @@ class BlockManager(ABC):
 def _refuse_after_fork() -> None:
     """In a forked child: every manager made before the fork that cannot run there refuses
     its calls (see Fork). Managers made in the child run as anywhere."""
-    for manager in list(_LIVE):
-        if manager.device.type == "cuda" or not manager.runs_after_fork:
+    for ref in _LIVE:
+        manager = ref()
+        if manager is not None and (manager.device.type == "cuda" or not manager.runs_after_fork):
             why = "CUDA" if manager.device.type == "cuda" else "torch's CPU kernels (GNU OpenMP)"
             manager._guard.refuse(
                 f"{type(manager).__name__} was made in process {os.getppid()}, which forked this "
