@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from disagmoe import _C
+from disagmoe.block_manager.base import PrefixCacheStats
 from disagmoe.block_manager.device_tables import KERNELS, DeviceTableManager
 from disagmoe.block_manager.integrity import check_blocks
 
@@ -67,7 +68,7 @@ class GPUBlockManager(DeviceTableManager):
         table = self._device_rows()
         indexed = self._step.indexed_entries()
         entry_block = self.entry_block.cpu().numpy()  # type: ignore[union-attr]
-        height = self._step.num_free_blocks - self.prefix_cache_stats().evictable_blocks
+        height = self._step.num_free_blocks - PrefixCacheStats(*self._prefix_cache_stats()).evictable_blocks
         free = self.free_blocks[:height].cpu().numpy()
         owned = {}  # each request's own blocks; the cache's, once each under its entry
         for req_id in books.req_ids():
