@@ -102,22 +102,42 @@ class BlockManager(ABC):
       str, ...), below 1 or past 2**31 - 1, a pool past 2**31 - 1 slots, or
       tables larger than the device's memory;
     - RuntimeError: a call that overlaps another call on the same manager
-      (see Threads).
+      (see Threads), or a manager made before a fork, in the child (see Fork).
 
-    Threads: a manager is not thread-safe. Calls on one manager must not
-    overlap: use it from one thread at a time (one manager per thread, or a
-    lock around it). Managers share no state, so different managers may be
-    used from different threads at the same time. A call that starts while
-    another call on the same manager is under way (from a second thread, or
-    from inside the first: an argument's `__index__`, a `seq_lens` setter)
-    raises RuntimeError and changes nothing; the reads (`seq_len`,
-    `num_free_slots`, `num_running_reqs`, `token_slots`, `check_integrity`)
-    are not refused.
+    Threads: calls on one manager must not overlap: use it from one thread at
+    a time (one manager per thread, or a lock around it). Managers share no
+    state, so different managers may be used from different threads at the
+    same time. A call that starts while another call on the same manager is
+    under way (from a second thread, or from inside the first: an argument's
+    `__index__`, a `seq_lens` setter) raises RuntimeError and changes nothing.
+    The reads (`seq_len`, `num_free_slots`, `num_running_reqs`, `token_slots`,
+    `check_integrity`) are not refused: from another thread, each answers a
+    state the manager had between two calls' changes (a read waits while
+    another thread's call is inside its native part: its kernels, a buffer it
+    grows), never one half done. From inside a call in the same thread (an
+    argument's `__index__`, a setter), they answer the state before the call;
+    from a signal handler that runs while the call's native part runs Python
+    (a grow, the torch kernels), `token_slots` and `check_integrity` raise
+    RuntimeError (what they would read is half changed).
 
-    Interrupts: every change a call makes happens in one native call, after
-    every check; a KeyboardInterrupt (or anything a signal handler raises)
-    between two of a call's steps leaves the manager as before the call or
-    as after it, never in between.
+    Interrupts: every change a call makes happens in native calls, after every
+    check; a KeyboardInterrupt (or anything a signal handler raises) anywhere in
+    a call leaves the manager as before the call or as after it, never in
+    between, and is raised (no signal is lost; no signal is ever blocked). A
+    buffer too small for a step is replaced inside the step's native call, with
+    the object that holds its views (`buffers.MetadataBuffer`,
+    `buffers.StagingBuffers`) in the same native call, so that Python never runs
+    between the two (docs/architecture.md, "Threads, interrupts, fork").
+
+    Fork: in a forked child, a manager made before the fork works if it is the
+    cpu design on torch's CPU device (`runs_after_fork`); any other (the torch
+    kernels of the gpu and hybrid designs, which GNU OpenMP may hang in a
+    child; anything on CUDA) refuses every call and `token_slots` and
+    `check_integrity` with a RuntimeError naming the fork, and still answers
+    the host's reads (`seq_len`, `num_running_reqs`, `num_free_slots`). A manager
+    made in the child runs as torch does there: a torch operation may hang in a
+    child of a process that ran one in parallel, unless the child calls
+    `torch.set_num_threads(1)` first (the lab's benchmarks do).
     """
 
     default_block_size: ClassVar[int]
