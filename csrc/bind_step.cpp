@@ -163,7 +163,8 @@ PyMethodDef guard_methods[] = {
     {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(guard_exit)),
      METH_FASTCALL, "Lets the guard go."},
     {"refuse", guard_refuse, METH_O,
-     "refuse(message): every call from now on raises RuntimeError(message)."},
+     "refuse(self: disagmoe._C.Guard, message: str) -> None\n\nEvery call from now on raises "
+     "RuntimeError(message)."},
     {nullptr, nullptr, 0, nullptr}};
 PyGetSetDef guard_getset[] = {
     {"refusal", guard_refusal, nullptr, "The message refuse() was given, or None.", nullptr},

@@ -512,10 +512,10 @@ def _refuse_after_fork() -> None:
     for ref in _LIVE:
         manager = ref()
         if manager is not None and (manager.device.type == "cuda" or not manager.runs_after_fork):
-            why = "CUDA" if manager.device.type == "cuda" else "torch's CPU kernels (GNU OpenMP)"
+            why = "CUDA" if manager.device.type == "cuda" else "its torch kernels (GNU OpenMP)"
             manager._guard.refuse(
                 f"{type(manager).__name__} was made in process {os.getppid()}, which forked this "
-                f"one ({os.getpid()}): {why} do not survive a fork, and a call would hang or fail; "
+                f"one ({os.getpid()}): {why} cannot run after a fork (a call would hang or fail); "
                 "make the manager in this process (or start it with 'spawn' or 'forkserver')"
             )
 
