@@ -23,6 +23,9 @@ struct PyDeviceStep {
   py::object launcher;
   py::object grow;
   py::object stacks;
+  py::object out = py::none();      // the metadata buffer's object (set_out's `buffer`)
+  py::object staging = py::none();  // set_staging's object
+  Region region;
 
   ~PyDeviceStep() {
     try {
@@ -34,6 +37,13 @@ struct PyDeviceStep {
 };
 
 DeviceStep& step_of(PyDeviceStep& s) { return *s.step; }
+
+// Every graph goes, once no replay of one is in flight.
+void forget_graphs(PyDeviceStep& s) {
+  s.step->wait_all();
+  s.step->clear_graphs();
+  for (auto& g : s.graphs) g = py::none();
+}
 
 }  // namespace
 
@@ -61,8 +71,8 @@ void bind_device_step(py::module_& m) {
                        "DeviceStep: books must be a _C.RequestTable or a _C.BlockBooks");
                  }
                  s->books_ref = std::move(books);
-                 s->held.resize(s->step->depth() + 1);
-                 s->graphs.resize(s->step->depth() * kFlagSets * 32);
+                 s->held.resize(s->step->depth() + 1, py::none());
+                 s->graphs.resize(s->step->depth() * kFlagSets * 32, py::none());
                  return s;
                }),
            py::arg("books"), py::arg("num_blocks"), py::arg("depth"), py::arg("device"),
@@ -86,6 +96,7 @@ void bind_device_step(py::module_& m) {
             const char* op = "DeviceStep.set_buffer";
             int64_t i = read_int(op, "k", k);
             TensorMemory w = tensor_memory(op, "words", words, s.step->on_cuda(), Place::kHost);
+            RegionScope region(op, s.region, RegionScope::kCall);
             s.step->set_buffer(i, reinterpret_cast<int32_t*>(w.data), w.nbytes / 4);
             s.held[i] = std::move(words);
           },
@@ -95,6 +106,7 @@ void bind_device_step(py::module_& m) {
           [](PyDeviceStep& s, py::object twin) {
             TensorMemory t = tensor_memory("DeviceStep.set_twin", "twin", twin, s.step->on_cuda(),
                                            Place::kDevice);
+            RegionScope region("DeviceStep.set_twin", s.region, RegionScope::kCall);
             s.step->set_twin(reinterpret_cast<cuda::DevicePtr>(t.data), t.nbytes / 4);
             s.held.back() = std::move(twin);
           },
@@ -102,9 +114,69 @@ void bind_device_step(py::module_& m) {
       .def(
           "set_out_bytes",
           [](PyDeviceStep& s, py::handle n) {
-            s.step->set_out_bytes(read_int("set_out_bytes", "nbytes", n));
+            int64_t nbytes = read_int("set_out_bytes", "nbytes", n);
+            RegionScope region("set_out_bytes", s.region, RegionScope::kCall);
+            s.step->set_out_bytes(nbytes);
           },
           py::arg("nbytes"), "Bytes of the metadata buffer the kernels write.")
+      .def(
+          "set_out",
+          [](PyDeviceStep& s, py::object out, py::object buffer) {
+            const char* op = "DeviceStep.set_out";
+            TensorMemory o = tensor_memory(op, "out", out, s.step->on_cuda(), Place::kDevice);
+            RegionScope region(op, s.region, RegionScope::kCall);
+            forget_graphs(s);  // they address the buffer that goes
+            s.step->set_out_bytes(o.nbytes);
+            s.step->forget_pack();
+            s.out = std::move(buffer);
+          },
+          py::arg("out"), py::arg("buffer"),
+          "The metadata buffer the kernels write (its bytes) and `buffer`, its object (which\n"
+          "holds it: what a pack's stats carry from now on), in one call: the graphs, which\n"
+          "address the buffer before, and the last pack are forgotten.")
+      .def(
+          "set_staging",
+          [](PyDeviceStep& s, py::object staging) {
+            const char* op = "DeviceStep.set_staging";
+            bool on_cuda = s.step->on_cuda();
+            std::vector<DeviceStep::Words> buffers;
+            std::vector<py::object> held;
+            for (py::handle words : staging.attr("words")) {
+              TensorMemory w = tensor_memory(op, "words", words, on_cuda, Place::kHost);
+              buffers.push_back({reinterpret_cast<int32_t*>(w.data), w.nbytes / 4});
+              held.push_back(py::reinterpret_borrow<py::object>(words));
+            }
+            py::object twin = staging.attr("twin");
+            TensorMemory t{nullptr, 0};
+            if (!twin.is_none()) t = tensor_memory(op, "twin", twin, on_cuda, Place::kDevice);
+            RegionScope region(op, s.region, RegionScope::kCall);
+            s.step->set_staging(buffers, reinterpret_cast<cuda::DevicePtr>(t.data), t.nbytes / 4);
+            forget_graphs(s);  // they address the twin that goes
+            held.push_back(twin);
+            s.held = std::move(held);
+            s.staging = std::move(staging);
+          },
+          py::arg("staging"),
+          "Every ring buffer (staging.words: `depth` host tensors, pinned on CUDA) and the\n"
+          "twin (staging.twin: a device tensor, or None) in one call, all or none; the graphs\n"
+          "are forgotten. `staging` is kept (the `staging` property).")
+      .def_property_readonly(
+          "out", [](PyDeviceStep& s) { return s.out; }, "The `buffer` set_out was given last.")
+      .def_property_readonly(
+          "staging", [](PyDeviceStep& s) { return s.staging; },
+          "The object set_staging was given last.")
+      .def(
+          "captured",
+          [](PyDeviceStep& s, py::handle flags, py::handle grid) {
+            int64_t f = read_int("captured", "flags", flags);
+            int64_t g = read_int("captured", "grid", grid);
+            check_range("captured", "flags", f, 1, kFlagSets - 1);
+            check_range("captured", "grid", g, 1, int64_t{1} << 31);
+            return !s.graphs.at(DeviceStep::graph_index(static_cast<int>(f), g, 0)).is_none();
+          },
+          py::arg("flags"), py::arg("grid"),
+          "Whether launches of these flags on `grid` programs replay a graph.")
+      .def("read", &read_of<PyDeviceStep>, py::arg("fn"), kReadDoc)
       .def(
           "set_graph",
           [](PyDeviceStep& s, py::handle flags, py::handle grid, py::handle buffer,
@@ -117,6 +189,7 @@ void bind_device_step(py::module_& m) {
               throw py::type_error(std::string(op) + ": graph=" + safe_repr(graph) +
                                    " is not a CudaGraph");
             auto& handle = graph.cast<cuda::GraphHandle&>();
+            RegionScope region(op, s.region, RegionScope::kCall);
             s.step->set_graph(f, g, k, &handle);
             s.graphs.at(DeviceStep::graph_index(static_cast<int>(f), g, k)) = std::move(graph);
           },
@@ -126,9 +199,8 @@ void bind_device_step(py::module_& m) {
       .def(
           "clear_graphs",
           [](PyDeviceStep& s) {
-            s.step->wait_all();  // no replay in flight when a graph goes
-            s.step->clear_graphs();
-            for (auto& g : s.graphs) g = py::object();
+            RegionScope region("clear_graphs", s.region, RegionScope::kCall);
+            forget_graphs(s);
           },
           "Forgets every graph (their buffers are being replaced).")
       .def(
@@ -148,7 +220,9 @@ void bind_device_step(py::module_& m) {
           [](PyDeviceStep& s, py::handle stream) {
             const char* op = "update_block_table";
             BusyScope busy(op, s.busy());
-            s.step->commit(op, read_stream(op, stream));
+            cuda::Stream st = read_stream(op, stream);
+            RegionScope region(op, s.region, RegionScope::kCall);
+            s.step->commit(op, st);
           },
           py::arg("stream"), "Makes the planned update (RuntimeError if the books changed since).")
       .def("lengths", &lengths_of<PyDeviceStep>, py::arg("req_ids"), py::arg("num_prefill_seqs"),
@@ -164,7 +238,9 @@ void bind_device_step(py::module_& m) {
             BusyScope busy(op, s.busy());
             Ints ids;
             read_ints(op, "req_ids", req_ids, ids);
-            s.step->release(op, ids.data(), ids.size(), read_stream(op, stream));
+            cuda::Stream st = read_stream(op, stream);
+            RegionScope region(op, s.region, RegionScope::kCall);
+            s.step->release(op, ids.data(), ids.size(), st);
           },
           py::arg("req_ids"), py::arg("stream"),
           "Releases every block of the requests; all or none.")
@@ -176,8 +252,9 @@ void bind_device_step(py::module_& m) {
             int64_t id = read_int(op, "req_id", req_id);
             Ints hashes;
             read_ints(op, "block_hashes", block_hashes, hashes);
-            return s.step->match_prefix(op, id, hashes.data(), hashes.size(),
-                                        read_stream(op, stream));
+            cuda::Stream st = read_stream(op, stream);
+            RegionScope region(op, s.region, RegionScope::kCall);
+            return s.step->match_prefix(op, id, hashes.data(), hashes.size(), st);
           },
           py::arg("req_id"), py::arg("block_hashes"), py::arg("stream"),
           "The prefix cache's match (DEVICE_STACK): the request registered at the returned\n"
@@ -204,7 +281,11 @@ void bind_device_step(py::module_& m) {
           "An empty string when the prefix cache's books agree with the rows.")
       .def(
           "flush",
-          [](PyDeviceStep& s, py::handle stream) { s.step->flush(read_stream("flush", stream)); },
+          [](PyDeviceStep& s, py::handle stream) {
+            cuda::Stream st = read_stream("flush", stream);
+            RegionScope region("flush", s.region, RegionScope::kCall);
+            s.step->flush(st);
+          },
           py::arg("stream"),
           "Launches the deferred update or release, if any (it changes nothing the books\n"
           "say: allowed while another call reads its arguments, refused inside a launch).")
@@ -225,7 +306,9 @@ void bind_device_step(py::module_& m) {
           [](PyDeviceStep& s, py::handle stream) {
             const char* op = "reset_state";
             BusyScope busy(op, s.busy());
-            s.step->reset(read_stream(op, stream));
+            cuda::Stream st = read_stream(op, stream);
+            RegionScope region(op, s.region, RegionScope::kCall);
+            s.step->reset(st);
           },
           py::arg("stream"),
           "Back to empty, as after construction (what was staged is dropped; gpu: the free\n"

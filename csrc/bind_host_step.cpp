@@ -14,12 +14,14 @@ struct PyHostStep {
   py::object core_ref;
   HostStep step;
   std::vector<py::object> held;  // per buffer: table and head; then the out buffer
+  py::object out = py::none();   // the metadata buffer's object (set_out's `buffer`)
   py::object grow;
+  Region region;
 
   PyHostStep(py::object core, int64_t depth, int device)
       : core_ref(std::move(core)),
         step(core_ref.cast<PyBlockBooks&>(), depth, device),
-        held(2 * step.depth() + 1) {}
+        held(2 * step.depth() + 1, py::none()) {}
   ~PyHostStep() {
     try {
       step.wait_all();
@@ -57,6 +59,7 @@ void bind_host_step(py::module_& m) {
             int64_t i = read_int(op, "k", k);
             TensorMemory t = tensor_memory(op, "table", table, s.step.on_cuda(), Place::kHost);
             TensorMemory h = tensor_memory(op, "head", head, s.step.on_cuda(), Place::kHost);
+            RegionScope region(op, s.region, RegionScope::kCall);
             s.step.set_buffer(i, reinterpret_cast<int32_t*>(t.data), t.nbytes, h.data, h.nbytes);
             s.held[2 * i] = std::move(table);
             s.held[2 * i + 1] = std::move(head);
@@ -67,13 +70,29 @@ void bind_host_step(py::module_& m) {
           "for a table of compact_bytes), tensors on the host, pinned on CUDA.")
       .def(
           "set_out",
-          [](PyHostStep& s, py::object out) {
-            TensorMemory o =
-                tensor_memory("HostStep.set_out", "out", out, s.step.on_cuda(), Place::kDevice);
+          [](PyHostStep& s, py::object out, py::object buffer) {
+            const char* op = "HostStep.set_out";
+            TensorMemory o = tensor_memory(op, "out", out, s.step.on_cuda(), Place::kDevice);
+            RegionScope region(op, s.region, RegionScope::kCall);
             s.step.set_out(o.data, o.nbytes);
             s.held.back() = std::move(out);
+            s.out = std::move(buffer);
           },
-          py::arg("out"), "The metadata buffer the packs are copied into.")
+          py::arg("out"), py::arg("buffer") = py::none(),
+          "The metadata buffer the packs are copied into, in one call with `buffer` (what a\n"
+          "pack's stats carry from now on: the object that knows its views). The last pack\n"
+          "is forgotten.")
+      .def_property_readonly(
+          "out", [](PyHostStep& s) { return s.out; }, "The `buffer` set_out was given last.")
+      .def_property_readonly(
+          "heads",
+          [](PyHostStep& s) {
+            py::list heads;
+            for (int64_t k = 0; k < s.step.depth(); ++k) heads.append(s.held[2 * k + 1]);
+            return heads;
+          },
+          "The ring buffers' heads (set_buffer), None where none was set.")
+      .def("read", &read_of<PyHostStep>, py::arg("fn"), kReadDoc)
       .def("plan", &plan_of<PyHostStep>, py::arg("req_ids"), py::arg("num_prefill_seqs"),
            py::arg("init_prefill_lens"), kPlanDoc)
       .def(
@@ -82,6 +101,7 @@ void bind_host_step(py::module_& m) {
             const char* op = "update_block_table";
             BusyScope busy(op, s.busy());
             read_stream(op, stream);  // as the device step's: the host step enqueues nothing
+            RegionScope region(op, s.region, RegionScope::kCall);
             s.step.commit(op);
           },
           py::arg("stream"), "Makes the planned update (RuntimeError if the books changed since).")
@@ -98,6 +118,7 @@ void bind_host_step(py::module_& m) {
             BusyScope busy(op, s.busy());
             Ints ids;
             read_ints(op, "req_ids", req_ids, ids);
+            RegionScope region(op, s.region, RegionScope::kCall);
             s.step.release(op, ids.data(), ids.size());
           },
           py::arg("req_ids"), "Releases every block of the requests; all or none.")
@@ -105,6 +126,7 @@ void bind_host_step(py::module_& m) {
           "reset",
           [](PyHostStep& s) {
             BusyScope busy("reset_state", s.busy());
+            RegionScope region("reset_state", s.region, RegionScope::kCall);
             s.step.reset();
           },
           "Back to empty, as after construction.")

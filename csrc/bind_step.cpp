@@ -5,8 +5,10 @@
 
 #include <pybind11/pybind11.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "device_step.h"
@@ -14,14 +16,15 @@
 
 TensorMemory tensor_memory(const char* op, const char* name, py::handle tensor, bool on_cuda,
                            Place place) {
-  std::string what = std::string(op) + ": " + name + "=" + safe_repr(tensor);
+  // (the repr only for an error: a tensor's runs Python, as much as a step's host time)
+  auto what = [&] { return std::string(op) + ": " + name + "=" + safe_repr(tensor); };
   if (!py::isinstance(tensor, py::module_::import("torch").attr("Tensor")))
-    throw py::type_error(what + " is not a torch.Tensor");
+    throw py::type_error(what() + " is not a torch.Tensor");
   std::string want = place == Place::kDevice && on_cuda ? "cuda" : "cpu";
   std::string device = py::str(tensor.attr("device").attr("type"));
-  if (device != want) throw py::value_error(what + " is on " + device + ", not on " + want);
+  if (device != want) throw py::value_error(what() + " is on " + device + ", not on " + want);
   if (!tensor.attr("is_contiguous")().cast<bool>())
-    throw py::value_error(what + " is not contiguous");
+    throw py::value_error(what() + " is not contiguous");
   auto address = static_cast<uintptr_t>(tensor.attr("data_ptr")().cast<int64_t>());
   return {reinterpret_cast<uint8_t*>(address), tensor.attr("nbytes").cast<int64_t>()};
 }
@@ -32,9 +35,36 @@ int read_device(const char* op, py::handle device) {
   return static_cast<int>(d);
 }
 
-py::object pack_result(const PackOutcome& o, int64_t batch_size) {
+RegionScope::RegionScope(const char* op, Region& region, Kind kind) : region_(region) {
+  unsigned long me = PyThread_get_thread_ident();
+  while (region.depth > 0 && region.owner != me) {
+    {
+      py::gil_scoped_release released;
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();  // (a wait a signal stops)
+  }
+  if (kind == kRead && region.depth > 0 && !region.reading)
+    throw std::runtime_error(std::string(op) +
+                             ": a read from inside a call on this manager in the same thread "
+                             "(a signal handler?) while the call changes what it would read");
+  if (region.depth == 0) {
+    region.owner = me;
+    region.reading = kind == kRead;
+  }
+  ++region.depth;
+}
+
+RegionScope::~RegionScope() {
+  if (--region_.depth == 0) {
+    region_.owner = 0;
+    region_.reading = false;
+  }
+}
+
+py::object pack_result(const PackOutcome& o, int64_t batch_size, py::handle buffer) {
   if (o.hit) return py::make_tuple(o.pack_id, to_list(o.seq_lens, batch_size));
-  return py::make_tuple(o.pack_id, stats_object(o.stats), to_list(o.seq_lens, batch_size));
+  return py::make_tuple(o.pack_id, stats_object(o.stats, buffer), to_list(o.seq_lens, batch_size));
 }
 
 const char* const kPlanDoc =
@@ -47,6 +77,10 @@ const char* const kPackDoc =
     "nothing changed since; else (pack id, BatchStats, lengths) once the metadata is\n"
     "sent on `stream`. A buffer too small for it is grown in the call, by the step's\n"
     "grow (the batch is read once).";
+const char* const kReadDoc =
+    "fn(): its result, read inside the step's region: no other thread's call on the step\n"
+    "runs meanwhile (a thread's call under way is waited for). RuntimeError from inside a\n"
+    "call on the step in the same thread (a signal handler).";
 const char* const kSetGrowDoc =
     "grow(which, nbytes): replaces the buffers `which` names, too small for a call, with\n"
     "ones of nbytes at least: 'host' (set_buffer), 'device' (the metadata buffer),\n"
@@ -57,44 +91,90 @@ namespace {
 // _C.Guard: a flag a manager holds for the length of each public call (`with guard:`).
 // A second call that starts while it is held (re-entered from inside the call, or from
 // another thread) is refused with RuntimeError. A C type: entering and leaving cost two
-// C calls, and no Python code runs between the flag's test and its setting.
+// C calls, and no Python code runs between the flag's test and its setting. A guard
+// told to refuse (`refuse(message)`: a manager that cannot run in this process, after a
+// fork) refuses every call from then on with that message, at no cost to the others.
 struct PyGuard {
   PyObject ob_base;
-  int busy;
+  int state;          // kFree, kBusy or kRefused
+  PyObject* refusal;  // the message of kRefused, else NULL
 };
+constexpr int kFree = 0, kBusy = 1, kRefused = 2;
 
 PyObject* guard_enter(PyObject* self, PyObject*) {
   auto* g = reinterpret_cast<PyGuard*>(self);
-  if (g->busy) {
-    PyErr_SetString(PyExc_RuntimeError,
-                    "another call on this manager is under way (calls on one manager must not "
-                    "overlap: re-entered from inside a call, or made from two threads at once)");
+  if (g->state != kFree) {
+    if (g->state == kRefused)
+      PyErr_SetObject(PyExc_RuntimeError, g->refusal);
+    else
+      PyErr_SetString(PyExc_RuntimeError,
+                      "another call on this manager is under way (calls on one manager must "
+                      "not overlap: re-entered from inside a call, or made from two threads at "
+                      "once)");
     return nullptr;
   }
-  g->busy = 1;
+  g->state = kBusy;
   Py_RETURN_NONE;
 }
 
 PyObject* guard_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
-  reinterpret_cast<PyGuard*>(self)->busy = 0;
+  auto* g = reinterpret_cast<PyGuard*>(self);
+  if (g->state == kBusy) g->state = kFree;
   Py_RETURN_FALSE;
+}
+
+PyObject* guard_refuse(PyObject* self, PyObject* message) {
+  if (!PyUnicode_Check(message)) {
+    PyErr_SetString(PyExc_TypeError, "Guard.refuse: the message must be a str");
+    return nullptr;
+  }
+  auto* g = reinterpret_cast<PyGuard*>(self);
+  Py_INCREF(message);
+  PyObject* before = g->refusal;
+  g->refusal = message;
+  g->state = kRefused;
+  Py_XDECREF(before);
+  Py_RETURN_NONE;
+}
+
+PyObject* guard_refusal(PyObject* self, void*) {
+  PyObject* refusal = reinterpret_cast<PyGuard*>(self)->refusal;
+  return Py_NewRef(refusal ? refusal : Py_None);
 }
 
 PyObject* guard_new(PyTypeObject* type, PyObject*, PyObject*) {
   PyObject* self = type->tp_alloc(type, 0);
-  if (self) reinterpret_cast<PyGuard*>(self)->busy = 0;
+  if (self) {
+    reinterpret_cast<PyGuard*>(self)->state = kFree;
+    reinterpret_cast<PyGuard*>(self)->refusal = nullptr;
+  }
   return self;
+}
+
+void guard_dealloc(PyObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  Py_CLEAR(reinterpret_cast<PyGuard*>(self)->refusal);
+  type->tp_free(self);
+  Py_DECREF(type);
 }
 
 PyMethodDef guard_methods[] = {
     {"__enter__", guard_enter, METH_NOARGS, "Holds the guard; RuntimeError if it is held."},
     {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(guard_exit)),
      METH_FASTCALL, "Lets the guard go."},
+    {"refuse", guard_refuse, METH_O,
+     "refuse(self: disagmoe._C.Guard, message: str) -> None\n\nEvery call from now on raises "
+     "RuntimeError(message)."},
     {nullptr, nullptr, 0, nullptr}};
+PyGetSetDef guard_getset[] = {
+    {"refusal", guard_refusal, nullptr, "The message refuse() was given, or None.", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
 PyType_Slot guard_slots[] = {
     {Py_tp_doc, const_cast<char*>("Refuses a call that overlaps another on the same manager.")},
     {Py_tp_new, reinterpret_cast<void*>(guard_new)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(guard_dealloc)},
     {Py_tp_methods, guard_methods},
+    {Py_tp_getset, guard_getset},
     {0, nullptr}};
 PyType_Spec guard_spec = {"disagmoe._C.Guard", sizeof(PyGuard), 0, Py_TPFLAGS_DEFAULT, guard_slots};
 

@@ -23,13 +23,14 @@ using namespace disagmoe;
 
 namespace {
 
-// BatchStats as a small C type of read-only int fields. The pack path makes one and
-// reads about ten fields every step: a pybind11 property read costs several times a
-// member's, and making this costs less than a tuple (no int object per field,
-// nothing for the garbage collector to track). It has no positions, only names.
+// BatchStats as a small C type of read-only int fields (and the buffer a pack wrote,
+// `buffer`). The pack path makes one and reads about ten fields every step: a pybind11 property
+// read costs several times a member's, and making this costs less than a tuple (no int object per
+// field, nothing for the garbage collector to track). It has no positions, only names.
 struct PyBatchStats {
   PyObject ob_base;  // PyObject_HEAD
   BatchStats stats;
+  PyObject* buffer;  // what the pack wrote into (its step's set_out), or None
 };
 
 #define DISAGMOE_STATS_FIELD(name, doc) \
@@ -46,6 +47,8 @@ PyMemberDef batch_stats_fields[] = {
     DISAGMOE_STATS_FIELD(max_decode_seq_len, "longest decode entry's length (0 without one)"),
     DISAGMOE_STATS_FIELD(max_decode_query_len, "1 with a decode entry, else 0"),
     DISAGMOE_STATS_FIELD(width, "blocks of the longest request: the block table's width"),
+    {"buffer", T_OBJECT, offsetof(PyBatchStats, buffer), READONLY,
+     "the metadata buffer the pack wrote (the object its step was given with it), or None"},
     {nullptr, 0, 0, 0, nullptr}};
 #undef DISAGMOE_STATS_FIELD
 constexpr int kBatchStatsFields = 11;
@@ -61,22 +64,32 @@ PyObject* batch_stats_repr(PyObject* self) {
   return PyUnicode_FromString((text + ")").c_str());
 }
 
+void batch_stats_dealloc(PyObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  Py_XDECREF(reinterpret_cast<PyBatchStats*>(self)->buffer);
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
 PyType_Slot batch_stats_slots[] = {
     {Py_tp_doc,
      const_cast<char*>("The host integers of a batch's FlashAttention metadata (named as there)\n"
                        "and the shape of its arrays, known without touching the device.")},
     {Py_tp_members, batch_stats_fields},
     {Py_tp_repr, reinterpret_cast<void*>(batch_stats_repr)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(batch_stats_dealloc)},
     {0, nullptr}};
 PyType_Spec batch_stats_spec = {"disagmoe._C.BatchStats", sizeof(PyBatchStats), 0,
                                 Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
                                 batch_stats_slots};
 PyTypeObject* batch_stats_type = nullptr;
 
-py::object make_stats(const BatchStats& s) {
+py::object make_stats(const BatchStats& s, py::handle buffer) {
   PyObject* out = batch_stats_type->tp_alloc(batch_stats_type, 0);
   if (!out) throw py::error_already_set();
-  reinterpret_cast<PyBatchStats*>(out)->stats = s;
+  auto* stats = reinterpret_cast<PyBatchStats*>(out);
+  stats->stats = s;
+  stats->buffer = buffer.inc_ref().ptr();
   return py::reinterpret_steal<py::object>(out);
 }
 
@@ -224,7 +237,7 @@ void bind_block_books(py::module_& m) {
 
 }  // namespace
 
-py::object stats_object(const BatchStats& s) { return make_stats(s); }
+py::object stats_object(const BatchStats& s, py::handle buffer) { return make_stats(s, buffer); }
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "disagmoe's C++ core: host block tables and request books.";

@@ -40,7 +40,8 @@ class BusyScope {
   bool& busy_;
 };
 
-py::object stats_object(const BatchStats& s);
+// A _C.BatchStats of `s`; its `buffer` is `buffer` (a pack's: the step's metadata buffer).
+py::object stats_object(const BatchStats& s, py::handle buffer = py::none());
 
 // The step paths (bind_step.cpp, bind_host_step.cpp, bind_device_step.cpp): _C.HostStep,
 // _C.DeviceStep, _C.BlockSource, _C.Guard, the CUDA graphs.

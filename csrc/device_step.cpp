@@ -94,6 +94,27 @@ void DeviceStep::set_buffer(int64_t k, int32_t* words, int64_t nwords) {
   buffers_[k] = {words, nwords};
 }
 
+void DeviceStep::set_staging(const std::vector<Words>& buffers, cuda::DevicePtr twin,
+                             int64_t twin_words) {
+  const char* op = "DeviceStep.set_staging";
+  if (static_cast<int64_t>(buffers.size()) != depth_)
+    throw std::invalid_argument(std::string(op) + ": " + str(buffers.size()) +
+                                " buffers for a ring of " + str(depth_));
+  for (const Words& b : buffers) check_words(op, b.nwords);
+  if (twin) check_words(op, twin_words);
+  if (staged_) {
+    const int32_t* w = buffers_[current_].words;
+    if (w[staged::UPDATE_SIZE] || w[staged::RELEASE_SIZE] || w[staged::PRE_SIZE] ||
+        w[staged::POST_SIZE])
+      throw std::runtime_error(std::string(op) + ": buffer " + str(current_) +
+                               " holds staged work");
+    staged_ = false;  // acquired, nothing in it yet
+  }
+  buffers_ = buffers;
+  twin_ = twin;
+  twin_words_ = twin ? twin_words : 0;
+}
+
 void DeviceStep::set_free_stack(uint8_t* stack, const uint8_t* initial, int64_t nbytes) {
   const char* op = "DeviceStep.set_free_stack";
   if (source_ != BlockSource::kDeviceStack)
@@ -113,7 +134,7 @@ void DeviceStep::set_twin(cuda::DevicePtr twin, int64_t nwords) {
 
 int64_t DeviceStep::staged_capacity() const {
   int64_t n = twin_ ? twin_words_ : INT64_MAX;
-  for (const Buffer& b : buffers_) n = std::min(n, b.nwords);
+  for (const Words& b : buffers_) n = std::min(n, b.nwords);
   return n;
 }
 

@@ -85,6 +85,13 @@ class DeviceStep : public Step {
   // Each throws unless it holds staged::words(max_reqs, 0) words.
   void set_buffer(int64_t k, int32_t* words, int64_t nwords);
   void set_twin(cuda::DevicePtr twin, int64_t nwords);
+  // Every ring buffer (`depth` of them) and the twin (0: none) at once: each checked as
+  // above, then all set, or none.
+  struct Words {
+    int32_t* words = nullptr;
+    int64_t nwords = 0;
+  };
+  void set_staging(const std::vector<Words>& buffers, cuda::DevicePtr twin, int64_t twin_words);
   void set_out_bytes(int64_t nbytes) { out_bytes_ = nbytes; }
   // kDeviceStack: the device's free stack and the stack as it starts (reset copies it back).
   // Throws unless both hold num_blocks int32, on a kDeviceStack step.
@@ -138,11 +145,7 @@ class DeviceStep : public Step {
   BlockBooks* books_ = nullptr;  // kHostBooks
   int64_t stack_height_ = 0;     // kDeviceStack: the free stack's height
   int64_t num_blocks_ = 0;
-  struct Buffer {
-    int32_t* words = nullptr;
-    int64_t nwords = 0;
-  };
-  std::vector<Buffer> buffers_;
+  std::vector<Words> buffers_;
   cuda::DevicePtr twin_ = 0;
   int64_t twin_words_ = 0;
   int64_t out_bytes_ = 0;

@@ -28,6 +28,7 @@ void HostStep::set_buffer(int64_t k, int32_t* table, int64_t table_bytes, uint8_
 void HostStep::set_out(uint8_t* out, int64_t nbytes) {
   out_ = out;
   out_bytes_ = nbytes;
+  forget_pack();
 }
 
 void HostStep::commit(const char* op) {

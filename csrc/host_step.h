@@ -29,7 +29,8 @@ class HostStep : public Step {
   // Throws unless the table holds max_reqs rows of max_blocks_per_seq int32.
   void set_buffer(int64_t k, int32_t* table, int64_t table_bytes, uint8_t* head,
                   int64_t head_bytes);
-  // The device buffer (a host buffer on torch's CPU device) the metadata is copied into.
+  // The device buffer (a host buffer on torch's CPU device) the metadata is copied into
+  // (the last pack is forgotten: its metadata is not in it).
   void set_out(uint8_t* out, int64_t nbytes);
 
   void commit(const char* op);

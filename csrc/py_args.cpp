@@ -157,6 +157,10 @@ std::string safe_repr(py::handle obj) {
   if (text) {
     out.assign(text, size);
   } else {
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {  // a KeyboardInterrupt: not lost
+      Py_XDECREF(repr);
+      throw py::error_already_set();
+    }
     PyErr_Clear();
     out = std::string("<") + Py_TYPE(obj.ptr())->tp_name + " object>";
   }

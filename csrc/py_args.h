@@ -21,7 +21,8 @@ namespace disagmoe {
 
 namespace py = pybind11;
 
-// repr(obj), cut to at most 80 characters; never throws.
+// repr(obj), cut to at most 80 characters. A repr that raises an Exception gives the type's
+// name instead; anything else (a KeyboardInterrupt its Python code met) is thrown on.
 std::string safe_repr(py::handle obj);
 
 // An int argument: an int or an object with __index__ (numpy ints, 0-d integer

@@ -59,6 +59,9 @@ class Step {
 
   // Waits until the device has read every buffer of the ring.
   void wait_all();
+  // The last pack is not remembered any more (its metadata buffer was replaced): the next
+  // pack of any batch packs.
+  void forget_pack() { memo_.valid = false; }
 
   // Blocks an update may take now.
   virtual int64_t num_free_blocks() const = 0;

@@ -119,3 +119,67 @@ def test_a_call_from_another_thread_while_one_reads_is_refused(config):
     h.ref.update(h.batch([3, 1], [5]))
     h.check_state()
     assert len(refused) == 4
+
+
+def test_reads_from_another_thread_see_no_call_half_done(config, fine_switching):
+    """One thread runs steps, releases and resets; another reads the whole time (the reads
+    the contract names). No read is refused, check_integrity finds nothing wrong, and what
+    each read answers is a state the manager had: the slots of a request are distinct, in
+    range and as many as some length it had."""
+    h = Harness(config.make(block_size=2, num_blocks=64, max_running_reqs=4, max_seq_len=64))
+    m = h.manager
+    lengths: dict[int, set[int]] = {}  # every length each request had, from the worker
+    done = threading.Event()
+    errors: list[BaseException] = []
+    reads = [0]
+
+    def work() -> None:
+        try:
+            for seed in range(6):
+                workload(h, seed)
+                for req_id, seq_len in h.ref.seq_lens.items():
+                    lengths.setdefault(req_id, set()).add(seq_len)
+                h.reset()
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def read() -> None:
+        try:
+            while not done.is_set() or reads[0] < 50:
+                m.check_integrity()
+                free = m.num_free_slots()
+                assert 0 <= free <= m.capacity and free % m.block_size == 0
+                assert 0 <= m.num_running_reqs() <= m.max_running_reqs
+                for req_id in list(lengths):
+                    try:
+                        slots = m.token_slots(req_id)
+                        m.seq_len(req_id)
+                    except KeyError:  # released (or not yet registered) meanwhile
+                        continue
+                    assert len(set(slots)) == len(slots) and all(0 <= s < m.capacity for s in slots)
+                reads[0] += 1
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    # The worker records lengths as the steps run: every step's, through the reference.
+    original = h.ref.update
+
+    def recording_update(batch):
+        seq_lens = original(batch)
+        for req_id, seq_len in zip(batch.req_ids, seq_lens):
+            lengths.setdefault(int(req_id), set()).add(seq_len)
+        return seq_lens
+
+    h.ref.update = recording_update  # type: ignore[method-assign]
+    threads = [threading.Thread(target=work), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+    assert reads[0] >= 50
+    h.check_state()

@@ -10,43 +10,36 @@ returns. A design provides the native step, its buffers and how they grow.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import signal
-import threading
+import os
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence, TypeVar
 
 import torch
 
 from disagmoe import _C
 from disagmoe.batch import BatchMetadata
 from disagmoe.config import CacheConfig, ModelConfig, checked_int, checked_layer_ids, checked_slots, describe
-from disagmoe.metadata import FlashAttentionMetadata, LengthViews, length_views, slot_view, table_view
+from disagmoe.metadata import FlashAttentionMetadata
 
 DEFAULT_DEPTH = 3
 """Host buffers a manager stages its steps through on CUDA: the host runs up to this many
 launches ahead of the device."""
 
-MAX_CACHED_SHAPES = 1024
-"""Views of each kind a manager keeps (by the sizes they depend on)."""
+_T = TypeVar("_T")
+
+_LIVE: list[weakref.ref[BlockManager]] = []
+"""The managers of this process (what a forked child refuses: `_refuse_after_fork`). Plain
+references, pruned as the list grows: a weakref callback (a WeakSet's) would run Python
+when a manager dies, and a KeyboardInterrupt raised there is printed and lost."""
 
 
-@contextlib.contextmanager
-def signals_held():
-    """Holds the signals back for a few statements that must all run or none (a buffer and
-    what reads it replaced together): a KeyboardInterrupt that arrives meanwhile is raised
-    once they have run. Signal handlers run in the main thread only; elsewhere nothing to do."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+def _track(manager: BlockManager) -> None:
+    if len(_LIVE) >= 64 and len(_LIVE) & (len(_LIVE) - 1) == 0:  # at each power of two
+        _LIVE[:] = [ref for ref in _LIVE if ref() is not None]
+    _LIVE.append(weakref.ref(manager))
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -109,25 +102,47 @@ class BlockManager(ABC):
       str, ...), below 1 or past 2**31 - 1, a pool past 2**31 - 1 slots, or
       tables larger than the device's memory;
     - RuntimeError: a call that overlaps another call on the same manager
-      (see Threads).
+      (see Threads), or a manager made before a fork, in the child (see Fork).
 
-    Threads: a manager is not thread-safe. Calls on one manager must not
-    overlap: use it from one thread at a time (one manager per thread, or a
-    lock around it). Managers share no state, so different managers may be
-    used from different threads at the same time. A call that starts while
-    another call on the same manager is under way (from a second thread, or
-    from inside the first: an argument's `__index__`, a `seq_lens` setter)
-    raises RuntimeError and changes nothing; the reads (`seq_len`,
-    `num_free_slots`, `num_running_reqs`, `token_slots`, `check_integrity`)
-    are not refused.
+    Threads: calls on one manager must not overlap: use it from one thread at
+    a time (one manager per thread, or a lock around it). Managers share no
+    state, so different managers may be used from different threads at the
+    same time. A call that starts while another call on the same manager is
+    under way (from a second thread, or from inside the first: an argument's
+    `__index__`, a `seq_lens` setter) raises RuntimeError and changes nothing.
+    The reads (`seq_len`, `num_free_slots`, `num_running_reqs`, `token_slots`,
+    `check_integrity`) are not refused: from another thread, each answers a
+    state the manager had between two calls' changes (a read waits while
+    another thread's call is inside its native part: its kernels, a buffer it
+    grows), never one half done. From inside a call in the same thread (an
+    argument's `__index__`, a setter), they answer the state before the call;
+    from a signal handler that runs while the call's native part runs Python
+    (a grow, the torch kernels), `token_slots` and `check_integrity` raise
+    RuntimeError (what they would read is half changed).
 
-    Interrupts: every change a call makes happens in one native call, after
-    every check; a KeyboardInterrupt (or anything a signal handler raises)
-    between two of a call's steps leaves the manager as before the call or
-    as after it, never in between.
+    Interrupts: every change a call makes happens in native calls, after every
+    check; a KeyboardInterrupt (or anything a signal handler raises) anywhere in
+    a call leaves the manager as before the call or as after it, never in
+    between, and is raised (no signal is lost; no signal is ever blocked). A
+    buffer too small for a step is replaced inside the step's native call, with
+    the object that holds its views (`buffers.MetadataBuffer`,
+    `buffers.StagingBuffers`) in the same native call, so that Python never runs
+    between the two (docs/architecture.md, "Threads, interrupts, fork").
+
+    Fork: in a forked child, a manager made before the fork works if it is the
+    cpu design on torch's CPU device (`runs_after_fork`); any other (the torch
+    kernels of the gpu and hybrid designs, which GNU OpenMP may hang in a
+    child; anything on CUDA) refuses every call and `token_slots` and
+    `check_integrity` with a RuntimeError naming the fork, and still answers
+    the host's reads (`seq_len`, `num_running_reqs`, `num_free_slots`). A manager
+    made in the child runs as torch does there: a torch operation may hang in a
+    child of a process that ran one in parallel, unless the child calls
+    `torch.set_num_threads(1)` first (the lab's benchmarks do).
     """
 
     default_block_size: ClassVar[int]
+    runs_after_fork: ClassVar[bool] = False
+    """Whether a manager made before a fork runs in the child on torch's CPU device (see Fork)."""
     _books: Any  # the native books, made by the design (`_build`)
     _step: Any  # the native step over them: _C.HostStep or _C.DeviceStep
 
@@ -169,16 +184,12 @@ class BlockManager(ABC):
             if self.device.type == "cuda"
             else int
         )
-        # The metadata buffer's views, kept by what their place and shape depend on: the
-        # lengths by the batch size, slot_mapping by it and the tokens, the table by all three.
-        self._length_views: dict[int, LengthViews] = {}
-        self._slot_views: dict[tuple[int, int], Any] = {}
-        self._table_views: dict[tuple[int, int, int], Any] = {}
         self._memo: tuple | None = None  # the last pack: (id, stats, views)
         self._num_compiles = self._num_captures = 0
         self._build()
         ref = weakref.ref(self)  # (the step keeps its grow: no cycle through it)
         self._step.set_grow(lambda which, nbytes: ref()._grow(which, nbytes))  # type: ignore[union-attr]
+        _track(self)
 
     def __copy__(self):
         raise TypeError(
@@ -270,8 +281,8 @@ class BlockManager(ABC):
                 return
             seq_lens = step.plan(batch.req_ids, batch.num_prefill_seqs, batch.init_prefill_lens)
             before = batch.seq_lens
-            batch.seq_lens = seq_lens  # may raise: nothing is reserved yet
             try:
+                batch.seq_lens = seq_lens  # may raise: nothing is reserved yet
                 step.commit(self._stream())
             except BaseException:
                 try:
@@ -346,29 +357,9 @@ class BlockManager(ABC):
             if len(packed) == 2:  # the batch of the remembered pack, at another layer
                 return self._metadata(memo[1], packed[1], memo[2])  # type: ignore[index]
             pack_id, stats, seq_lens = packed
-            views = self._views(stats.batch_size, stats.width, stats.num_tokens)
+            views = stats.buffer.views(stats.batch_size, stats.width, stats.num_tokens)
             self._memo = (pack_id, stats, views)
             return self._metadata(stats, seq_lens, views)
-
-    def _views(self, batch_size: int, width: int, num_tokens: int) -> tuple:
-        """The metadata tensors of a batch of this shape in the metadata buffer: (seq_lens,
-        context_lens, query_start_loc, seq_start_loc, block_tables, slot_mapping)."""
-        lengths = self._length_views.get(batch_size)
-        if lengths is None:
-            lengths = self._length_views[batch_size] = length_views(self._out32, batch_size)
-        slots = self._slot_views.get((batch_size, num_tokens))
-        if slots is None:
-            if len(self._slot_views) >= MAX_CACHED_SHAPES:
-                self._slot_views.clear()
-            slots = self._slot_views[(batch_size, num_tokens)] = slot_view(self._out64, batch_size, num_tokens)
-        table = self._table_views.get((batch_size, num_tokens, width))
-        if table is None:
-            if len(self._table_views) >= MAX_CACHED_SHAPES:
-                self._table_views.clear()
-            table = self._table_views[(batch_size, num_tokens, width)] = table_view(
-                self._out32, batch_size, width, num_tokens
-            )
-        return (*lengths, table, slots)
 
     def _metadata(self, stats: Any, seq_lens: list[int], views: tuple) -> FlashAttentionMetadata:
         # Tensors of their own (aliases of the kept views): what a caller does to their
@@ -391,16 +382,6 @@ class BlockManager(ABC):
             slots.detach(),
             self.block_size,
         )
-
-    def _set_out(self, out: torch.Tensor) -> None:
-        """The metadata buffer (bytes, a multiple of 8) every pack writes; forgets the views."""
-        self._out = out
-        self._out32 = out.view(torch.int32)
-        self._out64 = out.view(torch.int64)
-        self._length_views.clear()
-        self._slot_views.clear()
-        self._table_views.clear()
-        self._memo = None
 
     def release_seqs(self, req_ids: Sequence[int]) -> None:
         """Returns every slot and request row of these requests to the pool.
@@ -489,22 +470,55 @@ class BlockManager(ABC):
     def token_slots(self, req_id: int) -> list[int]:
         """The slot of each of the request's tokens, positions ascending."""
         req_id = self._checked_req_id(req_id)
+        return self._read(lambda: self._token_slots(req_id))
+
+    def _token_slots(self, req_id: int) -> list[int]:
         seq_len, bs = self._books.seq_len(req_id), self.block_size
         blocks = self._block_ids(req_id, -(-seq_len // bs))
         return [blocks[p // bs] * bs + p % bs for p in range(seq_len)]
+
+    def _read(self, fn: Callable[[], _T]) -> _T:
+        """fn() as one read of several native calls: no call of another thread changes the
+        manager meanwhile (see Threads); RuntimeError in a process that must not use it."""
+        refusal = self._guard.refusal
+        if refusal is not None:
+            raise RuntimeError(refusal)
+        return self._step.read(fn)
 
     @abstractmethod
     def _block_ids(self, req_id: int, num_blocks: int) -> list[int]:
         """The first `num_blocks` block ids of a running request, in position order."""
 
-    @abstractmethod
     def check_integrity(self) -> None:
         """Raises AssertionError unless: no slot is owned twice but a shared block's
         (indexed by the prefix cache), free + evictable + owned == capacity, and the host
         books agree with the device state; each block's reference count equals the rows
         holding it, no held block is free or evictable, every evictable block is indexed
         and unheld, and the index and the blocks name each other."""
+        self._read(self._check_integrity)
+
+    @abstractmethod
+    def _check_integrity(self) -> None:
+        """check_integrity, as one read."""
 
     @abstractmethod
     def memory_footprint(self) -> MemoryFootprint:
         """Bytes of the manager's persistent state, on the device and on the host."""
+
+
+def _refuse_after_fork() -> None:
+    """In a forked child: every manager made before the fork that cannot run there refuses
+    its calls (see Fork). Managers made in the child run as anywhere."""
+    for ref in _LIVE:
+        manager = ref()
+        if manager is not None and (manager.device.type == "cuda" or not manager.runs_after_fork):
+            why = "CUDA" if manager.device.type == "cuda" else "its torch kernels (GNU OpenMP)"
+            manager._guard.refuse(
+                f"{type(manager).__name__} was made in process {os.getppid()}, which forked this "
+                f"one ({os.getpid()}): {why} cannot run after a fork (a call would hang or fail); "
+                "make the manager in this process (or start it with 'spawn' or 'forkserver')"
+            )
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_refuse_after_fork)

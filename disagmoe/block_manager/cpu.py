@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from disagmoe import _C
-from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager, MemoryFootprint, signals_held
-from disagmoe.block_manager.buffers import checked_empty
+from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager, MemoryFootprint
+from disagmoe.block_manager.buffers import MetadataBuffer, checked_empty
 from disagmoe.block_manager.core_books import CoreBooks
 
 HOST = torch.device("cpu")
@@ -26,6 +26,7 @@ HOST = torch.device("cpu")
 
 class CPUBlockManager(CoreBooks, BlockManager):
     default_block_size = 16
+    runs_after_fork = True  # the step is C++ and memcpy on torch's CPU device
 
     def _build(self) -> None:
         books = self._make_books()
@@ -45,7 +46,6 @@ class CPUBlockManager(CoreBooks, BlockManager):
             )
             for _ in range(self._step.depth)
         ]
-        self._heads: list[Any] = [None] * self._step.depth
         for k in range(self._step.depth):
             self._set_head(k, self._head_bytes(layout))
         self._grow("device", layout.nbytes)
@@ -66,7 +66,6 @@ class CPUBlockManager(CoreBooks, BlockManager):
             pin_memory=self.device.type == "cuda",
         )
         self._step.set_buffer(k, self._tables[k], head)
-        self._heads[k] = head
 
     def _grow(self, which: str, nbytes: int) -> None:
         nbytes = (nbytes + nbytes // 2 + 63) // 64 * 64
@@ -76,9 +75,7 @@ class CPUBlockManager(CoreBooks, BlockManager):
             out = checked_empty(
                 "CPUBlockManager", (nbytes,), torch.uint8, f"a metadata buffer of {nbytes} bytes", self.device
             )
-            with signals_held():  # the step's buffer and the views of it change together
-                self._step.set_out(out)
-                self._set_out(out)
+            self._step.set_out(out, MetadataBuffer(out))  # one native call: nothing splits it
 
     def _release(self, req_ids: Any) -> None:
         self._step.release(req_ids)
@@ -91,19 +88,21 @@ class CPUBlockManager(CoreBooks, BlockManager):
 
     def _warm_up(self, max_num_tokens: int) -> None:
         layout = _C.metadata_layout(self.max_running_reqs, self._books.max_blocks_per_seq, max_num_tokens)
-        for k, head in enumerate(self._heads):
+        for k, head in enumerate(self._step.heads):
             if head.numel() < self._head_bytes(layout):
                 self._step.wait_all()
                 self._set_head(k, self._head_bytes(layout))
-        if self._out.numel() < layout.nbytes:
+        if self._step.out.out.numel() < layout.nbytes:
             self._grow("device", layout.nbytes)
 
-    def check_integrity(self) -> None:
+    def _check_integrity(self) -> None:
         self._check_books()
 
     def memory_footprint(self) -> MemoryFootprint:
-        host = self._host_table_bytes() + sum(t.nbytes for t in self._tables) + sum(h.nbytes for h in self._heads)
+        heads = self._step.heads
+        host = self._host_table_bytes() + sum(t.nbytes for t in self._tables) + sum(h.nbytes for h in heads)
+        out = self._step.out.out.nbytes
         return MemoryFootprint(
-            device_bytes=self._out.nbytes if self.device.type == "cuda" else 0,
-            host_bytes=host if self.device.type == "cuda" else host + self._out.nbytes,
+            device_bytes=out if self.device.type == "cuda" else 0,
+            host_bytes=host if self.device.type == "cuda" else host + out,
         )

@@ -40,8 +40,8 @@ import torch
 from disagmoe import _C
 from disagmoe.block_manager import kernels_torch
 from disagmoe.block_manager import layout as L
-from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager, MemoryFootprint, signals_held
-from disagmoe.block_manager.buffers import checked_empty, empty_int32
+from disagmoe.block_manager.base import DEFAULT_DEPTH, BlockManager, MemoryFootprint
+from disagmoe.block_manager.buffers import MetadataBuffer, StagingBuffers, checked_empty, empty_int32
 from disagmoe.config import CacheConfig, ModelConfig
 
 if TYPE_CHECKING:
@@ -131,9 +131,7 @@ class DeviceTableManager(BlockManager):
         """The step's launcher and its buffers."""
         ref = weakref.ref(self)  # (the step keeps its launcher: no cycle through it)
         self._step.set_launcher(lambda buffer, flags, grid: ref()._launch(buffer, flags, grid))  # type: ignore
-        self._captured: set[tuple[int, int]] = set()
         self._capture_stream: Any = None
-        self._k: Any = None
         if self.kernels == "triton":
             from disagmoe.block_manager import kernels_triton
 
@@ -157,7 +155,7 @@ class DeviceTableManager(BlockManager):
         """Ring buffers (and the device twin) of `words` words each."""
         on_cuda = self.device.type == "cuda"
         step = self._step
-        if hasattr(self, "_words"):
+        if step.staging is not None:
             step.flush(self._stream())  # nothing staged stays in a buffer that goes
             step.wait_all()
         what = f"a staging buffer of {words} words"
@@ -168,14 +166,8 @@ class DeviceTableManager(BlockManager):
         twin = (
             checked_empty(type(self).__name__, (words,), torch.int32, what, self.device) if self._twin_needed else None
         )
-        self._forget_graphs()
-        with signals_held():  # the step's buffers and this object's views of them change together
-            for k, w in enumerate(buffers):  # (the step refuses the first, or takes them all)
-                step.set_buffer(k, w)
-            if twin is not None:
-                step.set_twin(twin)
-                self._twin = twin
-            self._words, self._host_words = buffers, [w.numpy() for w in buffers]
+        # One native call takes them all, and forgets the graphs (they address the twin).
+        step.set_staging(StagingBuffers(buffers, [w.numpy() for w in buffers], twin))
 
     def _grow(self, which: str, nbytes: int) -> None:
         """The staging buffers ("staging": a commit's) or the metadata buffer ("device": a
@@ -187,38 +179,34 @@ class DeviceTableManager(BlockManager):
         out = checked_empty(
             type(self).__name__, (nbytes,), torch.uint8, f"a metadata buffer of {nbytes} bytes", self.device
         )
-        self._forget_graphs()  # (first: a launch meanwhile runs eagerly, on what it names)
-        with signals_held():  # the kernels' buffer, the views of it and its size change together
-            self._set_out(out)
-            if self.kernels == "triton":
-                self._k = self._triton.Kernels(
-                    self.req_to_block,
-                    self.free_blocks,
-                    self.block_source,
-                    self._out32,
-                    self._out64,
-                    self.block_size,
-                    self._launch_shape,
-                    self.entry_block,
-                )
-            self._step.set_out_bytes(nbytes)
-
-    def _forget_graphs(self) -> None:
-        if self._captured:
-            self._step.clear_graphs()
-            self._captured.clear()
+        buffer = MetadataBuffer(out)
+        if self.kernels == "triton":
+            buffer.kernels = self._triton.Kernels(
+                self.req_to_block,
+                self.free_blocks,
+                self.block_source,
+                buffer.out32,
+                buffer.out64,
+                self.block_size,
+                self._launch_shape,
+                self.entry_block,
+            )
+        # One native call takes the buffer, its views and kernels and its size, and forgets
+        # the graphs (they address the buffer before).
+        self._step.set_out(out, buffer)
 
     # -- launches ------------------------------------------------------------------------
 
     def _launch(self, buffer: int, flags: int, grid: int) -> None:
         """A launch that has no graph (the native step calls it): the kernels eagerly, and
         with CUDA graphs the capture of this launch for next time."""
+        staging = self._step.staging
         if self.kernels == "torch":
-            staged = self._twin if self._twin_needed else self._words[buffer]
-            host = self._host_words[buffer]
+            staged = staging.twin if self._twin_needed else staging.words[buffer]
+            host = staging.host_words[buffer]
             views = None
             if flags & L.PACK:
-                views = self._views(int(host[L.PACK_SIZE]), int(host[L.WIDTH]), int(host[L.NUM_TOKENS]))
+                views = self._step.out.views(int(host[L.PACK_SIZE]), int(host[L.WIDTH]), int(host[L.NUM_TOKENS]))
             kernels_torch.launch(
                 staged,
                 host,
@@ -232,7 +220,7 @@ class DeviceTableManager(BlockManager):
             )
             return
         before = self._triton.compiled()
-        self._triton.launch(self._k, self._twin, grid, flags)
+        self._triton.launch(self._step.out.kernels, staging.twin, grid, flags)
         self._num_compiles += self._triton.compiled() - before
         if self.cuda_graphs:
             self._capture(flags, grid)
@@ -243,22 +231,22 @@ class DeviceTableManager(BlockManager):
         if self._capture_stream is None:
             self._capture_stream = torch.cuda.Stream(self.device)
         stream = self._capture_stream
+        kernels, twin = self._step.out.kernels, self._step.staging.twin
         with torch.cuda.stream(stream):
             _C.begin_capture(stream.cuda_stream)
             try:
-                self._triton.launch(self._k, self._twin, grid, flags)
+                self._triton.launch(kernels, twin, grid, flags)
             except BaseException:
                 _C.end_capture(stream.cuda_stream, False)
                 raise
             graph = _C.end_capture(stream.cuda_stream, True)
         for buffer in range(self._step.depth):
             self._step.set_graph(flags, grid, buffer, graph)
-        self._captured.add((flags, grid))
         self._num_captures += 1
 
     def _warm_up(self, max_num_tokens: int) -> None:
         layout = _C.metadata_layout(self.max_running_reqs, self.max_width, max_num_tokens)
-        if self._out.nbytes < layout.nbytes:
+        if self._step.out.out.nbytes < layout.nbytes:
             self._grow("device", layout.nbytes)
         if self.block_source == L.HOST_BOOKS:  # room for the new ids of the largest step
             words = L.staged_words(self.max_running_reqs, max_num_tokens // self.block_size + self.max_running_reqs)
@@ -269,7 +257,7 @@ class DeviceTableManager(BlockManager):
         # Every kernel once, on a header of zeros (no work) and a scratch output: compiled.
         zeros = torch.zeros(L.HEADER, dtype=torch.int32, device=self.device)
         scratch = torch.zeros(64, dtype=torch.int64, device=self.device)
-        k = dataclasses.replace(self._k, out32=scratch.view(torch.int32), out64=scratch)
+        k = dataclasses.replace(self._step.out.kernels, out32=scratch.view(torch.int32), out64=scratch)
         before = self._triton.compiled()
         for flags in self._step.flag_sets:
             self._triton.launch(k, zeros, 1, flags)
@@ -280,7 +268,7 @@ class DeviceTableManager(BlockManager):
         grids = [1 << b for b in range(L.grid_of(self.max_running_reqs).bit_length())]
         for flags in self._step.flag_sets:
             for grid in grids:
-                if (flags, grid) not in self._captured:
+                if not self._step.captured(flags, grid):
                     self._capture(flags, grid)
         torch.cuda.synchronize(self.device)
 
@@ -313,11 +301,12 @@ class DeviceTableManager(BlockManager):
 
     def memory_footprint(self) -> MemoryFootprint:
         on_cuda = self.device.type == "cuda"
-        staging = sum(w.nbytes for w in self._words)  # pinned host memory on CUDA
+        ring = self._step.staging
+        staging = sum(w.nbytes for w in ring.words)  # pinned host memory on CUDA
         # The stack, the initial one and entry_block (the prefix cache's blocks).
         stacks = 3 * 4 * self.num_blocks if self.block_source == L.DEVICE_STACK else 0
         tables = self.req_to_block.nbytes + stacks
-        device = tables + self._out.nbytes + (self._twin.nbytes if self._twin_needed else 0)
+        device = tables + self._step.out.out.nbytes + (ring.twin.nbytes if ring.twin is not None else 0)
         return MemoryFootprint(
             device_bytes=device + (0 if on_cuda else staging),
             host_bytes=self._host_table_bytes() + (staging if on_cuda else 0),

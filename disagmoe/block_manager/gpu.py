@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from disagmoe import _C
+from disagmoe.block_manager.base import PrefixCacheStats
 from disagmoe.block_manager.device_tables import KERNELS, DeviceTableManager
 from disagmoe.block_manager.integrity import check_blocks
 
@@ -53,7 +54,7 @@ class GPUBlockManager(DeviceTableManager):
         self._flush()  # a read: allowed while another call reads its arguments
         return self.req_to_block[row, :num_blocks].tolist()
 
-    def check_integrity(self) -> None:
+    def _check_integrity(self) -> None:
         """Every block free (on the device stack) or owned exactly once (in the block table
         rows of the books' requests), and the request rows add up."""
         books, name = self._books, type(self).__name__
@@ -67,7 +68,7 @@ class GPUBlockManager(DeviceTableManager):
         table = self._device_rows()
         indexed = self._step.indexed_entries()
         entry_block = self.entry_block.cpu().numpy()  # type: ignore[union-attr]
-        height = self._step.num_free_blocks - self.prefix_cache_stats().evictable_blocks
+        height = self._step.num_free_blocks - PrefixCacheStats(*self._prefix_cache_stats()).evictable_blocks
         free = self.free_blocks[:height].cpu().numpy()
         owned = {}  # each request's own blocks; the cache's, once each under its entry
         for req_id in books.req_ids():

@@ -25,7 +25,7 @@ class HybridBlockManager(CoreBooks, DeviceTableManager):
 
     default_block_size = 16
 
-    def check_integrity(self) -> None:
+    def _check_integrity(self) -> None:
         self._check_books()
         table = self._device_rows()
         unstaged = set(self._books.unstaged_rows())  # matched: their first update writes them

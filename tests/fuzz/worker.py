@@ -474,7 +474,7 @@ class StepCase:
         if what in ("head", "out") and bad == "small" or what in ("twin", "stack") and not self.on_device:
             return  # (a head or a metadata buffer of any size is grown when a pack needs more)
         if what == "buffer":
-            step.set_buffer(0, obj) if self.on_device else step.set_buffer(0, obj, m._heads[0])
+            step.set_buffer(0, obj) if self.on_device else step.set_buffer(0, obj, m._step.heads[0])
         elif what == "head" and not self.on_device:
             step.set_buffer(0, m._tables[0], obj)
         elif what == "out" and not self.on_device:
