@@ -91,35 +91,6 @@ void bind_device_step(py::module_& m) {
       .def_property_readonly("staged_capacity",
                              [](PyDeviceStep& s) { return s.step->staged_capacity(); })
       .def(
-          "set_buffer",
-          [](PyDeviceStep& s, py::handle k, py::object words) {
-            const char* op = "DeviceStep.set_buffer";
-            int64_t i = read_int(op, "k", k);
-            TensorMemory w = tensor_memory(op, "words", words, s.step->on_cuda(), Place::kHost);
-            RegionScope region(op, s.region, RegionScope::kCall);
-            s.step->set_buffer(i, reinterpret_cast<int32_t*>(w.data), w.nbytes / 4);
-            s.held[i] = std::move(words);
-          },
-          py::arg("k"), py::arg("words"), "Ring buffer k (a host tensor, pinned on CUDA).")
-      .def(
-          "set_twin",
-          [](PyDeviceStep& s, py::object twin) {
-            TensorMemory t = tensor_memory("DeviceStep.set_twin", "twin", twin, s.step->on_cuda(),
-                                           Place::kDevice);
-            RegionScope region("DeviceStep.set_twin", s.region, RegionScope::kCall);
-            s.step->set_twin(reinterpret_cast<cuda::DevicePtr>(t.data), t.nbytes / 4);
-            s.held.back() = std::move(twin);
-          },
-          py::arg("twin"), "The device tensor every launch copies its staged words into.")
-      .def(
-          "set_out_bytes",
-          [](PyDeviceStep& s, py::handle n) {
-            int64_t nbytes = read_int("set_out_bytes", "nbytes", n);
-            RegionScope region("set_out_bytes", s.region, RegionScope::kCall);
-            s.step->set_out_bytes(nbytes);
-          },
-          py::arg("nbytes"), "Bytes of the metadata buffer the kernels write.")
-      .def(
           "set_out",
           [](PyDeviceStep& s, py::object out, py::object buffer) {
             const char* op = "DeviceStep.set_out";
@@ -196,13 +167,6 @@ void bind_device_step(py::module_& m) {
           py::arg("flags"), py::arg("grid"), py::arg("buffer"), py::arg("graph"),
           "Launches of these flags on `grid` programs from ring buffer `buffer` replay\n"
           "`graph` from now on.")
-      .def(
-          "clear_graphs",
-          [](PyDeviceStep& s) {
-            RegionScope region("clear_graphs", s.region, RegionScope::kCall);
-            forget_graphs(s);
-          },
-          "Forgets every graph (their buffers are being replaced).")
       .def(
           "set_launcher",
           [](PyDeviceStep& s, py::object fn) {

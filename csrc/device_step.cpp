@@ -81,19 +81,6 @@ void DeviceStep::check_words(const char* op, int64_t nwords) const {
                                 " requests (" + str(needed) + ")");
 }
 
-void DeviceStep::set_buffer(int64_t k, int32_t* words, int64_t nwords) {
-  check_range("DeviceStep.set_buffer", "k", k, 0, depth_ - 1);
-  check_words("DeviceStep.set_buffer", nwords);
-  if (staged_ && k == current_) {
-    const int32_t* w = buffers_[k].words;
-    if (w[staged::UPDATE_SIZE] || w[staged::RELEASE_SIZE] || w[staged::PRE_SIZE] ||
-        w[staged::POST_SIZE])
-      throw std::runtime_error("DeviceStep.set_buffer: buffer " + str(k) + " holds staged work");
-    staged_ = false;  // acquired, nothing in it yet
-  }
-  buffers_[k] = {words, nwords};
-}
-
 void DeviceStep::set_staging(const std::vector<Words>& buffers, cuda::DevicePtr twin,
                              int64_t twin_words) {
   const char* op = "DeviceStep.set_staging";
@@ -124,12 +111,6 @@ void DeviceStep::set_free_stack(uint8_t* stack, const uint8_t* initial, int64_t 
                                 " bytes cannot hold " + str(num_blocks_) + " block ids");
   free_stack_ = stack;
   initial_stack_ = initial;
-}
-
-void DeviceStep::set_twin(cuda::DevicePtr twin, int64_t nwords) {
-  check_words("DeviceStep.set_twin", nwords);
-  twin_ = twin;
-  twin_words_ = nwords;
 }
 
 int64_t DeviceStep::staged_capacity() const {

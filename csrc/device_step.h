@@ -79,14 +79,10 @@ class DeviceStep : public Step {
   // The host books' free blocks, or the height of the device's free stack.
   int64_t num_free_blocks() const override;
 
-  // Ring buffer k (words, pinned on CUDA: the kernels read them there, over the bus), a
-  // device twin every launch copies its words into first (for kernels that read device
-  // memory only: torch's), the metadata buffer's bytes (the kernels write it).
-  // Each throws unless it holds staged::words(max_reqs, 0) words.
-  void set_buffer(int64_t k, int32_t* words, int64_t nwords);
-  void set_twin(cuda::DevicePtr twin, int64_t nwords);
-  // Every ring buffer (`depth` of them) and the twin (0: none) at once: each checked as
-  // above, then all set, or none.
+  // Every ring buffer (`depth` of them: words, pinned on CUDA, where the kernels read them
+  // over the bus) and the device twin every launch copies its words into first (for kernels
+  // that read device memory only: torch's; 0: none), at once: each throws unless it holds
+  // staged::words(max_reqs, 0) words; all are set, or none.
   struct Words {
     int32_t* words = nullptr;
     int64_t nwords = 0;

@@ -17,6 +17,7 @@ import torch
 
 from disagmoe import _C, PAD_BLOCK_ID
 from disagmoe.block_manager import layout as L
+from disagmoe.block_manager.buffers import StagingBuffers
 
 
 def _weak(obj, method: str) -> Callable:
@@ -177,13 +178,17 @@ class DeviceRig(Rig):
         self.on_launch: Callable[[], object] | None = None
         self.grown: list[tuple[str, int]] = []
         self.set_words(_C.staged_words(max_reqs, ids))
-        self.step.set_out_bytes(1 << 16)
+        self.set_out(1 << 16)
         self.step.set_launcher(_weak(self, "launch"))
         self.step.set_grow(_weak(self, "grow"))
 
     def set_words(self, count: int) -> None:
         self.words = torch.zeros(count, dtype=torch.int32)
-        self.step.set_buffer(0, self.words)
+        self.step.set_staging(StagingBuffers([self.words], [self.words.numpy()], None))
+
+    def set_out(self, nbytes: int) -> None:
+        self.out = torch.zeros(nbytes, dtype=torch.uint8)
+        self.step.set_out(self.out, None)
 
     def launch(self, buffer: int, flags: int, grid: int) -> None:
         if self.on_launch is not None:
@@ -196,4 +201,4 @@ class DeviceRig(Rig):
             self.step.flush(0)  # as the managers do: nothing staged stays in a buffer that goes
             self.set_words(nbytes // 4)
         else:
-            self.step.set_out_bytes(nbytes)
+            self.set_out(nbytes)

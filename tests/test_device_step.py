@@ -13,6 +13,7 @@ from steps import DeviceRig
 
 from disagmoe import _C, KVCacheExhausted
 from disagmoe.block_manager import layout as L
+from disagmoe.block_manager.buffers import StagingBuffers
 
 FUSED = L.UPDATE | L.PACK | L.FUSED
 SOURCES = [L.DEVICE_STACK, L.HOST_BOOKS]
@@ -228,7 +229,8 @@ def test_lengths_past_int32_are_refused():
     there): the int32 prefix sums would wrap, so the lookup refuses."""
     table = _C.RequestTable(2, 2**31 - 1, 2)
     step = _C.DeviceStep(table, 2**30, 1, -1)
-    step.set_buffer(0, torch.zeros(_C.staged_words(2, 0), dtype=torch.int32))
+    words = torch.zeros(_C.staged_words(2, 0), dtype=torch.int32)
+    step.set_staging(StagingBuffers([words], [words.numpy()], None))
     step.set_launcher(lambda buffer, flags, grid: None)
     for req_id in (1, 2):
         step.plan([req_id], 1, [2**30])
@@ -237,18 +239,36 @@ def test_lengths_past_int32_are_refused():
         step.lengths([1, 2], 0, [])
 
 
+def _staging(words, twin=None) -> StagingBuffers:
+    """A ring of one buffer (the rigs' depth) and `twin`, for set_staging."""
+    return StagingBuffers([words], [], twin)
+
+
 @pytest.mark.parametrize(
     "call, error, named",
     [
-        (lambda r: r.step.set_buffer(0, torch.zeros(8, dtype=torch.int32)), ValueError, "cannot hold the staged"),
-        (lambda r: r.step.set_buffer(0, [0] * 256), TypeError, "words=\\[0"),
-        (lambda r: r.step.set_twin(torch.zeros(256, dtype=torch.int32)[::2]), ValueError, "contiguous"),
+        (
+            lambda r: r.step.set_staging(_staging(torch.zeros(8, dtype=torch.int32))),
+            ValueError,
+            "cannot hold the staged",
+        ),
+        (lambda r: r.step.set_staging(_staging([0] * 256)), TypeError, "words=\\[0"),
+        (
+            lambda r: r.step.set_staging(_staging(r.words, torch.zeros(512, dtype=torch.int32)[::2])),
+            ValueError,
+            "contiguous",
+        ),
+        (
+            lambda r: r.step.set_staging(StagingBuffers([r.words] * 2, [], None)),
+            ValueError,
+            "2 buffers for a ring of 1",
+        ),
         (lambda r: r.step.set_free_stack(r.stack[:8], r.initial[:8]), ValueError, "cannot hold 16 block ids"),
         (lambda r: r.step.set_free_stack(r.stack, "x"), TypeError, "initial='x'"),
         (lambda r: r.step.set_graph(1, 1, 0, None), TypeError, "graph=None"),
         (lambda r: _C.DeviceStep(r.books, 16, 17, -1), ValueError, "depth=17"),
     ],
-    ids=["small", "list", "strided", "short-stack", "str-stack", "graph", "depth"],
+    ids=["small", "list", "strided-twin", "ring", "short-stack", "str-stack", "graph", "depth"],
 )
 def test_the_step_keeps_only_tensors_that_fit(call, error, named):
     r = DeviceRig(L.DEVICE_STACK)

@@ -4,6 +4,7 @@ installed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -40,3 +41,34 @@ def test_the_lab_finds_its_bundled_traces():
         path = traces.bundled(name)
         assert path.is_file() and path.stat().st_size > 0
         assert path.parent.name == "traces" and path.parent.parent.parent.name == "disagmoe_bench"
+
+
+def test_every_bound_function_is_called_by_the_library():
+    """No native function or method is there for the tests alone: each public callable of
+    `disagmoe._C` (module functions and the methods of its classes; not the fields of its
+    records) is named by the library, the lab or the asv suite (`name(` or `.name`)."""
+    import inspect
+    import re
+
+    from disagmoe import _C
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = ""
+    for package in ("disagmoe", "disagmoe_bench", "benchmarks"):
+        for folder, _, files in os.walk(os.path.join(root, package)):
+            text += "".join(open(os.path.join(folder, f)).read() for f in files if f.endswith(".py"))
+    unused = []
+    for name in dir(_C):
+        obj = getattr(_C, name)
+        if name.startswith("_"):
+            continue
+        if not inspect.isclass(obj):
+            if callable(obj) and not re.search(rf"\b{name}\(", text):
+                unused.append(name)
+            continue
+        for attr, member in vars(obj).items():
+            if attr.startswith("_") or not callable(member):
+                continue
+            if not re.search(rf"\.{attr}\b", text):
+                unused.append(f"{name}.{attr}")
+    assert unused == []

@@ -473,14 +473,16 @@ class StepCase:
         step, m = self.step, self.m
         if what in ("head", "out") and bad == "small" or what in ("twin", "stack") and not self.on_device:
             return  # (a head or a metadata buffer of any size is grown when a pack needs more)
-        if what == "buffer":
-            step.set_buffer(0, obj) if self.on_device else step.set_buffer(0, obj, m._step.heads[0])
+        if what == "buffer" and self.on_device:
+            step.set_staging(step.staging._replace(words=[obj] * len(step.staging.words)))
+        elif what == "buffer":
+            step.set_buffer(0, obj, m._step.heads[0])
         elif what == "head" and not self.on_device:
             step.set_buffer(0, m._tables[0], obj)
         elif what == "out" and not self.on_device:
             step.set_out(obj)
         elif what == "twin":
-            step.set_twin(obj)
+            step.set_staging(step.staging._replace(twin=obj))
         elif what == "stack":
             step.set_free_stack(obj, obj)
         else:
