@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from cli_refusals import refused
 
 from disagmoe_bench import bench
 
@@ -208,15 +209,6 @@ def test_help_names_the_three_designs(capsys):
 # -- hostile command lines: each refused before anything runs, naming the option ------------
 
 TRACE_TEXT = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6,300,44\n2023-11-16 18:15:47.6,200,4\n"
-
-
-def refused(argv: list[str], capsys) -> str:
-    """parse_args refuses `argv` with parser.error's one line (exit code 2); returns it."""
-    with pytest.raises(SystemExit) as info:
-        bench.parse_args(argv)
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert info.value.code == 2 and err.startswith("disagmoe-bench: error:"), err
-    return err
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import os
 import re
 
 import pytest
+from cli_refusals import refused
 
 from disagmoe_bench import attention, bench, cli, summary, text
 from disagmoe_bench.scheduler import SchedulerConfig, TraceReplay, busiest_window
@@ -131,14 +132,6 @@ def test_the_cpu_hint_warns_when_its_pool_changes_the_replay(tmp_path):
 
 
 # -- --plot and --output --------------------------------------------------------------------
-
-
-def refused(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as info:
-        bench.parse_args(argv)
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert info.value.code == 2 and err.startswith("disagmoe-bench: error:"), err
-    return err
 
 
 @pytest.mark.parametrize("name, said", [("m.txt", "matplotlib draws no .txt file"), ("m", "no suffix")])

@@ -58,6 +58,18 @@ def workload(h: Harness, seed: int) -> None:
         h.step(h.batch(sorted(h.ref.seq_lens), layer=h.ref.layer_ids[1]))
 
 
+def run_threads(threads: list[threading.Thread], errors: list[BaseException], timeout: float) -> None:
+    """Starts `threads`, waits for them (a thread still alive after `timeout` seconds hung),
+    then raises the first error they reported."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+
+
 def test_one_manager_per_thread(config, fine_switching):
     harnesses = [
         Harness(config.make(block_size=2, num_blocks=64, max_running_reqs=4, max_seq_len=64)) for _ in range(THREADS)
@@ -72,14 +84,7 @@ def test_one_manager_per_thread(config, fine_switching):
         except BaseException as exc:  # noqa: BLE001 (reported below, in the test's thread)
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    if errors:
-        raise errors[0]
+    run_threads([threading.Thread(target=run, args=(i,)) for i in range(THREADS)], errors, timeout=120)
     for h in harnesses:
         h.check_state()
 
@@ -173,13 +178,6 @@ def test_reads_from_another_thread_see_no_call_half_done(config, fine_switching)
         return seq_lens
 
     h.ref.update = recording_update  # type: ignore[method-assign]
-    threads = [threading.Thread(target=work), threading.Thread(target=read)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    if errors:
-        raise errors[0]
+    run_threads([threading.Thread(target=work), threading.Thread(target=read)], errors, timeout=300)
     assert reads[0] >= 50
     h.check_state()
